@@ -1,0 +1,221 @@
+//! Limits on every field a user sends. A request that breaks one is refused whole.
+
+use std::collections::BTreeMap;
+
+use crate::model::{Resources, Spec};
+
+/// A refused field: `field` is a dotted path (`spec.env.PATH`), `message` says what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+fn fail<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, FieldError> {
+    Err(FieldError { field: field.into(), message: message.into() })
+}
+
+pub const MAX_NAME: usize = 63;
+pub const MAX_OWNER: usize = 128;
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_KEY: usize = 63;
+pub const MAX_LABEL_VALUE: usize = 255;
+pub const MAX_IMAGE: usize = 512;
+pub const MAX_CMD_ARGS: usize = 256;
+pub const MAX_CMD_BYTES: usize = 64 * 1024;
+pub const MAX_ENV_VARS: usize = 256;
+pub const MAX_ENV_BYTES: usize = 64 * 1024;
+pub const MAX_PORTS: usize = 32;
+pub const MAX_VCPU: f64 = 256.0;
+pub const MAX_MEM_MB: u64 = 4 * 1024 * 1024;
+pub const MAX_DISK_GB: u64 = 64 * 1024;
+
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// A human name: letters, digits, `.`, `_`, `-`.
+pub fn name(field: &str, value: &str) -> Result<(), FieldError> {
+    if value.is_empty() || value.len() > MAX_NAME {
+        return fail(field, format!("must be 1 to {MAX_NAME} characters"));
+    }
+    if !value.chars().all(is_name_char) {
+        return fail(field, "may hold only letters, digits, '.', '_' and '-'");
+    }
+    Ok(())
+}
+
+pub fn owner(value: &str) -> Result<(), FieldError> {
+    if value.trim().is_empty() || value.len() > MAX_OWNER {
+        return fail("owner", format!("must be 1 to {MAX_OWNER} characters, not blank"));
+    }
+    if has_control(value) {
+        return fail("owner", "must not hold control characters");
+    }
+    Ok(())
+}
+
+pub fn labels(labels: &BTreeMap<String, String>) -> Result<(), FieldError> {
+    if labels.len() > MAX_LABELS {
+        return fail("labels", format!("at most {MAX_LABELS} labels"));
+    }
+    for (k, v) in labels {
+        let field = format!("labels.{k}");
+        if k.is_empty() || k.len() > MAX_LABEL_KEY || !k.chars().all(|c| is_name_char(c) || c == '/') {
+            return fail(field, format!("keys are 1 to {MAX_LABEL_KEY} letters, digits, '.', '_', '-', '/'"));
+        }
+        if v.len() > MAX_LABEL_VALUE || has_control(v) {
+            return fail(field, format!("values are at most {MAX_LABEL_VALUE} characters, no control characters"));
+        }
+    }
+    Ok(())
+}
+
+/// A `label=k=v` filter, split into its key and value.
+pub fn label_selector(selector: &str) -> Result<(String, String), FieldError> {
+    match selector.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => fail("label", format!("{selector:?} is not of the form key=value")),
+    }
+}
+
+/// What holds for every spec, whatever its provider. Providers add their own checks.
+pub fn spec(spec: &Spec) -> Result<(), FieldError> {
+    let provider = &spec.provider;
+    if provider.is_empty() || provider.len() > 32 || !provider.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+        return fail("spec.provider", "must be a provider name such as \"process\" or \"docker\"");
+    }
+    if let Some(image) = &spec.image
+        && (image.is_empty() || image.len() > MAX_IMAGE || image.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return fail("spec.image", format!("must be 1 to {MAX_IMAGE} characters without spaces"));
+    }
+    command("spec.cmd", &spec.cmd)?;
+    if spec.env.len() > MAX_ENV_VARS {
+        return fail("spec.env", format!("at most {MAX_ENV_VARS} variables"));
+    }
+    let mut env_bytes = 0;
+    for (k, v) in &spec.env {
+        let valid_key = k.len() <= 255
+            && k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_key {
+            return fail(format!("spec.env.{k}"), "names are letters, digits and '_', not starting with a digit");
+        }
+        if v.contains('\0') {
+            return fail(format!("spec.env.{k}"), "must not hold NUL");
+        }
+        env_bytes += k.len() + v.len();
+    }
+    if env_bytes > MAX_ENV_BYTES {
+        return fail("spec.env", format!("at most {MAX_ENV_BYTES} bytes in all"));
+    }
+    if let Some(r) = &spec.resources {
+        resources(r)?;
+    }
+    if spec.ports.len() > MAX_PORTS {
+        return fail("spec.ports", format!("at most {MAX_PORTS} ports"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for p in &spec.ports {
+        if *p == 0 {
+            return fail("spec.ports", "ports are 1 to 65535");
+        }
+        if !seen.insert(p) {
+            return fail("spec.ports", format!("port {p} is listed twice"));
+        }
+    }
+    Ok(())
+}
+
+/// A command line: bounded in count and size, no NUL bytes.
+pub fn command(field: &str, cmd: &[String]) -> Result<(), FieldError> {
+    if cmd.len() > MAX_CMD_ARGS {
+        return fail(field, format!("at most {MAX_CMD_ARGS} arguments"));
+    }
+    if cmd.iter().map(String::len).sum::<usize>() > MAX_CMD_BYTES {
+        return fail(field, format!("at most {MAX_CMD_BYTES} bytes in all"));
+    }
+    if cmd.iter().any(|a| a.contains('\0')) {
+        return fail(field, "arguments must not hold NUL");
+    }
+    if cmd.first().is_some_and(|p| p.is_empty()) {
+        return fail(field, "the program must not be empty");
+    }
+    Ok(())
+}
+
+fn resources(r: &Resources) -> Result<(), FieldError> {
+    if let Some(v) = r.vcpu
+        && !(v.is_finite() && v > 0.0 && v <= MAX_VCPU)
+    {
+        return fail("spec.resources.vcpu", format!("must be above 0 and at most {MAX_VCPU}"));
+    }
+    if let Some(m) = r.mem_mb
+        && !(4..=MAX_MEM_MB).contains(&m)
+    {
+        return fail("spec.resources.mem_mb", format!("must be 4 to {MAX_MEM_MB}"));
+    }
+    if let Some(d) = r.disk_gb
+        && !(1..=MAX_DISK_GB).contains(&d)
+    {
+        return fail("spec.resources.disk_gb", format!("must be 1 to {MAX_DISK_GB}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec_with(f: impl FnOnce(&mut Spec)) -> Result<(), FieldError> {
+        let mut s = Spec { provider: "process".into(), cmd: vec!["sleep".into(), "1".into()], ..Default::default() };
+        f(&mut s);
+        spec(&s)
+    }
+
+    #[test]
+    fn specs() {
+        let refused = |f: fn(&mut Spec), field: &str| {
+            let err = spec_with(f).expect_err(field);
+            assert_eq!(err.field, field, "{err}");
+        };
+        assert_eq!(spec_with(|_| {}), Ok(()));
+        refused(|s| s.provider = "".into(), "spec.provider");
+        refused(|s| s.provider = "Docker!".into(), "spec.provider");
+        refused(|s| s.image = Some("has space".into()), "spec.image");
+        refused(|s| s.image = Some("x".repeat(MAX_IMAGE + 1)), "spec.image");
+        refused(|s| s.cmd = vec!["a\0b".into()], "spec.cmd");
+        refused(|s| s.cmd = vec!["".into()], "spec.cmd");
+        refused(|s| s.cmd = vec!["x".into(); MAX_CMD_ARGS + 1], "spec.cmd");
+        refused(|s| { s.env.insert("1BAD".into(), "v".into()); }, "spec.env.1BAD");
+        refused(|s| s.resources = Some(Resources { vcpu: Some(0.0), ..Default::default() }), "spec.resources.vcpu");
+        refused(|s| s.resources = Some(Resources { vcpu: Some(f64::NAN), ..Default::default() }), "spec.resources.vcpu");
+        refused(|s| s.resources = Some(Resources { mem_mb: Some(1), ..Default::default() }), "spec.resources.mem_mb");
+        refused(|s| s.ports = vec![0], "spec.ports");
+        refused(|s| s.ports = vec![80, 80], "spec.ports");
+    }
+
+    #[test]
+    fn names_owners_labels() {
+        assert!(name("name", "lab-1.a_b").is_ok());
+        assert!(name("name", "").is_err());
+        assert!(name("name", "no spaces").is_err());
+        assert!(name("name", &"x".repeat(64)).is_err());
+        assert!(owner("ada").is_ok());
+        assert!(owner("  ").is_err());
+        assert!(owner("a\nb").is_err());
+        let mut l = BTreeMap::from([("lab/id".to_string(), "42".to_string())]);
+        assert!(labels(&l).is_ok());
+        l.insert("bad key".into(), "v".into());
+        assert_eq!(labels(&l).unwrap_err().field, "labels.bad key");
+        assert_eq!(label_selector("LabID=7"), Ok(("LabID".into(), "7".into())));
+        assert_eq!(label_selector("k=a=b"), Ok(("k".into(), "a=b".into())));
+        assert!(label_selector("novalue").is_err());
+    }
+}

@@ -1,0 +1,254 @@
+//! The JSON shapes of the HTTP API (`/v1/…`). These are a contract: the server produces them,
+//! the CLI and users' scripts consume them, and `/v1/openapi.json` describes them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::model::{DesiredState, Endpoint, Environment, Lifecycle, ObservedState, OnExpiry, Spec};
+use crate::{Millis, format_millis};
+
+/// A duration: whole seconds as a number, or text such as `"30m"`, `"1h30m"`, `"90s"`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum DurationInput {
+    Seconds(i64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for DurationInput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = DurationInput;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration: whole seconds (90) or text such as \"30m\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(DurationInput::Seconds(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(DurationInput::Seconds(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(DurationInput::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl fmt::Display for DurationInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DurationInput::Seconds(s) => write!(f, "{s}s"),
+            DurationInput::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// `POST /v1/environments`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEnvironment {
+    /// A name for people; need not be unique. Letters, digits, `.`, `_`, `-`; at most 63.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Who the environment is for.
+    pub owner: String,
+    /// Free-form `key: value` labels (a lab id, a course); filter with `label=k=v`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    pub spec: Spec,
+    /// How long the lease lasts; the server's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<DurationInput>,
+    /// What happens when the lease runs out (default `stop`).
+    #[serde(default)]
+    pub on_expiry: OnExpiry,
+}
+
+/// `POST /v1/environments/{id}/extend`: exactly one of `by` and `until`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    /// Move the expiry this much later than the later of now and the current expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<DurationInput>,
+    /// Set the expiry to this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+}
+
+/// `POST /v1/environments/{id}/exec`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// Program and arguments, run inside the environment.
+    pub cmd: Vec<String>,
+    /// How long to wait for it (default 30 s, at most 10 min).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationInput>,
+}
+
+/// What an exec printed and how it ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExecResult {
+    /// The exit code; absent when the command was still running at its timeout.
+    pub exit_code: Option<i64>,
+    pub stdout: String,
+    pub stderr: String,
+    /// The command outlived its timeout and was abandoned.
+    pub timed_out: bool,
+}
+
+/// `GET /v1/environments/{id}/logs`: the tail of what the environment printed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LogsView {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// An environment as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EnvironmentView {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub tenant: String,
+    pub owner: String,
+    pub labels: BTreeMap<String, String>,
+    pub spec: Spec,
+    pub lifecycle: Lifecycle,
+    /// What was asked for.
+    pub desired_state: DesiredState,
+    /// What the control plane last saw.
+    pub state: ObservedState,
+    /// Why it failed, or what the last failed attempt said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub endpoints: Vec<Endpoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    pub on_expiry: OnExpiry,
+    /// When the lease ran out, if it has and was not extended since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired_at: Option<String>,
+    /// Failed provider attempts since the last success.
+    pub attempts: u32,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&Environment> for EnvironmentView {
+    fn from(e: &Environment) -> Self {
+        EnvironmentView {
+            id: e.id.clone(),
+            name: e.name.clone(),
+            tenant: e.tenant.clone(),
+            owner: e.owner.clone(),
+            labels: e.labels.clone(),
+            spec: e.spec.clone(),
+            lifecycle: e.lifecycle,
+            desired_state: e.desired,
+            state: e.observed,
+            reason: e.reason.clone(),
+            endpoints: e.endpoints.clone(),
+            expires_at: e.expires_at.map(format_millis),
+            on_expiry: e.on_expiry,
+            expired_at: e.expired_at.map(format_millis),
+            attempts: e.attempts,
+            created_at: format_millis(e.created_at),
+            updated_at: format_millis(e.updated_at),
+        }
+    }
+}
+
+/// `GET /v1/environments`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct EnvironmentList {
+    pub environments: Vec<EnvironmentView>,
+}
+
+/// One audit record: a transition or a mutating call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EventView {
+    /// Position in the trail; strictly increasing.
+    pub seq: i64,
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment_id: Option<String>,
+    /// Who: `api`, `reconciler`, `expiry`, `sweep`.
+    pub actor: String,
+    /// What: `create`, `extend`, `transition`, `expire`, …
+    pub action: String,
+    /// `ok`, `error`, or the state reached.
+    pub outcome: String,
+    pub message: String,
+}
+
+/// An audit record as the store holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub seq: i64,
+    pub at: Millis,
+    pub environment_id: Option<String>,
+    pub actor: String,
+    pub action: String,
+    pub outcome: String,
+    pub message: String,
+}
+
+impl From<&Event> for EventView {
+    fn from(e: &Event) -> Self {
+        EventView {
+            seq: e.seq,
+            at: format_millis(e.at),
+            environment_id: e.environment_id.clone(),
+            actor: e.actor.clone(),
+            action: e.action.clone(),
+            outcome: e.outcome.clone(),
+            message: e.message.clone(),
+        }
+    }
+}
+
+/// `GET /v1/events`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventList {
+    pub events: Vec<EventView>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<i64>,
+}
+
+/// One provider and whether it can take work.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProviderView {
+    pub name: String,
+    pub available: bool,
+    /// What it talks to, or why it is unavailable.
+    pub detail: String,
+}
+
+/// `GET /v1/providers`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProviderList {
+    pub providers: Vec<ProviderView>,
+}
+
+/// Every error answer: `{"error": {"code", "message"}}`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `not_found`, `invalid_request`, `malformed_json`, …
+    pub code: String,
+    /// For people.
+    pub message: String,
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs and starts what Lapse's tests need on a fresh Debian machine of this kind:
+# Podman (with runc) serving the Docker Engine API on a private socket, and a local
+# busybox image. Idempotent: a second run reuses what is already there.
+# Source it (`. scripts/test-env.sh`) to get DOCKER_HOST and LAPSE_TEST_IMAGE exported.
+set -euo pipefail
+
+LAPSE_TEST_RUN=${LAPSE_TEST_RUN:-/run/lapse-test}
+LAPSE_TEST_IMAGE=${LAPSE_TEST_IMAGE:-localhost/lapse-busybox:latest}
+mkdir -p "$LAPSE_TEST_RUN"
+
+need=()
+command -v podman >/dev/null || need+=(podman)
+command -v runc >/dev/null || need+=(runc)
+[ -x /bin/busybox ] || need+=(busybox-static)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "test-env: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# crun refuses this machine's hybrid cgroups; the default nofile ulimit is above what it allows.
+mkdir -p /etc/containers
+conf=/etc/containers/containers.conf
+if ! grep -q 'runtime = "runc"' "$conf" 2>/dev/null; then
+  printf '[engine]\nruntime = "runc"\n[containers]\ndefault_ulimits = ["nofile=1024:1024","nproc=4096:4096"]\n' > "$conf"
+fi
+
+sock="$LAPSE_TEST_RUN/podman.sock"
+export DOCKER_HOST="unix://$sock"
+if ! curl -sf --unix-socket "$sock" http://d/v1.41/_ping >/dev/null 2>&1; then
+  rm -f "$sock"
+  nohup podman system service --time=0 "unix://$sock" >"$LAPSE_TEST_RUN/podman.log" 2>&1 &
+  echo $! > "$LAPSE_TEST_RUN/podman.pid"
+  for _ in $(seq 1 100); do
+    curl -sf --unix-socket "$sock" http://d/v1.41/_ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  curl -sf --unix-socket "$sock" http://d/v1.41/_ping >/dev/null || { echo "test-env: podman service did not answer"; cat "$LAPSE_TEST_RUN/podman.log"; exit 1; }
+fi
+
+if ! podman image exists "$LAPSE_TEST_IMAGE"; then
+  root=$(mktemp -d)
+  mkdir -p "$root/bin" "$root/tmp" "$root/etc" "$root/proc" "$root/sys" "$root/dev"
+  cp /bin/busybox "$root/bin/busybox"
+  for app in $("$root/bin/busybox" --list); do
+    [ -e "$root/bin/$app" ] || ln -s busybox "$root/bin/$app"
+  done
+  echo 'root:x:0:0:root:/root:/bin/sh' > "$root/etc/passwd"
+  tar -C "$root" -cf "$root.tar" .
+  podman import --change 'CMD ["/bin/sh"]' "$root.tar" "$LAPSE_TEST_IMAGE" >/dev/null
+  rm -rf "$root" "$root.tar"
+  echo "test-env: imported $LAPSE_TEST_IMAGE"
+fi
+export LAPSE_TEST_IMAGE

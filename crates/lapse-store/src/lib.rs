@@ -1,1 +1,410 @@
+//! Lapse's durable store: environments (desired and observed state) and the audit trail.
+//!
+//! SQLite through sqlx is the embedded default. All writes go through **one writer
+//! connection**, so every read-modify-write ([`Store::update`]) runs in a transaction that no
+//! other writer interleaves with: no update is ever lost, whatever the number of API handlers
+//! and reconciler tasks. Reads use a separate pool and never wait for writers (WAL).
+//!
+//! **The store never calls a provider.** It holds what was asked for and what was seen; the
+//! reconciler writes a row *before* the provider call it describes.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use lapse_core::model::{DesiredState, Environment, ObservedState};
+use lapse_core::wire::Event;
+use lapse_core::{Millis, now_millis};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+
+/// A store failure. Its text names the operation; the database's own message is the source.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {op} failed")]
+    Database {
+        op: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("store: migrating the schema failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("store: row {id} holds an unreadable {column}: {message}")]
+    Corrupt { id: String, column: &'static str, message: String },
+}
+
+trait Op<T> {
+    fn op(self, op: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> Op<T> for Result<T, sqlx::Error> {
+    fn op(self, op: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Database { op, source })
+    }
+}
+
+/// An audit record to append; `seq` and `at` are given by the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewEvent {
+    pub environment_id: Option<String>,
+    pub actor: String,
+    pub action: String,
+    pub outcome: String,
+    pub message: String,
+}
+
+impl NewEvent {
+    pub fn new(environment_id: &str, actor: &str, action: &str, outcome: &str, message: impl Into<String>) -> Self {
+        NewEvent {
+            environment_id: Some(environment_id.to_owned()),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            outcome: outcome.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Filters of [`Store::list`]. Deleted environments are left out unless `state` asks for them.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    pub owner: Option<String>,
+    pub state: Option<ObservedState>,
+    pub provider: Option<String>,
+    pub labels: Vec<(String, String)>,
+    pub limit: Option<u32>,
+}
+
+/// What the drift sweep needs to know of one environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SweepEntry {
+    pub desired: DesiredState,
+    pub observed: ObservedState,
+    pub updated_at: Millis,
+}
+
+/// The store. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+const ENV_COLUMNS: &str = "id, name, tenant, owner, labels, spec, provider, lifecycle, desired, observed, reason, \
+     provider_ref, endpoints, expires_at, on_expiry, expired_at, restart_on_extend, attempts, next_attempt_at, \
+     created_at, updated_at";
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database at `path` and applies migrations.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(options.clone())
+            .await
+            .op("open")?;
+        sqlx::migrate!("./migrations").run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(options.read_only(true))
+            .await
+            .op("open")?;
+        Ok(Store { writer, reader })
+    }
+
+    /// This control plane's id: made once, kept for the life of the store. Providers label
+    /// everything they create with it, so the sweep tells our resources from anyone else's.
+    pub async fn controller_id(&self) -> Result<String, StoreError> {
+        let fresh = format!("lapse-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES ('controller_id', ?)")
+            .bind(&fresh)
+            .execute(&self.writer)
+            .await
+            .op("controller id")?;
+        sqlx::query_scalar("SELECT value FROM meta WHERE key = 'controller_id'")
+            .fetch_one(&self.writer)
+            .await
+            .op("controller id")
+    }
+
+    /// Inserts a new environment and its event in one transaction.
+    pub async fn insert(&self, env: &Environment, event: NewEvent) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await.op("insert")?;
+        let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO environments ({ENV_COLUMNS}) "));
+        q.push_values([env], |mut b, e| {
+            b.push_bind(&e.id)
+                .push_bind(&e.name)
+                .push_bind(&e.tenant)
+                .push_bind(&e.owner)
+                .push_bind(json(&e.labels))
+                .push_bind(json(&e.spec))
+                .push_bind(&e.spec.provider)
+                .push_bind(e.lifecycle.as_str())
+                .push_bind(e.desired.as_str())
+                .push_bind(e.observed.as_str())
+                .push_bind(&e.reason)
+                .push_bind(&e.provider_ref)
+                .push_bind(json(&e.endpoints))
+                .push_bind(e.expires_at)
+                .push_bind(e.on_expiry.as_str())
+                .push_bind(e.expired_at)
+                .push_bind(e.restart_on_extend)
+                .push_bind(e.attempts)
+                .push_bind(e.next_attempt_at)
+                .push_bind(e.created_at)
+                .push_bind(e.updated_at);
+        });
+        q.build().execute(&mut *tx).await.op("insert")?;
+        append_event(&mut tx, &event).await?;
+        tx.commit().await.op("insert")?;
+        Ok(())
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<Environment>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {ENV_COLUMNS} FROM environments WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .op("get")?;
+        row.map(|r| environment_from_row(&r)).transpose()
+    }
+
+    /// Read-modify-write of one environment in one transaction: `change` sees the current row
+    /// and either edits it and names the events to record, or refuses with its own error and
+    /// nothing is written. `Ok(None)` when there is no such environment.
+    pub async fn update<E>(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut Environment) -> Result<Vec<NewEvent>, E>,
+    ) -> Result<Option<Environment>, E>
+    where
+        E: From<StoreError>,
+    {
+        let mut tx = self.writer.begin().await.op("update")?;
+        let row = sqlx::query(&format!("SELECT {ENV_COLUMNS} FROM environments WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .op("update")?;
+        let Some(row) = row else { return Ok(None) };
+        let mut env = environment_from_row(&row)?;
+        let events = change(&mut env)?;
+        env.updated_at = now_millis();
+        write_row(&mut tx, &env).await?;
+        for event in &events {
+            append_event(&mut tx, event).await?;
+        }
+        tx.commit().await.op("update")?;
+        Ok(Some(env))
+    }
+
+    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Environment>, StoreError> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {ENV_COLUMNS} FROM environments WHERE 1=1"));
+        if let Some(owner) = &filter.owner {
+            q.push(" AND owner = ").push_bind(owner);
+        }
+        match filter.state {
+            Some(state) => q.push(" AND observed = ").push_bind(state.as_str()),
+            None => q.push(" AND observed != 'deleted'"),
+        };
+        if let Some(provider) = &filter.provider {
+            q.push(" AND provider = ").push_bind(provider);
+        }
+        for (k, v) in &filter.labels {
+            q.push(" AND EXISTS (SELECT 1 FROM json_each(environments.labels) WHERE json_each.key = ")
+                .push_bind(k)
+                .push(" AND json_each.value = ")
+                .push_bind(v)
+                .push(")");
+        }
+        q.push(" ORDER BY id LIMIT ").push_bind(i64::from(filter.limit.unwrap_or(10_000)));
+        let rows = q.build().fetch_all(&self.reader).await.op("list")?;
+        rows.iter().map(environment_from_row).collect()
+    }
+
+    /// Ids of environments whose observed state does not yet match the desired one: the
+    /// reconciler's work at start.
+    pub async fn unconverged_ids(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT id FROM environments WHERE observed != 'deleted' \
+             AND NOT (desired = 'running' AND observed = 'running') \
+             AND NOT (desired = 'stopped' AND observed = 'stopped') \
+             AND NOT (desired != 'deleted' AND observed = 'failed') ORDER BY id",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .op("unconverged")
+    }
+
+    /// `(id, expires_at)` of every lease still to run out: the timers' contents at start.
+    pub async fn pending_expiries(&self) -> Result<Vec<(String, Millis)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, expires_at FROM environments WHERE desired != 'deleted' AND observed != 'deleted' \
+             AND expired_at IS NULL AND expires_at IS NOT NULL",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .op("expiries")?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Every environment of `provider` that is not deleted, keyed by id, for the drift sweep.
+    pub async fn sweep_view(&self, provider: &str) -> Result<BTreeMap<String, SweepEntry>, StoreError> {
+        let rows = sqlx::query("SELECT id, desired, observed, updated_at FROM environments WHERE provider = ? AND observed != 'deleted'")
+            .bind(provider)
+            .fetch_all(&self.reader)
+            .await
+            .op("sweep view")?;
+        let mut out = BTreeMap::new();
+        for r in rows {
+            let id: String = r.get(0);
+            let desired = parse_column(&id, "desired", r.get::<String, _>(1))?;
+            let observed = parse_column(&id, "observed", r.get::<String, _>(2))?;
+            out.insert(id, SweepEntry { desired, observed, updated_at: r.get(3) });
+        }
+        Ok(out)
+    }
+
+    /// How many environments there are per `(provider, observed state)`.
+    pub async fn count_by_provider_and_state(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT provider, observed, COUNT(*) FROM environments GROUP BY provider, observed")
+            .fetch_all(&self.reader)
+            .await
+            .op("count")?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
+
+    /// Appends an event that concerns no single row change (a sweep's removal of an orphan).
+    pub async fn append_event(&self, event: NewEvent) -> Result<(), StoreError> {
+        let mut conn = self.writer.acquire().await.op("append event")?;
+        append_event(&mut conn, &event).await
+    }
+
+    /// Events in order, after `after`, optionally of one environment; at most `limit`.
+    pub async fn events(&self, environment: Option<&str>, after: Option<i64>, limit: u32) -> Result<Vec<Event>, StoreError> {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT seq, at, environment_id, actor, action, outcome, message FROM events WHERE seq > ");
+        q.push_bind(after.unwrap_or(0));
+        if let Some(id) = environment {
+            q.push(" AND environment_id = ").push_bind(id);
+        }
+        q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit));
+        let rows = q.build().fetch_all(&self.reader).await.op("events")?;
+        Ok(rows
+            .iter()
+            .map(|r| Event {
+                seq: r.get(0),
+                at: r.get(1),
+                environment_id: r.get(2),
+                actor: r.get(3),
+                action: r.get(4),
+                outcome: r.get(5),
+                message: r.get(6),
+            })
+            .collect())
+    }
+
+    /// Closes both pools, waiting for writes in flight.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    // Serializing plain data (maps of strings, derived structs) cannot fail.
+    serde_json::to_string(value).expect("model types serialize")
+}
+
+async fn append_event(conn: &mut SqliteConnection, e: &NewEvent) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO events (at, environment_id, actor, action, outcome, message) VALUES (?, ?, ?, ?, ?, ?)")
+        .bind(now_millis())
+        .bind(&e.environment_id)
+        .bind(&e.actor)
+        .bind(&e.action)
+        .bind(&e.outcome)
+        .bind(&e.message)
+        .execute(conn)
+        .await
+        .op("append event")?;
+    Ok(())
+}
+
+async fn write_row(conn: &mut SqliteConnection, e: &Environment) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE environments SET name = ?, owner = ?, labels = ?, spec = ?, provider = ?, lifecycle = ?, desired = ?, \
+         observed = ?, reason = ?, provider_ref = ?, endpoints = ?, expires_at = ?, on_expiry = ?, expired_at = ?, \
+         restart_on_extend = ?, attempts = ?, next_attempt_at = ?, updated_at = ? WHERE id = ?",
+    )
+    .bind(&e.name)
+    .bind(&e.owner)
+    .bind(json(&e.labels))
+    .bind(json(&e.spec))
+    .bind(&e.spec.provider)
+    .bind(e.lifecycle.as_str())
+    .bind(e.desired.as_str())
+    .bind(e.observed.as_str())
+    .bind(&e.reason)
+    .bind(&e.provider_ref)
+    .bind(json(&e.endpoints))
+    .bind(e.expires_at)
+    .bind(e.on_expiry.as_str())
+    .bind(e.expired_at)
+    .bind(e.restart_on_extend)
+    .bind(e.attempts)
+    .bind(e.next_attempt_at)
+    .bind(e.updated_at)
+    .bind(&e.id)
+    .execute(conn)
+    .await
+    .op("update")?;
+    Ok(())
+}
+
+fn parse_column<T: FromStr>(id: &str, column: &'static str, text: String) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse().map_err(|e: T::Err| StoreError::Corrupt { id: id.to_owned(), column, message: e.to_string() })
+}
+
+fn json_column<T: serde::de::DeserializeOwned>(id: &str, column: &'static str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt { id: id.to_owned(), column, message: e.to_string() })
+}
+
+fn environment_from_row(r: &SqliteRow) -> Result<Environment, StoreError> {
+    let id: String = r.get("id");
+    Ok(Environment {
+        name: r.get("name"),
+        tenant: r.get("tenant"),
+        owner: r.get("owner"),
+        labels: json_column(&id, "labels", r.get("labels"))?,
+        spec: json_column(&id, "spec", r.get("spec"))?,
+        lifecycle: parse_column(&id, "lifecycle", r.get("lifecycle"))?,
+        desired: parse_column(&id, "desired", r.get("desired"))?,
+        observed: parse_column(&id, "observed", r.get("observed"))?,
+        reason: r.get("reason"),
+        provider_ref: r.get("provider_ref"),
+        endpoints: json_column(&id, "endpoints", r.get("endpoints"))?,
+        expires_at: r.get("expires_at"),
+        on_expiry: parse_column(&id, "on_expiry", r.get("on_expiry"))?,
+        expired_at: r.get("expired_at"),
+        restart_on_extend: r.get("restart_on_extend"),
+        attempts: r.get::<i64, _>("attempts").try_into().unwrap_or(u32::MAX),
+        next_attempt_at: r.get("next_attempt_at"),
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+        id,
+    })
+}
+
+#[cfg(test)]
+mod tests;

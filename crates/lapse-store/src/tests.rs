@@ -1,0 +1,120 @@
+use lapse_core::model::{Lifecycle, OnExpiry, Spec};
+
+use super::*;
+
+fn sample(id: &str, owner: &str) -> Environment {
+    Environment {
+        id: id.to_owned(),
+        name: Some("lab".into()),
+        tenant: "default".into(),
+        owner: owner.to_owned(),
+        labels: BTreeMap::from([("LabID".to_string(), "7".to_string())]),
+        spec: Spec { provider: "process".into(), cmd: vec!["sleep".into(), "5".into()], ..Default::default() },
+        lifecycle: Lifecycle::Lease,
+        desired: DesiredState::Running,
+        observed: ObservedState::Pending,
+        reason: None,
+        provider_ref: None,
+        endpoints: vec![],
+        expires_at: Some(1_000),
+        on_expiry: OnExpiry::Stop,
+        expired_at: None,
+        restart_on_extend: false,
+        attempts: 0,
+        next_attempt_at: None,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+async fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("lapse.db")).await.unwrap();
+    (dir, store)
+}
+
+#[tokio::test]
+async fn round_trip_and_filters() {
+    let (_dir, store) = store().await;
+    let a = sample(&"a".repeat(32), "ada");
+    let mut b = sample(&"b".repeat(32), "bob");
+    b.labels.insert("LabID".into(), "8".into());
+    store.insert(&a, NewEvent::new(&a.id, "api", "create", "ok", "")).await.unwrap();
+    store.insert(&b, NewEvent::new(&b.id, "api", "create", "ok", "")).await.unwrap();
+    assert_eq!(store.get(&a.id).await.unwrap().as_ref(), Some(&a));
+    assert_eq!(store.get("nope").await.unwrap(), None);
+
+    let ids = |v: Vec<Environment>| v.into_iter().map(|e| e.owner).collect::<Vec<_>>();
+    let all = ListFilter::default();
+    assert_eq!(ids(store.list(&all).await.unwrap()), ["ada", "bob"]);
+    let by_owner = ListFilter { owner: Some("bob".into()), ..Default::default() };
+    assert_eq!(ids(store.list(&by_owner).await.unwrap()), ["bob"]);
+    let by_label = ListFilter { labels: vec![("LabID".into(), "7".into())], ..Default::default() };
+    assert_eq!(ids(store.list(&by_label).await.unwrap()), ["ada"]);
+    assert_eq!(store.unconverged_ids().await.unwrap().len(), 2);
+    assert_eq!(store.pending_expiries().await.unwrap(), vec![(a.id.clone(), 1_000), (b.id.clone(), 1_000)]);
+}
+
+#[tokio::test]
+async fn update_is_atomic_and_refusal_writes_nothing() {
+    let (_dir, store) = store().await;
+    let a = sample(&"a".repeat(32), "ada");
+    store.insert(&a, NewEvent::new(&a.id, "api", "create", "ok", "")).await.unwrap();
+
+    let refused: Result<_, StoreError> = store
+        .update(&a.id, |e| {
+            e.desired = DesiredState::Deleted;
+            Err(StoreError::Corrupt { id: e.id.clone(), column: "test", message: "refused".into() })
+        })
+        .await;
+    assert!(refused.is_err());
+    assert_eq!(store.get(&a.id).await.unwrap().unwrap().desired, DesiredState::Running);
+
+    let updated = store
+        .update::<StoreError>(&a.id, |e| {
+            e.observed = ObservedState::Running;
+            Ok(vec![NewEvent::new(&e.id, "reconciler", "transition", "running", "pending -> running")])
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(updated.observed, ObservedState::Running);
+    let events = store.events(Some(&a.id), None, 100).await.unwrap();
+    assert_eq!(events.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["create", "transition"]);
+    assert!(store.update::<StoreError>("missing", |_| Ok(vec![])).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn concurrent_updates_lose_nothing() {
+    let (_dir, store) = store().await;
+    let a = sample(&"a".repeat(32), "ada");
+    store.insert(&a, NewEvent::new(&a.id, "api", "create", "ok", "")).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let store = store.clone();
+        let id = a.id.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .update::<StoreError>(&id, |e| {
+                    e.attempts += 1;
+                    Ok(vec![])
+                })
+                .await
+                .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(store.get(&a.id).await.unwrap().unwrap().attempts, 50);
+}
+
+#[tokio::test]
+async fn controller_id_is_stable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lapse.db");
+    let first = Store::open(&path).await.unwrap().controller_id().await.unwrap();
+    let again = Store::open(&path).await.unwrap().controller_id().await.unwrap();
+    assert_eq!(first, again);
+    assert!(first.starts_with("lapse-"));
+}

@@ -1,1 +1,165 @@
+//! The [`Provider`] trait and its backends.
+//!
+//! A provider turns an environment id and a [`Spec`] into a running resource and back. Every
+//! operation is **idempotent and keyed by the environment id**: `ensure_running` on an
+//! environment that already runs returns it, `stop` and `delete` on one that is gone succeed.
+//! That is what lets the reconciler repeat any step after a crash.
+//!
+//! Every resource carries the environment id and the control plane's id (container labels,
+//! process environment markers), so [`Provider::list`] finds everything this control plane
+//! made, whether or not the store knows of it.
+//!
+//! Backends: [`process`] (always there), [`docker`] (feature `docker`, on by default).
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lapse_core::model::{Endpoint, Spec};
+use lapse_core::validate::FieldError;
+use lapse_core::wire::{ExecResult, LogsView};
+
+#[cfg(feature = "docker")]
+pub mod docker;
+pub mod process;
+
+/// Most output an exec or a logs call returns, per stream.
+pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+
+/// Whether a resource runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceStatus {
+    Running,
+    /// Exists but does not run (a stopped container; a process environment's directory).
+    Stopped,
+}
+
+/// A resource a provider holds for one environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    pub environment_id: String,
+    /// The provider's own id: container id, process id.
+    pub provider_ref: String,
+    pub status: InstanceStatus,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A provider failure. `Display` says what failed; the backend's text is in `message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    #[error("{provider} is unavailable: {message}")]
+    Unavailable { provider: &'static str, message: String },
+    #[error("{provider}: {op} failed: {message}")]
+    Failed { provider: &'static str, op: &'static str, message: String },
+    /// Retrying cannot help (no such image, no such program).
+    #[error("{provider}: {message}")]
+    Permanent { provider: &'static str, message: String },
+    #[error("{provider} does not support {op}")]
+    Unsupported { provider: &'static str, op: &'static str },
+    #[error("{provider}: no resource for environment {environment_id}")]
+    NotFound { provider: &'static str, environment_id: String },
+}
+
+impl ProviderError {
+    /// Whether a later attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ProviderError::Unavailable { .. } | ProviderError::Failed { .. })
+    }
+}
+
+/// A backend that runs environments. Object-safe; optional capabilities have defaults that
+/// answer [`ProviderError::Unsupported`].
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// The name specs use (`spec.provider`).
+    fn name(&self) -> &'static str;
+
+    /// Refuses a spec this provider cannot honour, before anything is stored.
+    fn validate(&self, spec: &Spec) -> Result<(), FieldError>;
+
+    /// Whether the backend answers; `Ok` carries what it is (version, socket).
+    async fn health(&self) -> Result<String, ProviderError>;
+
+    /// Makes the environment's resource run: creates it if there is none, starts it if it is
+    /// stopped, returns it if it runs.
+    async fn ensure_running(&self, environment_id: &str, spec: &Spec) -> Result<Instance, ProviderError>;
+
+    /// Stops the resource, waiting up to `grace` before forcing it. Succeeds if it is gone.
+    async fn stop(&self, environment_id: &str, grace: Duration) -> Result<(), ProviderError>;
+
+    /// Removes the resource and what belongs to it. Succeeds if it is gone.
+    async fn delete(&self, environment_id: &str, grace: Duration) -> Result<(), ProviderError>;
+
+    /// The resource of one environment, if there is one.
+    async fn inspect(&self, environment_id: &str) -> Result<Option<Instance>, ProviderError>;
+
+    /// Every resource that carries this control plane's id.
+    async fn list(&self) -> Result<Vec<Instance>, ProviderError>;
+
+    /// Runs `cmd` inside the running environment.
+    async fn exec(&self, environment_id: &str, spec: &Spec, cmd: &[String], timeout: Duration) -> Result<ExecResult, ProviderError> {
+        let _ = (environment_id, spec, cmd, timeout);
+        Err(ProviderError::Unsupported { provider: self.name(), op: "exec" })
+    }
+
+    /// The last `tail_lines` lines of what the environment printed.
+    async fn logs(&self, environment_id: &str, tail_lines: usize) -> Result<LogsView, ProviderError> {
+        let _ = (environment_id, tail_lines);
+        Err(ProviderError::Unsupported { provider: self.name(), op: "logs" })
+    }
+}
+
+/// The providers a control plane has, by name.
+#[derive(Clone, Default)]
+pub struct ProviderSet {
+    providers: BTreeMap<&'static str, Arc<dyn Provider>>,
+}
+
+impl ProviderSet {
+    pub fn insert(&mut self, provider: Arc<dyn Provider>) {
+        self.providers.insert(provider.name(), provider);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Provider>> {
+        self.providers.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Provider>> {
+        self.providers.values()
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.providers.keys().copied().collect()
+    }
+}
+
+/// Keeps the last `max` bytes of `bytes`, cut at a character boundary.
+pub(crate) fn tail_text(bytes: &[u8], max: usize) -> String {
+    let start = bytes.len().saturating_sub(max);
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    text.into_owned()
+}
+
+/// Keeps the last `lines` lines of `text`.
+pub(crate) fn last_lines(text: &str, lines: usize) -> String {
+    let mut starts = text.trim_end_matches('\n').rmatch_indices('\n').map(|(i, _)| i + 1);
+    match starts.nth(lines.saturating_sub(1)) {
+        Some(start) if lines > 0 => text[start..].to_owned(),
+        _ if lines == 0 => String::new(),
+        _ => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tails() {
+        assert_eq!(last_lines("a\nb\nc\n", 2), "b\nc\n");
+        assert_eq!(last_lines("a\nb\nc", 5), "a\nb\nc");
+        assert_eq!(last_lines("a\nb\nc\n", 0), "");
+        assert_eq!(tail_text(b"hello", 3), "llo");
+    }
+}

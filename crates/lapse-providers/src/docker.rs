@@ -1,0 +1,365 @@
+//! The `docker` provider: an environment is a container, through the Docker Engine API
+//! (`bollard`). It works with Docker and with Podman's compatible service.
+//!
+//! - The container is named `lapse-<environment id>`; that name makes `ensure_running`
+//!   idempotent (a create that already happened is found, not repeated).
+//! - Labels `lapse.environment=<id>` and `lapse.controller=<control plane id>` on every
+//!   container; [`Provider::list`] filters on the controller label.
+//! - `resources.mem_mb` → memory limit, `resources.vcpu` → NanoCPUs; `disk_gb` cannot be
+//!   enforced on a container's writable layer and is refused.
+//! - `spec.ports` are published on `127.0.0.1` on ports the engine picks, and reported as
+//!   endpoints.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+use futures::StreamExt;
+use lapse_core::model::{Endpoint, Spec};
+use lapse_core::validate::FieldError;
+use lapse_core::wire::{ExecResult, LogsView};
+
+use crate::{Instance, InstanceStatus, MAX_OUTPUT_BYTES, Provider, ProviderError, last_lines, tail_text};
+
+const NAME: &str = "docker";
+pub const LABEL_ENVIRONMENT: &str = "lapse.environment";
+pub const LABEL_CONTROLLER: &str = "lapse.controller";
+
+/// Where the Docker Engine API is looked for when none is configured: `DOCKER_HOST`, then these.
+pub const SOCKET_CANDIDATES: &[&str] = &["/var/run/docker.sock", "/run/podman/podman.sock", "/run/lapse-test/podman.sock"];
+
+/// Containers through the Docker Engine API.
+#[derive(Debug)]
+pub struct DockerProvider {
+    docker: Docker,
+    endpoint: String,
+    controller_id: String,
+}
+
+impl DockerProvider {
+    /// Connects to `endpoint` (`unix:///path`, `tcp://host:port`, `http://…`). Does not check
+    /// that anything answers; [`DockerProvider::detect`] does.
+    pub fn connect(endpoint: &str, controller_id: &str) -> Result<Self, ProviderError> {
+        let unavailable = |e: bollard::errors::Error| ProviderError::Unavailable { provider: NAME, message: e.to_string() };
+        let docker = if endpoint.starts_with("unix://") || endpoint.starts_with('/') {
+            Docker::connect_with_unix(endpoint, 120, bollard::API_DEFAULT_VERSION).map_err(unavailable)?
+        } else {
+            let http = endpoint.replacen("tcp://", "http://", 1);
+            Docker::connect_with_http(&http, 120, bollard::API_DEFAULT_VERSION).map_err(unavailable)?
+        };
+        Ok(DockerProvider { docker, endpoint: endpoint.to_owned(), controller_id: controller_id.to_owned() })
+    }
+
+    /// The first Docker Engine API that answers a ping: `configured` if given (and then only
+    /// it), else `DOCKER_HOST`, else the usual sockets.
+    pub async fn detect(configured: Option<&str>, controller_id: &str) -> Result<Self, ProviderError> {
+        let candidates: Vec<String> = match configured {
+            Some(c) => vec![c.to_owned()],
+            None => std::env::var("DOCKER_HOST")
+                .ok()
+                .into_iter()
+                .chain(SOCKET_CANDIDATES.iter().map(|s| format!("unix://{s}")))
+                .collect(),
+        };
+        let mut last = ProviderError::Unavailable { provider: NAME, message: "no Docker Engine API found".into() };
+        for candidate in candidates {
+            match Self::connect(&candidate, controller_id) {
+                Ok(provider) => match provider.health().await {
+                    Ok(_) => return Ok(provider),
+                    Err(e) => last = e,
+                },
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn container_name(id: &str) -> String {
+        format!("lapse-{id}")
+    }
+
+    fn body(&self, id: &str, spec: &Spec) -> ContainerCreateBody {
+        let port_key = |p: &u16| format!("{p}/tcp");
+        let port_bindings: HashMap<String, Option<Vec<PortBinding>>> = spec
+            .ports
+            .iter()
+            .map(|p| (port_key(p), Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(String::new()) }])))
+            .collect();
+        let resources = spec.resources.clone().unwrap_or_default();
+        ContainerCreateBody {
+            image: spec.image.clone(),
+            cmd: (!spec.cmd.is_empty()).then(|| spec.cmd.clone()),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(HashMap::from([
+                (LABEL_ENVIRONMENT.to_owned(), id.to_owned()),
+                (LABEL_CONTROLLER.to_owned(), self.controller_id.clone()),
+            ])),
+            exposed_ports: Some(spec.ports.iter().map(port_key).collect()),
+            host_config: Some(HostConfig {
+                memory: resources.mem_mb.map(|m| (m * 1024 * 1024) as i64),
+                nano_cpus: resources.vcpu.map(|v| (v * 1e9) as i64),
+                port_bindings: Some(port_bindings),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn instance_from(&self, inspect: &ContainerInspectResponse) -> Option<Instance> {
+        let labels = inspect.config.as_ref()?.labels.as_ref()?;
+        let environment_id = labels.get(LABEL_ENVIRONMENT)?.clone();
+        let running = inspect.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+        let mut endpoints = Vec::new();
+        if running && let Some(ports) = inspect.network_settings.as_ref().and_then(|n| n.ports.as_ref()) {
+            for (key, bindings) in ports {
+                let Some(container_port) = key.split('/').next().and_then(|p| p.parse().ok()) else { continue };
+                for b in bindings.iter().flatten() {
+                    if let Some(port) = b.host_port.as_deref().and_then(|p| p.parse().ok()) {
+                        let host = b.host_ip.clone().filter(|h| !h.is_empty() && h != "0.0.0.0").unwrap_or_else(|| "127.0.0.1".into());
+                        endpoints.push(Endpoint { container_port, protocol: "tcp".into(), host, port });
+                    }
+                }
+            }
+        }
+        endpoints.sort_by_key(|e| (e.container_port, e.port));
+        Some(Instance {
+            environment_id,
+            provider_ref: inspect.id.clone().unwrap_or_default(),
+            status: if running { InstanceStatus::Running } else { InstanceStatus::Stopped },
+            endpoints,
+        })
+    }
+
+    async fn inspect_name(&self, name: &str) -> Result<Option<ContainerInspectResponse>, ProviderError> {
+        match self.docker.inspect_container(name, None).await {
+            Ok(c) => Ok(Some(c)),
+            Err(e) if status_of(&e) == Some(404) => Ok(None),
+            Err(e) => Err(classify("inspect", e)),
+        }
+    }
+}
+
+fn status_of(e: &bollard::errors::Error) -> Option<u16> {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn classify(op: &'static str, e: bollard::errors::Error) -> ProviderError {
+    match &e {
+        bollard::errors::Error::DockerResponseServerError { status_code, message } => {
+            ProviderError::Failed { provider: NAME, op, message: format!("{status_code}: {message}") }
+        }
+        _ => ProviderError::Unavailable { provider: NAME, message: format!("{op}: {e}") },
+    }
+}
+
+#[async_trait]
+impl Provider for DockerProvider {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), FieldError> {
+        if spec.image.is_none() {
+            return Err(FieldError { field: "spec.image".into(), message: "the docker provider needs an image".into() });
+        }
+        if spec.resources.as_ref().is_some_and(|r| r.disk_gb.is_some()) {
+            return Err(FieldError {
+                field: "spec.resources.disk_gb".into(),
+                message: "the docker provider cannot limit disk; leave disk_gb out".into(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn health(&self) -> Result<String, ProviderError> {
+        let version = tokio::time::timeout(Duration::from_secs(3), self.docker.version())
+            .await
+            .map_err(|_| ProviderError::Unavailable { provider: NAME, message: format!("{} did not answer in 3 s", self.endpoint) })?
+            .map_err(|e| ProviderError::Unavailable { provider: NAME, message: format!("{}: {e}", self.endpoint) })?;
+        let product = version
+            .components
+            .and_then(|c| c.into_iter().next().map(|c| c.name))
+            .unwrap_or_else(|| "Docker Engine".into());
+        Ok(format!("{product} {} at {}", version.version.unwrap_or_default(), self.endpoint))
+    }
+
+    async fn ensure_running(&self, environment_id: &str, spec: &Spec) -> Result<Instance, ProviderError> {
+        let name = Self::container_name(environment_id);
+        let existing = self.inspect_name(&name).await?;
+        if existing.is_none() {
+            let options = CreateContainerOptionsBuilder::default().name(&name).build();
+            match self.docker.create_container(Some(options), self.body(environment_id, spec)).await {
+                Ok(_) => {}
+                // Created by an earlier attempt that did not see its answer: use it.
+                Err(e) if status_of(&e) == Some(409) => {}
+                Err(e) if status_of(&e) == Some(404) => {
+                    return Err(ProviderError::Permanent {
+                        provider: NAME,
+                        message: format!("image {:?} not found: {e}", spec.image.as_deref().unwrap_or_default()),
+                    });
+                }
+                Err(e) => return Err(classify("create", e)),
+            }
+        }
+        let running = existing.as_ref().and_then(|c| c.state.as_ref()).and_then(|s| s.running).unwrap_or(false);
+        if !running {
+            match self.docker.start_container(&name, None).await {
+                Ok(()) => {}
+                Err(e) if status_of(&e) == Some(304) => {}
+                Err(e) => return Err(classify("start", e)),
+            }
+        }
+        let inspect = self.inspect_name(&name).await?.ok_or_else(|| ProviderError::Failed {
+            provider: NAME,
+            op: "start",
+            message: format!("container {name} vanished right after its start"),
+        })?;
+        let instance = self.instance_from(&inspect).ok_or_else(|| ProviderError::Failed {
+            provider: NAME,
+            op: "start",
+            message: format!("container {name} carries no {LABEL_ENVIRONMENT} label"),
+        })?;
+        if instance.status != InstanceStatus::Running {
+            let state = inspect.state.as_ref();
+            let code = state.and_then(|s| s.exit_code).unwrap_or_default();
+            let error = state.and_then(|s| s.error.clone()).filter(|e| !e.is_empty()).unwrap_or_default();
+            return Err(ProviderError::Failed {
+                provider: NAME,
+                op: "start",
+                message: format!("container {name} exited right away (code {code}) {error}").trim_end().to_owned(),
+            });
+        }
+        Ok(instance)
+    }
+
+    async fn stop(&self, environment_id: &str, grace: Duration) -> Result<(), ProviderError> {
+        let seconds = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::default().t(seconds).build();
+        match self.docker.stop_container(&Self::container_name(environment_id), Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(status_of(&e), Some(304 | 404)) => Ok(()),
+            Err(e) => Err(classify("stop", e)),
+        }
+    }
+
+    async fn delete(&self, environment_id: &str, _grace: Duration) -> Result<(), ProviderError> {
+        let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+        match self.docker.remove_container(&Self::container_name(environment_id), Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(e) => Err(classify("delete", e)),
+        }
+    }
+
+    async fn inspect(&self, environment_id: &str) -> Result<Option<Instance>, ProviderError> {
+        Ok(self.inspect_name(&Self::container_name(environment_id)).await?.and_then(|c| self.instance_from(&c)))
+    }
+
+    async fn list(&self) -> Result<Vec<Instance>, ProviderError> {
+        let filters = HashMap::from([("label", vec![format!("{LABEL_CONTROLLER}={}", self.controller_id)])]);
+        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let containers = self.docker.list_containers(Some(options)).await.map_err(|e| classify("list", e))?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels?;
+                // Filters are the engine's; check the label ourselves before acting on it.
+                if labels.get(LABEL_CONTROLLER) != Some(&self.controller_id) {
+                    return None;
+                }
+                let running = c.state.map(|s| s.to_string() == "running").unwrap_or(false);
+                Some(Instance {
+                    environment_id: labels.get(LABEL_ENVIRONMENT)?.clone(),
+                    provider_ref: c.id.unwrap_or_default(),
+                    status: if running { InstanceStatus::Running } else { InstanceStatus::Stopped },
+                    endpoints: vec![],
+                })
+            })
+            .collect())
+    }
+
+    async fn exec(&self, environment_id: &str, _spec: &Spec, cmd: &[String], timeout: Duration) -> Result<ExecResult, ProviderError> {
+        let name = Self::container_name(environment_id);
+        let config = CreateExecOptions {
+            cmd: Some(cmd.to_vec()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let exec = self.docker.create_exec(&name, config).await.map_err(|e| match status_of(&e) {
+            Some(404) => ProviderError::NotFound { provider: NAME, environment_id: environment_id.to_owned() },
+            _ => classify("exec", e),
+        })?;
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        let collect = async {
+            if let StartExecResults::Attached { mut output, .. } = self.docker.start_exec(&exec.id, None).await.map_err(|e| classify("exec", e))? {
+                while let Some(chunk) = output.next().await {
+                    match chunk.map_err(|e| classify("exec", e))? {
+                        LogOutput::StdOut { message } | LogOutput::Console { message } => push_capped(&mut stdout, &message),
+                        LogOutput::StdErr { message } => push_capped(&mut stderr, &message),
+                        LogOutput::StdIn { .. } => {}
+                    }
+                }
+            }
+            Ok::<_, ProviderError>(())
+        };
+        match tokio::time::timeout(timeout, collect).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Ok(ExecResult {
+                    exit_code: None,
+                    stdout: tail_text(&stdout, MAX_OUTPUT_BYTES),
+                    stderr: tail_text(&stderr, MAX_OUTPUT_BYTES),
+                    timed_out: true,
+                });
+            }
+        }
+        let inspect = self.docker.inspect_exec(&exec.id).await.map_err(|e| classify("exec", e))?;
+        Ok(ExecResult {
+            exit_code: inspect.exit_code,
+            stdout: tail_text(&stdout, MAX_OUTPUT_BYTES),
+            stderr: tail_text(&stderr, MAX_OUTPUT_BYTES),
+            timed_out: false,
+        })
+    }
+
+    async fn logs(&self, environment_id: &str, tail_lines: usize) -> Result<LogsView, ProviderError> {
+        let options = LogsOptionsBuilder::default().stdout(true).stderr(true).tail(&tail_lines.to_string()).build();
+        let mut stream = self.docker.logs(&Self::container_name(environment_id), Some(options));
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => push_capped(&mut stdout, &message),
+                Ok(LogOutput::StdErr { message }) => push_capped(&mut stderr, &message),
+                Ok(LogOutput::StdIn { .. }) => {}
+                Err(e) if status_of(&e) == Some(404) => {
+                    return Err(ProviderError::NotFound { provider: NAME, environment_id: environment_id.to_owned() });
+                }
+                Err(e) => return Err(classify("logs", e)),
+            }
+        }
+        let text = |b: &[u8]| last_lines(&tail_text(b, MAX_OUTPUT_BYTES), tail_lines);
+        Ok(LogsView { stdout: text(&stdout), stderr: text(&stderr) })
+    }
+}
+
+/// Appends, keeping at most twice the cap in memory (the tail is cut later).
+fn push_capped(buf: &mut Vec<u8>, bytes: &[u8]) {
+    buf.extend_from_slice(bytes);
+    if buf.len() > 2 * MAX_OUTPUT_BYTES {
+        buf.drain(..buf.len() - MAX_OUTPUT_BYTES);
+    }
+}

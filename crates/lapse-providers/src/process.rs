@@ -1,0 +1,400 @@
+//! The `process` provider: an environment is a local process group, like Nomad's `raw_exec`.
+//!
+//! - `spec.cmd` runs with a clean environment (`PATH`, `HOME`, `spec.env`) in its own process
+//!   group (it leads it), with its working directory `<root>/<id>/work` and its output in
+//!   `<root>/<id>/stdout.log` and `stderr.log`.
+//! - It carries `LAPSE_ENVIRONMENT_ID` and `LAPSE_CONTROLLER` in its environment. Those markers,
+//!   read back from `/proc/<pid>/environ`, are how a server that restarted (even after
+//!   `kill -9`) finds the processes it started and re-adopts them: processes outlive the
+//!   server, the markers outlive the `pid` file.
+//! - Stop = SIGTERM to the group, SIGKILL after the grace period. Start = run `cmd` again.
+//! - Resources are not enforced, so a spec that asks for them is refused.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use lapse_core::model::{Endpoint, Spec};
+use lapse_core::validate::FieldError;
+use lapse_core::wire::{ExecResult, LogsView};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use crate::{Instance, InstanceStatus, MAX_OUTPUT_BYTES, Provider, ProviderError, last_lines, tail_text};
+
+const NAME: &str = "process";
+const ENV_MARKER: &str = "LAPSE_ENVIRONMENT_ID";
+const CONTROLLER_MARKER: &str = "LAPSE_CONTROLLER";
+
+/// Runs environments as local process groups under `root`.
+#[derive(Debug)]
+pub struct ProcessProvider {
+    root: PathBuf,
+    controller_id: String,
+}
+
+/// A live process group that leads an environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Leader {
+    environment_id: String,
+    pid: i32,
+}
+
+impl ProcessProvider {
+    /// Keeps environments' directories under `root` (created if needed).
+    pub fn new(root: impl Into<PathBuf>, controller_id: impl Into<String>) -> std::io::Result<Self> {
+        let root = root.into();
+        fs::create_dir_all(&root)?;
+        Ok(ProcessProvider { root, controller_id: controller_id.into() })
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    /// The live leader of `id`'s group, if any.
+    fn find(&self, id: &str) -> Option<Leader> {
+        if let Some(pid) = fs::read_to_string(self.dir(id).join("pid")).ok().and_then(|s| s.trim().parse().ok())
+            && let Some(leader) = self.leader_at(pid)
+            && leader.environment_id == id
+        {
+            return Some(leader);
+        }
+        // The pid file may be missing (a crash right after the spawn) or stale.
+        self.scan().into_iter().find(|l| l.environment_id == id)
+    }
+
+    /// Every live group leader in `/proc` that carries this controller's marker.
+    fn scan(&self) -> Vec<Leader> {
+        let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+        entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter_map(|pid| self.leader_at(pid))
+            .collect()
+    }
+
+    /// The environment led by `pid`, if `pid` is a live (not zombie) group leader of ours.
+    fn leader_at(&self, pid: i32) -> Option<Leader> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name, which is in parentheses and may hold anything.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let mut fields = rest.split(' ');
+        let state = fields.next()?;
+        let _ppid = fields.next()?;
+        let pgrp: i32 = fields.next()?.parse().ok()?;
+        if state == "Z" || state == "X" || pgrp != pid {
+            return None;
+        }
+        let environ = fs::read(format!("/proc/{pid}/environ")).ok()?;
+        let mut environment_id = None;
+        let mut ours = false;
+        for var in environ.split(|b| *b == 0) {
+            let var = String::from_utf8_lossy(var);
+            if let Some(v) = var.strip_prefix(ENV_MARKER).and_then(|r| r.strip_prefix('=')) {
+                environment_id = Some(v.to_owned());
+            } else if let Some(v) = var.strip_prefix(CONTROLLER_MARKER).and_then(|r| r.strip_prefix('=')) {
+                ours = v == self.controller_id;
+            }
+        }
+        Some(Leader { environment_id: environment_id.filter(|_| ours)?, pid })
+    }
+
+    fn instance(id: &str, pid: i32, spec_ports: &[u16]) -> Instance {
+        Instance {
+            environment_id: id.to_owned(),
+            provider_ref: pid.to_string(),
+            status: InstanceStatus::Running,
+            endpoints: endpoints(spec_ports),
+        }
+    }
+
+    fn spawn(&self, id: &str, spec: &Spec) -> Result<i32, ProviderError> {
+        let dir = self.dir(id);
+        let work = dir.join("work");
+        fs::create_dir_all(&work).map_err(|e| failed("create", &e))?;
+        let log = |name: &str| fs::OpenOptions::new().create(true).append(true).open(dir.join(name));
+        let stdout = log("stdout.log").map_err(|e| failed("create", &e))?;
+        let stderr = log("stderr.log").map_err(|e| failed("create", &e))?;
+        let (program, args) = spec.cmd.split_first().ok_or_else(|| ProviderError::Permanent {
+            provider: NAME,
+            message: "spec.cmd is empty".into(),
+        })?;
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()))
+            .env("HOME", &work)
+            .envs(&spec.env)
+            .env(ENV_MARKER, id)
+            .env(CONTROLLER_MARKER, &self.controller_id)
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = command.spawn().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                ProviderError::Permanent { provider: NAME, message: format!("cannot run {program:?}: {e}") }
+            }
+            _ => failed("create", &e),
+        })?;
+        let pid = child.id().and_then(|p| i32::try_from(p).ok()).ok_or_else(|| ProviderError::Failed {
+            provider: NAME,
+            op: "create",
+            message: "the process exited before its id was read".into(),
+        })?;
+        fs::write(dir.join("pid"), pid.to_string()).map_err(|e| failed("create", &e))?;
+        // Reap the child when it exits, and keep its status for whoever asks later.
+        let status_file = dir.join("exit_status");
+        tokio::spawn(async move {
+            if let Ok(status) = child.wait().await {
+                let code = status.code().map_or_else(|| "signal".to_owned(), |c| c.to_string());
+                let _ = fs::write(status_file, code);
+            }
+        });
+        Ok(pid)
+    }
+
+    async fn kill_group(&self, leader: &Leader, grace: Duration) -> Result<(), ProviderError> {
+        let group = Pid::from_raw(leader.pid);
+        let _ = killpg(group, Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if self.leader_at(leader.pid).is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        // Whatever is left of the group, leader or not, goes now.
+        let _ = killpg(group, Signal::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.leader_at(leader.pid).is_some() {
+            if Instant::now() > deadline {
+                return Err(ProviderError::Failed {
+                    provider: NAME,
+                    op: "stop",
+                    message: format!("process group {} survived SIGKILL", leader.pid),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+}
+
+fn failed(op: &'static str, e: &std::io::Error) -> ProviderError {
+    ProviderError::Failed { provider: NAME, op, message: e.to_string() }
+}
+
+fn endpoints(ports: &[u16]) -> Vec<Endpoint> {
+    ports
+        .iter()
+        .map(|p| Endpoint { container_port: *p, protocol: "tcp".into(), host: "127.0.0.1".into(), port: *p })
+        .collect()
+}
+
+#[async_trait]
+impl Provider for ProcessProvider {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), FieldError> {
+        let refuse = |field: &str, message: &str| Err(FieldError { field: field.into(), message: message.into() });
+        if spec.cmd.is_empty() {
+            return refuse("spec.cmd", "the process provider needs a command to run");
+        }
+        if spec.image.is_some() {
+            return refuse("spec.image", "the process provider runs spec.cmd on the host and takes no image");
+        }
+        if spec.resources.is_some() {
+            return refuse("spec.resources", "the process provider cannot enforce resources; leave them out or use docker");
+        }
+        Ok(())
+    }
+
+    async fn health(&self) -> Result<String, ProviderError> {
+        Ok(format!("local processes under {}", self.root.display()))
+    }
+
+    async fn ensure_running(&self, environment_id: &str, spec: &Spec) -> Result<Instance, ProviderError> {
+        if let Some(leader) = self.find(environment_id) {
+            return Ok(Self::instance(environment_id, leader.pid, &spec.ports));
+        }
+        let pid = self.spawn(environment_id, spec)?;
+        Ok(Self::instance(environment_id, pid, &spec.ports))
+    }
+
+    async fn stop(&self, environment_id: &str, grace: Duration) -> Result<(), ProviderError> {
+        match self.find(environment_id) {
+            Some(leader) => self.kill_group(&leader, grace).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn delete(&self, environment_id: &str, grace: Duration) -> Result<(), ProviderError> {
+        self.stop(environment_id, grace).await?;
+        match fs::remove_dir_all(self.dir(environment_id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(failed("delete", &e)),
+        }
+    }
+
+    async fn inspect(&self, environment_id: &str) -> Result<Option<Instance>, ProviderError> {
+        if let Some(leader) = self.find(environment_id) {
+            return Ok(Some(Self::instance(environment_id, leader.pid, &[])));
+        }
+        Ok(self.dir(environment_id).is_dir().then(|| Instance {
+            environment_id: environment_id.to_owned(),
+            provider_ref: String::new(),
+            status: InstanceStatus::Stopped,
+            endpoints: vec![],
+        }))
+    }
+
+    async fn list(&self) -> Result<Vec<Instance>, ProviderError> {
+        let mut found: BTreeMap<String, Instance> = BTreeMap::new();
+        if let Ok(entries) = fs::read_dir(&self.root) {
+            for entry in entries.flatten() {
+                if let Some(id) = entry.file_name().to_str().filter(|n| lapse_core::model::is_environment_id(n)) {
+                    found.insert(
+                        id.to_owned(),
+                        Instance { environment_id: id.to_owned(), provider_ref: String::new(), status: InstanceStatus::Stopped, endpoints: vec![] },
+                    );
+                }
+            }
+        }
+        for leader in self.scan() {
+            found.insert(leader.environment_id.clone(), Self::instance(&leader.environment_id, leader.pid, &[]));
+        }
+        Ok(found.into_values().collect())
+    }
+
+    async fn exec(&self, environment_id: &str, spec: &Spec, cmd: &[String], timeout: Duration) -> Result<ExecResult, ProviderError> {
+        let Some((program, args)) = cmd.split_first() else {
+            return Err(ProviderError::Permanent { provider: NAME, message: "exec needs a command".into() });
+        };
+        let work = self.dir(environment_id).join("work");
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()))
+            .env("HOME", &work)
+            .envs(&spec.env)
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = command.spawn().map_err(|e| ProviderError::Permanent { provider: NAME, message: format!("cannot run {program:?}: {e}") })?;
+        let pid = child.id().and_then(|p| i32::try_from(p).ok());
+        match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Ok(Ok(out)) => Ok(ExecResult {
+                exit_code: out.status.code().map(i64::from),
+                stdout: tail_text(&out.stdout, MAX_OUTPUT_BYTES),
+                stderr: tail_text(&out.stderr, MAX_OUTPUT_BYTES),
+                timed_out: false,
+            }),
+            Ok(Err(e)) => Err(failed("exec", &e)),
+            Err(_) => {
+                if let Some(pid) = pid {
+                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                Ok(ExecResult { exit_code: None, stdout: String::new(), stderr: String::new(), timed_out: true })
+            }
+        }
+    }
+
+    async fn logs(&self, environment_id: &str, tail_lines: usize) -> Result<LogsView, ProviderError> {
+        let dir = self.dir(environment_id);
+        if !dir.is_dir() {
+            return Err(ProviderError::NotFound { provider: NAME, environment_id: environment_id.to_owned() });
+        }
+        let read = |name: &str| last_lines(&tail_text(&read_tail(&dir.join(name)), MAX_OUTPUT_BYTES), tail_lines);
+        Ok(LogsView { stdout: read("stdout.log"), stderr: read("stderr.log") })
+    }
+}
+
+/// The last [`MAX_OUTPUT_BYTES`] of a file, or nothing.
+fn read_tail(path: &Path) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = fs::File::open(path) else { return Vec::new() };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(MAX_OUTPUT_BYTES as u64)));
+    let mut buf = Vec::new();
+    let _ = file.read_to_end(&mut buf);
+    buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(cmd: &[&str]) -> Spec {
+        Spec { provider: NAME.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn run_find_exec_logs_stop_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = ProcessProvider::new(dir.path(), "ctl-test-1").unwrap();
+        let id = "0123456789abcdef0123456789abcdef";
+        let s = spec(&["sh", "-c", "echo started; echo oops >&2; exec sleep 30"]);
+        let first = p.ensure_running(id, &s).await.unwrap();
+        // Idempotent: the same process comes back.
+        let again = p.ensure_running(id, &s).await.unwrap();
+        assert_eq!(first.provider_ref, again.provider_ref);
+
+        // Another controller's provider does not see it.
+        let other = ProcessProvider::new(dir.path(), "ctl-test-2").unwrap();
+        assert!(other.scan().iter().all(|l| l.environment_id != id));
+        assert_eq!(p.list().await.unwrap().iter().filter(|i| i.status == InstanceStatus::Running).count(), 1);
+
+        let out = p.exec(id, &s, &["sh".into(), "-c".into(), "pwd; echo $LAPSE_ENVIRONMENT_ID; exit 3".into()], Duration::from_secs(5)).await.unwrap();
+        assert_eq!(out.exit_code, Some(3));
+        assert!(out.stdout.ends_with("/work\n\n"), "{out:?}");
+
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let logs = p.logs(id, 10).await.unwrap();
+        assert_eq!((logs.stdout.as_str(), logs.stderr.as_str()), ("started\n", "oops\n"));
+
+        let timed = p.exec(id, &s, &["sleep".into(), "10".into()], Duration::from_millis(200)).await.unwrap();
+        assert!(timed.timed_out && timed.exit_code.is_none());
+
+        p.stop(id, Duration::from_secs(2)).await.unwrap();
+        assert!(p.find(id).is_none());
+        assert_eq!(p.inspect(id).await.unwrap().unwrap().status, InstanceStatus::Stopped);
+        p.delete(id, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(p.inspect(id).await.unwrap(), None);
+        p.delete(id, Duration::from_secs(1)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_process_that_ignores_sigterm_is_killed_after_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = ProcessProvider::new(dir.path(), "ctl-test-3").unwrap();
+        let id = "1123456789abcdef0123456789abcdef";
+        p.ensure_running(id, &spec(&["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"])).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        p.stop(id, Duration::from_millis(300)).await.unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(p.find(id).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_permanent() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = ProcessProvider::new(dir.path(), "ctl-test-4").unwrap();
+        let err = p.ensure_running("2123456789abcdef0123456789abcdef", &spec(&["/no/such/program"])).await.unwrap_err();
+        assert!(!err.is_retryable(), "{err}");
+    }
+}

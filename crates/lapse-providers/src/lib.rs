@@ -116,6 +116,12 @@ pub struct ProviderSet {
     providers: BTreeMap<&'static str, Arc<dyn Provider>>,
 }
 
+impl std::fmt::Debug for ProviderSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.providers.keys()).finish()
+    }
+}
+
 impl ProviderSet {
     pub fn insert(&mut self, provider: Arc<dyn Provider>) {
         self.providers.insert(provider.name(), provider);

@@ -1,1 +1,179 @@
+//! Lapse's control plane: HTTP API, reconciler, timers, drift sweep and metrics, started by
+//! [`start`]. See `ARCHITECTURE.md` at the repository root for the whole picture.
+//!
+//! ```text
+//!  HTTP API ──> app (validate, write desired state + event) ──> store
+//!                   │ enqueue(id)                                 ^
+//!                   v                                             │ observed state, events
+//!  timers ──> reconciler (plan → one idempotent step) ──> providers
+//!                   ^
+//!  drift sweep ─────┘ (corrects records, removes orphans)
+//! ```
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use lapse_providers::ProviderSet;
+use lapse_providers::process::ProcessProvider;
+use lapse_store::Store;
+use tokio::task::JoinHandle;
+
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod context;
+pub mod http;
+pub mod metrics;
+pub mod reconciler;
+pub mod sweep;
+pub mod timers;
+
+pub use config::ServerConfig;
+
+use crate::app::App;
+use crate::clock::Clock;
+use crate::config::DockerSetting;
+use crate::context::Context;
+use crate::metrics::Metrics;
+use crate::reconciler::Reconciler;
+use crate::timers::Timers;
+
+/// A started control plane.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub app: App,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    http: JoinHandle<std::io::Result<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Serves until a shutdown is asked for, then returns.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let result = (&mut self.http).await;
+        self.stop_background().await;
+        result.context("the HTTP server task failed")?.context("the HTTP server failed")
+    }
+
+    /// Stops serving. Steps in flight are abandoned exactly as a crash would abandon them;
+    /// the next start finishes them.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let _ = (&mut self.http).await;
+        self.stop_background().await;
+    }
+
+    /// A sender that stops the server when `true` is sent (for signal handlers).
+    pub fn shutdown_handle(&self) -> tokio::sync::watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+
+    async fn stop_background(&mut self) {
+        for task in self.background.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
+        self.app.cx.store.close().await;
+    }
+}
+
+/// Opens the store, sets up providers, rebuilds timers and the reconciler's queue from the
+/// store, and starts serving.
+pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
+    let db = config.data_dir.join("lapse.db");
+    let store = Store::open(&db).await.with_context(|| format!("opening the store at {}", db.display()))?;
+    let controller_id = store.controller_id().await?;
+
+    let mut providers = ProviderSet::default();
+    let process = ProcessProvider::new(config.data_dir.join("process"), &controller_id).context("setting up the process provider")?;
+    providers.insert(Arc::new(process));
+    add_docker(&config.docker, &controller_id, &mut providers).await;
+
+    let cx = Arc::new(Context {
+        store,
+        providers,
+        timers: Timers::default(),
+        clock: Clock::new(),
+        metrics: Metrics::new(),
+        config,
+        controller_id,
+    });
+    let reconciler = Reconciler::new(cx.clone());
+
+    // The store is the truth: timers and queue are rebuilt from it.
+    let expiries = cx.store.pending_expiries().await?;
+    for (id, at) in &expiries {
+        cx.timers.schedule(*at, id);
+    }
+    let unconverged = cx.store.unconverged_ids().await?;
+    for id in &unconverged {
+        reconciler.enqueue(id);
+    }
+    tracing::info!(
+        controller = %cx.controller_id,
+        providers = ?cx.providers.names(),
+        timers = expiries.len(),
+        unconverged = unconverged.len(),
+        "state rebuilt from the store"
+    );
+
+    let mut background = Vec::new();
+    background.push(tokio::spawn({
+        let r = reconciler.clone();
+        async move { r.run().await }
+    }));
+    background.push(tokio::spawn({
+        let (timers, clock, r) = (cx.timers.clone(), cx.clock, reconciler.clone());
+        async move { timers.run(clock, move |id| r.enqueue(&id)).await }
+    }));
+    background.push(tokio::spawn(sweep::run(cx.clone(), reconciler.clone())));
+
+    let app = App { cx: cx.clone(), reconciler };
+    let listener = tokio::net::TcpListener::bind(cx.config.listen).await.with_context(|| format!("listening on {}", cx.config.listen))?;
+    let addr = listener.local_addr()?;
+    let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
+    let router = http::router(app.clone());
+    let http = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    tracing::info!(%addr, data_dir = %cx.config.data_dir.display(), "lapse is serving");
+    Ok(Running { addr, app, shutdown, http, background })
+}
+
+async fn add_docker(setting: &DockerSetting, controller_id: &str, providers: &mut ProviderSet) {
+    #[cfg(feature = "docker")]
+    {
+        use lapse_providers::Provider;
+        use lapse_providers::docker::DockerProvider;
+        match setting {
+            DockerSetting::Off => tracing::info!("docker provider off (configured)"),
+            DockerSetting::Auto => match DockerProvider::detect(None, controller_id).await {
+                Ok(p) => {
+                    tracing::info!(detail = %p.health().await.unwrap_or_default(), "docker provider on");
+                    providers.insert(Arc::new(p));
+                }
+                Err(e) => tracing::info!(reason = %e, "docker provider off: no Docker Engine API answered"),
+            },
+            DockerSetting::Endpoint(endpoint) => match DockerProvider::connect(endpoint, controller_id) {
+                Ok(p) => {
+                    if let Err(e) = p.health().await {
+                        tracing::warn!(error = %e, "docker provider on, but its endpoint does not answer yet");
+                    }
+                    providers.insert(Arc::new(p));
+                }
+                Err(e) => tracing::error!(error = %e, "docker provider off: bad endpoint"),
+            },
+        }
+    }
+    #[cfg(not(feature = "docker"))]
+    {
+        let _ = (setting, controller_id, providers);
+        tracing::info!("docker provider not built in (feature `docker`)");
+    }
+}

@@ -1,0 +1,87 @@
+//! How a control plane is set up. `lapse serve` fills it from flags and `LAPSE_*` variables.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Retries of a failed provider call: back-off `base · 2^(n-1)` capped at `cap`; a provision
+/// that fails `max_attempts` times is marked `failed` and cleaned up. Stops and deletes are
+/// retried without end (a machine is never left running because a call failed).
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { max_attempts: 5, base: Duration::from_secs(1), cap: Duration::from_secs(60) }
+    }
+}
+
+/// Where the docker provider finds its Docker Engine API.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum DockerSetting {
+    /// `DOCKER_HOST`, then the usual sockets; the provider is off when none answers.
+    #[default]
+    Auto,
+    /// Exactly this endpoint (`unix:///…`, `tcp://…`).
+    Endpoint(String),
+    Off,
+}
+
+/// What the drift sweep does with a resource that carries our label but no record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OrphanPolicy {
+    /// Remove it (the default: nothing runs that nobody tracks).
+    #[default]
+    Remove,
+    /// Record it as an environment (owner `adopted`, default TTL) so that it is tracked.
+    Adopt,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// SQLite database and the process provider's directories live here.
+    pub data_dir: PathBuf,
+    /// TTL of an environment created without one.
+    pub default_ttl: Duration,
+    /// Longest TTL or extension a request may ask for.
+    pub max_ttl: Duration,
+    /// How often the drift sweep compares providers with the store.
+    pub sweep_interval: Duration,
+    /// How long a stop waits before forcing.
+    pub stop_grace: Duration,
+    pub retry: RetryPolicy,
+    /// Provider calls at once, per provider; providers not named get `default_concurrency`.
+    pub concurrency: BTreeMap<String, usize>,
+    pub default_concurrency: usize,
+    pub docker: DockerSetting,
+    pub orphans: OrphanPolicy,
+}
+
+impl ServerConfig {
+    /// Defaults with state in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data_dir: data_dir.into(),
+            default_ttl: Duration::from_secs(3600),
+            max_ttl: Duration::from_secs(30 * 24 * 3600),
+            sweep_interval: Duration::from_secs(30),
+            stop_grace: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+            concurrency: BTreeMap::from([("process".to_owned(), 32), ("docker".to_owned(), 8)]),
+            default_concurrency: 8,
+            docker: DockerSetting::Auto,
+            orphans: OrphanPolicy::Remove,
+        }
+    }
+
+    pub fn concurrency_of(&self, provider: &str) -> usize {
+        self.concurrency.get(provider).copied().unwrap_or(self.default_concurrency).max(1)
+    }
+}

@@ -1,0 +1,125 @@
+//! `/v1/environments`.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use lapse_core::model::ObservedState;
+use lapse_core::validate;
+use lapse_core::wire::{CreateEnvironment, EnvironmentList, EnvironmentView, ErrorBody, ExecRequest, ExecResult, ExtendRequest, LogsView};
+use lapse_store::ListFilter;
+
+use super::{ApiError, ApiJson, number, only_keys, query_pairs};
+use crate::app::App;
+
+pub fn router() -> Router<App> {
+    Router::new()
+        .route("/v1/environments", post(create).get(list))
+        .route("/v1/environments/{id}", get(show).delete(delete))
+        .route("/v1/environments/{id}/extend", post(extend))
+        .route("/v1/environments/{id}/stop", post(stop))
+        .route("/v1/environments/{id}/start", post(start))
+        .route("/v1/environments/{id}/exec", post(exec))
+        .route("/v1/environments/{id}/logs", get(logs))
+}
+
+/// Create an environment. Answers at once with state `pending`; the reconciler provisions it.
+#[utoipa::path(post, path = "/v1/environments", tag = "environments", request_body = CreateEnvironment,
+    responses(
+        (status = 202, description = "Accepted; provisioning follows", body = EnvironmentView),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+    ))]
+pub async fn create(State(app): State<App>, ApiJson(req): ApiJson<CreateEnvironment>) -> Result<impl IntoResponse, ApiError> {
+    let env = app.create(req).await?;
+    let location = format!("/v1/environments/{}", env.id);
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(EnvironmentView::from(&env))))
+}
+
+/// List environments (deleted ones only when `state=deleted`).
+#[utoipa::path(get, path = "/v1/environments", tag = "environments",
+    params(
+        ("owner" = Option<String>, Query, description = "Only this owner's"),
+        ("state" = Option<ObservedState>, Query, description = "Only in this observed state"),
+        ("provider" = Option<String>, Query, description = "Only of this provider"),
+        ("label" = Option<Vec<String>>, Query, description = "`key=value`; repeat for several (all must match)"),
+        ("limit" = Option<u32>, Query, description = "At most this many (1 to 10000; default 10000)"),
+    ),
+    responses((status = 200, body = EnvironmentList), (status = 400, body = ErrorBody)))]
+pub async fn list(State(app): State<App>, RawQuery(raw): RawQuery) -> Result<Json<EnvironmentList>, ApiError> {
+    let pairs = query_pairs(raw.as_deref())?;
+    only_keys(&pairs, &["owner", "state", "provider", "label", "limit"])?;
+    let mut filter = ListFilter::default();
+    for (k, v) in pairs {
+        match k.as_str() {
+            "owner" => filter.owner = Some(v),
+            "provider" => filter.provider = Some(v),
+            "state" => filter.state = Some(v.parse::<ObservedState>().map_err(|e| ApiError::bad_request(e.to_string()))?),
+            "label" => filter.labels.push(validate::label_selector(&v).map_err(|e| ApiError::bad_request(e.to_string()))?),
+            "limit" => filter.limit = Some(number("limit", &v, 1u32, 10_000)?),
+            _ => {}
+        }
+    }
+    let envs = app.list(filter).await?;
+    Ok(Json(EnvironmentList { environments: envs.iter().map(EnvironmentView::from).collect() }))
+}
+
+/// One environment.
+#[utoipa::path(get, path = "/v1/environments/{id}", tag = "environments", params(("id" = String, Path)),
+    responses((status = 200, body = EnvironmentView), (status = 404, body = ErrorBody)))]
+pub async fn show(State(app): State<App>, Path(id): Path<String>) -> Result<Json<EnvironmentView>, ApiError> {
+    Ok(Json(EnvironmentView::from(&app.get(&id).await?)))
+}
+
+/// Move the lease's end. An environment its expiry stopped is started again.
+#[utoipa::path(post, path = "/v1/environments/{id}/extend", tag = "environments", params(("id" = String, Path)), request_body = ExtendRequest,
+    responses((status = 200, body = EnvironmentView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn extend(State(app): State<App>, Path(id): Path<String>, ApiJson(req): ApiJson<ExtendRequest>) -> Result<Json<EnvironmentView>, ApiError> {
+    Ok(Json(EnvironmentView::from(&app.extend(&id, req).await?)))
+}
+
+/// Ask for the environment to be stopped.
+#[utoipa::path(post, path = "/v1/environments/{id}/stop", tag = "environments", params(("id" = String, Path)),
+    responses((status = 202, body = EnvironmentView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn stop(State(app): State<App>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    Ok((StatusCode::ACCEPTED, Json(EnvironmentView::from(&app.stop(&id).await?))))
+}
+
+/// Ask for the environment to run again (also after a failure).
+#[utoipa::path(post, path = "/v1/environments/{id}/start", tag = "environments", params(("id" = String, Path)),
+    responses((status = 202, body = EnvironmentView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn start(State(app): State<App>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    Ok((StatusCode::ACCEPTED, Json(EnvironmentView::from(&app.start(&id).await?))))
+}
+
+/// Ask for the environment and its resources to be removed. The record stays, `deleted`.
+#[utoipa::path(delete, path = "/v1/environments/{id}", tag = "environments", params(("id" = String, Path)),
+    responses((status = 202, body = EnvironmentView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete(State(app): State<App>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    Ok((StatusCode::ACCEPTED, Json(EnvironmentView::from(&app.delete(&id).await?))))
+}
+
+/// Run a command inside a running environment and return its output.
+#[utoipa::path(post, path = "/v1/environments/{id}/exec", tag = "environments", params(("id" = String, Path)), request_body = ExecRequest,
+    responses((status = 200, body = ExecResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 502, description = "The provider failed", body = ErrorBody), (status = 503, description = "The provider is unavailable", body = ErrorBody)))]
+pub async fn exec(State(app): State<App>, Path(id): Path<String>, ApiJson(req): ApiJson<ExecRequest>) -> Result<Json<ExecResult>, ApiError> {
+    Ok(Json(app.exec(&id, req).await?))
+}
+
+/// The tail of what the environment printed.
+#[utoipa::path(get, path = "/v1/environments/{id}/logs", tag = "environments",
+    params(("id" = String, Path), ("tail" = Option<usize>, Query, description = "Last lines per stream (1 to 10000; default 100)")),
+    responses((status = 200, body = LogsView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn logs(State(app): State<App>, Path(id): Path<String>, RawQuery(raw): RawQuery) -> Result<Json<LogsView>, ApiError> {
+    let pairs = query_pairs(raw.as_deref())?;
+    only_keys(&pairs, &["tail"])?;
+    let tail = match pairs.iter().find(|(k, _)| k == "tail") {
+        Some((_, v)) => number("tail", v, 1usize, 10_000)?,
+        None => 100,
+    };
+    Ok(Json(app.logs(&id, tail).await?))
+}

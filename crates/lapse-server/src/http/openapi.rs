@@ -1,0 +1,18 @@
+//! The OpenAPI document, built from the handlers' annotations and the wire types, so it
+//! describes what the server does.
+
+use utoipa::OpenApi;
+
+use super::{environments, system};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Lapse", description = "Control plane for short-lived compute environments."),
+    paths(
+        environments::create, environments::list, environments::show, environments::extend,
+        environments::stop, environments::start, environments::delete, environments::exec, environments::logs,
+        system::healthz, system::metrics, system::providers, system::events, system::openapi,
+    ),
+    tags((name = "environments", description = "Leased environments"), (name = "system", description = "Health, metrics, audit trail"))
+)]
+pub struct ApiDoc;

@@ -1,0 +1,78 @@
+//! `/healthz`, `/metrics`, `/v1/providers`, `/v1/events`, `/v1/openapi.json`.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use lapse_core::model::is_environment_id;
+use lapse_core::wire::{ErrorBody, EventList, EventView, ProviderList};
+use utoipa::OpenApi;
+
+use super::{ApiError, number, only_keys, query_pairs};
+use crate::app::App;
+
+pub fn router() -> Router<App> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/providers", get(providers))
+        .route("/v1/events", get(events))
+        .route("/v1/openapi.json", get(openapi))
+}
+
+/// Liveness: the server answers and its store reads.
+#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, description = "ok"), (status = 500, body = ErrorBody)))]
+pub async fn healthz(State(app): State<App>) -> Result<&'static str, ApiError> {
+    app.cx.store.count_by_provider_and_state().await.map_err(|e| ApiError::from(crate::app::AppError::Store(e)))?;
+    Ok("ok\n")
+}
+
+/// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+pub async fn metrics(State(app): State<App>) -> Result<impl IntoResponse, ApiError> {
+    let counts = app.cx.store.count_by_provider_and_state().await.map_err(|e| ApiError::from(crate::app::AppError::Store(e)))?;
+    app.cx.metrics.set_environment_counts(&counts);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.cx.metrics.encode()))
+}
+
+/// The providers of this server and whether each answers now.
+#[utoipa::path(get, path = "/v1/providers", tag = "system", responses((status = 200, body = ProviderList)))]
+pub async fn providers(State(app): State<App>) -> Json<ProviderList> {
+    Json(ProviderList { providers: app.providers().await })
+}
+
+/// The audit trail, oldest first, paged by `after`.
+#[utoipa::path(get, path = "/v1/events", tag = "system",
+    params(
+        ("environment" = Option<String>, Query, description = "Only this environment's"),
+        ("after" = Option<i64>, Query, description = "Only events after this seq"),
+        ("limit" = Option<u32>, Query, description = "At most this many (1 to 1000; default 100)"),
+    ),
+    responses((status = 200, body = EventList), (status = 400, body = ErrorBody)))]
+pub async fn events(State(app): State<App>, RawQuery(raw): RawQuery) -> Result<Json<EventList>, ApiError> {
+    let pairs = query_pairs(raw.as_deref())?;
+    only_keys(&pairs, &["environment", "after", "limit"])?;
+    let mut environment = None;
+    let mut after = None;
+    let mut limit = 100u32;
+    for (k, v) in &pairs {
+        match k.as_str() {
+            "environment" if is_environment_id(v) => environment = Some(v.clone()),
+            "environment" => return Err(ApiError::bad_request(format!("{v:?} is not an environment id"))),
+            "after" => after = Some(number("after", v, 0i64, i64::MAX)?),
+            "limit" => limit = number("limit", v, 1u32, 1000)?,
+            _ => {}
+        }
+    }
+    let events = app.cx.store.events(environment.as_deref(), after, limit).await.map_err(|e| ApiError::from(crate::app::AppError::Store(e)))?;
+    let next = (events.len() == limit as usize).then(|| events.last().map(|e| e.seq)).flatten();
+    Ok(Json(EventList { events: events.iter().map(EventView::from).collect(), next }))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "system", responses((status = 200, description = "OpenAPI 3.1 document")))]
+pub async fn openapi() -> impl IntoResponse {
+    Json(super::openapi::ApiDoc::openapi())
+}

@@ -1,0 +1,83 @@
+//! Prometheus metrics, served at `/metrics` in the text format.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    pub provider: String,
+    pub step: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub provider: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub provider: String,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub reconcile_steps: Family<StepLabels, Counter>,
+    pub reconcile_failures: Family<ProviderLabels, Counter>,
+    pub environments: Family<StateLabels, Gauge>,
+    pub expiry_lateness: Histogram,
+    pub sweep_orphans_removed: Family<ProviderLabels, Counter>,
+    pub sweep_drift_corrected: Family<ProviderLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("lapse");
+        let reconcile_steps = Family::<StepLabels, Counter>::default();
+        registry.register("reconcile_steps", "Reconciler steps taken, by provider, step and outcome", reconcile_steps.clone());
+        let reconcile_failures = Family::<ProviderLabels, Counter>::default();
+        registry.register("reconcile_failures", "Provider calls that failed", reconcile_failures.clone());
+        let environments = Family::<StateLabels, Gauge>::default();
+        registry.register("environments", "Environments by provider and observed state", environments.clone());
+        let expiry_lateness = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
+        registry.register("expiry_lateness_seconds", "How long after expires_at an expiry was applied", expiry_lateness.clone());
+        let sweep_orphans_removed = Family::<ProviderLabels, Counter>::default();
+        registry.register("sweep_orphans_removed", "Labelled resources the store did not know, removed", sweep_orphans_removed.clone());
+        let sweep_drift_corrected = Family::<ProviderLabels, Counter>::default();
+        registry.register("sweep_drift_corrected", "Records corrected because their resource changed or vanished", sweep_drift_corrected.clone());
+        Metrics { registry, reconcile_steps, reconcile_failures, environments, expiry_lateness, sweep_orphans_removed, sweep_drift_corrected }
+    }
+
+    pub fn step(&self, provider: &str, step: &str, outcome: &str) {
+        self.reconcile_steps
+            .get_or_create(&StepLabels { provider: provider.to_owned(), step: step.to_owned(), outcome: outcome.to_owned() })
+            .inc();
+    }
+
+    /// Sets the per-state gauges from fresh counts (states no longer present drop out).
+    pub fn set_environment_counts(&self, counts: &[(String, String, i64)]) {
+        self.environments.clear();
+        for (provider, state, n) in counts {
+            self.environments.get_or_create(&StateLabels { provider: provider.clone(), state: state.clone() }).set(*n);
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encoding into a String");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

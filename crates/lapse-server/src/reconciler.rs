@@ -1,0 +1,362 @@
+//! The reconciler: makes each environment's observed state match its desired state.
+//!
+//! Contract:
+//! - **It takes no input but an environment id, and reads current state.** Entry points (API,
+//!   timers, sweep) only write desired state and call [`Reconciler::enqueue`]; what woke the
+//!   reconciler is never trusted. The step to take comes from [`lapse_core::state::plan`].
+//! - **One step at a time per environment, idempotent.** A step that calls a provider first
+//!   records the in-progress state (`provisioning`, `stopping`, `deleting`), then calls the
+//!   provider, then records the outcome. A crash anywhere leaves a row that, on restart,
+//!   yields the same step again; providers' operations are idempotent, so repeating it is safe.
+//! - **Every write re-checks** that the row still calls for the step (compare-and-set inside
+//!   the store's transaction); a step that lost a race is dropped and the id re-queued.
+//! - Provider calls are bounded per provider (a semaphore each). Failures are retried with
+//!   exponential back-off (a timer); a provision that keeps failing is marked `failed` and its
+//!   resources removed; stops and deletes are retried until they succeed.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use lapse_core::Millis;
+use lapse_core::model::{DesiredState, Environment, ObservedState};
+use lapse_core::state::{Plan, backoff_millis, can_transition, in_progress_state, lease_expired, plan};
+use lapse_providers::{Instance, ProviderError};
+use lapse_store::{NewEvent, StoreError};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::context::Context;
+
+/// Steps running at once, across all providers (provider semaphores bound each provider).
+const MAX_STEPS_IN_FLIGHT: usize = 256;
+
+#[derive(Clone)]
+pub struct Reconciler {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cx: Arc<Context>,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    slots: HashMap<String, Arc<Semaphore>>,
+    steps: Arc<Semaphore>,
+}
+
+#[derive(Default)]
+struct Queue {
+    order: VecDeque<String>,
+    queued: HashSet<String>,
+    running: HashSet<String>,
+    /// Enqueued while a step for it ran: run again after.
+    again: HashSet<String>,
+}
+
+/// Why a step stopped early without error.
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error("the environment changed during the step")]
+    Stale,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Reconciler {
+    pub fn new(cx: Arc<Context>) -> Self {
+        let slots = cx
+            .providers
+            .iter()
+            .map(|p| (p.name().to_owned(), Arc::new(Semaphore::new(cx.config.concurrency_of(p.name())))))
+            .collect();
+        Reconciler {
+            inner: Arc::new(Inner {
+                cx,
+                queue: Mutex::new(Queue::default()),
+                wake: Notify::new(),
+                slots,
+                steps: Arc::new(Semaphore::new(MAX_STEPS_IN_FLIGHT)),
+            }),
+        }
+    }
+
+    /// Asks for a look at `id`. Cheap; duplicates collapse.
+    pub fn enqueue(&self, id: &str) {
+        let mut q = self.inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.running.contains(id) {
+            q.again.insert(id.to_owned());
+            return;
+        }
+        if q.queued.insert(id.to_owned()) {
+            q.order.push_back(id.to_owned());
+            drop(q);
+            self.inner.wake.notify_one();
+        }
+    }
+
+    /// Whether a step for `id` is queued or running (the sweep leaves such ones alone).
+    pub fn is_busy(&self, id: &str) -> bool {
+        let q = self.inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.queued.contains(id) || q.running.contains(id)
+    }
+
+    /// Queued plus running steps.
+    pub fn backlog(&self) -> usize {
+        let q = self.inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.order.len() + q.running.len()
+    }
+
+    /// Dispatches queued ids for ever.
+    pub async fn run(&self) {
+        loop {
+            let wake = self.inner.wake.notified();
+            let next = {
+                let mut q = self.inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+                let next = q.order.pop_front();
+                if let Some(id) = &next {
+                    q.queued.remove(id);
+                    q.running.insert(id.clone());
+                }
+                next
+            };
+            let Some(id) = next else {
+                wake.await;
+                continue;
+            };
+            // The semaphore is never closed.
+            let permit = self.inner.steps.clone().acquire_owned().await.expect("step semaphore open");
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.step(&id).await;
+                drop(permit);
+                this.finish(&id);
+            });
+        }
+    }
+
+    fn finish(&self, id: &str) {
+        let mut q = self.inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.running.remove(id);
+        if q.again.remove(id) && q.queued.insert(id.to_owned()) {
+            q.order.push_back(id.to_owned());
+            drop(q);
+            self.inner.wake.notify_one();
+        }
+    }
+
+    async fn step(&self, id: &str) {
+        let cx = &self.inner.cx;
+        let env = match cx.store.get(id).await {
+            Ok(Some(env)) => env,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(environment = id, error = %e, "reconciler could not read the environment; retrying in 1 s");
+                cx.timers.schedule(cx.clock.now() + 1_000, id);
+                return;
+            }
+        };
+        let now = cx.clock.now();
+        let planned = plan(&env, now);
+        let outcome = match planned {
+            Plan::Converged => return,
+            Plan::WaitUntil(at) => {
+                cx.timers.schedule(at, id);
+                return;
+            }
+            Plan::Expire(target) => self.expire(&env, target, now).await,
+            Plan::MarkStopped => self.mark(&env, planned, ObservedState::Stopped).await,
+            Plan::MarkDeleted => self.mark(&env, planned, ObservedState::Deleted).await,
+            Plan::Provision | Plan::Stop | Plan::Delete => self.call_provider(&env, planned, now).await,
+        };
+        match outcome {
+            // Look again: the next step (or `Converged`) follows from the new state.
+            Ok(()) | Err(StepError::Stale) => self.enqueue(id),
+            Err(StepError::Store(e)) => {
+                tracing::error!(environment = id, error = %e, "reconciler could not write; retrying in 1 s");
+                cx.timers.schedule(cx.clock.now() + 1_000, id);
+            }
+        }
+    }
+
+    async fn expire(&self, env: &Environment, target: DesiredState, now: Millis) -> Result<(), StepError> {
+        let cx = &self.inner.cx;
+        let updated = cx
+            .store
+            .update(&env.id, |e| {
+                if !lease_expired(e, now) {
+                    return Err(StepError::Stale);
+                }
+                let was = e.desired;
+                e.restart_on_extend = target == DesiredState::Stopped && was == DesiredState::Running;
+                e.desired = target;
+                e.expired_at = Some(now);
+                let lateness = now - e.expires_at.unwrap_or(now);
+                Ok(vec![NewEvent::new(
+                    &e.id,
+                    "expiry",
+                    "expire",
+                    target.as_str(),
+                    format!("lease ran out ({lateness} ms after expires_at); desired {was} -> {target}"),
+                )])
+            })
+            .await?;
+        if let Some(e) = updated {
+            let lateness = (now - e.expires_at.unwrap_or(now)).max(0) as f64 / 1000.0;
+            cx.metrics.expiry_lateness.observe(lateness);
+            tracing::info!(environment = %e.id, to = %target, lateness_s = lateness, "lease expired");
+        }
+        Ok(())
+    }
+
+    /// Records a state reached without a provider call.
+    async fn mark(&self, env: &Environment, planned: Plan, to: ObservedState) -> Result<(), StepError> {
+        let cx = &self.inner.cx;
+        let now = cx.clock.now();
+        cx.store
+            .update(&env.id, |e| {
+                if plan(e, now) != planned {
+                    return Err(StepError::Stale);
+                }
+                Ok(vec![transition(e, to, "reconciler", "never provisioned")])
+            })
+            .await?;
+        cx.metrics.step(&env.spec.provider, step_name(planned), "ok");
+        Ok(())
+    }
+
+    async fn call_provider(&self, env: &Environment, planned: Plan, now: Millis) -> Result<(), StepError> {
+        let cx = &self.inner.cx;
+        let provider_name = env.spec.provider.as_str();
+        let Some(provider) = cx.providers.get(provider_name).cloned() else {
+            let err = ProviderError::Unavailable { provider: "unknown", message: format!("provider {provider_name:?} is not configured on this server") };
+            return self.record_failure(env, planned, &err).await;
+        };
+        let slots = self.inner.slots.get(provider_name).cloned();
+        let _slot = match &slots {
+            // The semaphores are never closed.
+            Some(s) => Some(s.acquire().await.expect("provider semaphore open")),
+            None => None,
+        };
+        // Write the intent before the call it describes.
+        let doing = in_progress_state(planned).unwrap_or(env.observed);
+        if env.observed != doing {
+            cx.store
+                .update(&env.id, |e| {
+                    if plan(e, now) != planned {
+                        return Err(StepError::Stale);
+                    }
+                    Ok(vec![transition(e, doing, "reconciler", "")])
+                })
+                .await?;
+        }
+        let grace = cx.config.stop_grace;
+        let started = std::time::Instant::now();
+        let result: Result<Option<Instance>, ProviderError> = match planned {
+            Plan::Provision => provider.ensure_running(&env.id, &env.spec).await.map(Some),
+            Plan::Stop => provider.stop(&env.id, grace).await.map(|()| None),
+            Plan::Delete => provider.delete(&env.id, grace).await.map(|()| None),
+            _ => unreachable!("call_provider is only called for provider steps"),
+        };
+        let took = started.elapsed();
+        match result {
+            Ok(instance) => {
+                let reached = match planned {
+                    Plan::Provision => ObservedState::Running,
+                    Plan::Stop => ObservedState::Stopped,
+                    _ => ObservedState::Deleted,
+                };
+                cx.store
+                    .update(&env.id, |e| {
+                        if e.observed != doing {
+                            return Err(StepError::Stale);
+                        }
+                        if let Some(instance) = &instance {
+                            e.provider_ref = Some(instance.provider_ref.clone());
+                            e.endpoints = instance.endpoints.clone();
+                        } else {
+                            e.endpoints.clear();
+                        }
+                        e.attempts = 0;
+                        e.next_attempt_at = None;
+                        e.reason = None;
+                        Ok(vec![transition(e, reached, "reconciler", &format!("{provider_name} took {} ms", took.as_millis()))])
+                    })
+                    .await?;
+                cx.metrics.step(provider_name, step_name(planned), "ok");
+                tracing::info!(environment = %env.id, provider = provider_name, state = %reached, took_ms = took.as_millis() as u64, "step done");
+                Ok(())
+            }
+            Err(err) => self.record_failure(env, planned, &err).await,
+        }
+    }
+
+    async fn record_failure(&self, env: &Environment, planned: Plan, err: &ProviderError) -> Result<(), StepError> {
+        let cx = &self.inner.cx;
+        let provider_name = env.spec.provider.as_str();
+        cx.metrics.step(provider_name, step_name(planned), "error");
+        cx.metrics
+            .reconcile_failures
+            .get_or_create(&crate::metrics::ProviderLabels { provider: provider_name.to_owned() })
+            .inc();
+        let now = cx.clock.now();
+        let retry = &cx.config.retry;
+        let mut gave_up = false;
+        let updated = cx
+            .store
+            .update(&env.id, |e| {
+                e.attempts = e.attempts.saturating_add(1);
+                e.reason = Some(err.to_string());
+                // Only a provision gives up: a stop or delete that gives up would leak.
+                gave_up = planned == Plan::Provision && (!err.is_retryable() || e.attempts >= retry.max_attempts);
+                if gave_up {
+                    e.next_attempt_at = None;
+                    let message = format!("gave up after {} attempt(s): {err}", e.attempts);
+                    let event = transition(e, ObservedState::Failed, "reconciler", &message);
+                    e.reason = Some(message);
+                    return Ok(vec![event]);
+                }
+                let wait = backoff_millis(e.attempts, retry.base.as_millis() as i64, retry.cap.as_millis() as i64);
+                e.next_attempt_at = Some(now + wait);
+                Ok::<_, StepError>(vec![NewEvent::new(
+                    &e.id,
+                    "reconciler",
+                    step_name(planned),
+                    "error",
+                    format!("attempt {} failed, next in {wait} ms: {err}", e.attempts),
+                )])
+            })
+            .await?;
+        tracing::warn!(environment = %env.id, provider = provider_name, error = %err, gave_up, "provider call failed");
+        if gave_up {
+            // Remove whatever the failed provision left; the sweep catches what this misses.
+            if let Some(provider) = cx.providers.get(provider_name)
+                && let Err(e) = provider.delete(&env.id, cx.config.stop_grace).await
+            {
+                tracing::warn!(environment = %env.id, error = %e, "cleanup after a failed provision failed; the sweep will retry");
+            }
+            return Ok(());
+        }
+        // The re-queued step finds the back-off (`Plan::WaitUntil`) and sets its timer.
+        let _ = updated;
+        Ok(())
+    }
+}
+
+/// Moves `e` to `to`, checking the state machine, and returns the event that says so.
+pub(crate) fn transition(e: &mut Environment, to: ObservedState, actor: &str, note: &str) -> NewEvent {
+    let from = e.observed;
+    debug_assert!(from == to || can_transition(from, to), "refused transition {from} -> {to}");
+    e.observed = to;
+    let message = if note.is_empty() { format!("{from} -> {to}") } else { format!("{from} -> {to}: {note}") };
+    NewEvent::new(&e.id, actor, "transition", to.as_str(), message)
+}
+
+fn step_name(plan: Plan) -> &'static str {
+    match plan {
+        Plan::Provision => "provision",
+        Plan::Stop => "stop",
+        Plan::Delete => "delete",
+        Plan::MarkStopped => "mark_stopped",
+        Plan::MarkDeleted => "mark_deleted",
+        Plan::Expire(_) => "expire",
+        Plan::Converged | Plan::WaitUntil(_) => "none",
+    }
+}

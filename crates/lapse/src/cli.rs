@@ -1,0 +1,330 @@
+//! The command line: `lapse serve` and the verbs that talk to a server.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use lapse_core::model::{ObservedState, OnExpiry, Resources, Spec};
+use lapse_core::wire::{CreateEnvironment, DurationInput, EnvironmentList, EnvironmentView, EventList, ExecRequest, ExecResult, ExtendRequest, LogsView, ProviderList};
+use reqwest::Method;
+
+use crate::client::Client;
+use crate::output;
+use crate::serve::{self, ServeArgs};
+
+/// Lapse: leased compute environments (processes, containers) that stop or disappear when
+/// their lease runs out.
+///
+/// `lapse serve` runs the control plane; every other verb talks to one at --url.
+#[derive(Parser, Debug)]
+#[command(name = "lapse", version, propagate_version = true)]
+pub struct Cli {
+    /// The Lapse server to talk to.
+    #[arg(long, global = true, env = "LAPSE_URL", default_value = "http://127.0.0.1:7070")]
+    url: String,
+    /// Print the server's JSON instead of tables (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the control plane: API, reconciler, expiry timers, drift sweep.
+    Serve(ServeArgs),
+    /// Create an environment; the command to run follows `--`.
+    ///
+    /// Example: lapse create --provider docker --image localhost/busybox --ttl 30m --on-expiry stop -- sleep 1000
+    Create(CreateArgs),
+    /// List environments.
+    #[command(alias = "ls")]
+    List {
+        /// Only this owner's.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Only in this state (pending, provisioning, running, stopping, stopped, deleting, deleted, failed).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only with this label, as key=value (repeatable; all must match).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    /// Show one environment.
+    Status(IdArg),
+    /// Move an environment's expiry; one stopped by its expiry starts again.
+    Extend {
+        #[command(flatten)]
+        id: IdArg,
+        /// How much longer, e.g. 30m or 2h (counted from the later of now and the current expiry).
+        #[arg(long, alias = "duration", short = 'd', conflicts_with = "until", required_unless_present = "until")]
+        by: Option<String>,
+        /// A new expiry time, RFC 3339 (2026-12-01T12:00:00Z).
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Stop an environment (it can be started again).
+    Stop(IdArg),
+    /// Start a stopped or failed environment.
+    Start(IdArg),
+    /// Delete an environment and everything its provider holds for it.
+    #[command(alias = "rm")]
+    Delete(IdArg),
+    /// Run a command inside a running environment; exits with its exit code.
+    Exec {
+        #[command(flatten)]
+        id: IdArg,
+        /// Give up after this long (default 30s).
+        #[arg(long)]
+        timeout: Option<String>,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Print the tail of what an environment printed.
+    Logs {
+        #[command(flatten)]
+        id: IdArg,
+        /// Lines per stream.
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+    },
+    /// The audit trail: every transition and every mutating call.
+    Events {
+        /// Only this environment's.
+        #[arg(long)]
+        environment: Option<String>,
+        /// Only events after this sequence number.
+        #[arg(long)]
+        after: Option<i64>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// The server's providers and whether each answers.
+    Providers,
+}
+
+#[derive(clap::Args, Debug)]
+struct IdArg {
+    /// Environment id (as `lapse list` shows it).
+    #[arg(value_name = "ID")]
+    id: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct CreateArgs {
+    /// Provider: process (local processes) or docker (containers).
+    #[arg(long, short = 'p', default_value = "process")]
+    provider: String,
+    /// Image (docker).
+    #[arg(long)]
+    image: Option<String>,
+    /// A name for people.
+    #[arg(long)]
+    name: Option<String>,
+    /// Who it is for (default: $USER).
+    #[arg(long, env = "USER", default_value = "anonymous")]
+    owner: String,
+    /// Label key=value (repeatable).
+    #[arg(long = "label", value_parser = key_value)]
+    labels: Vec<(String, String)>,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(long = "env", short = 'e', value_parser = key_value)]
+    env: Vec<(String, String)>,
+    /// Virtual CPUs (docker), fractions allowed.
+    #[arg(long)]
+    vcpu: Option<f64>,
+    /// Memory limit in MiB (docker).
+    #[arg(long)]
+    mem_mb: Option<u64>,
+    /// TCP port to publish (repeatable).
+    #[arg(long = "port")]
+    ports: Vec<u16>,
+    /// Lease length, e.g. 30m, 2h, or seconds (default: the server's, 1h).
+    #[arg(long, alias = "duration", short = 'd')]
+    ttl: Option<String>,
+    /// What happens when the lease runs out.
+    #[arg(long, value_parser = ["stop", "delete"], default_value = "stop")]
+    on_expiry: String,
+    /// Wait until it runs (or fails), showing progress.
+    #[arg(long)]
+    wait: bool,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true)]
+    cmd: Vec<String>,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+fn duration_input(s: &str) -> DurationInput {
+    match s.parse::<i64>() {
+        Ok(n) => DurationInput::Seconds(n),
+        Err(_) => DurationInput::Text(s.to_owned()),
+    }
+}
+
+fn env_path(id: &str, rest: &str) -> String {
+    // Ids are hex; anything else is sent escaped and the server answers 404.
+    let id: String = id.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_string() } else { format!("%{:02X}", c as u32 & 0xff) }).collect();
+    format!("/v1/environments/{id}{rest}")
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Serve(args) = cli.command {
+        serve::run(args).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let client = Client::new(&cli.url)?;
+    let json = cli.json;
+    let show = |env: &EnvironmentView| {
+        if json {
+            print_json(env);
+        } else {
+            output::environment(env);
+        }
+    };
+    match cli.command {
+        Command::Serve(_) => unreachable!("handled above"),
+        Command::Create(args) => {
+            let resources = (args.vcpu.is_some() || args.mem_mb.is_some()).then_some(Resources { vcpu: args.vcpu, mem_mb: args.mem_mb, disk_gb: None });
+            let req = CreateEnvironment {
+                name: args.name,
+                owner: args.owner,
+                labels: args.labels.into_iter().collect(),
+                spec: Spec {
+                    provider: args.provider,
+                    image: args.image,
+                    cmd: args.cmd,
+                    env: args.env.into_iter().collect::<BTreeMap<_, _>>(),
+                    resources,
+                    ports: args.ports,
+                },
+                ttl: args.ttl.as_deref().map(duration_input),
+                on_expiry: if args.on_expiry == "delete" { OnExpiry::Delete } else { OnExpiry::Stop },
+            };
+            let mut env: EnvironmentView = client.post("/v1/environments", &req).await?;
+            if args.wait {
+                env = wait_until_settled(&client, env, json).await?;
+            }
+            show(&env);
+            if env.state == ObservedState::Failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::List { owner, state, labels } => {
+            let mut query: Vec<(&str, String)> = Vec::new();
+            if let Some(o) = owner {
+                query.push(("owner", o));
+            }
+            if let Some(s) = state {
+                query.push(("state", s));
+            }
+            for l in labels {
+                query.push(("label", l));
+            }
+            let qs = serde_urlencoded::to_string(&query).context("encoding the query")?;
+            let list: EnvironmentList = client.get(&format!("/v1/environments?{qs}")).await?;
+            if json {
+                print_json(&list);
+            } else {
+                output::environments(&list.environments);
+            }
+        }
+        Command::Status(IdArg { id }) => show(&client.get(&env_path(&id, "")).await?),
+        Command::Extend { id, by, until } => {
+            let req = ExtendRequest { by: by.as_deref().map(duration_input), until };
+            show(&client.post(&env_path(&id.id, "/extend"), &req).await?);
+        }
+        Command::Stop(IdArg { id }) => show(&client.post(&env_path(&id, "/stop"), &()).await?),
+        Command::Start(IdArg { id }) => show(&client.post(&env_path(&id, "/start"), &()).await?),
+        Command::Delete(IdArg { id }) => show(&client.call(Method::DELETE, &env_path(&id, ""), None::<&()>).await?),
+        Command::Exec { id, timeout, cmd } => {
+            let req = ExecRequest { cmd, timeout: timeout.as_deref().map(duration_input) };
+            let result: ExecResult = client.post(&env_path(&id.id, "/exec"), &req).await?;
+            if json {
+                print_json(&result);
+            } else {
+                print!("{}", result.stdout);
+                eprint!("{}", result.stderr);
+                let _ = std::io::stdout().flush();
+            }
+            if result.timed_out {
+                eprintln!("error: the command was still running at its timeout");
+                return Ok(ExitCode::from(124));
+            }
+            let code = result.exit_code.unwrap_or(1);
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+        }
+        Command::Logs { id, tail } => {
+            let logs: LogsView = client.get(&env_path(&id.id, &format!("/logs?tail={tail}"))).await?;
+            if json {
+                print_json(&logs);
+            } else {
+                print!("{}", logs.stdout);
+                eprint!("{}", logs.stderr);
+            }
+        }
+        Command::Events { environment, after, limit } => {
+            let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+            if let Some(e) = environment {
+                query.push(("environment", e));
+            }
+            if let Some(a) = after {
+                query.push(("after", a.to_string()));
+            }
+            let qs = serde_urlencoded::to_string(&query).context("encoding the query")?;
+            let events: EventList = client.get(&format!("/v1/events?{qs}")).await?;
+            if json {
+                print_json(&events);
+            } else {
+                output::events(&events.events);
+            }
+        }
+        Command::Providers => {
+            let list: ProviderList = client.get("/v1/providers").await?;
+            if json {
+                print_json(&list);
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .providers
+                    .iter()
+                    .map(|p| vec![p.name.clone(), if p.available { "up".into() } else { "down".into() }, p.detail.clone()])
+                    .collect();
+                output::table(&["PROVIDER", "STATUS", "DETAIL"], &rows);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Polls until the environment runs or fails, printing each state change to stderr.
+async fn wait_until_settled(client: &Client, mut env: EnvironmentView, quiet: bool) -> anyhow::Result<EnvironmentView> {
+    let started = Instant::now();
+    let mut last = None;
+    loop {
+        if last != Some(env.state) && !quiet {
+            eprintln!("[{:>5.1}s] {}", started.elapsed().as_secs_f64(), env.state);
+            last = Some(env.state);
+        }
+        match env.state {
+            ObservedState::Running | ObservedState::Failed | ObservedState::Stopped | ObservedState::Deleted => return Ok(env),
+            _ => {}
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("environment {} is still {} after 10 minutes", env.id, env.state);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        env = client.get(&env_path(&env.id, "")).await?;
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    // Serializing the wire types cannot fail.
+    println!("{}", serde_json::to_string_pretty(value).expect("wire types serialize"));
+}

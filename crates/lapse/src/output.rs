@@ -1,0 +1,95 @@
+//! Human output: aligned tables and key/value blocks.
+
+use chrono::{DateTime, Utc};
+use lapse_core::wire::{EnvironmentView, EventView};
+
+/// Prints rows under a header, columns padded to their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// "in 29m", "3s ago".
+pub fn relative(rfc3339: &str) -> String {
+    let Ok(at) = DateTime::parse_from_rfc3339(rfc3339) else { return rfc3339.to_owned() };
+    let delta = at.with_timezone(&Utc) - Utc::now();
+    let secs = delta.num_seconds();
+    let span = humantime::format_duration(std::time::Duration::from_secs(secs.unsigned_abs())).to_string();
+    let short: String = span.split(' ').take(2).collect::<Vec<_>>().join(" ");
+    if secs >= 0 { format!("in {short}") } else { format!("{short} ago") }
+}
+
+pub fn environments(envs: &[EnvironmentView]) {
+    let rows: Vec<Vec<String>> = envs
+        .iter()
+        .map(|e| {
+            vec![
+                e.id.clone(),
+                e.name.clone().unwrap_or_default(),
+                e.owner.clone(),
+                e.spec.provider.clone(),
+                state(e),
+                e.expires_at.as_deref().map(relative).unwrap_or_default(),
+                endpoints(e),
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "OWNER", "PROVIDER", "STATE", "EXPIRES", "ENDPOINTS"], &rows);
+}
+
+fn state(e: &EnvironmentView) -> String {
+    let desired = e.desired_state.as_str();
+    let observed = e.state.as_str();
+    if desired == observed { observed.to_owned() } else { format!("{observed} -> {desired}") }
+}
+
+fn endpoints(e: &EnvironmentView) -> String {
+    e.endpoints.iter().map(|p| format!("{}:{}->{}", p.host, p.port, p.container_port)).collect::<Vec<_>>().join(",")
+}
+
+pub fn environment(e: &EnvironmentView) {
+    let mut rows = vec![
+        ("id", e.id.clone()),
+        ("name", e.name.clone().unwrap_or_default()),
+        ("owner", e.owner.clone()),
+        ("provider", e.spec.provider.clone()),
+        ("image", e.spec.image.clone().unwrap_or_default()),
+        ("cmd", e.spec.cmd.join(" ")),
+        ("state", e.state.as_str().to_owned()),
+        ("desired", e.desired_state.as_str().to_owned()),
+        ("expires", e.expires_at.as_deref().map(|t| format!("{t} ({})", relative(t))).unwrap_or_default()),
+        ("on expiry", e.on_expiry.as_str().to_owned()),
+        ("endpoints", endpoints(e)),
+        ("labels", e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")),
+        ("created", e.created_at.clone()),
+    ];
+    if let Some(reason) = &e.reason {
+        rows.push(("reason", reason.clone()));
+    }
+    if let Some(at) = &e.expired_at {
+        rows.push(("expired", at.clone()));
+    }
+    for (k, v) in rows.into_iter().filter(|(_, v)| !v.is_empty()) {
+        println!("{:<10} {v}", format!("{k}:"));
+    }
+}
+
+pub fn events(events: &[EventView]) {
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| vec![e.seq.to_string(), e.at.clone(), e.environment_id.clone().unwrap_or_default(), e.actor.clone(), e.action.clone(), e.outcome.clone(), e.message.clone()])
+        .collect();
+    table(&["SEQ", "AT", "ENVIRONMENT", "ACTOR", "ACTION", "OUTCOME", "MESSAGE"], &rows);
+}

@@ -1,0 +1,123 @@
+//! `lapse serve`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use lapse_server::ServerConfig;
+use lapse_server::config::{DockerSetting, OrphanPolicy};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to serve the API on.
+    #[arg(long, env = "LAPSE_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// Where the SQLite store and the process provider's directories live.
+    #[arg(long, env = "LAPSE_DATA_DIR", default_value = "./.lapse")]
+    pub data_dir: PathBuf,
+    /// Docker Engine API for the docker provider: `auto` (DOCKER_HOST, then the usual
+    /// sockets; off if none answers), `off`, or an endpoint such as unix:///run/podman/podman.sock.
+    #[arg(long, env = "LAPSE_DOCKER", default_value = "auto")]
+    pub docker: String,
+    /// TTL of environments created without one.
+    #[arg(long, env = "LAPSE_DEFAULT_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub default_ttl: Duration,
+    /// Longest TTL or extension a request may ask for.
+    #[arg(long, env = "LAPSE_MAX_TTL", default_value = "30d", value_parser = parse_duration)]
+    pub max_ttl: Duration,
+    /// How often the drift sweep compares providers with the store.
+    #[arg(long, env = "LAPSE_SWEEP_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub sweep_interval: Duration,
+    /// How long a stop waits for an environment to exit before killing it.
+    #[arg(long, env = "LAPSE_STOP_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub stop_grace: Duration,
+    /// Provider attempts before a provision is marked failed.
+    #[arg(long, env = "LAPSE_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
+    /// First retry back-off; it doubles per failure.
+    #[arg(long, env = "LAPSE_RETRY_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub retry_base: Duration,
+    /// Longest retry back-off.
+    #[arg(long, env = "LAPSE_RETRY_CAP", default_value = "60s", value_parser = parse_duration)]
+    pub retry_cap: Duration,
+    /// Provider calls at once per provider, as NAME=N (repeatable), e.g. docker=8.
+    #[arg(long = "concurrency", env = "LAPSE_CONCURRENCY", value_delimiter = ',', value_parser = parse_pair)]
+    pub concurrency: Vec<(String, usize)>,
+    /// What the sweep does with labelled resources the store does not know.
+    #[arg(long, env = "LAPSE_ORPHANS", value_enum, default_value_t = Orphans::Remove)]
+    pub orphans: Orphans,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "LAPSE_LOG_JSON")]
+    pub log_json: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Orphans {
+    Remove,
+    Adopt,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    lapse_core::duration::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn parse_pair(s: &str) -> Result<(String, usize), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not NAME=N"))?;
+    let n = v.parse::<usize>().map_err(|_| format!("{v:?} is not a number"))?;
+    if n == 0 {
+        return Err("concurrency must be at least 1".into());
+    }
+    Ok((k.to_owned(), n))
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.log_json);
+    let mut config = ServerConfig::new(&args.data_dir);
+    config.listen = args.listen;
+    config.default_ttl = args.default_ttl;
+    config.max_ttl = args.max_ttl;
+    config.sweep_interval = args.sweep_interval;
+    config.stop_grace = args.stop_grace;
+    config.retry.max_attempts = args.max_attempts.max(1);
+    config.retry.base = args.retry_base;
+    config.retry.cap = args.retry_cap;
+    config.concurrency.extend(args.concurrency);
+    config.orphans = match args.orphans {
+        Orphans::Remove => OrphanPolicy::Remove,
+        Orphans::Adopt => OrphanPolicy::Adopt,
+    };
+    config.docker = match args.docker.as_str() {
+        "auto" => DockerSetting::Auto,
+        "off" => DockerSetting::Off,
+        endpoint => DockerSetting::Endpoint(endpoint.to_owned()),
+    };
+    if config.default_ttl > config.max_ttl {
+        anyhow::bail!("--default-ttl is above --max-ttl");
+    }
+    let running = lapse_server::start(config).await.context("starting the server")?;
+    println!("lapse serving on http://{}", running.addr);
+    let stop = running.shutdown_handle();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+    });
+    running.wait().await
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LAPSE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -239,6 +239,19 @@ pub struct ProviderList {
     pub providers: Vec<ProviderView>,
 }
 
+/// `GET /v1/status`: what this control plane is and how busy.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct StatusView {
+    pub version: String,
+    /// The id every resource of this control plane is labelled with.
+    pub controller_id: String,
+    pub providers: Vec<String>,
+    /// Deadlines held (lease expiries and retry back-offs).
+    pub timers: usize,
+    /// Reconciler steps queued or running.
+    pub backlog: usize,
+}
+
 /// Every error answer: `{"error": {"code", "message"}}`.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {

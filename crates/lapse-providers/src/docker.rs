@@ -254,12 +254,33 @@ impl Provider for DockerProvider {
     }
 
     async fn delete(&self, environment_id: &str, _grace: Duration) -> Result<(), ProviderError> {
-        let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
-        match self.docker.remove_container(&Self::container_name(environment_id), Some(options)).await {
-            Ok(()) => Ok(()),
-            Err(e) if status_of(&e) == Some(404) => Ok(()),
-            Err(e) => Err(classify("delete", e)),
+        // By label, not only by name: whatever carries this environment's and this control
+        // plane's labels goes, whatever it is called.
+        let filters = HashMap::from([(
+            "label",
+            vec![format!("{LABEL_CONTROLLER}={}", self.controller_id), format!("{LABEL_ENVIRONMENT}={environment_id}")],
+        )]);
+        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let listed = self.docker.list_containers(Some(options)).await.map_err(|e| classify("delete", e))?;
+        let mut targets: Vec<String> = listed
+            .into_iter()
+            .filter(|c| {
+                c.labels.as_ref().is_some_and(|l| {
+                    l.get(LABEL_CONTROLLER) == Some(&self.controller_id) && l.get(LABEL_ENVIRONMENT).map(String::as_str) == Some(environment_id)
+                })
+            })
+            .filter_map(|c| c.id)
+            .collect();
+        targets.push(Self::container_name(environment_id));
+        for target in targets {
+            let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+            match self.docker.remove_container(&target, Some(options)).await {
+                Ok(()) => {}
+                Err(e) if status_of(&e) == Some(404) => {}
+                Err(e) => return Err(classify("delete", e)),
+            }
         }
+        Ok(())
     }
 
     async fn inspect(&self, environment_id: &str) -> Result<Option<Instance>, ProviderError> {

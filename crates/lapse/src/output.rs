@@ -41,7 +41,7 @@ pub fn environments(envs: &[EnvironmentView]) {
                 e.owner.clone(),
                 e.spec.provider.clone(),
                 state(e),
-                e.expires_at.as_deref().map(relative).unwrap_or_default(),
+                e.expires_at.as_deref().filter(|_| e.state.as_str() != "deleted").map(relative).unwrap_or_default(),
                 endpoints(e),
             ]
         })

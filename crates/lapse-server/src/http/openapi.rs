@@ -11,7 +11,7 @@ use super::{environments, system};
     paths(
         environments::create, environments::list, environments::show, environments::extend,
         environments::stop, environments::start, environments::delete, environments::exec, environments::logs,
-        system::healthz, system::metrics, system::providers, system::events, system::openapi,
+        system::healthz, system::metrics, system::providers, system::status, system::events, system::openapi,
     ),
     tags((name = "environments", description = "Leased environments"), (name = "system", description = "Health, metrics, audit trail"))
 )]

@@ -7,7 +7,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use lapse_core::model::is_environment_id;
-use lapse_core::wire::{ErrorBody, EventList, EventView, ProviderList};
+use lapse_core::wire::{ErrorBody, EventList, EventView, ProviderList, StatusView};
 use utoipa::OpenApi;
 
 use super::{ApiError, number, only_keys, query_pairs};
@@ -18,6 +18,7 @@ pub fn router() -> Router<App> {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/providers", get(providers))
+        .route("/v1/status", get(status))
         .route("/v1/events", get(events))
         .route("/v1/openapi.json", get(openapi))
 }
@@ -41,6 +42,18 @@ pub async fn metrics(State(app): State<App>) -> Result<impl IntoResponse, ApiErr
 #[utoipa::path(get, path = "/v1/providers", tag = "system", responses((status = 200, body = ProviderList)))]
 pub async fn providers(State(app): State<App>) -> Json<ProviderList> {
     Json(ProviderList { providers: app.providers().await })
+}
+
+/// What this control plane is and how busy it is.
+#[utoipa::path(get, path = "/v1/status", tag = "system", responses((status = 200, body = StatusView)))]
+pub async fn status(State(app): State<App>) -> Json<StatusView> {
+    Json(StatusView {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        controller_id: app.cx.controller_id.clone(),
+        providers: app.cx.providers.names().into_iter().map(str::to_owned).collect(),
+        timers: app.cx.timers.len(),
+        backlog: app.reconciler.backlog(),
+    })
 }
 
 /// The audit trail, oldest first, paged by `after`.

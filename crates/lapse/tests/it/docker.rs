@@ -1,0 +1,190 @@
+//! The docker provider through the API, against Podman's Docker Engine API.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use bollard::Docker;
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::{Server, secs};
+
+pub fn image() -> String {
+    std::env::var("LAPSE_TEST_IMAGE").expect("LAPSE_TEST_IMAGE is set by scripts/test (a local busybox image)")
+}
+
+pub fn docker() -> Docker {
+    let host = std::env::var("DOCKER_HOST").expect("DOCKER_HOST is set by scripts/test (Podman's socket)");
+    Docker::connect_with_unix(&host, 60, bollard::API_DEFAULT_VERSION).expect("connecting to the Docker API")
+}
+
+pub fn docker_env(cmd: &[&str]) -> Value {
+    json!({"owner": "ada", "spec": {"provider": "docker", "image": image(), "cmd": cmd}, "ttl": "10m"})
+}
+
+async fn fetch(host: &str, port: u64, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect((host, port as u16)).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).await.ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok()?;
+    Some(body)
+}
+
+async fn fetch_eventually(endpoint: &Value, path: &str, want: &str) {
+    let host = endpoint["host"].as_str().unwrap();
+    let port = endpoint["port"].as_u64().unwrap();
+    for _ in 0..100 {
+        if fetch(host, port, path).await.is_some_and(|b| b.contains(want)) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{host}:{port}{path} never answered {want:?}");
+}
+
+#[tokio::test]
+async fn container_life_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    let (_, providers) = server.get("/v1/providers").await;
+    let docker_view = providers["providers"].as_array().unwrap().iter().find(|p| p["name"] == "docker").cloned();
+    assert_eq!(docker_view.as_ref().map(|p| p["available"].clone()), Some(json!(true)), "docker provider up: {providers}");
+
+    let started = Instant::now();
+    let env = server
+        .create(json!({"owner": "ada", "spec": {"provider": "docker", "image": image(),
+            "cmd": ["sh", "-c", "echo served > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"],
+            "resources": {"vcpu": 0.5, "mem_mb": 64}, "ports": [8080]}, "ttl": "10m"}))
+        .await;
+    let id = env["id"].as_str().unwrap().to_owned();
+    let running = server.wait_state(&id, "running", secs(30)).await;
+    eprintln!("docker: create to running in {:?}", started.elapsed());
+
+    let docker = docker();
+    let inspect = docker.inspect_container(&format!("lapse-{id}"), None).await.unwrap();
+    let host_config = inspect.host_config.unwrap();
+    assert_eq!(host_config.memory, Some(64 * 1024 * 1024));
+    assert_eq!(host_config.nano_cpus, Some(500_000_000));
+    let labels = inspect.config.unwrap().labels.unwrap();
+    assert_eq!(labels.get("lapse.environment"), Some(&id));
+    assert_eq!(labels.get("lapse.controller"), Some(&server.controller_id));
+
+    let (status, out) = server
+        .post(&format!("/v1/environments/{id}/exec"), json!({"cmd": ["sh", "-c", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max"]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!((out["exit_code"].as_i64(), out["stdout"].as_str().map(str::trim)), (Some(0), Some("67108864")));
+
+    let endpoints = running["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 1, "{running}");
+    assert_eq!((endpoints[0]["container_port"].as_u64(), endpoints[0]["host"].as_str()), (Some(8080), Some("127.0.0.1")));
+    fetch_eventually(&endpoints[0], "/index.html", "served").await;
+
+    let (status, _) = server.post(&format!("/v1/environments/{id}/stop"), json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let stopped = server.wait_state(&id, "stopped", secs(30)).await;
+    assert_eq!(stopped["endpoints"], json!([]));
+    let inspect = docker.inspect_container(&format!("lapse-{id}"), None).await.unwrap();
+    assert_eq!(inspect.state.unwrap().running, Some(false));
+    let (status, answer) = server.post(&format!("/v1/environments/{id}/exec"), json!({"cmd": ["true"]})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+
+    server.post(&format!("/v1/environments/{id}/start"), json!({})).await;
+    let again = server.wait_state(&id, "running", secs(30)).await;
+    fetch_eventually(&again["endpoints"][0], "/index.html", "served").await;
+    let (status, logs) = server.get(&format!("/v1/environments/{id}/logs")).await;
+    assert_eq!(status, StatusCode::OK, "{logs}");
+
+    server.request(Method::DELETE, &format!("/v1/environments/{id}"), None).await;
+    server.wait_state(&id, "deleted", secs(30)).await;
+    assert!(docker.inspect_container(&format!("lapse-{id}"), None).await.is_err(), "the container is removed");
+}
+
+#[tokio::test]
+async fn the_sweep_removes_our_unknown_containers_and_leaves_others_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    let docker = docker();
+    let make = |controller: String, name: String, env_id: String| {
+        let docker = docker.clone();
+        async move {
+            let body = ContainerCreateBody {
+                image: Some(image()),
+                cmd: Some(vec!["sleep".into(), "600".into()]),
+                labels: Some(HashMap::from([("lapse.environment".to_owned(), env_id), ("lapse.controller".to_owned(), controller)])),
+                ..Default::default()
+            };
+            docker.create_container(Some(CreateContainerOptionsBuilder::default().name(&name).build()), body).await.unwrap();
+            docker.start_container(&name, None).await.unwrap();
+        }
+    };
+    let orphan_id = lapse_core::model::new_environment_id();
+    let orphan = format!("orphan-{orphan_id}");
+    let foreign = format!("foreign-{}", lapse_core::model::new_environment_id());
+    make(server.controller_id.clone(), orphan.clone(), orphan_id.clone()).await;
+    make("someone-else".into(), foreign.clone(), lapse_core::model::new_environment_id()).await;
+
+    let deadline = Instant::now() + secs(15);
+    while docker.inspect_container(&orphan, None).await.is_ok() {
+        assert!(Instant::now() < deadline, "the orphan was not removed\n{}", server.log());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    loop {
+        let (_, events) = server.get("/v1/events?limit=1000").await;
+        if events["events"].as_array().unwrap().iter().any(|e| e["action"] == "remove_orphan" && e["environment_id"] == orphan_id.as_str()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no remove_orphan event: {events:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(secs(2)).await;
+    assert!(docker.inspect_container(&foreign, None).await.is_ok(), "another control plane's container is left alone");
+    docker.remove_container(&foreign, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_container_removed_behind_our_back_is_provisioned_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    let id = server.create(docker_env(&["sleep", "600"])).await["id"].as_str().unwrap().to_owned();
+    server.wait_state(&id, "running", secs(30)).await;
+    let docker = docker();
+    let name = format!("lapse-{id}");
+    let first = docker.inspect_container(&name, None).await.unwrap().id;
+    docker.remove_container(&name, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await.unwrap();
+
+    let deadline = Instant::now() + secs(20);
+    loop {
+        if let Ok(c) = docker.inspect_container(&name, None).await
+            && c.id != first
+            && server.env(&id).await["state"] == "running"
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not provisioned again\n{}", server.log());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let events = server.events_of(&id).await;
+    assert!(events.iter().any(|e| e["actor"] == "sweep" && e["message"].as_str().unwrap().contains("vanished")), "{events:#?}");
+    server.request(Method::DELETE, &format!("/v1/environments/{id}"), None).await;
+    server.wait_state(&id, "deleted", secs(30)).await;
+}
+
+#[tokio::test]
+async fn a_missing_image_fails_with_its_reason_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    let mut body = docker_env(&["true"]);
+    body["spec"]["image"] = json!("localhost/lapse-no-such-image:1");
+    let id = server.create(body).await["id"].as_str().unwrap().to_owned();
+    let failed = server.wait_state(&id, "failed", secs(20)).await;
+    assert!(failed["reason"].as_str().unwrap().contains("not found"), "{failed}");
+    assert_eq!(failed["attempts"], 1, "a permanent error is not retried");
+    assert!(docker().inspect_container(&format!("lapse-{id}"), None).await.is_err());
+    // Deleting a failed environment ends it.
+    server.request(Method::DELETE, &format!("/v1/environments/{id}"), None).await;
+    server.wait_state(&id, "deleted", secs(10)).await;
+}

@@ -1,0 +1,9 @@
+//! Integration tests: real `lapse serve` processes on loopback ports, real providers (local
+//! processes; Podman's Docker API, which `scripts/test` starts). One test binary.
+
+mod api;
+mod cli;
+mod crash;
+mod docker;
+mod harness;
+mod retry;

@@ -62,7 +62,8 @@ mod tests {
 
     #[test]
     fn accepted() {
-        let check = |input: &str, secs: u64| assert_eq!(parse_duration(input), Ok(Duration::from_secs(secs)), "{input}");
+        let check =
+            |input: &str, secs: u64| assert_eq!(parse_duration(input), Ok(Duration::from_secs(secs)), "{input}");
         check("30m", 1800);
         check("1h30m", 5400);
         check("1h 30m", 5400);

@@ -60,9 +60,7 @@ impl Plan {
 
 /// Whether the lease of `env` has run out at `now` and has not been acted on yet.
 pub fn lease_expired(env: &Environment, now: Millis) -> bool {
-    env.desired != DesiredState::Deleted
-        && env.expired_at.is_none()
-        && env.expires_at.is_some_and(|at| at <= now)
+    env.desired != DesiredState::Deleted && env.expired_at.is_none() && env.expires_at.is_some_and(|at| at <= now)
 }
 
 /// Decides the next step for `env` at `now`.

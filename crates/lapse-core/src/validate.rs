@@ -87,7 +87,10 @@ pub fn label_selector(selector: &str) -> Result<(String, String), FieldError> {
 /// What holds for every spec, whatever its provider. Providers add their own checks.
 pub fn spec(spec: &Spec) -> Result<(), FieldError> {
     let provider = &spec.provider;
-    if provider.is_empty() || provider.len() > 32 || !provider.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+    if provider.is_empty()
+        || provider.len() > 32
+        || !provider.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
         return fail("spec.provider", "must be a provider name such as \"process\" or \"docker\"");
     }
     if let Some(image) = &spec.image
@@ -193,9 +196,17 @@ mod tests {
         refused(|s| s.cmd = vec!["a\0b".into()], "spec.cmd");
         refused(|s| s.cmd = vec!["".into()], "spec.cmd");
         refused(|s| s.cmd = vec!["x".into(); MAX_CMD_ARGS + 1], "spec.cmd");
-        refused(|s| { s.env.insert("1BAD".into(), "v".into()); }, "spec.env.1BAD");
+        refused(
+            |s| {
+                s.env.insert("1BAD".into(), "v".into());
+            },
+            "spec.env.1BAD",
+        );
         refused(|s| s.resources = Some(Resources { vcpu: Some(0.0), ..Default::default() }), "spec.resources.vcpu");
-        refused(|s| s.resources = Some(Resources { vcpu: Some(f64::NAN), ..Default::default() }), "spec.resources.vcpu");
+        refused(
+            |s| s.resources = Some(Resources { vcpu: Some(f64::NAN), ..Default::default() }),
+            "spec.resources.vcpu",
+        );
         refused(|s| s.resources = Some(Resources { mem_mb: Some(1), ..Default::default() }), "spec.resources.mem_mb");
         refused(|s| s.ports = vec![0], "spec.ports");
         refused(|s| s.ports = vec![80, 80], "spec.ports");

@@ -34,7 +34,8 @@ pub const LABEL_ENVIRONMENT: &str = "lapse.environment";
 pub const LABEL_CONTROLLER: &str = "lapse.controller";
 
 /// Where the Docker Engine API is looked for when none is configured: `DOCKER_HOST`, then these.
-pub const SOCKET_CANDIDATES: &[&str] = &["/var/run/docker.sock", "/run/podman/podman.sock", "/run/lapse-test/podman.sock"];
+pub const SOCKET_CANDIDATES: &[&str] =
+    &["/var/run/docker.sock", "/run/podman/podman.sock", "/run/lapse-test/podman.sock"];
 
 /// Containers through the Docker Engine API.
 #[derive(Debug)]
@@ -48,7 +49,8 @@ impl DockerProvider {
     /// Connects to `endpoint` (`unix:///path`, `tcp://host:port`, `http://…`). Does not check
     /// that anything answers; [`DockerProvider::detect`] does.
     pub fn connect(endpoint: &str, controller_id: &str) -> Result<Self, ProviderError> {
-        let unavailable = |e: bollard::errors::Error| ProviderError::Unavailable { provider: NAME, message: e.to_string() };
+        let unavailable =
+            |e: bollard::errors::Error| ProviderError::Unavailable { provider: NAME, message: e.to_string() };
         let docker = if endpoint.starts_with("unix://") || endpoint.starts_with('/') {
             Docker::connect_with_unix(endpoint, 120, bollard::API_DEFAULT_VERSION).map_err(unavailable)?
         } else {
@@ -91,7 +93,12 @@ impl DockerProvider {
         let port_bindings: HashMap<String, Option<Vec<PortBinding>>> = spec
             .ports
             .iter()
-            .map(|p| (port_key(p), Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(String::new()) }])))
+            .map(|p| {
+                (
+                    port_key(p),
+                    Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(String::new()) }]),
+                )
+            })
             .collect();
         let resources = spec.resources.clone().unwrap_or_default();
         ContainerCreateBody {
@@ -120,10 +127,16 @@ impl DockerProvider {
         let mut endpoints = Vec::new();
         if running && let Some(ports) = inspect.network_settings.as_ref().and_then(|n| n.ports.as_ref()) {
             for (key, bindings) in ports {
-                let Some(container_port) = key.split('/').next().and_then(|p| p.parse().ok()) else { continue };
+                let Some(container_port) = key.split('/').next().and_then(|p| p.parse().ok()) else {
+                    continue;
+                };
                 for b in bindings.iter().flatten() {
                     if let Some(port) = b.host_port.as_deref().and_then(|p| p.parse().ok()) {
-                        let host = b.host_ip.clone().filter(|h| !h.is_empty() && h != "0.0.0.0").unwrap_or_else(|| "127.0.0.1".into());
+                        let host = b
+                            .host_ip
+                            .clone()
+                            .filter(|h| !h.is_empty() && h != "0.0.0.0")
+                            .unwrap_or_else(|| "127.0.0.1".into());
                         endpoints.push(Endpoint { container_port, protocol: "tcp".into(), host, port });
                     }
                 }
@@ -171,7 +184,10 @@ impl Provider for DockerProvider {
 
     fn validate(&self, spec: &Spec) -> Result<(), FieldError> {
         if spec.image.is_none() {
-            return Err(FieldError { field: "spec.image".into(), message: "the docker provider needs an image".into() });
+            return Err(FieldError {
+                field: "spec.image".into(),
+                message: "the docker provider needs an image".into(),
+            });
         }
         if spec.resources.as_ref().is_some_and(|r| r.disk_gb.is_some()) {
             return Err(FieldError {
@@ -185,7 +201,10 @@ impl Provider for DockerProvider {
     async fn health(&self) -> Result<String, ProviderError> {
         let version = tokio::time::timeout(Duration::from_secs(3), self.docker.version())
             .await
-            .map_err(|_| ProviderError::Unavailable { provider: NAME, message: format!("{} did not answer in 3 s", self.endpoint) })?
+            .map_err(|_| ProviderError::Unavailable {
+                provider: NAME,
+                message: format!("{} did not answer in 3 s", self.endpoint),
+            })?
             .map_err(|e| ProviderError::Unavailable { provider: NAME, message: format!("{}: {e}", self.endpoint) })?;
         let product = version
             .components
@@ -266,7 +285,8 @@ impl Provider for DockerProvider {
             .into_iter()
             .filter(|c| {
                 c.labels.as_ref().is_some_and(|l| {
-                    l.get(LABEL_CONTROLLER) == Some(&self.controller_id) && l.get(LABEL_ENVIRONMENT).map(String::as_str) == Some(environment_id)
+                    l.get(LABEL_CONTROLLER) == Some(&self.controller_id)
+                        && l.get(LABEL_ENVIRONMENT).map(String::as_str) == Some(environment_id)
                 })
             })
             .filter_map(|c| c.id)
@@ -310,7 +330,13 @@ impl Provider for DockerProvider {
             .collect())
     }
 
-    async fn exec(&self, environment_id: &str, _spec: &Spec, cmd: &[String], timeout: Duration) -> Result<ExecResult, ProviderError> {
+    async fn exec(
+        &self,
+        environment_id: &str,
+        _spec: &Spec,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecResult, ProviderError> {
         let name = Self::container_name(environment_id);
         let config = CreateExecOptions {
             cmd: Some(cmd.to_vec()),
@@ -325,10 +351,14 @@ impl Provider for DockerProvider {
         let mut stdout = Vec::new();
         let mut stderr = Vec::new();
         let collect = async {
-            if let StartExecResults::Attached { mut output, .. } = self.docker.start_exec(&exec.id, None).await.map_err(|e| classify("exec", e))? {
+            if let StartExecResults::Attached { mut output, .. } =
+                self.docker.start_exec(&exec.id, None).await.map_err(|e| classify("exec", e))?
+            {
                 while let Some(chunk) = output.next().await {
                     match chunk.map_err(|e| classify("exec", e))? {
-                        LogOutput::StdOut { message } | LogOutput::Console { message } => push_capped(&mut stdout, &message),
+                        LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                            push_capped(&mut stdout, &message)
+                        }
                         LogOutput::StdErr { message } => push_capped(&mut stderr, &message),
                         LogOutput::StdIn { .. } => {}
                     }
@@ -363,7 +393,9 @@ impl Provider for DockerProvider {
         let mut stderr = Vec::new();
         while let Some(chunk) = stream.next().await {
             match chunk {
-                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => push_capped(&mut stdout, &message),
+                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                    push_capped(&mut stdout, &message)
+                }
                 Ok(LogOutput::StdErr { message }) => push_capped(&mut stderr, &message),
                 Ok(LogOutput::StdIn { .. }) => {}
                 Err(e) if status_of(&e) == Some(404) => {

@@ -98,7 +98,13 @@ pub trait Provider: Send + Sync {
     async fn list(&self) -> Result<Vec<Instance>, ProviderError>;
 
     /// Runs `cmd` inside the running environment.
-    async fn exec(&self, environment_id: &str, spec: &Spec, cmd: &[String], timeout: Duration) -> Result<ExecResult, ProviderError> {
+    async fn exec(
+        &self,
+        environment_id: &str,
+        spec: &Spec,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecResult, ProviderError> {
         let _ = (environment_id, spec, cmd, timeout);
         Err(ProviderError::Unsupported { provider: self.name(), op: "exec" })
     }

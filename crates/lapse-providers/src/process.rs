@@ -69,7 +69,9 @@ impl ProcessProvider {
 
     /// Every live group leader in `/proc` that carries this controller's marker.
     fn scan(&self) -> Vec<Leader> {
-        let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
         entries
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
             .filter_map(|pid| self.leader_at(pid))
@@ -118,10 +120,10 @@ impl ProcessProvider {
         let log = |name: &str| fs::OpenOptions::new().create(true).append(true).open(dir.join(name));
         let stdout = log("stdout.log").map_err(|e| failed("create", &e))?;
         let stderr = log("stderr.log").map_err(|e| failed("create", &e))?;
-        let (program, args) = spec.cmd.split_first().ok_or_else(|| ProviderError::Permanent {
-            provider: NAME,
-            message: "spec.cmd is empty".into(),
-        })?;
+        let (program, args) = spec
+            .cmd
+            .split_first()
+            .ok_or_else(|| ProviderError::Permanent { provider: NAME, message: "spec.cmd is empty".into() })?;
         let mut command = tokio::process::Command::new(program);
         command
             .args(args)
@@ -213,7 +215,10 @@ impl Provider for ProcessProvider {
             return refuse("spec.image", "the process provider runs spec.cmd on the host and takes no image");
         }
         if spec.resources.is_some() {
-            return refuse("spec.resources", "the process provider cannot enforce resources; leave them out or use docker");
+            return refuse(
+                "spec.resources",
+                "the process provider cannot enforce resources; leave them out or use docker",
+            );
         }
         Ok(())
     }
@@ -265,7 +270,12 @@ impl Provider for ProcessProvider {
                 if let Some(id) = entry.file_name().to_str().filter(|n| lapse_core::model::is_environment_id(n)) {
                     found.insert(
                         id.to_owned(),
-                        Instance { environment_id: id.to_owned(), provider_ref: String::new(), status: InstanceStatus::Stopped, endpoints: vec![] },
+                        Instance {
+                            environment_id: id.to_owned(),
+                            provider_ref: String::new(),
+                            status: InstanceStatus::Stopped,
+                            endpoints: vec![],
+                        },
                     );
                 }
             }
@@ -276,7 +286,13 @@ impl Provider for ProcessProvider {
         Ok(found.into_values().collect())
     }
 
-    async fn exec(&self, environment_id: &str, spec: &Spec, cmd: &[String], timeout: Duration) -> Result<ExecResult, ProviderError> {
+    async fn exec(
+        &self,
+        environment_id: &str,
+        spec: &Spec,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecResult, ProviderError> {
         let Some((program, args)) = cmd.split_first() else {
             return Err(ProviderError::Permanent { provider: NAME, message: "exec needs a command".into() });
         };
@@ -294,7 +310,10 @@ impl Provider for ProcessProvider {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let child = command.spawn().map_err(|e| ProviderError::Permanent { provider: NAME, message: format!("cannot run {program:?}: {e}") })?;
+        let child = command.spawn().map_err(|e| ProviderError::Permanent {
+            provider: NAME,
+            message: format!("cannot run {program:?}: {e}"),
+        })?;
         let pid = child.id().and_then(|p| i32::try_from(p).ok());
         match tokio::time::timeout(timeout, child.wait_with_output()).await {
             Ok(Ok(out)) => Ok(ExecResult {
@@ -326,7 +345,9 @@ impl Provider for ProcessProvider {
 /// The last [`MAX_OUTPUT_BYTES`] of a file, or nothing.
 fn read_tail(path: &Path) -> Vec<u8> {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut file) = fs::File::open(path) else { return Vec::new() };
+    let Ok(mut file) = fs::File::open(path) else {
+        return Vec::new();
+    };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = file.seek(SeekFrom::Start(len.saturating_sub(MAX_OUTPUT_BYTES as u64)));
     let mut buf = Vec::new();
@@ -358,7 +379,15 @@ mod tests {
         assert!(other.scan().iter().all(|l| l.environment_id != id));
         assert_eq!(p.list().await.unwrap().iter().filter(|i| i.status == InstanceStatus::Running).count(), 1);
 
-        let out = p.exec(id, &s, &["sh".into(), "-c".into(), "pwd; echo $LAPSE_ENVIRONMENT_ID; exit 3".into()], Duration::from_secs(5)).await.unwrap();
+        let out = p
+            .exec(
+                id,
+                &s,
+                &["sh".into(), "-c".into(), "pwd; echo $LAPSE_ENVIRONMENT_ID; exit 3".into()],
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
         assert_eq!(out.exit_code, Some(3));
         assert!(out.stdout.ends_with("/work\n\n"), "{out:?}");
 

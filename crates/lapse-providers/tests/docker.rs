@@ -46,14 +46,26 @@ async fn container_life_with_limits_ports_exec_and_logs() {
 
     // The memory limit is what the container's cgroup says.
     let out = p
-        .exec(&id, &spec, &["sh".into(), "-c".into(), "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max; exit 7".into()], Duration::from_secs(10))
+        .exec(
+            &id,
+            &spec,
+            &[
+                "sh".into(),
+                "-c".into(),
+                "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max; exit 7"
+                    .into(),
+            ],
+            Duration::from_secs(10),
+        )
         .await
         .unwrap();
     assert_eq!(out.exit_code, Some(7));
     assert_eq!(out.stdout.trim(), (64 * 1024 * 1024).to_string());
 
     // The published port answers on loopback.
-    p.exec(&id, &spec, &["sh".into(), "-c".into(), "echo served > /tmp/index.html".into()], Duration::from_secs(10)).await.unwrap();
+    p.exec(&id, &spec, &["sh".into(), "-c".into(), "echo served > /tmp/index.html".into()], Duration::from_secs(10))
+        .await
+        .unwrap();
     let mut body = String::new();
     for _ in 0..50 {
         if let Ok(mut s) = tokio::net::TcpStream::connect((ep.host.as_str(), ep.port)).await {
@@ -90,7 +102,8 @@ async fn container_life_with_limits_ports_exec_and_logs() {
 #[tokio::test]
 async fn a_missing_image_is_permanent() {
     let p = provider("test-missing-image").await;
-    let spec = Spec { provider: "docker".into(), image: Some("localhost/no-such-image:1".into()), ..Default::default() };
+    let spec =
+        Spec { provider: "docker".into(), image: Some("localhost/no-such-image:1".into()), ..Default::default() };
     let err = p.ensure_running(&new_id(), &spec).await.unwrap_err();
     assert!(!err.is_retryable(), "{err}");
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 use lapse_core::duration::{self, DurationError};
 use lapse_core::model::{DesiredState, Environment, Lifecycle, ObservedState, is_environment_id, new_environment_id};
 use lapse_core::validate::{self, FieldError};
-use lapse_core::wire::{CreateEnvironment, DurationInput, ExecRequest, ExecResult, ExtendRequest, LogsView, ProviderView};
+use lapse_core::wire::{
+    CreateEnvironment, DurationInput, ExecRequest, ExecResult, ExtendRequest, LogsView, ProviderView,
+};
 use lapse_core::{Millis, format_millis};
 use lapse_providers::ProviderError;
 use lapse_store::{ListFilter, NewEvent, StoreError};
@@ -71,7 +73,11 @@ impl App {
         let provider = self.cx.providers.get(&req.spec.provider).ok_or_else(|| {
             invalid(
                 "spec.provider",
-                format!("unknown provider {:?}; this server has: {}", req.spec.provider, self.cx.providers.names().join(", ")),
+                format!(
+                    "unknown provider {:?}; this server has: {}",
+                    req.spec.provider,
+                    self.cx.providers.names().join(", ")
+                ),
             )
         })?;
         provider.validate(&req.spec)?;
@@ -102,7 +108,13 @@ impl App {
             created_at: now,
             updated_at: now,
         };
-        let message = format!("{} for {}, ttl {}, on expiry {}", env.spec.provider, env.owner, duration::format_duration(ttl), env.on_expiry);
+        let message = format!(
+            "{} for {}, ttl {}, on expiry {}",
+            env.spec.provider,
+            env.owner,
+            duration::format_duration(ttl),
+            env.on_expiry
+        );
         self.cx.store.insert(&env, NewEvent::new(&env.id, "api", "create", "ok", message)).await?;
         if let Some(at) = env.expires_at {
             self.cx.timers.schedule(at, &env.id);
@@ -203,7 +215,10 @@ impl App {
         let now = self.now();
         self.change(id, "start", |e| {
             if e.expired_at.is_some() || e.expires_at.is_some_and(|t| t <= now) {
-                return Err(AppError::Conflict(format!("the lease of {} ran out; `extend` it to start it again", e.id)));
+                return Err(AppError::Conflict(format!(
+                    "the lease of {} ran out; `extend` it to start it again",
+                    e.id
+                )));
             }
             e.desired = DesiredState::Running;
             if e.observed == ObservedState::Failed {
@@ -252,7 +267,11 @@ impl App {
                 "api",
                 "exec",
                 "ok",
-                format!("{} -> {}", req.cmd.join(" "), result.exit_code.map_or("timed out".into(), |c| format!("exit {c}"))),
+                format!(
+                    "{} -> {}",
+                    req.cmd.join(" "),
+                    result.exit_code.map_or("timed out".into(), |c| format!("exit {c}"))
+                ),
             ))
             .await?;
         Ok(result)
@@ -265,7 +284,9 @@ impl App {
         }
         let provider = self.provider_of(&env)?;
         match provider.logs(&env.id, tail).await {
-            Err(ProviderError::NotFound { .. }) => Err(AppError::Conflict(format!("environment {id} has no logs (its resource is gone)"))),
+            Err(ProviderError::NotFound { .. }) => {
+                Err(AppError::Conflict(format!("environment {id} has no logs (its resource is gone)")))
+            }
             other => Ok(other?),
         }
     }
@@ -279,10 +300,9 @@ impl App {
     }
 
     fn provider_of(&self, env: &Environment) -> Result<&Arc<dyn lapse_providers::Provider>, AppError> {
-        self.cx
-            .providers
-            .get(&env.spec.provider)
-            .ok_or_else(|| AppError::Conflict(format!("provider {:?} is not configured on this server", env.spec.provider)))
+        self.cx.providers.get(&env.spec.provider).ok_or_else(|| {
+            AppError::Conflict(format!("provider {:?} is not configured on this server", env.spec.provider))
+        })
     }
 
     pub async fn providers(&self) -> Vec<ProviderView> {
@@ -296,7 +316,6 @@ impl App {
         }
         out
     }
-
 }
 
 #[derive(Clone, Copy)]

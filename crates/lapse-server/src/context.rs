@@ -19,4 +19,3 @@ pub struct Context {
     /// Labels every resource this control plane makes.
     pub controller_id: String,
 }
-

@@ -81,13 +81,15 @@ impl Running {
 /// Opens the store, sets up providers, rebuilds timers and the reconciler's queue from the
 /// store, and starts serving.
 pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
     let db = config.data_dir.join("lapse.db");
     let store = Store::open(&db).await.with_context(|| format!("opening the store at {}", db.display()))?;
     let controller_id = store.controller_id().await?;
 
     let mut providers = ProviderSet::default();
-    let process = ProcessProvider::new(config.data_dir.join("process"), &controller_id).context("setting up the process provider")?;
+    let process = ProcessProvider::new(config.data_dir.join("process"), &controller_id)
+        .context("setting up the process provider")?;
     providers.insert(Arc::new(process));
     add_docker(&config.docker, &controller_id, &mut providers).await;
 
@@ -131,7 +133,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     background.push(tokio::spawn(sweep::run(cx.clone(), reconciler.clone())));
 
     let app = App { cx: cx.clone(), reconciler };
-    let listener = tokio::net::TcpListener::bind(cx.config.listen).await.with_context(|| format!("listening on {}", cx.config.listen))?;
+    let listener = tokio::net::TcpListener::bind(cx.config.listen)
+        .await
+        .with_context(|| format!("listening on {}", cx.config.listen))?;
     let addr = listener.local_addr()?;
     let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
     let router = http::router(app.clone());
@@ -158,7 +162,9 @@ async fn add_docker(setting: &DockerSetting, controller_id: &str, providers: &mu
                     tracing::info!(detail = %p.health().await.unwrap_or_default(), "docker provider on");
                     providers.insert(Arc::new(p));
                 }
-                Err(e) => tracing::info!(reason = %e, "docker provider off: no Docker Engine API answered"),
+                Err(e) => {
+                    tracing::info!(reason = %e, "docker provider off: no Docker Engine API answered")
+                }
             },
             DockerSetting::Endpoint(endpoint) => match DockerProvider::connect(endpoint, controller_id) {
                 Ok(p) => {

@@ -40,23 +40,51 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("lapse");
         let reconcile_steps = Family::<StepLabels, Counter>::default();
-        registry.register("reconcile_steps", "Reconciler steps taken, by provider, step and outcome", reconcile_steps.clone());
+        registry.register(
+            "reconcile_steps",
+            "Reconciler steps taken, by provider, step and outcome",
+            reconcile_steps.clone(),
+        );
         let reconcile_failures = Family::<ProviderLabels, Counter>::default();
         registry.register("reconcile_failures", "Provider calls that failed", reconcile_failures.clone());
         let environments = Family::<StateLabels, Gauge>::default();
         registry.register("environments", "Environments by provider and observed state", environments.clone());
         let expiry_lateness = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
-        registry.register("expiry_lateness_seconds", "How long after expires_at an expiry was applied", expiry_lateness.clone());
+        registry.register(
+            "expiry_lateness_seconds",
+            "How long after expires_at an expiry was applied",
+            expiry_lateness.clone(),
+        );
         let sweep_orphans_removed = Family::<ProviderLabels, Counter>::default();
-        registry.register("sweep_orphans_removed", "Labelled resources the store did not know, removed", sweep_orphans_removed.clone());
+        registry.register(
+            "sweep_orphans_removed",
+            "Labelled resources the store did not know, removed",
+            sweep_orphans_removed.clone(),
+        );
         let sweep_drift_corrected = Family::<ProviderLabels, Counter>::default();
-        registry.register("sweep_drift_corrected", "Records corrected because their resource changed or vanished", sweep_drift_corrected.clone());
-        Metrics { registry, reconcile_steps, reconcile_failures, environments, expiry_lateness, sweep_orphans_removed, sweep_drift_corrected }
+        registry.register(
+            "sweep_drift_corrected",
+            "Records corrected because their resource changed or vanished",
+            sweep_drift_corrected.clone(),
+        );
+        Metrics {
+            registry,
+            reconcile_steps,
+            reconcile_failures,
+            environments,
+            expiry_lateness,
+            sweep_orphans_removed,
+            sweep_drift_corrected,
+        }
     }
 
     pub fn step(&self, provider: &str, step: &str, outcome: &str) {
         self.reconcile_steps
-            .get_or_create(&StepLabels { provider: provider.to_owned(), step: step.to_owned(), outcome: outcome.to_owned() })
+            .get_or_create(&StepLabels {
+                provider: provider.to_owned(),
+                step: step.to_owned(),
+                outcome: outcome.to_owned(),
+            })
             .inc();
     }
 

@@ -226,7 +226,10 @@ impl Reconciler {
         let cx = &self.inner.cx;
         let provider_name = env.spec.provider.as_str();
         let Some(provider) = cx.providers.get(provider_name).cloned() else {
-            let err = ProviderError::Unavailable { provider: "unknown", message: format!("provider {provider_name:?} is not configured on this server") };
+            let err = ProviderError::Unavailable {
+                provider: "unknown",
+                message: format!("provider {provider_name:?} is not configured on this server"),
+            };
             return self.record_failure(env, planned, &err).await;
         };
         let slots = self.inner.slots.get(provider_name).cloned();
@@ -277,7 +280,12 @@ impl Reconciler {
                         e.attempts = 0;
                         e.next_attempt_at = None;
                         e.reason = None;
-                        Ok(vec![transition(e, reached, "reconciler", &format!("{provider_name} took {} ms", took.as_millis()))])
+                        Ok(vec![transition(
+                            e,
+                            reached,
+                            "reconciler",
+                            &format!("{provider_name} took {} ms", took.as_millis()),
+                        )])
                     })
                     .await?;
                 cx.metrics.step(provider_name, step_name(planned), "ok");

@@ -52,7 +52,9 @@ pub async fn sweep_all(cx: &Arc<Context>, reconciler: &Reconciler) -> BTreeMap<&
                 }
                 reports.insert(provider.name(), report);
             }
-            Err(e) => tracing::warn!(provider = provider.name(), error = %e, "sweep skipped this provider"),
+            Err(e) => {
+                tracing::warn!(provider = provider.name(), error = %e, "sweep skipped this provider")
+            }
         }
     }
     reports
@@ -74,7 +76,8 @@ pub async fn sweep(cx: &Context, reconciler: &Reconciler, provider: &dyn Provide
     let labels = ProviderLabels { provider: name.to_owned() };
     // Read the provider first: a record written after this read is not mistaken for missing
     // below, because its row is re-read before anything is changed.
-    let instances: BTreeMap<String, Instance> = provider.list().await?.into_iter().map(|i| (i.environment_id.clone(), i)).collect();
+    let instances: BTreeMap<String, Instance> =
+        provider.list().await?.into_iter().map(|i| (i.environment_id.clone(), i)).collect();
     let records = cx.store.sweep_view(name).await?;
     let mut report = SweepReport::default();
 
@@ -92,7 +95,9 @@ pub async fn sweep(cx: &Context, reconciler: &Reconciler, provider: &dyn Provide
         // Re-read: the record may have been written after the view was taken.
         let current = cx.store.get(id).await?;
         match &current {
-            Some(e) if !matches!(e.observed, ObservedState::Failed | ObservedState::Deleted) => continue,
+            Some(e) if !matches!(e.observed, ObservedState::Failed | ObservedState::Deleted) => {
+                continue;
+            }
             _ => {}
         }
         let unknown = current.is_none();
@@ -104,7 +109,15 @@ pub async fn sweep(cx: &Context, reconciler: &Reconciler, provider: &dyn Provide
         }
         provider.delete(id, cx.config.stop_grace).await?;
         let why = if unknown { "unknown to the store" } else { "its environment is failed or deleted" };
-        cx.store.append_event(NewEvent::new(id, "sweep", "remove_orphan", "ok", format!("removed {name} resource {}: {why}", instance.provider_ref))).await?;
+        cx.store
+            .append_event(NewEvent::new(
+                id,
+                "sweep",
+                "remove_orphan",
+                "ok",
+                format!("removed {name} resource {}: {why}", instance.provider_ref),
+            ))
+            .await?;
         cx.metrics.sweep_orphans_removed.get_or_create(&labels).inc();
         tracing::warn!(environment = %id, provider = name, why, "removed an orphaned resource");
         report.orphans_removed += 1;
@@ -203,7 +216,16 @@ async fn adopt(cx: &Context, provider: &str, instance: &Instance) -> Result<(), 
         updated_at: now,
     };
     cx.store
-        .insert(&env, NewEvent::new(&env.id, "sweep", "adopt", "ok", format!("adopted {provider} resource {}", instance.provider_ref)))
+        .insert(
+            &env,
+            NewEvent::new(
+                &env.id,
+                "sweep",
+                "adopt",
+                "ok",
+                format!("adopted {provider} resource {}", instance.provider_ref),
+            ),
+        )
         .await?;
     if let Some(at) = env.expires_at {
         cx.timers.schedule(at, &env.id);

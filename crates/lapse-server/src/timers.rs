@@ -100,7 +100,10 @@ mod tests {
             let (id, at) = rx.recv().await.unwrap();
             fired.push((id, at - t0));
         }
-        assert_eq!(fired, [("second".to_string(), 1_000), ("minute".to_string(), 60_000), ("hour".to_string(), 3_600_000)]);
+        assert_eq!(
+            fired,
+            [("second".to_string(), 1_000), ("minute".to_string(), 60_000), ("hour".to_string(), 3_600_000)]
+        );
         assert!(timers.is_empty());
     }
 

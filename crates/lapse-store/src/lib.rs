@@ -16,7 +16,9 @@ use std::time::Duration;
 use lapse_core::model::{DesiredState, Environment, ObservedState};
 use lapse_core::wire::Event;
 use lapse_core::{Millis, now_millis};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 /// A store failure. Its text names the operation; the database's own message is the source.
@@ -259,11 +261,13 @@ impl Store {
 
     /// Every environment of `provider` that is not deleted, keyed by id, for the drift sweep.
     pub async fn sweep_view(&self, provider: &str) -> Result<BTreeMap<String, SweepEntry>, StoreError> {
-        let rows = sqlx::query("SELECT id, desired, observed, updated_at FROM environments WHERE provider = ? AND observed != 'deleted'")
-            .bind(provider)
-            .fetch_all(&self.reader)
-            .await
-            .op("sweep view")?;
+        let rows = sqlx::query(
+            "SELECT id, desired, observed, updated_at FROM environments WHERE provider = ? AND observed != 'deleted'",
+        )
+        .bind(provider)
+        .fetch_all(&self.reader)
+        .await
+        .op("sweep view")?;
         let mut out = BTreeMap::new();
         for r in rows {
             let id: String = r.get(0);
@@ -290,8 +294,15 @@ impl Store {
     }
 
     /// Events in order, after `after`, optionally of one environment; at most `limit`.
-    pub async fn events(&self, environment: Option<&str>, after: Option<i64>, limit: u32) -> Result<Vec<Event>, StoreError> {
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT seq, at, environment_id, actor, action, outcome, message FROM events WHERE seq > ");
+    pub async fn events(
+        &self,
+        environment: Option<&str>,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT seq, at, environment_id, actor, action, outcome, message FROM events WHERE seq > ",
+        );
         q.push_bind(after.unwrap_or(0));
         if let Some(id) = environment {
             q.push(" AND environment_id = ").push_bind(id);

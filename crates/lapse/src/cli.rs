@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use lapse_core::model::{ObservedState, OnExpiry, Resources, Spec};
-use lapse_core::wire::{CreateEnvironment, DurationInput, EnvironmentList, EnvironmentView, EventList, ExecRequest, ExecResult, ExtendRequest, LogsView, ProviderList};
+use lapse_core::wire::{
+    CreateEnvironment, DurationInput, EnvironmentList, EnvironmentView, EventList, ExecRequest, ExecResult,
+    ExtendRequest, LogsView, ProviderList,
+};
 use reqwest::Method;
 
 use crate::client::Client;
@@ -171,7 +174,10 @@ fn duration_input(s: &str) -> DurationInput {
 
 fn env_path(id: &str, rest: &str) -> String {
     // Ids are hex; anything else is sent escaped and the server answers 404.
-    let id: String = id.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_string() } else { format!("%{:02X}", c as u32 & 0xff) }).collect();
+    let id: String = id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_string() } else { format!("%{:02X}", c as u32 & 0xff) })
+        .collect();
     format!("/v1/environments/{id}{rest}")
 }
 
@@ -192,7 +198,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(_) => unreachable!("handled above"),
         Command::Create(args) => {
-            let resources = (args.vcpu.is_some() || args.mem_mb.is_some()).then_some(Resources { vcpu: args.vcpu, mem_mb: args.mem_mb, disk_gb: None });
+            let resources = (args.vcpu.is_some() || args.mem_mb.is_some()).then_some(Resources {
+                vcpu: args.vcpu,
+                mem_mb: args.mem_mb,
+                disk_gb: None,
+            });
             let req = CreateEnvironment {
                 name: args.name,
                 owner: args.owner,
@@ -294,7 +304,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let rows: Vec<Vec<String>> = list
                     .providers
                     .iter()
-                    .map(|p| vec![p.name.clone(), if p.available { "up".into() } else { "down".into() }, p.detail.clone()])
+                    .map(|p| {
+                        vec![p.name.clone(), if p.available { "up".into() } else { "down".into() }, p.detail.clone()]
+                    })
                     .collect();
                 output::table(&["PROVIDER", "STATUS", "DETAIL"], &rows);
             }
@@ -313,7 +325,9 @@ async fn wait_until_settled(client: &Client, mut env: EnvironmentView, quiet: bo
             last = Some(env.state);
         }
         match env.state {
-            ObservedState::Running | ObservedState::Failed | ObservedState::Stopped | ObservedState::Deleted => return Ok(env),
+            ObservedState::Running | ObservedState::Failed | ObservedState::Stopped | ObservedState::Deleted => {
+                return Ok(env);
+            }
             _ => {}
         }
         if started.elapsed() > Duration::from_secs(600) {

@@ -17,13 +17,20 @@ impl Client {
         Ok(Client { base: base.trim_end_matches('/').to_owned(), http })
     }
 
-    pub async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&impl Serialize>) -> anyhow::Result<T> {
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> anyhow::Result<T> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url);
         if let Some(body) = body {
             req = req.json(body);
         }
-        let resp = req.send().await.with_context(|| format!("cannot reach the Lapse server at {} (is `lapse serve` running? set --url or LAPSE_URL)", self.base))?;
+        let resp = req.send().await.with_context(|| {
+            format!("cannot reach the Lapse server at {} (is `lapse serve` running? set --url or LAPSE_URL)", self.base)
+        })?;
         let status = resp.status();
         let bytes = resp.bytes().await.context("reading the server's answer")?;
         if !status.is_success() {
@@ -35,7 +42,8 @@ impl Client {
         if status == StatusCode::NO_CONTENT {
             return serde_json::from_slice(b"null").context("empty answer");
         }
-        serde_json::from_slice(&bytes).with_context(|| format!("the server's answer to {path} is not what this CLI expects"))
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("the server's answer to {path} is not what this CLI expects"))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {

@@ -23,7 +23,9 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
 
 /// "in 29m", "3s ago".
 pub fn relative(rfc3339: &str) -> String {
-    let Ok(at) = DateTime::parse_from_rfc3339(rfc3339) else { return rfc3339.to_owned() };
+    let Ok(at) = DateTime::parse_from_rfc3339(rfc3339) else {
+        return rfc3339.to_owned();
+    };
     let delta = at.with_timezone(&Utc) - Utc::now();
     let secs = delta.num_seconds();
     let span = humantime::format_duration(std::time::Duration::from_secs(secs.unsigned_abs())).to_string();
@@ -89,7 +91,17 @@ pub fn environment(e: &EnvironmentView) {
 pub fn events(events: &[EventView]) {
     let rows: Vec<Vec<String>> = events
         .iter()
-        .map(|e| vec![e.seq.to_string(), e.at.clone(), e.environment_id.clone().unwrap_or_default(), e.actor.clone(), e.action.clone(), e.outcome.clone(), e.message.clone()])
+        .map(|e| {
+            vec![
+                e.seq.to_string(),
+                e.at.clone(),
+                e.environment_id.clone().unwrap_or_default(),
+                e.actor.clone(),
+                e.action.clone(),
+                e.outcome.clone(),
+                e.message.clone(),
+            ]
+        })
         .collect();
     table(&["SEQ", "AT", "ENVIRONMENT", "ACTOR", "ACTION", "OUTCOME", "MESSAGE"], &rows);
 }

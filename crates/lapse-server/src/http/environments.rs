@@ -8,7 +8,9 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use lapse_core::model::ObservedState;
 use lapse_core::validate;
-use lapse_core::wire::{CreateEnvironment, EnvironmentList, EnvironmentView, ErrorBody, ExecRequest, ExecResult, ExtendRequest, LogsView};
+use lapse_core::wire::{
+    CreateEnvironment, EnvironmentList, EnvironmentView, ErrorBody, ExecRequest, ExecResult, ExtendRequest, LogsView,
+};
 use lapse_store::ListFilter;
 
 use super::{ApiError, ApiJson, number, only_keys, query_pairs};
@@ -33,7 +35,10 @@ pub fn router() -> Router<App> {
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
     ))]
-pub async fn create(State(app): State<App>, ApiJson(req): ApiJson<CreateEnvironment>) -> Result<impl IntoResponse, ApiError> {
+pub async fn create(
+    State(app): State<App>,
+    ApiJson(req): ApiJson<CreateEnvironment>,
+) -> Result<impl IntoResponse, ApiError> {
     let env = app.create(req).await?;
     let location = format!("/v1/environments/{}", env.id);
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(EnvironmentView::from(&env))))
@@ -57,8 +62,12 @@ pub async fn list(State(app): State<App>, RawQuery(raw): RawQuery) -> Result<Jso
         match k.as_str() {
             "owner" => filter.owner = Some(v),
             "provider" => filter.provider = Some(v),
-            "state" => filter.state = Some(v.parse::<ObservedState>().map_err(|e| ApiError::bad_request(e.to_string()))?),
-            "label" => filter.labels.push(validate::label_selector(&v).map_err(|e| ApiError::bad_request(e.to_string()))?),
+            "state" => {
+                filter.state = Some(v.parse::<ObservedState>().map_err(|e| ApiError::bad_request(e.to_string()))?)
+            }
+            "label" => {
+                filter.labels.push(validate::label_selector(&v).map_err(|e| ApiError::bad_request(e.to_string()))?)
+            }
             "limit" => filter.limit = Some(number("limit", &v, 1u32, 10_000)?),
             _ => {}
         }
@@ -77,7 +86,11 @@ pub async fn show(State(app): State<App>, Path(id): Path<String>) -> Result<Json
 /// Move the lease's end. An environment its expiry stopped is started again.
 #[utoipa::path(post, path = "/v1/environments/{id}/extend", tag = "environments", params(("id" = String, Path)), request_body = ExtendRequest,
     responses((status = 200, body = EnvironmentView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn extend(State(app): State<App>, Path(id): Path<String>, ApiJson(req): ApiJson<ExtendRequest>) -> Result<Json<EnvironmentView>, ApiError> {
+pub async fn extend(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<ExtendRequest>,
+) -> Result<Json<EnvironmentView>, ApiError> {
     Ok(Json(EnvironmentView::from(&app.extend(&id, req).await?)))
 }
 
@@ -106,7 +119,11 @@ pub async fn delete(State(app): State<App>, Path(id): Path<String>) -> Result<im
 #[utoipa::path(post, path = "/v1/environments/{id}/exec", tag = "environments", params(("id" = String, Path)), request_body = ExecRequest,
     responses((status = 200, body = ExecResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 502, description = "The provider failed", body = ErrorBody), (status = 503, description = "The provider is unavailable", body = ErrorBody)))]
-pub async fn exec(State(app): State<App>, Path(id): Path<String>, ApiJson(req): ApiJson<ExecRequest>) -> Result<Json<ExecResult>, ApiError> {
+pub async fn exec(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<ExecRequest>,
+) -> Result<Json<ExecResult>, ApiError> {
     Ok(Json(app.exec(&id, req).await?))
 }
 
@@ -114,7 +131,11 @@ pub async fn exec(State(app): State<App>, Path(id): Path<String>, ApiJson(req): 
 #[utoipa::path(get, path = "/v1/environments/{id}/logs", tag = "environments",
     params(("id" = String, Path), ("tail" = Option<usize>, Query, description = "Last lines per stream (1 to 10000; default 100)")),
     responses((status = 200, body = LogsView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn logs(State(app): State<App>, Path(id): Path<String>, RawQuery(raw): RawQuery) -> Result<Json<LogsView>, ApiError> {
+pub async fn logs(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<LogsView>, ApiError> {
     let pairs = query_pairs(raw.as_deref())?;
     only_keys(&pairs, &["tail"])?;
     let tail = match pairs.iter().find(|(k, _)| k == "tail") {

@@ -32,7 +32,8 @@ pub fn router(app: App) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the server failed on this request").into_response()
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the server failed on this request")
+                .into_response()
         }))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(app)
@@ -79,9 +80,13 @@ impl From<AppError> for ApiError {
             AppError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             AppError::Provider(p) => match p {
                 ProviderError::Permanent { .. } => ApiError::bad_request(p.to_string()),
-                ProviderError::Unsupported { .. } => ApiError::new(StatusCode::BAD_REQUEST, "unsupported", p.to_string()),
+                ProviderError::Unsupported { .. } => {
+                    ApiError::new(StatusCode::BAD_REQUEST, "unsupported", p.to_string())
+                }
                 ProviderError::NotFound { .. } => ApiError::new(StatusCode::CONFLICT, "conflict", p.to_string()),
-                ProviderError::Unavailable { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "provider_unavailable", p.to_string()),
+                ProviderError::Unavailable { .. } => {
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "provider_unavailable", p.to_string())
+                }
                 ProviderError::Failed { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "provider_error", p.to_string()),
             },
             AppError::Store(s) => {
@@ -113,14 +118,22 @@ where
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
-        JsonRejection::JsonSyntaxError(e) => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {}", source_text(&e))),
+        JsonRejection::JsonSyntaxError(e) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the body is not valid JSON: {}", source_text(&e)),
+        ),
         JsonRejection::JsonDataError(e) => ApiError::bad_request(format!("the body does not fit: {}", source_text(&e))),
-        JsonRejection::MissingJsonContentType(_) => {
-            ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "send the body as JSON with Content-Type: application/json")
-        }
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body is larger than {MAX_BODY_BYTES} bytes"))
-        }
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as JSON with Content-Type: application/json",
+        ),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+        ),
         other => ApiError::bad_request(other.body_text()),
     }
 }
@@ -142,13 +155,20 @@ pub fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError>
 /// Refuses query keys not in `allowed`.
 pub fn only_keys(pairs: &[(String, String)], allowed: &[&str]) -> Result<(), ApiError> {
     match pairs.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
-        Some((k, _)) => Err(ApiError::bad_request(format!("unknown query parameter {k:?}; known: {}", allowed.join(", ")))),
+        Some((k, _)) => {
+            Err(ApiError::bad_request(format!("unknown query parameter {k:?}; known: {}", allowed.join(", "))))
+        }
         None => Ok(()),
     }
 }
 
 /// Parses a numeric query value within `range`.
-pub fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(key: &str, value: &str, min: T, max: T) -> Result<T, ApiError> {
+pub fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
+    key: &str,
+    value: &str,
+    min: T,
+    max: T,
+) -> Result<T, ApiError> {
     match value.parse::<T>() {
         Ok(n) if n >= min && n <= max => Ok(n),
         _ => Err(ApiError::bad_request(format!("{key} must be a whole number from {min} to {max}"))),

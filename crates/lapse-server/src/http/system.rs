@@ -33,7 +33,8 @@ pub async fn healthz(State(app): State<App>) -> Result<&'static str, ApiError> {
 /// Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 pub async fn metrics(State(app): State<App>) -> Result<impl IntoResponse, ApiError> {
-    let counts = app.cx.store.count_by_provider_and_state().await.map_err(|e| ApiError::from(crate::app::AppError::Store(e)))?;
+    let counts =
+        app.cx.store.count_by_provider_and_state().await.map_err(|e| ApiError::from(crate::app::AppError::Store(e)))?;
     app.cx.metrics.set_environment_counts(&counts);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.cx.metrics.encode()))
 }
@@ -73,13 +74,20 @@ pub async fn events(State(app): State<App>, RawQuery(raw): RawQuery) -> Result<J
     for (k, v) in &pairs {
         match k.as_str() {
             "environment" if is_environment_id(v) => environment = Some(v.clone()),
-            "environment" => return Err(ApiError::bad_request(format!("{v:?} is not an environment id"))),
+            "environment" => {
+                return Err(ApiError::bad_request(format!("{v:?} is not an environment id")));
+            }
             "after" => after = Some(number("after", v, 0i64, i64::MAX)?),
             "limit" => limit = number("limit", v, 1u32, 1000)?,
             _ => {}
         }
     }
-    let events = app.cx.store.events(environment.as_deref(), after, limit).await.map_err(|e| ApiError::from(crate::app::AppError::Store(e)))?;
+    let events = app
+        .cx
+        .store
+        .events(environment.as_deref(), after, limit)
+        .await
+        .map_err(|e| ApiError::from(crate::app::AppError::Store(e)))?;
     let next = (events.len() == limit as usize).then(|| events.last().map(|e| e.seq)).flatten();
     Ok(Json(EventList { events: events.iter().map(EventView::from).collect(), next }))
 }

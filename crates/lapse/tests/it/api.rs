@@ -27,7 +27,12 @@ async fn whole_life_with_the_process_provider() {
     let pids: Vec<_> = processes_of(&server.controller_id).into_iter().filter(|(_, e)| *e == id).collect();
     assert_eq!(pids.len(), 1, "one process group leads the environment");
 
-    let (status, out) = server.post(&format!("/v1/environments/{id}/exec"), json!({"cmd": ["sh", "-c", "echo $GREETING $((6*7)); echo err >&2; exit 5"]})).await;
+    let (status, out) = server
+        .post(
+            &format!("/v1/environments/{id}/exec"),
+            json!({"cmd": ["sh", "-c", "echo $GREETING $((6*7)); echo err >&2; exit 5"]}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{out}");
     assert_eq!(out, json!({"exit_code": 5, "stdout": "hi 42\n", "stderr": "err\n", "timed_out": false}));
     let (status, logs) = server.get(&format!("/v1/environments/{id}/logs?tail=5")).await;
@@ -83,14 +88,35 @@ async fn whole_life_with_the_process_provider() {
     let (status, _) = server.post(&format!("/v1/environments/{id}/start"), json!({})).await;
     assert_eq!(status, StatusCode::CONFLICT);
 
-    let actions: Vec<String> = server.events_of(&id).await.iter().map(|e| format!("{}:{}", e["action"].as_str().unwrap(), e["outcome"].as_str().unwrap())).collect();
-    for expected in ["create:ok", "transition:provisioning", "transition:running", "exec:ok", "extend:ok", "expire:stopped", "transition:stopped", "stop:ok", "start:ok", "delete:ok", "transition:deleted"] {
+    let actions: Vec<String> = server
+        .events_of(&id)
+        .await
+        .iter()
+        .map(|e| format!("{}:{}", e["action"].as_str().unwrap(), e["outcome"].as_str().unwrap()))
+        .collect();
+    for expected in [
+        "create:ok",
+        "transition:provisioning",
+        "transition:running",
+        "exec:ok",
+        "extend:ok",
+        "expire:stopped",
+        "transition:stopped",
+        "stop:ok",
+        "start:ok",
+        "delete:ok",
+        "transition:deleted",
+    ] {
         assert!(actions.contains(&expected.to_string()), "{expected} missing from {actions:?}");
     }
 
     let (_, metrics) = server.get("/metrics").await;
     let metrics = metrics.as_str().unwrap().to_owned();
-    for needle in ["lapse_environments{provider=\"process\",state=\"deleted\"} 1", "lapse_expiry_lateness_seconds_count 1", "lapse_reconcile_steps_total{provider=\"process\",step=\"provision\",outcome=\"ok\"} 3"] {
+    for needle in [
+        "lapse_environments{provider=\"process\",state=\"deleted\"} 1",
+        "lapse_expiry_lateness_seconds_count 1",
+        "lapse_reconcile_steps_total{provider=\"process\",step=\"provision\",outcome=\"ok\"} 3",
+    ] {
         assert!(metrics.contains(needle), "{needle} not in\n{metrics}");
     }
 }
@@ -121,10 +147,12 @@ async fn list_filters_by_owner_state_and_label() {
     b["labels"] = json!({"LabID": "2", "course": "os"});
     let a = server.create(a).await["id"].as_str().unwrap().to_owned();
     let b = server.create(b).await["id"].as_str().unwrap().to_owned();
-    let ids = |v: Value| -> Vec<String> { v["environments"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect() };
-    assert_eq!(ids(server.get("/v1/environments?owner=bob").await.1), [b.clone()]);
-    assert_eq!(ids(server.get("/v1/environments?label=LabID%3D1").await.1), [a.clone()]);
-    assert_eq!(ids(server.get("/v1/environments?label=course%3Dos&label=LabID%3D2").await.1), [b.clone()]);
+    let ids = |v: Value| -> Vec<String> {
+        v["environments"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(ids(server.get("/v1/environments?owner=bob").await.1), vec![b.clone()]);
+    assert_eq!(ids(server.get("/v1/environments?label=LabID%3D1").await.1), vec![a.clone()]);
+    assert_eq!(ids(server.get("/v1/environments?label=course%3Dos&label=LabID%3D2").await.1), vec![b.clone()]);
     assert_eq!(ids(server.get("/v1/environments?label=course%3Dos&limit=1").await.1).len(), 1);
     server.wait_state(&a, "running", secs(5)).await;
     server.wait_state(&b, "running", secs(5)).await;
@@ -146,7 +174,8 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let environments_before = server.count_environments().await;
     let events_before = server.count_all_events().await;
     let before = server.env(&id).await;
-    let docker_up = server.get("/v1/providers").await.1["providers"].as_array().unwrap().iter().any(|p| p["name"] == "docker");
+    let docker_up =
+        server.get("/v1/providers").await.1["providers"].as_array().unwrap().iter().any(|p| p["name"] == "docker");
 
     let spec = |extra: Value| {
         let mut body = json!({"owner": "ada", "spec": {"provider": "process", "cmd": ["sleep", "1"]}});
@@ -159,48 +188,306 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let env_path = |rest: &str| format!("/v1/environments/{id}{rest}");
     let unknown = "0".repeat(32);
     let deep = format!("{}{}", "[".repeat(5_000), "]".repeat(5_000));
-    let cases: Vec<(Method, String, Option<&str>, Vec<u8>, StatusCode, &str)> = vec![
-        (Method::POST, create.into(), Some("application/json"), b"{".to_vec(), StatusCode::BAD_REQUEST, "malformed_json"),
-        (Method::POST, create.into(), Some("application/json"), b"".to_vec(), StatusCode::BAD_REQUEST, "malformed_json"),
-        (Method::POST, create.into(), Some("application/json"), deep.into_bytes(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, create.into(), Some("application/json"), format!("{{\"owner\": \"a\", \"labels\": {}}}", "{\"a\":".repeat(5_000)).into_bytes(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, create.into(), Some("text/plain"), spec(json!({})).to_string().into_bytes(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-        (Method::POST, create.into(), Some("application/json"), vec![b' '; 300 * 1024], StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-        (Method::POST, create.into(), Some("application/json"), br#"{"spec": {"provider": "process", "cmd": ["x"]}}"#.to_vec(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, create.into(), Some("application/json"), spec(json!({"colour": "red"})).to_string().into_bytes(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, create.into(), Some("application/json"), br#"{"owner": "a", "spec": {"provider": "nope", "cmd": ["x"]}}"#.to_vec(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, create.into(), Some("application/json"), spec(json!({"ttl": 0})).to_string().into_bytes(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, create.into(), Some("application/json"), spec(json!({"ttl": -5})).to_string().into_bytes(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, create.into(), Some("application/json"), spec(json!({"ttl": "-5m"})).to_string().into_bytes(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, create.into(), Some("application/json"), spec(json!({"ttl": "soon"})).to_string().into_bytes(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, create.into(), Some("application/json"), spec(json!({"ttl": 1.5})).to_string().into_bytes(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, create.into(), Some("application/json"), spec(json!({"ttl": "2d"})).to_string().into_bytes(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, create.into(), Some("application/json"), spec(json!({"ttl": 99_999_999_999_i64})).to_string().into_bytes(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, create.into(), Some("application/json"), spec(json!({"on_expiry": "explode"})).to_string().into_bytes(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, create.into(), Some("application/json"), spec(json!({"owner": "x".repeat(200)})).to_string().into_bytes(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, create.into(), Some("application/json"), spec(json!({"name": "has spaces"})).to_string().into_bytes(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, create.into(), Some("application/json"), json!({"owner": "a", "spec": {"provider": "process"}}).to_string().into_bytes(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, create.into(), Some("application/json"), json!({"owner": "a", "spec": {"provider": "process", "cmd": ["a\u{0}b"]}}).to_string().into_bytes(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, create.into(), Some("application/json"), json!({"owner": "a", "spec": {"provider": "process", "cmd": ["x"], "resources": {"mem_mb": 64}}}).to_string().into_bytes(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, create.into(), Some("application/json"), json!({"owner": "a", "spec": {"provider": "docker"}}).to_string().into_bytes(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, create.into(), Some("application/json"), json!({"owner": "a", "spec": {"provider": "process", "cmd": ["x"], "ports": [0]}}).to_string().into_bytes(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, create.into(), Some("application/json"), json!({"owner": "a", "spec": {"provider": "process", "cmd": ["x"], "ports": [70000]}}).to_string().into_bytes(), StatusCode::BAD_REQUEST, "invalid_request"),
+    /// Method, path, content type, body, then the status and error code expected.
+    type Case<'a> = (Method, String, Option<&'a str>, Vec<u8>, StatusCode, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            Method::POST,
+            create.into(),
+            Some("application/json"),
+            b"{".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            Method::POST,
+            create.into(),
+            Some("application/json"),
+            b"".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            Method::POST,
+            create.into(),
+            Some("application/json"),
+            deep.into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            create.into(),
+            Some("application/json"),
+            format!("{{\"owner\": \"a\", \"labels\": {}}}", "{\"a\":".repeat(5_000)).into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            create.into(),
+            Some("text/plain"),
+            spec(json!({})).to_string().into_bytes(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            Method::POST,
+            create.into(),
+            Some("application/json"),
+            vec![b' '; 300 * 1024],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ),
+        (
+            Method::POST,
+            create.into(),
+            Some("application/json"),
+            br#"{"spec": {"provider": "process", "cmd": ["x"]}}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            create.into(),
+            Some("application/json"),
+            spec(json!({"colour": "red"})).to_string().into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            create.into(),
+            Some("application/json"),
+            br#"{"owner": "a", "spec": {"provider": "nope", "cmd": ["x"]}}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            create.into(),
+            Some("application/json"),
+            spec(json!({"ttl": 0})).to_string().into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            create.into(),
+            Some("application/json"),
+            spec(json!({"ttl": -5})).to_string().into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            create.into(),
+            Some("application/json"),
+            spec(json!({"ttl": "-5m"})).to_string().into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            create.into(),
+            Some("application/json"),
+            spec(json!({"ttl": "soon"})).to_string().into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            create.into(),
+            Some("application/json"),
+            spec(json!({"ttl": 1.5})).to_string().into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            create.into(),
+            Some("application/json"),
+            spec(json!({"ttl": "2d"})).to_string().into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            create.into(),
+            Some("application/json"),
+            spec(json!({"ttl": 99_999_999_999_i64})).to_string().into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            create.into(),
+            Some("application/json"),
+            spec(json!({"on_expiry": "explode"})).to_string().into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            create.into(),
+            Some("application/json"),
+            spec(json!({"owner": "x".repeat(200)})).to_string().into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            create.into(),
+            Some("application/json"),
+            spec(json!({"name": "has spaces"})).to_string().into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            create.into(),
+            Some("application/json"),
+            json!({"owner": "a", "spec": {"provider": "process"}}).to_string().into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            create.into(),
+            Some("application/json"),
+            json!({"owner": "a", "spec": {"provider": "process", "cmd": ["a\u{0}b"]}}).to_string().into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            create.into(),
+            Some("application/json"),
+            json!({"owner": "a", "spec": {"provider": "process", "cmd": ["x"], "resources": {"mem_mb": 64}}})
+                .to_string()
+                .into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            create.into(),
+            Some("application/json"),
+            json!({"owner": "a", "spec": {"provider": "docker"}}).to_string().into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            create.into(),
+            Some("application/json"),
+            json!({"owner": "a", "spec": {"provider": "process", "cmd": ["x"], "ports": [0]}}).to_string().into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            create.into(),
+            Some("application/json"),
+            json!({"owner": "a", "spec": {"provider": "process", "cmd": ["x"], "ports": [70000]}})
+                .to_string()
+                .into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
         (Method::GET, format!("/v1/environments/{unknown}"), None, vec![], StatusCode::NOT_FOUND, "not_found"),
         (Method::GET, "/v1/environments/..%2F..%2Fetc".into(), None, vec![], StatusCode::NOT_FOUND, "not_found"),
         (Method::DELETE, format!("/v1/environments/{unknown}"), None, vec![], StatusCode::NOT_FOUND, "not_found"),
-        (Method::POST, format!("/v1/environments/{unknown}/extend"), Some("application/json"), br#"{"by": "1m"}"#.to_vec(), StatusCode::NOT_FOUND, "not_found"),
-        (Method::POST, format!("/v1/environments/{unknown}/exec"), Some("application/json"), br#"{"cmd": ["true"]}"#.to_vec(), StatusCode::NOT_FOUND, "not_found"),
-        (Method::POST, env_path("/extend"), Some("application/json"), br#"{"by": "1m", "until": "2030-01-01T00:00:00Z"}"#.to_vec(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, env_path("/extend"), Some("application/json"), br#"{}"#.to_vec(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, env_path("/extend"), Some("application/json"), br#"{"until": "2001-01-01T00:00:00Z"}"#.to_vec(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, env_path("/extend"), Some("application/json"), br#"{"until": "next tuesday"}"#.to_vec(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, env_path("/extend"), Some("application/json"), br#"{"by": "400d"}"#.to_vec(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, env_path("/exec"), Some("application/json"), br#"{"cmd": []}"#.to_vec(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, env_path("/exec"), Some("application/json"), br#"{"cmd": ["true"], "timeout": "1y"}"#.to_vec(), StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::POST, env_path("/exec"), Some("application/json"), br#"{"cmd": ["/no/such/program"]}"#.to_vec(), StatusCode::BAD_REQUEST, "invalid_request"),
+        (
+            Method::POST,
+            format!("/v1/environments/{unknown}/extend"),
+            Some("application/json"),
+            br#"{"by": "1m"}"#.to_vec(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Method::POST,
+            format!("/v1/environments/{unknown}/exec"),
+            Some("application/json"),
+            br#"{"cmd": ["true"]}"#.to_vec(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Method::POST,
+            env_path("/extend"),
+            Some("application/json"),
+            br#"{"by": "1m", "until": "2030-01-01T00:00:00Z"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            env_path("/extend"),
+            Some("application/json"),
+            br#"{}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            env_path("/extend"),
+            Some("application/json"),
+            br#"{"until": "2001-01-01T00:00:00Z"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            env_path("/extend"),
+            Some("application/json"),
+            br#"{"until": "next tuesday"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            env_path("/extend"),
+            Some("application/json"),
+            br#"{"by": "400d"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            env_path("/exec"),
+            Some("application/json"),
+            br#"{"cmd": []}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            env_path("/exec"),
+            Some("application/json"),
+            br#"{"cmd": ["true"], "timeout": "1y"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            env_path("/exec"),
+            Some("application/json"),
+            br#"{"cmd": ["/no/such/program"]}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
         (Method::GET, env_path("/logs?tail=0"), None, vec![], StatusCode::BAD_REQUEST, "invalid_request"),
         (Method::GET, "/v1/environments?state=bogus".into(), None, vec![], StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::GET, "/v1/environments?label=novalue".into(), None, vec![], StatusCode::BAD_REQUEST, "invalid_request"),
+        (
+            Method::GET,
+            "/v1/environments?label=novalue".into(),
+            None,
+            vec![],
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
         (Method::GET, "/v1/environments?colour=red".into(), None, vec![], StatusCode::BAD_REQUEST, "invalid_request"),
         (Method::GET, "/v1/environments?limit=0".into(), None, vec![], StatusCode::BAD_REQUEST, "invalid_request"),
         (Method::GET, "/v1/events?environment=x".into(), None, vec![], StatusCode::BAD_REQUEST, "invalid_request"),
@@ -237,13 +524,25 @@ async fn openapi_describes_every_route() {
     let (status, doc) = server.get("/v1/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     let paths = doc["paths"].as_object().unwrap();
-    let mut described: Vec<String> = paths.iter().flat_map(|(p, ops)| ops.as_object().unwrap().keys().map(move |m| format!("{m} {p}"))).collect();
+    let mut described: Vec<String> =
+        paths.iter().flat_map(|(p, ops)| ops.as_object().unwrap().keys().map(move |m| format!("{m} {p}"))).collect();
     described.sort();
     let mut expected = vec![
-        "delete /v1/environments/{id}", "get /healthz", "get /metrics", "get /v1/environments", "get /v1/environments/{id}",
-        "get /v1/environments/{id}/logs", "get /v1/events", "get /v1/openapi.json", "get /v1/providers", "get /v1/status",
-        "post /v1/environments", "post /v1/environments/{id}/exec", "post /v1/environments/{id}/extend",
-        "post /v1/environments/{id}/start", "post /v1/environments/{id}/stop",
+        "delete /v1/environments/{id}",
+        "get /healthz",
+        "get /metrics",
+        "get /v1/environments",
+        "get /v1/environments/{id}",
+        "get /v1/environments/{id}/logs",
+        "get /v1/events",
+        "get /v1/openapi.json",
+        "get /v1/providers",
+        "get /v1/status",
+        "post /v1/environments",
+        "post /v1/environments/{id}/exec",
+        "post /v1/environments/{id}/extend",
+        "post /v1/environments/{id}/start",
+        "post /v1/environments/{id}/stop",
     ];
     expected.sort();
     assert_eq!(described, expected);

@@ -25,7 +25,23 @@ async fn verbs_tables_json_and_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]).await;
 
-    let out = lapse(&server, &["create", "--json", "--wait", "--ttl", "10m", "--label", "LabID=9", "--", "sh", "-c", "echo hello; exec sleep 600"]).await;
+    let out = lapse(
+        &server,
+        &[
+            "create",
+            "--json",
+            "--wait",
+            "--ttl",
+            "10m",
+            "--label",
+            "LabID=9",
+            "--",
+            "sh",
+            "-c",
+            "echo hello; exec sleep 600",
+        ],
+    )
+    .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let env: Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
     assert_eq!(env["state"], "running");
@@ -63,12 +79,17 @@ async fn verbs_tables_json_and_exit_codes() {
     assert!(out.status.success());
     server.wait_state(&id, "deleted", secs(5)).await;
 
-    let help = text(&tokio::process::Command::new(env!("CARGO_BIN_EXE_lapse")).arg("--help").output().await.unwrap().stdout);
+    let help =
+        text(&tokio::process::Command::new(env!("CARGO_BIN_EXE_lapse")).arg("--help").output().await.unwrap().stdout);
     for verb in ["serve", "create", "list", "status", "extend", "stop", "start", "delete", "exec", "logs", "events"] {
         assert!(help.contains(verb), "--help lists {verb}");
     }
     // Nothing answers at this URL: a clear message, not a panic.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lapse")).args(["--url", "http://127.0.0.1:1", "list"]).output().await.unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lapse"))
+        .args(["--url", "http://127.0.0.1:1", "list"])
+        .output()
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("cannot reach the Lapse server"), "{}", text(&out.stderr));
 }

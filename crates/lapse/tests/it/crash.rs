@@ -17,7 +17,9 @@ async fn containers_of(controller: &str) -> Vec<(String, bool)> {
         .await
         .unwrap()
         .into_iter()
-        .map(|c| (c.labels.unwrap()["lapse.environment"].clone(), c.state.map(|s| s.to_string()) == Some("running".into())))
+        .map(|c| {
+            (c.labels.unwrap()["lapse.environment"].clone(), c.state.map(|s| s.to_string()) == Some("running".into()))
+        })
         .collect()
 }
 
@@ -50,11 +52,19 @@ async fn kill_9_while_provisioning_and_deleting_loses_and_leaks_nothing() {
     tokio::time::sleep(secs(2)).await;
     let containers = containers_of(&server.controller_id).await;
     let container_ids: Vec<&String> = containers.iter().map(|(id, _)| id).collect();
-    assert_eq!(container_ids.iter().copied().cloned().collect::<BTreeSet<_>>(), docker_ids.iter().cloned().collect(), "one container per docker environment");
+    assert_eq!(
+        container_ids.iter().copied().cloned().collect::<BTreeSet<_>>(),
+        docker_ids.iter().cloned().collect(),
+        "one container per docker environment"
+    );
     assert_eq!(containers.len(), docker_ids.len(), "no duplicates: {containers:?}");
     assert!(containers.iter().all(|(_, running)| *running));
     let processes = processes_of(&server.controller_id);
-    assert_eq!(processes.iter().map(|(_, id)| id.clone()).collect::<BTreeSet<_>>(), process_ids.iter().cloned().collect(), "one process per process environment");
+    assert_eq!(
+        processes.iter().map(|(_, id)| id.clone()).collect::<BTreeSet<_>>(),
+        process_ids.iter().cloned().collect(),
+        "one process per process environment"
+    );
     assert_eq!(processes.len(), process_ids.len(), "no duplicates: {processes:?}");
 
     // Now crash in the middle of deleting everything.

@@ -51,7 +51,11 @@ async fn container_life_through_the_api() {
     let server = Server::start(dir.path(), &[]).await;
     let (_, providers) = server.get("/v1/providers").await;
     let docker_view = providers["providers"].as_array().unwrap().iter().find(|p| p["name"] == "docker").cloned();
-    assert_eq!(docker_view.as_ref().map(|p| p["available"].clone()), Some(json!(true)), "docker provider up: {providers}");
+    assert_eq!(
+        docker_view.as_ref().map(|p| p["available"].clone()),
+        Some(json!(true)),
+        "docker provider up: {providers}"
+    );
 
     let started = Instant::now();
     let env = server
@@ -80,7 +84,10 @@ async fn container_life_through_the_api() {
 
     let endpoints = running["endpoints"].as_array().unwrap();
     assert_eq!(endpoints.len(), 1, "{running}");
-    assert_eq!((endpoints[0]["container_port"].as_u64(), endpoints[0]["host"].as_str()), (Some(8080), Some("127.0.0.1")));
+    assert_eq!(
+        (endpoints[0]["container_port"].as_u64(), endpoints[0]["host"].as_str()),
+        (Some(8080), Some("127.0.0.1"))
+    );
     fetch_eventually(&endpoints[0], "/index.html", "served").await;
 
     let (status, _) = server.post(&format!("/v1/environments/{id}/stop"), json!({})).await;
@@ -114,10 +121,16 @@ async fn the_sweep_removes_our_unknown_containers_and_leaves_others_alone() {
             let body = ContainerCreateBody {
                 image: Some(image()),
                 cmd: Some(vec!["sleep".into(), "600".into()]),
-                labels: Some(HashMap::from([("lapse.environment".to_owned(), env_id), ("lapse.controller".to_owned(), controller)])),
+                labels: Some(HashMap::from([
+                    ("lapse.environment".to_owned(), env_id),
+                    ("lapse.controller".to_owned(), controller),
+                ])),
                 ..Default::default()
             };
-            docker.create_container(Some(CreateContainerOptionsBuilder::default().name(&name).build()), body).await.unwrap();
+            docker
+                .create_container(Some(CreateContainerOptionsBuilder::default().name(&name).build()), body)
+                .await
+                .unwrap();
             docker.start_container(&name, None).await.unwrap();
         }
     };
@@ -134,7 +147,12 @@ async fn the_sweep_removes_our_unknown_containers_and_leaves_others_alone() {
     }
     loop {
         let (_, events) = server.get("/v1/events?limit=1000").await;
-        if events["events"].as_array().unwrap().iter().any(|e| e["action"] == "remove_orphan" && e["environment_id"] == orphan_id.as_str()) {
+        if events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "remove_orphan" && e["environment_id"] == orphan_id.as_str())
+        {
             break;
         }
         assert!(Instant::now() < deadline, "no remove_orphan event: {events:#}");
@@ -142,7 +160,10 @@ async fn the_sweep_removes_our_unknown_containers_and_leaves_others_alone() {
     }
     tokio::time::sleep(secs(2)).await;
     assert!(docker.inspect_container(&foreign, None).await.is_ok(), "another control plane's container is left alone");
-    docker.remove_container(&foreign, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await.unwrap();
+    docker
+        .remove_container(&foreign, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -168,7 +189,10 @@ async fn a_container_removed_behind_our_back_is_provisioned_again() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     let events = server.events_of(&id).await;
-    assert!(events.iter().any(|e| e["actor"] == "sweep" && e["message"].as_str().unwrap().contains("vanished")), "{events:#?}");
+    assert!(
+        events.iter().any(|e| e["actor"] == "sweep" && e["message"].as_str().unwrap().contains("vanished")),
+        "{events:#?}"
+    );
     server.request(Method::DELETE, &format!("/v1/environments/{id}"), None).await;
     server.wait_state(&id, "deleted", secs(30)).await;
 }

@@ -19,7 +19,8 @@ pub struct Server {
 }
 
 /// Test defaults: fast sweep and short grace.
-pub const FAST: &[&str] = &["--sweep-interval", "1s", "--stop-grace", "2s", "--retry-base", "200ms", "--retry-cap", "1s"];
+pub const FAST: &[&str] =
+    &["--sweep-interval", "1s", "--stop-grace", "2s", "--retry-base", "200ms", "--retry-cap", "1s"];
 
 impl Server {
     /// Starts a server on a free loopback port with its state in `dir`.
@@ -39,7 +40,11 @@ impl Server {
     }
 
     async fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("server.log")).expect("server log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .expect("server log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_lapse"))
             .arg("serve")
             .arg("--listen")
@@ -96,7 +101,13 @@ impl Server {
         (status, value)
     }
 
-    pub async fn raw(&self, method: Method, path: &str, content_type: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
         let mut req = self.http.request(method, format!("{}{}", self.url, path)).body(body);
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
@@ -171,6 +182,7 @@ impl Drop for Server {
         }
         // Remove what this server's environments left behind, so failed tests leak nothing.
         kill_processes_of(&self.controller_id);
+        remove_containers_of(&self.controller_id);
     }
 }
 
@@ -182,15 +194,23 @@ pub fn process_env(cmd: &[&str]) -> Value {
 /// Ids of live process groups marked with `controller` (read from /proc like the provider).
 pub fn processes_of(controller: &str) -> Vec<(i32, String)> {
     let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
     for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some(close) = stat.rfind(')') else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
         let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
         if fields.first() == Some(&"Z") || fields.get(2).and_then(|p| p.parse::<i32>().ok()) != Some(pid) {
             continue;
         }
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
         let vars: Vec<String> = environ.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
         if vars.iter().any(|v| v == &format!("LAPSE_CONTROLLER={controller}"))
             && let Some(id) = vars.iter().find_map(|v| v.strip_prefix("LAPSE_ENVIRONMENT_ID="))
@@ -207,6 +227,20 @@ pub fn kill_processes_of(controller: &str) {
     }
     for (pid, _) in processes_of(controller) {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// Removes (with the podman CLI, synchronously: this runs in `Drop`) every container labelled
+/// with `controller`.
+pub fn remove_containers_of(controller: &str) {
+    if controller.is_empty() {
+        return;
+    }
+    let filter = format!("label=lapse.controller={controller}");
+    let Ok(out) = std::process::Command::new("podman").args(["ps", "-aq", "--filter", &filter]).output() else { return };
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
+    if !ids.is_empty() {
+        let _ = std::process::Command::new("podman").args(["rm", "-f"]).args(&ids).output();
     }
 }
 

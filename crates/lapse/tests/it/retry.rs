@@ -14,7 +14,8 @@ async fn an_unreachable_provider_is_retried_with_backoff_then_failed() {
     let docker = providers["providers"].as_array().unwrap().iter().find(|p| p["name"] == "docker").cloned().unwrap();
     assert_eq!(docker["available"], false);
 
-    let (status, env) = server.post("/v1/environments", json!({"owner": "ada", "spec": {"provider": "docker", "image": "x"}})).await;
+    let (status, env) =
+        server.post("/v1/environments", json!({"owner": "ada", "spec": {"provider": "docker", "image": "x"}})).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let id = env["id"].as_str().unwrap();
     let failed = server.wait_state(id, "failed", secs(20)).await;
@@ -24,7 +25,9 @@ async fn an_unreachable_provider_is_retried_with_backoff_then_failed() {
     let events = server.events_of(id).await;
     let errors: Vec<_> = events.iter().filter(|e| e["action"] == "provision" && e["outcome"] == "error").collect();
     assert_eq!(errors.len(), 2, "two retried failures before the last: {events:#?}");
-    let at = |e: &serde_json::Value| chrono::DateTime::parse_from_rfc3339(e["at"].as_str().unwrap()).unwrap().timestamp_millis();
+    let at = |e: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(e["at"].as_str().unwrap()).unwrap().timestamp_millis()
+    };
     let failed_at = at(events.iter().find(|e| e["outcome"] == "failed").unwrap());
     // Back-off 200 ms then 400 ms (the test server's base): the attempts are spread, not hammered.
     assert!(at(errors[1]) - at(errors[0]) >= 190, "{events:#?}");

@@ -237,7 +237,9 @@ pub fn remove_containers_of(controller: &str) {
         return;
     }
     let filter = format!("label=lapse.controller={controller}");
-    let Ok(out) = std::process::Command::new("podman").args(["ps", "-aq", "--filter", &filter]).output() else { return };
+    let Ok(out) = std::process::Command::new("podman").args(["ps", "-aq", "--filter", &filter]).output() else {
+        return;
+    };
     let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
     if !ids.is_empty() {
         let _ = std::process::Command::new("podman").args(["rm", "-f"]).args(&ids).output();

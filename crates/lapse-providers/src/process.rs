@@ -28,9 +28,11 @@ use crate::{Instance, InstanceStatus, MAX_OUTPUT_BYTES, Provider, ProviderError,
 const NAME: &str = "process";
 const ENV_MARKER: &str = "LAPSE_ENVIRONMENT_ID";
 const CONTROLLER_MARKER: &str = "LAPSE_CONTROLLER";
+/// Present from just before a spawn until its `pid` file is written.
+const SPAWNING: &str = "spawning";
 
 /// Runs environments as local process groups under `root`.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ProcessProvider {
     root: PathBuf,
     controller_id: String,
@@ -56,15 +58,23 @@ impl ProcessProvider {
     }
 
     /// The live leader of `id`'s group, if any.
+    ///
+    /// The `pid` file names the process spawned last. Only when a spawn may have been cut
+    /// short by a crash (its `spawning` marker is still there) is `/proc` scanned, since the
+    /// process may then run without a `pid` file.
     fn find(&self, id: &str) -> Option<Leader> {
-        if let Some(pid) = fs::read_to_string(self.dir(id).join("pid")).ok().and_then(|s| s.trim().parse().ok())
-            && let Some(leader) = self.leader_at(pid)
-            && leader.environment_id == id
-        {
-            return Some(leader);
+        let dir = self.dir(id);
+        if dir.join(SPAWNING).exists() {
+            return self.scan().into_iter().find(|l| l.environment_id == id);
         }
-        // The pid file may be missing (a crash right after the spawn) or stale.
-        self.scan().into_iter().find(|l| l.environment_id == id)
+        // `pid starttime`: the start time tells our process from a later one that reused the
+        // pid, without reading its environment (which reads empty while it execs).
+        let text = fs::read_to_string(dir.join("pid")).ok()?;
+        let mut parts = text.split_whitespace();
+        let pid: i32 = parts.next()?.parse().ok()?;
+        let started: u64 = parts.next()?.parse().ok()?;
+        let stat = Stat::of(pid)?;
+        (stat.is_live_leader(pid) && stat.start_time == started).then(|| Leader { environment_id: id.to_owned(), pid })
     }
 
     /// Every live group leader in `/proc` that carries this controller's marker.
@@ -80,14 +90,7 @@ impl ProcessProvider {
 
     /// The environment led by `pid`, if `pid` is a live (not zombie) group leader of ours.
     fn leader_at(&self, pid: i32) -> Option<Leader> {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the command name, which is in parentheses and may hold anything.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let mut fields = rest.split(' ');
-        let state = fields.next()?;
-        let _ppid = fields.next()?;
-        let pgrp: i32 = fields.next()?.parse().ok()?;
-        if state == "Z" || state == "X" || pgrp != pid {
+        if !Stat::of(pid)?.is_live_leader(pid) {
             return None;
         }
         let environ = fs::read(format!("/proc/{pid}/environ")).ok()?;
@@ -102,6 +105,30 @@ impl ProcessProvider {
             }
         }
         Some(Leader { environment_id: environment_id.filter(|_| ours)?, pid })
+    }
+
+    /// Every environment directory (stopped) and live leader (running) of this controller.
+    fn list_now(&self) -> Vec<Instance> {
+        let mut found: BTreeMap<String, Instance> = BTreeMap::new();
+        if let Ok(entries) = fs::read_dir(&self.root) {
+            for entry in entries.flatten() {
+                if let Some(id) = entry.file_name().to_str().filter(|n| lapse_core::model::is_environment_id(n)) {
+                    found.insert(
+                        id.to_owned(),
+                        Instance {
+                            environment_id: id.to_owned(),
+                            provider_ref: String::new(),
+                            status: InstanceStatus::Stopped,
+                            endpoints: vec![],
+                        },
+                    );
+                }
+            }
+        }
+        for leader in self.scan() {
+            found.insert(leader.environment_id.clone(), Self::instance(&leader.environment_id, leader.pid, &[]));
+        }
+        found.into_values().collect()
     }
 
     fn instance(id: &str, pid: i32, spec_ports: &[u16]) -> Instance {
@@ -139,7 +166,12 @@ impl ProcessProvider {
             .stderr(stderr)
             .process_group(0)
             .kill_on_drop(false);
-        let mut child = command.spawn().map_err(|e| match e.kind() {
+        fs::write(dir.join(SPAWNING), b"").map_err(|e| failed("create", &e))?;
+        let spawned = command.spawn();
+        if spawned.is_err() {
+            let _ = fs::remove_file(dir.join(SPAWNING));
+        }
+        let mut child = spawned.map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
                 ProviderError::Permanent { provider: NAME, message: format!("cannot run {program:?}: {e}") }
             }
@@ -150,13 +182,18 @@ impl ProcessProvider {
             op: "create",
             message: "the process exited before its id was read".into(),
         })?;
-        fs::write(dir.join("pid"), pid.to_string()).map_err(|e| failed("create", &e))?;
+        // Spawn returns after the exec, so the process and its start time are there to read.
+        let started = Stat::of(pid).map_or(0, |s| s.start_time);
+        fs::write(dir.join("pid"), format!("{pid} {started}")).map_err(|e| failed("create", &e))?;
+        fs::remove_file(dir.join(SPAWNING)).map_err(|e| failed("create", &e))?;
         // Reap the child when it exits, and keep its status for whoever asks later.
         let status_file = dir.join("exit_status");
         tokio::spawn(async move {
             if let Ok(status) = child.wait().await {
                 let code = status.code().map_or_else(|| "signal".to_owned(), |c| c.to_string());
-                let _ = fs::write(status_file, code);
+                if status_file.parent().is_some_and(Path::exists) {
+                    let _ = fs::write(status_file, code);
+                }
             }
         });
         Ok(pid)
@@ -167,7 +204,7 @@ impl ProcessProvider {
         let _ = killpg(group, Signal::SIGTERM);
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
-            if self.leader_at(leader.pid).is_none() {
+            if !alive(leader.pid) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -175,7 +212,7 @@ impl ProcessProvider {
         // Whatever is left of the group, leader or not, goes now.
         let _ = killpg(group, Signal::SIGKILL);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while self.leader_at(leader.pid).is_some() {
+        while alive(leader.pid) {
             if Instant::now() > deadline {
                 return Err(ProviderError::Failed {
                     provider: NAME,
@@ -189,8 +226,49 @@ impl ProcessProvider {
     }
 }
 
+/// Runs blocking filesystem work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ProviderError> + Send + 'static,
+) -> Result<T, ProviderError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ProviderError::Failed {
+        provider: NAME,
+        op: "io",
+        message: e.to_string(),
+    })?
+}
+
 fn failed(op: &'static str, e: &std::io::Error) -> ProviderError {
     ProviderError::Failed { provider: NAME, op, message: e.to_string() }
+}
+
+fn alive(pid: i32) -> bool {
+    Stat::of(pid).is_some_and(|s| s.is_live_leader(pid))
+}
+
+/// What `/proc/<pid>/stat` says of a process.
+struct Stat {
+    state: char,
+    pgrp: i32,
+    /// Clock ticks after boot at which it started.
+    start_time: u64,
+}
+
+impl Stat {
+    fn of(pid: i32) -> Option<Stat> {
+        let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name, which is in parentheses and may hold anything.
+        let fields: Vec<&str> = text.get(text.rfind(')')? + 2..)?.split(' ').collect();
+        Some(Stat {
+            state: fields.first()?.chars().next()?,
+            pgrp: fields.get(2)?.parse().ok()?,
+            start_time: fields.get(19)?.parse().ok()?,
+        })
+    }
+
+    /// Alive (not a zombie) and leading its own process group.
+    fn is_live_leader(&self, pid: i32) -> bool {
+        !matches!(self.state, 'Z' | 'X') && self.pgrp == pid
+    }
 }
 
 fn endpoints(ports: &[u16]) -> Vec<Endpoint> {
@@ -228,15 +306,22 @@ impl Provider for ProcessProvider {
     }
 
     async fn ensure_running(&self, environment_id: &str, spec: &Spec) -> Result<Instance, ProviderError> {
-        if let Some(leader) = self.find(environment_id) {
-            return Ok(Self::instance(environment_id, leader.pid, &spec.ports));
-        }
-        let pid = self.spawn(environment_id, spec)?;
-        Ok(Self::instance(environment_id, pid, &spec.ports))
+        // Directory and file creation and `/proc` reads block: keep them off the runtime's
+        // worker threads, which serve the API.
+        let (this, id, spec) = (self.clone(), environment_id.to_owned(), spec.clone());
+        blocking(move || {
+            if let Some(leader) = this.find(&id) {
+                return Ok(Self::instance(&id, leader.pid, &spec.ports));
+            }
+            let pid = this.spawn(&id, &spec)?;
+            Ok(Self::instance(&id, pid, &spec.ports))
+        })
+        .await
     }
 
     async fn stop(&self, environment_id: &str, grace: Duration) -> Result<(), ProviderError> {
-        match self.find(environment_id) {
+        let (this, id) = (self.clone(), environment_id.to_owned());
+        match blocking(move || Ok(this.find(&id))).await? {
             Some(leader) => self.kill_group(&leader, grace).await,
             None => Ok(()),
         }
@@ -244,11 +329,23 @@ impl Provider for ProcessProvider {
 
     async fn delete(&self, environment_id: &str, grace: Duration) -> Result<(), ProviderError> {
         self.stop(environment_id, grace).await?;
-        match fs::remove_dir_all(self.dir(environment_id)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(failed("delete", &e)),
-        }
+        let dir = self.dir(environment_id);
+        blocking(move || {
+            // The reaper of a process just killed may still write its exit status here.
+            let mut tries = 0;
+            loop {
+                match fs::remove_dir_all(&dir) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && tries < 20 => {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(e) => return Err(failed("delete", &e)),
+                }
+            }
+        })
+        .await
     }
 
     async fn inspect(&self, environment_id: &str) -> Result<Option<Instance>, ProviderError> {
@@ -264,26 +361,8 @@ impl Provider for ProcessProvider {
     }
 
     async fn list(&self) -> Result<Vec<Instance>, ProviderError> {
-        let mut found: BTreeMap<String, Instance> = BTreeMap::new();
-        if let Ok(entries) = fs::read_dir(&self.root) {
-            for entry in entries.flatten() {
-                if let Some(id) = entry.file_name().to_str().filter(|n| lapse_core::model::is_environment_id(n)) {
-                    found.insert(
-                        id.to_owned(),
-                        Instance {
-                            environment_id: id.to_owned(),
-                            provider_ref: String::new(),
-                            status: InstanceStatus::Stopped,
-                            endpoints: vec![],
-                        },
-                    );
-                }
-            }
-        }
-        for leader in self.scan() {
-            found.insert(leader.environment_id.clone(), Self::instance(&leader.environment_id, leader.pid, &[]));
-        }
-        Ok(found.into_values().collect())
+        let this = self.clone();
+        blocking(move || Ok(this.list_now())).await
     }
 
     async fn exec(
@@ -403,6 +482,22 @@ mod tests {
         assert_eq!(p.inspect(id).await.unwrap().unwrap().status, InstanceStatus::Stopped);
         p.delete(id, Duration::from_secs(1)).await.unwrap();
         assert_eq!(p.inspect(id).await.unwrap(), None);
+        p.delete(id, Duration::from_secs(1)).await.unwrap();
+    }
+
+    /// A crash between the spawn and the `pid` file: the marker makes `find` scan `/proc`, so
+    /// the process is found (and not spawned twice).
+    #[tokio::test]
+    async fn a_spawn_cut_short_is_found_by_its_markers() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = ProcessProvider::new(dir.path(), "ctl-test-5").unwrap();
+        let id = "3123456789abcdef0123456789abcdef";
+        let first = p.ensure_running(id, &spec(&["sleep", "30"])).await.unwrap();
+        fs::remove_file(dir.path().join(id).join("pid")).unwrap();
+        assert_eq!(p.find(id), None, "without the marker, no pid file means no process");
+        fs::write(dir.path().join(id).join(SPAWNING), b"").unwrap();
+        let again = p.ensure_running(id, &spec(&["sleep", "30"])).await.unwrap();
+        assert_eq!(again.provider_ref, first.provider_ref);
         p.delete(id, Duration::from_secs(1)).await.unwrap();
     }
 

@@ -109,6 +109,9 @@ enum Command {
     },
     /// The server's providers and whether each answers.
     Providers,
+    /// Measure a server started for the purpose: create latency, docker create-to-running,
+    /// expiry lateness. Prints every figure of one run.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -186,6 +189,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         serve::run(args).await?;
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Bench(args) = cli.command {
+        crate::bench::run(args, cli.json).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let client = Client::new(&cli.url)?;
     let json = cli.json;
     let show = |env: &EnvironmentView| {
@@ -196,7 +203,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     };
     match cli.command {
-        Command::Serve(_) => unreachable!("handled above"),
+        Command::Serve(_) | Command::Bench(_) => unreachable!("handled above"),
         Command::Create(args) => {
             let resources = (args.vcpu.is_some() || args.mem_mb.is_some()).then_some(Resources {
                 vcpu: args.vcpu,

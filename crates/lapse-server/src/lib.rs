@@ -83,6 +83,7 @@ impl Running {
 pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
+    let lock = lock_data_dir(&config.data_dir)?;
     let db = config.data_dir.join("lapse.db");
     let store = Store::open(&db).await.with_context(|| format!("opening the store at {}", db.display()))?;
     let controller_id = store.controller_id().await?;
@@ -133,6 +134,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     background.push(tokio::spawn(sweep::run(cx.clone(), reconciler.clone())));
 
     let app = App { cx: cx.clone(), reconciler };
+    background.push(tokio::spawn(async move {
+        // Held for as long as the server runs; released when this task is aborted.
+        let _lock = lock;
+        std::future::pending::<()>().await
+    }));
     let listener = tokio::net::TcpListener::bind(cx.config.listen)
         .await
         .with_context(|| format!("listening on {}", cx.config.listen))?;
@@ -148,6 +154,23 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     });
     tracing::info!(%addr, data_dir = %cx.config.data_dir.display(), "lapse is serving");
     Ok(Running { addr, app, shutdown, http, background })
+}
+
+/// One server per data dir: two reconcilers on one store would fight over every environment.
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = dir.join("lapse.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        anyhow::anyhow!(
+            "another `lapse serve` is using the data dir {} ({errno}); give this one its own --data-dir",
+            dir.display()
+        )
+    })
 }
 
 async fn add_docker(setting: &DockerSetting, controller_id: &str, providers: &mut ProviderSet) {

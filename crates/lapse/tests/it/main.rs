@@ -5,5 +5,6 @@ mod api;
 mod cli;
 mod crash;
 mod docker;
+mod drift;
 mod harness;
 mod retry;

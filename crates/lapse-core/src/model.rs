@@ -42,13 +42,29 @@ pub enum OnExpiry {
     Delete,
 }
 
-/// How an environment lives. Only `lease` exists so far.
+/// How an environment lives.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Lifecycle {
-    /// Runs until its lease runs out, then `on_expiry` applies.
+    /// Runs until its lease runs out, then `on_expiry` applies. If it exits on its own it is
+    /// recorded stopped.
     #[default]
     Lease,
+    /// Kept running: restarted with back-off when it exits or its resource vanishes. No
+    /// expiry unless a TTL is given.
+    Service,
+    /// Like `service` (background workers); the seed's third kind.
+    Daemon,
+    /// Runs its command to completion; the exit code and finish time are recorded; failures
+    /// are retried up to `max_retries`; kept until its TTL, then deleted.
+    Job,
+}
+
+impl Lifecycle {
+    /// Whether the control plane restarts it when it exits.
+    pub fn restarts(self) -> bool {
+        matches!(self, Lifecycle::Service | Lifecycle::Daemon)
+    }
 }
 
 macro_rules! str_enum {
@@ -81,7 +97,7 @@ str_enum!(ObservedState {
     Deleted => "deleted", Failed => "failed",
 });
 str_enum!(OnExpiry { Stop => "stop", Delete => "delete" });
-str_enum!(Lifecycle { Lease => "lease" });
+str_enum!(Lifecycle { Lease => "lease", Service => "service", Daemon => "daemon", Job => "job" });
 
 impl ObservedState {
     /// Every observed state, in lifecycle order.
@@ -183,6 +199,97 @@ pub struct Environment {
     pub next_attempt_at: Option<Millis>,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// The warm pool this environment belongs to while it waits to be claimed.
+    pub pool: Option<String>,
+    /// The pool's version when this member was made; a member of another version is recycled.
+    pub pool_version: Option<String>,
+    /// Where the desired state came from: `api`, `config`, `pool`, `sweep`.
+    pub source: String,
+    /// Set when the spec was replaced while a resource exists: it must be made again.
+    pub replace: bool,
+    /// Restarts after exits (services, daemons, retried jobs).
+    pub restarts: u32,
+    /// Jobs: retries allowed after a non-zero exit.
+    pub max_retries: u32,
+    /// How the command ended, for environments that ran to completion or exited.
+    pub exit_code: Option<i64>,
+    pub finished_at: Option<Millis>,
+}
+
+impl Environment {
+    /// A new environment with defaults: `running`, `pending`, a lease with no expiry yet.
+    pub fn new(id: String, owner: String, spec: Spec, now: Millis) -> Environment {
+        Environment {
+            id,
+            name: None,
+            tenant: "default".into(),
+            owner,
+            labels: BTreeMap::new(),
+            spec,
+            lifecycle: Lifecycle::Lease,
+            desired: DesiredState::Running,
+            observed: ObservedState::Pending,
+            reason: None,
+            provider_ref: None,
+            endpoints: vec![],
+            expires_at: None,
+            on_expiry: OnExpiry::Stop,
+            expired_at: None,
+            restart_on_extend: false,
+            attempts: 0,
+            next_attempt_at: None,
+            created_at: now,
+            updated_at: now,
+            pool: None,
+            pool_version: None,
+            source: "api".into(),
+            replace: false,
+            restarts: 0,
+            max_retries: 0,
+            exit_code: None,
+            finished_at: None,
+        }
+    }
+}
+
+impl Spec {
+    /// The spec with defaults made explicit and order-free parts sorted, so that specs that
+    /// mean the same are equal.
+    pub fn canonical(&self) -> Spec {
+        let mut spec = self.clone();
+        if spec.resources.as_ref().is_some_and(|r| r.vcpu.is_none() && r.mem_mb.is_none() && r.disk_gb.is_none()) {
+            spec.resources = None;
+        }
+        spec.ports.sort_unstable();
+        spec.ports.dedup();
+        spec
+    }
+
+    /// The canonical hash: 16 hex digits of SHA-256 over the canonical spec's JSON. Field
+    /// order, defaults and formatting do not change it. The warm-pool key.
+    pub fn hash(&self) -> String {
+        use sha2::Digest;
+        // Serializing a plain struct of strings, numbers and maps cannot fail.
+        let json = serde_json::to_vec(&self.canonical()).expect("a spec serializes");
+        let digest = sha2::Sha256::digest(&json);
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// A warm pool: `min` to `max` environments of one spec, running and unclaimed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pool {
+    pub name: String,
+    pub spec: Spec,
+    pub min: u32,
+    pub max: u32,
+    /// Members made under another version are recycled.
+    pub version: String,
+    pub lifecycle: Lifecycle,
+    /// `api` or `config`.
+    pub source: String,
+    pub created_at: Millis,
+    pub updated_at: Millis,
 }
 
 /// A new environment id: a UUIDv7 in lowercase hex, so ids sort by creation time.
@@ -190,7 +297,50 @@ pub fn new_environment_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
 
-/// Whether `s` has the shape of an environment id (so a bad path is a 404, never a query).
+/// Whether `s` can be an environment id: generated ids are 32 hex digits; ids chosen by users
+/// (the seed's `job_id`, config files) are 1 to 63 letters, digits, `.`, `_`, `-`, starting
+/// with a letter or digit. Anything else is a 404 without a query.
 pub fn is_environment_id(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_hash_ignores_order_defaults_and_formatting() {
+        let a: Spec = serde_json::from_str(
+            r#"{"provider": "process", "cmd": ["sleep", "1"], "env": {"A": "1", "B": "2"}, "ports": [80, 22]}"#,
+        )
+        .unwrap();
+        let b: Spec = serde_json::from_str(
+            r#"{ "ports": [22, 80], "env": {"B": "2", "A": "1"},
+                 "cmd": ["sleep", "1"], "provider": "process", "resources": {}, "image": null }"#,
+        )
+        .unwrap();
+        assert_eq!(a.hash(), b.hash());
+        assert_eq!(a.hash().len(), 16);
+        let mut c = a.clone();
+        c.cmd.push("2".into());
+        assert_ne!(a.hash(), c.hash());
+        let one: Spec =
+            serde_json::from_str(r#"{"provider": "docker", "image": "x", "resources": {"vcpu": 1}}"#).unwrap();
+        let one_point_oh: Spec =
+            serde_json::from_str(r#"{"provider": "docker", "image": "x", "resources": {"vcpu": 1.0}}"#).unwrap();
+        assert_eq!(one.hash(), one_point_oh.hash());
+    }
+
+    #[test]
+    fn ids() {
+        assert!(is_environment_id(&new_environment_id()));
+        assert!(is_environment_id("web-app-2"));
+        assert!(is_environment_id("job.1_a"));
+        for bad in ["", "-lead", "has space", "a/b", "..", &"x".repeat(64)] {
+            assert!(!is_environment_id(bad), "{bad:?}");
+        }
+    }
 }

@@ -41,6 +41,8 @@ pub enum Plan {
     WaitUntil(Millis),
     /// Make the resource run: create it, or start it if it exists. Provider call.
     Provision,
+    /// The spec changed while a resource exists: remove it, then create it anew. Provider calls.
+    Replace,
     /// Stop the resource. Provider call.
     Stop,
     /// Delete the resource, if any. Provider call.
@@ -54,7 +56,7 @@ pub enum Plan {
 impl Plan {
     /// Whether this step calls a provider (and so takes a concurrency slot and may fail).
     pub fn calls_provider(self) -> bool {
-        matches!(self, Plan::Provision | Plan::Stop | Plan::Delete)
+        matches!(self, Plan::Provision | Plan::Replace | Plan::Stop | Plan::Delete)
     }
 }
 
@@ -79,6 +81,7 @@ pub fn plan(env: &Environment, now: Millis) -> Plan {
         (D::Deleted, O::Pending) => Plan::MarkDeleted,
         (D::Deleted, _) => Plan::Delete,
         (_, O::Failed) => Plan::Converged,
+        (D::Running, O::Running | O::Provisioning | O::Stopping | O::Stopped) if env.replace => Plan::Replace,
         (D::Running, O::Running) | (D::Stopped, O::Stopped) => Plan::Converged,
         (D::Running, O::Pending | O::Provisioning | O::Stopping | O::Stopped) => Plan::Provision,
         (D::Stopped, O::Pending) => Plan::MarkStopped,
@@ -102,7 +105,7 @@ pub fn backoff_millis(attempts: u32, base: Millis, cap: Millis) -> Millis {
 /// The state the observed state becomes while `plan`'s provider call runs.
 pub fn in_progress_state(plan: Plan) -> Option<ObservedState> {
     match plan {
-        Plan::Provision => Some(ObservedState::Provisioning),
+        Plan::Provision | Plan::Replace => Some(ObservedState::Provisioning),
         Plan::Stop => Some(ObservedState::Stopping),
         Plan::Delete => Some(ObservedState::Deleting),
         _ => None,
@@ -112,32 +115,16 @@ pub fn in_progress_state(plan: Plan) -> Option<ObservedState> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Lifecycle, Spec};
+    use crate::model::Spec;
     use ObservedState::*;
 
     fn env(desired: DesiredState, observed: ObservedState) -> Environment {
-        Environment {
-            id: "0".repeat(32),
-            name: None,
-            tenant: "default".into(),
-            owner: "ada".into(),
-            labels: Default::default(),
-            spec: Spec { provider: "process".into(), ..Default::default() },
-            lifecycle: Lifecycle::Lease,
-            desired,
-            observed,
-            reason: None,
-            provider_ref: None,
-            endpoints: vec![],
-            expires_at: Some(10_000),
-            on_expiry: OnExpiry::Stop,
-            expired_at: None,
-            restart_on_extend: false,
-            attempts: 0,
-            next_attempt_at: None,
-            created_at: 0,
-            updated_at: 0,
-        }
+        let spec = Spec { provider: "process".into(), ..Default::default() };
+        let mut e = Environment::new("0".repeat(32), "ada".into(), spec, 0);
+        e.desired = desired;
+        e.observed = observed;
+        e.expires_at = Some(10_000);
+        e
     }
 
     /// Every pair of states, allowed or refused: the table is the specification.
@@ -213,6 +200,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_replaced_spec_remakes_a_wanted_resource_only() {
+        let replaced = |d: DesiredState, o: ObservedState| {
+            let mut e = env(d, o);
+            e.replace = true;
+            plan(&e, 0)
+        };
+        assert_eq!(replaced(DesiredState::Running, Running), Plan::Replace);
+        assert_eq!(replaced(DesiredState::Running, Stopped), Plan::Replace);
+        // Nothing exists yet: an ordinary provision uses the new spec.
+        assert_eq!(replaced(DesiredState::Running, Pending), Plan::Provision);
+        assert_eq!(replaced(DesiredState::Stopped, Stopped), Plan::Converged);
+        assert_eq!(replaced(DesiredState::Deleted, Running), Plan::Delete);
     }
 
     #[test]

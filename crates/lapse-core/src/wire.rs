@@ -65,9 +65,59 @@ pub struct CreateEnvironment {
     /// How long the lease lasts; the server's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<DurationInput>,
-    /// What happens when the lease runs out (default `stop`).
+    /// What happens when the lease runs out (default `stop`; jobs are always deleted).
     #[serde(default)]
     pub on_expiry: OnExpiry,
+    /// `lease` (default), `service`, `daemon` or `job`. Services and daemons have no expiry
+    /// unless a `ttl` is given.
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
+    /// Jobs: how many times a failed run (non-zero exit) is retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+}
+
+/// `PUT /v1/pools/{name}`: keep `min` to `max` environments of `spec` warm.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutPool {
+    pub spec: Spec,
+    /// Members kept warm.
+    pub min: u32,
+    /// Most members held at once (default: `min`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
+    /// Changing it recycles every member made under another version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The lifecycle claimed members get unless the claim names one.
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
+}
+
+/// A pool as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PoolView {
+    pub name: String,
+    pub spec: Spec,
+    /// The canonical spec hash: creates with a spec of this hash claim from this pool.
+    pub spec_hash: String,
+    pub min: u32,
+    pub max: u32,
+    pub version: String,
+    pub lifecycle: Lifecycle,
+    /// `api` or `config`.
+    pub source: String,
+    /// Members running and ready to be claimed.
+    pub warm: u32,
+    /// Members on their way (pending, provisioning).
+    pub starting: u32,
+}
+
+/// `GET /v1/pools`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct PoolList {
+    pub pools: Vec<PoolView>,
 }
 
 /// `POST /v1/environments/{id}/extend`: exactly one of `by` and `until`.
@@ -138,6 +188,18 @@ pub struct EnvironmentView {
     pub expired_at: Option<String>,
     /// Failed provider attempts since the last success.
     pub attempts: u32,
+    /// Restarts after exits (services, daemons, retried jobs).
+    pub restarts: u32,
+    /// How its command ended, once it has (jobs; exits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// The warm pool it waits in, while unclaimed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// `api`, `config`, `pool` or `sweep`.
+    pub source: String,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -160,6 +222,11 @@ impl From<&Environment> for EnvironmentView {
             on_expiry: e.on_expiry,
             expired_at: e.expired_at.map(format_millis),
             attempts: e.attempts,
+            restarts: e.restarts,
+            exit_code: e.exit_code,
+            finished_at: e.finished_at.map(format_millis),
+            pool: e.pool.clone(),
+            source: e.source.clone(),
             created_at: format_millis(e.created_at),
             updated_at: format_millis(e.updated_at),
         }
@@ -250,6 +317,21 @@ pub struct StatusView {
     pub timers: usize,
     /// Reconciler steps queued or running.
     pub backlog: usize,
+    /// The declarative config file, if one is served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigStatus>,
+}
+
+/// The state of `lapse serve --config FILE`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct ConfigStatus {
+    pub path: String,
+    /// When the file was last applied without error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_at: Option<String>,
+    /// Why the last reading of the file was refused (the last good state stays in force).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Every error answer: `{"error": {"code", "message"}}`.

@@ -23,6 +23,7 @@ use lapse_core::wire::{ExecResult, LogsView};
 #[cfg(feature = "docker")]
 pub mod docker;
 pub mod process;
+pub mod sim;
 
 /// Most output an exec or a logs call returns, per stream.
 pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;

@@ -9,10 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapse_core::duration::{self, DurationError};
-use lapse_core::model::{DesiredState, Environment, Lifecycle, ObservedState, is_environment_id, new_environment_id};
+use lapse_core::model::{
+    DesiredState, Environment, Lifecycle, ObservedState, OnExpiry, Pool, is_environment_id, new_environment_id,
+};
 use lapse_core::validate::{self, FieldError};
 use lapse_core::wire::{
-    CreateEnvironment, DurationInput, ExecRequest, ExecResult, ExtendRequest, LogsView, ProviderView,
+    CreateEnvironment, DurationInput, ExecRequest, ExecResult, ExtendRequest, LogsView, PoolView, ProviderView, PutPool,
 };
 use lapse_core::{Millis, format_millis};
 use lapse_providers::ProviderError;
@@ -32,6 +34,8 @@ pub enum AppError {
     Invalid(#[from] FieldError),
     #[error("no environment {0}")]
     NotFound(String),
+    #[error("no pool {0}")]
+    NoPool(String),
     #[error("{0}")]
     Conflict(String),
     #[error(transparent)]
@@ -63,64 +67,154 @@ impl App {
         d.and_then(|d| duration::at_most(d, self.cx.config.max_ttl)).map_err(|e: DurationError| invalid(field, e))
     }
 
-    pub async fn create(&self, req: CreateEnvironment) -> Result<Environment, AppError> {
+    /// Creates an environment: claims a warm pool member with the same spec if there is one
+    /// (`claimed` is then true and it already runs), otherwise records a cold one.
+    pub async fn create(&self, req: CreateEnvironment) -> Result<Created, AppError> {
         if let Some(name) = &req.name {
             validate::name("name", name)?;
         }
         validate::owner(&req.owner)?;
         validate::labels(&req.labels)?;
-        validate::spec(&req.spec)?;
-        let provider = self.cx.providers.get(&req.spec.provider).ok_or_else(|| {
-            invalid(
-                "spec.provider",
-                format!(
-                    "unknown provider {:?}; this server has: {}",
-                    req.spec.provider,
-                    self.cx.providers.names().join(", ")
-                ),
-            )
-        })?;
-        provider.validate(&req.spec)?;
-        let ttl = match &req.ttl {
-            Some(t) => self.duration("ttl", t)?,
-            None => self.cx.config.default_ttl,
+        self.check_spec(&req.spec)?;
+        let ttl = match (&req.ttl, req.lifecycle) {
+            (Some(t), _) => Some(self.duration("ttl", t)?),
+            // Services and daemons are kept running: no expiry unless asked for.
+            (None, Lifecycle::Service | Lifecycle::Daemon) => None,
+            (None, _) => Some(self.cx.config.default_ttl),
         };
+        if req.max_retries.is_some() && req.lifecycle != Lifecycle::Job {
+            return Err(invalid("max_retries", "only jobs are retried; set lifecycle to \"job\""));
+        }
+        let on_expiry = if req.lifecycle == Lifecycle::Job { OnExpiry::Delete } else { req.on_expiry };
         let now = self.now();
-        let env = Environment {
-            id: new_environment_id(),
-            name: req.name,
-            tenant: "default".into(),
-            owner: req.owner,
-            labels: req.labels,
-            spec: req.spec,
-            lifecycle: Lifecycle::Lease,
-            desired: DesiredState::Running,
-            observed: ObservedState::Pending,
-            reason: None,
-            provider_ref: None,
-            endpoints: vec![],
-            expires_at: Some(now + ttl.as_millis() as i64),
-            on_expiry: req.on_expiry,
-            expired_at: None,
-            restart_on_extend: false,
-            attempts: 0,
-            next_attempt_at: None,
-            created_at: now,
-            updated_at: now,
-        };
+        let expires_at = ttl.map(|t| now + t.as_millis() as i64);
+        let ttl_text = ttl.map_or("none".to_owned(), duration::format_duration);
+
+        // A warm member with this spec? Claim it in one transaction.
+        let claimed = self
+            .cx
+            .store
+            .claim(&req.spec.hash(), |e| {
+                let pool = e.pool.clone().unwrap_or_default();
+                e.name = req.name.clone();
+                e.owner = req.owner.clone();
+                e.labels = req.labels.clone();
+                e.lifecycle = req.lifecycle;
+                e.max_retries = req.max_retries.unwrap_or(0);
+                e.expires_at = expires_at;
+                e.on_expiry = on_expiry;
+                e.source = "api".into();
+                vec![NewEvent::new(
+                    &e.id,
+                    "api",
+                    "claim",
+                    "ok",
+                    format!("claimed from pool {pool} for {}, ttl {ttl_text}", req.owner),
+                )]
+            })
+            .await?;
+        if let Some(env) = claimed {
+            self.cx.pool_wake.notify_one();
+            if let Some(at) = env.expires_at {
+                self.cx.timers.schedule(at, &env.id);
+            }
+            self.reconciler.enqueue(&env.id);
+            return Ok(Created { env, claimed: true });
+        }
+
+        let mut env = Environment::new(new_environment_id(), req.owner, req.spec, now);
+        env.name = req.name;
+        env.labels = req.labels;
+        env.expires_at = expires_at;
+        env.on_expiry = on_expiry;
+        env.lifecycle = req.lifecycle;
+        env.max_retries = req.max_retries.unwrap_or(0);
         let message = format!(
-            "{} for {}, ttl {}, on expiry {}",
-            env.spec.provider,
-            env.owner,
-            duration::format_duration(ttl),
-            env.on_expiry
+            "{} {} for {}, ttl {ttl_text}, on expiry {}",
+            env.lifecycle, env.spec.provider, env.owner, env.on_expiry
         );
         self.cx.store.insert(&env, NewEvent::new(&env.id, "api", "create", "ok", message)).await?;
         if let Some(at) = env.expires_at {
             self.cx.timers.schedule(at, &env.id);
         }
         self.reconciler.enqueue(&env.id);
-        Ok(env)
+        Ok(Created { env, claimed: false })
+    }
+
+    /// Checks a spec for everything but its provider's availability.
+    pub fn check_spec(&self, spec: &lapse_core::model::Spec) -> Result<(), AppError> {
+        validate::spec(spec)?;
+        let provider = self.cx.providers.get(&spec.provider).ok_or_else(|| {
+            invalid(
+                "spec.provider",
+                format!(
+                    "unknown provider {:?}; this server has: {}",
+                    spec.provider,
+                    self.cx.providers.names().join(", ")
+                ),
+            )
+        })?;
+        provider.validate(spec)?;
+        Ok(())
+    }
+
+    pub async fn put_pool(&self, name: &str, req: PutPool) -> Result<(PoolView, bool), AppError> {
+        validate::name("name", name)?;
+        self.check_spec(&req.spec)?;
+        const MAX_POOL: u32 = 10_000;
+        let max = req.max.unwrap_or(req.min);
+        if req.min > MAX_POOL || max > MAX_POOL {
+            return Err(invalid("min", format!("pools hold at most {MAX_POOL} members")));
+        }
+        if max < req.min {
+            return Err(invalid("max", format!("max ({max}) is below min ({})", req.min)));
+        }
+        if let Some(v) = &req.version {
+            validate::name("version", v)?;
+        }
+        let existing = self.cx.store.get_pool(name).await?;
+        let now = self.now();
+        let pool = Pool {
+            name: name.to_owned(),
+            spec: req.spec,
+            min: req.min,
+            max,
+            version: req.version.or_else(|| existing.as_ref().map(|p| p.version.clone())).unwrap_or_else(|| "1".into()),
+            lifecycle: req.lifecycle,
+            source: "api".into(),
+            created_at: existing.as_ref().map_or(now, |p| p.created_at),
+            updated_at: now,
+        };
+        let message =
+            format!("min {}, max {}, version {}, spec {}", pool.min, pool.max, pool.version, pool.spec.hash());
+        self.cx.store.put_pool(&pool, NewEvent::new(name, "api", "put_pool", "ok", message)).await?;
+        self.cx.pool_wake.notify_one();
+        Ok((self.pool_view(pool).await?, existing.is_none()))
+    }
+
+    pub async fn get_pool(&self, name: &str) -> Result<PoolView, AppError> {
+        let pool = self.cx.store.get_pool(name).await?.ok_or_else(|| AppError::NoPool(name.to_owned()))?;
+        self.pool_view(pool).await
+    }
+
+    pub async fn list_pools(&self) -> Result<Vec<PoolView>, AppError> {
+        let members = self.cx.store.pool_members().await?;
+        let pools = self.cx.store.list_pools().await?;
+        Ok(pools.into_iter().map(|p| pool_view(p, &members)).collect())
+    }
+
+    pub async fn delete_pool(&self, name: &str) -> Result<(), AppError> {
+        if !self.cx.store.delete_pool(name, NewEvent::new(name, "api", "delete_pool", "ok", "members recycled")).await?
+        {
+            return Err(AppError::NoPool(name.to_owned()));
+        }
+        self.cx.pool_wake.notify_one();
+        Ok(())
+    }
+
+    async fn pool_view(&self, pool: Pool) -> Result<PoolView, AppError> {
+        let members = self.cx.store.pool_members().await?;
+        Ok(pool_view(pool, &members))
     }
 
     pub async fn get(&self, id: &str) -> Result<Environment, AppError> {
@@ -315,6 +409,41 @@ impl App {
             out.push(ProviderView { name: p.name().to_owned(), available, detail });
         }
         out
+    }
+}
+
+/// A created environment, and whether it was claimed warm from a pool.
+#[derive(Debug)]
+pub struct Created {
+    pub env: Environment,
+    pub claimed: bool,
+}
+
+fn pool_view(pool: Pool, members: &[Environment]) -> PoolView {
+    let hash = pool.spec.hash();
+    let current = members
+        .iter()
+        .filter(|m| m.pool.as_deref() == Some(pool.name.as_str()) && m.desired == DesiredState::Running)
+        .filter(|m| m.pool_version.as_deref() == Some(pool.version.as_str()) && m.spec.hash() == hash);
+    let (mut warm, mut starting) = (0, 0);
+    for m in current {
+        match m.observed {
+            ObservedState::Running => warm += 1,
+            ObservedState::Pending | ObservedState::Provisioning => starting += 1,
+            _ => {}
+        }
+    }
+    PoolView {
+        name: pool.name,
+        spec_hash: hash,
+        spec: pool.spec,
+        min: pool.min,
+        max: pool.max,
+        version: pool.version,
+        lifecycle: pool.lifecycle,
+        source: pool.source,
+        warm,
+        starting,
     }
 }
 

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use lapse_providers::sim::SimConfig;
+
 /// Retries of a failed provider call: back-off `base · 2^(n-1)` capped at `cap`; a provision
 /// that fails `max_attempts` times is marked `failed` and cleaned up. Stops and deletes are
 /// retried without end (a machine is never left running because a call failed).
@@ -61,6 +63,14 @@ pub struct ServerConfig {
     pub default_concurrency: usize,
     pub docker: DockerSetting,
     pub orphans: OrphanPolicy,
+    /// The `sim` provider and its behaviour; off unless given.
+    pub sim: Option<lapse_providers::sim::SimConfig>,
+    /// A declarative TOML file of environments and pools, applied at start and on change.
+    pub config_file: Option<PathBuf>,
+    /// How often the config file is checked for changes.
+    pub config_poll: Duration,
+    /// The provider that serves the seed's `POST /vms`.
+    pub vms_provider: String,
 }
 
 impl ServerConfig {
@@ -74,10 +84,18 @@ impl ServerConfig {
             sweep_interval: Duration::from_secs(30),
             stop_grace: Duration::from_secs(10),
             retry: RetryPolicy::default(),
-            concurrency: BTreeMap::from([("process".to_owned(), 32), ("docker".to_owned(), 8)]),
+            concurrency: BTreeMap::from([
+                ("process".to_owned(), 32),
+                ("docker".to_owned(), 8),
+                ("sim".to_owned(), 256),
+            ]),
             default_concurrency: 8,
             docker: DockerSetting::Auto,
             orphans: OrphanPolicy::Remove,
+            sim: None,
+            config_file: None,
+            config_poll: Duration::from_secs(1),
+            vms_provider: "process".into(),
         }
     }
 

@@ -18,4 +18,8 @@ pub struct Context {
     pub config: ServerConfig,
     /// Labels every resource this control plane makes.
     pub controller_id: String,
+    /// Wakes the pool maintainer (after a claim, a pool change).
+    pub pool_wake: tokio::sync::Notify,
+    /// The declarative config file's state, if one is served.
+    pub config_status: std::sync::Mutex<Option<lapse_core::wire::ConfigStatus>>,
 }

@@ -25,6 +25,7 @@ pub mod config;
 pub mod context;
 pub mod http;
 pub mod metrics;
+pub mod pools;
 pub mod reconciler;
 pub mod sweep;
 pub mod timers;
@@ -93,6 +94,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         .context("setting up the process provider")?;
     providers.insert(Arc::new(process));
     add_docker(&config.docker, &controller_id, &mut providers).await;
+    if let Some(sim) = config.sim {
+        tracing::warn!("the sim provider is on: its environments are simulated");
+        providers.insert(Arc::new(lapse_providers::sim::SimProvider::new(sim)));
+    }
 
     let cx = Arc::new(Context {
         store,
@@ -102,6 +107,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         metrics: Metrics::new(),
         config,
         controller_id,
+        pool_wake: tokio::sync::Notify::new(),
+        config_status: std::sync::Mutex::new(None),
     });
     let reconciler = Reconciler::new(cx.clone());
 
@@ -132,6 +139,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         async move { timers.run(clock, move |id| r.enqueue(&id)).await }
     }));
     background.push(tokio::spawn(sweep::run(cx.clone(), reconciler.clone())));
+    background.push(tokio::spawn(pools::run(cx.clone(), reconciler.clone())));
 
     let app = App { cx: cx.clone(), reconciler };
     background.push(tokio::spawn(async move {

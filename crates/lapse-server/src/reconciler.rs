@@ -164,7 +164,7 @@ impl Reconciler {
             Plan::Expire(target) => self.expire(&env, target, now).await,
             Plan::MarkStopped => self.mark(&env, planned, ObservedState::Stopped).await,
             Plan::MarkDeleted => self.mark(&env, planned, ObservedState::Deleted).await,
-            Plan::Provision | Plan::Stop | Plan::Delete => self.call_provider(&env, planned, now).await,
+            Plan::Provision | Plan::Replace | Plan::Stop | Plan::Delete => self.call_provider(&env, planned, now).await,
         };
         match outcome {
             // Look again: the next step (or `Converged`) follows from the new state.
@@ -254,6 +254,10 @@ impl Reconciler {
         let started = std::time::Instant::now();
         let result: Result<Option<Instance>, ProviderError> = match planned {
             Plan::Provision => provider.ensure_running(&env.id, &env.spec).await.map(Some),
+            Plan::Replace => match provider.delete(&env.id, grace).await {
+                Ok(()) => provider.ensure_running(&env.id, &env.spec).await.map(Some),
+                Err(e) => Err(e),
+            },
             Plan::Stop => provider.stop(&env.id, grace).await.map(|()| None),
             Plan::Delete => provider.delete(&env.id, grace).await.map(|()| None),
             _ => unreachable!("call_provider is only called for provider steps"),
@@ -262,7 +266,7 @@ impl Reconciler {
         match result {
             Ok(instance) => {
                 let reached = match planned {
-                    Plan::Provision => ObservedState::Running,
+                    Plan::Provision | Plan::Replace => ObservedState::Running,
                     Plan::Stop => ObservedState::Stopped,
                     _ => ObservedState::Deleted,
                 };
@@ -274,6 +278,9 @@ impl Reconciler {
                         if let Some(instance) = &instance {
                             e.provider_ref = Some(instance.provider_ref.clone());
                             e.endpoints = instance.endpoints.clone();
+                            e.replace = false;
+                            e.exit_code = None;
+                            e.finished_at = None;
                         } else {
                             e.endpoints.clear();
                         }
@@ -313,7 +320,8 @@ impl Reconciler {
                 e.attempts = e.attempts.saturating_add(1);
                 e.reason = Some(err.to_string());
                 // Only a provision gives up: a stop or delete that gives up would leak.
-                gave_up = planned == Plan::Provision && (!err.is_retryable() || e.attempts >= retry.max_attempts);
+                gave_up = matches!(planned, Plan::Provision | Plan::Replace)
+                    && (!err.is_retryable() || e.attempts >= retry.max_attempts);
                 if gave_up {
                     e.next_attempt_at = None;
                     let message = format!("gave up after {} attempt(s): {err}", e.attempts);
@@ -360,6 +368,7 @@ pub(crate) fn transition(e: &mut Environment, to: ObservedState, actor: &str, no
 fn step_name(plan: Plan) -> &'static str {
     match plan {
         Plan::Provision => "provision",
+        Plan::Replace => "replace",
         Plan::Stop => "stop",
         Plan::Delete => "delete",
         Plan::MarkStopped => "mark_stopped",

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use lapse_core::model::{DesiredState, Environment, Lifecycle, ObservedState, Spec};
+use lapse_core::model::{DesiredState, Environment, ObservedState, Spec};
 use lapse_providers::{Instance, InstanceStatus, Provider};
 use lapse_store::{NewEvent, StoreError};
 
@@ -193,28 +193,16 @@ fn correct(e: &mut Environment, drift: Drift) -> Vec<NewEvent> {
 async fn adopt(cx: &Context, provider: &str, instance: &Instance) -> Result<(), StoreError> {
     let now = cx.clock.now();
     let running = instance.status == InstanceStatus::Running;
-    let env = Environment {
-        id: instance.environment_id.clone(),
-        name: None,
-        tenant: "default".into(),
-        owner: "adopted".into(),
-        labels: BTreeMap::from([("lapse.adopted".to_owned(), "true".to_owned())]),
-        spec: Spec { provider: provider.to_owned(), ..Default::default() },
-        lifecycle: Lifecycle::Lease,
-        desired: if running { DesiredState::Running } else { DesiredState::Stopped },
-        observed: if running { ObservedState::Running } else { ObservedState::Stopped },
-        reason: Some("adopted by the drift sweep".into()),
-        provider_ref: Some(instance.provider_ref.clone()),
-        endpoints: instance.endpoints.clone(),
-        expires_at: Some(now + cx.config.default_ttl.as_millis() as i64),
-        on_expiry: Default::default(),
-        expired_at: None,
-        restart_on_extend: false,
-        attempts: 0,
-        next_attempt_at: None,
-        created_at: now,
-        updated_at: now,
-    };
+    let spec = Spec { provider: provider.to_owned(), ..Default::default() };
+    let mut env = Environment::new(instance.environment_id.clone(), "adopted".into(), spec, now);
+    env.labels = BTreeMap::from([("lapse.adopted".to_owned(), "true".to_owned())]);
+    env.desired = if running { DesiredState::Running } else { DesiredState::Stopped };
+    env.observed = if running { ObservedState::Running } else { ObservedState::Stopped };
+    env.reason = Some("adopted by the drift sweep".into());
+    env.provider_ref = Some(instance.provider_ref.clone());
+    env.endpoints = instance.endpoints.clone();
+    env.expires_at = Some(now + cx.config.default_ttl.as_millis() as i64);
+    env.source = "sweep".into();
     cx.store
         .insert(
             &env,

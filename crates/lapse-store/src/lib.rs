@@ -13,7 +13,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use lapse_core::model::{DesiredState, Environment, ObservedState};
+use lapse_core::model::{DesiredState, Environment, ObservedState, Pool};
 use lapse_core::wire::Event;
 use lapse_core::{Millis, now_millis};
 use sqlx::sqlite::{
@@ -95,7 +95,8 @@ pub struct Store {
 
 const ENV_COLUMNS: &str = "id, name, tenant, owner, labels, spec, provider, lifecycle, desired, observed, reason, \
      provider_ref, endpoints, expires_at, on_expiry, expired_at, restart_on_extend, attempts, next_attempt_at, \
-     created_at, updated_at";
+     created_at, updated_at, spec_hash, pool, pool_version, source, replace_resource, restarts, max_retries, exit_code, \
+     finished_at";
 
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and applies migrations.
@@ -140,35 +141,159 @@ impl Store {
 
     /// Inserts a new environment and its event in one transaction.
     pub async fn insert(&self, env: &Environment, event: NewEvent) -> Result<(), StoreError> {
+        self.insert_many(std::slice::from_ref(env), &[event]).await
+    }
+
+    /// Inserts environments and events in one transaction (a pool's refill, a batch).
+    pub async fn insert_many(&self, envs: &[Environment], events: &[NewEvent]) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await.op("insert")?;
-        let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO environments ({ENV_COLUMNS}) "));
-        q.push_values([env], |mut b, e| {
-            b.push_bind(&e.id)
-                .push_bind(&e.name)
-                .push_bind(&e.tenant)
-                .push_bind(&e.owner)
-                .push_bind(json(&e.labels))
-                .push_bind(json(&e.spec))
-                .push_bind(&e.spec.provider)
-                .push_bind(e.lifecycle.as_str())
-                .push_bind(e.desired.as_str())
-                .push_bind(e.observed.as_str())
-                .push_bind(&e.reason)
-                .push_bind(&e.provider_ref)
-                .push_bind(json(&e.endpoints))
-                .push_bind(e.expires_at)
-                .push_bind(e.on_expiry.as_str())
-                .push_bind(e.expired_at)
-                .push_bind(e.restart_on_extend)
-                .push_bind(e.attempts)
-                .push_bind(e.next_attempt_at)
-                .push_bind(e.created_at)
-                .push_bind(e.updated_at);
-        });
-        q.build().execute(&mut *tx).await.op("insert")?;
-        append_event(&mut tx, &event).await?;
+        // SQLite binds at most 32766 parameters; 30 columns a row.
+        for chunk in envs.chunks(500) {
+            let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO environments ({ENV_COLUMNS}) "));
+            q.push_values(chunk, |mut b, e| {
+                b.push_bind(&e.id)
+                    .push_bind(&e.name)
+                    .push_bind(&e.tenant)
+                    .push_bind(&e.owner)
+                    .push_bind(json(&e.labels))
+                    .push_bind(json(&e.spec))
+                    .push_bind(&e.spec.provider)
+                    .push_bind(e.lifecycle.as_str())
+                    .push_bind(e.desired.as_str())
+                    .push_bind(e.observed.as_str())
+                    .push_bind(&e.reason)
+                    .push_bind(&e.provider_ref)
+                    .push_bind(json(&e.endpoints))
+                    .push_bind(e.expires_at)
+                    .push_bind(e.on_expiry.as_str())
+                    .push_bind(e.expired_at)
+                    .push_bind(e.restart_on_extend)
+                    .push_bind(e.attempts)
+                    .push_bind(e.next_attempt_at)
+                    .push_bind(e.created_at)
+                    .push_bind(e.updated_at)
+                    .push_bind(e.spec.hash())
+                    .push_bind(&e.pool)
+                    .push_bind(&e.pool_version)
+                    .push_bind(&e.source)
+                    .push_bind(e.replace)
+                    .push_bind(e.restarts)
+                    .push_bind(e.max_retries)
+                    .push_bind(e.exit_code)
+                    .push_bind(e.finished_at);
+            });
+            q.build().execute(&mut *tx).await.op("insert")?;
+        }
+        for event in events {
+            append_event(&mut tx, event).await?;
+        }
         tx.commit().await.op("insert")?;
         Ok(())
+    }
+
+    /// Claims a running, unclaimed member of any pool whose spec hashes to `spec_hash` (and
+    /// whose version it has), in one transaction: `claim` makes it the caller's, and it is
+    /// no longer the pool's. Concurrent claims never get the same member.
+    pub async fn claim(
+        &self,
+        spec_hash: &str,
+        claim: impl FnOnce(&mut Environment) -> Vec<NewEvent>,
+    ) -> Result<Option<Environment>, StoreError> {
+        let mut tx = self.writer.begin().await.op("claim")?;
+        let row = sqlx::query(&format!(
+            "SELECT {ENV_COLUMNS} FROM environments e WHERE e.pool IS NOT NULL AND e.observed = 'running' \
+             AND e.desired = 'running' AND e.replace_resource = 0 AND e.spec_hash = ? AND EXISTS (SELECT 1 FROM pools p \
+             WHERE p.name = e.pool AND p.spec_hash = e.spec_hash AND p.version = e.pool_version) LIMIT 1"
+        ))
+        .bind(spec_hash)
+        .fetch_optional(&mut *tx)
+        .await
+        .op("claim")?;
+        let Some(row) = row else { return Ok(None) };
+        let mut env = environment_from_row(&row)?;
+        env.pool = None;
+        env.pool_version = None;
+        let events = claim(&mut env);
+        env.updated_at = now_millis();
+        write_row(&mut tx, &env).await?;
+        for event in &events {
+            append_event(&mut tx, event).await?;
+        }
+        tx.commit().await.op("claim")?;
+        Ok(Some(env))
+    }
+
+    /// Creates or replaces a pool.
+    pub async fn put_pool(&self, pool: &Pool, event: NewEvent) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await.op("put pool")?;
+        sqlx::query(
+            "INSERT INTO pools (name, spec, spec_hash, min, max, version, lifecycle, source, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, \
+             spec_hash = excluded.spec_hash, min = excluded.min, max = excluded.max, version = excluded.version, \
+             lifecycle = excluded.lifecycle, source = excluded.source, updated_at = excluded.updated_at",
+        )
+        .bind(&pool.name)
+        .bind(json(&pool.spec))
+        .bind(pool.spec.hash())
+        .bind(pool.min)
+        .bind(pool.max)
+        .bind(&pool.version)
+        .bind(pool.lifecycle.as_str())
+        .bind(&pool.source)
+        .bind(pool.created_at)
+        .bind(pool.updated_at)
+        .execute(&mut *tx)
+        .await
+        .op("put pool")?;
+        append_event(&mut tx, &event).await?;
+        tx.commit().await.op("put pool")?;
+        Ok(())
+    }
+
+    pub async fn get_pool(&self, name: &str) -> Result<Option<Pool>, StoreError> {
+        let row = sqlx::query(
+            "SELECT name, spec, min, max, version, lifecycle, source, created_at, updated_at FROM pools WHERE name = ?",
+        )
+        .bind(name)
+        .fetch_optional(&self.reader)
+        .await
+        .op("get pool")?;
+        row.map(|r| pool_from_row(&r)).transpose()
+    }
+
+    pub async fn list_pools(&self) -> Result<Vec<Pool>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, spec, min, max, version, lifecycle, source, created_at, updated_at FROM pools ORDER BY name",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .op("list pools")?;
+        rows.iter().map(pool_from_row).collect()
+    }
+
+    /// Removes a pool; its unclaimed members are the maintainer's to delete. `false` if there
+    /// was none.
+    pub async fn delete_pool(&self, name: &str, event: NewEvent) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await.op("delete pool")?;
+        let gone =
+            sqlx::query("DELETE FROM pools WHERE name = ?").bind(name).execute(&mut *tx).await.op("delete pool")?;
+        if gone.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_event(&mut tx, &event).await?;
+        tx.commit().await.op("delete pool")?;
+        Ok(true)
+    }
+
+    /// Members of pools (unclaimed environments with `pool` set) that are not deleted.
+    pub async fn pool_members(&self) -> Result<Vec<Environment>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ENV_COLUMNS} FROM environments WHERE pool IS NOT NULL AND observed != 'deleted' ORDER BY id"
+        ))
+        .fetch_all(&self.reader)
+        .await
+        .op("pool members")?;
+        rows.iter().map(environment_from_row).collect()
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Environment>, StoreError> {
@@ -353,7 +478,9 @@ async fn write_row(conn: &mut SqliteConnection, e: &Environment) -> Result<(), S
     sqlx::query(
         "UPDATE environments SET name = ?, owner = ?, labels = ?, spec = ?, provider = ?, lifecycle = ?, desired = ?, \
          observed = ?, reason = ?, provider_ref = ?, endpoints = ?, expires_at = ?, on_expiry = ?, expired_at = ?, \
-         restart_on_extend = ?, attempts = ?, next_attempt_at = ?, updated_at = ? WHERE id = ?",
+         restart_on_extend = ?, attempts = ?, next_attempt_at = ?, updated_at = ?, spec_hash = ?, pool = ?, \
+         pool_version = ?, source = ?, replace_resource = ?, restarts = ?, max_retries = ?, exit_code = ?, \
+         finished_at = ?, tenant = ? WHERE id = ?",
     )
     .bind(&e.name)
     .bind(&e.owner)
@@ -373,6 +500,16 @@ async fn write_row(conn: &mut SqliteConnection, e: &Environment) -> Result<(), S
     .bind(e.attempts)
     .bind(e.next_attempt_at)
     .bind(e.updated_at)
+    .bind(e.spec.hash())
+    .bind(&e.pool)
+    .bind(&e.pool_version)
+    .bind(&e.source)
+    .bind(e.replace)
+    .bind(e.restarts)
+    .bind(e.max_retries)
+    .bind(e.exit_code)
+    .bind(e.finished_at)
+    .bind(&e.tenant)
     .bind(&e.id)
     .execute(conn)
     .await
@@ -389,6 +526,21 @@ where
 
 fn json_column<T: serde::de::DeserializeOwned>(id: &str, column: &'static str, text: &str) -> Result<T, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt { id: id.to_owned(), column, message: e.to_string() })
+}
+
+fn pool_from_row(r: &SqliteRow) -> Result<Pool, StoreError> {
+    let name: String = r.get("name");
+    Ok(Pool {
+        spec: json_column(&name, "spec", r.get("spec"))?,
+        min: r.get::<i64, _>("min").try_into().unwrap_or(0),
+        max: r.get::<i64, _>("max").try_into().unwrap_or(0),
+        version: r.get("version"),
+        lifecycle: parse_column(&name, "lifecycle", r.get("lifecycle"))?,
+        source: r.get("source"),
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+        name,
+    })
 }
 
 fn environment_from_row(r: &SqliteRow) -> Result<Environment, StoreError> {
@@ -413,6 +565,14 @@ fn environment_from_row(r: &SqliteRow) -> Result<Environment, StoreError> {
         next_attempt_at: r.get("next_attempt_at"),
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
+        pool: r.get("pool"),
+        pool_version: r.get("pool_version"),
+        source: r.get("source"),
+        replace: r.get("replace_resource"),
+        restarts: r.get::<i64, _>("restarts").try_into().unwrap_or(u32::MAX),
+        max_retries: r.get::<i64, _>("max_retries").try_into().unwrap_or(u32::MAX),
+        exit_code: r.get("exit_code"),
+        finished_at: r.get("finished_at"),
         id,
     })
 }

@@ -1,30 +1,14 @@
-use lapse_core::model::{Lifecycle, OnExpiry, Spec};
+use lapse_core::model::{Lifecycle, Pool, Spec};
 
 use super::*;
 
 fn sample(id: &str, owner: &str) -> Environment {
-    Environment {
-        id: id.to_owned(),
-        name: Some("lab".into()),
-        tenant: "default".into(),
-        owner: owner.to_owned(),
-        labels: BTreeMap::from([("LabID".to_string(), "7".to_string())]),
-        spec: Spec { provider: "process".into(), cmd: vec!["sleep".into(), "5".into()], ..Default::default() },
-        lifecycle: Lifecycle::Lease,
-        desired: DesiredState::Running,
-        observed: ObservedState::Pending,
-        reason: None,
-        provider_ref: None,
-        endpoints: vec![],
-        expires_at: Some(1_000),
-        on_expiry: OnExpiry::Stop,
-        expired_at: None,
-        restart_on_extend: false,
-        attempts: 0,
-        next_attempt_at: None,
-        created_at: 1,
-        updated_at: 1,
-    }
+    let spec = Spec { provider: "process".into(), cmd: vec!["sleep".into(), "5".into()], ..Default::default() };
+    let mut e = Environment::new(id.to_owned(), owner.to_owned(), spec, 1);
+    e.name = Some("lab".into());
+    e.labels = BTreeMap::from([("LabID".to_string(), "7".to_string())]);
+    e.expires_at = Some(1_000);
+    e
 }
 
 async fn store() -> (tempfile::TempDir, Store) {
@@ -117,4 +101,60 @@ async fn controller_id_is_stable() {
     let again = Store::open(&path).await.unwrap().controller_id().await.unwrap();
     assert_eq!(first, again);
     assert!(first.starts_with("lapse-"));
+}
+
+#[tokio::test]
+async fn concurrent_claims_never_share_a_member() {
+    let (_dir, store) = store().await;
+    let spec = sample("x", "x").spec;
+    let pool = Pool {
+        name: "p".into(),
+        spec: spec.clone(),
+        min: 5,
+        max: 5,
+        version: "1".into(),
+        lifecycle: Lifecycle::Lease,
+        source: "api".into(),
+        created_at: 0,
+        updated_at: 0,
+    };
+    store.put_pool(&pool, NewEvent::new("p", "api", "put_pool", "ok", "")).await.unwrap();
+    let members: Vec<Environment> = (0..5)
+        .map(|i| {
+            let mut e = sample(&format!("m{i}"), "pool:p");
+            e.pool = Some("p".into());
+            e.pool_version = Some("1".into());
+            e.observed = ObservedState::Running;
+            e
+        })
+        .collect();
+    store.insert_many(&members, &[]).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (store, hash) = (store.clone(), spec.hash());
+        tasks.push(tokio::spawn(async move {
+            store
+                .claim(&hash, |e| {
+                    e.owner = format!("claimer-{i}");
+                    vec![]
+                })
+                .await
+                .unwrap()
+        }));
+    }
+    let mut claimed = Vec::new();
+    for t in tasks {
+        if let Some(e) = t.await.unwrap() {
+            assert_eq!(e.pool, None);
+            claimed.push(e.id);
+        }
+    }
+    claimed.sort();
+    assert_eq!(claimed, ["m0", "m1", "m2", "m3", "m4"]);
+    assert!(store.pool_members().await.unwrap().is_empty());
+    // A member of another version is never handed out.
+    let mut old = sample("old", "pool:p");
+    (old.pool, old.pool_version, old.observed) = (Some("p".into()), Some("0".into()), ObservedState::Running);
+    store.insert(&old, NewEvent::new("old", "pool", "create", "ok", "")).await.unwrap();
+    assert!(store.claim(&spec.hash(), |_| vec![]).await.unwrap().is_none());
 }

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use lapse_core::model::{ObservedState, OnExpiry, Resources, Spec};
 use lapse_core::wire::{
     CreateEnvironment, DurationInput, EnvironmentList, EnvironmentView, EventList, ExecRequest, ExecResult,
-    ExtendRequest, LogsView, ProviderList,
+    ExtendRequest, LogsView, PoolList, PoolView, ProviderList,
 };
 use reqwest::Method;
 
@@ -109,6 +109,11 @@ enum Command {
     },
     /// The server's providers and whether each answers.
     Providers,
+    /// Warm pools: list them, or show one.
+    Pools {
+        /// A pool's name; all pools when absent.
+        name: Option<String>,
+    },
     /// Measure a server started for the purpose: create latency, docker create-to-running,
     /// expiry lateness. Prints every figure of one run.
     Bench(crate::bench::BenchArgs),
@@ -156,6 +161,13 @@ struct CreateArgs {
     /// What happens when the lease runs out.
     #[arg(long, value_parser = ["stop", "delete"], default_value = "stop")]
     on_expiry: String,
+    /// lease (runs until its TTL), service or daemon (kept running, restarted when it exits;
+    /// no expiry unless --ttl), job (runs to completion, kept until its TTL).
+    #[arg(long, value_parser = ["lease", "service", "daemon", "job"], default_value = "lease")]
+    lifecycle: String,
+    /// Jobs: retries after a non-zero exit.
+    #[arg(long)]
+    max_retries: Option<u32>,
     /// Wait until it runs (or fails), showing progress.
     #[arg(long)]
     wait: bool,
@@ -173,6 +185,18 @@ fn duration_input(s: &str) -> DurationInput {
         Ok(n) => DurationInput::Seconds(n),
         Err(_) => DurationInput::Text(s.to_owned()),
     }
+}
+
+fn urlencode(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-._".contains(c) {
+                c.to_string()
+            } else {
+                format!("%{:02X}", c as u32 & 0xff)
+            }
+        })
+        .collect()
 }
 
 fn env_path(id: &str, rest: &str) -> String {
@@ -224,6 +248,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 ttl: args.ttl.as_deref().map(duration_input),
                 on_expiry: if args.on_expiry == "delete" { OnExpiry::Delete } else { OnExpiry::Stop },
+                lifecycle: args.lifecycle.parse().map_err(|e| anyhow::anyhow!("{e}"))?,
+                max_retries: args.max_retries,
             };
             let mut env: EnvironmentView = client.post("/v1/environments", &req).await?;
             if args.wait {
@@ -303,6 +329,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 output::events(&events.events);
             }
         }
+        Command::Pools { name } => match name {
+            Some(name) => {
+                let pool: PoolView = client.get(&format!("/v1/pools/{}", urlencode(&name))).await?;
+                if json {
+                    print_json(&pool);
+                } else {
+                    output::pools(std::slice::from_ref(&pool));
+                }
+            }
+            None => {
+                let list: PoolList = client.get("/v1/pools").await?;
+                if json {
+                    print_json(&list);
+                } else {
+                    output::pools(&list.pools);
+                }
+            }
+        },
         Command::Providers => {
             let list: ProviderList = client.get("/v1/providers").await?;
             if json {

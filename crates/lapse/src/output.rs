@@ -1,7 +1,7 @@
 //! Human output: aligned tables and key/value blocks.
 
 use chrono::{DateTime, Utc};
-use lapse_core::wire::{EnvironmentView, EventView};
+use lapse_core::wire::{EnvironmentView, EventView, PoolView};
 
 /// Prints rows under a header, columns padded to their widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
@@ -104,4 +104,22 @@ pub fn events(events: &[EventView]) {
         })
         .collect();
     table(&["SEQ", "AT", "ENVIRONMENT", "ACTOR", "ACTION", "OUTCOME", "MESSAGE"], &rows);
+}
+
+pub fn pools(pools: &[PoolView]) {
+    let rows: Vec<Vec<String>> = pools
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.spec.provider.clone(),
+                p.spec_hash.clone(),
+                format!("{}/{}", p.warm, p.min),
+                p.starting.to_string(),
+                p.max.to_string(),
+                p.version.clone(),
+            ]
+        })
+        .collect();
+    table(&["POOL", "PROVIDER", "SPEC HASH", "WARM/MIN", "STARTING", "MAX", "VERSION"], &rows);
 }

@@ -48,6 +48,16 @@ pub struct ServeArgs {
     /// What the sweep does with labelled resources the store does not know.
     #[arg(long, env = "LAPSE_ORPHANS", value_enum, default_value_t = Orphans::Remove)]
     pub orphans: Orphans,
+    /// Turn on the simulated provider `sim` (for benchmarks and fault injection), with each
+    /// operation's latency and failure rate: `create=20ms..200ms@0.05,delete=10ms`, or `0`.
+    #[arg(long, env = "LAPSE_SIM")]
+    pub sim: Option<String>,
+    /// A TOML file of environments and pools, applied at start and whenever it changes.
+    #[arg(long, env = "LAPSE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The provider that serves the seed's `POST /vms`.
+    #[arg(long, env = "LAPSE_VMS_PROVIDER", default_value = "process")]
+    pub vms_provider: String,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "LAPSE_LOG_JSON")]
     pub log_json: bool,
@@ -93,6 +103,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "off" => DockerSetting::Off,
         endpoint => DockerSetting::Endpoint(endpoint.to_owned()),
     };
+    if let Some(sim) = &args.sim {
+        config.sim = Some(lapse_providers_sim(sim)?);
+    }
+    config.config_file = args.config;
+    config.vms_provider = args.vms_provider;
     if config.default_ttl > config.max_ttl {
         anyhow::bail!("--default-ttl is above --max-ttl");
     }
@@ -109,6 +124,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let _ = stop.send(true);
     });
     running.wait().await
+}
+
+fn lapse_providers_sim(text: &str) -> anyhow::Result<lapse_server::config::SimConfig> {
+    lapse_server::config::SimConfig::parse(text).map_err(|e| anyhow::anyhow!("--sim: {e}"))
 }
 
 fn init_logging(json: bool) {

@@ -27,9 +27,11 @@ pub fn router() -> Router<App> {
         .route("/v1/environments/{id}/logs", get(logs))
 }
 
-/// Create an environment. Answers at once with state `pending`; the reconciler provisions it.
+/// Create an environment: `201` with a running environment when a warm pool member of the same
+/// spec was claimed; else `202` with state `pending`, and the reconciler provisions it.
 #[utoipa::path(post, path = "/v1/environments", tag = "environments", request_body = CreateEnvironment,
     responses(
+        (status = 201, description = "A warm pool member was claimed: it already runs", body = EnvironmentView),
         (status = 202, description = "Accepted; provisioning follows", body = EnvironmentView),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
@@ -39,9 +41,10 @@ pub async fn create(
     State(app): State<App>,
     ApiJson(req): ApiJson<CreateEnvironment>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let env = app.create(req).await?;
-    let location = format!("/v1/environments/{}", env.id);
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(EnvironmentView::from(&env))))
+    let created = app.create(req).await?;
+    let location = format!("/v1/environments/{}", created.env.id);
+    let status = if created.claimed { StatusCode::CREATED } else { StatusCode::ACCEPTED };
+    Ok((status, [(header::LOCATION, location)], Json(EnvironmentView::from(&created.env))))
 }
 
 /// List environments (deleted ones only when `state=deleted`).

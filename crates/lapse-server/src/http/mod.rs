@@ -19,6 +19,7 @@ use crate::app::{App, AppError};
 
 pub mod environments;
 pub mod openapi;
+pub mod pools;
 pub mod system;
 
 /// Largest request body accepted.
@@ -27,6 +28,7 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 pub fn router(app: App) -> Router {
     Router::new()
         .merge(environments::router())
+        .merge(pools::router())
         .merge(system::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -77,6 +79,7 @@ impl From<AppError> for ApiError {
         match e {
             AppError::Invalid(f) => ApiError::bad_request(f.to_string()),
             AppError::NotFound(id) => ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no environment {id}")),
+            AppError::NoPool(name) => ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no pool {name}")),
             AppError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             AppError::Provider(p) => match p {
                 ProviderError::Permanent { .. } => ApiError::bad_request(p.to_string()),

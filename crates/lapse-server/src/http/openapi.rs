@@ -3,7 +3,7 @@
 
 use utoipa::OpenApi;
 
-use super::{environments, system};
+use super::{environments, pools, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -11,8 +11,9 @@ use super::{environments, system};
     paths(
         environments::create, environments::list, environments::show, environments::extend,
         environments::stop, environments::start, environments::delete, environments::exec, environments::logs,
+        pools::list, pools::show, pools::put, pools::delete,
         system::healthz, system::metrics, system::providers, system::status, system::events, system::openapi,
     ),
-    tags((name = "environments", description = "Leased environments"), (name = "system", description = "Health, metrics, audit trail"))
+    tags((name = "environments", description = "Leased environments"), (name = "pools", description = "Warm pools"), (name = "system", description = "Health, metrics, audit trail"))
 )]
 pub struct ApiDoc;

@@ -54,6 +54,7 @@ pub async fn status(State(app): State<App>) -> Json<StatusView> {
         providers: app.cx.providers.names().into_iter().map(str::to_owned).collect(),
         timers: app.cx.timers.len(),
         backlog: app.reconciler.backlog(),
+        config: app.cx.config_status.lock().unwrap_or_else(|p| p.into_inner()).clone(),
     })
 }
 

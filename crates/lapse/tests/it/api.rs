@@ -490,7 +490,14 @@ async fn bad_input_is_refused_and_changes_nothing() {
         ),
         (Method::GET, "/v1/environments?colour=red".into(), None, vec![], StatusCode::BAD_REQUEST, "invalid_request"),
         (Method::GET, "/v1/environments?limit=0".into(), None, vec![], StatusCode::BAD_REQUEST, "invalid_request"),
-        (Method::GET, "/v1/events?environment=x".into(), None, vec![], StatusCode::BAD_REQUEST, "invalid_request"),
+        (
+            Method::GET,
+            "/v1/events?environment=no%20such%2Fid".into(),
+            None,
+            vec![],
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
         (Method::GET, "/v1/events?after=-1".into(), None, vec![], StatusCode::BAD_REQUEST, "invalid_request"),
         (Method::GET, "/v1/nope".into(), None, vec![], StatusCode::NOT_FOUND, "not_found"),
         (Method::PUT, "/v1/environments".into(), None, vec![], StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
@@ -543,6 +550,10 @@ async fn openapi_describes_every_route() {
         "post /v1/environments/{id}/extend",
         "post /v1/environments/{id}/start",
         "post /v1/environments/{id}/stop",
+        "get /v1/pools",
+        "get /v1/pools/{name}",
+        "put /v1/pools/{name}",
+        "delete /v1/pools/{name}",
     ];
     expected.sort();
     assert_eq!(described, expected);
@@ -552,12 +563,12 @@ async fn openapi_describes_every_route() {
     // Every described route answers something other than 404/405 at its method.
     for line in &described {
         let (method, path) = line.split_once(' ').unwrap();
-        let path = path.replace("{id}", &"0".repeat(32));
+        let path = path.replace("{id}", &"0".repeat(32)).replace("{name}", "no-such-pool");
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let (status, answer) = server.raw(method.clone(), &path, Some("application/json"), b"{}".to_vec()).await;
         assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{line}");
         if status == StatusCode::NOT_FOUND {
-            assert!(path.contains(&"0".repeat(32)), "{line}: {answer}");
+            assert!(path.contains(&"0".repeat(32)) || path.contains("no-such-pool"), "{line}: {answer}");
         }
     }
 }

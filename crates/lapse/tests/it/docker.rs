@@ -212,3 +212,24 @@ async fn a_missing_image_fails_with_its_reason_and_leaves_nothing() {
     server.request(Method::DELETE, &format!("/v1/environments/{id}"), None).await;
     server.wait_state(&id, "deleted", secs(10)).await;
 }
+
+#[tokio::test]
+async fn a_docker_warm_pool_hands_out_a_running_container() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    let spec = json!({"provider": "docker", "image": image(), "cmd": ["sleep", "600"]});
+    let (status, _) = server.request(Method::PUT, "/v1/pools/box", Some(json!({"spec": spec, "min": 2}))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    crate::pools::wait_warm(&server, "box", 2).await;
+    let started = Instant::now();
+    let (status, env) = server.post("/v1/environments", json!({"owner": "ada", "spec": spec, "ttl": "10m"})).await;
+    eprintln!("docker warm claim answered in {:?}", started.elapsed());
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    let id = env["id"].as_str().unwrap().to_owned();
+    let inspect = docker().inspect_container(&format!("lapse-{id}"), None).await.unwrap();
+    assert_eq!(inspect.state.unwrap().running, Some(true), "the container already runs");
+    crate::pools::wait_warm(&server, "box", 2).await;
+    server.request(Method::DELETE, "/v1/pools/box", None).await;
+    server.request(Method::DELETE, &format!("/v1/environments/{id}"), None).await;
+    server.wait_state(&id, "deleted", secs(30)).await;
+}

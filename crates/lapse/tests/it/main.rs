@@ -7,4 +7,5 @@ mod crash;
 mod docker;
 mod drift;
 mod harness;
+mod pools;
 mod retry;

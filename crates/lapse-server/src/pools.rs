@@ -126,12 +126,10 @@ pub async fn round(cx: &Context, reconciler: &Reconciler) -> Result<RoundReport,
                 Ok(vec![NewEvent::new(&e.id, "pool", "recycle", "ok", format!("recycled: {why}"))])
             })
             .await;
-        match done {
-            Ok(Some(_)) => {
-                reconciler.enqueue(&id);
-                report.recycled += 1;
-            }
-            Ok(None) | Err(Skip) => {}
+        // `Ok(None)` (gone) and `Err(Skip)` (claimed, or already going) need nothing.
+        if let Ok(Some(_)) = done {
+            reconciler.enqueue(&id);
+            report.recycled += 1;
         }
     }
     if report != RoundReport::default() {

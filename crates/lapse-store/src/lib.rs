@@ -448,6 +448,17 @@ impl Store {
             .collect())
     }
 
+    /// `expired_at - expires_at` of every lease of `owner` that ran out, in ms (benchmarks).
+    pub async fn expiry_lateness(&self, owner: &str) -> Result<Vec<i64>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT expired_at - expires_at FROM environments WHERE expired_at IS NOT NULL AND owner = ?",
+        )
+        .bind(owner)
+        .fetch_all(&self.reader)
+        .await
+        .op("expiry lateness")
+    }
+
     /// Closes both pools, waiting for writes in flight.
     pub async fn close(&self) {
         self.reader.close().await;

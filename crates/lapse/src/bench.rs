@@ -1,15 +1,22 @@
-//! `lapse bench`: starts a server in this process (temporary data dir, SQLite) and measures it
-//! over HTTP on loopback. Client and server share this process and the machine's cores; the
-//! figures are end-to-end as a user sees them, on this machine.
+//! `lapse bench`: runs `lapse serve` as a child process (temporary data dir, SQLite) and
+//! measures it over HTTP on loopback, printing every figure of one run. The client runs in
+//! this process; both share the machine's cores.
+//!
+//! Sections: `process` create latency; `docker` create → running (when a Docker API answers);
+//! expiry lateness of short leases; warm claims under 200 concurrent clients; create
+//! throughput and pool refill rate with the `sim` provider at zero latency; and the scale run:
+//! many leases with TTLs spread over minutes (server RSS, restart time, expiry lateness).
 
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use lapse_server::ServerConfig;
+use reqwest::Method;
 use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -25,18 +32,74 @@ pub struct BenchArgs {
     /// Image for the docker measurement.
     #[arg(long, env = "LAPSE_TEST_IMAGE", default_value = "localhost/lapse-busybox:latest")]
     image: String,
-    /// Leases whose expiry lateness is measured (TTLs spread over 2 to 6 s).
+    /// Short leases whose expiry lateness is measured (TTLs of 2 to 6 s).
     #[arg(long, default_value_t = 200)]
+    short_leases: usize,
+    /// Warm claims, sent by `claim_clients` clients at once from a pool that holds them all.
+    #[arg(long, default_value_t = 2_000)]
+    claims: usize,
+    #[arg(long, default_value_t = 200)]
+    claim_clients: usize,
+    /// `sim` creates for the throughput figure.
+    #[arg(long, default_value_t = 20_000)]
+    sim_creates: usize,
+    /// Pool members for the refill figure.
+    #[arg(long, default_value_t = 5_000)]
+    refill: usize,
+    /// Leases of the scale run (0 to skip it).
+    #[arg(long, default_value_t = 100_000)]
     leases: usize,
+    /// Head start of the scale run's first TTL (creating the leases and the restart happen in it).
+    #[arg(long, default_value = "2m", value_parser = |s: &str| lapse_core::duration::parse_duration(s).map_err(|e| e.to_string()))]
+    head: Duration,
+    /// The scale run's TTLs are spread evenly over this span, after the head start.
+    #[arg(long, default_value = "10m", value_parser = |s: &str| lapse_core::duration::parse_duration(s).map_err(|e| e.to_string()))]
+    spread: Duration,
 }
 
-struct Bench {
-    http: reqwest::Client,
+/// A `lapse serve` child process.
+struct ServerProcess {
+    child: tokio::process::Child,
     base: String,
+    http: reqwest::Client,
 }
 
-impl Bench {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
+impl ServerProcess {
+    async fn start(dir: &std::path::Path) -> anyhow::Result<ServerProcess> {
+        let exe = std::env::current_exe().context("finding this executable")?;
+        let log = std::fs::File::create(dir.join("server.log"))?;
+        let mut child = tokio::process::Command::new(exe)
+            .args(["serve", "--listen", "127.0.0.1:0", "--sim", "0", "--stop-grace", "2s", "--data-dir"])
+            .arg(dir)
+            .env("LAPSE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting lapse serve")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let line = BufReader::new(stdout).lines().next_line().await?.context("lapse serve exited at start")?;
+        let base = line.strip_prefix("lapse serving on ").context("the serving line")?.trim().to_owned();
+        let http = reqwest::Client::builder().pool_max_idle_per_host(512).build()?;
+        Ok(ServerProcess { child, base, http })
+    }
+
+    fn rss_mb(&self) -> f64 {
+        let Some(pid) = self.child.id() else { return f64::NAN };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    }
+
+    async fn kill9(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(b) = body {
             req = req.json(&b);
@@ -46,16 +109,16 @@ impl Bench {
         Ok((status, resp.json().await.unwrap_or(Value::Null)))
     }
 
-    async fn create(&self, body: Value) -> anyhow::Result<String> {
-        let (status, env) = self.call(reqwest::Method::POST, "/v1/environments", Some(body)).await?;
-        if status != 202 {
+    async fn create(&self, body: Value) -> anyhow::Result<(u16, String)> {
+        let (status, env) = self.call(Method::POST, "/v1/environments", Some(body)).await?;
+        if status != 201 && status != 202 {
             bail!("create answered {status}: {env}");
         }
-        Ok(env["id"].as_str().context("an id")?.to_owned())
+        Ok((status, env["id"].as_str().context("an id")?.to_owned()))
     }
 
     async fn state(&self, id: &str) -> anyhow::Result<Value> {
-        Ok(self.call(reqwest::Method::GET, &format!("/v1/environments/{id}"), None).await?.1)
+        Ok(self.call(Method::GET, &format!("/v1/environments/{id}"), None).await?.1)
     }
 
     async fn wait_all(&self, ids: &[String], state: &str, within: Duration) -> anyhow::Result<()> {
@@ -73,9 +136,32 @@ impl Bench {
 
     async fn delete_all(&self, ids: &[String]) -> anyhow::Result<()> {
         for id in ids {
-            self.call(reqwest::Method::DELETE, &format!("/v1/environments/{id}"), None).await?;
+            self.call(Method::DELETE, &format!("/v1/environments/{id}"), None).await?;
         }
-        self.wait_all(ids, "deleted", Duration::from_secs(120)).await
+        self.wait_all(ids, "deleted", Duration::from_secs(300)).await
+    }
+
+    /// Waits until the reconciler has nothing queued or running.
+    async fn wait_idle(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        while self.call(Method::GET, "/v1/status", None).await?.1["backlog"] != 0 {
+            if Instant::now() > deadline {
+                bail!("the reconciler still has work after {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    async fn wait_warm(&self, pool: &str, warm: usize, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        while self.call(Method::GET, &format!("/v1/pools/{pool}"), None).await?.1["warm"] != warm {
+            if Instant::now() > deadline {
+                bail!("pool {pool} not at {warm} warm within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
     }
 }
 
@@ -89,67 +175,65 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn summary(mut samples: Vec<f64>) -> Value {
     samples.sort_by(f64::total_cmp);
-    json!({
-        "n": samples.len(),
-        "p50": percentile(&samples, 50.0),
-        "p99": percentile(&samples, 99.0),
-        "max": samples.last().copied().unwrap_or(f64::NAN),
-    })
+    json!({"n": samples.len(), "p50": percentile(&samples, 50.0), "p99": percentile(&samples, 99.0), "max": samples.last().copied().unwrap_or(f64::NAN)})
+}
+
+/// Sends `total` requests from `clients` tasks; returns each one's (status, id, ms).
+async fn fan_out(
+    server: &Arc<ServerProcess>,
+    total: usize,
+    clients: usize,
+    body: impl Fn(usize) -> Value + Send + Sync + 'static,
+) -> anyhow::Result<Vec<(u16, String, f64)>> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let body = Arc::new(body);
+    let mut tasks = Vec::new();
+    for _ in 0..clients.max(1) {
+        let (server, next, body) = (server.clone(), next.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let t = Instant::now();
+                let (status, id) = server.create(body(i)).await?;
+                out.push((status, id, t.elapsed().as_secs_f64() * 1000.0));
+            }
+            anyhow::Ok(out)
+        }));
+    }
+    let mut all = Vec::with_capacity(total);
+    for t in tasks {
+        all.extend(t.await.context("a client task")??);
+    }
+    Ok(all)
 }
 
 pub async fn run(args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("a temporary data dir")?;
-    let mut config = ServerConfig::new(dir.path());
-    config.listen = "127.0.0.1:0".parse().expect("a literal address");
-    config.stop_grace = Duration::from_secs(2);
-    let server = lapse_server::start(config).await?;
-    let bench = Arc::new(Bench { http: reqwest::Client::new(), base: format!("http://{}", server.addr) });
+    let mut server = Arc::new(ServerProcess::start(dir.path()).await?);
     let mut report = serde_json::Map::new();
     let say = |line: String| {
         if !json_out {
             eprintln!("{line}");
         }
     };
+    let process_body =
+        |_| json!({"owner": "bench", "spec": {"provider": "process", "cmd": ["sleep", "600"]}, "ttl": "10m"});
+    let sim_body = |_| json!({"owner": "bench", "spec": {"provider": "sim", "cmd": ["cold"]}, "ttl": "1h"});
 
-    // 1. API create latency, process provider, `clients` at once.
-    say(format!("create latency: {} creates, {} clients ...", args.creates, args.clients));
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..args.clients.max(1) {
-        let (bench, next, total) = (bench.clone(), next.clone(), args.creates);
-        tasks.push(tokio::spawn(async move {
-            let mut out = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < total {
-                let body =
-                    json!({"owner": "bench", "spec": {"provider": "process", "cmd": ["sleep", "600"]}, "ttl": "10m"});
-                let t = Instant::now();
-                let id = bench.create(body).await?;
-                out.push((id, t.elapsed().as_secs_f64() * 1000.0));
-            }
-            anyhow::Ok(out)
-        }));
-    }
-    let mut ids = Vec::new();
-    let mut latencies = Vec::new();
-    for t in tasks {
-        for (id, ms) in t.await.context("a client task")?? {
-            ids.push(id);
-            latencies.push(ms);
-        }
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let mut create = summary(latencies);
-    create["per_second"] = json!(args.creates as f64 / elapsed);
-    say(format!("  create latency ms: {create}"));
-    report.insert("process_create_latency_ms".into(), create);
-    let t = Instant::now();
-    bench.wait_all(&ids, "running", Duration::from_secs(120)).await?;
-    say(format!("  all {} running {:.2} s after the last create", ids.len(), t.elapsed().as_secs_f64()));
-    bench.delete_all(&ids).await?;
+    // 1. API create latency with the process provider.
+    say(format!("process create latency: {} creates, {} clients ...", args.creates, args.clients));
+    let results = fan_out(&server, args.creates, args.clients, process_body).await?;
+    let ids: Vec<String> = results.iter().map(|r| r.1.clone()).collect();
+    report.insert("process_create_ms".into(), summary(results.iter().map(|r| r.2).collect()));
+    server.wait_all(&ids, "running", Duration::from_secs(120)).await?;
+    server.delete_all(&ids).await?;
 
     // 2. Docker: create to running, one at a time.
-    let (_, providers) = bench.call(reqwest::Method::GET, "/v1/providers", None).await?;
+    let (_, providers) = server.call(Method::GET, "/v1/providers", None).await?;
     let docker_up = providers["providers"]
         .as_array()
         .is_some_and(|p| p.iter().any(|p| p["name"] == "docker" && p["available"] == true));
@@ -159,75 +243,141 @@ pub async fn run(args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
         let mut ids = Vec::new();
         for _ in 0..args.docker {
             let t = Instant::now();
-            let id = bench.create(json!({"owner": "bench", "spec": {"provider": "docker", "image": args.image, "cmd": ["sleep", "600"]}, "ttl": "10m"})).await?;
+            let (_, id) = server.create(json!({"owner": "bench", "spec": {"provider": "docker", "image": args.image, "cmd": ["sleep", "600"]}, "ttl": "10m"})).await?;
             loop {
-                let env = bench.state(&id).await?;
-                if env["state"] == "running" {
-                    break;
+                let env = server.state(&id).await?;
+                match env["state"].as_str() {
+                    Some("running") => break,
+                    Some("failed") => bail!("docker environment failed: {}", env["reason"]),
+                    _ => tokio::time::sleep(Duration::from_millis(5)).await,
                 }
-                if env["state"] == "failed" {
-                    bail!("docker environment failed: {}", env["reason"]);
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
             }
             seconds.push(t.elapsed().as_secs_f64());
             ids.push(id);
         }
-        let docker = summary(seconds);
-        say(format!("  create → running s: {docker}"));
-        report.insert("docker_create_to_running_s".into(), docker);
-        bench.delete_all(&ids).await?;
+        report.insert("docker_create_to_running_s".into(), summary(seconds));
+        server.delete_all(&ids).await?;
     } else {
         say("docker: skipped (no Docker Engine API answered, or --docker 0)".into());
-        report.insert("docker_create_to_running_s".into(), Value::Null);
     }
 
-    // 3. Expiry lateness: how long after expires_at each lease was acted on.
-    say(format!("expiry lateness: {} leases with TTLs of 2 to 6 s ...", args.leases));
-    let mut ids = Vec::new();
-    for i in 0..args.leases {
-        let ttl = 2 + (i % 5);
-        ids.push(
-            bench
-                .create(json!({"owner": "bench", "spec": {"provider": "process", "cmd": ["sleep", "600"]}, "ttl": ttl}))
-                .await?,
-        );
-    }
-    bench.wait_all(&ids, "stopped", Duration::from_secs(120)).await?;
-    let mut lateness = Vec::new();
-    for id in &ids {
-        let env = bench.state(id).await?;
-        let at = |k: &str| {
-            chrono::DateTime::parse_from_rfc3339(env[k].as_str().unwrap_or_default()).map(|t| t.timestamp_millis())
-        };
-        if let (Ok(expires), Ok(expired)) = (at("expires_at"), at("expired_at")) {
-            lateness.push((expired - expires) as f64);
+    // 3. Expiry lateness of short leases.
+    say(format!("expiry lateness: {} leases with TTLs of 2 to 6 s ...", args.short_leases));
+    let results = fan_out(
+        &server,
+        args.short_leases,
+        4,
+        |i| json!({"owner": "short", "spec": {"provider": "process", "cmd": ["sleep", "600"]}, "ttl": 2 + (i % 5)}),
+    )
+    .await?;
+    let ids: Vec<String> = results.into_iter().map(|r| r.1).collect();
+    server.wait_all(&ids, "stopped", Duration::from_secs(120)).await?;
+    let store = lapse_store::Store::open(&dir.path().join("lapse.db")).await?;
+    report.insert(
+        "short_lease_expiry_lateness_ms".into(),
+        summary(store.expiry_lateness("short").await?.into_iter().map(|v| v as f64).collect()),
+    );
+    server.delete_all(&ids).await?;
+
+    // 4. Warm claims: a pool that holds them all, `claim_clients` at once.
+    say(format!(
+        "warm claims: {} claims by {} clients from a pool of {} ...",
+        args.claims, args.claim_clients, args.claims
+    ));
+    let spec = json!({"provider": "sim", "cmd": ["warm"], "ports": [8080]});
+    server.call(Method::PUT, "/v1/pools/bench", Some(json!({"spec": spec, "min": args.claims}))).await?;
+    server.wait_warm("bench", args.claims, Duration::from_secs(300)).await?;
+    let claim_spec = spec.clone();
+    let results = fan_out(
+        &server,
+        args.claims,
+        args.claim_clients,
+        move |_| json!({"owner": "bench", "spec": claim_spec, "ttl": "1h"}),
+    )
+    .await?;
+    let warm: Vec<f64> = results.iter().filter(|r| r.0 == 201).map(|r| r.2).collect();
+    let mut claims = summary(warm.clone());
+    claims["cold_202"] = json!(results.len() - warm.len());
+    report.insert("warm_claim_ms".into(), claims);
+    server.call(Method::DELETE, "/v1/pools/bench", None).await?;
+    server.wait_idle(Duration::from_secs(300)).await?;
+
+    // 5. Create throughput into desired state, sim provider at zero latency.
+    say(format!("create throughput: {} sim creates by 64 clients ...", args.sim_creates));
+    let t = Instant::now();
+    let results = fan_out(&server, args.sim_creates, 64, sim_body).await?;
+    let accepted = t.elapsed().as_secs_f64();
+    server.wait_idle(Duration::from_secs(600)).await?;
+    let settled = t.elapsed().as_secs_f64();
+    let mut throughput = summary(results.iter().map(|r| r.2).collect());
+    throughput["per_second_accepted"] = json!(args.sim_creates as f64 / accepted);
+    throughput["per_second_running"] = json!(args.sim_creates as f64 / settled);
+    report.insert("sim_create_ms".into(), throughput);
+
+    // 6. Pool refill rate.
+    say(format!("pool refill: {} members ...", args.refill));
+    let t = Instant::now();
+    server
+        .call(
+            Method::PUT,
+            "/v1/pools/refill",
+            Some(json!({"spec": {"provider": "sim", "cmd": ["refill"]}, "min": args.refill})),
+        )
+        .await?;
+    server.wait_warm("refill", args.refill, Duration::from_secs(600)).await?;
+    report.insert("pool_refill_per_second".into(), json!(args.refill as f64 / t.elapsed().as_secs_f64()));
+    server.call(Method::DELETE, "/v1/pools/refill", None).await?;
+    server.wait_idle(Duration::from_secs(600)).await?;
+
+    // 7. Scale: many leases, TTLs spread; RSS; kill -9 and restart; expiry lateness.
+    if args.leases > 0 {
+        let head = args.head;
+        say(format!("scale: {} leases, TTLs from {head:?} spread over {:?} ...", args.leases, args.spread));
+        let (n, spread_ms) = (args.leases, args.spread.as_millis() as usize);
+        let t = Instant::now();
+        fan_out(&server, n, 64, move |i| {
+            let ttl_s = (head.as_millis() as usize + i * spread_ms / n.max(1)) / 1000;
+            json!({"owner": "scale", "spec": {"provider": "sim", "cmd": ["lease"]}, "ttl": ttl_s, "on_expiry": "stop"})
+        })
+        .await?;
+        server.wait_idle(Duration::from_secs(600)).await?;
+        say(format!("  created in {:.1} s", t.elapsed().as_secs_f64()));
+        report.insert("scale_rss_mb".into(), json!(server.rss_mb()));
+
+        // Restart: serving and timers rebuilt.
+        Arc::get_mut(&mut server).context("no client holds the server")?.kill9().await;
+        let t = Instant::now();
+        server = Arc::new(ServerProcess::start(dir.path()).await?);
+        let (_, status) = server.call(Method::GET, "/v1/status", None).await?;
+        let restart = t.elapsed().as_secs_f64();
+        say(format!("  restarted in {restart:.2} s with {} timers", status["timers"]));
+        report.insert("scale_restart_s".into(), json!(restart));
+        report.insert("scale_rss_after_restart_mb".into(), json!(server.rss_mb()));
+
+        // Wait for every lease to run out.
+        let deadline = Instant::now() + head + args.spread + Duration::from_secs(120);
+        loop {
+            let expired = store.expiry_lateness("scale").await?.len();
+            if expired >= n {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("only {expired} leases ran out in time");
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
         }
+        let lateness = store.expiry_lateness("scale").await?;
+        report.insert("scale_expiry_lateness_ms".into(), summary(lateness.into_iter().map(|v| v as f64).collect()));
+        report.insert("scale_rss_end_mb".into(), json!(server.rss_mb()));
     }
-    let late = summary(lateness);
-    say(format!("  expiry lateness ms: {late}"));
-    report.insert("expiry_lateness_ms".into(), late);
-    bench.delete_all(&ids).await?;
+    store.close().await;
+    drop(server);
 
-    server.shutdown().await;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&Value::Object(report))?);
     } else {
-        println!("{:<34} {:>10} {:>10} {:>10}", "figure", "p50", "p99", "max");
         for (name, v) in &report {
-            if v.is_null() {
-                println!("{name:<34} {:>10}", "skipped");
-                continue;
-            }
-            println!(
-                "{name:<34} {:>10.2} {:>10.2} {:>10.2}",
-                v["p50"].as_f64().unwrap_or(f64::NAN),
-                v["p99"].as_f64().unwrap_or(f64::NAN),
-                v["max"].as_f64().unwrap_or(f64::NAN)
-            );
-        }
-        if let Some(rate) = report.get("process_create_latency_ms").and_then(|v| v["per_second"].as_f64()) {
-            println!("creates per second ({} clients): {rate:.0}", args.clients);
+            println!("{name:<34} {v}");
         }
     }
     Ok(())

@@ -148,6 +148,7 @@ impl DockerProvider {
             provider_ref: inspect.id.clone().unwrap_or_default(),
             status: if running { InstanceStatus::Running } else { InstanceStatus::Stopped },
             endpoints,
+            exit_code: if running { None } else { inspect.state.as_ref().and_then(|s| s.exit_code) },
         })
     }
 
@@ -325,6 +326,7 @@ impl Provider for DockerProvider {
                     provider_ref: c.id.unwrap_or_default(),
                     status: if running { InstanceStatus::Running } else { InstanceStatus::Stopped },
                     endpoints: vec![],
+                    exit_code: None,
                 })
             })
             .collect())

@@ -44,6 +44,8 @@ pub struct Instance {
     pub provider_ref: String,
     pub status: InstanceStatus,
     pub endpoints: Vec<Endpoint>,
+    /// How its command ended, when it is stopped and the provider knows.
+    pub exit_code: Option<i64>,
 }
 
 /// A provider failure. `Display` says what failed; the backend's text is in `message`.

@@ -36,6 +36,7 @@ const SPAWNING: &str = "spawning";
 pub struct ProcessProvider {
     root: PathBuf,
     controller_id: String,
+    exits: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 /// A live process group that leads an environment.
@@ -50,7 +51,14 @@ impl ProcessProvider {
     pub fn new(root: impl Into<PathBuf>, controller_id: impl Into<String>) -> std::io::Result<Self> {
         let root = root.into();
         fs::create_dir_all(&root)?;
-        Ok(ProcessProvider { root, controller_id: controller_id.into() })
+        Ok(ProcessProvider { root, controller_id: controller_id.into(), exits: None })
+    }
+
+    /// Sends the environment id on `exits` whenever a process this provider started exits,
+    /// so the control plane learns of it at once rather than at the next sweep.
+    pub fn with_exit_notifier(mut self, exits: tokio::sync::mpsc::UnboundedSender<String>) -> Self {
+        self.exits = Some(exits);
+        self
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -120,6 +128,7 @@ impl ProcessProvider {
                             provider_ref: String::new(),
                             status: InstanceStatus::Stopped,
                             endpoints: vec![],
+                            exit_code: read_exit_code(&entry.path()),
                         },
                     );
                 }
@@ -137,6 +146,7 @@ impl ProcessProvider {
             provider_ref: pid.to_string(),
             status: InstanceStatus::Running,
             endpoints: endpoints(spec_ports),
+            exit_code: None,
         }
     }
 
@@ -167,6 +177,8 @@ impl ProcessProvider {
             .process_group(0)
             .kill_on_drop(false);
         fs::write(dir.join(SPAWNING), b"").map_err(|e| failed("create", &e))?;
+        // A stale status would be taken for this run's.
+        let _ = fs::remove_file(dir.join("exit_status"));
         let spawned = command.spawn();
         if spawned.is_err() {
             let _ = fs::remove_file(dir.join(SPAWNING));
@@ -188,11 +200,15 @@ impl ProcessProvider {
         fs::remove_file(dir.join(SPAWNING)).map_err(|e| failed("create", &e))?;
         // Reap the child when it exits, and keep its status for whoever asks later.
         let status_file = dir.join("exit_status");
+        let (exits, id) = (self.exits.clone(), id.to_owned());
         tokio::spawn(async move {
             if let Ok(status) = child.wait().await {
                 let code = status.code().map_or_else(|| "signal".to_owned(), |c| c.to_string());
                 if status_file.parent().is_some_and(Path::exists) {
                     let _ = fs::write(status_file, code);
+                }
+                if let Some(exits) = exits {
+                    let _ = exits.send(id);
                 }
             }
         });
@@ -357,6 +373,7 @@ impl Provider for ProcessProvider {
             provider_ref: String::new(),
             status: InstanceStatus::Stopped,
             endpoints: vec![],
+            exit_code: read_exit_code(&self.dir(environment_id)),
         }))
     }
 
@@ -419,6 +436,11 @@ impl Provider for ProcessProvider {
         let read = |name: &str| last_lines(&tail_text(&read_tail(&dir.join(name)), MAX_OUTPUT_BYTES), tail_lines);
         Ok(LogsView { stdout: read("stdout.log"), stderr: read("stderr.log") })
     }
+}
+
+/// The exit code its reaper recorded, if this server started the process and it exited.
+fn read_exit_code(dir: &Path) -> Option<i64> {
+    fs::read_to_string(dir.join("exit_status")).ok()?.trim().parse().ok()
 }
 
 /// The last [`MAX_OUTPUT_BYTES`] of a file, or nothing.

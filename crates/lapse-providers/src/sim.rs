@@ -83,6 +83,7 @@ impl SimConfig {
 #[derive(Clone, Debug)]
 struct SimInstance {
     running: bool,
+    exit_code: Option<i64>,
     ports: Vec<u16>,
     serial: u64,
 }
@@ -137,6 +138,7 @@ impl SimProvider {
             environment_id: id.to_owned(),
             provider_ref: format!("sim-{}", i.serial),
             status: if i.running { InstanceStatus::Running } else { InstanceStatus::Stopped },
+            exit_code: if i.running { None } else { i.exit_code },
             endpoints: if i.running {
                 i.ports
                     .iter()
@@ -153,9 +155,15 @@ impl SimProvider {
         }
     }
 
-    /// Makes an instance stop as if its process exited. `false` if there is none.
-    pub fn exit(&self, environment_id: &str) -> bool {
-        self.instances().get_mut(environment_id).map(|i| i.running = false).is_some()
+    /// Makes an instance stop as if its process exited with `code`. `false` if there is none.
+    pub fn exit(&self, environment_id: &str, code: i64) -> bool {
+        self.instances()
+            .get_mut(environment_id)
+            .map(|i| {
+                i.running = false;
+                i.exit_code = Some(code);
+            })
+            .is_some()
     }
 
     /// Removes an instance as if it vanished outside Lapse.
@@ -197,6 +205,7 @@ impl Provider for SimProvider {
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let entry = instances.entry(environment_id.to_owned()).or_insert(SimInstance {
             running: false,
+            exit_code: None,
             ports: spec.ports.clone(),
             serial,
         });
@@ -281,8 +290,9 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_millis(100));
         assert_eq!((i.status, i.endpoints.len()), (InstanceStatus::Running, 1));
         assert!(sim.stop("a", Duration::ZERO).await.unwrap_err().is_retryable());
-        assert!(sim.exit("a"));
-        assert_eq!(sim.inspect("a").await.unwrap().unwrap().status, InstanceStatus::Stopped);
+        assert!(sim.exit("a", 3));
+        let stopped = sim.inspect("a").await.unwrap().unwrap();
+        assert_eq!((stopped.status, stopped.exit_code), (InstanceStatus::Stopped, Some(3)));
         sim.delete("a", Duration::ZERO).await.unwrap();
         assert!(sim.is_empty());
         let mut failures = 0;

@@ -90,9 +90,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     let controller_id = store.controller_id().await?;
 
     let mut providers = ProviderSet::default();
+    let (exits, mut exited) = tokio::sync::mpsc::unbounded_channel::<String>();
     let process = ProcessProvider::new(config.data_dir.join("process"), &controller_id)
-        .context("setting up the process provider")?;
-    providers.insert(Arc::new(process));
+        .context("setting up the process provider")?
+        .with_exit_notifier(exits);
+    let process = Arc::new(process);
+    providers.insert(process.clone());
     add_docker(&config.docker, &controller_id, &mut providers).await;
     if let Some(sim) = config.sim {
         tracing::warn!("the sim provider is on: its environments are simulated");
@@ -140,6 +143,27 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     }));
     background.push(tokio::spawn(sweep::run(cx.clone(), reconciler.clone())));
     background.push(tokio::spawn(pools::run(cx.clone(), reconciler.clone())));
+    background.push(tokio::spawn({
+        let (cx, r) = (cx.clone(), reconciler.clone());
+        // A process this server started exited: look at it now, not at the next sweep.
+        async move {
+            while let Some(id) = exited.recv().await {
+                let (cx, r, process) = (cx.clone(), r.clone(), process.clone());
+                tokio::spawn(async move {
+                    // A quick exit can beat the step that records it running: let that finish.
+                    for _ in 0..250 {
+                        if !r.is_busy(&id) {
+                            break;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    if let Err(e) = sweep::check_one(&cx, &r, process.as_ref(), &id).await {
+                        tracing::warn!(environment = %id, error = %e, "checking an exited process failed; the sweep will");
+                    }
+                });
+            }
+        }
+    }));
 
     let app = App { cx: cx.clone(), reconciler };
     background.push(tokio::spawn(async move {

@@ -14,7 +14,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use lapse_core::model::{DesiredState, Environment, ObservedState, Spec};
+use lapse_core::Millis;
+use lapse_core::model::{DesiredState, Environment, Lifecycle, ObservedState, Spec};
+use lapse_core::state::backoff_millis;
 use lapse_providers::{Instance, InstanceStatus, Provider};
 use lapse_store::{NewEvent, StoreError};
 
@@ -125,69 +127,113 @@ pub async fn sweep(cx: &Context, reconciler: &Reconciler, provider: &dyn Provide
 
     for (id, record) in &records {
         let stable = matches!(record.observed, ObservedState::Running | ObservedState::Stopped);
-        if !stable || reconciler.is_busy(id) {
-            continue;
-        }
         let seen = instances.get(id).map(|i| i.status);
-        let drift = match (record.observed, seen) {
-            (ObservedState::Running, Some(InstanceStatus::Running)) | (ObservedState::Stopped, Some(_)) => continue,
-            (_, None) => Drift::Vanished,
-            (ObservedState::Running, Some(InstanceStatus::Stopped)) => Drift::Exited,
-            _ => continue,
-        };
-        // The list may lag a step that just finished: ask for this one resource.
-        let now_seen = provider.inspect(id).await?.map(|i| i.status);
-        if now_seen != seen {
+        let agrees = matches!(
+            (record.observed, seen),
+            (ObservedState::Running, Some(InstanceStatus::Running)) | (ObservedState::Stopped, Some(_))
+        );
+        if !stable || agrees {
             continue;
         }
-        let corrected = cx
-            .store
-            .update(id, |e| {
-                if e.observed != record.observed || e.updated_at != record.updated_at {
-                    return Err(SweepError::MovedOn);
-                }
-                Ok(correct(e, drift))
-            })
-            .await;
-        match corrected {
-            Ok(Some(_)) => {}
-            Ok(None) | Err(SweepError::MovedOn) => continue,
-            Err(e) => return Err(e),
-        }
-        cx.metrics.sweep_drift_corrected.get_or_create(&labels).inc();
-        reconciler.enqueue(id);
-        match drift {
-            Drift::Vanished => report.vanished += 1,
-            Drift::Exited => report.exited += 1,
+        match check_one(cx, reconciler, provider, id).await? {
+            Some(Drift::Vanished) => report.vanished += 1,
+            Some(Drift::Exited(_)) => report.exited += 1,
+            None => {}
         }
     }
     Ok(report)
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Drift {
-    Vanished,
-    Exited,
+/// Compares one environment's record with its resource and corrects the record. Used by the
+/// sweep and when a provider reports an exit. Environments the reconciler is working on, and
+/// records that change meanwhile, are left alone.
+pub async fn check_one(
+    cx: &Context,
+    reconciler: &Reconciler,
+    provider: &dyn Provider,
+    id: &str,
+) -> Result<Option<Drift>, SweepError> {
+    if reconciler.is_busy(id) {
+        return Ok(None);
+    }
+    let Some(record) = cx.store.get(id).await? else { return Ok(None) };
+    if record.spec.provider != provider.name()
+        || !matches!(record.observed, ObservedState::Running | ObservedState::Stopped)
+    {
+        return Ok(None);
+    }
+    let instance = provider.inspect(id).await?;
+    let drift = match (record.observed, instance.as_ref().map(|i| i.status)) {
+        (_, None) => Drift::Vanished,
+        (ObservedState::Running, Some(InstanceStatus::Stopped)) => Drift::Exited(instance.and_then(|i| i.exit_code)),
+        _ => return Ok(None),
+    };
+    let (now, retry) = (cx.clock.now(), &cx.config.retry);
+    let corrected = cx
+        .store
+        .update(id, |e| {
+            if e.observed != record.observed || e.updated_at != record.updated_at || reconciler.is_busy(id) {
+                return Err(SweepError::MovedOn);
+            }
+            let backoff = backoff_millis(e.restarts + 1, retry.base.as_millis() as i64, retry.cap.as_millis() as i64);
+            Ok(correct(e, drift, now, backoff))
+        })
+        .await;
+    match corrected {
+        Ok(Some(_)) => {}
+        Ok(None) | Err(SweepError::MovedOn) => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    cx.metrics.sweep_drift_corrected.get_or_create(&ProviderLabels { provider: provider.name().to_owned() }).inc();
+    reconciler.enqueue(id);
+    Ok(Some(drift))
 }
 
-fn correct(e: &mut Environment, drift: Drift) -> Vec<NewEvent> {
-    match (drift, e.desired) {
-        (Drift::Vanished, DesiredState::Running) => {
+/// How a resource differs from its record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drift {
+    Vanished,
+    /// It stopped on its own, with this exit code if the provider knows it.
+    Exited(Option<i64>),
+}
+
+/// The corrected record, by lifecycle: services and daemons restart after `backoff` ms; a
+/// job records its exit and is retried after a failure while it has retries; a lease is
+/// recorded stopped.
+fn correct(e: &mut Environment, drift: Drift, now: Millis, backoff: Millis) -> Vec<NewEvent> {
+    let code = match drift {
+        Drift::Vanished if e.desired == DesiredState::Running => {
             e.reason = Some("the resource vanished outside Lapse; provisioning it again".into());
-            vec![transition(e, ObservedState::Provisioning, "sweep", "resource vanished; provisioning again")]
+            return vec![transition(e, ObservedState::Provisioning, "sweep", "resource vanished; provisioning again")];
         }
-        (Drift::Vanished, _) => {
+        Drift::Vanished => {
             e.reason = Some("the resource vanished outside Lapse while stopped".into());
-            vec![transition(e, ObservedState::Failed, "sweep", "resource vanished while stopped")]
+            return vec![transition(e, ObservedState::Failed, "sweep", "resource vanished while stopped")];
         }
-        (Drift::Exited, _) => {
-            e.desired = DesiredState::Stopped;
-            e.restart_on_extend = false;
-            e.endpoints.clear();
-            e.reason = Some("exited on its own; `start` runs it again".into());
-            vec![transition(e, ObservedState::Stopped, "sweep", "exited on its own")]
-        }
+        Drift::Exited(code) => code,
+    };
+    e.exit_code = code;
+    e.finished_at = Some(now);
+    e.endpoints.clear();
+    let code_text = code.map_or("unknown".to_owned(), |c| c.to_string());
+    let failed = code != Some(0);
+    let restart = e.lifecycle.restarts() || (e.lifecycle == Lifecycle::Job && failed && e.restarts < e.max_retries);
+    if restart && e.desired == DesiredState::Running {
+        e.restarts += 1;
+        e.next_attempt_at = Some(now + backoff);
+        let message = format!("exited (code {code_text}); restart {} in {backoff} ms", e.restarts);
+        e.reason = Some(message.clone());
+        return vec![transition(e, ObservedState::Stopped, "sweep", &message)];
     }
+    e.desired = DesiredState::Stopped;
+    e.restart_on_extend = false;
+    let message = match e.lifecycle {
+        Lifecycle::Job if !failed => "job finished (exit code 0)".to_owned(),
+        Lifecycle::Job => format!("job failed (exit code {code_text}) after {} retries", e.restarts),
+        _ => format!("exited on its own (code {code_text}); `start` runs it again"),
+    };
+    e.reason = Some(message.clone());
+    vec![transition(e, ObservedState::Stopped, "sweep", &message)]
 }
 
 async fn adopt(cx: &Context, provider: &str, instance: &Instance) -> Result<(), StoreError> {

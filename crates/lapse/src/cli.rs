@@ -23,7 +23,7 @@ use crate::serve::{self, ServeArgs};
 ///
 /// `lapse serve` runs the control plane; every other verb talks to one at --url.
 #[derive(Parser, Debug)]
-#[command(name = "lapse", version, propagate_version = true)]
+#[command(name = "lapse", version, propagate_version = true, args_override_self = true)]
 pub struct Cli {
     /// The Lapse server to talk to.
     #[arg(long, global = true, env = "LAPSE_URL", default_value = "http://127.0.0.1:7070")]

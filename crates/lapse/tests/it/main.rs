@@ -7,5 +7,6 @@ mod crash;
 mod docker;
 mod drift;
 mod harness;
+mod lifecycles;
 mod pools;
 mod retry;

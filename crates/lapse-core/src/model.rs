@@ -203,6 +203,9 @@ pub struct Environment {
     pub pool: Option<String>,
     /// The pool's version when this member was made; a member of another version is recycled.
     pub pool_version: Option<String>,
+    /// The user's own key for it (the seed's `job_id`, a config file's `id`): unique among
+    /// environments not deleted; `POST /vms` and config files upsert by it.
+    pub job_id: Option<String>,
     /// Where the desired state came from: `api`, `config`, `pool`, `sweep`.
     pub source: String,
     /// Set when the spec was replaced while a resource exists: it must be made again.
@@ -242,6 +245,7 @@ impl Environment {
             updated_at: now,
             pool: None,
             pool_version: None,
+            job_id: None,
             source: "api".into(),
             replace: false,
             restarts: 0,

@@ -200,6 +200,9 @@ pub struct EnvironmentView {
     pub pool: Option<String>,
     /// `api`, `config`, `pool` or `sweep`.
     pub source: String,
+    /// The user's key (seed `job_id`, config file `id`), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -227,6 +230,7 @@ impl From<&Environment> for EnvironmentView {
             finished_at: e.finished_at.map(format_millis),
             pool: e.pool.clone(),
             source: e.source.clone(),
+            job_id: e.job_id.clone(),
             created_at: format_millis(e.created_at),
             updated_at: format_millis(e.updated_at),
         }

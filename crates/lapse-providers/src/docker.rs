@@ -161,6 +161,20 @@ impl DockerProvider {
     }
 }
 
+/// What the docker provider needs of a spec.
+pub fn validate(spec: &Spec) -> Result<(), FieldError> {
+    if spec.image.is_none() {
+        return Err(FieldError { field: "spec.image".into(), message: "the docker provider needs an image".into() });
+    }
+    if spec.resources.as_ref().is_some_and(|r| r.disk_gb.is_some()) {
+        return Err(FieldError {
+            field: "spec.resources.disk_gb".into(),
+            message: "the docker provider cannot limit disk; leave disk_gb out".into(),
+        });
+    }
+    Ok(())
+}
+
 fn status_of(e: &bollard::errors::Error) -> Option<u16> {
     match e {
         bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
@@ -184,19 +198,7 @@ impl Provider for DockerProvider {
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), FieldError> {
-        if spec.image.is_none() {
-            return Err(FieldError {
-                field: "spec.image".into(),
-                message: "the docker provider needs an image".into(),
-            });
-        }
-        if spec.resources.as_ref().is_some_and(|r| r.disk_gb.is_some()) {
-            return Err(FieldError {
-                field: "spec.resources.disk_gb".into(),
-                message: "the docker provider cannot limit disk; leave disk_gb out".into(),
-            });
-        }
-        Ok(())
+        validate(spec)
     }
 
     async fn health(&self) -> Result<String, ProviderError> {

@@ -149,6 +149,21 @@ impl ProviderSet {
     }
 }
 
+/// Checks a spec against what its provider needs, by the provider's name alone (no backend is
+/// contacted): what `lapse check` and config files use before a server runs.
+pub fn validate_spec(spec: &Spec) -> Result<(), FieldError> {
+    match spec.provider.as_str() {
+        "process" => process::validate(spec),
+        #[cfg(feature = "docker")]
+        "docker" => docker::validate(spec),
+        "sim" => Ok(()),
+        other => Err(FieldError {
+            field: "spec.provider".into(),
+            message: format!("unknown provider {other:?}; known: process, docker, sim"),
+        }),
+    }
+}
+
 /// Keeps the last `max` bytes of `bytes`, cut at a character boundary.
 pub(crate) fn tail_text(bytes: &[u8], max: usize) -> String {
     let start = bytes.len().saturating_sub(max);

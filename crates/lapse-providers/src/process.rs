@@ -253,6 +253,21 @@ async fn blocking<T: Send + 'static>(
     })?
 }
 
+/// What the process provider needs of a spec.
+pub fn validate(spec: &Spec) -> Result<(), FieldError> {
+    let refuse = |field: &str, message: &str| Err(FieldError { field: field.into(), message: message.into() });
+    if spec.cmd.is_empty() {
+        return refuse("spec.cmd", "the process provider needs a command to run");
+    }
+    if spec.image.is_some() {
+        return refuse("spec.image", "the process provider runs spec.cmd on the host and takes no image");
+    }
+    if spec.resources.is_some() {
+        return refuse("spec.resources", "the process provider cannot enforce resources; leave them out or use docker");
+    }
+    Ok(())
+}
+
 fn failed(op: &'static str, e: &std::io::Error) -> ProviderError {
     ProviderError::Failed { provider: NAME, op, message: e.to_string() }
 }
@@ -301,20 +316,7 @@ impl Provider for ProcessProvider {
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), FieldError> {
-        let refuse = |field: &str, message: &str| Err(FieldError { field: field.into(), message: message.into() });
-        if spec.cmd.is_empty() {
-            return refuse("spec.cmd", "the process provider needs a command to run");
-        }
-        if spec.image.is_some() {
-            return refuse("spec.image", "the process provider runs spec.cmd on the host and takes no image");
-        }
-        if spec.resources.is_some() {
-            return refuse(
-                "spec.resources",
-                "the process provider cannot enforce resources; leave them out or use docker",
-            );
-        }
-        Ok(())
+        validate(spec)
     }
 
     async fn health(&self) -> Result<String, ProviderError> {

@@ -52,6 +52,8 @@ fn invalid(field: &str, e: impl ToString) -> AppError {
 pub struct App {
     pub cx: Arc<Context>,
     pub reconciler: Reconciler,
+    /// Serializes `POST /vms` upserts, so that two requests for one new `job_id` make one.
+    pub vms_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl App {
@@ -85,60 +87,177 @@ impl App {
         if req.max_retries.is_some() && req.lifecycle != Lifecycle::Job {
             return Err(invalid("max_retries", "only jobs are retried; set lifecycle to \"job\""));
         }
-        let on_expiry = if req.lifecycle == Lifecycle::Job { OnExpiry::Delete } else { req.on_expiry };
         let now = self.now();
-        let expires_at = ttl.map(|t| now + t.as_millis() as i64);
-        let ttl_text = ttl.map_or("none".to_owned(), duration::format_duration);
-
-        // A warm member with this spec? Claim it in one transaction.
-        let claimed = self
-            .cx
-            .store
-            .claim(&req.spec.hash(), |e| {
-                let pool = e.pool.clone().unwrap_or_default();
-                e.name = req.name.clone();
-                e.owner = req.owner.clone();
-                e.labels = req.labels.clone();
-                e.lifecycle = req.lifecycle;
-                e.max_retries = req.max_retries.unwrap_or(0);
-                e.expires_at = expires_at;
-                e.on_expiry = on_expiry;
-                e.source = "api".into();
-                vec![NewEvent::new(
-                    &e.id,
-                    "api",
-                    "claim",
-                    "ok",
-                    format!("claimed from pool {pool} for {}, ttl {ttl_text}", req.owner),
-                )]
-            })
-            .await?;
-        if let Some(env) = claimed {
-            self.cx.pool_wake.notify_one();
-            if let Some(at) = env.expires_at {
-                self.cx.timers.schedule(at, &env.id);
-            }
-            self.reconciler.enqueue(&env.id);
-            return Ok(Created { env, claimed: true });
-        }
-
         let mut env = Environment::new(new_environment_id(), req.owner, req.spec, now);
         env.name = req.name;
         env.labels = req.labels;
-        env.expires_at = expires_at;
-        env.on_expiry = on_expiry;
+        env.expires_at = ttl.map(|t| now + t.as_millis() as i64);
+        env.on_expiry = if req.lifecycle == Lifecycle::Job { OnExpiry::Delete } else { req.on_expiry };
         env.lifecycle = req.lifecycle;
         env.max_retries = req.max_retries.unwrap_or(0);
-        let message = format!(
-            "{} {} for {}, ttl {ttl_text}, on expiry {}",
-            env.lifecycle, env.spec.provider, env.owner, env.on_expiry
-        );
-        self.cx.store.insert(&env, NewEvent::new(&env.id, "api", "create", "ok", message)).await?;
+        self.place(env, "api").await
+    }
+
+    /// Makes `wanted` exist: claims a warm pool member of the same spec and gives it
+    /// `wanted`'s identity and lease (one transaction), or inserts `wanted` to be provisioned.
+    async fn place(&self, wanted: Environment, actor: &str) -> Result<Created, AppError> {
+        let ttl_text = wanted.expires_at.map_or("none".to_owned(), |at| {
+            duration::format_duration(Duration::from_millis(u64::try_from(at - wanted.created_at).unwrap_or(0)))
+        });
+        let claimed = self
+            .cx
+            .store
+            .claim(&wanted.spec.hash(), |e| {
+                let pool = e.pool.clone().unwrap_or_default();
+                e.name = wanted.name.clone();
+                e.tenant = wanted.tenant.clone();
+                e.owner = wanted.owner.clone();
+                e.labels = wanted.labels.clone();
+                e.lifecycle = wanted.lifecycle;
+                e.max_retries = wanted.max_retries;
+                e.expires_at = wanted.expires_at;
+                e.on_expiry = wanted.on_expiry;
+                e.job_id = wanted.job_id.clone();
+                e.source = wanted.source.clone();
+                let message = format!("claimed from pool {pool} for {}, ttl {ttl_text}", wanted.owner);
+                vec![NewEvent::new(&e.id, actor, "claim", "ok", message)]
+            })
+            .await?;
+        let (env, claimed) = match claimed {
+            Some(env) => {
+                self.cx.pool_wake.notify_one();
+                (env, true)
+            }
+            None => {
+                let message = format!(
+                    "{} {} for {}, ttl {ttl_text}, on expiry {}",
+                    wanted.lifecycle, wanted.spec.provider, wanted.owner, wanted.on_expiry
+                );
+                self.cx.store.insert(&wanted, NewEvent::new(&wanted.id, actor, "create", "ok", message)).await?;
+                (wanted, false)
+            }
+        };
         if let Some(at) = env.expires_at {
             self.cx.timers.schedule(at, &env.id);
         }
         self.reconciler.enqueue(&env.id);
-        Ok(Created { env, claimed: false })
+        Ok(Created { env, claimed })
+    }
+
+    /// Creates the environment keyed `job_id`, or replaces its spec (not merged) if it exists:
+    /// the seed's upsert, used by `POST /vms` and config files.
+    pub async fn upsert_job(&self, job: Job, actor: &str) -> Result<Created, AppError> {
+        let now = self.now();
+        let existing = self.cx.store.get_by_job(&job.job_id).await?;
+        if let Some(existing) = existing {
+            let expires_at = job.ttl.map(|t| existing.created_at + t.as_millis() as i64);
+            let env = self
+                .change(&existing.id, "upsert", |e| {
+                    let changed = e.spec.hash() != job.spec.hash();
+                    let mut notes = Vec::new();
+                    if changed {
+                        notes.push(format!("spec replaced ({} -> {})", e.spec.hash(), job.spec.hash()));
+                        e.spec = job.spec.clone();
+                        e.replace = !matches!(e.observed, ObservedState::Pending | ObservedState::Failed);
+                    }
+                    if e.observed == ObservedState::Failed {
+                        e.attempts = 0;
+                        e.next_attempt_at = None;
+                        transition(e, ObservedState::Pending, actor, "declared again after a failure");
+                    }
+                    e.tenant = job.tenant.clone();
+                    e.lifecycle = job.lifecycle;
+                    e.max_retries = job.max_retries;
+                    e.labels = job.labels.clone();
+                    e.source = job.source.clone();
+                    if e.expires_at != expires_at {
+                        e.expires_at = expires_at;
+                        e.expired_at = None;
+                    }
+                    e.desired = DesiredState::Running;
+                    Ok(if notes.is_empty() { "unchanged".into() } else { notes.join("; ") })
+                })
+                .await?;
+            return Ok(Created { env, claimed: false });
+        }
+        let mut env = Environment::new(new_environment_id(), job.tenant.clone(), job.spec, now);
+        env.tenant = job.tenant;
+        env.job_id = Some(job.job_id);
+        env.lifecycle = job.lifecycle;
+        env.max_retries = job.max_retries;
+        env.labels = job.labels;
+        env.expires_at = job.ttl.map(|t| now + t.as_millis() as i64);
+        env.on_expiry = if job.lifecycle == Lifecycle::Job { OnExpiry::Delete } else { job.on_expiry };
+        env.source = job.source;
+        self.place(env, actor).await
+    }
+
+    /// Makes the store hold what a config file declares (see [`crate::declare`]).
+    pub async fn apply_declared(&self, declared: &crate::declare::Declared) -> Result<(), AppError> {
+        let mut wanted_jobs = std::collections::BTreeSet::new();
+        for (decl, ttl) in &declared.environments {
+            wanted_jobs.insert(decl.id.clone());
+            let existing = self.cx.store.get_by_job(&decl.id).await?;
+            let unchanged = existing.as_ref().is_some_and(|e| {
+                e.source == "config"
+                    && e.spec.hash() == decl.spec.hash()
+                    && e.lifecycle == decl.lifecycle
+                    && e.labels == decl.labels
+                    && e.expires_at == ttl.map(|t| e.created_at + t.as_millis() as i64)
+                    && e.observed != ObservedState::Failed
+            });
+            if unchanged {
+                continue;
+            }
+            let job = Job {
+                job_id: decl.id.clone(),
+                tenant: decl.tenant.clone().unwrap_or_else(|| decl.id.clone()),
+                spec: decl.spec.clone(),
+                lifecycle: decl.lifecycle,
+                max_retries: decl.max_retries.unwrap_or(0),
+                labels: decl.labels.clone(),
+                ttl: *ttl,
+                on_expiry: decl.on_expiry,
+                source: "config".into(),
+            };
+            self.upsert_job(job, "config").await?;
+        }
+        for gone in self.cx.store.config_declared().await? {
+            if gone.job_id.as_ref().is_none_or(|j| !wanted_jobs.contains(j)) {
+                self.delete(&gone.id).await?;
+            }
+        }
+        let mut wanted_pools = std::collections::BTreeSet::new();
+        let existing_pools = self.cx.store.list_pools().await?;
+        for decl in &declared.pools {
+            wanted_pools.insert(decl.name.clone());
+            let max = decl.max.unwrap_or(decl.min);
+            let current = existing_pools.iter().find(|p| p.name == decl.name);
+            let unchanged = current.is_some_and(|p| {
+                p.source == "config"
+                    && p.spec.hash() == decl.spec.hash()
+                    && (p.min, p.max) == (decl.min, max)
+                    && decl.version.as_ref().is_none_or(|v| *v == p.version)
+                    && p.lifecycle == decl.lifecycle
+            });
+            if unchanged {
+                continue;
+            }
+            let req = PutPool {
+                spec: decl.spec.clone(),
+                min: decl.min,
+                max: Some(max),
+                version: decl.version.clone(),
+                lifecycle: decl.lifecycle,
+            };
+            self.put_pool_from(&decl.name, req, "config").await?;
+        }
+        for pool in existing_pools {
+            if pool.source == "config" && !wanted_pools.contains(&pool.name) {
+                self.delete_pool(&pool.name).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Checks a spec for everything but its provider's availability.
@@ -159,6 +278,10 @@ impl App {
     }
 
     pub async fn put_pool(&self, name: &str, req: PutPool) -> Result<(PoolView, bool), AppError> {
+        self.put_pool_from(name, req, "api").await
+    }
+
+    async fn put_pool_from(&self, name: &str, req: PutPool, source: &str) -> Result<(PoolView, bool), AppError> {
         validate::name("name", name)?;
         self.check_spec(&req.spec)?;
         const MAX_POOL: u32 = 10_000;
@@ -181,13 +304,13 @@ impl App {
             max,
             version: req.version.or_else(|| existing.as_ref().map(|p| p.version.clone())).unwrap_or_else(|| "1".into()),
             lifecycle: req.lifecycle,
-            source: "api".into(),
+            source: source.to_owned(),
             created_at: existing.as_ref().map_or(now, |p| p.created_at),
             updated_at: now,
         };
         let message =
             format!("min {}, max {}, version {}, spec {}", pool.min, pool.max, pool.version, pool.spec.hash());
-        self.cx.store.put_pool(&pool, NewEvent::new(name, "api", "put_pool", "ok", message)).await?;
+        self.cx.store.put_pool(&pool, NewEvent::new(name, source, "put_pool", "ok", message)).await?;
         self.cx.pool_wake.notify_one();
         Ok((self.pool_view(pool).await?, existing.is_none()))
     }
@@ -410,6 +533,21 @@ impl App {
         }
         out
     }
+}
+
+/// An environment keyed by the user's `job_id` (seed `/vms`, config files).
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub job_id: String,
+    pub tenant: String,
+    pub spec: lapse_core::model::Spec,
+    pub lifecycle: Lifecycle,
+    pub max_retries: u32,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Counted from the environment's creation.
+    pub ttl: Option<Duration>,
+    pub on_expiry: OnExpiry,
+    pub source: String,
 }
 
 /// A created environment, and whether it was claimed warm from a pool.

@@ -23,6 +23,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod context;
+pub mod declare;
 pub mod http;
 pub mod metrics;
 pub mod pools;
@@ -165,7 +166,15 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         }
     }));
 
-    let app = App { cx: cx.clone(), reconciler };
+    let app = App { cx: cx.clone(), reconciler, vms_lock: Default::default() };
+    if let Some(path) = cx.config.config_file.clone() {
+        // A bad file at start is an error to fix now; at reload it keeps the last good state.
+        if let Err(errors) = declare::reload(&app, &path).await {
+            let text = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  ");
+            anyhow::bail!("config file {} refused:\n  {text}", path.display());
+        }
+        background.push(tokio::spawn(declare::watch(app.clone(), path, cx.config.config_poll)));
+    }
     background.push(tokio::spawn(async move {
         // Held for as long as the server runs; released when this task is aborted.
         let _lock = lock;

@@ -74,6 +74,7 @@ pub struct ListFilter {
     pub owner: Option<String>,
     pub state: Option<ObservedState>,
     pub provider: Option<String>,
+    pub job_id: Option<String>,
     pub labels: Vec<(String, String)>,
     pub limit: Option<u32>,
 }
@@ -96,7 +97,7 @@ pub struct Store {
 const ENV_COLUMNS: &str = "id, name, tenant, owner, labels, spec, provider, lifecycle, desired, observed, reason, \
      provider_ref, endpoints, expires_at, on_expiry, expired_at, restart_on_extend, attempts, next_attempt_at, \
      created_at, updated_at, spec_hash, pool, pool_version, source, replace_resource, restarts, max_retries, exit_code, \
-     finished_at";
+     finished_at, job_id";
 
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and applies migrations.
@@ -180,7 +181,8 @@ impl Store {
                     .push_bind(e.restarts)
                     .push_bind(e.max_retries)
                     .push_bind(e.exit_code)
-                    .push_bind(e.finished_at);
+                    .push_bind(e.finished_at)
+                    .push_bind(&e.job_id);
             });
             q.build().execute(&mut *tx).await.op("insert")?;
         }
@@ -285,6 +287,28 @@ impl Store {
         Ok(true)
     }
 
+    /// The environment holding `job_id`, if any.
+    pub async fn get_by_job(&self, job_id: &str) -> Result<Option<Environment>, StoreError> {
+        let row =
+            sqlx::query(&format!("SELECT {ENV_COLUMNS} FROM environments WHERE job_id = ? AND desired != 'deleted'"))
+                .bind(job_id)
+                .fetch_optional(&self.writer)
+                .await
+                .op("get by job")?;
+        row.map(|r| environment_from_row(&r)).transpose()
+    }
+
+    /// Every environment declared by a config file (`source = 'config'`) not deleted.
+    pub async fn config_declared(&self) -> Result<Vec<Environment>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ENV_COLUMNS} FROM environments WHERE source = 'config' AND desired != 'deleted' ORDER BY id"
+        ))
+        .fetch_all(&self.reader)
+        .await
+        .op("config declared")?;
+        rows.iter().map(environment_from_row).collect()
+    }
+
     /// Members of pools (unclaimed environments with `pool` set) that are not deleted.
     pub async fn pool_members(&self) -> Result<Vec<Environment>, StoreError> {
         let rows = sqlx::query(&format!(
@@ -345,6 +369,9 @@ impl Store {
         };
         if let Some(provider) = &filter.provider {
             q.push(" AND provider = ").push_bind(provider);
+        }
+        if let Some(job_id) = &filter.job_id {
+            q.push(" AND job_id = ").push_bind(job_id);
         }
         for (k, v) in &filter.labels {
             q.push(" AND EXISTS (SELECT 1 FROM json_each(environments.labels) WHERE json_each.key = ")
@@ -491,7 +518,7 @@ async fn write_row(conn: &mut SqliteConnection, e: &Environment) -> Result<(), S
          observed = ?, reason = ?, provider_ref = ?, endpoints = ?, expires_at = ?, on_expiry = ?, expired_at = ?, \
          restart_on_extend = ?, attempts = ?, next_attempt_at = ?, updated_at = ?, spec_hash = ?, pool = ?, \
          pool_version = ?, source = ?, replace_resource = ?, restarts = ?, max_retries = ?, exit_code = ?, \
-         finished_at = ?, tenant = ? WHERE id = ?",
+         finished_at = ?, tenant = ?, job_id = ? WHERE id = ?",
     )
     .bind(&e.name)
     .bind(&e.owner)
@@ -521,6 +548,7 @@ async fn write_row(conn: &mut SqliteConnection, e: &Environment) -> Result<(), S
     .bind(e.exit_code)
     .bind(e.finished_at)
     .bind(&e.tenant)
+    .bind(&e.job_id)
     .bind(&e.id)
     .execute(conn)
     .await
@@ -584,6 +612,7 @@ fn environment_from_row(r: &SqliteRow) -> Result<Environment, StoreError> {
         max_retries: r.get::<i64, _>("max_retries").try_into().unwrap_or(u32::MAX),
         exit_code: r.get("exit_code"),
         finished_at: r.get("finished_at"),
+        job_id: r.get("job_id"),
         id,
     })
 }

@@ -20,12 +20,14 @@ async fn store() -> (tempfile::TempDir, Store) {
 #[tokio::test]
 async fn round_trip_and_filters() {
     let (_dir, store) = store().await;
-    let a = sample(&"a".repeat(32), "ada");
+    let mut a = sample(&"a".repeat(32), "ada");
+    a.job_id = Some("job-a".into());
     let mut b = sample(&"b".repeat(32), "bob");
     b.labels.insert("LabID".into(), "8".into());
     store.insert(&a, NewEvent::new(&a.id, "api", "create", "ok", "")).await.unwrap();
     store.insert(&b, NewEvent::new(&b.id, "api", "create", "ok", "")).await.unwrap();
     assert_eq!(store.get(&a.id).await.unwrap().as_ref(), Some(&a));
+    assert_eq!(store.get_by_job("job-a").await.unwrap().as_ref(), Some(&a));
     assert_eq!(store.get("nope").await.unwrap(), None);
 
     let ids = |v: Vec<Environment>| v.into_iter().map(|e| e.owner).collect::<Vec<_>>();

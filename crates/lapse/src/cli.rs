@@ -109,6 +109,15 @@ enum Command {
     },
     /// The server's providers and whether each answers.
     Providers,
+    /// Check a config file (as `lapse serve --config` reads it) without a server: every error,
+    /// with its line; exits 1 if there is one.
+    Check {
+        /// The TOML file.
+        file: std::path::PathBuf,
+        /// Longest TTL the file may give (as the server's --max-ttl).
+        #[arg(long, default_value = "30d")]
+        max_ttl: String,
+    },
     /// Warm pools: list them, or show one.
     Pools {
         /// A pool's name; all pools when absent.
@@ -217,6 +226,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         crate::bench::run(args, cli.json).await?;
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Check { file, max_ttl } = &cli.command {
+        return check(file, max_ttl, cli.json);
+    }
     let client = Client::new(&cli.url)?;
     let json = cli.json;
     let show = |env: &EnvironmentView| {
@@ -227,7 +239,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     };
     match cli.command {
-        Command::Serve(_) | Command::Bench(_) => unreachable!("handled above"),
+        Command::Serve(_) | Command::Bench(_) | Command::Check { .. } => unreachable!("handled above"),
         Command::Create(args) => {
             let resources = (args.vcpu.is_some() || args.mem_mb.is_some()).then_some(Resources {
                 vcpu: args.vcpu,
@@ -364,6 +376,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn check(file: &std::path::Path, max_ttl: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let max_ttl = lapse_core::duration::parse_duration(max_ttl).map_err(|e| anyhow::anyhow!("--max-ttl: {e}"))?;
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let name = file.display();
+    match lapse_server::declare::parse(&text, max_ttl) {
+        Ok(declared) => {
+            if json {
+                print_json(
+                    &serde_json::json!({"ok": true, "environments": declared.environments.len(), "pools": declared.pools.len()}),
+                );
+            } else {
+                println!("{name}: ok ({} environments, {} pools)", declared.environments.len(), declared.pools.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            if json {
+                let list: Vec<_> =
+                    errors.iter().map(|e| serde_json::json!({"line": e.line, "message": e.message})).collect();
+                print_json(&serde_json::json!({"ok": false, "errors": list}));
+            } else {
+                for e in &errors {
+                    eprintln!("{name}:{}: {}", e.line, e.message);
+                }
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// Polls until the environment runs or fails, printing each state change to stderr.

@@ -53,18 +53,20 @@ pub async fn create(
         ("owner" = Option<String>, Query, description = "Only this owner's"),
         ("state" = Option<ObservedState>, Query, description = "Only in this observed state"),
         ("provider" = Option<String>, Query, description = "Only of this provider"),
+        ("job_id" = Option<String>, Query, description = "Only the one with this job id (seed `job_id`, config file `id`)"),
         ("label" = Option<Vec<String>>, Query, description = "`key=value`; repeat for several (all must match)"),
         ("limit" = Option<u32>, Query, description = "At most this many (1 to 10000; default 10000)"),
     ),
     responses((status = 200, body = EnvironmentList), (status = 400, body = ErrorBody)))]
 pub async fn list(State(app): State<App>, RawQuery(raw): RawQuery) -> Result<Json<EnvironmentList>, ApiError> {
     let pairs = query_pairs(raw.as_deref())?;
-    only_keys(&pairs, &["owner", "state", "provider", "label", "limit"])?;
+    only_keys(&pairs, &["owner", "state", "provider", "job_id", "label", "limit"])?;
     let mut filter = ListFilter::default();
     for (k, v) in pairs {
         match k.as_str() {
             "owner" => filter.owner = Some(v),
             "provider" => filter.provider = Some(v),
+            "job_id" => filter.job_id = Some(v),
             "state" => {
                 filter.state = Some(v.parse::<ObservedState>().map_err(|e| ApiError::bad_request(e.to_string()))?)
             }

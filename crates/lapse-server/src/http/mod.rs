@@ -20,6 +20,7 @@ use crate::app::{App, AppError};
 pub mod environments;
 pub mod openapi;
 pub mod pools;
+pub mod seed;
 pub mod system;
 
 /// Largest request body accepted.
@@ -29,6 +30,7 @@ pub fn router(app: App) -> Router {
     Router::new()
         .merge(environments::router())
         .merge(pools::router())
+        .merge(seed::router())
         .merge(system::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -554,6 +554,8 @@ async fn openapi_describes_every_route() {
         "get /v1/pools/{name}",
         "put /v1/pools/{name}",
         "delete /v1/pools/{name}",
+        "post /vms",
+        "get /stats",
     ];
     expected.sort();
     assert_eq!(described, expected);

@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod crash;
+mod declare;
 mod docker;
 mod drift;
 mod harness;

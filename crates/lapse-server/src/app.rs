@@ -104,25 +104,29 @@ impl App {
         let ttl_text = wanted.expires_at.map_or("none".to_owned(), |at| {
             duration::format_duration(Duration::from_millis(u64::try_from(at - wanted.created_at).unwrap_or(0)))
         });
-        let claimed = self
-            .cx
-            .store
-            .claim(&wanted.spec.hash(), |e| {
-                let pool = e.pool.clone().unwrap_or_default();
-                e.name = wanted.name.clone();
-                e.tenant = wanted.tenant.clone();
-                e.owner = wanted.owner.clone();
-                e.labels = wanted.labels.clone();
-                e.lifecycle = wanted.lifecycle;
-                e.max_retries = wanted.max_retries;
-                e.expires_at = wanted.expires_at;
-                e.on_expiry = wanted.on_expiry;
-                e.job_id = wanted.job_id.clone();
-                e.source = wanted.source.clone();
-                let message = format!("claimed from pool {pool} for {}, ttl {ttl_text}", wanted.owner);
-                vec![NewEvent::new(&e.id, actor, "claim", "ok", message)]
-            })
-            .await?;
+        let hash = wanted.spec.hash();
+        let claimed = if !self.cx.is_pooled(&hash) {
+            None
+        } else {
+            self.cx
+                .store
+                .claim(&hash, |e| {
+                    let pool = e.pool.clone().unwrap_or_default();
+                    e.name = wanted.name.clone();
+                    e.tenant = wanted.tenant.clone();
+                    e.owner = wanted.owner.clone();
+                    e.labels = wanted.labels.clone();
+                    e.lifecycle = wanted.lifecycle;
+                    e.max_retries = wanted.max_retries;
+                    e.expires_at = wanted.expires_at;
+                    e.on_expiry = wanted.on_expiry;
+                    e.job_id = wanted.job_id.clone();
+                    e.source = wanted.source.clone();
+                    let message = format!("claimed from pool {pool} for {}, ttl {ttl_text}", wanted.owner);
+                    vec![NewEvent::new(&e.id, actor, "claim", "ok", message)]
+                })
+                .await?
+        };
         let (env, claimed) = match claimed {
             Some(env) => {
                 self.cx.pool_wake.notify_one();
@@ -311,6 +315,7 @@ impl App {
         let message =
             format!("min {}, max {}, version {}, spec {}", pool.min, pool.max, pool.version, pool.spec.hash());
         self.cx.store.put_pool(&pool, NewEvent::new(name, source, "put_pool", "ok", message)).await?;
+        self.cx.pooled_hashes.write().unwrap_or_else(|p| p.into_inner()).insert(pool.spec.hash());
         self.cx.pool_wake.notify_one();
         Ok((self.pool_view(pool).await?, existing.is_none()))
     }

@@ -18,8 +18,23 @@ pub struct Context {
     pub config: ServerConfig,
     /// Labels every resource this control plane makes.
     pub controller_id: String,
+    /// Spec hashes of the pools that exist: a create whose spec has none skips the claim
+    /// transaction. Kept by the pool maintainer and by pool changes.
+    pub pooled_hashes: std::sync::RwLock<std::collections::HashSet<String>>,
     /// Wakes the pool maintainer (after a claim, a pool change).
     pub pool_wake: tokio::sync::Notify,
     /// The declarative config file's state, if one is served.
     pub config_status: std::sync::Mutex<Option<lapse_core::wire::ConfigStatus>>,
+}
+
+impl Context {
+    /// Replaces the set of pooled spec hashes.
+    pub fn set_pooled_hashes(&self, hashes: impl IntoIterator<Item = String>) {
+        *self.pooled_hashes.write().unwrap_or_else(|p| p.into_inner()) = hashes.into_iter().collect();
+    }
+
+    /// Whether some pool has this spec hash (so a claim may succeed).
+    pub fn is_pooled(&self, hash: &str) -> bool {
+        self.pooled_hashes.read().unwrap_or_else(|p| p.into_inner()).contains(hash)
+    }
 }

@@ -112,6 +112,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         config,
         controller_id,
         pool_wake: tokio::sync::Notify::new(),
+        pooled_hashes: Default::default(),
         config_status: std::sync::Mutex::new(None),
     });
     let reconciler = Reconciler::new(cx.clone());

@@ -40,7 +40,8 @@ pub async fn run(cx: Arc<Context>, reconciler: Reconciler) {
             Err(e) => tracing::warn!(error = %e, "pool maintenance failed; retrying"),
         }
         tokio::select! {
-            _ = woken => {}
+            // A burst of claims wakes it many times: one round after the burst does for all.
+            _ = woken => tokio::time::sleep(Duration::from_millis(20)).await,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
@@ -48,6 +49,7 @@ pub async fn run(cx: Arc<Context>, reconciler: Reconciler) {
 
 pub async fn round(cx: &Context, reconciler: &Reconciler) -> Result<RoundReport, StoreError> {
     let pools: BTreeMap<String, Pool> = cx.store.list_pools().await?.into_iter().map(|p| (p.name.clone(), p)).collect();
+    cx.set_pooled_hashes(pools.values().map(|p| p.spec.hash()));
     let mut members: BTreeMap<String, Vec<Environment>> = BTreeMap::new();
     for m in cx.store.pool_members().await? {
         members.entry(m.pool.clone().unwrap_or_default()).or_default().push(m);

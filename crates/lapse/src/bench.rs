@@ -299,6 +299,20 @@ pub async fn run(args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
     let mut claims = summary(warm.clone());
     claims["cold_202"] = json!(results.len() - warm.len());
     report.insert("warm_claim_ms".into(), claims);
+    // One burst: every client claims once, at the same moment, from a full pool.
+    server.wait_warm("bench", args.claims, Duration::from_secs(300)).await?;
+    let burst_spec = spec.clone();
+    let results = fan_out(
+        &server,
+        args.claim_clients,
+        args.claim_clients,
+        move |_| json!({"owner": "bench", "spec": burst_spec, "ttl": "1h"}),
+    )
+    .await?;
+    let warm: Vec<f64> = results.iter().filter(|r| r.0 == 201).map(|r| r.2).collect();
+    let mut burst = summary(warm.clone());
+    burst["cold_202"] = json!(results.len() - warm.len());
+    report.insert("warm_claim_burst_ms".into(), burst);
     server.call(Method::DELETE, "/v1/pools/bench", None).await?;
     server.wait_idle(Duration::from_secs(300)).await?;
 

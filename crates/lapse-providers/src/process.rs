@@ -161,17 +161,10 @@ impl ProcessProvider {
             .cmd
             .split_first()
             .ok_or_else(|| ProviderError::Permanent { provider: NAME, message: "spec.cmd is empty".into() })?;
-        let mut command = tokio::process::Command::new(program);
+        let mut command = clean_command(&work, spec, program, args);
         command
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()))
-            .env("HOME", &work)
-            .envs(&spec.env)
             .env(ENV_MARKER, id)
             .env(CONTROLLER_MARKER, &self.controller_id)
-            .current_dir(&work)
-            .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .process_group(0)
@@ -240,6 +233,21 @@ impl ProcessProvider {
         }
         Ok(())
     }
+}
+
+/// `program args` in `work` with a clean environment: `PATH`, `HOME` (= `work`) and the
+/// spec's variables, nothing of the server's own (which may hold secrets); no stdin.
+fn clean_command(work: &Path, spec: &Spec, program: &str, args: &[String]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()))
+        .env("HOME", work)
+        .envs(&spec.env)
+        .current_dir(work)
+        .stdin(Stdio::null());
+    command
 }
 
 /// Runs blocking filesystem work on the blocking pool.
@@ -395,19 +403,9 @@ impl Provider for ProcessProvider {
             return Err(ProviderError::Permanent { provider: NAME, message: "exec needs a command".into() });
         };
         let work = self.dir(environment_id).join("work");
-        let mut command = tokio::process::Command::new(program);
-        command
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()))
-            .env("HOME", &work)
-            .envs(&spec.env)
-            .current_dir(&work)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
+        // No markers: an exec is not the environment's leader.
+        let mut command = clean_command(&work, spec, program, args);
+        command.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
         let child = command.spawn().map_err(|e| ProviderError::Permanent {
             provider: NAME,
             message: format!("cannot run {program:?}: {e}"),

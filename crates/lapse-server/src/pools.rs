@@ -4,8 +4,8 @@
 //! Claiming one (see [`crate::app::App::create`]) is one store transaction that clears `pool`,
 //! so **a claimed member never returns to a pool** and two claims never get the same member.
 //!
-//! Each round, for every pool: members of another spec or version, failed members, and
-//! members of deleted pools are recycled (desired `deleted`); if more than `max` remain, the
+//! Each round, for every pool: members of another spec or version, failed or stopped members,
+//! and members of deleted pools are recycled (desired `deleted`); if more than `max` remain, the
 //! extra are recycled, not-yet-running ones first; if fewer than `min`, new members are
 //! inserted in one batch and handed to the reconciler. A round runs after every claim and
 //! pool change (a `Notify`), and every second regardless.
@@ -80,6 +80,9 @@ pub async fn round(cx: &Context, reconciler: &Reconciler) -> Result<RoundReport,
                 recycle.push((m.id.clone(), "its pool's spec or version changed"));
             } else if m.observed == ObservedState::Failed {
                 recycle.push((m.id.clone(), "it failed"));
+            } else if m.desired == DesiredState::Stopped {
+                // It exited on its own: it can never be claimed running.
+                recycle.push((m.id.clone(), "it stopped"));
             } else {
                 live.push(m);
             }

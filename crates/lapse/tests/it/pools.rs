@@ -117,3 +117,29 @@ async fn a_new_version_recycles_members_and_deleting_the_pool_removes_them() {
     let (_, pools) = server.get("/v1/pools").await;
     assert_eq!(pools["pools"], json!([]));
 }
+
+/// A member whose process exits on its own is recycled and replaced: the pool never counts
+/// a member that cannot be claimed running.
+#[tokio::test]
+async fn members_that_exit_are_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    let spec = json!({"provider": "process", "cmd": ["sleep", "1"]});
+    server.request(Method::PUT, "/v1/pools/short", Some(json!({"spec": spec, "min": 1}))).await;
+    let deadline = Instant::now() + secs(20);
+    loop {
+        let (_, events) = server.get("/v1/events?limit=1000").await;
+        let recycled = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "recycle" && e["message"].as_str().unwrap().contains("it stopped"))
+            .count();
+        if recycled >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stopped members were not recycled: {events:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    server.request(Method::DELETE, "/v1/pools/short", None).await;
+}

@@ -415,15 +415,16 @@ impl Store {
 
     /// Every environment of `provider` that is not deleted, keyed by id, for the drift sweep.
     pub async fn sweep_view(&self, provider: &str) -> Result<BTreeMap<String, SweepEntry>, StoreError> {
-        let rows = sqlx::query(
+        use futures::TryStreamExt;
+        // Streamed, not collected: with many environments, a `Vec` of rows would cost far more
+        // than the map it becomes.
+        let mut rows = sqlx::query(
             "SELECT id, desired, observed, updated_at FROM environments WHERE provider = ? AND observed != 'deleted'",
         )
         .bind(provider)
-        .fetch_all(&self.reader)
-        .await
-        .op("sweep view")?;
+        .fetch(&self.reader);
         let mut out = BTreeMap::new();
-        for r in rows {
+        while let Some(r) = rows.try_next().await.op("sweep view")? {
             let id: String = r.get(0);
             let desired = parse_column(&id, "desired", r.get::<String, _>(1))?;
             let observed = parse_column(&id, "observed", r.get::<String, _>(2))?;

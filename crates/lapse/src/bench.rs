@@ -211,6 +211,19 @@ async fn fan_out(
     Ok(all)
 }
 
+/// `total` claims of `spec` by `clients` at once: latency of the warm (201) ones, and how many
+/// were cold (202).
+async fn claims(server: &Arc<ServerProcess>, spec: &Value, total: usize, clients: usize) -> anyhow::Result<Value> {
+    let spec = spec.clone();
+    let results =
+        fan_out(server, total, clients, move |_| json!({"owner": "bench", "spec": spec, "ttl": "1h"})).await?;
+    let warm: Vec<f64> = results.iter().filter(|r| r.0 == 201).map(|r| r.2).collect();
+    let cold = results.len() - warm.len();
+    let mut out = summary(warm);
+    out["cold_202"] = json!(cold);
+    Ok(out)
+}
+
 pub async fn run(args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("a temporary data dir")?;
     let mut server = Arc::new(ServerProcess::start(dir.path()).await?);
@@ -287,32 +300,10 @@ pub async fn run(args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
     let spec = json!({"provider": "sim", "cmd": ["warm"], "ports": [8080]});
     server.call(Method::PUT, "/v1/pools/bench", Some(json!({"spec": spec, "min": args.claims}))).await?;
     server.wait_warm("bench", args.claims, Duration::from_secs(300)).await?;
-    let claim_spec = spec.clone();
-    let results = fan_out(
-        &server,
-        args.claims,
-        args.claim_clients,
-        move |_| json!({"owner": "bench", "spec": claim_spec, "ttl": "1h"}),
-    )
-    .await?;
-    let warm: Vec<f64> = results.iter().filter(|r| r.0 == 201).map(|r| r.2).collect();
-    let mut claims = summary(warm.clone());
-    claims["cold_202"] = json!(results.len() - warm.len());
-    report.insert("warm_claim_ms".into(), claims);
+    report.insert("warm_claim_ms".into(), claims(&server, &spec, args.claims, args.claim_clients).await?);
     // One burst: every client claims once, at the same moment, from a full pool.
     server.wait_warm("bench", args.claims, Duration::from_secs(300)).await?;
-    let burst_spec = spec.clone();
-    let results = fan_out(
-        &server,
-        args.claim_clients,
-        args.claim_clients,
-        move |_| json!({"owner": "bench", "spec": burst_spec, "ttl": "1h"}),
-    )
-    .await?;
-    let warm: Vec<f64> = results.iter().filter(|r| r.0 == 201).map(|r| r.2).collect();
-    let mut burst = summary(warm.clone());
-    burst["cold_202"] = json!(results.len() - warm.len());
-    report.insert("warm_claim_burst_ms".into(), burst);
+    report.insert("warm_claim_burst_ms".into(), claims(&server, &spec, args.claim_clients, args.claim_clients).await?);
     server.call(Method::DELETE, "/v1/pools/bench", None).await?;
     server.wait_idle(Duration::from_secs(300)).await?;
 

@@ -11,6 +11,15 @@ use serde_json::{Value, json};
 
 use crate::harness::{Server, secs};
 
+/// Removes every container labelled with this controller id when dropped.
+struct RemoveOnDrop(String);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        crate::harness::remove_containers_of(&self.0);
+    }
+}
+
 pub fn image() -> String {
     std::env::var("LAPSE_TEST_IMAGE").expect("LAPSE_TEST_IMAGE is set by scripts/test (a local busybox image)")
 }
@@ -138,7 +147,10 @@ async fn the_sweep_removes_our_unknown_containers_and_leaves_others_alone() {
     let orphan = format!("orphan-{orphan_id}");
     let foreign = format!("foreign-{}", lapse_core::model::new_environment_id());
     make(server.controller_id.clone(), orphan.clone(), orphan_id.clone()).await;
-    make("someone-else".into(), foreign.clone(), lapse_core::model::new_environment_id()).await;
+    // Another control plane's container; removed even if this test fails.
+    let other = format!("someone-else-{}", &lapse_core::model::new_environment_id()[20..]);
+    let _cleanup = RemoveOnDrop(other.clone());
+    make(other.clone(), foreign.clone(), lapse_core::model::new_environment_id()).await;
 
     let deadline = Instant::now() + secs(15);
     while docker.inspect_container(&orphan, None).await.is_ok() {

@@ -136,6 +136,21 @@ pub fn spec(spec: &Spec) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// Most members a pool may hold.
+pub const MAX_POOL: u32 = 10_000;
+
+/// A pool's `min` and `max` (default `min`); returns `max`.
+pub fn pool_size(min: u32, max: Option<u32>) -> Result<u32, FieldError> {
+    let max = max.unwrap_or(min);
+    if min > MAX_POOL || max > MAX_POOL {
+        return fail("min", format!("pools hold at most {MAX_POOL} members"));
+    }
+    if max < min {
+        return fail("max", format!("max ({max}) is below min ({min})"));
+    }
+    Ok(max)
+}
+
 /// A command line: bounded in count and size, no NUL bytes.
 pub fn command(field: &str, cmd: &[String]) -> Result<(), FieldError> {
     if cmd.len() > MAX_CMD_ARGS {

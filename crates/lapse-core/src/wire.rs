@@ -40,6 +40,27 @@ impl<'de> Deserialize<'de> for DurationInput {
     }
 }
 
+impl DurationInput {
+    /// The duration, refused if not positive or above `max`.
+    pub fn to_duration(&self, max: std::time::Duration) -> Result<std::time::Duration, crate::duration::DurationError> {
+        let d = match self {
+            DurationInput::Seconds(s) => crate::duration::from_seconds(*s),
+            DurationInput::Text(t) => crate::duration::parse_duration(t),
+        }?;
+        crate::duration::at_most(d, max)
+    }
+}
+
+/// A warm pool declared with an environment (config files, the seed's `warm_pool`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WarmPool {
+    pub min: u32,
+    /// Default: `min`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
+}
+
 impl fmt::Display for DurationInput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

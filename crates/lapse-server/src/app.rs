@@ -2,13 +2,13 @@
 //!
 //! **Handlers never wait on a provider's VM or container.** Each mutating call validates its
 //! input, writes desired state and its audit event in one transaction, wakes the reconciler,
-//! and returns. Only `exec` and `logs` call a provider directly, because they read from a
-//! running environment rather than change what should exist.
+//! and returns. Only `exec`, `logs` and the providers' health check call a provider directly,
+//! because they read rather than change what should exist.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapse_core::duration::{self, DurationError};
+use lapse_core::duration;
 use lapse_core::model::{
     DesiredState, Environment, Lifecycle, ObservedState, OnExpiry, Pool, is_environment_id, new_environment_id,
 };
@@ -62,11 +62,7 @@ impl App {
     }
 
     fn duration(&self, field: &str, input: &DurationInput) -> Result<Duration, AppError> {
-        let d = match input {
-            DurationInput::Seconds(s) => duration::from_seconds(*s),
-            DurationInput::Text(t) => duration::parse_duration(t),
-        };
-        d.and_then(|d| duration::at_most(d, self.cx.config.max_ttl)).map_err(|e: DurationError| invalid(field, e))
+        input.to_duration(self.cx.config.max_ttl).map_err(|e| invalid(field, e))
     }
 
     /// Creates an environment: claims a warm pool member with the same spec if there is one
@@ -156,7 +152,7 @@ impl App {
         if let Some(existing) = existing {
             let expires_at = job.ttl.map(|t| existing.created_at + t.as_millis() as i64);
             let env = self
-                .change(&existing.id, "upsert", |e| {
+                .change(&existing.id, actor, "upsert", |e| {
                     let changed = e.spec.hash() != job.spec.hash();
                     let mut notes = Vec::new();
                     if changed {
@@ -164,11 +160,7 @@ impl App {
                         e.spec = job.spec.clone();
                         e.replace = !matches!(e.observed, ObservedState::Pending | ObservedState::Failed);
                     }
-                    if e.observed == ObservedState::Failed {
-                        e.attempts = 0;
-                        e.next_attempt_at = None;
-                        transition(e, ObservedState::Pending, actor, "declared again after a failure");
-                    }
+                    retry_afresh(e);
                     e.tenant = job.tenant.clone();
                     e.lifecycle = job.lifecycle;
                     e.max_retries = job.max_retries;
@@ -228,7 +220,7 @@ impl App {
         }
         for gone in self.cx.store.config_declared().await? {
             if gone.job_id.as_ref().is_none_or(|j| !wanted_jobs.contains(j)) {
-                self.delete(&gone.id).await?;
+                self.delete_by(&gone.id, "config").await?;
             }
         }
         let mut wanted_pools = std::collections::BTreeSet::new();
@@ -288,14 +280,7 @@ impl App {
     async fn put_pool_from(&self, name: &str, req: PutPool, source: &str) -> Result<(PoolView, bool), AppError> {
         validate::name("name", name)?;
         self.check_spec(&req.spec)?;
-        const MAX_POOL: u32 = 10_000;
-        let max = req.max.unwrap_or(req.min);
-        if req.min > MAX_POOL || max > MAX_POOL {
-            return Err(invalid("min", format!("pools hold at most {MAX_POOL} members")));
-        }
-        if max < req.min {
-            return Err(invalid("max", format!("max ({max}) is below min ({})", req.min)));
-        }
+        let max = validate::pool_size(req.min, req.max)?;
         if let Some(v) = &req.version {
             validate::name("version", v)?;
         }
@@ -357,9 +342,12 @@ impl App {
     }
 
     /// Changes one environment's desired state in a transaction and wakes the reconciler.
+    /// Applies `change` to one environment in a transaction, records `actor`'s `action` (and
+    /// the transition, if `change` moved the observed state), and wakes the reconciler.
     async fn change(
         &self,
         id: &str,
+        actor: &str,
         action: &str,
         change: impl FnOnce(&mut Environment) -> Result<String, AppError>,
     ) -> Result<Environment, AppError> {
@@ -373,8 +361,14 @@ impl App {
                 if e.desired == DesiredState::Deleted {
                     return Err(AppError::Conflict(format!("environment {id} is deleted")));
                 }
+                let before = e.observed;
                 let message = change(e)?;
-                Ok(vec![NewEvent::new(&e.id, "api", action, "ok", message)])
+                let mut events = vec![NewEvent::new(&e.id, actor, action, "ok", message)];
+                if e.observed != before {
+                    let to = std::mem::replace(&mut e.observed, before);
+                    events.push(transition(e, to, actor, action));
+                }
+                Ok(events)
             })
             .await?
             .ok_or_else(|| AppError::NotFound(id.to_owned()))?;
@@ -403,7 +397,7 @@ impl App {
             }
             _ => return Err(invalid("by", "give exactly one of `by` and `until`")),
         };
-        self.change(id, "extend", |e| {
+        self.change(id, "api", "extend", |e| {
             let new_expiry = match until {
                 Target::By(d) => e.expires_at.unwrap_or(now).max(now) + d.as_millis() as i64,
                 Target::Until(at) => at,
@@ -425,7 +419,7 @@ impl App {
     }
 
     pub async fn stop(&self, id: &str) -> Result<Environment, AppError> {
-        self.change(id, "stop", |e| {
+        self.change(id, "api", "stop", |e| {
             e.desired = DesiredState::Stopped;
             e.restart_on_extend = false;
             Ok("desired stopped".into())
@@ -435,7 +429,7 @@ impl App {
 
     pub async fn start(&self, id: &str) -> Result<Environment, AppError> {
         let now = self.now();
-        self.change(id, "start", |e| {
+        self.change(id, "api", "start", |e| {
             if e.expired_at.is_some() || e.expires_at.is_some_and(|t| t <= now) {
                 return Err(AppError::Conflict(format!(
                     "the lease of {} ran out; `extend` it to start it again",
@@ -443,20 +437,18 @@ impl App {
                 )));
             }
             e.desired = DesiredState::Running;
-            if e.observed == ObservedState::Failed {
-                // A fresh round of attempts.
-                e.attempts = 0;
-                e.next_attempt_at = None;
-                e.reason = None;
-                transition(e, ObservedState::Pending, "api", "start after failure");
-            }
+            retry_afresh(e);
             Ok("desired running".into())
         })
         .await
     }
 
     pub async fn delete(&self, id: &str) -> Result<Environment, AppError> {
-        self.change(id, "delete", |e| {
+        self.delete_by(id, "api").await
+    }
+
+    async fn delete_by(&self, id: &str, actor: &str) -> Result<Environment, AppError> {
+        self.change(id, actor, "delete", |e| {
             e.desired = DesiredState::Deleted;
             e.restart_on_extend = false;
             Ok("desired deleted".into())
@@ -470,13 +462,7 @@ impl App {
         }
         validate::command("cmd", &req.cmd)?;
         let timeout = match &req.timeout {
-            Some(t) => {
-                let d = match t {
-                    DurationInput::Seconds(s) => duration::from_seconds(*s),
-                    DurationInput::Text(t) => duration::parse_duration(t),
-                };
-                d.and_then(|d| duration::at_most(d, MAX_EXEC_TIMEOUT)).map_err(|e| invalid("timeout", e))?
-            }
+            Some(t) => t.to_duration(MAX_EXEC_TIMEOUT).map_err(|e| invalid("timeout", e))?,
             None => DEFAULT_EXEC_TIMEOUT,
         };
         let env = self.running(id).await?;
@@ -553,6 +539,16 @@ pub struct Job {
     pub ttl: Option<Duration>,
     pub on_expiry: OnExpiry,
     pub source: String,
+}
+
+/// A failed environment asked to run again gets a fresh round of attempts.
+fn retry_afresh(e: &mut Environment) {
+    if e.observed == ObservedState::Failed {
+        e.attempts = 0;
+        e.next_attempt_at = None;
+        e.reason = None;
+        e.observed = ObservedState::Pending;
+    }
 }
 
 /// A created environment, and whether it was claimed warm from a pool.

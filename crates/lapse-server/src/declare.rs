@@ -29,10 +29,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lapse_core::duration;
 use lapse_core::model::{Lifecycle, OnExpiry, Spec};
 use lapse_core::validate;
-use lapse_core::wire::{ConfigStatus, DurationInput};
+use lapse_core::wire::{ConfigStatus, DurationInput, WarmPool};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -87,14 +86,6 @@ pub struct EnvDecl {
     pub warm_pool: Option<WarmPool>,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct WarmPool {
-    pub min: u32,
-    #[serde(default)]
-    pub max: Option<u32>,
-}
-
 /// A declared pool.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -116,9 +107,6 @@ pub struct Declared {
     pub environments: Vec<(EnvDecl, Option<Duration>)>,
     pub pools: Vec<PoolDecl>,
 }
-
-/// Most members a pool may hold.
-pub const MAX_POOL: u32 = 10_000;
 
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
@@ -158,24 +146,17 @@ pub fn parse(text: &str, max_ttl: Duration) -> Result<Declared, Vec<ConfigError>
             check(line, Err(format!("{what}: max_retries is for lifecycle \"job\"")));
         }
         let ttl = match &env.ttl {
-            Some(t) => {
-                let parsed = match t {
-                    DurationInput::Seconds(s) => duration::from_seconds(*s),
-                    DurationInput::Text(t) => duration::parse_duration(t),
+            Some(t) => match t.to_duration(max_ttl) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    check(line, Err(format!("{what}: ttl: {e}")));
+                    None
                 }
-                .and_then(|d| duration::at_most(d, max_ttl));
-                match parsed {
-                    Ok(d) => Some(d),
-                    Err(e) => {
-                        check(line, Err(format!("{what}: ttl: {e}")));
-                        None
-                    }
-                }
-            }
+            },
             None => None,
         };
         if let Some(w) = env.warm_pool {
-            check(line, pool_bounds(w.min, w.max).map_err(|m| format!("{what}: warm_pool: {m}")));
+            check(line, pool_size(w.min, w.max, &format!("{what}: warm_pool")));
             declared.pools.push(PoolDecl {
                 name: env.id.clone(),
                 spec: env.spec.clone(),
@@ -194,7 +175,7 @@ pub fn parse(text: &str, max_ttl: Duration) -> Result<Declared, Vec<ConfigError>
         let what = format!("pool {:?}", pool.name);
         check(line, field(validate::name("name", &pool.name), &what));
         check(line, field(validate::spec(&pool.spec).and_then(|()| lapse_providers::validate_spec(&pool.spec)), &what));
-        check(line, pool_bounds(pool.min, pool.max).map_err(|m| format!("{what}: {m}")));
+        check(line, pool_size(pool.min, pool.max, &what));
         if let Some(v) = &pool.version {
             check(line, field(validate::name("version", v), &what));
         }
@@ -206,15 +187,8 @@ pub fn parse(text: &str, max_ttl: Duration) -> Result<Declared, Vec<ConfigError>
     if errors.is_empty() { Ok(declared) } else { Err(errors) }
 }
 
-fn pool_bounds(min: u32, max: Option<u32>) -> Result<(), String> {
-    let max = max.unwrap_or(min);
-    if min > MAX_POOL || max > MAX_POOL {
-        return Err(format!("pools hold at most {MAX_POOL} members"));
-    }
-    if max < min {
-        return Err(format!("max ({max}) is below min ({min})"));
-    }
-    Ok(())
+fn pool_size(min: u32, max: Option<u32>, what: &str) -> Result<(), String> {
+    validate::pool_size(min, max).map(drop).map_err(|e| format!("{what}: {}", e.message))
 }
 
 /// Reads, checks and applies the file; records the outcome for `/v1/status`.

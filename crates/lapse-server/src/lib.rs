@@ -48,6 +48,8 @@ pub struct Running {
     shutdown: tokio::sync::watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
     background: Vec<JoinHandle<()>>,
+    /// The data dir's lock, held while this server runs.
+    _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl Running {
@@ -134,6 +136,16 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         "state rebuilt from the store"
     );
 
+    // Applied before anything runs: a bad file at start is an error to fix now (at reload it
+    // keeps the last good state). What it writes is queued for the reconciler.
+    let app = App { cx: cx.clone(), reconciler: reconciler.clone(), vms_lock: Default::default() };
+    if let Some(path) = &cx.config.config_file
+        && let Err(errors) = declare::reload(&app, path).await
+    {
+        let text = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  ");
+        anyhow::bail!("config file {} refused:\n  {text}", path.display());
+    }
+
     let mut background = Vec::new();
     background.push(tokio::spawn({
         let r = reconciler.clone();
@@ -167,20 +179,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         }
     }));
 
-    let app = App { cx: cx.clone(), reconciler, vms_lock: Default::default() };
     if let Some(path) = cx.config.config_file.clone() {
-        // A bad file at start is an error to fix now; at reload it keeps the last good state.
-        if let Err(errors) = declare::reload(&app, &path).await {
-            let text = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  ");
-            anyhow::bail!("config file {} refused:\n  {text}", path.display());
-        }
         background.push(tokio::spawn(declare::watch(app.clone(), path, cx.config.config_poll)));
     }
-    background.push(tokio::spawn(async move {
-        // Held for as long as the server runs; released when this task is aborted.
-        let _lock = lock;
-        std::future::pending::<()>().await
-    }));
     let listener = tokio::net::TcpListener::bind(cx.config.listen)
         .await
         .with_context(|| format!("listening on {}", cx.config.listen))?;
@@ -195,7 +196,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             .await
     });
     tracing::info!(%addr, data_dir = %cx.config.data_dir.display(), "lapse is serving");
-    Ok(Running { addr, app, shutdown, http, background })
+    Ok(Running { addr, app, shutdown, http, background, _lock: lock })
 }
 
 /// One server per data dir: two reconcilers on one store would fight over every environment.

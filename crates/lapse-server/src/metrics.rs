@@ -29,7 +29,6 @@ pub struct ProviderLabels {
 pub struct Metrics {
     registry: Registry,
     pub reconcile_steps: Family<StepLabels, Counter>,
-    pub reconcile_failures: Family<ProviderLabels, Counter>,
     pub environments: Family<StateLabels, Gauge>,
     pub expiry_lateness: Histogram,
     pub sweep_orphans_removed: Family<ProviderLabels, Counter>,
@@ -45,8 +44,6 @@ impl Metrics {
             "Reconciler steps taken, by provider, step and outcome",
             reconcile_steps.clone(),
         );
-        let reconcile_failures = Family::<ProviderLabels, Counter>::default();
-        registry.register("reconcile_failures", "Provider calls that failed", reconcile_failures.clone());
         let environments = Family::<StateLabels, Gauge>::default();
         registry.register("environments", "Environments by provider and observed state", environments.clone());
         let expiry_lateness = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
@@ -70,7 +67,6 @@ impl Metrics {
         Metrics {
             registry,
             reconcile_steps,
-            reconcile_failures,
             environments,
             expiry_lateness,
             sweep_orphans_removed,

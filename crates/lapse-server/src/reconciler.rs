@@ -307,15 +307,10 @@ impl Reconciler {
         let cx = &self.inner.cx;
         let provider_name = env.spec.provider.as_str();
         cx.metrics.step(provider_name, step_name(planned), "error");
-        cx.metrics
-            .reconcile_failures
-            .get_or_create(&crate::metrics::ProviderLabels { provider: provider_name.to_owned() })
-            .inc();
         let now = cx.clock.now();
         let retry = &cx.config.retry;
         let mut gave_up = false;
-        let updated = cx
-            .store
+        cx.store
             .update(&env.id, |e| {
                 e.attempts = e.attempts.saturating_add(1);
                 e.reason = Some(err.to_string());
@@ -351,7 +346,6 @@ impl Reconciler {
             return Ok(());
         }
         // The re-queued step finds the back-off (`Plan::WaitUntil`) and sets its timer.
-        let _ = updated;
         Ok(())
     }
 }

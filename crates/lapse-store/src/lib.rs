@@ -150,42 +150,10 @@ impl Store {
     /// Inserts environments and events in one transaction (a pool's refill, a batch).
     pub async fn insert_many(&self, envs: &[Environment], events: &[NewEvent]) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await.op("insert")?;
-        // SQLite binds at most 32766 parameters; 30 columns a row.
+        // SQLite binds at most 32766 parameters; 31 columns a row.
         for chunk in envs.chunks(500) {
             let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO environments ({ENV_COLUMNS}) "));
-            q.push_values(chunk, |mut b, e| {
-                b.push_bind(&e.id)
-                    .push_bind(&e.name)
-                    .push_bind(&e.tenant)
-                    .push_bind(&e.owner)
-                    .push_bind(json(&e.labels))
-                    .push_bind(json(&e.spec))
-                    .push_bind(&e.spec.provider)
-                    .push_bind(e.lifecycle.as_str())
-                    .push_bind(e.desired.as_str())
-                    .push_bind(e.observed.as_str())
-                    .push_bind(&e.reason)
-                    .push_bind(&e.provider_ref)
-                    .push_bind(json(&e.endpoints))
-                    .push_bind(e.expires_at)
-                    .push_bind(e.on_expiry.as_str())
-                    .push_bind(e.expired_at)
-                    .push_bind(e.restart_on_extend)
-                    .push_bind(e.attempts)
-                    .push_bind(e.next_attempt_at)
-                    .push_bind(e.created_at)
-                    .push_bind(e.updated_at)
-                    .push_bind(e.spec.hash())
-                    .push_bind(&e.pool)
-                    .push_bind(&e.pool_version)
-                    .push_bind(&e.source)
-                    .push_bind(e.replace)
-                    .push_bind(e.restarts)
-                    .push_bind(e.max_retries)
-                    .push_bind(e.exit_code)
-                    .push_bind(e.finished_at)
-                    .push_bind(&e.job_id);
-            });
+            q.push_values(chunk, bind_environment);
             q.build().execute(&mut *tx).await.op("insert")?;
         }
         for event in events {
@@ -515,48 +483,55 @@ async fn append_event(conn: &mut SqliteConnection, e: &NewEvent) -> Result<(), S
     Ok(())
 }
 
+/// Writes the whole row: the same columns and values as an insert (one list to keep, see
+/// [`bind_environment`]), as an upsert on `id`.
 async fn write_row(conn: &mut SqliteConnection, e: &Environment) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE environments SET name = ?, owner = ?, labels = ?, spec = ?, provider = ?, lifecycle = ?, desired = ?, \
-         observed = ?, reason = ?, provider_ref = ?, endpoints = ?, expires_at = ?, on_expiry = ?, expired_at = ?, \
-         restart_on_extend = ?, attempts = ?, next_attempt_at = ?, updated_at = ?, spec_hash = ?, pool = ?, \
-         pool_version = ?, source = ?, replace_resource = ?, restarts = ?, max_retries = ?, exit_code = ?, \
-         finished_at = ?, tenant = ?, job_id = ? WHERE id = ?",
-    )
-    .bind(&e.name)
-    .bind(&e.owner)
-    .bind(json(&e.labels))
-    .bind(json(&e.spec))
-    .bind(&e.spec.provider)
-    .bind(e.lifecycle.as_str())
-    .bind(e.desired.as_str())
-    .bind(e.observed.as_str())
-    .bind(&e.reason)
-    .bind(&e.provider_ref)
-    .bind(json(&e.endpoints))
-    .bind(e.expires_at)
-    .bind(e.on_expiry.as_str())
-    .bind(e.expired_at)
-    .bind(e.restart_on_extend)
-    .bind(e.attempts)
-    .bind(e.next_attempt_at)
-    .bind(e.updated_at)
-    .bind(e.spec.hash())
-    .bind(&e.pool)
-    .bind(&e.pool_version)
-    .bind(&e.source)
-    .bind(e.replace)
-    .bind(e.restarts)
-    .bind(e.max_retries)
-    .bind(e.exit_code)
-    .bind(e.finished_at)
-    .bind(&e.tenant)
-    .bind(&e.job_id)
-    .bind(&e.id)
-    .execute(conn)
-    .await
-    .op("update")?;
+    let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO environments ({ENV_COLUMNS}) "));
+    q.push_values([e], bind_environment);
+    let updates: Vec<String> = ENV_COLUMNS
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !matches!(*c, "id" | "created_at"))
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    q.push(" ON CONFLICT (id) DO UPDATE SET ").push(updates.join(", "));
+    q.build().execute(conn).await.op("update")?;
     Ok(())
+}
+
+/// Binds an environment's values in the order of [`ENV_COLUMNS`].
+fn bind_environment<'q>(mut b: sqlx::query_builder::Separated<'_, 'q, Sqlite, &'static str>, e: &'q Environment) {
+    b.push_bind(&e.id)
+        .push_bind(&e.name)
+        .push_bind(&e.tenant)
+        .push_bind(&e.owner)
+        .push_bind(json(&e.labels))
+        .push_bind(json(&e.spec))
+        .push_bind(&e.spec.provider)
+        .push_bind(e.lifecycle.as_str())
+        .push_bind(e.desired.as_str())
+        .push_bind(e.observed.as_str())
+        .push_bind(&e.reason)
+        .push_bind(&e.provider_ref)
+        .push_bind(json(&e.endpoints))
+        .push_bind(e.expires_at)
+        .push_bind(e.on_expiry.as_str())
+        .push_bind(e.expired_at)
+        .push_bind(e.restart_on_extend)
+        .push_bind(e.attempts)
+        .push_bind(e.next_attempt_at)
+        .push_bind(e.created_at)
+        .push_bind(e.updated_at)
+        .push_bind(e.spec.hash())
+        .push_bind(&e.pool)
+        .push_bind(&e.pool_version)
+        .push_bind(&e.source)
+        .push_bind(e.replace)
+        .push_bind(e.restarts)
+        .push_bind(e.max_retries)
+        .push_bind(e.exit_code)
+        .push_bind(e.finished_at)
+        .push_bind(&e.job_id);
 }
 
 fn parse_column<T: FromStr>(id: &str, column: &'static str, text: String) -> Result<T, StoreError>

@@ -65,6 +65,26 @@ async fn update_is_atomic_and_refusal_writes_nothing() {
         .unwrap()
         .unwrap();
     assert_eq!(updated.observed, ObservedState::Running);
+    // Every field an update may change is written and read back as it was.
+    let changed = store
+        .update::<StoreError>(&a.id, |e| {
+            e.tenant = "t".into();
+            e.job_id = Some("job-1".into());
+            e.pool = Some("p".into());
+            e.pool_version = Some("2".into());
+            e.replace = true;
+            e.restarts = 3;
+            e.max_retries = 4;
+            e.exit_code = Some(7);
+            e.finished_at = Some(99);
+            e.reason = Some("why".into());
+            e.next_attempt_at = Some(5);
+            Ok(vec![])
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.get(&a.id).await.unwrap(), Some(changed));
     let events = store.events(Some(&a.id), None, 100).await.unwrap();
     assert_eq!(events.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["create", "transition"]);
     assert!(store.update::<StoreError>("missing", |_| Ok(vec![])).await.unwrap().is_none());

@@ -17,7 +17,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use lapse_core::model::{DesiredState, Lifecycle, ObservedState, Resources, Spec};
 use lapse_core::validate::{self, FieldError};
-use lapse_core::wire::{ErrorBody, PutPool};
+use lapse_core::wire::{ErrorBody, PutPool, WarmPool};
 use lapse_store::ListFilter;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -60,7 +60,7 @@ pub struct SeedSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<Lifecycle>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub warm_pool: Option<SeedWarmPool>,
+    pub warm_pool: Option<WarmPool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,14 +76,6 @@ pub struct SeedResources {
     pub vcpu: Option<f64>,
     #[serde(default)]
     pub mem_mb: Option<u64>,
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SeedWarmPool {
-    pub min: u32,
-    #[serde(default)]
-    pub max: Option<u32>,
 }
 
 /// One job as `/vms` answers it and `/stats` lists it.

@@ -37,6 +37,11 @@ async fn an_unreachable_provider_is_retried_with_backoff_then_failed() {
     let (status, restarted) = server.post(&format!("/v1/environments/{id}/start"), json!({})).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{restarted}");
     assert_eq!(restarted["state"], "pending");
+    let events = server.events_of(id).await;
+    assert!(
+        events.iter().any(|e| e["action"] == "transition" && e["outcome"] == "pending" && e["actor"] == "api"),
+        "the restart is in the audit trail: {events:#?}"
+    );
     server.wait_state(id, "failed", secs(20)).await;
     server.request(Method::DELETE, &format!("/v1/environments/{id}"), None).await;
 }

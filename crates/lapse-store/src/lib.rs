@@ -486,15 +486,18 @@ async fn append_event(conn: &mut SqliteConnection, e: &NewEvent) -> Result<(), S
 /// Writes the whole row: the same columns and values as an insert (one list to keep, see
 /// [`bind_environment`]), as an upsert on `id`.
 async fn write_row(conn: &mut SqliteConnection, e: &Environment) -> Result<(), StoreError> {
+    static ON_CONFLICT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let updates: Vec<String> = ENV_COLUMNS
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !matches!(*c, "id" | "created_at"))
+            .map(|c| format!("{c} = excluded.{c}"))
+            .collect();
+        format!(" ON CONFLICT (id) DO UPDATE SET {}", updates.join(", "))
+    });
     let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO environments ({ENV_COLUMNS}) "));
     q.push_values([e], bind_environment);
-    let updates: Vec<String> = ENV_COLUMNS
-        .split(',')
-        .map(str::trim)
-        .filter(|c| !matches!(*c, "id" | "created_at"))
-        .map(|c| format!("{c} = excluded.{c}"))
-        .collect();
-    q.push(" ON CONFLICT (id) DO UPDATE SET ").push(updates.join(", "));
+    q.push(ON_CONFLICT.as_str());
     q.build().execute(conn).await.op("update")?;
     Ok(())
 }

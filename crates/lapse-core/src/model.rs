@@ -156,6 +156,10 @@ pub struct Spec {
     /// TCP ports the environment listens on; `docker` publishes each on a free loopback port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<u16>,
+    /// Cloud-init user data. `process` and `docker` put it in a file inside the environment
+    /// (its path is in `LAPSE_USER_DATA` and on the record as `user_data_path`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
 }
 
 /// A way in: a port of the environment reachable at `host:port`.
@@ -217,6 +221,8 @@ pub struct Environment {
     /// How the command ended, for environments that ran to completion or exited.
     pub exit_code: Option<i64>,
     pub finished_at: Option<Millis>,
+    /// Where the provider put the spec's user data inside the environment.
+    pub user_data_path: Option<String>,
 }
 
 impl Environment {
@@ -252,6 +258,7 @@ impl Environment {
             max_retries: 0,
             exit_code: None,
             finished_at: None,
+            user_data_path: None,
         }
     }
 }

@@ -30,6 +30,7 @@ pub const MAX_PORTS: usize = 32;
 pub const MAX_VCPU: f64 = 256.0;
 pub const MAX_MEM_MB: u64 = 4 * 1024 * 1024;
 pub const MAX_DISK_GB: u64 = 64 * 1024;
+pub const MAX_USER_DATA: usize = 64 * 1024;
 
 fn has_control(s: &str) -> bool {
     s.chars().any(char::is_control)
@@ -120,6 +121,11 @@ pub fn spec(spec: &Spec) -> Result<(), FieldError> {
     }
     if let Some(r) = &spec.resources {
         resources(r)?;
+    }
+    if let Some(data) = &spec.user_data
+        && (data.len() > MAX_USER_DATA || data.contains('\0'))
+    {
+        return fail("spec.user_data", format!("at most {MAX_USER_DATA} bytes, no NUL"));
     }
     if spec.ports.len() > MAX_PORTS {
         return fail("spec.ports", format!("at most {MAX_PORTS} ports"));

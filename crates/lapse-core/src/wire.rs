@@ -182,6 +182,42 @@ pub struct LogsView {
     pub stderr: String,
 }
 
+/// One Redis queue (`GET /v1/queues`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct QueueView {
+    /// `provision` or `decommission`.
+    pub name: String,
+    pub key: String,
+    pub processing_key: String,
+    pub dead_letter_key: String,
+    /// Messages waiting; absent while Redis does not answer.
+    pub depth: Option<u64>,
+    /// Messages taken and not yet applied (the processing list).
+    pub in_flight: Option<u64>,
+    /// Messages in the dead-letter list.
+    pub dead_lettered: Option<u64>,
+    /// Messages applied, ever (counted by the store with each one).
+    pub processed: u64,
+    pub applied_since_start: u64,
+    pub dead_lettered_since_start: u64,
+    /// Batches handled at once.
+    pub concurrency: usize,
+}
+
+/// `GET /v1/queues`: the SWIM Redis queues, if this server consumes them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct QueuesView {
+    pub enabled: bool,
+    /// The Redis server, without its password.
+    pub redis: Option<String>,
+    pub connected: bool,
+    /// What the last failed Redis call said.
+    pub error: Option<String>,
+    /// The provider that serves the requests.
+    pub provider: Option<String>,
+    pub queues: Vec<QueueView>,
+}
+
 /// An environment as the API shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EnvironmentView {
@@ -219,11 +255,14 @@ pub struct EnvironmentView {
     /// The warm pool it waits in, while unclaimed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
-    /// `api`, `config`, `pool` or `sweep`.
+    /// `api`, `config`, `pool`, `sweep` or `swim` (the Redis queues).
     pub source: String,
     /// The user's key (seed `job_id`, config file `id`), if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
+    /// Where the spec's user data (cloud-init) is inside the environment, once provisioned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data_path: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -252,6 +291,7 @@ impl From<&Environment> for EnvironmentView {
             pool: e.pool.clone(),
             source: e.source.clone(),
             job_id: e.job_id.clone(),
+            user_data_path: e.user_data_path.clone(),
             created_at: format_millis(e.created_at),
             updated_at: format_millis(e.updated_at),
         }

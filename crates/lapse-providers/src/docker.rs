@@ -20,14 +20,14 @@ use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig, PortBinding};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use futures::StreamExt;
 use lapse_core::model::{Endpoint, Spec};
 use lapse_core::validate::FieldError;
 use lapse_core::wire::{ExecResult, LogsView};
 
-use crate::{Instance, InstanceStatus, MAX_OUTPUT_BYTES, Provider, ProviderError, last_lines, tail_text};
+use crate::{Instance, InstanceStatus, MAX_OUTPUT_BYTES, NOCLOUD_USER_DATA, Provider, ProviderError, last_lines, tail_text};
 
 const NAME: &str = "docker";
 pub const LABEL_ENVIRONMENT: &str = "lapse.environment";
@@ -104,7 +104,13 @@ impl DockerProvider {
         ContainerCreateBody {
             image: spec.image.clone(),
             cmd: (!spec.cmd.is_empty()).then(|| spec.cmd.clone()),
-            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            env: Some(
+                spec.env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .chain(spec.user_data.as_ref().map(|_| format!("{}={NOCLOUD_USER_DATA}", crate::USER_DATA_ENV)))
+                    .collect(),
+            ),
             labels: Some(HashMap::from([
                 (LABEL_ENVIRONMENT.to_owned(), id.to_owned()),
                 (LABEL_CONTROLLER.to_owned(), self.controller_id.clone()),
@@ -149,6 +155,7 @@ impl DockerProvider {
             status: if running { InstanceStatus::Running } else { InstanceStatus::Stopped },
             endpoints,
             exit_code: if running { None } else { inspect.state.as_ref().and_then(|s| s.exit_code) },
+            user_data_path: None,
         })
     }
 
@@ -159,6 +166,30 @@ impl DockerProvider {
             Err(e) => Err(classify("inspect", e)),
         }
     }
+}
+
+/// A tar archive, to unpack at `/`, holding the NoCloud seed: `user-data` and a `meta-data`
+/// that names the instance.
+fn user_data_archive(id: &str, user_data: &str) -> std::io::Result<Vec<u8>> {
+    let mut archive = tar::Builder::new(Vec::new());
+    let mut path = String::new();
+    for part in NOCLOUD_USER_DATA.trim_start_matches('/').split('/').filter(|p| *p != "user-data") {
+        path.push_str(part);
+        path.push('/');
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(0o755);
+        header.set_size(0);
+        archive.append_data(&mut header, &path, std::io::empty())?;
+    }
+    let meta = format!("instance-id: {id}\nlocal-hostname: lapse-{}\n", &id[..id.len().min(12)]);
+    for (name, data) in [("user-data", user_data.as_bytes()), ("meta-data", meta.as_bytes())] {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(data.len() as u64);
+        archive.append_data(&mut header, format!("{path}{name}"), data)?;
+    }
+    archive.into_inner()
 }
 
 /// What the docker provider needs of a spec.
@@ -235,6 +266,20 @@ impl Provider for DockerProvider {
             }
         }
         let running = existing.as_ref().and_then(|c| c.state.as_ref()).and_then(|s| s.running).unwrap_or(false);
+        if !running && let Some(data) = &spec.user_data {
+            // Before the start, so cloud-init (or the command) finds it at boot. Overwriting
+            // on a repeated attempt is harmless.
+            let archive = user_data_archive(environment_id, data).map_err(|e| ProviderError::Failed {
+                provider: NAME,
+                op: "create",
+                message: format!("packing user data: {e}"),
+            })?;
+            let options = UploadToContainerOptionsBuilder::default().path("/").build();
+            self.docker
+                .upload_to_container(&name, Some(options), bollard::body_full(archive.into()))
+                .await
+                .map_err(|e| classify("upload user data", e))?;
+        }
         if !running {
             match self.docker.start_container(&name, None).await {
                 Ok(()) => {}
@@ -252,6 +297,8 @@ impl Provider for DockerProvider {
             op: "start",
             message: format!("container {name} carries no {LABEL_ENVIRONMENT} label"),
         })?;
+        let mut instance = instance;
+        instance.user_data_path = spec.user_data.as_ref().map(|_| NOCLOUD_USER_DATA.to_owned());
         if instance.status != InstanceStatus::Running {
             let state = inspect.state.as_ref();
             let code = state.and_then(|s| s.exit_code).unwrap_or_default();
@@ -329,6 +376,7 @@ impl Provider for DockerProvider {
                     status: if running { InstanceStatus::Running } else { InstanceStatus::Stopped },
                     endpoints: vec![],
                     exit_code: None,
+                    user_data_path: None,
                 })
             })
             .collect())

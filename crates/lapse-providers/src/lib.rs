@@ -46,7 +46,16 @@ pub struct Instance {
     pub endpoints: Vec<Endpoint>,
     /// How its command ended, when it is stopped and the provider knows.
     pub exit_code: Option<i64>,
+    /// Where the spec's user data is inside the environment (set by `ensure_running`).
+    pub user_data_path: Option<String>,
 }
+
+/// Where `docker` (and, by convention, VM providers) put user data: the path cloud-init's
+/// NoCloud data source reads.
+pub const NOCLOUD_USER_DATA: &str = "/var/lib/cloud/seed/nocloud/user-data";
+
+/// The variable that names the user-data file inside an environment.
+pub const USER_DATA_ENV: &str = "LAPSE_USER_DATA";
 
 /// A provider failure. `Display` says what failed; the backend's text is in `message`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

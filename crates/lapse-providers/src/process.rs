@@ -30,6 +30,8 @@ const ENV_MARKER: &str = "LAPSE_ENVIRONMENT_ID";
 const CONTROLLER_MARKER: &str = "LAPSE_CONTROLLER";
 /// Present from just before a spawn until its `pid` file is written.
 const SPAWNING: &str = "spawning";
+/// The user-data file in an environment's directory (its path is in `LAPSE_USER_DATA`).
+const USER_DATA_FILE: &str = "user-data";
 
 /// Runs environments as local process groups under `root`.
 #[derive(Clone, Debug)]
@@ -129,6 +131,7 @@ impl ProcessProvider {
                             status: InstanceStatus::Stopped,
                             endpoints: vec![],
                             exit_code: read_exit_code(&entry.path()),
+                            user_data_path: None,
                         },
                     );
                 }
@@ -147,6 +150,7 @@ impl ProcessProvider {
             status: InstanceStatus::Running,
             endpoints: endpoints(spec_ports),
             exit_code: None,
+            user_data_path: None,
         }
     }
 
@@ -162,6 +166,11 @@ impl ProcessProvider {
             .split_first()
             .ok_or_else(|| ProviderError::Permanent { provider: NAME, message: "spec.cmd is empty".into() })?;
         let mut command = clean_command(&work, spec, program, args);
+        if let Some(data) = &spec.user_data {
+            let path = dir.join(USER_DATA_FILE);
+            fs::write(&path, data).map_err(|e| failed("create", &e))?;
+            command.env(crate::USER_DATA_ENV, &path);
+        }
         command
             .env(ENV_MARKER, id)
             .env(CONTROLLER_MARKER, &self.controller_id)
@@ -336,11 +345,16 @@ impl Provider for ProcessProvider {
         // worker threads, which serve the API.
         let (this, id, spec) = (self.clone(), environment_id.to_owned(), spec.clone());
         blocking(move || {
-            if let Some(leader) = this.find(&id) {
-                return Ok(Self::instance(&id, leader.pid, &spec.ports));
-            }
-            let pid = this.spawn(&id, &spec)?;
-            Ok(Self::instance(&id, pid, &spec.ports))
+            let pid = match this.find(&id) {
+                Some(leader) => leader.pid,
+                None => this.spawn(&id, &spec)?,
+            };
+            let mut instance = Self::instance(&id, pid, &spec.ports);
+            instance.user_data_path = spec
+                .user_data
+                .as_ref()
+                .map(|_| this.dir(&id).join(USER_DATA_FILE).to_string_lossy().into_owned());
+            Ok(instance)
         })
         .await
     }
@@ -384,6 +398,7 @@ impl Provider for ProcessProvider {
             status: InstanceStatus::Stopped,
             endpoints: vec![],
             exit_code: read_exit_code(&self.dir(environment_id)),
+            user_data_path: None,
         }))
     }
 

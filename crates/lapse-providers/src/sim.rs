@@ -139,6 +139,7 @@ impl SimProvider {
             provider_ref: format!("sim-{}", i.serial),
             status: if i.running { InstanceStatus::Running } else { InstanceStatus::Stopped },
             exit_code: if i.running { None } else { i.exit_code },
+            user_data_path: None,
             endpoints: if i.running {
                 i.ports
                     .iter()

@@ -71,6 +71,8 @@ pub struct ServerConfig {
     pub config_poll: Duration,
     /// The provider that serves the seed's `POST /vms`.
     pub vms_provider: String,
+    /// The SWIM Redis queues; off unless given (or the config file has a `[redis]` table).
+    pub swim: Option<crate::swim::SwimConfig>,
 }
 
 impl ServerConfig {
@@ -96,6 +98,7 @@ impl ServerConfig {
             config_file: None,
             config_poll: Duration::from_secs(1),
             vms_provider: "process".into(),
+            swim: None,
         }
     }
 

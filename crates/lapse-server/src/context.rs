@@ -23,6 +23,8 @@ pub struct Context {
     pub pooled_hashes: std::sync::RwLock<std::collections::HashSet<String>>,
     /// Wakes the pool maintainer (after a claim, a pool change).
     pub pool_wake: tokio::sync::Notify,
+    /// The SWIM Redis queues, if this server consumes them.
+    pub swim: Option<std::sync::Arc<crate::swim::Swim>>,
     /// The declarative config file's state, if one is served.
     pub config_status: std::sync::Mutex<Option<lapse_core::wire::ConfigStatus>>,
 }

@@ -16,6 +16,12 @@
 //! max = 10                 # default: min
 //! version = "1"            # changing it recycles older members
 //! spec = { provider = "docker", image = "localhost/python:3.12", cmd = ["sleep", "infinity"] }
+//!
+//! [redis]                  # optional: consume the SWIM queues (read at start only)
+//! url = "localhost:6379"
+//! prefix = "swim:"
+//! provider = "docker"
+//! default_image = "localhost/lab:1"
 //! ```
 //!
 //! The file and the API write the same desired state. Applying is idempotent: unchanged
@@ -58,6 +64,9 @@ struct ConfigFile {
     environments: Vec<Spanned<EnvDecl>>,
     #[serde(default, rename = "pool")]
     pools: Vec<Spanned<PoolDecl>>,
+    /// The SWIM Redis queues (see [`crate::swim`]); read at start only.
+    #[serde(default)]
+    redis: Option<crate::swim::RedisSection>,
 }
 
 fn service() -> Lifecycle {
@@ -189,6 +198,17 @@ pub fn parse(text: &str, max_ttl: Duration) -> Result<Declared, Vec<ConfigError>
 
 fn pool_size(min: u32, max: Option<u32>, what: &str) -> Result<(), String> {
     validate::pool_size(min, max).map(drop).map_err(|e| format!("{what}: {}", e.message))
+}
+
+/// The file's `[redis]` table, if it has one (read once, at start).
+pub fn redis_section(path: &Path) -> anyhow::Result<Option<crate::swim::RedisSection>> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: ConfigFile = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map_or(0, |s| line_of(&text, s.start));
+        anyhow::anyhow!("config file {} refused: line {line}: {}", path.display(), e.message().trim())
+    })?;
+    Ok(file.redis)
 }
 
 /// Reads, checks and applies the file; records the outcome for `/v1/status`.

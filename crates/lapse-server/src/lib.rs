@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod pools;
 pub mod reconciler;
 pub mod sweep;
+pub mod swim;
 pub mod timers;
 
 pub use config::ServerConfig;
@@ -105,6 +106,33 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         providers.insert(Arc::new(lapse_providers::sim::SimProvider::new(sim)));
     }
 
+    let swim_config = match config.swim.clone() {
+        Some(cfg) => Some(cfg),
+        None => match &config.config_file {
+            Some(path) => declare::redis_section(path)?.map(swim::RedisSection::into_config),
+            None => None,
+        },
+    };
+    let swim = match swim_config {
+        Some(cfg) => {
+            if !providers.names().contains(&cfg.provider.as_str()) {
+                anyhow::bail!(
+                    "the SWIM queues' provider {:?} is not on this server (it has: {}); set SWIM_PROVIDER",
+                    cfg.provider,
+                    providers.names().join(", ")
+                );
+            }
+            if cfg.provider == "process" && cfg.default_cmd.is_none() {
+                anyhow::bail!(
+                    "the SWIM queues' process environments need a command: set SWIM_PROVISION_DEFAULT_CMD \
+                     (or default_cmd in the [redis] table)"
+                );
+            }
+            Some(Arc::new(swim::Swim::new(cfg)?))
+        }
+        None => None,
+    };
+
     let cx = Arc::new(Context {
         store,
         providers,
@@ -116,6 +144,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         pool_wake: tokio::sync::Notify::new(),
         pooled_hashes: Default::default(),
         config_status: std::sync::Mutex::new(None),
+        swim,
     });
     let reconciler = Reconciler::new(cx.clone());
 
@@ -181,6 +210,19 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
 
     if let Some(path) = cx.config.config_file.clone() {
         background.push(tokio::spawn(declare::watch(app.clone(), path, cx.config.config_poll)));
+    }
+    if let Some(swim) = cx.swim.clone() {
+        tracing::info!(
+            redis = %swim.config.shown_url(),
+            provision = %swim.config.provision_queue(),
+            decommission = %swim.config.decommission_queue(),
+            provider = %swim.config.provider,
+            "consuming the SWIM queues"
+        );
+        background.push(tokio::spawn(swim::cache::run(app.clone(), swim.clone(), cx.store.subscribe())));
+        for queue in &swim.queues {
+            background.push(tokio::spawn(swim::consumer::run(app.clone(), swim.clone(), queue.clone())));
+        }
     }
     let listener = tokio::net::TcpListener::bind(cx.config.listen)
         .await

@@ -278,6 +278,9 @@ impl Reconciler {
                         if let Some(instance) = &instance {
                             e.provider_ref = Some(instance.provider_ref.clone());
                             e.endpoints = instance.endpoints.clone();
+                            if instance.user_data_path.is_some() {
+                                e.user_data_path = instance.user_data_path.clone();
+                            }
                             e.replace = false;
                             e.exit_code = None;
                             e.finished_at = None;

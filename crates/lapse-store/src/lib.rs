@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -92,12 +93,27 @@ pub struct SweepEntry {
 pub struct Store {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Every committed environment row, for whoever mirrors them (the SWIM cache keys).
+    changes: tokio::sync::broadcast::Sender<Arc<Environment>>,
+}
+
+/// How many committed rows a slow [`Store::subscribe`]r may fall behind before it is told it
+/// lagged (and must read the store afresh).
+const CHANGE_BUFFER: usize = 8192;
+
+/// A queue message to apply once: the tag its consumer gave it, the environment it creates and
+/// the event that records it.
+#[derive(Clone, Debug)]
+pub struct QueuedCreate {
+    pub tag: String,
+    pub env: Environment,
+    pub event: NewEvent,
 }
 
 const ENV_COLUMNS: &str = "id, name, tenant, owner, labels, spec, provider, lifecycle, desired, observed, reason, \
      provider_ref, endpoints, expires_at, on_expiry, expired_at, restart_on_extend, attempts, next_attempt_at, \
      created_at, updated_at, spec_hash, pool, pool_version, source, replace_resource, restarts, max_retries, exit_code, \
-     finished_at, job_id";
+     finished_at, job_id, user_data_path";
 
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and applies migrations.
@@ -124,7 +140,8 @@ impl Store {
             .connect_with(options.read_only(true))
             .await
             .op("open")?;
-        Ok(Store { writer, reader })
+        let (changes, _) = tokio::sync::broadcast::channel(CHANGE_BUFFER);
+        Ok(Store { writer, reader, changes })
     }
 
     /// This control plane's id: made once, kept for the life of the store. Providers label
@@ -142,6 +159,18 @@ impl Store {
             .op("controller id")
     }
 
+    /// Every environment row committed from now on, as written. A receiver that falls more
+    /// than a few thousand rows behind gets `Lagged` and should re-read what it mirrors.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Environment>> {
+        self.changes.subscribe()
+    }
+
+    fn published(&self, env: &Environment) {
+        if self.changes.receiver_count() > 0 {
+            let _ = self.changes.send(Arc::new(env.clone()));
+        }
+    }
+
     /// Inserts a new environment and its event in one transaction.
     pub async fn insert(&self, env: &Environment, event: NewEvent) -> Result<(), StoreError> {
         self.insert_many(std::slice::from_ref(env), &[event]).await
@@ -150,17 +179,173 @@ impl Store {
     /// Inserts environments and events in one transaction (a pool's refill, a batch).
     pub async fn insert_many(&self, envs: &[Environment], events: &[NewEvent]) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await.op("insert")?;
-        // SQLite binds at most 32766 parameters; 31 columns a row.
+        // SQLite binds at most 32766 parameters; 32 columns a row.
         for chunk in envs.chunks(500) {
             let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO environments ({ENV_COLUMNS}) "));
             q.push_values(chunk, bind_environment);
             q.build().execute(&mut *tx).await.op("insert")?;
         }
-        for event in events {
-            append_event(&mut tx, event).await?;
-        }
+        append_events(&mut tx, events).await?;
         tx.commit().await.op("insert")?;
+        for env in envs {
+            self.published(env);
+        }
         Ok(())
+    }
+
+    /// Applies queue messages that create environments, each at most once: in one
+    /// transaction, those whose tag has a receipt are skipped, the others are inserted with
+    /// their events and receipts, and `queue`'s processed count grows. Returns the tags
+    /// applied now (the rest had been applied before).
+    pub async fn apply_creates(&self, queue: &str, items: &[QueuedCreate]) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.writer.begin().await.op("apply queue")?;
+        let mut seen = std::collections::HashSet::new();
+        for chunk in items.chunks(500) {
+            let mut q = QueryBuilder::<Sqlite>::new("SELECT tag FROM queue_receipts WHERE tag IN (");
+            let mut list = q.separated(", ");
+            for item in chunk {
+                list.push_bind(&item.tag);
+            }
+            q.push(")");
+            let tags: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await.op("apply queue")?;
+            seen.extend(tags);
+        }
+        // A tag twice in one batch is one message.
+        let fresh: Vec<&QueuedCreate> = items.iter().filter(|i| seen.insert(i.tag.clone())).collect();
+        let now = now_millis();
+        for chunk in fresh.chunks(500) {
+            let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO environments ({ENV_COLUMNS}) "));
+            q.push_values(chunk, |b, item| bind_environment(b, &item.env));
+            q.build().execute(&mut *tx).await.op("apply queue")?;
+            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO queue_receipts (tag, queue, at) ");
+            q.push_values(chunk, |mut b, item| {
+                b.push_bind(&item.tag).push_bind(queue).push_bind(now);
+            });
+            q.build().execute(&mut *tx).await.op("apply queue")?;
+        }
+        let events: Vec<NewEvent> = fresh.iter().map(|i| i.event.clone()).collect();
+        append_events(&mut tx, &events).await?;
+        count_processed(&mut tx, queue, items.len()).await?;
+        tx.commit().await.op("apply queue")?;
+        for item in &fresh {
+            self.published(&item.env);
+        }
+        Ok(fresh.iter().map(|i| i.tag.clone()).collect())
+    }
+
+    /// Applies one queue message that changes existing environments, at most once: in one
+    /// transaction, unless `tag` has a receipt, `change` edits every environment `filter`
+    /// selects (deleted ones are never selected) and names its events; the receipt is written
+    /// with them. `None` when the message had been applied before.
+    pub async fn apply_change(
+        &self,
+        queue: &str,
+        tag: &str,
+        filter: &ListFilter,
+        mut change: impl FnMut(&mut Environment) -> Vec<NewEvent>,
+    ) -> Result<Option<Vec<Environment>>, StoreError> {
+        let mut tx = self.writer.begin().await.op("apply queue")?;
+        let known = sqlx::query("SELECT 1 FROM queue_receipts WHERE tag = ?")
+            .bind(tag)
+            .fetch_optional(&mut *tx)
+            .await
+            .op("apply queue")?;
+        if known.is_some() {
+            return Ok(None);
+        }
+        let mut q = filtered(filter);
+        q.push(" AND desired != 'deleted'");
+        let rows = q.build().fetch_all(&mut *tx).await.op("apply queue")?;
+        let mut changed = Vec::with_capacity(rows.len());
+        let mut events = Vec::new();
+        for row in &rows {
+            let mut env = environment_from_row(row)?;
+            events.extend(change(&mut env));
+            env.updated_at = now_millis();
+            write_row(&mut tx, &env).await?;
+            changed.push(env);
+        }
+        append_events(&mut tx, &events).await?;
+        sqlx::query("INSERT INTO queue_receipts (tag, queue, at) VALUES (?, ?, ?)")
+            .bind(tag)
+            .bind(queue)
+            .bind(now_millis())
+            .execute(&mut *tx)
+            .await
+            .op("apply queue")?;
+        count_processed(&mut tx, queue, 1).await?;
+        tx.commit().await.op("apply queue")?;
+        for env in &changed {
+            self.published(env);
+        }
+        Ok(Some(changed))
+    }
+
+    /// Which of `tags` have receipts (their messages were applied).
+    pub async fn receipts(&self, tags: &[String]) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut out = std::collections::HashSet::new();
+        for chunk in tags.chunks(500) {
+            let mut q = QueryBuilder::<Sqlite>::new("SELECT tag FROM queue_receipts WHERE tag IN (");
+            let mut list = q.separated(", ");
+            for tag in chunk {
+                list.push_bind(tag);
+            }
+            q.push(")");
+            let found: Vec<String> = q.build_query_scalar().fetch_all(&self.writer).await.op("receipts")?;
+            out.extend(found);
+        }
+        Ok(out)
+    }
+
+    /// Forgets receipts of `queue` older than `before`, except those in `keep` (messages still
+    /// in a processing list). Returns how many went.
+    pub async fn prune_receipts(
+        &self,
+        queue: &str,
+        before: Millis,
+        keep: &std::collections::HashSet<String>,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin().await.op("prune receipts")?;
+        let old: Vec<String> = sqlx::query_scalar("SELECT tag FROM queue_receipts WHERE queue = ? AND at < ?")
+            .bind(queue)
+            .bind(before)
+            .fetch_all(&mut *tx)
+            .await
+            .op("prune receipts")?;
+        let mut gone = 0;
+        for tag in old.iter().filter(|t| !keep.contains(*t)) {
+            gone += sqlx::query("DELETE FROM queue_receipts WHERE tag = ?")
+                .bind(tag)
+                .execute(&mut *tx)
+                .await
+                .op("prune receipts")?
+                .rows_affected();
+        }
+        tx.commit().await.op("prune receipts")?;
+        Ok(gone)
+    }
+
+    /// Messages applied per queue, ever.
+    pub async fn queue_counters(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let rows = sqlx::query("SELECT queue, processed FROM queue_counters")
+            .fetch_all(&self.reader)
+            .await
+            .op("queue counters")?;
+        Ok(rows.iter().map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1).max(0) as u64)).collect())
+    }
+
+    /// Environments from `source` that are not deleted, or were changed after `since`: what
+    /// a mirror of them (the SWIM cache keys) holds.
+    pub async fn mirrored(&self, source: &str, since: Millis) -> Result<Vec<Environment>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ENV_COLUMNS} FROM environments WHERE source = ? AND (desired != 'deleted' OR updated_at > ?)"
+        ))
+        .bind(source)
+        .bind(since)
+        .fetch_all(&self.reader)
+        .await
+        .op("mirrored")?;
+        rows.iter().map(environment_from_row).collect()
     }
 
     /// Claims a running, unclaimed member of any pool whose spec hashes to `spec_hash` (and
@@ -192,6 +377,7 @@ impl Store {
             append_event(&mut tx, event).await?;
         }
         tx.commit().await.op("claim")?;
+        self.published(&env);
         Ok(Some(env))
     }
 
@@ -325,31 +511,12 @@ impl Store {
             append_event(&mut tx, event).await?;
         }
         tx.commit().await.op("update")?;
+        self.published(&env);
         Ok(Some(env))
     }
 
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Environment>, StoreError> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {ENV_COLUMNS} FROM environments WHERE 1=1"));
-        if let Some(owner) = &filter.owner {
-            q.push(" AND owner = ").push_bind(owner);
-        }
-        match filter.state {
-            Some(state) => q.push(" AND observed = ").push_bind(state.as_str()),
-            None => q.push(" AND observed != 'deleted'"),
-        };
-        if let Some(provider) = &filter.provider {
-            q.push(" AND provider = ").push_bind(provider);
-        }
-        if let Some(job_id) = &filter.job_id {
-            q.push(" AND job_id = ").push_bind(job_id);
-        }
-        for (k, v) in &filter.labels {
-            q.push(" AND EXISTS (SELECT 1 FROM json_each(environments.labels) WHERE json_each.key = ")
-                .push_bind(k)
-                .push(" AND json_each.value = ")
-                .push_bind(v)
-                .push(")");
-        }
+        let mut q = filtered(filter);
         q.push(" ORDER BY id LIMIT ").push_bind(i64::from(filter.limit.unwrap_or(10_000)));
         let rows = q.build().fetch_all(&self.reader).await.op("list")?;
         rows.iter().map(environment_from_row).collect()
@@ -464,9 +631,68 @@ impl Store {
     }
 }
 
+
+/// The query of [`Store::list`] up to its order and limit.
+fn filtered(filter: &ListFilter) -> QueryBuilder<'_, Sqlite> {
+    let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {ENV_COLUMNS} FROM environments WHERE 1=1"));
+    if let Some(owner) = &filter.owner {
+            q.push(" AND owner = ").push_bind(owner);
+        }
+        match filter.state {
+            Some(state) => q.push(" AND observed = ").push_bind(state.as_str()),
+            None => q.push(" AND observed != 'deleted'"),
+        };
+        if let Some(provider) = &filter.provider {
+            q.push(" AND provider = ").push_bind(provider);
+        }
+        if let Some(job_id) = &filter.job_id {
+            q.push(" AND job_id = ").push_bind(job_id);
+        }
+        for (k, v) in &filter.labels {
+            q.push(" AND EXISTS (SELECT 1 FROM json_each(environments.labels) WHERE json_each.key = ")
+                .push_bind(k)
+                .push(" AND json_each.value = ")
+                .push_bind(v)
+                .push(")");
+        }
+        q
+}
+
 fn json<T: serde::Serialize>(value: &T) -> String {
     // Serializing plain data (maps of strings, derived structs) cannot fail.
     serde_json::to_string(value).expect("model types serialize")
+}
+
+/// Appends events with one statement per few hundred.
+async fn append_events(conn: &mut SqliteConnection, events: &[NewEvent]) -> Result<(), StoreError> {
+    let now = now_millis();
+    for chunk in events.chunks(1000) {
+        let mut q =
+            QueryBuilder::<Sqlite>::new("INSERT INTO events (at, environment_id, actor, action, outcome, message) ");
+        q.push_values(chunk, |mut b, e| {
+            b.push_bind(now)
+                .push_bind(&e.environment_id)
+                .push_bind(&e.actor)
+                .push_bind(&e.action)
+                .push_bind(&e.outcome)
+                .push_bind(&e.message);
+        });
+        q.build().execute(&mut *conn).await.op("append event")?;
+    }
+    Ok(())
+}
+
+async fn count_processed(conn: &mut SqliteConnection, queue: &str, n: usize) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO queue_counters (queue, processed) VALUES (?, ?) \
+         ON CONFLICT (queue) DO UPDATE SET processed = processed + excluded.processed",
+    )
+    .bind(queue)
+    .bind(n as i64)
+    .execute(conn)
+    .await
+    .op("count processed")?;
+    Ok(())
 }
 
 async fn append_event(conn: &mut SqliteConnection, e: &NewEvent) -> Result<(), StoreError> {
@@ -534,7 +760,8 @@ fn bind_environment<'q>(mut b: sqlx::query_builder::Separated<'_, 'q, Sqlite, &'
         .push_bind(e.max_retries)
         .push_bind(e.exit_code)
         .push_bind(e.finished_at)
-        .push_bind(&e.job_id);
+        .push_bind(&e.job_id)
+        .push_bind(&e.user_data_path);
 }
 
 fn parse_column<T: FromStr>(id: &str, column: &'static str, text: String) -> Result<T, StoreError>
@@ -594,6 +821,7 @@ fn environment_from_row(r: &SqliteRow) -> Result<Environment, StoreError> {
         exit_code: r.get("exit_code"),
         finished_at: r.get("finished_at"),
         job_id: r.get("job_id"),
+        user_data_path: r.get("user_data_path"),
         id,
     })
 }

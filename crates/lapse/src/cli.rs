@@ -109,6 +109,8 @@ enum Command {
     },
     /// The server's providers and whether each answers.
     Providers,
+    /// The SWIM Redis queues: waiting, in flight, dead-lettered and processed messages.
+    Queues,
     /// Check a config file (as `lapse serve --config` reads it) without a server: every error,
     /// with its line; exits 1 if there is one.
     Check {
@@ -182,6 +184,10 @@ struct CreateArgs {
     /// Wait until it runs (or fails), showing progress.
     #[arg(long)]
     wait: bool,
+    /// A cloud-init user-data file, handed to the environment (`process` and `docker` put it
+    /// in a file whose path is in `LAPSE_USER_DATA`).
+    #[arg(long, value_name = "FILE")]
+    user_data: Option<std::path::PathBuf>,
     /// The command and its arguments, after `--`.
     #[arg(last = true)]
     cmd: Vec<String>,
@@ -259,6 +265,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     env: args.env.into_iter().collect::<BTreeMap<_, _>>(),
                     resources,
                     ports: args.ports,
+                    user_data: match &args.user_data {
+                        Some(path) => Some(
+                            std::fs::read_to_string(path)
+                                .with_context(|| format!("reading --user-data {}", path.display()))?,
+                        ),
+                        None => None,
+                    },
                 },
                 ttl: args.ttl.as_deref().map(duration_input),
                 on_expiry: if args.on_expiry == "delete" { OnExpiry::Delete } else { OnExpiry::Stop },
@@ -374,6 +387,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     })
                     .collect();
                 output::table(&["PROVIDER", "STATUS", "DETAIL"], &rows);
+            }
+        }
+        Command::Queues => {
+            let view: lapse_core::wire::QueuesView = client.get("/v1/queues").await?;
+            if json {
+                print_json(&view);
+            } else if !view.enabled {
+                println!("this server consumes no Redis queues (see `lapse serve --help`, REDIS_CONNECTION_STRING)");
+            } else {
+                let state = if view.connected { "connected" } else { "NOT connected" };
+                println!("redis {} ({state}), provider {}", view.redis.unwrap_or_default(), view.provider.unwrap_or_default());
+                if let Some(error) = &view.error {
+                    println!("last error: {error}");
+                }
+                let n = |v: Option<u64>| v.map_or("?".to_owned(), |v| v.to_string());
+                let rows: Vec<Vec<String>> = view
+                    .queues
+                    .iter()
+                    .map(|q| {
+                        vec![
+                            q.name.clone(),
+                            q.key.clone(),
+                            n(q.depth),
+                            n(q.in_flight),
+                            n(q.dead_lettered),
+                            q.processed.to_string(),
+                            q.concurrency.to_string(),
+                        ]
+                    })
+                    .collect();
+                output::table(&["QUEUE", "KEY", "WAITING", "IN FLIGHT", "DEAD", "PROCESSED", "CONCURRENCY"], &rows);
             }
         }
     }

@@ -58,6 +58,43 @@ pub struct ServeArgs {
     /// The provider that serves the seed's `POST /vms`.
     #[arg(long, env = "LAPSE_VMS_PROVIDER", default_value = "process")]
     pub vms_provider: String,
+    /// Consume the SWIM Redis queues from this Redis (`host:port` or `redis://…`). Without
+    /// it, a `[redis]` table in the --config file turns them on.
+    #[arg(long, env = "REDIS_CONNECTION_STRING", help_heading = "SWIM Redis queues")]
+    pub redis: Option<String>,
+    /// The Redis password.
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true, help_heading = "SWIM Redis queues")]
+    pub redis_password: Option<String>,
+    /// Put before every Redis key (`vmmanager:` for the newer naming).
+    #[arg(long, env = "SWIM_PREFIX", default_value = "swim:", help_heading = "SWIM Redis queues")]
+    pub swim_prefix: String,
+    /// The provider that serves the queues' requests (default: process).
+    #[arg(long, env = "SWIM_PROVIDER", help_heading = "SWIM Redis queues")]
+    pub swim_provider: Option<String>,
+    /// Image of requests without `ImageID`.
+    #[arg(long, env = "SWIM_PROVISION_DEFAULT_IMAGE_ID", help_heading = "SWIM Redis queues")]
+    pub swim_default_image: Option<String>,
+    /// Instance type of requests without `InstanceType` (DEV1-S, …: sets vCPU and memory).
+    #[arg(long, env = "SWIM_PROVISION_DEFAULT_INSTANCE_TYPE", help_heading = "SWIM Redis queues")]
+    pub swim_default_instance_type: Option<String>,
+    /// Security group of requests without `SecurityGroupName` (recorded as a label).
+    #[arg(long, env = "SWIM_PROVISION_DEFAULT_SECURITY_GROUP", help_heading = "SWIM Redis queues")]
+    pub swim_default_security_group: Option<String>,
+    /// The command environments run (`/bin/sh -c`); needed by the process provider.
+    #[arg(long, env = "SWIM_PROVISION_DEFAULT_CMD", help_heading = "SWIM Redis queues")]
+    pub swim_default_cmd: Option<String>,
+    /// Read `CloudInitFile`s relative to this directory and refuse paths outside it.
+    #[arg(long, env = "SWIM_CLOUD_INIT_DIR", help_heading = "SWIM Redis queues")]
+    pub swim_cloud_init_dir: Option<PathBuf>,
+    /// Provision batches handled at once.
+    #[arg(long, env = "SWIM_PROVISION_CONCURRENCY", default_value_t = 2, help_heading = "SWIM Redis queues")]
+    pub swim_provision_concurrency: usize,
+    /// Decommission batches handled at once.
+    #[arg(long, env = "SWIM_CONTROL_CONCURRENCY", default_value_t = 5, help_heading = "SWIM Redis queues")]
+    pub swim_control_concurrency: usize,
+    /// Most messages a handler takes at once.
+    #[arg(long, env = "SWIM_BATCH", default_value_t = 256, help_heading = "SWIM Redis queues")]
+    pub swim_batch: usize,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "LAPSE_LOG_JSON")]
     pub log_json: bool,
@@ -108,6 +145,31 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.config_file = args.config;
     config.vms_provider = args.vms_provider;
+    if let Some(url) = &args.redis {
+        let provider = match (&args.swim_provider, std::env::var_os("SCW_ACCESS_KEY")) {
+            (Some(p), _) => p.clone(),
+            (None, Some(_)) => anyhow::bail!(
+                "SCW_ACCESS_KEY is set, so the SWIM queues would be served by Scaleway, but this build has no \
+                 scaleway provider; set SWIM_PROVIDER (process, docker, sim)"
+            ),
+            (None, None) => "process".into(),
+        };
+        let section = lapse_server::swim::RedisSection {
+            url: Some(url.clone()),
+            password: args.redis_password.clone(),
+            prefix: Some(args.swim_prefix.clone()),
+            provider: Some(provider),
+            default_image: args.swim_default_image.clone(),
+            default_instance_type: args.swim_default_instance_type.clone(),
+            default_security_group: args.swim_default_security_group.clone(),
+            default_cmd: args.swim_default_cmd.clone(),
+            cloud_init_dir: args.swim_cloud_init_dir.clone(),
+            provision_concurrency: Some(args.swim_provision_concurrency),
+            control_concurrency: Some(args.swim_control_concurrency),
+            batch: Some(args.swim_batch),
+        };
+        config.swim = Some(section.into_config());
+    }
     if config.default_ttl > config.max_ttl {
         anyhow::bail!("--default-ttl is above --max-ttl");
     }

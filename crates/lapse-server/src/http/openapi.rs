@@ -12,8 +12,8 @@ use super::{environments, pools, seed, system};
         environments::create, environments::list, environments::show, environments::extend,
         environments::stop, environments::start, environments::delete, environments::exec, environments::logs,
         pools::list, pools::show, pools::put, pools::delete, seed::create_vm, seed::stats,
-        system::healthz, system::metrics, system::providers, system::status, system::events, system::openapi,
+        system::healthz, system::metrics, system::providers, system::status, system::queues, system::events, system::openapi,
     ),
-    tags((name = "environments", description = "Leased environments"), (name = "pools", description = "Warm pools"), (name = "seed", description = "The Firecracker control plane's API, for users migrating from it"), (name = "system", description = "Health, metrics, audit trail"))
+    tags((name = "environments", description = "Leased environments"), (name = "pools", description = "Warm pools"), (name = "seed", description = "The Firecracker control plane's API, for users migrating from it"), (name = "system", description = "Health, metrics, audit trail, queues"))
 )]
 pub struct ApiDoc;

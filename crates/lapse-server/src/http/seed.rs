@@ -132,6 +132,7 @@ fn to_spec(seed: &SeedSpec, default_provider: &str) -> Result<Spec, FieldError> 
         env: seed.env.clone(),
         resources: seed.resources.map(|r| Resources { vcpu: r.vcpu, mem_mb: r.mem_mb, disk_gb: None }),
         ports: seed.ports.clone(),
+        user_data: None,
     })
 }
 

@@ -1,4 +1,4 @@
-//! `/healthz`, `/metrics`, `/v1/providers`, `/v1/events`, `/v1/openapi.json`.
+//! `/healthz`, `/metrics`, `/v1/providers`, `/v1/status`, `/v1/queues`, `/v1/events`, `/v1/openapi.json`.
 
 use axum::Json;
 use axum::Router;
@@ -7,7 +7,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use lapse_core::model::is_environment_id;
-use lapse_core::wire::{ErrorBody, EventList, EventView, ProviderList, StatusView};
+use lapse_core::wire::{ErrorBody, EventList, EventView, ProviderList, QueuesView, StatusView};
 use utoipa::OpenApi;
 
 use super::{ApiError, number, only_keys, query_pairs};
@@ -19,6 +19,7 @@ pub fn router() -> Router<App> {
         .route("/metrics", get(metrics))
         .route("/v1/providers", get(providers))
         .route("/v1/status", get(status))
+        .route("/v1/queues", get(queues))
         .route("/v1/events", get(events))
         .route("/v1/openapi.json", get(openapi))
 }
@@ -43,6 +44,24 @@ pub async fn metrics(State(app): State<App>) -> Result<impl IntoResponse, ApiErr
 #[utoipa::path(get, path = "/v1/providers", tag = "system", responses((status = 200, body = ProviderList)))]
 pub async fn providers(State(app): State<App>) -> Json<ProviderList> {
     Json(ProviderList { providers: app.providers().await })
+}
+
+/// The SWIM Redis queues: depth, in flight, dead-lettered and processed counts.
+#[utoipa::path(get, path = "/v1/queues", tag = "system", responses((status = 200, body = QueuesView), (status = 500, body = ErrorBody)))]
+pub async fn queues(State(app): State<App>) -> Result<Json<QueuesView>, ApiError> {
+    let Some(swim) = &app.cx.swim else {
+        return Ok(Json(QueuesView {
+            enabled: false,
+            redis: None,
+            connected: false,
+            error: None,
+            provider: None,
+            queues: vec![],
+        }));
+    };
+    let processed =
+        app.cx.store.queue_counters().await.map_err(|e| ApiError::from(crate::app::AppError::Store(e)))?;
+    Ok(Json(swim.view(&processed).await))
 }
 
 /// What this control plane is and how busy it is.

@@ -1,0 +1,346 @@
+//! The SWIM Redis interface: provision and decommission requests consumed from Redis lists,
+//! each server's state written back to `swim:server:<id>`.
+//!
+//! **Nothing is lost, nothing is applied twice.** A consumer moves each message atomically
+//! from its queue to a processing list (`BLMOVE`, or a script that `RPOP`s a batch), where it
+//! carries a tag unique to it. It then commits the desired state together with a receipt for
+//! the tag in one store transaction, and only then removes the message from the processing
+//! list. A crash between any two steps leaves the message in the processing list; the next
+//! start (or reconnect) handles it again, and the receipt makes the second handling a no-op.
+//! A message that cannot be applied (malformed JSON, a missing field, an invalid value) moves
+//! to a dead-letter list with the reason, in the same script that removes it.
+//!
+//! Keys, with the default prefix `swim:` (any prefix works, e.g. `vmmanager:`):
+//! - `<prefix>provision:queue`, `<prefix>decomission:queue` (the seed's spelling): requests.
+//! - `<queue>:processing`, `<queue>:dead`: messages being handled; messages refused, as
+//!   `{"message", "reason", "queue", "at"}`.
+//! - `<prefix>server:<id>`: the state of environment `<id>` (see [`cache`]), 24 h TTL.
+//!
+//! One consumer per processing list: two servers on the same queues need different prefixes
+//! or processing lists, since each recovers the whole list as its own.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lapse_core::wire::{QueueView, QueuesView};
+use redis::AsyncCommands;
+use serde::Deserialize;
+
+pub mod cache;
+pub mod consumer;
+pub mod request;
+
+/// How the SWIM queues are served. Built from `REDIS_*`/`SWIM_*` variables, flags or the
+/// config file's `[redis]` table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SwimConfig {
+    /// `redis://host:port[/db]`; a bare `host:port` (the seed's form) is taken too.
+    pub url: String,
+    pub password: Option<String>,
+    /// Put before every key name.
+    pub prefix: String,
+    /// The provider that serves the requests.
+    pub provider: String,
+    pub default_image: Option<String>,
+    pub default_instance_type: Option<String>,
+    pub default_security_group: Option<String>,
+    /// The command of `process` environments (run with `/bin/sh -c`); also overrides the
+    /// image's command for `docker` when set.
+    pub default_cmd: Option<String>,
+    /// If set, `CloudInitFile` paths are taken relative to it and must stay inside it.
+    pub cloud_init_dir: Option<PathBuf>,
+    /// Batches of provision messages handled at once (the seed's `vm-provision`: 2).
+    pub provision_concurrency: usize,
+    /// Batches of decommission messages handled at once (the seed's `vm-control`: 5).
+    pub control_concurrency: usize,
+    /// Most messages one handler takes at a time.
+    pub batch: usize,
+    /// Life of a `server:<id>` key after its last refresh.
+    pub server_ttl: Duration,
+}
+
+impl SwimConfig {
+    pub fn new(url: &str) -> SwimConfig {
+        SwimConfig {
+            url: url.to_owned(),
+            password: None,
+            prefix: "swim:".into(),
+            provider: "process".into(),
+            default_image: None,
+            default_instance_type: None,
+            default_security_group: None,
+            default_cmd: None,
+            cloud_init_dir: None,
+            provision_concurrency: 2,
+            control_concurrency: 5,
+            batch: 256,
+            server_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+
+    /// The URL to connect to: a scheme added if missing, the password put in if given.
+    pub fn connect_url(&self) -> String {
+        let mut url = if self.url.contains("://") { self.url.clone() } else { format!("redis://{}", self.url) };
+        if let Some(password) = self.password.as_deref().filter(|p| !p.is_empty())
+            && let Some((scheme, rest)) = url.split_once("://")
+        {
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            url = format!("{scheme}://:{}@{rest}", percent_encode(password));
+        }
+        url
+    }
+
+    /// The URL without any password, for logs and status.
+    pub fn shown_url(&self) -> String {
+        let url = if self.url.contains("://") { self.url.clone() } else { format!("redis://{}", self.url) };
+        match url.split_once("://") {
+            Some((scheme, rest)) => format!("{scheme}://{}", rest.rsplit_once('@').map_or(rest, |(_, host)| host)),
+            None => url,
+        }
+    }
+
+    pub fn provision_queue(&self) -> String {
+        format!("{}provision:queue", self.prefix)
+    }
+
+    pub fn decommission_queue(&self) -> String {
+        format!("{}decomission:queue", self.prefix)
+    }
+
+    /// The key of one environment's state.
+    pub fn server_key(&self, id: &str) -> String {
+        format!("{}server:{id}", self.prefix)
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }
+        })
+        .collect()
+}
+
+/// The config file's `[redis]` table: the same settings as the variables.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    pub url: Option<String>,
+    pub password: Option<String>,
+    pub prefix: Option<String>,
+    pub provider: Option<String>,
+    pub default_image: Option<String>,
+    pub default_instance_type: Option<String>,
+    pub default_security_group: Option<String>,
+    pub default_cmd: Option<String>,
+    pub cloud_init_dir: Option<PathBuf>,
+    pub provision_concurrency: Option<usize>,
+    pub control_concurrency: Option<usize>,
+    pub batch: Option<usize>,
+}
+
+impl RedisSection {
+    /// Fills what `cfg` leaves at its default from this table.
+    pub fn into_config(self) -> SwimConfig {
+        let mut cfg = SwimConfig::new(self.url.as_deref().unwrap_or("localhost:6379"));
+        cfg.password = self.password;
+        if let Some(prefix) = self.prefix {
+            cfg.prefix = prefix;
+        }
+        if let Some(provider) = self.provider {
+            cfg.provider = provider;
+        }
+        cfg.default_image = self.default_image;
+        cfg.default_instance_type = self.default_instance_type;
+        cfg.default_security_group = self.default_security_group;
+        cfg.default_cmd = self.default_cmd;
+        cfg.cloud_init_dir = self.cloud_init_dir;
+        cfg.provision_concurrency = self.provision_concurrency.unwrap_or(cfg.provision_concurrency).max(1);
+        cfg.control_concurrency = self.control_concurrency.unwrap_or(cfg.control_concurrency).max(1);
+        cfg.batch = self.batch.unwrap_or(cfg.batch).clamp(1, 5000);
+        cfg
+    }
+}
+
+/// Which queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Provision,
+    Decommission,
+}
+
+/// One queue's keys and running figures.
+#[derive(Debug)]
+pub struct Queue {
+    pub kind: Kind,
+    pub key: String,
+    pub processing: String,
+    pub dead: String,
+    pub concurrency: usize,
+    /// Messages applied and refused since this server started.
+    pub applied: AtomicU64,
+    pub dead_lettered: AtomicU64,
+}
+
+impl Queue {
+    fn new(kind: Kind, key: String, concurrency: usize) -> Queue {
+        Queue {
+            kind,
+            processing: format!("{key}:processing"),
+            dead: format!("{key}:dead"),
+            key,
+            concurrency,
+            applied: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self.kind {
+            Kind::Provision => "provision",
+            Kind::Decommission => "decommission",
+        }
+    }
+}
+
+/// The SWIM interface of a running server: its settings, queues and connection state.
+#[derive(Debug)]
+pub struct Swim {
+    pub config: SwimConfig,
+    pub client: redis::Client,
+    pub queues: [Arc<Queue>; 2],
+    connected: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    /// Test hook: die (SIGKILL) right after committing a batch, before removing it from the
+    /// processing list: the worst moment for a crash.
+    pub crash_after_commit: bool,
+}
+
+impl Swim {
+    pub fn new(config: SwimConfig) -> anyhow::Result<Swim> {
+        let client = redis::Client::open(config.connect_url())
+            .map_err(|e| anyhow::anyhow!("Redis URL {}: {e}", config.shown_url()))?;
+        let queues = [
+            Arc::new(Queue::new(Kind::Provision, config.provision_queue(), config.provision_concurrency)),
+            Arc::new(Queue::new(Kind::Decommission, config.decommission_queue(), config.control_concurrency)),
+        ];
+        Ok(Swim {
+            client,
+            queues,
+            config,
+            connected: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            crash_after_commit: std::env::var("LAPSE_FAULT").is_ok_and(|f| f == "swim-crash-after-commit"),
+        })
+    }
+
+    /// A connection whose calls give up after `response` (blocking calls wait less).
+    pub async fn connect(&self, response: Duration) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(response));
+        self.client.get_multiplexed_async_connection_with_config(&config).await
+    }
+
+    pub(crate) fn up(&self) {
+        if !self.connected.swap(true, Ordering::Relaxed) {
+            tracing::info!(redis = %self.config.shown_url(), "connected to Redis");
+        }
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    pub(crate) fn down(&self, what: &str, error: &dyn std::fmt::Display) {
+        let was = self.connected.swap(false, Ordering::Relaxed);
+        let text = format!("{what}: {error}");
+        if was {
+            tracing::warn!(redis = %self.config.shown_url(), error = %text, "lost Redis; reconnecting with back-off");
+        } else {
+            tracing::debug!(redis = %self.config.shown_url(), error = %text, "Redis still unreachable");
+        }
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
+    }
+
+    /// `GET /v1/queues`: live list lengths (when Redis answers) and the store's counts.
+    pub async fn view(&self, processed: &std::collections::BTreeMap<String, u64>) -> QueuesView {
+        let lengths = async {
+            let mut conn = self.connect(Duration::from_secs(1)).await?;
+            let mut out = Vec::new();
+            for q in &self.queues {
+                let (depth, in_flight, dead): (u64, u64, u64) = redis::pipe()
+                    .llen(&q.key)
+                    .llen(&q.processing)
+                    .llen(&q.dead)
+                    .query_async(&mut conn)
+                    .await?;
+                out.push((depth, in_flight, dead));
+            }
+            let _: () = conn.ping().await?;
+            Ok::<_, redis::RedisError>(out)
+        };
+        let lengths = tokio::time::timeout(Duration::from_secs(2), lengths).await;
+        let (lengths, error) = match lengths {
+            Ok(Ok(l)) => (Some(l), None),
+            Ok(Err(e)) => (None, Some(e.to_string())),
+            Err(_) => (None, Some("Redis did not answer in 2 s".to_owned())),
+        };
+        let queues = self
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let l = lengths.as_ref().map(|l| l[i]);
+                QueueView {
+                    name: q.name().into(),
+                    key: q.key.clone(),
+                    processing_key: q.processing.clone(),
+                    dead_letter_key: q.dead.clone(),
+                    depth: l.map(|l| l.0),
+                    in_flight: l.map(|l| l.1),
+                    dead_lettered: l.map(|l| l.2),
+                    processed: processed.get(&q.key).copied().unwrap_or(0),
+                    applied_since_start: q.applied.load(Ordering::Relaxed),
+                    dead_lettered_since_start: q.dead_lettered.load(Ordering::Relaxed),
+                    concurrency: q.concurrency,
+                }
+            })
+            .collect();
+        let last_error = self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        QueuesView {
+            enabled: true,
+            redis: Some(self.config.shown_url()),
+            connected: error.is_none(),
+            error: error.or(last_error),
+            provider: Some(self.config.provider.clone()),
+            queues,
+        }
+    }
+}
+
+/// Back-off between reconnects: 100 ms doubling to 5 s.
+pub(crate) fn next_backoff(current: Duration) -> Duration {
+    (current * 2).min(Duration::from_secs(5))
+}
+
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let mut cfg = SwimConfig::new("localhost:6379");
+        assert_eq!(cfg.connect_url(), "redis://localhost:6379");
+        cfg.password = Some("p@ss word".into());
+        assert_eq!(cfg.connect_url(), "redis://:p%40ss%20word@localhost:6379");
+        assert_eq!(cfg.shown_url(), "redis://localhost:6379");
+        cfg.url = "redis://:old@h:1/2".into();
+        assert_eq!(cfg.connect_url(), "redis://:p%40ss%20word@h:1/2");
+        assert_eq!(cfg.shown_url(), "redis://h:1/2");
+        cfg.prefix = "vmmanager:".into();
+        assert_eq!(cfg.provision_queue(), "vmmanager:provision:queue");
+        assert_eq!(cfg.server_key("ab"), "vmmanager:server:ab");
+    }
+}

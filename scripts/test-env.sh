@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what Lapse's tests need on a fresh Debian machine of this kind:
-# Podman (with runc) serving the Docker Engine API on a private socket, and a local
-# busybox image. Idempotent: a second run reuses what is already there.
+# Podman (with runc) serving the Docker Engine API on a private socket, a local busybox
+# image, and redis-server (the tests start their own on private ports).
+# Idempotent: a second run reuses what is already there.
 # Source it (`. scripts/test-env.sh`) to get DOCKER_HOST and LAPSE_TEST_IMAGE exported.
 set -euo pipefail
 
@@ -13,6 +14,7 @@ need=()
 command -v podman >/dev/null || need+=(podman)
 command -v runc >/dev/null || need+=(runc)
 [ -x /bin/busybox ] || need+=(busybox-static)
+command -v redis-server >/dev/null || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test-env: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

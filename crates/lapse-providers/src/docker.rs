@@ -27,7 +27,9 @@ use lapse_core::model::{Endpoint, Spec};
 use lapse_core::validate::FieldError;
 use lapse_core::wire::{ExecResult, LogsView};
 
-use crate::{Instance, InstanceStatus, MAX_OUTPUT_BYTES, NOCLOUD_USER_DATA, Provider, ProviderError, last_lines, tail_text};
+use crate::{
+    Instance, InstanceStatus, MAX_OUTPUT_BYTES, NOCLOUD_USER_DATA, Provider, ProviderError, last_lines, tail_text,
+};
 
 const NAME: &str = "docker";
 pub const LABEL_ENVIRONMENT: &str = "lapse.environment";

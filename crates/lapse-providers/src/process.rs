@@ -167,9 +167,7 @@ impl ProcessProvider {
             .ok_or_else(|| ProviderError::Permanent { provider: NAME, message: "spec.cmd is empty".into() })?;
         let mut command = clean_command(&work, spec, program, args);
         if let Some(data) = &spec.user_data {
-            let path = dir.join(USER_DATA_FILE);
-            fs::write(&path, data).map_err(|e| failed("create", &e))?;
-            command.env(crate::USER_DATA_ENV, &path);
+            fs::write(dir.join(USER_DATA_FILE), data).map_err(|e| failed("create", &e))?;
         }
         command
             .env(ENV_MARKER, id)
@@ -244,8 +242,9 @@ impl ProcessProvider {
     }
 }
 
-/// `program args` in `work` with a clean environment: `PATH`, `HOME` (= `work`) and the
-/// spec's variables, nothing of the server's own (which may hold secrets); no stdin.
+/// `program args` in `work` with a clean environment: `PATH`, `HOME` (= `work`), the spec's
+/// variables and `LAPSE_USER_DATA` if it has user data; nothing of the server's own (which
+/// may hold secrets); no stdin.
 fn clean_command(work: &Path, spec: &Spec, program: &str, args: &[String]) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(program);
     command
@@ -256,6 +255,11 @@ fn clean_command(work: &Path, spec: &Spec, program: &str, args: &[String]) -> to
         .envs(&spec.env)
         .current_dir(work)
         .stdin(Stdio::null());
+    if spec.user_data.is_some()
+        && let Some(dir) = work.parent()
+    {
+        command.env(crate::USER_DATA_ENV, dir.join(USER_DATA_FILE));
+    }
     command
 }
 
@@ -350,10 +354,8 @@ impl Provider for ProcessProvider {
                 None => this.spawn(&id, &spec)?,
             };
             let mut instance = Self::instance(&id, pid, &spec.ports);
-            instance.user_data_path = spec
-                .user_data
-                .as_ref()
-                .map(|_| this.dir(&id).join(USER_DATA_FILE).to_string_lossy().into_owned());
+            instance.user_data_path =
+                spec.user_data.as_ref().map(|_| this.dir(&id).join(USER_DATA_FILE).to_string_lossy().into_owned());
             Ok(instance)
         })
         .await

@@ -85,9 +85,14 @@ impl Running {
 
 /// Opens the store, sets up providers, rebuilds timers and the reconciler's queue from the
 /// store, and starts serving.
-pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
+pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
+    // Paths handed to environments (user data) and logged must not depend on the cwd.
+    config.data_dir = config
+        .data_dir
+        .canonicalize()
+        .with_context(|| format!("resolving the data dir {}", config.data_dir.display()))?;
     let lock = lock_data_dir(&config.data_dir)?;
     let db = config.data_dir.join("lapse.db");
     let store = Store::open(&db).await.with_context(|| format!("opening the store at {}", db.display()))?;

@@ -10,8 +10,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapse_core::model::{DesiredState, Environment, ObservedState, Pool};
@@ -195,7 +195,7 @@ impl Store {
 
     /// Applies queue messages that create environments, each at most once: in one
     /// transaction, those whose tag has a receipt are skipped, the others are inserted with
-    /// their events and receipts, and `queue`'s processed count grows. Returns the tags
+    /// their events and receipts, and `queue`'s processed count grows by as many. Returns the tags
     /// applied now (the rest had been applied before).
     pub async fn apply_creates(&self, queue: &str, items: &[QueuedCreate]) -> Result<Vec<String>, StoreError> {
         let mut tx = self.writer.begin().await.op("apply queue")?;
@@ -225,7 +225,7 @@ impl Store {
         }
         let events: Vec<NewEvent> = fresh.iter().map(|i| i.event.clone()).collect();
         append_events(&mut tx, &events).await?;
-        count_processed(&mut tx, queue, items.len()).await?;
+        count_processed(&mut tx, queue, fresh.len()).await?;
         tx.commit().await.op("apply queue")?;
         for item in &fresh {
             self.published(&item.env);
@@ -631,31 +631,30 @@ impl Store {
     }
 }
 
-
 /// The query of [`Store::list`] up to its order and limit.
 fn filtered(filter: &ListFilter) -> QueryBuilder<'_, Sqlite> {
     let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {ENV_COLUMNS} FROM environments WHERE 1=1"));
     if let Some(owner) = &filter.owner {
-            q.push(" AND owner = ").push_bind(owner);
-        }
-        match filter.state {
-            Some(state) => q.push(" AND observed = ").push_bind(state.as_str()),
-            None => q.push(" AND observed != 'deleted'"),
-        };
-        if let Some(provider) = &filter.provider {
-            q.push(" AND provider = ").push_bind(provider);
-        }
-        if let Some(job_id) = &filter.job_id {
-            q.push(" AND job_id = ").push_bind(job_id);
-        }
-        for (k, v) in &filter.labels {
-            q.push(" AND EXISTS (SELECT 1 FROM json_each(environments.labels) WHERE json_each.key = ")
-                .push_bind(k)
-                .push(" AND json_each.value = ")
-                .push_bind(v)
-                .push(")");
-        }
-        q
+        q.push(" AND owner = ").push_bind(owner);
+    }
+    match filter.state {
+        Some(state) => q.push(" AND observed = ").push_bind(state.as_str()),
+        None => q.push(" AND observed != 'deleted'"),
+    };
+    if let Some(provider) = &filter.provider {
+        q.push(" AND provider = ").push_bind(provider);
+    }
+    if let Some(job_id) = &filter.job_id {
+        q.push(" AND job_id = ").push_bind(job_id);
+    }
+    for (k, v) in &filter.labels {
+        q.push(" AND EXISTS (SELECT 1 FROM json_each(environments.labels) WHERE json_each.key = ")
+            .push_bind(k)
+            .push(" AND json_each.value = ")
+            .push_bind(v)
+            .push(")");
+    }
+    q
 }
 
 fn json<T: serde::Serialize>(value: &T) -> String {

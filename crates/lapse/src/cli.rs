@@ -397,7 +397,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("this server consumes no Redis queues (see `lapse serve --help`, REDIS_CONNECTION_STRING)");
             } else {
                 let state = if view.connected { "connected" } else { "NOT connected" };
-                println!("redis {} ({state}), provider {}", view.redis.unwrap_or_default(), view.provider.unwrap_or_default());
+                println!(
+                    "redis {} ({state}), provider {}",
+                    view.redis.unwrap_or_default(),
+                    view.provider.unwrap_or_default()
+                );
                 if let Some(error) = &view.error {
                     println!("last error: {error}");
                 }

@@ -59,8 +59,7 @@ pub async fn queues(State(app): State<App>) -> Result<Json<QueuesView>, ApiError
             queues: vec![],
         }));
     };
-    let processed =
-        app.cx.store.queue_counters().await.map_err(|e| ApiError::from(crate::app::AppError::Store(e)))?;
+    let processed = app.cx.store.queue_counters().await.map_err(|e| ApiError::from(crate::app::AppError::Store(e)))?;
     Ok(Json(swim.view(&processed).await))
 }
 

@@ -114,7 +114,8 @@ async fn round(app: &App, swim: &Arc<Swim>, queue: &Arc<Queue>) -> Result<(), Ro
     let work = swim.connect(Duration::from_secs(10)).await?;
     swim.up();
     // What a crash (or a lost connection) left in the processing list is handled first.
-    let leftovers: Vec<String> = redis::cmd("LRANGE").arg(&queue.processing).arg(0).arg(-1).query_async(&mut pump).await?;
+    let leftovers: Vec<String> =
+        redis::cmd("LRANGE").arg(&queue.processing).arg(0).arg(-1).query_async(&mut pump).await?;
     if !leftovers.is_empty() {
         let mut entries = Vec::new();
         for raw in leftovers {
@@ -148,7 +149,8 @@ async fn round(app: &App, swim: &Arc<Swim>, queue: &Arc<Queue>) -> Result<(), Ro
         }
         // The semaphore is never closed.
         let permit = slots.clone().acquire_owned().await.expect("slots open");
-        let (app, swim, queue, mut conn, failed) = (app.clone(), swim.clone(), queue.clone(), work.clone(), failed_tx.clone());
+        let (app, swim, queue, mut conn, failed) =
+            (app.clone(), swim.clone(), queue.clone(), work.clone(), failed_tx.clone());
         tokio::spawn(async move {
             if let Err(e) = handle(&app, &swim, &queue, &mut conn, batch).await {
                 let _ = failed.send(e);
@@ -161,13 +163,8 @@ async fn round(app: &App, swim: &Arc<Swim>, queue: &Arc<Queue>) -> Result<(), Ro
 /// Takes a batch: what is queued now, or else the first message to arrive within a second.
 async fn take(conn: &mut MultiplexedConnection, queue: &Queue, max: usize) -> Result<Vec<Entry>, RoundError> {
     let prefix = format!("{TAG_MARK}{}:", uuid::Uuid::new_v4().simple());
-    let taken: Vec<String> = SCRIPTS.take
-        .key(&queue.key)
-        .key(&queue.processing)
-        .arg(&prefix)
-        .arg(max)
-        .invoke_async(conn)
-        .await?;
+    let taken: Vec<String> =
+        SCRIPTS.take.key(&queue.key).key(&queue.processing).arg(&prefix).arg(max).invoke_async(conn).await?;
     if !taken.is_empty() {
         return Ok(taken.into_iter().filter_map(|raw| parse_entry(raw).ok()).collect());
     }
@@ -188,8 +185,7 @@ async fn take(conn: &mut MultiplexedConnection, queue: &Queue, max: usize) -> Re
 /// Tags an untagged message in the processing list.
 async fn tag(conn: &mut MultiplexedConnection, queue: &Queue, untagged: String) -> Result<Option<Entry>, RoundError> {
     let tagged = format!("{TAG_MARK}{}:0 {untagged}", uuid::Uuid::new_v4().simple());
-    let replaced: i64 =
-        SCRIPTS.tag.key(&queue.processing).arg(&untagged).arg(&tagged).invoke_async(conn).await?;
+    let replaced: i64 = SCRIPTS.tag.key(&queue.processing).arg(&untagged).arg(&tagged).invoke_async(conn).await?;
     Ok((replaced == 1).then(|| parse_entry(tagged).expect("a tagged entry parses")))
 }
 

@@ -118,7 +118,11 @@ impl SwimConfig {
 fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
         })
         .collect()
 }
@@ -268,12 +272,8 @@ impl Swim {
             let mut conn = self.connect(Duration::from_secs(1)).await?;
             let mut out = Vec::new();
             for q in &self.queues {
-                let (depth, in_flight, dead): (u64, u64, u64) = redis::pipe()
-                    .llen(&q.key)
-                    .llen(&q.processing)
-                    .llen(&q.dead)
-                    .query_async(&mut conn)
-                    .await?;
+                let (depth, in_flight, dead): (u64, u64, u64) =
+                    redis::pipe().llen(&q.key).llen(&q.processing).llen(&q.dead).query_async(&mut conn).await?;
                 out.push((depth, in_flight, dead));
             }
             let _: () = conn.ping().await?;

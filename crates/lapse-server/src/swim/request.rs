@@ -214,10 +214,9 @@ mod tests {
 
     #[test]
     fn the_seed_request_with_defaults_and_overrides() {
-        let req: ProvisionRequest = parse(
-            r#"{"WebUsername":"test-user","LabID":1234,"CloudInitFile":"./cloud-init.yml","TTLMinutes":30}"#,
-        )
-        .unwrap();
+        let req: ProvisionRequest =
+            parse(r#"{"WebUsername":"test-user","LabID":1234,"CloudInitFile":"./cloud-init.yml","TTLMinutes":30}"#)
+                .unwrap();
         let p = provision(&req, &cfg(), "#cloud-config\n".into(), DAY).unwrap();
         assert_eq!(p.owner, "test-user");
         assert_eq!(p.lab, "1234");
@@ -248,9 +247,11 @@ mod tests {
         let req = |extra: &str| -> ProvisionRequest {
             parse(&format!(r#"{{"WebUsername":"u","LabID":1,"CloudInitFile":"c","TTLMinutes":5{extra}}}"#)).unwrap()
         };
-        assert!(provision(&req(r#","InstanceType":"HUGE"}"#.trim_end_matches('}')), &cfg(), String::new(), DAY)
-            .unwrap_err()
-            .contains("unknown InstanceType"));
+        assert!(
+            provision(&req(r#","InstanceType":"HUGE"}"#.trim_end_matches('}')), &cfg(), String::new(), DAY)
+                .unwrap_err()
+                .contains("unknown InstanceType")
+        );
         let mut r = req("");
         r.ttl_minutes = -1.0;
         assert!(provision(&r, &cfg(), String::new(), DAY).unwrap_err().contains("TTLMinutes"));

@@ -15,6 +15,8 @@ pub struct Server {
     pub dir: PathBuf,
     pub controller_id: String,
     args: Vec<String>,
+    /// Variables the server is started with (changed ones apply at the next restart).
+    pub envs: Vec<(String, String)>,
     http: reqwest::Client,
 }
 
@@ -25,6 +27,11 @@ pub const FAST: &[&str] =
 impl Server {
     /// Starts a server on a free loopback port with its state in `dir`.
     pub async fn start(dir: &Path, args: &[&str]) -> Server {
+        Self::start_with_env(dir, args, &[]).await
+    }
+
+    /// Starts a server as [`Server::start`] does, with these variables set.
+    pub async fn start_with_env(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Server {
         let mut all: Vec<String> = FAST.iter().map(|s| s.to_string()).collect();
         all.extend(args.iter().map(|s| s.to_string()));
         let mut server = Server {
@@ -33,6 +40,7 @@ impl Server {
             dir: dir.to_owned(),
             controller_id: String::new(),
             args: all,
+            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             http: reqwest::Client::new(),
         };
         server.spawn().await;
@@ -53,6 +61,7 @@ impl Server {
             .arg(&self.dir)
             .args(&self.args)
             .env("LAPSE_LOG", "info,lapse_server=debug")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .kill_on_drop(true)
@@ -69,6 +78,16 @@ impl Server {
         self.child = Some(child);
         let status = self.get("/v1/status").await;
         self.controller_id = status.1["controller_id"].as_str().expect("controller id").to_owned();
+    }
+
+    /// Waits for the server to exit on its own (a fault it was told to have).
+    pub async fn wait_exit(&mut self, within: Duration) {
+        if let Some(mut child) = self.child.take() {
+            tokio::time::timeout(within, child.wait())
+                .await
+                .unwrap_or_else(|_| panic!("the server did not exit within {within:?}; log:\n{}", self.log()))
+                .expect("reaped");
+        }
     }
 
     /// `kill -9`: no shutdown path runs.

@@ -10,4 +10,6 @@ mod drift;
 mod harness;
 mod lifecycles;
 mod pools;
+mod redis_server;
 mod retry;
+mod swim;

@@ -5,7 +5,9 @@
 //! Sections: `process` create latency; `docker` create → running (when a Docker API answers);
 //! expiry lateness of short leases; warm claims under 200 concurrent clients; create
 //! throughput and pool refill rate with the `sim` provider at zero latency; and the scale run:
-//! many leases with TTLs spread over minutes (server RSS, restart time, expiry lateness).
+//! many leases with TTLs spread over minutes (server RSS, restart time, expiry lateness); the
+//! SWIM Redis queues (requests per second into desired state; lost and duplicated requests
+//! across a `kill -9` of the server mid-run).
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -55,6 +57,13 @@ pub struct BenchArgs {
     /// The scale run's TTLs are spread evenly over this span, after the head start.
     #[arg(long, default_value = "10m", value_parser = |s: &str| lapse_core::duration::parse_duration(s).map_err(|e| e.to_string()))]
     spread: Duration,
+    /// SWIM provision requests pushed to Redis for the queue figures (0 to skip; needs
+    /// `redis-server` on the PATH).
+    #[arg(long, default_value_t = 20_000)]
+    swim: usize,
+    /// Run only the SWIM queue section.
+    #[arg(long)]
+    swim_only: bool,
 }
 
 /// A `lapse serve` child process.
@@ -66,12 +75,17 @@ struct ServerProcess {
 
 impl ServerProcess {
     async fn start(dir: &std::path::Path) -> anyhow::Result<ServerProcess> {
+        Self::start_with(dir, &[]).await
+    }
+
+    async fn start_with(dir: &std::path::Path, envs: &[(&str, String)]) -> anyhow::Result<ServerProcess> {
         let exe = std::env::current_exe().context("finding this executable")?;
-        let log = std::fs::File::create(dir.join("server.log"))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log"))?;
         let mut child = tokio::process::Command::new(exe)
             .args(["serve", "--listen", "127.0.0.1:0", "--sim", "0", "--stop-grace", "2s", "--data-dir"])
             .arg(dir)
-            .env("LAPSE_LOG", "warn")
+            .env("LAPSE_LOG", std::env::var("LAPSE_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
+            .envs(envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .kill_on_drop(true)
@@ -225,6 +239,11 @@ async fn claims(server: &Arc<ServerProcess>, spec: &Value, total: usize, clients
 }
 
 pub async fn run(args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
+    if args.swim_only {
+        let mut report = serde_json::Map::new();
+        swim(&args, json_out, &mut report).await?;
+        return print_report(report, json_out);
+    }
     let dir = tempfile::tempdir().context("a temporary data dir")?;
     let mut server = Arc::new(ServerProcess::start(dir.path()).await?);
     let mut report = serde_json::Map::new();
@@ -377,7 +396,13 @@ pub async fn run(args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
     }
     store.close().await;
     drop(server);
+    if args.swim > 0 {
+        swim(&args, json_out, &mut report).await?;
+    }
+    print_report(report, json_out)
+}
 
+fn print_report(report: serde_json::Map<String, Value>, json_out: bool) -> anyhow::Result<()> {
     if json_out {
         println!("{}", serde_json::to_string_pretty(&Value::Object(report))?);
     } else {
@@ -385,5 +410,136 @@ pub async fn run(args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
             println!("{name:<34} {v}");
         }
     }
+    Ok(())
+}
+
+/// A `redis-server` child on a free loopback port, without persistence.
+struct RedisProcess {
+    _child: tokio::process::Child,
+    address: String,
+}
+
+impl RedisProcess {
+    async fn start() -> anyhow::Result<RedisProcess> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting redis-server (is it installed? `scripts/test` installs it)")?;
+        let address = format!("127.0.0.1:{port}");
+        for _ in 0..100 {
+            if let Ok(mut c) = Self::connect(&address).await
+                && redis::cmd("PING").query_async::<String>(&mut c).await.is_ok()
+            {
+                return Ok(RedisProcess { _child: child, address });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("redis-server did not answer on {address}")
+    }
+
+    async fn connect(address: &str) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        redis::Client::open(format!("redis://{address}"))?.get_multiplexed_async_connection().await
+    }
+
+    async fn push(&self, messages: &[String]) -> anyhow::Result<()> {
+        let mut c = Self::connect(&self.address).await?;
+        for chunk in messages.chunks(1000) {
+            let _: i64 = redis::cmd("LPUSH").arg("swim:provision:queue").arg(chunk).query_async(&mut c).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn processed(server: &ServerProcess) -> anyhow::Result<u64> {
+    let (_, view) = server.call(Method::GET, "/v1/queues", None).await?;
+    view["queues"][0]["processed"].as_u64().context("a processed count")
+}
+
+/// SWIM queues: requests per second from Redis into committed desired state (`sim` provider,
+/// zero latency), then the same with the server killed (-9) and restarted mid-run, counting
+/// lost and duplicated requests.
+async fn swim(args: &BenchArgs, json_out: bool, report: &mut serde_json::Map<String, Value>) -> anyhow::Result<()> {
+    let say = |line: String| {
+        if !json_out {
+            eprintln!("{line}");
+        }
+    };
+    let redis = match RedisProcess::start().await {
+        Ok(r) => r,
+        Err(e) => {
+            say(format!("swim: skipped ({e:#})"));
+            return Ok(());
+        }
+    };
+    let dir = tempfile::Builder::new().disable_cleanup(std::env::var_os("LAPSE_BENCH_KEEP").is_some()).tempdir()?;
+    let cloud_init = dir.path().join("cloud-init.yml");
+    std::fs::write(&cloud_init, "#cloud-config\n")?;
+    let data = dir.path().join("lapse");
+    std::fs::create_dir_all(&data)?;
+    let envs = [("REDIS_CONNECTION_STRING", redis.address.clone()), ("SWIM_PROVIDER", "sim".to_owned())];
+    let mut server = ServerProcess::start_with(&data, &envs).await?;
+    let n = args.swim;
+    let message = |user: &str, lab: usize| {
+        json!({"WebUsername": user, "LabID": lab, "CloudInitFile": cloud_init, "TTLMinutes": 60}).to_string()
+    };
+
+    say(format!("swim: {n} provision requests from Redis into desired state ..."));
+    let batch: Vec<String> = (0..n).map(|i| message("bench", i)).collect();
+    let t = Instant::now();
+    redis.push(&batch).await?;
+    while processed(&server).await? < n as u64 {
+        if t.elapsed() > Duration::from_secs(600) {
+            bail!("the queue was not drained in 10 min");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seconds = t.elapsed().as_secs_f64();
+    report.insert("swim_requests_per_second".into(), json!(n as f64 / seconds));
+    server.wait_idle(Duration::from_secs(600)).await?;
+
+    say(format!("swim: {n} more, the server killed (-9) a quarter of the way and restarted ..."));
+    let batch: Vec<String> = (0..n).map(|i| message("crash", i)).collect();
+    redis.push(&batch).await?;
+    let kill_at = (n + n / 4) as u64;
+    let t = Instant::now();
+    let mut at_kill = 0;
+    while at_kill < kill_at {
+        at_kill = processed(&server).await?;
+        if t.elapsed() > Duration::from_secs(600) {
+            bail!("the queue was not consumed in 10 min");
+        }
+    }
+    server.kill9().await;
+    let mut c = RedisProcess::connect(&redis.address).await?;
+    let in_flight: u64 = redis::cmd("LLEN").arg("swim:provision:queue:processing").query_async(&mut c).await?;
+    server = ServerProcess::start_with(&data, &envs).await?;
+    while processed(&server).await? < 2 * n as u64 {
+        if t.elapsed() > Duration::from_secs(600) {
+            bail!("after the restart the queue was not drained in 10 min");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Whatever was in flight at the kill is handled by now; give a late duplicate time to show.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let store = lapse_store::Store::open(&data.join("lapse.db")).await?;
+    let filter = lapse_store::ListFilter { owner: Some("crash".into()), limit: Some(u32::MAX), ..Default::default() };
+    let mut per_lab = vec![0usize; n];
+    for env in store.list(&filter).await? {
+        if let Some(lab) = env.labels.get("swim.lab_id").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l < n) {
+            per_lab[lab] += 1;
+        }
+    }
+    store.close().await;
+    let lost = per_lab.iter().filter(|c| **c == 0).count();
+    let duplicated: usize = per_lab.iter().map(|c| c.saturating_sub(1)).sum();
+    report.insert(
+        "swim_kill9_mid_run".into(),
+        json!({"requests": n, "killed_after": at_kill - n as u64, "in_processing_list_at_kill": in_flight,
+               "lost": lost, "duplicated": duplicated,
+               "seconds": t.elapsed().as_secs_f64()}),
+    );
     Ok(())
 }

@@ -93,7 +93,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SWIM_CONTROL_CONCURRENCY", default_value_t = 5, help_heading = "SWIM Redis queues")]
     pub swim_control_concurrency: usize,
     /// Most messages a handler takes at once.
-    #[arg(long, env = "SWIM_BATCH", default_value_t = 256, help_heading = "SWIM Redis queues")]
+    #[arg(long, env = "SWIM_BATCH", default_value_t = 1000, help_heading = "SWIM Redis queues")]
     pub swim_batch: usize,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "LAPSE_LOG_JSON")]

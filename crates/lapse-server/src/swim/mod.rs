@@ -75,7 +75,7 @@ impl SwimConfig {
             cloud_init_dir: None,
             provision_concurrency: 2,
             control_concurrency: 5,
-            batch: 256,
+            batch: 1000,
             server_ttl: Duration::from_secs(24 * 3600),
         }
     }

@@ -545,6 +545,7 @@ async fn openapi_describes_every_route() {
         "get /v1/openapi.json",
         "get /v1/providers",
         "get /v1/status",
+        "get /v1/queues",
         "post /v1/environments",
         "post /v1/environments/{id}/exec",
         "post /v1/environments/{id}/extend",

@@ -323,4 +323,22 @@ spec = { provider = "process", cmd = ["x"] }
         assert_eq!(errors[0].line, 1, "{errors:?}");
         assert_eq!(parse("", MAX), Ok(Declared::default()));
     }
+
+    #[test]
+    fn a_redis_table_configures_the_swim_queues() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lapse.toml");
+        let text = "[redis]\nurl = \"10.0.0.5:6379\"\nprefix = \"vmmanager:\"\nprovider = \"docker\"\n\
+                    default_image = \"lab:1\"\nprovision_concurrency = 3\n";
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(parse(text, MAX), Ok(Declared::default()), "the environments part ignores it");
+        let cfg = redis_section(&path).unwrap().unwrap().into_config();
+        assert_eq!(cfg.provision_queue(), "vmmanager:provision:queue");
+        assert_eq!((cfg.provider.as_str(), cfg.provision_concurrency, cfg.control_concurrency), ("docker", 3, 5));
+        assert_eq!(cfg.default_image.as_deref(), Some("lab:1"));
+        std::fs::write(&path, "[redis]\nport = 1\n").unwrap();
+        assert!(redis_section(&path).unwrap_err().to_string().contains("port"));
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(redis_section(&path).unwrap(), None);
+    }
 }

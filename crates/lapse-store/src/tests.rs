@@ -180,3 +180,41 @@ async fn concurrent_claims_never_share_a_member() {
     store.insert(&old, NewEvent::new("old", "pool", "create", "ok", "")).await.unwrap();
     assert!(store.claim(&spec.hash(), |_| vec![]).await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn queue_messages_apply_once_and_changes_are_published() {
+    let (_dir, store) = store().await;
+    let mut feed = store.subscribe();
+    let item = |tag: &str, id: char, owner: &str| QueuedCreate {
+        tag: tag.to_owned(),
+        env: sample(&id.to_string().repeat(32), owner),
+        event: NewEvent::new(&id.to_string().repeat(32), "swim", "create", "ok", ""),
+    };
+    let batch = vec![item("t1", 'a', "ann"), item("t2", 'b', "ann"), item("t2", 'c', "ann")];
+    assert_eq!(store.apply_creates("q", &batch).await.unwrap(), ["t1", "t2"], "a tag twice is one message");
+    // The same batch again (a crash before its removal from the processing list): nothing new.
+    assert!(store.apply_creates("q", &batch).await.unwrap().is_empty());
+    assert_eq!(store.list(&ListFilter::default()).await.unwrap().len(), 2);
+    assert_eq!(store.queue_counters().await.unwrap()["q"], 2);
+    assert_eq!(feed.try_recv().unwrap().id, "a".repeat(32));
+    assert_eq!(feed.try_recv().unwrap().id, "b".repeat(32));
+    assert!(feed.try_recv().is_err(), "nothing is published for skipped messages");
+
+    let filter = ListFilter { owner: Some("ann".into()), ..Default::default() };
+    let delete = |e: &mut Environment| {
+        e.desired = DesiredState::Deleted;
+        vec![NewEvent::new(&e.id, "swim", "delete", "ok", "")]
+    };
+    let changed = store.apply_change("d", "t9", &filter, delete).await.unwrap().unwrap();
+    assert_eq!(changed.len(), 2);
+    assert!(store.apply_change("d", "t9", &filter, delete).await.unwrap().is_none(), "applied once");
+    // A later message with another tag finds nothing left to delete.
+    assert_eq!(store.apply_change("d", "t10", &filter, delete).await.unwrap().unwrap().len(), 0);
+    assert_eq!(store.queue_counters().await.unwrap()["d"], 2);
+
+    let receipts = store.receipts(&["t1".into(), "t9".into(), "zz".into()]).await.unwrap();
+    assert_eq!(receipts.len(), 2);
+    let keep = std::collections::HashSet::from(["t1".to_owned()]);
+    assert_eq!(store.prune_receipts("q", now_millis() + 1, &keep).await.unwrap(), 1, "t2 goes, t1 is kept");
+    assert_eq!(store.receipts(&["t1".into(), "t2".into()]).await.unwrap().len(), 1);
+}

@@ -27,7 +27,8 @@ impl RedisServer {
         format!("127.0.0.1:{}", self.port)
     }
 
-    async fn spawn(&mut self) {
+    /// Starts it (again) on its port and files.
+    pub async fn spawn(&mut self) {
         std::fs::create_dir_all(&self.dir).unwrap();
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", ""])
@@ -55,12 +56,6 @@ impl RedisServer {
             child.start_kill().unwrap();
             child.wait().await.unwrap();
         }
-    }
-
-    /// Starts it again on the same port and files.
-    pub async fn restart(&mut self) {
-        self.kill9().await;
-        self.spawn().await;
     }
 
     pub async fn conn(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {

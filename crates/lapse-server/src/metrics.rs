@@ -25,6 +25,12 @@ pub struct ProviderLabels {
     pub provider: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub queue: String,
+    pub outcome: String,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -33,6 +39,7 @@ pub struct Metrics {
     pub expiry_lateness: Histogram,
     pub sweep_orphans_removed: Family<ProviderLabels, Counter>,
     pub sweep_drift_corrected: Family<ProviderLabels, Counter>,
+    pub queue_messages: Family<QueueLabels, Counter>,
 }
 
 impl Metrics {
@@ -64,7 +71,14 @@ impl Metrics {
             "Records corrected because their resource changed or vanished",
             sweep_drift_corrected.clone(),
         );
+        let queue_messages = Family::<QueueLabels, Counter>::default();
+        registry.register(
+            "queue_messages",
+            "Redis queue messages handled, by queue and outcome (applied, skipped as applied before, dead)",
+            queue_messages.clone(),
+        );
         Metrics {
+            queue_messages,
             registry,
             reconcile_steps,
             environments,
@@ -82,6 +96,14 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+
+    pub fn queue(&self, queue: &str, outcome: &str, n: u64) {
+        if n > 0 {
+            self.queue_messages
+                .get_or_create(&QueueLabels { queue: queue.to_owned(), outcome: outcome.to_owned() })
+                .inc_by(n);
+        }
     }
 
     /// Sets the per-state gauges from fresh counts (states no longer present drop out).

@@ -242,6 +242,8 @@ async fn handle(
                     app.reconciler.enqueue(&item.env.id);
                 }
                 queue.applied.fetch_add(fresh.len() as u64, Ordering::Relaxed);
+                app.cx.metrics.queue(&queue.key, "applied", fresh.len() as u64);
+                app.cx.metrics.queue(&queue.key, "skipped", (items.len() - fresh.len()) as u64);
                 if fresh.len() < items.len() {
                     tracing::info!(
                         queue = %queue.key,
@@ -279,6 +281,7 @@ async fn handle(
     }
     let _: i64 = script.invoke_async(conn).await?;
     queue.dead_lettered.fetch_add(dead.len() as u64, Ordering::Relaxed);
+    app.cx.metrics.queue(&queue.key, "dead", dead.len() as u64);
     tracing::debug!(
         queue = %queue.key,
         messages = size,
@@ -345,6 +348,9 @@ async fn decommission(app: &App, queue: &Queue, entry: &Entry) -> Result<Result<
         }
         tracing::info!(queue = %queue.key, environments = changed.len(), "{what}");
         queue.applied.fetch_add(1, Ordering::Relaxed);
+        app.cx.metrics.queue(&queue.key, "applied", 1);
+    } else {
+        app.cx.metrics.queue(&queue.key, "skipped", 1);
     }
     Ok(Ok(()))
 }

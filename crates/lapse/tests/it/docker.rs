@@ -245,3 +245,26 @@ async fn a_docker_warm_pool_hands_out_a_running_container() {
     server.request(Method::DELETE, &format!("/v1/environments/{id}"), None).await;
     server.wait_state(&id, "deleted", secs(30)).await;
 }
+
+#[tokio::test]
+async fn user_data_is_in_the_container_where_cloud_init_looks() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    let _cleanup = RemoveOnDrop(server.controller_id.clone());
+    let mut body = docker_env(&["sleep", "600"]);
+    body["spec"]["user_data"] = json!("#cloud-config\nruncmd: [echo hi]\n");
+    let env = server.create(body).await;
+    let id = env["id"].as_str().unwrap();
+    let env = server.wait_state(id, "running", secs(60)).await;
+    assert_eq!(env["user_data_path"], "/var/lib/cloud/seed/nocloud/user-data");
+    let (status, out) = server
+        .post(
+            &format!("/v1/environments/{id}/exec"),
+            json!({"cmd": ["sh", "-c", "cat \"$LAPSE_USER_DATA\"; cat /var/lib/cloud/seed/nocloud/meta-data"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    let stdout = out["stdout"].as_str().unwrap();
+    assert!(stdout.starts_with("#cloud-config\nruncmd: [echo hi]\n"), "{stdout}");
+    assert!(stdout.contains(&format!("instance-id: {id}")), "{stdout}");
+}

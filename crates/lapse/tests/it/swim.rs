@@ -220,6 +220,11 @@ async fn refused_messages_go_to_the_dead_letter_list_and_the_consumer_carries_on
     assert!(s.redis.lrange("swim:provision:queue:processing").await.is_empty());
     let (_, queues) = s.server.get("/v1/queues").await;
     assert_eq!(queues["queues"][0]["dead_lettered"], 5);
+    let metrics = s.server.get("/metrics").await.1.as_str().unwrap().to_owned();
+    assert!(
+        metrics.contains(r#"lapse_queue_messages_total{queue="swim:provision:queue",outcome="dead"} 5"#),
+        "{metrics}"
+    );
     assert_eq!(queues["queues"][0]["processed"], 1);
 }
 
@@ -294,4 +299,33 @@ async fn the_consumer_resumes_after_redis_restarts_under_load() {
     let (_, queues) = s.server.get("/v1/queues").await;
     assert_eq!(queues["connected"], true);
     assert_eq!(queues["queues"][0]["in_flight"], 0);
+}
+
+#[tokio::test]
+async fn a_failed_provision_leaves_an_error_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(&dir.path().join("redis")).await;
+    let cloud_init = dir.path().join("ci.yml");
+    std::fs::write(&cloud_init, "#cloud-config\n").unwrap();
+    let data = dir.path().join("lapse");
+    std::fs::create_dir_all(&data).unwrap();
+    let address = redis.address();
+    let envs = [("REDIS_CONNECTION_STRING", address.as_str()), ("SWIM_PROVIDER", "sim")];
+    // Every create fails.
+    let args = ["--sim", "create=1ms@1.0", "--docker", "off", "--max-attempts", "2"];
+    let server = Server::start_with_env(&data, &args, &envs).await;
+    redis.lpush(PROVISION, &[provision("gil", 5, &cloud_init.display().to_string(), 30.0)]).await;
+    let id = eventually(secs(10), "the lab", async || {
+        swim_envs(&server).await.first().and_then(|e| e["id"].as_str().map(str::to_owned))
+    })
+    .await;
+    let env = server.wait_state(&id, "failed", secs(20)).await;
+    let state = eventually(secs(5), "the error state", async || {
+        server_state(&redis, &id).await.filter(|v| v["state"] == "error")
+    })
+    .await;
+    assert_eq!(state["error"], env["reason"]);
+    assert!(state["error"].as_str().unwrap().contains("sim"), "{state}");
+    assert_eq!(state["web_username"], "gil");
+    assert!(redis.ttl(&format!("swim:server:{id}")).await > 86_000);
 }

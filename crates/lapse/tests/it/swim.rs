@@ -20,6 +20,11 @@ struct Setup {
 
 /// A Redis and a server consuming it; `provider` serves the requests.
 async fn setup(provider: &str, envs: &[(&str, &str)]) -> Setup {
+    setup_with(provider, &[], envs).await
+}
+
+/// [`setup`], with more arguments for the server (later ones override earlier ones).
+async fn setup_with(provider: &str, more: &[&str], envs: &[(&str, &str)]) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(&dir.path().join("redis")).await;
     let cloud_init = dir.path().join("cloud-init.yml");
@@ -33,8 +38,10 @@ async fn setup(provider: &str, envs: &[(&str, &str)]) -> Setup {
         ("SWIM_PROVISION_DEFAULT_CMD", "sleep 300"),
     ];
     all.extend_from_slice(envs);
-    let args: &[&str] = if provider == "sim" { &["--sim", "0", "--docker", "off"] } else { &["--docker", "off"] };
-    let server = Server::start_with_env(&data, args, &all).await;
+    let mut args: Vec<&str> =
+        if provider == "sim" { vec!["--sim", "0", "--docker", "off"] } else { vec!["--docker", "off"] };
+    args.extend_from_slice(more);
+    let server = Server::start_with_env(&data, &args, &all).await;
     Setup { redis, server, cloud_init: cloud_init.display().to_string(), _dir: dir }
 }
 
@@ -303,25 +310,17 @@ async fn the_consumer_resumes_after_redis_restarts_under_load() {
 
 #[tokio::test]
 async fn a_failed_provision_leaves_an_error_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let redis = RedisServer::start(&dir.path().join("redis")).await;
-    let cloud_init = dir.path().join("ci.yml");
-    std::fs::write(&cloud_init, "#cloud-config\n").unwrap();
-    let data = dir.path().join("lapse");
-    std::fs::create_dir_all(&data).unwrap();
-    let address = redis.address();
-    let envs = [("REDIS_CONNECTION_STRING", address.as_str()), ("SWIM_PROVIDER", "sim")];
     // Every create fails.
-    let args = ["--sim", "create=1ms@1.0", "--docker", "off", "--max-attempts", "2"];
-    let server = Server::start_with_env(&data, &args, &envs).await;
-    redis.lpush(PROVISION, &[provision("gil", 5, &cloud_init.display().to_string(), 30.0)]).await;
+    let s = setup_with("sim", &["--sim", "create=1ms@1.0", "--max-attempts", "2"], &[]).await;
+    let (redis, server) = (&s.redis, &s.server);
+    redis.lpush(PROVISION, &[provision("gil", 5, &s.cloud_init, 30.0)]).await;
     let id = eventually(secs(10), "the lab", async || {
-        swim_envs(&server).await.first().and_then(|e| e["id"].as_str().map(str::to_owned))
+        swim_envs(server).await.first().and_then(|e| e["id"].as_str().map(str::to_owned))
     })
     .await;
     let env = server.wait_state(&id, "failed", secs(20)).await;
     let state = eventually(secs(5), "the error state", async || {
-        server_state(&redis, &id).await.filter(|v| v["state"] == "error")
+        server_state(redis, &id).await.filter(|v| v["state"] == "error")
     })
     .await;
     assert_eq!(state["error"], env["reason"]);

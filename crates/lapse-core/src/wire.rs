@@ -312,13 +312,17 @@ pub struct EventView {
     pub at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment_id: Option<String>,
-    /// Who: `api`, `reconciler`, `expiry`, `sweep`.
+    /// Who: an API key's id (`key:<id>`), `admin`, `api` (no keys configured), `reconciler`,
+    /// `expiry`, `sweep`, `swim`, `config`.
     pub actor: String,
     /// What: `create`, `extend`, `transition`, `expire`, …
     pub action: String,
     /// `ok`, `error`, or the state reached.
     pub outcome: String,
     pub message: String,
+    /// The tenant of the environment it concerns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// An audit record as the store holds it.
@@ -331,6 +335,8 @@ pub struct Event {
     pub action: String,
     pub outcome: String,
     pub message: String,
+    /// The tenant of the environment it concerns.
+    pub tenant: Option<String>,
 }
 
 impl From<&Event> for EventView {
@@ -343,6 +349,7 @@ impl From<&Event> for EventView {
             action: e.action.clone(),
             outcome: e.outcome.clone(),
             message: e.message.clone(),
+            tenant: e.tenant.clone(),
         }
     }
 }
@@ -411,4 +418,81 @@ pub struct ErrorDetail {
     pub code: String,
     /// For people.
     pub message: String,
+}
+
+/// Per-tenant limits; each one absent keeps the tier's.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaInput {
+    /// Environments at once, counting pending and provisioning ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environments: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpu: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_gb: Option<u64>,
+    /// Longest TTL, as `"2h"` or seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ttl: Option<DurationInput>,
+    /// Environment-hours per calendar month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_hours_per_month: Option<f64>,
+}
+
+/// `POST /v1/admin/tenants`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    /// Letters, digits, `.`, `_`, `-`; at most 63.
+    pub name: String,
+    /// `free` (default) or `pro`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaInput>,
+}
+
+/// A tenant as the admin API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TenantView {
+    pub name: String,
+    pub tier: String,
+    pub quota: QuotaInput,
+    pub created_at: String,
+}
+
+/// `GET /v1/admin/tenants`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct TenantList {
+    pub tenants: Vec<TenantView>,
+}
+
+/// A new API key: `key` is shown this once and kept only as a hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct KeyCreated {
+    pub id: String,
+    pub tenant: String,
+    /// Send as `Authorization: Bearer <key>`.
+    pub key: String,
+}
+
+/// `DELETE /v1/admin/keys/{id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct KeyRevoked {
+    pub id: String,
+    pub tenant: String,
+    pub revoked: bool,
+}
+
+/// `GET /v1/whoami`: the presented key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    /// As the audit trail names it: `key:<id>`, `admin`, or `api` (no keys configured).
+    pub actor: String,
+    /// The tenant it is confined to; absent for admins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    pub admin: bool,
 }

@@ -20,6 +20,7 @@ use lapse_core::{Millis, format_millis};
 use lapse_providers::ProviderError;
 use lapse_store::{ListFilter, NewEvent, StoreError};
 
+use crate::auth::Caller;
 use crate::context::Context;
 use crate::reconciler::{Reconciler, transition};
 
@@ -67,7 +68,7 @@ impl App {
 
     /// Creates an environment: claims a warm pool member with the same spec if there is one
     /// (`claimed` is then true and it already runs), otherwise records a cold one.
-    pub async fn create(&self, req: CreateEnvironment) -> Result<Created, AppError> {
+    pub async fn create(&self, req: CreateEnvironment, caller: &Caller) -> Result<Created, AppError> {
         if let Some(name) = &req.name {
             validate::name("name", name)?;
         }
@@ -91,7 +92,8 @@ impl App {
         env.on_expiry = if req.lifecycle == Lifecycle::Job { OnExpiry::Delete } else { req.on_expiry };
         env.lifecycle = req.lifecycle;
         env.max_retries = req.max_retries.unwrap_or(0);
-        self.place(env, "api").await
+        env.tenant = caller.tenant().to_owned();
+        self.place(env, &caller.actor()).await
     }
 
     /// Makes `wanted` exist: claims a warm pool member of the same spec and gives it
@@ -152,7 +154,7 @@ impl App {
         if let Some(existing) = existing {
             let expires_at = job.ttl.map(|t| existing.created_at + t.as_millis() as i64);
             let env = self
-                .change(&existing.id, actor, "upsert", |e| {
+                .change(&existing.id, actor, None, "upsert", |e| {
                     let changed = e.spec.hash() != job.spec.hash();
                     let mut notes = Vec::new();
                     if changed {
@@ -220,7 +222,7 @@ impl App {
         }
         for gone in self.cx.store.config_declared().await? {
             if gone.job_id.as_ref().is_none_or(|j| !wanted_jobs.contains(j)) {
-                self.delete_by(&gone.id, "config").await?;
+                self.delete_by(&gone.id, "config", None).await?;
             }
         }
         let mut wanted_pools = std::collections::BTreeSet::new();
@@ -330,24 +332,32 @@ impl App {
         Ok(pool_view(pool, &members))
     }
 
-    pub async fn get(&self, id: &str) -> Result<Environment, AppError> {
+    /// One environment the caller may see; another tenant's answers exactly like one that
+    /// does not exist.
+    pub async fn get(&self, id: &str, caller: &Caller) -> Result<Environment, AppError> {
         if !is_environment_id(id) {
             return Err(AppError::NotFound(id.to_owned()));
         }
-        self.cx.store.get(id).await?.ok_or_else(|| AppError::NotFound(id.to_owned()))
+        self.cx.store.get(id).await?.filter(|e| caller.sees(&e.tenant)).ok_or_else(|| AppError::NotFound(id.to_owned()))
     }
 
-    pub async fn list(&self, filter: ListFilter) -> Result<Vec<Environment>, AppError> {
+    /// The environments `filter` selects among those the caller may see.
+    pub async fn list(&self, mut filter: ListFilter, caller: &Caller) -> Result<Vec<Environment>, AppError> {
+        if let Some(tenant) = caller.scope() {
+            filter.tenant = Some(tenant.to_owned());
+        }
         Ok(self.cx.store.list(&filter).await?)
     }
 
     /// Changes one environment's desired state in a transaction and wakes the reconciler.
     /// Applies `change` to one environment in a transaction, records `actor`'s `action` (and
     /// the transition, if `change` moved the observed state), and wakes the reconciler.
+    /// `scope`: the only tenant whose environment may be changed (another's is not found).
     async fn change(
         &self,
         id: &str,
         actor: &str,
+        scope: Option<&str>,
         action: &str,
         change: impl FnOnce(&mut Environment) -> Result<String, AppError>,
     ) -> Result<Environment, AppError> {
@@ -358,6 +368,9 @@ impl App {
             .cx
             .store
             .update(id, |e| {
+                if scope.is_some_and(|t| t != e.tenant) {
+                    return Err(AppError::NotFound(id.to_owned()));
+                }
                 if e.desired == DesiredState::Deleted {
                     return Err(AppError::Conflict(format!("environment {id} is deleted")));
                 }
@@ -380,7 +393,7 @@ impl App {
     }
 
     /// Moves the lease; an environment its expiry stopped runs again.
-    pub async fn extend(&self, id: &str, req: ExtendRequest) -> Result<Environment, AppError> {
+    pub async fn extend(&self, id: &str, req: ExtendRequest, caller: &Caller) -> Result<Environment, AppError> {
         let now = self.now();
         let until = match (&req.by, &req.until) {
             (Some(by), None) => Target::By(self.duration("by", by)?),
@@ -397,7 +410,7 @@ impl App {
             }
             _ => return Err(invalid("by", "give exactly one of `by` and `until`")),
         };
-        self.change(id, "api", "extend", |e| {
+        self.change(id, &caller.actor(), caller.scope(), "extend", |e| {
             let new_expiry = match until {
                 Target::By(d) => e.expires_at.unwrap_or(now).max(now) + d.as_millis() as i64,
                 Target::Until(at) => at,
@@ -418,8 +431,8 @@ impl App {
         .await
     }
 
-    pub async fn stop(&self, id: &str) -> Result<Environment, AppError> {
-        self.change(id, "api", "stop", |e| {
+    pub async fn stop(&self, id: &str, caller: &Caller) -> Result<Environment, AppError> {
+        self.change(id, &caller.actor(), caller.scope(), "stop", |e| {
             e.desired = DesiredState::Stopped;
             e.restart_on_extend = false;
             Ok("desired stopped".into())
@@ -427,9 +440,9 @@ impl App {
         .await
     }
 
-    pub async fn start(&self, id: &str) -> Result<Environment, AppError> {
+    pub async fn start(&self, id: &str, caller: &Caller) -> Result<Environment, AppError> {
         let now = self.now();
-        self.change(id, "api", "start", |e| {
+        self.change(id, &caller.actor(), caller.scope(), "start", |e| {
             if e.expired_at.is_some() || e.expires_at.is_some_and(|t| t <= now) {
                 return Err(AppError::Conflict(format!(
                     "the lease of {} ran out; `extend` it to start it again",
@@ -443,12 +456,12 @@ impl App {
         .await
     }
 
-    pub async fn delete(&self, id: &str) -> Result<Environment, AppError> {
-        self.delete_by(id, "api").await
+    pub async fn delete(&self, id: &str, caller: &Caller) -> Result<Environment, AppError> {
+        self.delete_by(id, &caller.actor(), caller.scope()).await
     }
 
-    async fn delete_by(&self, id: &str, actor: &str) -> Result<Environment, AppError> {
-        self.change(id, actor, "delete", |e| {
+    async fn delete_by(&self, id: &str, actor: &str, scope: Option<&str>) -> Result<Environment, AppError> {
+        self.change(id, actor, scope, "delete", |e| {
             e.desired = DesiredState::Deleted;
             e.restart_on_extend = false;
             Ok("desired deleted".into())
@@ -456,7 +469,7 @@ impl App {
         .await
     }
 
-    pub async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecResult, AppError> {
+    pub async fn exec(&self, id: &str, req: ExecRequest, caller: &Caller) -> Result<ExecResult, AppError> {
         if req.cmd.is_empty() {
             return Err(invalid("cmd", "give the program and its arguments"));
         }
@@ -465,14 +478,14 @@ impl App {
             Some(t) => t.to_duration(MAX_EXEC_TIMEOUT).map_err(|e| invalid("timeout", e))?,
             None => DEFAULT_EXEC_TIMEOUT,
         };
-        let env = self.running(id).await?;
+        let env = self.running(id, caller).await?;
         let provider = self.provider_of(&env)?;
         let result = provider.exec(&env.id, &env.spec, &req.cmd, timeout).await?;
         self.cx
             .store
             .append_event(NewEvent::new(
                 &env.id,
-                "api",
+                &caller.actor(),
                 "exec",
                 "ok",
                 format!(
@@ -485,8 +498,8 @@ impl App {
         Ok(result)
     }
 
-    pub async fn logs(&self, id: &str, tail: usize) -> Result<LogsView, AppError> {
-        let env = self.get(id).await?;
+    pub async fn logs(&self, id: &str, tail: usize, caller: &Caller) -> Result<LogsView, AppError> {
+        let env = self.get(id, caller).await?;
         if env.observed == ObservedState::Deleted || env.observed == ObservedState::Pending {
             return Err(AppError::Conflict(format!("environment {id} is {}; it has no logs", env.observed)));
         }
@@ -499,8 +512,8 @@ impl App {
         }
     }
 
-    async fn running(&self, id: &str) -> Result<Environment, AppError> {
-        let env = self.get(id).await?;
+    async fn running(&self, id: &str, caller: &Caller) -> Result<Environment, AppError> {
+        let env = self.get(id, caller).await?;
         if env.observed != ObservedState::Running {
             return Err(AppError::Conflict(format!("environment {id} is {}, not running", env.observed)));
         }

@@ -73,6 +73,9 @@ pub struct ServerConfig {
     pub vms_provider: String,
     /// The SWIM Redis queues; off unless given (or the config file has a `[redis]` table).
     pub swim: Option<crate::swim::SwimConfig>,
+    /// The bootstrap admin key; without one (here or in the config file's `[auth]` table) the
+    /// server is single-tenant and listens on loopback only.
+    pub admin_key: Option<String>,
 }
 
 impl ServerConfig {
@@ -99,6 +102,7 @@ impl ServerConfig {
             config_poll: Duration::from_secs(1),
             vms_provider: "process".into(),
             swim: None,
+            admin_key: None,
         }
     }
 

@@ -23,6 +23,8 @@ pub struct Context {
     pub pooled_hashes: std::sync::RwLock<std::collections::HashSet<String>>,
     /// Wakes the pool maintainer (after a claim, a pool change).
     pub pool_wake: tokio::sync::Notify,
+    /// API keys: who may call, and see what.
+    pub auth: crate::auth::Auth,
     /// The SWIM Redis queues, if this server consumes them.
     pub swim: Option<std::sync::Arc<crate::swim::Swim>>,
     /// The declarative config file's state, if one is served.

@@ -17,6 +17,9 @@
 //! version = "1"            # changing it recycles older members
 //! spec = { provider = "docker", image = "localhost/python:3.12", cmd = ["sleep", "infinity"] }
 //!
+//! [auth]                   # optional: the bootstrap admin key (read at start only)
+//! admin_key = "…"
+//!
 //! [redis]                  # optional: consume the SWIM queues (read at start only)
 //! url = "localhost:6379"
 //! prefix = "swim:"
@@ -67,6 +70,24 @@ struct ConfigFile {
     /// The SWIM Redis queues (see [`crate::swim`]); read at start only.
     #[serde(default)]
     redis: Option<crate::swim::RedisSection>,
+    /// Keys (see [`crate::auth`]); read at start only.
+    #[serde(default)]
+    auth: Option<AuthSection>,
+}
+
+/// The config file's `[auth]` table.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// The bootstrap admin key (at least 16 characters).
+    pub admin_key: Option<String>,
+}
+
+/// The tables of a config file that are read once, at start.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StartTables {
+    pub redis: Option<crate::swim::RedisSection>,
+    pub auth: Option<AuthSection>,
 }
 
 fn service() -> Lifecycle {
@@ -200,15 +221,15 @@ fn pool_size(min: u32, max: Option<u32>, what: &str) -> Result<(), String> {
     validate::pool_size(min, max).map(drop).map_err(|e| format!("{what}: {}", e.message))
 }
 
-/// The file's `[redis]` table, if it has one (read once, at start).
-pub fn redis_section(path: &Path) -> anyhow::Result<Option<crate::swim::RedisSection>> {
+/// The file's `[redis]` and `[auth]` tables (read once, at start).
+pub fn start_tables(path: &Path) -> anyhow::Result<StartTables> {
     use anyhow::Context as _;
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let file: ConfigFile = toml::from_str(&text).map_err(|e| {
         let line = e.span().map_or(0, |s| line_of(&text, s.start));
         anyhow::anyhow!("config file {} refused: line {line}: {}", path.display(), e.message().trim())
     })?;
-    Ok(file.redis)
+    Ok(StartTables { redis: file.redis, auth: file.auth })
 }
 
 /// Reads, checks and applies the file; records the outcome for `/v1/status`.
@@ -332,13 +353,15 @@ spec = { provider = "process", cmd = ["x"] }
                     default_image = \"lab:1\"\nprovision_concurrency = 3\n";
         std::fs::write(&path, text).unwrap();
         assert_eq!(parse(text, MAX), Ok(Declared::default()), "the environments part ignores it");
-        let cfg = redis_section(&path).unwrap().unwrap().into_config();
+        let cfg = start_tables(&path).unwrap().redis.unwrap().into_config();
         assert_eq!(cfg.provision_queue(), "vmmanager:provision:queue");
         assert_eq!((cfg.provider.as_str(), cfg.provision_concurrency, cfg.control_concurrency), ("docker", 3, 5));
         assert_eq!(cfg.default_image.as_deref(), Some("lab:1"));
         std::fs::write(&path, "[redis]\nport = 1\n").unwrap();
-        assert!(redis_section(&path).unwrap_err().to_string().contains("port"));
-        std::fs::write(&path, "").unwrap();
-        assert_eq!(redis_section(&path).unwrap(), None);
+        assert!(start_tables(&path).unwrap_err().to_string().contains("port"));
+        std::fs::write(&path, "[auth]\nadmin_key = \"0123456789abcdef\"\n").unwrap();
+        let tables = start_tables(&path).unwrap();
+        assert_eq!(tables.auth.unwrap().admin_key.as_deref(), Some("0123456789abcdef"));
+        assert_eq!(tables.redis, None);
     }
 }

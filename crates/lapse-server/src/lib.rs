@@ -20,6 +20,7 @@ use lapse_store::Store;
 use tokio::task::JoinHandle;
 
 pub mod app;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod context;
@@ -111,13 +112,25 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         providers.insert(Arc::new(lapse_providers::sim::SimProvider::new(sim)));
     }
 
-    let swim_config = match config.swim.clone() {
-        Some(cfg) => Some(cfg),
-        None => match &config.config_file {
-            Some(path) => declare::redis_section(path)?.map(swim::RedisSection::into_config),
-            None => None,
-        },
+    let tables = match &config.config_file {
+        Some(path) => declare::start_tables(path)?,
+        None => declare::StartTables::default(),
     };
+    let swim_config = config.swim.clone().or_else(|| tables.redis.map(swim::RedisSection::into_config));
+    let admin_key = config.admin_key.clone().or_else(|| tables.auth.and_then(|a| a.admin_key));
+    let auth = auth::Auth::new(admin_key.as_deref())?;
+    if !auth.enabled() && !config.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to listen on {}: no admin key is configured, so anyone who reaches the port could do \
+             anything. Set LAPSE_ADMIN_KEY (or [auth] admin_key in the config file), or listen on loopback",
+            config.listen
+        );
+    }
+    if auth.enabled() {
+        tracing::info!("API keys required: every route but /healthz needs Authorization: Bearer <key>");
+    } else {
+        tracing::warn!("no admin key configured: single-tenant mode, no API keys checked, loopback only");
+    }
     let swim = match swim_config {
         Some(cfg) => {
             if !providers.names().contains(&cfg.provider.as_str()) {
@@ -150,6 +163,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         pooled_hashes: Default::default(),
         config_status: std::sync::Mutex::new(None),
         swim,
+        auth,
     });
     let reconciler = Reconciler::new(cx.clone());
 

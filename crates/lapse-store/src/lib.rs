@@ -55,6 +55,9 @@ pub struct NewEvent {
     pub action: String,
     pub outcome: String,
     pub message: String,
+    /// The tenant it concerns, when it concerns no environment (an environment's event takes
+    /// the environment's tenant).
+    pub tenant: Option<String>,
 }
 
 impl NewEvent {
@@ -65,13 +68,49 @@ impl NewEvent {
             action: action.to_owned(),
             outcome: outcome.to_owned(),
             message: message.into(),
+            tenant: None,
         }
     }
+
+    /// An event of no environment (a tenant's, a key's), visible to `tenant`.
+    pub fn of_tenant(tenant: &str, actor: &str, action: &str, outcome: &str, message: impl Into<String>) -> Self {
+        NewEvent {
+            environment_id: None,
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            outcome: outcome.to_owned(),
+            message: message.into(),
+            tenant: Some(tenant.to_owned()),
+        }
+    }
+}
+
+/// A tenant: whose environments are whose.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TenantRecord {
+    pub name: String,
+    pub tier: String,
+    /// Overrides of the tier's limits, as given.
+    pub quota: serde_json::Value,
+    pub created_at: Millis,
+}
+
+/// An API key; only the SHA-256 of its secret is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: String,
+    pub tenant: String,
+    /// Hex SHA-256 of the key's secret part.
+    pub hash: String,
+    pub created_at: Millis,
+    pub revoked_at: Option<Millis>,
 }
 
 /// Filters of [`Store::list`]. Deleted environments are left out unless `state` asks for them.
 #[derive(Clone, Debug, Default)]
 pub struct ListFilter {
+    /// Only this tenant's.
+    pub tenant: Option<String>,
     pub owner: Option<String>,
     pub state: Option<ObservedState>,
     pub provider: Option<String>,
@@ -583,17 +622,22 @@ impl Store {
         append_event(&mut conn, &event).await
     }
 
-    /// Events in order, after `after`, optionally of one environment; at most `limit`.
+    /// Events in order, after `after`, optionally only of one tenant and of one environment;
+    /// at most `limit`.
     pub async fn events(
         &self,
+        tenant: Option<&str>,
         environment: Option<&str>,
         after: Option<i64>,
         limit: u32,
     ) -> Result<Vec<Event>, StoreError> {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT seq, at, environment_id, actor, action, outcome, message FROM events WHERE seq > ",
+            "SELECT seq, at, environment_id, actor, action, outcome, message, tenant FROM events WHERE seq > ",
         );
         q.push_bind(after.unwrap_or(0));
+        if let Some(tenant) = tenant {
+            q.push(" AND tenant = ").push_bind(tenant);
+        }
         if let Some(id) = environment {
             q.push(" AND environment_id = ").push_bind(id);
         }
@@ -609,6 +653,7 @@ impl Store {
                 action: r.get(4),
                 outcome: r.get(5),
                 message: r.get(6),
+                tenant: r.get(7),
             })
             .collect())
     }
@@ -624,6 +669,101 @@ impl Store {
         .op("expiry lateness")
     }
 
+    /// Creates a tenant; `false` if one of that name exists.
+    pub async fn create_tenant(&self, t: &TenantRecord, event: NewEvent) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await.op("create tenant")?;
+        let done = sqlx::query("INSERT OR IGNORE INTO tenants (name, tier, quota, created_at) VALUES (?, ?, ?, ?)")
+            .bind(&t.name)
+            .bind(&t.tier)
+            .bind(t.quota.to_string())
+            .bind(t.created_at)
+            .execute(&mut *tx)
+            .await
+            .op("create tenant")?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_event(&mut tx, &event).await?;
+        tx.commit().await.op("create tenant")?;
+        Ok(true)
+    }
+
+    pub async fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
+        let rows = sqlx::query("SELECT name, tier, quota, created_at FROM tenants ORDER BY name")
+            .fetch_all(&self.reader)
+            .await
+            .op("tenants")?;
+        rows.iter().map(tenant_from_row).collect()
+    }
+
+    pub async fn tenant(&self, name: &str) -> Result<Option<TenantRecord>, StoreError> {
+        let row = sqlx::query("SELECT name, tier, quota, created_at FROM tenants WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await
+            .op("tenant")?;
+        row.as_ref().map(tenant_from_row).transpose()
+    }
+
+    /// Adds a key to an existing tenant; `false` if there is no such tenant.
+    pub async fn create_key(&self, k: &KeyRecord, event: NewEvent) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await.op("create key")?;
+        let exists = sqlx::query("SELECT 1 FROM tenants WHERE name = ?")
+            .bind(&k.tenant)
+            .fetch_optional(&mut *tx)
+            .await
+            .op("create key")?;
+        if exists.is_none() {
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO api_keys (id, tenant, hash, created_at) VALUES (?, ?, ?, ?)")
+            .bind(&k.id)
+            .bind(&k.tenant)
+            .bind(&k.hash)
+            .bind(k.created_at)
+            .execute(&mut *tx)
+            .await
+            .op("create key")?;
+        append_event(&mut tx, &event).await?;
+        tx.commit().await.op("create key")?;
+        Ok(true)
+    }
+
+    pub async fn key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query("SELECT id, tenant, hash, created_at, revoked_at FROM api_keys WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .op("key")?;
+        Ok(row.map(|r| KeyRecord {
+            id: r.get(0),
+            tenant: r.get(1),
+            hash: r.get(2),
+            created_at: r.get(3),
+            revoked_at: r.get(4),
+        }))
+    }
+
+    /// Revokes a key; `None` if there is no such key, else its tenant.
+    pub async fn revoke_key(&self, id: &str, at: Millis, actor: &str) -> Result<Option<String>, StoreError> {
+        let mut tx = self.writer.begin().await.op("revoke key")?;
+        let tenant: Option<String> = sqlx::query_scalar("SELECT tenant FROM api_keys WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .op("revoke key")?;
+        let Some(tenant) = tenant else { return Ok(None) };
+        sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
+            .bind(at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .op("revoke key")?;
+        append_event(&mut tx, &NewEvent::of_tenant(&tenant, actor, "revoke_key", "ok", format!("key {id}"))).await?;
+        tx.commit().await.op("revoke key")?;
+        Ok(Some(tenant))
+    }
+
     /// Closes both pools, waiting for writes in flight.
     pub async fn close(&self) {
         self.reader.close().await;
@@ -634,6 +774,9 @@ impl Store {
 /// The query of [`Store::list`] up to its order and limit.
 fn filtered(filter: &ListFilter) -> QueryBuilder<'_, Sqlite> {
     let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {ENV_COLUMNS} FROM environments WHERE 1=1"));
+    if let Some(tenant) = &filter.tenant {
+        q.push(" AND tenant = ").push_bind(tenant);
+    }
     if let Some(owner) = &filter.owner {
         q.push(" AND owner = ").push_bind(owner);
     }
@@ -666,15 +809,21 @@ fn json<T: serde::Serialize>(value: &T) -> String {
 async fn append_events(conn: &mut SqliteConnection, events: &[NewEvent]) -> Result<(), StoreError> {
     let now = now_millis();
     for chunk in events.chunks(1000) {
-        let mut q =
-            QueryBuilder::<Sqlite>::new("INSERT INTO events (at, environment_id, actor, action, outcome, message) ");
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO events (at, environment_id, actor, action, outcome, message, tenant) ",
+        );
         q.push_values(chunk, |mut b, e| {
             b.push_bind(now)
                 .push_bind(&e.environment_id)
                 .push_bind(&e.actor)
                 .push_bind(&e.action)
                 .push_bind(&e.outcome)
-                .push_bind(&e.message);
+                .push_bind(&e.message)
+                .push("COALESCE(")
+                .push_bind_unseparated(&e.tenant)
+                .push_unseparated(", (SELECT tenant FROM environments WHERE id = ")
+                .push_bind_unseparated(&e.environment_id)
+                .push_unseparated("))");
         });
         q.build().execute(&mut *conn).await.op("append event")?;
     }
@@ -695,16 +844,21 @@ async fn count_processed(conn: &mut SqliteConnection, queue: &str, n: usize) -> 
 }
 
 async fn append_event(conn: &mut SqliteConnection, e: &NewEvent) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO events (at, environment_id, actor, action, outcome, message) VALUES (?, ?, ?, ?, ?, ?)")
-        .bind(now_millis())
-        .bind(&e.environment_id)
-        .bind(&e.actor)
-        .bind(&e.action)
-        .bind(&e.outcome)
-        .bind(&e.message)
-        .execute(conn)
-        .await
-        .op("append event")?;
+    sqlx::query(
+        "INSERT INTO events (at, environment_id, actor, action, outcome, message, tenant) \
+         VALUES (?, ?, ?, ?, ?, ?, COALESCE(?, (SELECT tenant FROM environments WHERE id = ?)))",
+    )
+    .bind(now_millis())
+    .bind(&e.environment_id)
+    .bind(&e.actor)
+    .bind(&e.action)
+    .bind(&e.outcome)
+    .bind(&e.message)
+    .bind(&e.tenant)
+    .bind(&e.environment_id)
+    .execute(conn)
+    .await
+    .op("append event")?;
     Ok(())
 }
 
@@ -772,6 +926,11 @@ where
 
 fn json_column<T: serde::de::DeserializeOwned>(id: &str, column: &'static str, text: &str) -> Result<T, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt { id: id.to_owned(), column, message: e.to_string() })
+}
+
+fn tenant_from_row(r: &SqliteRow) -> Result<TenantRecord, StoreError> {
+    let name: String = r.get(0);
+    Ok(TenantRecord { quota: json_column(&name, "quota", r.get(2))?, tier: r.get(1), created_at: r.get(3), name })
 }
 
 fn pool_from_row(r: &SqliteRow) -> Result<Pool, StoreError> {

@@ -31,6 +31,9 @@ pub struct Cli {
     /// Print the server's JSON instead of tables (for scripts).
     #[arg(long, global = true)]
     json: bool,
+    /// The API key (or the admin key) to present, when the server requires keys.
+    #[arg(long, global = true, env = "LAPSE_KEY", hide_env_values = true)]
+    key: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -111,6 +114,11 @@ enum Command {
     Providers,
     /// The SWIM Redis queues: waiting, in flight, dead-lettered and processed messages.
     Queues,
+    /// Tenants and API keys (needs the admin key: --key or LAPSE_KEY).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Who the presented key is: its tenant, or admin.
+    Whoami,
     /// Check a config file (as `lapse serve --config` reads it) without a server: every error,
     /// with its line; exits 1 if there is one.
     Check {
@@ -193,6 +201,40 @@ struct CreateArgs {
     cmd: Vec<String>,
 }
 
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Tenants: create or list.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// API keys: create (printed once) or revoke.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TenantCommand {
+    /// Create a tenant.
+    Create {
+        name: String,
+        /// `free` (default) or `pro`.
+        #[arg(long)]
+        tier: Option<String>,
+    },
+    /// List tenants.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCommand {
+    /// Create an API key for a tenant; the key is printed this once.
+    Create {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Revoke a key by its id: it is refused from now on.
+    Revoke { id: String },
+}
+
 fn key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
@@ -237,7 +279,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Check { file, max_ttl } = &cli.command {
         return check(file, max_ttl, cli.json);
     }
-    let client = Client::new(&cli.url)?;
+    let client = Client::new(&cli.url, cli.key.clone())?;
     let json = cli.json;
     let show = |env: &EnvironmentView| {
         if json {
@@ -387,6 +429,55 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     })
                     .collect();
                 output::table(&["PROVIDER", "STATUS", "DETAIL"], &rows);
+            }
+        }
+        Command::Whoami => {
+            let me: lapse_core::wire::WhoAmI = client.get("/v1/whoami").await?;
+            if json {
+                print_json(&me);
+            } else {
+                println!("{}{}", me.actor, me.tenant.map(|t| format!(" (tenant {t})")).unwrap_or_default());
+            }
+        }
+        Command::Admin(AdminCommand::Tenant(TenantCommand::Create { name, tier })) => {
+            let req = lapse_core::wire::CreateTenant { name, tier, quota: None };
+            let t: lapse_core::wire::TenantView = client.post("/v1/admin/tenants", &req).await?;
+            if json {
+                print_json(&t);
+            } else {
+                println!("tenant {} created (tier {})", t.name, t.tier);
+            }
+        }
+        Command::Admin(AdminCommand::Tenant(TenantCommand::List)) => {
+            let list: lapse_core::wire::TenantList = client.get("/v1/admin/tenants").await?;
+            if json {
+                print_json(&list);
+            } else {
+                let rows: Vec<Vec<String>> =
+                    list.tenants.iter().map(|t| vec![t.name.clone(), t.tier.clone(), t.created_at.clone()]).collect();
+                output::table(&["TENANT", "TIER", "CREATED"], &rows);
+            }
+        }
+        Command::Admin(AdminCommand::Key(KeyCommand::Create { tenant })) => {
+            let path = format!("/v1/admin/tenants/{}/keys", urlencode(&tenant));
+            let k: lapse_core::wire::KeyCreated = client.post(&path, &serde_json::json!({})).await?;
+            if json {
+                print_json(&k);
+            } else {
+                println!("{}", k.key);
+                eprintln!(
+                    "key {} for tenant {}: shown this once; keep it (LAPSE_KEY) — only its hash is stored",
+                    k.id, k.tenant
+                );
+            }
+        }
+        Command::Admin(AdminCommand::Key(KeyCommand::Revoke { id })) => {
+            let path = format!("/v1/admin/keys/{}", urlencode(&id));
+            let r: lapse_core::wire::KeyRevoked = client.call(Method::DELETE, &path, None::<&()>).await?;
+            if json {
+                print_json(&r);
+            } else {
+                println!("key {} of tenant {} revoked", r.id, r.tenant);
             }
         }
         Command::Queues => {

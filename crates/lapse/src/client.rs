@@ -9,12 +9,14 @@ use serde::de::DeserializeOwned;
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    key: Option<String>,
 }
 
 impl Client {
-    pub fn new(base: &str) -> anyhow::Result<Self> {
+    /// A client of the server at `base`, presenting `key` (an API key or the admin key).
+    pub fn new(base: &str, key: Option<String>) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder().build().context("building the HTTP client")?;
-        Ok(Client { base: base.trim_end_matches('/').to_owned(), http })
+        Ok(Client { base: base.trim_end_matches('/').to_owned(), http, key })
     }
 
     pub async fn call<T: DeserializeOwned>(
@@ -25,6 +27,9 @@ impl Client {
     ) -> anyhow::Result<T> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url);
+        if let Some(key) = &self.key {
+            req = req.bearer_auth(key);
+        }
         if let Some(body) = body {
             req = req.json(body);
         }

@@ -58,6 +58,11 @@ pub struct ServeArgs {
     /// The provider that serves the seed's `POST /vms`.
     #[arg(long, env = "LAPSE_VMS_PROVIDER", default_value = "process")]
     pub vms_provider: String,
+    /// The bootstrap admin key (at least 16 characters). With it, every route but /healthz
+    /// needs a key; without one (here or in the config file's [auth] table) the server is
+    /// single-tenant and listens on loopback only.
+    #[arg(long, env = "LAPSE_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
     /// Consume the SWIM Redis queues from this Redis (`host:port` or `redis://…`). Without
     /// it, a `[redis]` table in the --config file turns them on.
     #[arg(long, env = "REDIS_CONNECTION_STRING", help_heading = "SWIM Redis queues")]
@@ -145,6 +150,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.config_file = args.config;
     config.vms_provider = args.vms_provider;
+    config.admin_key = args.admin_key.clone();
     if let Some(url) = &args.redis {
         let provider = match (&args.swim_provider, std::env::var_os("SCW_ACCESS_KEY")) {
             (Some(p), _) => p.clone(),

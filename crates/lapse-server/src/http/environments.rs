@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -15,6 +15,7 @@ use lapse_store::ListFilter;
 
 use super::{ApiError, ApiJson, number, only_keys, query_pairs};
 use crate::app::App;
+use crate::auth::Caller;
 
 pub fn router() -> Router<App> {
     Router::new()
@@ -39,9 +40,10 @@ pub fn router() -> Router<App> {
     ))]
 pub async fn create(
     State(app): State<App>,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<CreateEnvironment>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let created = app.create(req).await?;
+    let created = app.create(req, &caller).await?;
     let location = format!("/v1/environments/{}", created.env.id);
     let status = if created.claimed { StatusCode::CREATED } else { StatusCode::ACCEPTED };
     Ok((status, [(header::LOCATION, location)], Json(EnvironmentView::from(&created.env))))
@@ -58,7 +60,11 @@ pub async fn create(
         ("limit" = Option<u32>, Query, description = "At most this many (1 to 10000; default 10000)"),
     ),
     responses((status = 200, body = EnvironmentList), (status = 400, body = ErrorBody)))]
-pub async fn list(State(app): State<App>, RawQuery(raw): RawQuery) -> Result<Json<EnvironmentList>, ApiError> {
+pub async fn list(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<EnvironmentList>, ApiError> {
     let pairs = query_pairs(raw.as_deref())?;
     only_keys(&pairs, &["owner", "state", "provider", "job_id", "label", "limit"])?;
     let mut filter = ListFilter::default();
@@ -77,15 +83,19 @@ pub async fn list(State(app): State<App>, RawQuery(raw): RawQuery) -> Result<Jso
             _ => {}
         }
     }
-    let envs = app.list(filter).await?;
+    let envs = app.list(filter, &caller).await?;
     Ok(Json(EnvironmentList { environments: envs.iter().map(EnvironmentView::from).collect() }))
 }
 
 /// One environment.
 #[utoipa::path(get, path = "/v1/environments/{id}", tag = "environments", params(("id" = String, Path)),
     responses((status = 200, body = EnvironmentView), (status = 404, body = ErrorBody)))]
-pub async fn show(State(app): State<App>, Path(id): Path<String>) -> Result<Json<EnvironmentView>, ApiError> {
-    Ok(Json(EnvironmentView::from(&app.get(&id).await?)))
+pub async fn show(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<EnvironmentView>, ApiError> {
+    Ok(Json(EnvironmentView::from(&app.get(&id, &caller).await?)))
 }
 
 /// Move the lease's end. An environment its expiry stopped is started again.
@@ -93,31 +103,44 @@ pub async fn show(State(app): State<App>, Path(id): Path<String>) -> Result<Json
     responses((status = 200, body = EnvironmentView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn extend(
     State(app): State<App>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<ExtendRequest>,
 ) -> Result<Json<EnvironmentView>, ApiError> {
-    Ok(Json(EnvironmentView::from(&app.extend(&id, req).await?)))
+    Ok(Json(EnvironmentView::from(&app.extend(&id, req, &caller).await?)))
 }
 
 /// Ask for the environment to be stopped.
 #[utoipa::path(post, path = "/v1/environments/{id}/stop", tag = "environments", params(("id" = String, Path)),
     responses((status = 202, body = EnvironmentView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn stop(State(app): State<App>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
-    Ok((StatusCode::ACCEPTED, Json(EnvironmentView::from(&app.stop(&id).await?))))
+pub async fn stop(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok((StatusCode::ACCEPTED, Json(EnvironmentView::from(&app.stop(&id, &caller).await?))))
 }
 
 /// Ask for the environment to run again (also after a failure).
 #[utoipa::path(post, path = "/v1/environments/{id}/start", tag = "environments", params(("id" = String, Path)),
     responses((status = 202, body = EnvironmentView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn start(State(app): State<App>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
-    Ok((StatusCode::ACCEPTED, Json(EnvironmentView::from(&app.start(&id).await?))))
+pub async fn start(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok((StatusCode::ACCEPTED, Json(EnvironmentView::from(&app.start(&id, &caller).await?))))
 }
 
 /// Ask for the environment and its resources to be removed. The record stays, `deleted`.
 #[utoipa::path(delete, path = "/v1/environments/{id}", tag = "environments", params(("id" = String, Path)),
     responses((status = 202, body = EnvironmentView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn delete(State(app): State<App>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
-    Ok((StatusCode::ACCEPTED, Json(EnvironmentView::from(&app.delete(&id).await?))))
+pub async fn delete(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok((StatusCode::ACCEPTED, Json(EnvironmentView::from(&app.delete(&id, &caller).await?))))
 }
 
 /// Run a command inside a running environment and return its output.
@@ -126,10 +149,11 @@ pub async fn delete(State(app): State<App>, Path(id): Path<String>) -> Result<im
         (status = 502, description = "The provider failed", body = ErrorBody), (status = 503, description = "The provider is unavailable", body = ErrorBody)))]
 pub async fn exec(
     State(app): State<App>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<ExecRequest>,
 ) -> Result<Json<ExecResult>, ApiError> {
-    Ok(Json(app.exec(&id, req).await?))
+    Ok(Json(app.exec(&id, req, &caller).await?))
 }
 
 /// The tail of what the environment printed.
@@ -138,6 +162,7 @@ pub async fn exec(
     responses((status = 200, body = LogsView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn logs(
     State(app): State<App>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<LogsView>, ApiError> {
@@ -147,5 +172,5 @@ pub async fn logs(
         Some((_, v)) => number("tail", v, 1usize, 10_000)?,
         None => 100,
     };
-    Ok(Json(app.logs(&id, tail).await?))
+    Ok(Json(app.logs(&id, tail, &caller).await?))
 }

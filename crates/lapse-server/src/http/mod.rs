@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 
 use crate::app::{App, AppError};
 
+pub mod admin;
 pub mod environments;
 pub mod openapi;
 pub mod pools;
@@ -28,12 +29,14 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 pub fn router(app: App) -> Router {
     Router::new()
+        .merge(admin::router())
         .merge(environments::router())
         .merge(pools::router())
         .merge(seed::router())
         .merge(system::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), admin::authenticate))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the server failed on this request")

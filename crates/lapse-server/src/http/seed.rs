@@ -195,7 +195,8 @@ pub async fn create_vm(
 /// Jobs and the warm pool, in the seed's shape.
 #[utoipa::path(get, path = "/stats", tag = "seed", responses((status = 200, body = Stats), (status = 503, body = ErrorBody)))]
 pub async fn stats(State(app): State<App>) -> Result<Json<Stats>, ApiError> {
-    let envs = app.list(ListFilter::default()).await.map_err(seed_error)?;
+    // Admins only (see `auth`): the seed's jobs of every tenant.
+    let envs = app.list(ListFilter::default(), &crate::auth::Caller::Admin).await.map_err(seed_error)?;
     let members = app.cx.store.pool_members().await.map_err(|e| seed_error(AppError::Store(e)))?;
     let jobs: Vec<JobView> = envs
         .iter()

@@ -84,7 +84,11 @@ pub async fn status(State(app): State<App>) -> Json<StatusView> {
         ("limit" = Option<u32>, Query, description = "At most this many (1 to 1000; default 100)"),
     ),
     responses((status = 200, body = EventList), (status = 400, body = ErrorBody)))]
-pub async fn events(State(app): State<App>, RawQuery(raw): RawQuery) -> Result<Json<EventList>, ApiError> {
+pub async fn events(
+    State(app): State<App>,
+    axum::extract::Extension(caller): axum::extract::Extension<crate::auth::Caller>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<EventList>, ApiError> {
     let pairs = query_pairs(raw.as_deref())?;
     only_keys(&pairs, &["environment", "after", "limit"])?;
     let mut environment = None;
@@ -104,7 +108,7 @@ pub async fn events(State(app): State<App>, RawQuery(raw): RawQuery) -> Result<J
     let events = app
         .cx
         .store
-        .events(environment.as_deref(), after, limit)
+        .events(caller.scope(), environment.as_deref(), after, limit)
         .await
         .map_err(|e| ApiError::from(crate::app::AppError::Store(e)))?;
     let next = (events.len() == limit as usize).then(|| events.last().map(|e| e.seq)).flatten();

@@ -1,0 +1,188 @@
+//! Who is calling: API keys, the bootstrap admin key, and what each may reach.
+//!
+//! A key is `lapse_<id>_<secret>`: 16 hex digits of id (public: it names the key in the audit
+//! trail and in `DELETE /v1/admin/keys/{id}`) and 64 hex digits (256 bits) of secret. The store
+//! keeps only the SHA-256 of the secret; a presented key is hashed and compared in constant
+//! time. The bootstrap admin key (`LAPSE_ADMIN_KEY` or the config file's `[auth] admin_key`)
+//! is any string of at least 16 characters, kept only as its hash too.
+//!
+//! With no admin key configured, the server is single-tenant: every caller is
+//! [`Caller::Open`], and `lapse serve` refuses to listen on anything but loopback.
+
+use sha2::{Digest, Sha256};
+
+use lapse_store::{KeyRecord, Store, StoreError};
+
+/// Shortest admin key accepted.
+pub const MIN_ADMIN_KEY: usize = 16;
+
+/// The caller of one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// No keys configured: single-tenant, everything allowed, tenant `default`.
+    Open,
+    /// The bootstrap admin key: every tenant's everything.
+    Admin,
+    /// A tenant's key: only that tenant's environments and events.
+    Tenant { tenant: String, key_id: String },
+}
+
+impl Caller {
+    /// The one tenant this caller may see, or `None` for all.
+    pub fn scope(&self) -> Option<&str> {
+        match self {
+            Caller::Tenant { tenant, .. } => Some(tenant),
+            Caller::Open | Caller::Admin => None,
+        }
+    }
+
+    /// Whether it may see `tenant`'s things.
+    pub fn sees(&self, tenant: &str) -> bool {
+        self.scope().is_none_or(|t| t == tenant)
+    }
+
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Caller::Open | Caller::Admin)
+    }
+
+    /// Who it is in the audit trail.
+    pub fn actor(&self) -> String {
+        match self {
+            Caller::Open => "api".into(),
+            Caller::Admin => "admin".into(),
+            Caller::Tenant { key_id, .. } => format!("key:{key_id}"),
+        }
+    }
+
+    /// The tenant of what it creates.
+    pub fn tenant(&self) -> &str {
+        self.scope().unwrap_or("default")
+    }
+}
+
+/// The server's key settings.
+#[derive(Clone, Debug, Default)]
+pub struct Auth {
+    admin_hash: Option<[u8; 32]>,
+}
+
+/// Why a key was refused: always the same answer to the caller, whatever the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("an API key is needed: send Authorization: Bearer <key>")]
+    Missing,
+    #[error("the API key is not valid (unknown, malformed or revoked)")]
+    Invalid,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Auth {
+    pub fn new(admin_key: Option<&str>) -> anyhow::Result<Auth> {
+        let admin_hash = match admin_key {
+            Some(k) if k.chars().count() < MIN_ADMIN_KEY => {
+                anyhow::bail!("the admin key must be at least {MIN_ADMIN_KEY} characters")
+            }
+            Some(k) => Some(sha256(k.as_bytes())),
+            None => None,
+        };
+        Ok(Auth { admin_hash })
+    }
+
+    /// Whether keys are required (an admin key is configured).
+    pub fn enabled(&self) -> bool {
+        self.admin_hash.is_some()
+    }
+
+    /// The caller presenting `authorization` (the header's value, if any).
+    pub async fn caller(&self, store: &Store, authorization: Option<&str>) -> Result<Caller, AuthError> {
+        let Some(admin) = &self.admin_hash else { return Ok(Caller::Open) };
+        let token = authorization
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::Missing)?;
+        if constant_time_eq(&sha256(token.as_bytes()), admin) {
+            return Ok(Caller::Admin);
+        }
+        let (id, secret) = parse_key(token).ok_or(AuthError::Invalid)?;
+        let key = store.key(id).await?.ok_or(AuthError::Invalid)?;
+        let stored = decode_hex(&key.hash).ok_or(AuthError::Invalid)?;
+        if !constant_time_eq(&sha256(secret.as_bytes()), &stored) || key.revoked_at.is_some() {
+            return Err(AuthError::Invalid);
+        }
+        Ok(Caller::Tenant { tenant: key.tenant, key_id: key.id })
+    }
+}
+
+/// A fresh key for `tenant`: the record to store and the key to show once.
+pub fn new_key(tenant: &str, now: lapse_core::Millis) -> (KeyRecord, String) {
+    let mut id = [0u8; 8];
+    let mut secret = [0u8; 32];
+    // The OS's random source failing leaves nothing safe to do.
+    getrandom::fill(&mut id).expect("the OS random source");
+    getrandom::fill(&mut secret).expect("the OS random source");
+    let (id, secret) = (hex(&id), hex(&secret));
+    let record = KeyRecord {
+        id: id.clone(),
+        tenant: tenant.to_owned(),
+        hash: hex(&sha256(secret.as_bytes())),
+        created_at: now,
+        revoked_at: None,
+    };
+    (record, format!("lapse_{id}_{secret}"))
+}
+
+/// `lapse_<16 hex>_<64 hex>` → (id, secret).
+fn parse_key(token: &str) -> Option<(&str, &str)> {
+    let rest = token.strip_prefix("lapse_")?;
+    let (id, secret) = rest.split_once('_')?;
+    let hex_of = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex_of(id, 16) && hex_of(secret, 64)).then_some((id, secret))
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_hex(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if s.len() != 64 {
+        return None;
+    }
+    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Compares two digests without an early exit, so timing says nothing of where they differ.
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_their_shape_and_hash() {
+        let (record, key) = new_key("acme", 1);
+        let (id, secret) = parse_key(&key).unwrap();
+        assert_eq!(id, record.id);
+        assert_eq!(decode_hex(&record.hash), Some(sha256(secret.as_bytes())));
+        assert!(!record.hash.contains(secret), "only the hash is kept");
+        let (other, _) = new_key("acme", 1);
+        assert_ne!(other.id, record.id);
+        for bad in ["", "lapse_", "lapse_zz_yy", &key[..key.len() - 1], &key.replace("lapse_", "lapsf_")] {
+            assert!(parse_key(bad).is_none(), "{bad}");
+        }
+        assert!(constant_time_eq(&sha256(b"x"), &sha256(b"x")));
+        assert!(!constant_time_eq(&sha256(b"x"), &sha256(b"y")));
+        assert!(Auth::new(Some("short")).is_err());
+    }
+}

@@ -1,0 +1,168 @@
+//! `/v1/admin/*`: tenants and their API keys (admin key only), and the middleware that
+//! authenticates every request.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use lapse_core::format_millis;
+use lapse_core::validate;
+use lapse_core::wire::{CreateTenant, ErrorBody, KeyCreated, KeyRevoked, QuotaInput, TenantList, TenantView};
+use lapse_store::{NewEvent, TenantRecord};
+
+use super::{ApiError, ApiJson};
+use crate::app::{App, AppError};
+use crate::auth::{AuthError, Caller};
+
+/// The tiers a tenant may have (the seed's: free and pro).
+pub const TIERS: &[&str] = &["free", "pro"];
+
+pub fn router() -> Router<App> {
+    Router::new()
+        .route("/v1/admin/tenants", post(create_tenant).get(list_tenants))
+        .route("/v1/admin/tenants/{name}/keys", post(create_key))
+        .route("/v1/admin/keys/{id}", delete(revoke_key))
+        .route("/v1/whoami", get(whoami))
+}
+
+/// Routes only admins reach: tenant administration, warm pools (shared infrastructure whose
+/// claimed members become the claimer's), the seed's `/vms` and `/stats` (whose `tenant` is
+/// free text), and server-wide status and metrics.
+fn admin_only(path: &str) -> bool {
+    path.starts_with("/v1/admin/")
+        || path == "/v1/pools"
+        || path.starts_with("/v1/pools/")
+        || matches!(path, "/vms" | "/stats" | "/metrics" | "/v1/status" | "/v1/queues")
+}
+
+/// Finds the caller of every request (all but `/healthz` need a key when keys are on) and
+/// refuses tenants on admin routes.
+pub async fn authenticate(State(app): State<App>, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    if path == "/healthz" {
+        return next.run(req).await;
+    }
+    let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let caller = match app.cx.auth.caller(&app.cx.store, header).await {
+        Ok(caller) => caller,
+        Err(AuthError::Store(e)) => return ApiError::from(AppError::Store(e)).into_response(),
+        Err(e) => {
+            let mut answer = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()).into_response();
+            answer.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return answer;
+        }
+    };
+    if admin_only(&path) && !caller.is_admin() {
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("{path} is for the admin key only"))
+            .into_response();
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+fn view(t: &TenantRecord) -> TenantView {
+    TenantView {
+        name: t.name.clone(),
+        tier: t.tier.clone(),
+        quota: serde_json::from_value(t.quota.clone()).unwrap_or_default(),
+        created_at: format_millis(t.created_at),
+    }
+}
+
+/// Create a tenant.
+#[utoipa::path(post, path = "/v1/admin/tenants", tag = "admin", request_body = CreateTenant,
+    responses((status = 201, body = TenantView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create_tenant(
+    State(app): State<App>,
+    axum::extract::Extension(caller): axum::extract::Extension<Caller>,
+    ApiJson(req): ApiJson<CreateTenant>,
+) -> Result<impl IntoResponse, ApiError> {
+    validate::name("name", &req.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let tier = req.tier.unwrap_or_else(|| "free".into());
+    if !TIERS.contains(&tier.as_str()) {
+        return Err(ApiError::bad_request(format!("tier: unknown tier {tier:?}; known: {}", TIERS.join(", "))));
+    }
+    let quota = req.quota.unwrap_or_default();
+    check_quota(&quota, app.cx.config.max_ttl)?;
+    let record = TenantRecord {
+        name: req.name.clone(),
+        tier: tier.clone(),
+        quota: serde_json::to_value(&quota).unwrap_or_default(),
+        created_at: app.cx.clock.now(),
+    };
+    let event = NewEvent::of_tenant(&req.name, &caller.actor(), "create_tenant", "ok", format!("tier {tier}"));
+    if !app.cx.store.create_tenant(&record, event).await.map_err(AppError::Store)? {
+        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("tenant {} exists", req.name)));
+    }
+    Ok((StatusCode::CREATED, Json(view(&record))))
+}
+
+fn check_quota(q: &QuotaInput, max_ttl: std::time::Duration) -> Result<(), ApiError> {
+    let bad = |field: &str, why: &str| Err(ApiError::bad_request(format!("quota.{field}: {why}")));
+    if q.vcpu.is_some_and(|v| !(v.is_finite() && v >= 0.0 && v <= validate::MAX_VCPU * 1000.0)) {
+        return bad("vcpu", "must be a number from 0");
+    }
+    if q.env_hours_per_month.is_some_and(|v| !(v.is_finite() && (0.0..=1e9).contains(&v))) {
+        return bad("env_hours_per_month", "must be a number from 0");
+    }
+    if let Some(t) = &q.max_ttl {
+        t.to_duration(max_ttl).map_err(|e| ApiError::bad_request(format!("quota.max_ttl: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Every tenant.
+#[utoipa::path(get, path = "/v1/admin/tenants", tag = "admin",
+    responses((status = 200, body = TenantList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_tenants(State(app): State<App>) -> Result<Json<TenantList>, ApiError> {
+    let tenants = app.cx.store.tenants().await.map_err(AppError::Store)?;
+    Ok(Json(TenantList { tenants: tenants.iter().map(view).collect() }))
+}
+
+/// Make an API key for a tenant. The key is in this answer only.
+#[utoipa::path(post, path = "/v1/admin/tenants/{name}/keys", tag = "admin", params(("name" = String, Path)),
+    responses((status = 201, body = KeyCreated), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn create_key(
+    State(app): State<App>,
+    axum::extract::Extension(caller): axum::extract::Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (record, key) = crate::auth::new_key(&name, app.cx.clock.now());
+    let event = NewEvent::of_tenant(&name, &caller.actor(), "create_key", "ok", format!("key {}", record.id));
+    if !app.cx.store.create_key(&record, event).await.map_err(AppError::Store)? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no tenant {name}")));
+    }
+    Ok((StatusCode::CREATED, Json(KeyCreated { id: record.id, tenant: name, key })))
+}
+
+/// Revoke a key: it is refused from now on.
+#[utoipa::path(delete, path = "/v1/admin/keys/{id}", tag = "admin", params(("id" = String, Path)),
+    responses((status = 200, body = KeyRevoked), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn revoke_key(
+    State(app): State<App>,
+    axum::extract::Extension(caller): axum::extract::Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<KeyRevoked>, ApiError> {
+    let tenant = app.cx.store.revoke_key(&id, app.cx.clock.now(), &caller.actor()).await.map_err(AppError::Store)?;
+    let tenant = tenant.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no key {id}")))?;
+    Ok(Json(KeyRevoked { id, tenant, revoked: true }))
+}
+
+/// Who the presented key is.
+#[utoipa::path(get, path = "/v1/whoami", tag = "admin",
+    responses((status = 200, body = lapse_core::wire::WhoAmI), (status = 401, body = ErrorBody)))]
+pub async fn whoami(
+    axum::extract::Extension(caller): axum::extract::Extension<Caller>,
+) -> Json<lapse_core::wire::WhoAmI> {
+    Json(lapse_core::wire::WhoAmI {
+        actor: caller.actor(),
+        tenant: caller.scope().map(str::to_owned),
+        admin: caller.is_admin(),
+    })
+}

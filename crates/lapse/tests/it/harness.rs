@@ -17,6 +17,8 @@ pub struct Server {
     args: Vec<String>,
     /// Variables the server is started with (changed ones apply at the next restart).
     pub envs: Vec<(String, String)>,
+    /// The key every request presents: `LAPSE_ADMIN_KEY` if the server was given one.
+    pub key: Option<String>,
     http: reqwest::Client,
 }
 
@@ -41,6 +43,7 @@ impl Server {
             controller_id: String::new(),
             args: all,
             envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            key: envs.iter().find(|(k, _)| *k == "LAPSE_ADMIN_KEY").map(|(_, v)| v.to_string()),
             http: reqwest::Client::new(),
         };
         server.spawn().await;
@@ -109,7 +112,21 @@ impl Server {
     }
 
     pub async fn request(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.request_as(self.key.as_deref(), method, path, body).await
+    }
+
+    /// A request presenting `key` (none when `None`).
+    pub async fn request_as(
+        &self,
+        key: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut req = self.http.request(method, format!("{}{}", self.url, path));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
         if let Some(body) = body {
             req = req.json(&body);
         }

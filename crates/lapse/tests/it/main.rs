@@ -13,3 +13,4 @@ mod pools;
 mod redis_server;
 mod retry;
 mod swim;
+mod tenants;

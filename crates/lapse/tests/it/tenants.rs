@@ -1,0 +1,169 @@
+//! Tenants and API keys: who may call, and who sees what.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::{Server, process_env, secs};
+
+const ADMIN: &str = "admin-key-for-tests-0123456789";
+
+async fn server(dir: &std::path::Path) -> Server {
+    Server::start_with_env(dir, &[], &[("LAPSE_ADMIN_KEY", ADMIN)]).await
+}
+
+/// Creates a tenant and a key for it; returns the key.
+async fn tenant_key(server: &Server, name: &str) -> (String, String) {
+    let (status, t) = server.post("/v1/admin/tenants", json!({"name": name})).await;
+    assert_eq!(status, StatusCode::CREATED, "{t}");
+    assert_eq!(t["tier"], "free");
+    let (status, k) = server.post(&format!("/v1/admin/tenants/{name}/keys"), json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{k}");
+    let key = k["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("lapse_"), "{key}");
+    (k["id"].as_str().unwrap().to_owned(), key)
+}
+
+#[tokio::test]
+async fn keys_are_needed_checked_and_revocable() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path()).await;
+    let (status, _) = server.request_as(None, Method::GET, "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK, "/healthz needs no key");
+    for key in [None, Some("wrong"), Some("lapse_0123456789abcdef_00"), Some(&ADMIN[1..])] {
+        for path in ["/v1/environments", "/v1/events", "/vms", "/stats", "/v1/openapi.json", "/no/such/route"] {
+            let (status, body) = server.request_as(key, Method::GET, path, None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path} with {key:?}: {body}");
+            assert_eq!(body["error"]["code"], "unauthorized");
+        }
+    }
+    let (id, key) = tenant_key(&server, "acme").await;
+    let (status, me) = server.request_as(Some(&key), Method::GET, "/v1/whoami", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me, json!({"actor": format!("key:{id}"), "tenant": "acme", "admin": false}));
+    let (status, me) = server.get("/v1/whoami").await;
+    assert_eq!((status, me["admin"].clone()), (StatusCode::OK, json!(true)));
+
+    // Refusals change nothing.
+    let (status, _) = server.post("/v1/admin/tenants", json!({"name": "acme"})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = server.post("/v1/admin/tenants", json!({"name": "x", "tier": "gold"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = server.post("/v1/admin/tenants", json!({"name": "bad name"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = server.post("/v1/admin/tenants", json!({"name": "q", "quota": {"cpus": 1}})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = server.post("/v1/admin/tenants/nobody/keys", json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, list) = server.get("/v1/admin/tenants").await;
+    assert_eq!(list["tenants"].as_array().unwrap().len(), 1, "{list}");
+
+    // A tenant key cannot administer.
+    let (status, _) =
+        server.request_as(Some(&key), Method::POST, "/v1/admin/tenants", Some(json!({"name": "z"}))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = server.request_as(Some(&key), Method::DELETE, &format!("/v1/admin/keys/{id}"), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Revoked: refused from then on.
+    let (status, _) = server.request_as(Some(&key), Method::GET, "/v1/environments", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, revoked) = server.request(Method::DELETE, &format!("/v1/admin/keys/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    let (status, _) = server.request_as(Some(&key), Method::GET, "/v1/environments", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = server.request(Method::DELETE, "/v1/admin/keys/0000000000000000", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The admin's actions are in the audit trail, with the tenant they concern.
+    let (_, events) = server.get("/v1/events").await;
+    let actions: Vec<(&str, &str)> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["tenant"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(actions, [("create_tenant", "acme"), ("create_key", "acme"), ("revoke_key", "acme")]);
+}
+
+#[tokio::test]
+async fn tenants_see_only_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path()).await;
+    let (a_id, a) = tenant_key(&server, "acme").await;
+    let (_, b) = tenant_key(&server, "beta").await;
+    let as_a = |m: Method, p: String, body: Option<Value>| {
+        let s = &server;
+        let a = a.clone();
+        async move { s.request_as(Some(&a), m, &p, body).await }
+    };
+    let (status, env) = as_a(Method::POST, "/v1/environments".into(), Some(process_env(&["sleep", "300"]))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{env}");
+    assert_eq!(env["tenant"], "acme");
+    let id = env["id"].as_str().unwrap().to_owned();
+    server.wait_state(&id, "running", secs(10)).await;
+
+    // Beta: every route answers as if the environment did not exist.
+    let missing = "0".repeat(32);
+    let routes: Vec<(Method, String, Option<Value>)> = vec![
+        (Method::GET, "/v1/environments/{}".to_owned(), None),
+        (Method::POST, "/v1/environments/{}/extend".to_owned(), Some(json!({"by": "1h"}))),
+        (Method::POST, "/v1/environments/{}/stop".to_owned(), None),
+        (Method::POST, "/v1/environments/{}/start".to_owned(), None),
+        (Method::POST, "/v1/environments/{}/exec".to_owned(), Some(json!({"cmd": ["true"]}))),
+        (Method::GET, "/v1/environments/{}/logs".to_owned(), None),
+        (Method::DELETE, "/v1/environments/{}".to_owned(), None),
+    ];
+    for (method, path, body) in &routes {
+        let (theirs, their_body) =
+            server.request_as(Some(&b), method.clone(), &path.replace("{}", &id), body.clone()).await;
+        let (none, none_body) =
+            server.request_as(Some(&b), method.clone(), &path.replace("{}", &missing), body.clone()).await;
+        assert_eq!(theirs, StatusCode::NOT_FOUND, "{method} {path}: {their_body}");
+        assert_eq!(theirs, none, "{method} {path}");
+        assert_eq!(their_body["error"]["code"], none_body["error"]["code"]);
+    }
+    let (_, list) = server.request_as(Some(&b), Method::GET, "/v1/environments", None).await;
+    assert_eq!(list["environments"], json!([]));
+    let (_, events) = server.request_as(Some(&b), Method::GET, &format!("/v1/events?environment={id}"), None).await;
+    assert_eq!(events["events"], json!([]));
+    let (_, events) = server.request_as(Some(&b), Method::GET, "/v1/events", None).await;
+    assert!(events["events"].as_array().unwrap().iter().all(|e| e["tenant"] == "beta"), "{events}");
+    for path in ["/v1/pools", "/v1/pools/p", "/vms", "/stats", "/metrics", "/v1/status", "/v1/queues"] {
+        let (status, _) = server.request_as(Some(&b), Method::GET, path, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+    }
+    // Nothing changed: it still runs.
+    assert_eq!(server.env(&id).await["state"], "running");
+
+    // Acme sees and acts on its own; the trail names the key.
+    let (_, list) = as_a(Method::GET, "/v1/environments".into(), None).await;
+    assert_eq!(list["environments"].as_array().unwrap().len(), 1);
+    let (status, out) =
+        as_a(Method::POST, format!("/v1/environments/{id}/exec"), Some(json!({"cmd": ["echo", "hi"]}))).await;
+    assert_eq!((status, out["stdout"].clone()), (StatusCode::OK, json!("hi\n")));
+    let (status, _) = as_a(Method::DELETE, format!("/v1/environments/{id}"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, events) = as_a(Method::GET, format!("/v1/events?environment={id}"), None).await;
+    let events = events["events"].as_array().unwrap().clone();
+    for action in ["create", "exec", "delete"] {
+        let e = events.iter().find(|e| e["action"] == action).unwrap_or_else(|| panic!("{action}: {events:?}"));
+        assert_eq!(e["actor"], format!("key:{a_id}"));
+        assert_eq!(e["tenant"], "acme");
+    }
+    // The admin sees every tenant's.
+    let (status, _) = server.get(&format!("/v1/environments/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn without_an_admin_key_only_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lapse"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--docker", "off", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("LAPSE_ADMIN_KEY")
+        .output();
+    let out = tokio::time::timeout(secs(30), out).await.unwrap().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("refusing to listen on 0.0.0.0:0") && stderr.contains("LAPSE_ADMIN_KEY"), "{stderr}");
+}

@@ -103,7 +103,7 @@ pub async fn create_tenant(
 
 fn check_quota(q: &QuotaInput, max_ttl: std::time::Duration) -> Result<(), ApiError> {
     let bad = |field: &str, why: &str| Err(ApiError::bad_request(format!("quota.{field}: {why}")));
-    if q.vcpu.is_some_and(|v| !(v.is_finite() && v >= 0.0 && v <= validate::MAX_VCPU * 1000.0)) {
+    if q.vcpu.is_some_and(|v| !(v.is_finite() && (0.0..=validate::MAX_VCPU * 1000.0).contains(&v))) {
         return bad("vcpu", "must be a number from 0");
     }
     if q.env_hours_per_month.is_some_and(|v| !(v.is_finite() && (0.0..=1e9).contains(&v))) {

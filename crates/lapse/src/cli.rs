@@ -41,7 +41,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the control plane: API, reconciler, expiry timers, drift sweep.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create an environment; the command to run follows `--`.
     ///
     /// Example: lapse create --provider docker --image localhost/busybox --ttl 30m --on-expiry stop -- sleep 1000
@@ -269,7 +269,7 @@ fn env_path(id: &str, rest: &str) -> String {
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Serve(args) = cli.command {
-        serve::run(args).await?;
+        serve::run(*args).await?;
         return Ok(ExitCode::SUCCESS);
     }
     if let Command::Bench(args) = cli.command {

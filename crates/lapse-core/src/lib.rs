@@ -12,6 +12,7 @@
 
 pub mod duration;
 pub mod model;
+pub mod quota;
 pub mod state;
 pub mod validate;
 pub mod wire;

@@ -12,6 +12,7 @@ use lapse_core::duration;
 use lapse_core::model::{
     DesiredState, Environment, Lifecycle, ObservedState, OnExpiry, Pool, is_environment_id, new_environment_id,
 };
+use lapse_core::quota::Quota;
 use lapse_core::validate::{self, FieldError};
 use lapse_core::wire::{
     CreateEnvironment, DurationInput, ExecRequest, ExecResult, ExtendRequest, LogsView, PoolView, ProviderView, PutPool,
@@ -39,10 +40,22 @@ pub enum AppError {
     NoPool(String),
     #[error("{0}")]
     Conflict(String),
+    /// Over a tenant's quota (or the host's capacity): `429`.
+    #[error("{0}")]
+    Quota(String),
     #[error(transparent)]
     Provider(#[from] ProviderError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A quota refusal from inside a store transaction is the caller's `429`; anything else is the
+/// store's failure.
+fn refused(e: StoreError) -> AppError {
+    match e {
+        StoreError::Refused(m) => AppError::Quota(m),
+        other => AppError::Store(other),
+    }
 }
 
 fn invalid(field: &str, e: impl ToString) -> AppError {
@@ -93,12 +106,28 @@ impl App {
         env.lifecycle = req.lifecycle;
         env.max_retries = req.max_retries.unwrap_or(0);
         env.tenant = caller.tenant().to_owned();
-        self.place(env, &caller.actor()).await
+        let quota = self.quota_of(caller).await?;
+        if let Some(q) = &quota {
+            q.check_ttl(ttl).map_err(AppError::Quota)?;
+        }
+        self.place(env, &caller.actor(), quota.as_ref()).await
+    }
+
+    /// The quota a caller's creates are held to: its tenant's tier with the tenant's overrides.
+    /// Admins (and the single-tenant server) have none.
+    async fn quota_of(&self, caller: &Caller) -> Result<Option<Quota>, AppError> {
+        let Some(name) = caller.scope() else { return Ok(None) };
+        let tenant = self.cx.store.tenant(name).await?;
+        // A key outlives no tenant (tenants are not removed), but be strict if one does.
+        let tenant = tenant.ok_or_else(|| AppError::Quota(format!("tenant {name} does not exist")))?;
+        let overrides: lapse_core::wire::QuotaInput = serde_json::from_value(tenant.quota).unwrap_or_default();
+        let base = Quota::tier(&tenant.tier).unwrap_or_default();
+        Ok(Some(base.with(&overrides, self.cx.config.max_ttl)))
     }
 
     /// Makes `wanted` exist: claims a warm pool member of the same spec and gives it
     /// `wanted`'s identity and lease (one transaction), or inserts `wanted` to be provisioned.
-    async fn place(&self, wanted: Environment, actor: &str) -> Result<Created, AppError> {
+    async fn place(&self, wanted: Environment, actor: &str, quota: Option<&Quota>) -> Result<Created, AppError> {
         let ttl_text = wanted.expires_at.map_or("none".to_owned(), |at| {
             duration::format_duration(Duration::from_millis(u64::try_from(at - wanted.created_at).unwrap_or(0)))
         });
@@ -108,7 +137,7 @@ impl App {
         } else {
             self.cx
                 .store
-                .claim(&hash, |e| {
+                .claim(&hash, quota.map(|q| (wanted.tenant.as_str(), q)), |e| {
                     let pool = e.pool.clone().unwrap_or_default();
                     e.name = wanted.name.clone();
                     e.tenant = wanted.tenant.clone();
@@ -123,7 +152,8 @@ impl App {
                     let message = format!("claimed from pool {pool} for {}, ttl {ttl_text}", wanted.owner);
                     vec![NewEvent::new(&e.id, actor, "claim", "ok", message)]
                 })
-                .await?
+                .await
+                .map_err(refused)?
         };
         let (env, claimed) = match claimed {
             Some(env) => {
@@ -135,7 +165,11 @@ impl App {
                     "{} {} for {}, ttl {ttl_text}, on expiry {}",
                     wanted.lifecycle, wanted.spec.provider, wanted.owner, wanted.on_expiry
                 );
-                self.cx.store.insert(&wanted, NewEvent::new(&wanted.id, actor, "create", "ok", message)).await?;
+                let event = NewEvent::new(&wanted.id, actor, "create", "ok", message);
+                match quota {
+                    Some(q) => self.cx.store.insert_admitted(&wanted, event, q).await.map_err(refused)?,
+                    None => self.cx.store.insert(&wanted, event).await?,
+                }
                 (wanted, false)
             }
         };
@@ -187,7 +221,7 @@ impl App {
         env.expires_at = job.ttl.map(|t| now + t.as_millis() as i64);
         env.on_expiry = if job.lifecycle == Lifecycle::Job { OnExpiry::Delete } else { job.on_expiry };
         env.source = job.source;
-        self.place(env, actor).await
+        self.place(env, actor, None).await
     }
 
     /// Makes the store hold what a config file declares (see [`crate::declare`]).

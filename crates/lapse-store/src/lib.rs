@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapse_core::model::{DesiredState, Environment, ObservedState, Pool};
+use lapse_core::quota::{Quota, Usage};
 use lapse_core::wire::Event;
 use lapse_core::{Millis, now_millis};
 use sqlx::sqlite::{
@@ -35,6 +36,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("store: row {id} holds an unreadable {column}: {message}")]
     Corrupt { id: String, column: &'static str, message: String },
+    /// A check inside the transaction (a quota) refused; nothing was written.
+    #[error("{0}")]
+    Refused(String),
 }
 
 trait Op<T> {
@@ -215,6 +219,28 @@ impl Store {
         self.insert_many(std::slice::from_ref(env), &[event]).await
     }
 
+    /// Inserts a new environment if its tenant's `quota` admits it, in the same transaction
+    /// as the count of what the tenant holds: concurrent inserts cannot both pass a limit.
+    /// [`StoreError::Refused`] says which limit, and nothing is written.
+    pub async fn insert_admitted(&self, env: &Environment, event: NewEvent, quota: &Quota) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await.op("insert")?;
+        let usage = usage(&mut tx, &env.tenant).await?;
+        quota.admit(&usage, &env.spec).map_err(StoreError::Refused)?;
+        let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO environments ({ENV_COLUMNS}) "));
+        q.push_values([env], bind_environment);
+        q.build().execute(&mut *tx).await.op("insert")?;
+        append_event(&mut tx, &event).await?;
+        tx.commit().await.op("insert")?;
+        self.published(env);
+        Ok(())
+    }
+
+    /// What `tenant` holds now (for quotas).
+    pub async fn usage(&self, tenant: &str) -> Result<Usage, StoreError> {
+        let mut conn = self.reader.acquire().await.op("usage")?;
+        usage(&mut conn, tenant).await
+    }
+
     /// Inserts environments and events in one transaction (a pool's refill, a batch).
     pub async fn insert_many(&self, envs: &[Environment], events: &[NewEvent]) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await.op("insert")?;
@@ -390,9 +416,12 @@ impl Store {
     /// Claims a running, unclaimed member of any pool whose spec hashes to `spec_hash` (and
     /// whose version it has), in one transaction: `claim` makes it the caller's, and it is
     /// no longer the pool's. Concurrent claims never get the same member.
+    /// With `admit` (a tenant and its quota), the claim happens only if the quota admits one
+    /// more environment of the member's spec, checked in the same transaction.
     pub async fn claim(
         &self,
         spec_hash: &str,
+        admit: Option<(&str, &Quota)>,
         claim: impl FnOnce(&mut Environment) -> Vec<NewEvent>,
     ) -> Result<Option<Environment>, StoreError> {
         let mut tx = self.writer.begin().await.op("claim")?;
@@ -407,6 +436,10 @@ impl Store {
         .op("claim")?;
         let Some(row) = row else { return Ok(None) };
         let mut env = environment_from_row(&row)?;
+        if let Some((tenant, quota)) = admit {
+            let usage = usage(&mut tx, tenant).await?;
+            quota.admit(&usage, &env.spec).map_err(StoreError::Refused)?;
+        }
         env.pool = None;
         env.pool_version = None;
         let events = claim(&mut env);
@@ -828,6 +861,29 @@ async fn append_events(conn: &mut SqliteConnection, events: &[NewEvent]) -> Resu
         q.build().execute(&mut *conn).await.op("append event")?;
     }
     Ok(())
+}
+
+/// Environments of `tenant` that hold resources: not deleted, not failed, not unclaimed pool
+/// members; pending and provisioning ones count.
+async fn usage(conn: &mut SqliteConnection, tenant: &str) -> Result<Usage, StoreError> {
+    let row = sqlx::query(
+        "SELECT COUNT(*), \
+         COALESCE(SUM(CAST(json_extract(spec, '$.resources.vcpu') AS REAL)), 0.0), \
+         COALESCE(SUM(CAST(json_extract(spec, '$.resources.mem_mb') AS INTEGER)), 0), \
+         COALESCE(SUM(CAST(json_extract(spec, '$.resources.disk_gb') AS INTEGER)), 0) \
+         FROM environments WHERE tenant = ? AND desired != 'deleted' AND observed NOT IN ('deleted', 'failed') \
+         AND pool IS NULL",
+    )
+    .bind(tenant)
+    .fetch_one(conn)
+    .await
+    .op("usage")?;
+    Ok(Usage {
+        environments: u32::try_from(row.get::<i64, _>(0)).unwrap_or(u32::MAX),
+        vcpu: row.get(1),
+        mem_mb: u64::try_from(row.get::<i64, _>(2)).unwrap_or(0),
+        disk_gb: u64::try_from(row.get::<i64, _>(3)).unwrap_or(0),
+    })
 }
 
 async fn count_processed(conn: &mut SqliteConnection, queue: &str, n: usize) -> Result<(), StoreError> {

@@ -37,6 +37,7 @@ pub fn router() -> Router<App> {
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 429, description = "Over the tenant's quota: the message names the limit, the usage and the request", body = ErrorBody),
     ))]
 pub async fn create(
     State(app): State<App>,

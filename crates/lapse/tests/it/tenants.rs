@@ -167,3 +167,66 @@ async fn without_an_admin_key_only_loopback() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("refusing to listen on 0.0.0.0:0") && stderr.contains("LAPSE_ADMIN_KEY"), "{stderr}");
 }
+
+#[tokio::test]
+async fn quotas_hold_under_concurrency_and_name_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(dir.path(), &["--sim", "0"], &[("LAPSE_ADMIN_KEY", ADMIN)]).await;
+    let (status, _) =
+        server.post("/v1/admin/tenants", json!({"name": "racer", "tier": "pro", "quota": {"environments": 3}})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, k) = server.post("/v1/admin/tenants/racer/keys", json!({})).await;
+    let racer = k["key"].as_str().unwrap().to_owned();
+    let body = json!({"owner": "r", "spec": {"provider": "sim"}, "ttl": "10m"});
+    let answers = futures::future::join_all(
+        (0..50).map(|_| server.request_as(Some(&racer), Method::POST, "/v1/environments", Some(body.clone()))),
+    )
+    .await;
+    let accepted = answers.iter().filter(|(s, _)| s.is_success()).count();
+    assert_eq!(accepted, 3, "{answers:?}");
+    for (status, body) in answers.iter().filter(|(s, _)| !s.is_success()) {
+        assert_eq!(*status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(body["error"]["code"], "quota_exceeded");
+        assert!(body["error"]["message"].as_str().unwrap().contains("environments 3 of 3 in use"), "{body}");
+    }
+    let (_, list) = server.request_as(Some(&racer), Method::GET, "/v1/environments", None).await;
+    assert_eq!(list["environments"].as_array().unwrap().len(), 3);
+
+    // Every dimension, with its message; refusals create nothing.
+    let (status, _) =
+        server.post("/v1/admin/tenants", json!({"name": "small", "quota": {"disk_gb": 10, "max_ttl": "1h"}})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, k) = server.post("/v1/admin/tenants/small/keys", json!({})).await;
+    let small = k["key"].as_str().unwrap().to_owned();
+    let create = |resources: Value, ttl: &str| {
+        let body = json!({"owner": "s", "spec": {"provider": "sim", "resources": resources}, "ttl": ttl});
+        let (server, small) = (&server, small.clone());
+        async move { server.request_as(Some(&small), Method::POST, "/v1/environments", Some(body)).await }
+    };
+    for (resources, ttl, words) in [
+        (json!({"vcpu": 3}), "30m", "quota: vcpu 0 of 2 in use; this request asks for 3"),
+        (json!({"mem_mb": 5000}), "30m", "quota: mem_mb 0 of 4096 in use; this request asks for 5000"),
+        (json!({"disk_gb": 11}), "30m", "quota: disk_gb 0 of 10 in use; this request asks for 11"),
+        (json!({"vcpu": 1}), "2h", "quota: max_ttl is 1h; this request asks for 2h"),
+    ] {
+        let (status, body) = create(resources, ttl).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert_eq!(body["error"]["message"], words);
+    }
+    let (status, first) = create(json!({"vcpu": 2, "mem_mb": 4096, "disk_gb": 10}), "30m").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    let (status, body) = create(json!({"vcpu": 0.5}), "30m").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(body["error"]["message"].as_str().unwrap().contains("environments 1 of 1 in use"), "{body}");
+    // Deleting frees the place.
+    let id = first["id"].as_str().unwrap();
+    let (status, _) = server.request_as(Some(&small), Method::DELETE, &format!("/v1/environments/{id}"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, body) = create(json!({"vcpu": 1}), "30m").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    // The admin has no quota.
+    for _ in 0..3 {
+        let (status, _) = server.post("/v1/environments", json!({"owner": "a", "spec": {"provider": "sim"}})).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+}

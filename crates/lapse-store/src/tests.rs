@@ -156,7 +156,7 @@ async fn concurrent_claims_never_share_a_member() {
         let (store, hash) = (store.clone(), spec.hash());
         tasks.push(tokio::spawn(async move {
             store
-                .claim(&hash, |e| {
+                .claim(&hash, None, |e| {
                     e.owner = format!("claimer-{i}");
                     vec![]
                 })
@@ -178,7 +178,7 @@ async fn concurrent_claims_never_share_a_member() {
     let mut old = sample("old", "pool:p");
     (old.pool, old.pool_version, old.observed) = (Some("p".into()), Some("0".into()), ObservedState::Running);
     store.insert(&old, NewEvent::new("old", "pool", "create", "ok", "")).await.unwrap();
-    assert!(store.claim(&spec.hash(), |_| vec![]).await.unwrap().is_none());
+    assert!(store.claim(&spec.hash(), None, |_| vec![]).await.unwrap().is_none());
 }
 
 #[tokio::test]

@@ -106,6 +106,9 @@ impl App {
         env.lifecycle = req.lifecycle;
         env.max_retries = req.max_retries.unwrap_or(0);
         env.tenant = caller.tenant().to_owned();
+        if let Some(why) = crate::host::refusal(&env.spec.provider, self.cx.config.host_memory_limit) {
+            return Err(AppError::Quota(why));
+        }
         let quota = self.quota_of(caller).await?;
         if let Some(q) = &quota {
             q.check_ttl(ttl).map_err(AppError::Quota)?;

@@ -76,6 +76,8 @@ pub struct ServerConfig {
     /// The bootstrap admin key; without one (here or in the config file's `[auth]` table) the
     /// server is single-tenant and listens on loopback only.
     pub admin_key: Option<String>,
+    /// Percent of host memory in use above which local providers take no new environments.
+    pub host_memory_limit: Option<f64>,
 }
 
 impl ServerConfig {
@@ -103,6 +105,7 @@ impl ServerConfig {
             vms_provider: "process".into(),
             swim: None,
             admin_key: None,
+            host_memory_limit: Some(90.0),
         }
     }
 

@@ -94,7 +94,13 @@ pub async fn round(cx: &Context, reconciler: &Reconciler) -> Result<RoundReport,
             let extra = live.len() - max;
             recycle.extend(live.drain(..extra).map(|m| (m.id.clone(), "the pool holds more than its max")));
         }
-        let need = (pool.min as usize).saturating_sub(live.len()).min(MAX_BATCH - fresh.len().min(MAX_BATCH));
+        let mut need = (pool.min as usize).saturating_sub(live.len()).min(MAX_BATCH - fresh.len().min(MAX_BATCH));
+        if need > 0
+            && let Some(why) = crate::host::refusal(&pool.spec.provider, cx.config.host_memory_limit)
+        {
+            tracing::warn!(pool = %pool.name, missing = need, "not refilling: {why}");
+            need = 0;
+        }
         for _ in 0..need {
             let mut e = Environment::new(new_environment_id(), format!("pool:{}", pool.name), pool.spec.clone(), now);
             e.pool = Some(pool.name.clone());

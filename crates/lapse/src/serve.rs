@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// single-tenant and listens on loopback only.
     #[arg(long, env = "LAPSE_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
+    /// Percent of host memory in use above which local providers (process, docker) take no
+    /// new environments and their warm pools do not refill; 100 turns the guard off.
+    #[arg(long, env = "LAPSE_HOST_MEMORY_LIMIT", default_value_t = 90.0)]
+    pub host_memory_limit: f64,
     /// Consume the SWIM Redis queues from this Redis (`host:port` or `redis://…`). Without
     /// it, a `[redis]` table in the --config file turns them on.
     #[arg(long, env = "REDIS_CONNECTION_STRING", help_heading = "SWIM Redis queues")]
@@ -151,6 +155,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.config_file = args.config;
     config.vms_provider = args.vms_provider;
     config.admin_key = args.admin_key.clone();
+    if !(0.0..=100.0).contains(&args.host_memory_limit) {
+        anyhow::bail!("--host-memory-limit is a percentage from 0 to 100");
+    }
+    config.host_memory_limit = (args.host_memory_limit < 100.0).then_some(args.host_memory_limit);
     if let Some(url) = &args.redis {
         let provider = match (&args.swim_provider, std::env::var_os("SCW_ACCESS_KEY")) {
             (Some(p), _) => p.clone(),

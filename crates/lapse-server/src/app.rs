@@ -285,11 +285,11 @@ impl App {
                 version: decl.version.clone(),
                 lifecycle: decl.lifecycle,
             };
-            self.put_pool_from(&decl.name, req, "config").await?;
+            self.put_pool_from(&decl.name, req, "config", "config").await?;
         }
         for pool in existing_pools {
             if pool.source == "config" && !wanted_pools.contains(&pool.name) {
-                self.delete_pool(&pool.name).await?;
+                self.delete_pool(&pool.name, "config").await?;
             }
         }
         Ok(())
@@ -312,11 +312,17 @@ impl App {
         Ok(())
     }
 
-    pub async fn put_pool(&self, name: &str, req: PutPool) -> Result<(PoolView, bool), AppError> {
-        self.put_pool_from(name, req, "api").await
+    pub async fn put_pool(&self, name: &str, req: PutPool, actor: &str) -> Result<(PoolView, bool), AppError> {
+        self.put_pool_from(name, req, "api", actor).await
     }
 
-    async fn put_pool_from(&self, name: &str, req: PutPool, source: &str) -> Result<(PoolView, bool), AppError> {
+    async fn put_pool_from(
+        &self,
+        name: &str,
+        req: PutPool,
+        source: &str,
+        actor: &str,
+    ) -> Result<(PoolView, bool), AppError> {
         validate::name("name", name)?;
         self.check_spec(&req.spec)?;
         let max = validate::pool_size(req.min, req.max)?;
@@ -338,7 +344,7 @@ impl App {
         };
         let message =
             format!("min {}, max {}, version {}, spec {}", pool.min, pool.max, pool.version, pool.spec.hash());
-        self.cx.store.put_pool(&pool, NewEvent::new(name, source, "put_pool", "ok", message)).await?;
+        self.cx.store.put_pool(&pool, NewEvent::new(name, actor, "put_pool", "ok", message)).await?;
         self.cx.pooled_hashes.write().unwrap_or_else(|p| p.into_inner()).insert(pool.spec.hash());
         self.cx.pool_wake.notify_one();
         Ok((self.pool_view(pool).await?, existing.is_none()))
@@ -355,9 +361,9 @@ impl App {
         Ok(pools.into_iter().map(|p| pool_view(p, &members)).collect())
     }
 
-    pub async fn delete_pool(&self, name: &str) -> Result<(), AppError> {
-        if !self.cx.store.delete_pool(name, NewEvent::new(name, "api", "delete_pool", "ok", "members recycled")).await?
-        {
+    pub async fn delete_pool(&self, name: &str, actor: &str) -> Result<(), AppError> {
+        let event = NewEvent::new(name, actor, "delete_pool", "ok", "members recycled");
+        if !self.cx.store.delete_pool(name, event).await? {
             return Err(AppError::NoPool(name.to_owned()));
         }
         self.cx.pool_wake.notify_one();

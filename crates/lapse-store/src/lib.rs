@@ -123,6 +123,20 @@ pub struct ListFilter {
     pub limit: Option<u32>,
 }
 
+/// Which events [`Store::events`] returns: after `after`, each given field equal; at most
+/// `limit`.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    pub tenant: Option<String>,
+    /// The environment (or pool) the event concerns.
+    pub target: Option<String>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub outcome: Option<String>,
+    pub after: Option<i64>,
+    pub limit: u32,
+}
+
 /// What the drift sweep needs to know of one environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SweepEntry {
@@ -655,26 +669,24 @@ impl Store {
         append_event(&mut conn, &event).await
     }
 
-    /// Events in order, after `after`, optionally only of one tenant and of one environment;
-    /// at most `limit`.
-    pub async fn events(
-        &self,
-        tenant: Option<&str>,
-        environment: Option<&str>,
-        after: Option<i64>,
-        limit: u32,
-    ) -> Result<Vec<Event>, StoreError> {
+    /// Events in order that `filter` selects.
+    pub async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
         let mut q = QueryBuilder::<Sqlite>::new(
             "SELECT seq, at, environment_id, actor, action, outcome, message, tenant FROM events WHERE seq > ",
         );
-        q.push_bind(after.unwrap_or(0));
-        if let Some(tenant) = tenant {
-            q.push(" AND tenant = ").push_bind(tenant);
+        q.push_bind(filter.after.unwrap_or(0));
+        for (column, value) in [
+            ("tenant", &filter.tenant),
+            ("environment_id", &filter.target),
+            ("actor", &filter.actor),
+            ("action", &filter.action),
+            ("outcome", &filter.outcome),
+        ] {
+            if let Some(v) = value {
+                q.push(format!(" AND {column} = ")).push_bind(v.clone());
+            }
         }
-        if let Some(id) = environment {
-            q.push(" AND environment_id = ").push_bind(id);
-        }
-        q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit));
+        q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(filter.limit));
         let rows = q.build().fetch_all(&self.reader).await.op("events")?;
         Ok(rows
             .iter()

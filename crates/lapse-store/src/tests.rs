@@ -85,7 +85,8 @@ async fn update_is_atomic_and_refusal_writes_nothing() {
         .unwrap()
         .unwrap();
     assert_eq!(store.get(&a.id).await.unwrap(), Some(changed));
-    let events = store.events(None, Some(&a.id), None, 100).await.unwrap();
+    let filter = EventFilter { target: Some(a.id.clone()), limit: 100, ..Default::default() };
+    let events = store.events(&filter).await.unwrap();
     assert_eq!(events.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["create", "transition"]);
     assert!(store.update::<StoreError>("missing", |_| Ok(vec![])).await.unwrap().is_none());
 }

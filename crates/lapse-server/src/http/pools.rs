@@ -34,17 +34,22 @@ pub async fn show(State(app): State<App>, Path(name): Path<String>) -> Result<Js
         (status = 400, body = ErrorBody)))]
 pub async fn put(
     State(app): State<App>,
+    axum::extract::Extension(caller): axum::extract::Extension<crate::auth::Caller>,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<PutPool>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (pool, created) = app.put_pool(&name, req).await?;
+    let (pool, created) = app.put_pool(&name, req, &caller.actor()).await?;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(pool)))
 }
 
 /// Delete a pool; its unclaimed members are removed, claimed ones are untouched.
 #[utoipa::path(delete, path = "/v1/pools/{name}", tag = "pools", params(("name" = String, Path)),
     responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)))]
-pub async fn delete(State(app): State<App>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    app.delete_pool(&name).await?;
+pub async fn delete(
+    State(app): State<App>,
+    axum::extract::Extension(caller): axum::extract::Extension<crate::auth::Caller>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.delete_pool(&name, &caller.actor()).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -167,7 +167,7 @@ pub async fn create_vm(
     let lifecycle = req.spec.lifecycle.unwrap_or(Lifecycle::Service);
     if let Some(pool) = req.spec.warm_pool {
         let put = PutPool { spec: spec.clone(), min: pool.min, max: pool.max, version: None, lifecycle };
-        app.put_pool(&format!("vms-{}", spec.hash()), put).await.map_err(seed_error)?;
+        app.put_pool(&format!("vms-{}", spec.hash()), put, "vms").await.map_err(seed_error)?;
     }
     let job = Job {
         job_id: job_id.clone(),

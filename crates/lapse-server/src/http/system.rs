@@ -80,6 +80,11 @@ pub async fn status(State(app): State<App>) -> Json<StatusView> {
 #[utoipa::path(get, path = "/v1/events", tag = "system",
     params(
         ("environment" = Option<String>, Query, description = "Only this environment's"),
+        ("target" = Option<String>, Query, description = "Only those about this environment id or pool name"),
+        ("actor" = Option<String>, Query, description = "Only by this actor (`key:<id>`, `admin`, `reconciler`, …)"),
+        ("action" = Option<String>, Query, description = "Only of this action (`create`, `transition`, …)"),
+        ("outcome" = Option<String>, Query, description = "Only with this outcome"),
+        ("tenant" = Option<String>, Query, description = "Only this tenant's (admins; a tenant key sees its own only)"),
         ("after" = Option<i64>, Query, description = "Only events after this seq"),
         ("limit" = Option<u32>, Query, description = "At most this many (1 to 1000; default 100)"),
     ),
@@ -90,27 +95,36 @@ pub async fn events(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<EventList>, ApiError> {
     let pairs = query_pairs(raw.as_deref())?;
-    only_keys(&pairs, &["environment", "after", "limit"])?;
-    let mut environment = None;
-    let mut after = None;
-    let mut limit = 100u32;
+    only_keys(&pairs, &["environment", "target", "actor", "action", "outcome", "tenant", "after", "limit"])?;
+    let mut filter = lapse_store::EventFilter { limit: 100, ..Default::default() };
     for (k, v) in &pairs {
+        let text = |v: &str| -> Result<Option<String>, ApiError> {
+            if v.is_empty() || v.len() > 255 || v.chars().any(char::is_control) {
+                return Err(ApiError::bad_request(format!("{k} must be 1 to 255 characters")));
+            }
+            Ok(Some(v.to_owned()))
+        };
         match k.as_str() {
-            "environment" if is_environment_id(v) => environment = Some(v.clone()),
+            "environment" if is_environment_id(v) => filter.target = Some(v.clone()),
             "environment" => {
                 return Err(ApiError::bad_request(format!("{v:?} is not an environment id")));
             }
-            "after" => after = Some(number("after", v, 0i64, i64::MAX)?),
-            "limit" => limit = number("limit", v, 1u32, 1000)?,
+            "target" => filter.target = text(v)?,
+            "actor" => filter.actor = text(v)?,
+            "action" => filter.action = text(v)?,
+            "outcome" => filter.outcome = text(v)?,
+            "tenant" => filter.tenant = text(v)?,
+            "after" => filter.after = Some(number("after", v, 0i64, i64::MAX)?),
+            "limit" => filter.limit = number("limit", v, 1u32, 1000)?,
             _ => {}
         }
     }
-    let events = app
-        .cx
-        .store
-        .events(caller.scope(), environment.as_deref(), after, limit)
-        .await
-        .map_err(|e| ApiError::from(crate::app::AppError::Store(e)))?;
+    // A tenant's key sees its own tenant's events, whatever it asks for.
+    if let Some(tenant) = caller.scope() {
+        filter.tenant = Some(tenant.to_owned());
+    }
+    let limit = filter.limit;
+    let events = app.cx.store.events(&filter).await.map_err(|e| ApiError::from(crate::app::AppError::Store(e)))?;
     let next = (events.len() == limit as usize).then(|| events.last().map(|e| e.seq)).flatten();
     Ok(Json(EventList { events: events.iter().map(EventView::from).collect(), next }))
 }

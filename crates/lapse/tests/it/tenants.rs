@@ -263,3 +263,61 @@ async fn the_host_guard_refuses_local_environments_and_stops_refills() {
     assert_eq!(simmed["warm"], 2, "{simmed}");
     assert!(server.log().contains("not refilling: host memory use"));
 }
+
+#[tokio::test]
+async fn every_mutating_route_leaves_an_event_with_actor_tenant_and_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(dir.path(), &["--sim", "0"], &[("LAPSE_ADMIN_KEY", ADMIN)]).await;
+    let (key_id, key) = tenant_key(&server, "acme").await;
+    let call = |m: Method, p: String, body: Option<Value>| {
+        let (server, key) = (&server, key.clone());
+        async move { server.request_as(Some(&key), m, &p, body).await }
+    };
+    let (_, env) =
+        call(Method::POST, "/v1/environments".into(), Some(json!({"owner": "o", "spec": {"provider": "sim"}}))).await;
+    let id = env["id"].as_str().unwrap().to_owned();
+    server.wait_state(&id, "running", secs(10)).await;
+    let steps: Vec<(Method, String, Option<Value>, &str)> = vec![
+        (Method::POST, format!("/v1/environments/{id}/extend"), Some(json!({"by": "10m"})), "extend"),
+        (Method::POST, format!("/v1/environments/{id}/exec"), Some(json!({"cmd": ["true"]})), "exec"),
+        (Method::POST, format!("/v1/environments/{id}/stop"), None, "stop"),
+        (Method::POST, format!("/v1/environments/{id}/start"), None, "start"),
+        (Method::DELETE, format!("/v1/environments/{id}"), None, "delete"),
+    ];
+    for (method, path, body, _) in &steps {
+        let (status, answer) = call(method.clone(), path.clone(), body.clone()).await;
+        assert!(status.is_success(), "{method} {path}: {answer}");
+    }
+    let actor = format!("key:{key_id}");
+    for action in ["create", "extend", "exec", "stop", "start", "delete"] {
+        let (_, found) = call(Method::GET, format!("/v1/events?actor={actor}&action={action}"), None).await;
+        let found = found["events"].as_array().unwrap().clone();
+        assert_eq!(found.len(), 1, "{action}: {found:?}");
+        let e = &found[0];
+        assert_eq!(
+            (e["tenant"].as_str(), e["environment_id"].as_str(), e["outcome"].as_str()),
+            (Some("acme"), Some(id.as_str()), Some("ok"))
+        );
+        assert!(e["at"].is_string());
+    }
+    // Transitions are events too, of the same tenant.
+    let (_, transitions) = call(Method::GET, format!("/v1/events?environment={id}&action=transition"), None).await;
+    assert!(transitions["events"].as_array().unwrap().len() >= 2, "{transitions}");
+    // Admin routes: pools and the tenant's keys; filterable by actor.
+    let (status, _) =
+        server.request(Method::PUT, "/v1/pools/p", Some(json!({"spec": {"provider": "sim"}, "min": 0}))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = server.request(Method::DELETE, "/v1/pools/p", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, admin) = server.get("/v1/events?actor=admin").await;
+    let actions: Vec<&str> =
+        admin["events"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["create_tenant", "create_key", "put_pool", "delete_pool"]);
+    let (_, pool) = server.get("/v1/events?target=p").await;
+    assert_eq!(pool["events"].as_array().unwrap().len(), 2);
+    // A tenant key cannot widen its view with ?tenant=.
+    let (_, other) = call(Method::GET, "/v1/events?tenant=other&actor=admin".into(), None).await;
+    assert!(other["events"].as_array().unwrap().iter().all(|e| e["tenant"] == "acme"), "{other}");
+    let (status, _) = call(Method::GET, "/v1/events?action=".into(), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}

@@ -61,9 +61,18 @@ impl Caller {
 }
 
 /// The server's key settings.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Auth {
     admin_hash: Option<[u8; 32]>,
+    /// Requests per tenant key: sustained per second, and burst.
+    limiter: Option<governor::DefaultKeyedRateLimiter<String>>,
+}
+
+/// Requests a tenant key may make: `per_second` sustained, `burst` at once.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
 }
 
 /// Why a key was refused: always the same answer to the caller, whatever the reason.
@@ -78,7 +87,7 @@ pub enum AuthError {
 }
 
 impl Auth {
-    pub fn new(admin_key: Option<&str>) -> anyhow::Result<Auth> {
+    pub fn new(admin_key: Option<&str>, rate: Option<RateLimit>) -> anyhow::Result<Auth> {
         let admin_hash = match admin_key {
             Some(k) if k.chars().count() < MIN_ADMIN_KEY => {
                 anyhow::bail!("the admin key must be at least {MIN_ADMIN_KEY} characters")
@@ -86,7 +95,23 @@ impl Auth {
             Some(k) => Some(sha256(k.as_bytes())),
             None => None,
         };
-        Ok(Auth { admin_hash })
+        let limiter = rate.and_then(|r| {
+            let per_second = std::num::NonZeroU32::new(r.per_second)?;
+            let burst = std::num::NonZeroU32::new(r.burst.max(1))?;
+            Some(governor::RateLimiter::keyed(governor::Quota::per_second(per_second).allow_burst(burst)))
+        });
+        Ok(Auth { admin_hash, limiter })
+    }
+
+    /// Takes one request from the caller's allowance; `Err` carries how long to wait. Only
+    /// tenant keys are limited (admins run the server; without keys there is no one to tell
+    /// apart).
+    pub fn admit(&self, caller: &Caller) -> Result<(), std::time::Duration> {
+        use governor::clock::Clock as _;
+        let (Some(limiter), Caller::Tenant { key_id, .. }) = (&self.limiter, caller) else { return Ok(()) };
+        limiter
+            .check_key(key_id)
+            .map_err(|not_until| not_until.wait_time_from(governor::clock::DefaultClock::default().now()))
     }
 
     /// Whether keys are required (an admin key is configured).
@@ -183,6 +208,12 @@ mod tests {
         }
         assert!(constant_time_eq(&sha256(b"x"), &sha256(b"x")));
         assert!(!constant_time_eq(&sha256(b"x"), &sha256(b"y")));
-        assert!(Auth::new(Some("short")).is_err());
+        assert!(Auth::new(Some("short"), None).is_err());
+        let auth = Auth::new(Some("0123456789abcdef"), Some(RateLimit { per_second: 1, burst: 2 })).unwrap();
+        let caller = Caller::Tenant { tenant: "t".into(), key_id: "k".into() };
+        assert!(auth.admit(&caller).is_ok() && auth.admit(&caller).is_ok());
+        let wait = auth.admit(&caller).unwrap_err();
+        assert!(wait <= std::time::Duration::from_secs(1), "{wait:?}");
+        assert!(auth.admit(&Caller::Admin).is_ok(), "admins are not limited");
     }
 }

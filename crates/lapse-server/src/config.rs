@@ -78,6 +78,8 @@ pub struct ServerConfig {
     pub admin_key: Option<String>,
     /// Percent of host memory in use above which local providers take no new environments.
     pub host_memory_limit: Option<f64>,
+    /// Requests per tenant key.
+    pub rate_limit: Option<crate::auth::RateLimit>,
 }
 
 impl ServerConfig {
@@ -106,6 +108,7 @@ impl ServerConfig {
             swim: None,
             admin_key: None,
             host_memory_limit: Some(90.0),
+            rate_limit: Some(crate::auth::RateLimit { per_second: 100, burst: 200 }),
         }
     }
 

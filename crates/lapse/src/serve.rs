@@ -67,6 +67,12 @@ pub struct ServeArgs {
     /// new environments and their warm pools do not refill; 100 turns the guard off.
     #[arg(long, env = "LAPSE_HOST_MEMORY_LIMIT", default_value_t = 90.0)]
     pub host_memory_limit: f64,
+    /// Requests per second each tenant key may make (0: no limit); over it, 429 with Retry-After.
+    #[arg(long, env = "LAPSE_RATE_LIMIT", default_value_t = 100)]
+    pub rate_limit: u32,
+    /// Requests a tenant key may make at once before the per-second rate applies.
+    #[arg(long, env = "LAPSE_RATE_BURST", default_value_t = 200)]
+    pub rate_burst: u32,
     /// Consume the SWIM Redis queues from this Redis (`host:port` or `redis://…`). Without
     /// it, a `[redis]` table in the --config file turns them on.
     #[arg(long, env = "REDIS_CONNECTION_STRING", help_heading = "SWIM Redis queues")]
@@ -159,6 +165,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("--host-memory-limit is a percentage from 0 to 100");
     }
     config.host_memory_limit = (args.host_memory_limit < 100.0).then_some(args.host_memory_limit);
+    config.rate_limit = (args.rate_limit > 0)
+        .then_some(lapse_server::auth::RateLimit { per_second: args.rate_limit, burst: args.rate_burst.max(1) });
     if let Some(url) = &args.redis {
         let provider = match (&args.swim_provider, std::env::var_os("SCW_ACCESS_KEY")) {
             (Some(p), _) => p.clone(),

@@ -55,6 +55,17 @@ pub async fn authenticate(State(app): State<App>, mut req: Request, next: Next) 
             return answer;
         }
     };
+    if let Err(wait) = app.cx.auth.admit(&caller) {
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let mut answer = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many requests with this key; retry in {seconds} s"),
+        )
+        .into_response();
+        answer.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        return answer;
+    }
     if admin_only(&path) && !caller.is_admin() {
         return ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("{path} is for the admin key only"))
             .into_response();

@@ -321,3 +321,28 @@ async fn every_mutating_route_leaves_an_event_with_actor_tenant_and_target() {
     let (status, _) = call(Method::GET, "/v1/events?action=".into(), None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn a_key_over_its_rate_gets_429_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--rate-limit", "1", "--rate-burst", "3"];
+    let server = Server::start_with_env(dir.path(), &args, &[("LAPSE_ADMIN_KEY", ADMIN)]).await;
+    let (_, key) = tenant_key(&server, "acme").await;
+    let http = reqwest::Client::new();
+    let get = || http.get(format!("{}/v1/environments", server.url)).bearer_auth(&key).send();
+    for _ in 0..3 {
+        assert_eq!(get().await.unwrap().status(), StatusCode::OK);
+    }
+    let limited = get().await.unwrap();
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = limited.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // Other keys and the admin are not held back by it.
+    let (_, other) = tenant_key(&server, "beta").await;
+    let (status, _) = server.request_as(Some(&other), Method::GET, "/v1/environments", None).await;
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_secs(retry)).await;
+    assert_eq!(get().await.unwrap().status(), StatusCode::OK, "allowed again after Retry-After");
+}

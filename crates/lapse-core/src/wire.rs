@@ -496,3 +496,35 @@ pub struct WhoAmI {
     pub tenant: Option<String>,
     pub admin: bool,
 }
+
+/// One environment's usage in a period.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EnvironmentUsage {
+    pub id: String,
+    pub tenant: String,
+    pub owner: String,
+    pub running_hours: f64,
+    pub stopped_hours: f64,
+    /// Price per hour (per instance type, or per vCPU-hour and GB-hour).
+    pub hourly: f64,
+    pub cost: f64,
+}
+
+/// One tenant's usage in a period.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TenantUsage {
+    pub tenant: String,
+    pub environments: usize,
+    pub running_hours: f64,
+    pub stopped_hours: f64,
+    pub cost: f64,
+}
+
+/// `GET /v1/usage`: time and cost per environment and per tenant within `[from, to)`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageView {
+    pub from: String,
+    pub to: String,
+    pub tenants: Vec<TenantUsage>,
+    pub environments: Vec<EnvironmentUsage>,
+}

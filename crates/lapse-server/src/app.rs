@@ -15,7 +15,8 @@ use lapse_core::model::{
 use lapse_core::quota::Quota;
 use lapse_core::validate::{self, FieldError};
 use lapse_core::wire::{
-    CreateEnvironment, DurationInput, ExecRequest, ExecResult, ExtendRequest, LogsView, PoolView, ProviderView, PutPool,
+    CreateEnvironment, DurationInput, EnvironmentUsage, ExecRequest, ExecResult, ExtendRequest, LogsView, PoolView,
+    ProviderView, PutPool, TenantUsage, UsageView,
 };
 use lapse_core::{Millis, format_millis};
 use lapse_providers::ProviderError;
@@ -47,6 +48,15 @@ pub enum AppError {
     Provider(#[from] ProviderError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The first millisecond of `now`'s calendar month (UTC).
+pub fn month_start(now: Millis) -> Millis {
+    use chrono::Datelike;
+    chrono::DateTime::from_timestamp_millis(now)
+        .and_then(|t| t.date_naive().with_day(1))
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map_or(0, |t| t.and_utc().timestamp_millis())
 }
 
 /// A quota refusal from inside a store transaction is the caller's `429`; anything else is the
@@ -125,7 +135,60 @@ impl App {
         let tenant = tenant.ok_or_else(|| AppError::Quota(format!("tenant {name} does not exist")))?;
         let overrides: lapse_core::wire::QuotaInput = serde_json::from_value(tenant.quota).unwrap_or_default();
         let base = Quota::tier(&tenant.tier).unwrap_or_default();
-        Ok(Some(base.with(&overrides, self.cx.config.max_ttl)))
+        let quota = base.with(&overrides, self.cx.config.max_ttl);
+        if let Some(limit) = quota.env_hours_per_month {
+            let now = self.now();
+            let used: f64 =
+                self.usage(caller, month_start(now), now).await?.tenants.iter().map(|t| t.running_hours).sum();
+            if used >= limit {
+                return Err(AppError::Quota(format!(
+                    "quota: env_hours_per_month {used:.2} of {limit} used this month; this request needs more"
+                )));
+            }
+        }
+        Ok(Some(quota))
+    }
+
+    /// Time and cost per environment and per tenant within `[from, to)`, of what the caller
+    /// may see.
+    pub async fn usage(&self, caller: &Caller, from: Millis, to: Millis) -> Result<UsageView, AppError> {
+        let prices = &self.cx.config.prices;
+        let rows = self.cx.store.accrual(caller.scope(), from, to).await?;
+        let mut environments = Vec::new();
+        let mut tenants: std::collections::BTreeMap<String, TenantUsage> = Default::default();
+        for (env, trail) in rows {
+            let accrued = lapse_core::cost::accrue(&trail, from, to);
+            if accrued.running_ms == 0 && accrued.stopped_ms == 0 {
+                continue;
+            }
+            let cost = prices.cost(&env.spec, &env.labels, &accrued);
+            let t = tenants.entry(env.tenant.clone()).or_insert_with(|| TenantUsage {
+                tenant: env.tenant.clone(),
+                environments: 0,
+                running_hours: 0.0,
+                stopped_hours: 0.0,
+                cost: 0.0,
+            });
+            t.environments += 1;
+            t.running_hours += accrued.running_hours();
+            t.stopped_hours += accrued.stopped_hours();
+            t.cost += cost;
+            environments.push(EnvironmentUsage {
+                hourly: prices.hourly(&env.spec, &env.labels),
+                id: env.id,
+                tenant: env.tenant,
+                owner: env.owner,
+                running_hours: accrued.running_hours(),
+                stopped_hours: accrued.stopped_hours(),
+                cost,
+            });
+        }
+        Ok(UsageView {
+            from: format_millis(from),
+            to: format_millis(to),
+            tenants: tenants.into_values().collect(),
+            environments,
+        })
     }
 
     /// Makes `wanted` exist: claims a warm pool member of the same spec and gives it

@@ -80,6 +80,8 @@ pub struct ServerConfig {
     pub host_memory_limit: Option<f64>,
     /// Requests per tenant key.
     pub rate_limit: Option<crate::auth::RateLimit>,
+    /// Prices for usage and cost (the config file's `[prices]` table; all zero without one).
+    pub prices: lapse_core::cost::Prices,
 }
 
 impl ServerConfig {
@@ -109,6 +111,7 @@ impl ServerConfig {
             admin_key: None,
             host_memory_limit: Some(90.0),
             rate_limit: Some(crate::auth::RateLimit { per_second: 100, burst: 200 }),
+            prices: Default::default(),
         }
     }
 

@@ -20,6 +20,12 @@
 //! [auth]                   # optional: the bootstrap admin key (read at start only)
 //! admin_key = "…"
 //!
+//! [prices]                 # optional: for usage and cost (read at start only)
+//! vcpu_hour = 0.02
+//! gb_hour = 0.005
+//! bill_stopped = false
+//! instance_types = { "DEV1-S" = 0.01 }
+//!
 //! [redis]                  # optional: consume the SWIM queues (read at start only)
 //! url = "localhost:6379"
 //! prefix = "swim:"
@@ -73,6 +79,9 @@ struct ConfigFile {
     /// Keys (see [`crate::auth`]); read at start only.
     #[serde(default)]
     auth: Option<AuthSection>,
+    /// Prices for usage and cost; read at start only.
+    #[serde(default)]
+    prices: Option<lapse_core::cost::Prices>,
 }
 
 /// The config file's `[auth]` table.
@@ -88,6 +97,7 @@ pub struct AuthSection {
 pub struct StartTables {
     pub redis: Option<crate::swim::RedisSection>,
     pub auth: Option<AuthSection>,
+    pub prices: Option<lapse_core::cost::Prices>,
 }
 
 fn service() -> Lifecycle {
@@ -229,7 +239,7 @@ pub fn start_tables(path: &Path) -> anyhow::Result<StartTables> {
         let line = e.span().map_or(0, |s| line_of(&text, s.start));
         anyhow::anyhow!("config file {} refused: line {line}: {}", path.display(), e.message().trim())
     })?;
-    Ok(StartTables { redis: file.redis, auth: file.auth })
+    Ok(StartTables { redis: file.redis, auth: file.auth, prices: file.prices })
 }
 
 /// Reads, checks and applies the file; records the outcome for `/v1/status`.

@@ -14,6 +14,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lapse_core::cost::Transition;
 use lapse_core::model::{DesiredState, Environment, ObservedState, Pool};
 use lapse_core::quota::{Quota, Usage};
 use lapse_core::wire::Event;
@@ -247,6 +248,48 @@ impl Store {
         tx.commit().await.op("insert")?;
         self.published(env);
         Ok(())
+    }
+
+    /// Environments (of `tenant`, or all) that may have run within `[from, to)`, each with its
+    /// transitions up to `to` in order: what usage and cost are computed from.
+    pub async fn accrual(
+        &self,
+        tenant: Option<&str>,
+        from: Millis,
+        to: Millis,
+    ) -> Result<Vec<(Environment, Vec<Transition>)>, StoreError> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {ENV_COLUMNS} FROM environments WHERE created_at < "));
+        q.push_bind(to).push(" AND (observed != 'deleted' OR updated_at >= ").push_bind(from).push(")");
+        if let Some(t) = tenant {
+            q.push(" AND tenant = ").push_bind(t);
+        }
+        q.push(" ORDER BY id");
+        let rows = q.build().fetch_all(&self.reader).await.op("accrual")?;
+        let envs: Vec<Environment> = rows.iter().map(environment_from_row).collect::<Result<_, _>>()?;
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT environment_id, at, outcome FROM events WHERE action = 'transition' AND at < ",
+        );
+        q.push_bind(to);
+        if let Some(t) = tenant {
+            q.push(" AND tenant = ").push_bind(t);
+        }
+        q.push(" ORDER BY seq");
+        let rows = q.build().fetch_all(&self.reader).await.op("accrual")?;
+        let mut by_env: std::collections::HashMap<String, Vec<Transition>> = std::collections::HashMap::new();
+        for r in rows {
+            let id: Option<String> = r.get(0);
+            let Some(id) = id else { continue };
+            if let Ok(to) = r.get::<String, _>(2).parse::<ObservedState>() {
+                by_env.entry(id).or_default().push(Transition { at: r.get(1), to });
+            }
+        }
+        Ok(envs
+            .into_iter()
+            .map(|e| {
+                let trail = by_env.remove(&e.id).unwrap_or_default();
+                (e, trail)
+            })
+            .collect())
     }
 
     /// What `tenant` holds now (for quotas).

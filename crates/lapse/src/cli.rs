@@ -119,6 +119,18 @@ enum Command {
     Admin(AdminCommand),
     /// Who the presented key is: its tenant, or admin.
     Whoami,
+    /// Time and cost per environment and per tenant (default: this month so far).
+    Usage {
+        /// Start, RFC 3339 (default: the start of this month).
+        #[arg(long)]
+        from: Option<String>,
+        /// End, RFC 3339 (default: now).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this tenant's (admin key).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Check a config file (as `lapse serve --config` reads it) without a server: every error,
     /// with its line; exits 1 if there is one.
     Check {
@@ -429,6 +441,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     })
                     .collect();
                 output::table(&["PROVIDER", "STATUS", "DETAIL"], &rows);
+            }
+        }
+        Command::Usage { from, to, tenant } => {
+            let query: Vec<String> = [("from", from), ("to", to), ("tenant", tenant)]
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| format!("{k}={}", urlencode(&v))))
+                .collect();
+            let view: lapse_core::wire::UsageView = client.get(&format!("/v1/usage?{}", query.join("&"))).await?;
+            if json {
+                print_json(&view);
+            } else {
+                println!("from {} to {}", view.from, view.to);
+                let rows: Vec<Vec<String>> = view
+                    .tenants
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.tenant.clone(),
+                            t.environments.to_string(),
+                            format!("{:.3}", t.running_hours),
+                            format!("{:.3}", t.stopped_hours),
+                            format!("{:.4}", t.cost),
+                        ]
+                    })
+                    .collect();
+                output::table(&["TENANT", "ENVIRONMENTS", "RUNNING H", "STOPPED H", "COST"], &rows);
             }
         }
         Command::Whoami => {

@@ -7,7 +7,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use lapse_core::model::is_environment_id;
-use lapse_core::wire::{ErrorBody, EventList, EventView, ProviderList, QueuesView, StatusView};
+use lapse_core::wire::{ErrorBody, EventList, EventView, ProviderList, QueuesView, StatusView, UsageView};
 use utoipa::OpenApi;
 
 use super::{ApiError, number, only_keys, query_pairs};
@@ -20,6 +20,7 @@ pub fn router() -> Router<App> {
         .route("/v1/providers", get(providers))
         .route("/v1/status", get(status))
         .route("/v1/queues", get(queues))
+        .route("/v1/usage", get(usage))
         .route("/v1/events", get(events))
         .route("/v1/openapi.json", get(openapi))
 }
@@ -61,6 +62,47 @@ pub async fn queues(State(app): State<App>) -> Result<Json<QueuesView>, ApiError
     };
     let processed = app.cx.store.queue_counters().await.map_err(|e| ApiError::from(crate::app::AppError::Store(e)))?;
     Ok(Json(swim.view(&processed).await))
+}
+
+/// Time and cost per environment and per tenant in a period (default: this month so far). A
+/// tenant's key sees its own; the admin key all, or one `tenant`'s.
+#[utoipa::path(get, path = "/v1/usage", tag = "system",
+    params(
+        ("from" = Option<String>, Query, description = "RFC 3339; default: the start of this month (UTC)"),
+        ("to" = Option<String>, Query, description = "RFC 3339; default: now"),
+        ("tenant" = Option<String>, Query, description = "Only this tenant's (admins)"),
+    ),
+    responses((status = 200, body = UsageView), (status = 400, body = ErrorBody)))]
+pub async fn usage(
+    State(app): State<App>,
+    axum::extract::Extension(caller): axum::extract::Extension<crate::auth::Caller>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<UsageView>, ApiError> {
+    let pairs = query_pairs(raw.as_deref())?;
+    only_keys(&pairs, &["from", "to", "tenant"])?;
+    let now = app.cx.clock.now();
+    let (mut from, mut to, mut caller) = (crate::app::month_start(now), now, caller);
+    for (k, v) in &pairs {
+        let time = || {
+            chrono::DateTime::parse_from_rfc3339(v)
+                .map(|t| t.timestamp_millis())
+                .map_err(|e| ApiError::bad_request(format!("{k}: {v:?} is not an RFC 3339 time: {e}")))
+        };
+        match k.as_str() {
+            "from" => from = time()?,
+            "to" => to = time()?,
+            "tenant" if caller.is_admin() => {
+                lapse_core::validate::name("tenant", v).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                caller = crate::auth::Caller::Tenant { tenant: v.clone(), key_id: String::new() };
+            }
+            // A tenant's key sees its own, whatever it asks for.
+            _ => {}
+        }
+    }
+    if from >= to {
+        return Err(ApiError::bad_request("from must be before to"));
+    }
+    Ok(Json(app.usage(&caller, from, to).await?))
 }
 
 /// What this control plane is and how busy it is.

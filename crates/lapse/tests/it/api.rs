@@ -547,6 +547,7 @@ async fn openapi_describes_every_route() {
         "get /v1/status",
         "get /v1/queues",
         "get /v1/whoami",
+        "get /v1/usage",
         "get /v1/admin/tenants",
         "post /v1/admin/tenants",
         "post /v1/admin/tenants/{name}/keys",

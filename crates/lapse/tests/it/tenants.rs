@@ -346,3 +346,61 @@ async fn a_key_over_its_rate_gets_429_with_retry_after() {
     tokio::time::sleep(std::time::Duration::from_secs(retry)).await;
     assert_eq!(get().await.unwrap().status(), StatusCode::OK, "allowed again after Retry-After");
 }
+
+#[tokio::test]
+async fn usage_accrues_while_running_per_environment_and_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lapse.toml");
+    // One unit of money per vCPU-second, so that short runs show.
+    std::fs::write(&config, "[prices]\nvcpu_hour = 3600.0\n").unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let args = ["--sim", "0", "--config", config.to_str().unwrap()];
+    let server = Server::start_with_env(&data, &args, &[("LAPSE_ADMIN_KEY", ADMIN)]).await;
+    let (status, _) = server
+        .post("/v1/admin/tenants", json!({"name": "acme", "tier": "pro", "quota": {"env_hours_per_month": 0.0003}}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, k) = server.post("/v1/admin/tenants/acme/keys", json!({})).await;
+    let key = k["key"].as_str().unwrap().to_owned();
+    let body = json!({"owner": "o", "spec": {"provider": "sim", "resources": {"vcpu": 2}}, "ttl": "1h"});
+    let (status, env) = server.request_as(Some(&key), Method::POST, "/v1/environments", Some(body.clone())).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let id = env["id"].as_str().unwrap().to_owned();
+    server.wait_state(&id, "running", secs(10)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (status, _) = server.request_as(Some(&key), Method::POST, &format!("/v1/environments/{id}/stop"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    server.wait_state(&id, "stopped", secs(10)).await;
+    let (_, admin_env) = server
+        .post("/v1/environments", json!({"owner": "a", "spec": {"provider": "sim", "resources": {"vcpu": 1}}}))
+        .await;
+    server.wait_state(admin_env["id"].as_str().unwrap(), "running", secs(10)).await;
+
+    let (status, usage) = server.request_as(Some(&key), Method::GET, "/v1/usage", None).await;
+    assert_eq!(status, StatusCode::OK, "{usage}");
+    let envs = usage["environments"].as_array().unwrap();
+    assert_eq!(envs.len(), 1, "a tenant sees its own only: {usage}");
+    let seconds = envs[0]["running_hours"].as_f64().unwrap() * 3600.0;
+    assert!((1.4..3.0).contains(&seconds), "ran about 1.5 s: {seconds}");
+    assert_eq!(envs[0]["hourly"], 7200.0);
+    let cost = envs[0]["cost"].as_f64().unwrap();
+    assert!((cost - 2.0 * seconds).abs() < 1e-6, "{cost} for {seconds} s of 2 vCPU");
+    assert_eq!(usage["tenants"][0]["tenant"], "acme");
+    assert!((usage["tenants"][0]["cost"].as_f64().unwrap() - cost).abs() < 1e-9);
+    // Stopped time is not billed: the cost stays.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (_, later) = server.request_as(Some(&key), Method::GET, "/v1/usage", None).await;
+    assert!((later["environments"][0]["cost"].as_f64().unwrap() - cost).abs() < 1e-9, "{later}");
+    // The admin sees every tenant; a period before anything ran is empty.
+    let (_, all) = server.get("/v1/usage").await;
+    assert_eq!(all["tenants"].as_array().unwrap().len(), 2, "{all}");
+    let (_, none) = server.get("/v1/usage?from=2020-01-01T00:00:00Z&to=2020-02-01T00:00:00Z").await;
+    assert_eq!(none["environments"], json!([]));
+    let (status, _) = server.get("/v1/usage?from=2021-01-01T00:00:00Z&to=2020-01-01T00:00:00Z").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // 1.5 s is above 0.0003 environment-hours (about 1.1 s): no new environments this month.
+    let (status, refused) = server.request_as(Some(&key), Method::POST, "/v1/environments", Some(body)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("env_hours_per_month"), "{refused}");
+}

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs and starts what Lapse's tests need on a fresh Debian machine of this kind:
 # Podman (with runc) serving the Docker Engine API on a private socket, a local busybox
-# image, and redis-server (the tests start their own on private ports).
+# image, redis-server (the tests start their own on private ports) and schemathesis.
 # Idempotent: a second run reuses what is already there.
-# Source it (`. scripts/test-env.sh`) to get DOCKER_HOST and LAPSE_TEST_IMAGE exported.
+# Source it (`. scripts/test-env.sh`) to get DOCKER_HOST, LAPSE_TEST_IMAGE and
+# LAPSE_SCHEMATHESIS exported.
 set -euo pipefail
 
 LAPSE_TEST_RUN=${LAPSE_TEST_RUN:-/run/lapse-test}
@@ -56,3 +57,12 @@ if ! podman image exists "$LAPSE_TEST_IMAGE"; then
   echo "test-env: imported $LAPSE_TEST_IMAGE"
 fi
 export LAPSE_TEST_IMAGE
+
+# schemathesis (from PyPI), which the tests run against a live server's OpenAPI document.
+venv=${LAPSE_TEST_VENV:-/var/cache/lapse-venv}
+if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "4.32.5"; then
+  echo "test-env: installing schemathesis into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==4.32.5"
+fi
+export LAPSE_SCHEMATHESIS="$venv/bin/schemathesis"

@@ -21,16 +21,43 @@ use super::{admin, environments, pools, seed, system};
 )]
 pub struct ApiDoc;
 
-/// Every route but `/healthz` takes `Authorization: Bearer <key>` when the server has keys.
+/// Every route but `/healthz` takes `Authorization: Bearer <key>` when the server has keys,
+/// and so may answer what the authentication layer answers; routes with a body may answer
+/// what the body extractor answers. Declared once here rather than on every handler.
 struct BearerKeys;
 
 impl Modify for BearerKeys {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
         openapi.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+        let error = |why: &str| -> RefOr<utoipa::openapi::Response> {
+            let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+            RefOr::T(ResponseBuilder::new().description(why).content("application/json", content).build())
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if path == "/healthz" {
+                continue;
+            }
+            let ops = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            for op in ops.into_iter().flatten() {
+                let responses = &mut op.responses.responses;
+                let mut add = |code: &str, why: &str| {
+                    responses.entry(code.to_owned()).or_insert_with(|| error(why));
+                };
+                add("401", "No key, or not a valid one (when the server has keys)");
+                add("403", "A tenant's key on a route for the admin key");
+                add("429", "Too many requests with this key (see Retry-After), or over a quota");
+                if op.request_body.is_some() {
+                    add("400", "Invalid request");
+                    add("413", "Body too large");
+                    add("415", "Not JSON");
+                }
+            }
+        }
     }
 }

@@ -26,7 +26,7 @@ pub fn router() -> Router<App> {
 }
 
 /// Liveness: the server answers and its store reads.
-#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, description = "ok"), (status = 500, body = ErrorBody)))]
+#[utoipa::path(get, path = "/healthz", tag = "system", security(()), responses((status = 200, description = "ok"), (status = 500, body = ErrorBody)))]
 pub async fn healthz(State(app): State<App>) -> Result<&'static str, ApiError> {
     app.cx.store.count_by_provider_and_state().await.map_err(|e| ApiError::from(crate::app::AppError::Store(e)))?;
     Ok("ok\n")

@@ -12,5 +12,6 @@ mod lifecycles;
 mod pools;
 mod redis_server;
 mod retry;
+mod schemathesis;
 mod swim;
 mod tenants;

@@ -134,7 +134,7 @@ impl App {
         // A key outlives no tenant (tenants are not removed), but be strict if one does.
         let tenant = tenant.ok_or_else(|| AppError::Quota(format!("tenant {name} does not exist")))?;
         let overrides: lapse_core::wire::QuotaInput = serde_json::from_value(tenant.quota).unwrap_or_default();
-        let base = Quota::tier(&tenant.tier).unwrap_or_default();
+        let base = self.cx.config.tier(&tenant.tier).unwrap_or_default();
         let quota = base.with(&overrides, self.cx.config.max_ttl);
         if let Some(limit) = quota.env_hours_per_month {
             let now = self.now();

@@ -82,6 +82,27 @@ pub struct ServerConfig {
     pub rate_limit: Option<crate::auth::RateLimit>,
     /// Prices for usage and cost (the config file's `[prices]` table; all zero without one).
     pub prices: lapse_core::cost::Prices,
+    /// Quota tiers from the config file, beside the built-in `free` and `pro`.
+    pub tiers: BTreeMap<String, lapse_core::wire::QuotaInput>,
+}
+
+impl ServerConfig {
+    /// The limits of tier `name`: the config file's, else the built-in one's.
+    pub fn tier(&self, name: &str) -> Option<lapse_core::quota::Quota> {
+        match self.tiers.get(name) {
+            Some(t) => Some(lapse_core::quota::Quota::default().with(t, self.max_ttl)),
+            None => lapse_core::quota::Quota::tier(name),
+        }
+    }
+
+    /// Every tier name a tenant may have.
+    pub fn tier_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.tiers.keys().cloned().collect();
+        names.extend(["free".to_owned(), "pro".to_owned()]);
+        names.sort();
+        names.dedup();
+        names
+    }
 }
 
 impl ServerConfig {
@@ -112,6 +133,7 @@ impl ServerConfig {
             host_memory_limit: Some(90.0),
             rate_limit: Some(crate::auth::RateLimit { per_second: 100, burst: 200 }),
             prices: Default::default(),
+            tiers: BTreeMap::new(),
         }
     }
 

@@ -26,6 +26,11 @@
 //! bill_stopped = false
 //! instance_types = { "DEV1-S" = 0.01 }
 //!
+//! [tiers.team]             # optional: quota tiers beside (or replacing) free and pro
+//! environments = 10
+//! vcpu = 16
+//! mem_mb = 32768
+//!
 //! [redis]                  # optional: consume the SWIM queues (read at start only)
 //! url = "localhost:6379"
 //! prefix = "swim:"
@@ -82,6 +87,9 @@ struct ConfigFile {
     /// Prices for usage and cost; read at start only.
     #[serde(default)]
     prices: Option<lapse_core::cost::Prices>,
+    /// Quota tiers by name (adding to, or replacing, `free` and `pro`); read at start only.
+    #[serde(default)]
+    tiers: BTreeMap<String, lapse_core::wire::QuotaInput>,
 }
 
 /// The config file's `[auth]` table.
@@ -98,6 +106,7 @@ pub struct StartTables {
     pub redis: Option<crate::swim::RedisSection>,
     pub auth: Option<AuthSection>,
     pub prices: Option<lapse_core::cost::Prices>,
+    pub tiers: BTreeMap<String, lapse_core::wire::QuotaInput>,
 }
 
 fn service() -> Lifecycle {
@@ -239,7 +248,10 @@ pub fn start_tables(path: &Path) -> anyhow::Result<StartTables> {
         let line = e.span().map_or(0, |s| line_of(&text, s.start));
         anyhow::anyhow!("config file {} refused: line {line}: {}", path.display(), e.message().trim())
     })?;
-    Ok(StartTables { redis: file.redis, auth: file.auth, prices: file.prices })
+    for name in file.tiers.keys() {
+        validate::name("tier", name).map_err(|e| anyhow::anyhow!("config file {}: [tiers] {e}", path.display()))?;
+    }
+    Ok(StartTables { redis: file.redis, auth: file.auth, prices: file.prices, tiers: file.tiers })
 }
 
 /// Reads, checks and applies the file; records the outcome for `/v1/status`.

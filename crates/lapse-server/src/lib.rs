@@ -120,6 +120,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     if let Some(prices) = tables.prices {
         config.prices = prices;
     }
+    config.tiers = tables.tiers;
     let swim_config = config.swim.clone().or_else(|| tables.redis.map(swim::RedisSection::into_config));
     let admin_key = config.admin_key.clone().or_else(|| tables.auth.and_then(|a| a.admin_key));
     let auth = auth::Auth::new(admin_key.as_deref(), config.rate_limit)?;

@@ -17,9 +17,6 @@ use super::{ApiError, ApiJson};
 use crate::app::{App, AppError};
 use crate::auth::{AuthError, Caller};
 
-/// The tiers a tenant may have (the seed's: free and pro).
-pub const TIERS: &[&str] = &["free", "pro"];
-
 pub fn router() -> Router<App> {
     Router::new()
         .route("/v1/admin/tenants", post(create_tenant).get(list_tenants))
@@ -94,8 +91,9 @@ pub async fn create_tenant(
 ) -> Result<impl IntoResponse, ApiError> {
     validate::name("name", &req.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let tier = req.tier.unwrap_or_else(|| "free".into());
-    if !TIERS.contains(&tier.as_str()) {
-        return Err(ApiError::bad_request(format!("tier: unknown tier {tier:?}; known: {}", TIERS.join(", "))));
+    let tiers = app.cx.config.tier_names();
+    if !tiers.contains(&tier) {
+        return Err(ApiError::bad_request(format!("tier: unknown tier {tier:?}; known: {}", tiers.join(", "))));
     }
     let quota = req.quota.unwrap_or_default();
     check_quota(&quota, app.cx.config.max_ttl)?;

@@ -352,7 +352,7 @@ async fn usage_accrues_while_running_per_environment_and_tenant() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("lapse.toml");
     // One unit of money per vCPU-second, so that short runs show.
-    std::fs::write(&config, "[prices]\nvcpu_hour = 3600.0\n").unwrap();
+    std::fs::write(&config, "[prices]\nvcpu_hour = 3600.0\n\n[tiers.team]\nenvironments = 2\n").unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let args = ["--sim", "0", "--config", config.to_str().unwrap()];
@@ -403,4 +403,19 @@ async fn usage_accrues_while_running_per_environment_and_tenant() {
     let (status, refused) = server.request_as(Some(&key), Method::POST, "/v1/environments", Some(body)).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
     assert!(refused["error"]["message"].as_str().unwrap().contains("env_hours_per_month"), "{refused}");
+
+    // A tier from the config file.
+    let (status, t) = server.post("/v1/admin/tenants", json!({"name": "crew", "tier": "team"})).await;
+    assert_eq!((status, t["tier"].as_str()), (StatusCode::CREATED, Some("team")), "{t}");
+    let (_, k) = server.post("/v1/admin/tenants/crew/keys", json!({})).await;
+    let crew = k["key"].as_str().unwrap().to_owned();
+    let sim = json!({"owner": "c", "spec": {"provider": "sim"}, "ttl": "1h"});
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(server.request_as(Some(&crew), Method::POST, "/v1/environments", Some(sim.clone())).await.0);
+    }
+    assert_eq!(statuses, [StatusCode::ACCEPTED, StatusCode::ACCEPTED, StatusCode::TOO_MANY_REQUESTS]);
+    let (status, unknown) = server.post("/v1/admin/tenants", json!({"name": "x", "tier": "gold"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(unknown["error"]["message"].as_str().unwrap().contains("known: free, pro, team"), "{unknown}");
 }

@@ -419,3 +419,29 @@ async fn usage_accrues_while_running_per_environment_and_tenant() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(unknown["error"]["message"].as_str().unwrap().contains("known: free, pro, team"), "{unknown}");
 }
+
+#[tokio::test]
+async fn a_claim_from_a_warm_pool_counts_against_the_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(dir.path(), &["--sim", "0"], &[("LAPSE_ADMIN_KEY", ADMIN)]).await;
+    let spec = json!({"provider": "sim", "cmd": ["warm"]});
+    let (status, _) = server.request(Method::PUT, "/v1/pools/warm", Some(json!({"spec": spec, "min": 3}))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    for _ in 0..100 {
+        if server.get("/v1/pools/warm").await.1["warm"] == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (_, key) = tenant_key(&server, "acme").await;
+    let body = json!({"owner": "o", "spec": spec, "ttl": "10m"});
+    let (status, claimed) = server.request_as(Some(&key), Method::POST, "/v1/environments", Some(body.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "claimed warm: {claimed}");
+    assert_eq!(claimed["tenant"], "acme");
+    // The free tier holds one environment: a second claim is refused, and no member is taken.
+    let (status, refused) = server.request_as(Some(&key), Method::POST, "/v1/environments", Some(body)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("environments 1 of 1"), "{refused}");
+    let (_, list) = server.request_as(Some(&key), Method::GET, "/v1/environments", None).await;
+    assert_eq!(list["environments"].as_array().unwrap().len(), 1);
+}

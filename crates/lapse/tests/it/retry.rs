@@ -30,8 +30,11 @@ async fn an_unreachable_provider_is_retried_with_backoff_then_failed() {
     };
     let failed_at = at(events.iter().find(|e| e["outcome"] == "failed").unwrap());
     // Back-off 200 ms then 400 ms (the test server's base): the attempts are spread, not hammered.
-    assert!(at(errors[1]) - at(errors[0]) >= 190, "{events:#?}");
-    assert!(failed_at - at(errors[1]) >= 390, "{events:#?}");
+    // Events are stamped when written, after the back-off is counted from, and a slow disk
+    // delays the write (seen: 30 ms): hence the slack.
+    assert!(at(errors[1]) - at(errors[0]) >= 150, "{events:#?}");
+    assert!(failed_at - at(errors[1]) >= 300, "{events:#?}");
+    assert!(failed_at - at(errors[0]) >= 500, "{events:#?}");
 
     // Start after a failure: a fresh round of attempts.
     let (status, restarted) = server.post(&format!("/v1/environments/{id}/start"), json!({})).await;

@@ -14,15 +14,22 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapse_core::cost::Transition;
 use lapse_core::model::{DesiredState, Environment, ObservedState, Pool};
-use lapse_core::quota::{Quota, Usage};
+use lapse_core::quota::Quota;
 use lapse_core::wire::Event;
 use lapse_core::{Millis, now_millis};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+
+// Queue receipts and counters (`queues`); tenants, keys, quota usage and accrual (`tenants`).
+mod queues;
+mod tenants;
+
+pub use queues::QueuedCreate;
+use tenants::usage;
+pub use tenants::{KeyRecord, TenantRecord};
 
 /// A store failure. Its text names the operation; the database's own message is the source.
 #[derive(Debug, thiserror::Error)]
@@ -90,27 +97,6 @@ impl NewEvent {
     }
 }
 
-/// A tenant: whose environments are whose.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TenantRecord {
-    pub name: String,
-    pub tier: String,
-    /// Overrides of the tier's limits, as given.
-    pub quota: serde_json::Value,
-    pub created_at: Millis,
-}
-
-/// An API key; only the SHA-256 of its secret is kept.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyRecord {
-    pub id: String,
-    pub tenant: String,
-    /// Hex SHA-256 of the key's secret part.
-    pub hash: String,
-    pub created_at: Millis,
-    pub revoked_at: Option<Millis>,
-}
-
 /// Filters of [`Store::list`]. Deleted environments are left out unless `state` asks for them.
 #[derive(Clone, Debug, Default)]
 pub struct ListFilter {
@@ -158,15 +144,6 @@ pub struct Store {
 /// How many committed rows a slow [`Store::subscribe`]r may fall behind before it is told it
 /// lagged (and must read the store afresh).
 const CHANGE_BUFFER: usize = 8192;
-
-/// A queue message to apply once: the tag its consumer gave it, the environment it creates and
-/// the event that records it.
-#[derive(Clone, Debug)]
-pub struct QueuedCreate {
-    pub tag: String,
-    pub env: Environment,
-    pub event: NewEvent,
-}
 
 const ENV_COLUMNS: &str = "id, name, tenant, owner, labels, spec, provider, lifecycle, desired, observed, reason, \
      provider_ref, endpoints, expires_at, on_expiry, expired_at, restart_on_extend, attempts, next_attempt_at, \
@@ -234,70 +211,6 @@ impl Store {
         self.insert_many(std::slice::from_ref(env), &[event]).await
     }
 
-    /// Inserts a new environment if its tenant's `quota` admits it, in the same transaction
-    /// as the count of what the tenant holds: concurrent inserts cannot both pass a limit.
-    /// [`StoreError::Refused`] says which limit, and nothing is written.
-    pub async fn insert_admitted(&self, env: &Environment, event: NewEvent, quota: &Quota) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await.op("insert")?;
-        let usage = usage(&mut tx, &env.tenant).await?;
-        quota.admit(&usage, &env.spec).map_err(StoreError::Refused)?;
-        let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO environments ({ENV_COLUMNS}) "));
-        q.push_values([env], bind_environment);
-        q.build().execute(&mut *tx).await.op("insert")?;
-        append_event(&mut tx, &event).await?;
-        tx.commit().await.op("insert")?;
-        self.published(env);
-        Ok(())
-    }
-
-    /// Environments (of `tenant`, or all) that may have run within `[from, to)`, each with its
-    /// transitions up to `to` in order: what usage and cost are computed from.
-    pub async fn accrual(
-        &self,
-        tenant: Option<&str>,
-        from: Millis,
-        to: Millis,
-    ) -> Result<Vec<(Environment, Vec<Transition>)>, StoreError> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {ENV_COLUMNS} FROM environments WHERE created_at < "));
-        q.push_bind(to).push(" AND (observed != 'deleted' OR updated_at >= ").push_bind(from).push(")");
-        if let Some(t) = tenant {
-            q.push(" AND tenant = ").push_bind(t);
-        }
-        q.push(" ORDER BY id");
-        let rows = q.build().fetch_all(&self.reader).await.op("accrual")?;
-        let envs: Vec<Environment> = rows.iter().map(environment_from_row).collect::<Result<_, _>>()?;
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT environment_id, at, outcome FROM events WHERE action = 'transition' AND at < ",
-        );
-        q.push_bind(to);
-        if let Some(t) = tenant {
-            q.push(" AND tenant = ").push_bind(t);
-        }
-        q.push(" ORDER BY seq");
-        let rows = q.build().fetch_all(&self.reader).await.op("accrual")?;
-        let mut by_env: std::collections::HashMap<String, Vec<Transition>> = std::collections::HashMap::new();
-        for r in rows {
-            let id: Option<String> = r.get(0);
-            let Some(id) = id else { continue };
-            if let Ok(to) = r.get::<String, _>(2).parse::<ObservedState>() {
-                by_env.entry(id).or_default().push(Transition { at: r.get(1), to });
-            }
-        }
-        Ok(envs
-            .into_iter()
-            .map(|e| {
-                let trail = by_env.remove(&e.id).unwrap_or_default();
-                (e, trail)
-            })
-            .collect())
-    }
-
-    /// What `tenant` holds now (for quotas).
-    pub async fn usage(&self, tenant: &str) -> Result<Usage, StoreError> {
-        let mut conn = self.reader.acquire().await.op("usage")?;
-        usage(&mut conn, tenant).await
-    }
-
     /// Inserts environments and events in one transaction (a pool's refill, a batch).
     pub async fn insert_many(&self, envs: &[Environment], events: &[NewEvent]) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await.op("insert")?;
@@ -313,161 +226,6 @@ impl Store {
             self.published(env);
         }
         Ok(())
-    }
-
-    /// Applies queue messages that create environments, each at most once: in one
-    /// transaction, those whose tag has a receipt are skipped, the others are inserted with
-    /// their events and receipts, and `queue`'s processed count grows by as many. Returns the tags
-    /// applied now (the rest had been applied before).
-    pub async fn apply_creates(&self, queue: &str, items: &[QueuedCreate]) -> Result<Vec<String>, StoreError> {
-        let mut tx = self.writer.begin().await.op("apply queue")?;
-        let mut seen = std::collections::HashSet::new();
-        for chunk in items.chunks(500) {
-            let mut q = QueryBuilder::<Sqlite>::new("SELECT tag FROM queue_receipts WHERE tag IN (");
-            let mut list = q.separated(", ");
-            for item in chunk {
-                list.push_bind(&item.tag);
-            }
-            q.push(")");
-            let tags: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await.op("apply queue")?;
-            seen.extend(tags);
-        }
-        // A tag twice in one batch is one message.
-        let fresh: Vec<&QueuedCreate> = items.iter().filter(|i| seen.insert(i.tag.clone())).collect();
-        let now = now_millis();
-        for chunk in fresh.chunks(500) {
-            let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO environments ({ENV_COLUMNS}) "));
-            q.push_values(chunk, |b, item| bind_environment(b, &item.env));
-            q.build().execute(&mut *tx).await.op("apply queue")?;
-            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO queue_receipts (tag, queue, at) ");
-            q.push_values(chunk, |mut b, item| {
-                b.push_bind(&item.tag).push_bind(queue).push_bind(now);
-            });
-            q.build().execute(&mut *tx).await.op("apply queue")?;
-        }
-        let events: Vec<NewEvent> = fresh.iter().map(|i| i.event.clone()).collect();
-        append_events(&mut tx, &events).await?;
-        count_processed(&mut tx, queue, fresh.len()).await?;
-        tx.commit().await.op("apply queue")?;
-        for item in &fresh {
-            self.published(&item.env);
-        }
-        Ok(fresh.iter().map(|i| i.tag.clone()).collect())
-    }
-
-    /// Applies one queue message that changes existing environments, at most once: in one
-    /// transaction, unless `tag` has a receipt, `change` edits every environment `filter`
-    /// selects (deleted ones are never selected) and names its events; the receipt is written
-    /// with them. `None` when the message had been applied before.
-    pub async fn apply_change(
-        &self,
-        queue: &str,
-        tag: &str,
-        filter: &ListFilter,
-        mut change: impl FnMut(&mut Environment) -> Vec<NewEvent>,
-    ) -> Result<Option<Vec<Environment>>, StoreError> {
-        let mut tx = self.writer.begin().await.op("apply queue")?;
-        let known = sqlx::query("SELECT 1 FROM queue_receipts WHERE tag = ?")
-            .bind(tag)
-            .fetch_optional(&mut *tx)
-            .await
-            .op("apply queue")?;
-        if known.is_some() {
-            return Ok(None);
-        }
-        let mut q = filtered(filter);
-        q.push(" AND desired != 'deleted'");
-        let rows = q.build().fetch_all(&mut *tx).await.op("apply queue")?;
-        let mut changed = Vec::with_capacity(rows.len());
-        let mut events = Vec::new();
-        for row in &rows {
-            let mut env = environment_from_row(row)?;
-            events.extend(change(&mut env));
-            env.updated_at = now_millis();
-            write_row(&mut tx, &env).await?;
-            changed.push(env);
-        }
-        append_events(&mut tx, &events).await?;
-        sqlx::query("INSERT INTO queue_receipts (tag, queue, at) VALUES (?, ?, ?)")
-            .bind(tag)
-            .bind(queue)
-            .bind(now_millis())
-            .execute(&mut *tx)
-            .await
-            .op("apply queue")?;
-        count_processed(&mut tx, queue, 1).await?;
-        tx.commit().await.op("apply queue")?;
-        for env in &changed {
-            self.published(env);
-        }
-        Ok(Some(changed))
-    }
-
-    /// Which of `tags` have receipts (their messages were applied).
-    pub async fn receipts(&self, tags: &[String]) -> Result<std::collections::HashSet<String>, StoreError> {
-        let mut out = std::collections::HashSet::new();
-        for chunk in tags.chunks(500) {
-            let mut q = QueryBuilder::<Sqlite>::new("SELECT tag FROM queue_receipts WHERE tag IN (");
-            let mut list = q.separated(", ");
-            for tag in chunk {
-                list.push_bind(tag);
-            }
-            q.push(")");
-            let found: Vec<String> = q.build_query_scalar().fetch_all(&self.writer).await.op("receipts")?;
-            out.extend(found);
-        }
-        Ok(out)
-    }
-
-    /// Forgets receipts of `queue` older than `before`, except those in `keep` (messages still
-    /// in a processing list). Returns how many went.
-    pub async fn prune_receipts(
-        &self,
-        queue: &str,
-        before: Millis,
-        keep: &std::collections::HashSet<String>,
-    ) -> Result<u64, StoreError> {
-        let mut tx = self.writer.begin().await.op("prune receipts")?;
-        let old: Vec<String> = sqlx::query_scalar("SELECT tag FROM queue_receipts WHERE queue = ? AND at < ?")
-            .bind(queue)
-            .bind(before)
-            .fetch_all(&mut *tx)
-            .await
-            .op("prune receipts")?;
-        let mut gone = 0;
-        for tag in old.iter().filter(|t| !keep.contains(*t)) {
-            gone += sqlx::query("DELETE FROM queue_receipts WHERE tag = ?")
-                .bind(tag)
-                .execute(&mut *tx)
-                .await
-                .op("prune receipts")?
-                .rows_affected();
-        }
-        tx.commit().await.op("prune receipts")?;
-        Ok(gone)
-    }
-
-    /// Messages applied per queue, ever.
-    pub async fn queue_counters(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        let rows = sqlx::query("SELECT queue, processed FROM queue_counters")
-            .fetch_all(&self.reader)
-            .await
-            .op("queue counters")?;
-        Ok(rows.iter().map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1).max(0) as u64)).collect())
-    }
-
-    /// Environments from `source` that are not deleted, or were changed after `since`: what
-    /// a mirror of them (the SWIM cache keys) holds.
-    pub async fn mirrored(&self, source: &str, since: Millis) -> Result<Vec<Environment>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {ENV_COLUMNS} FROM environments WHERE source = ? AND (desired != 'deleted' OR updated_at > ?)"
-        ))
-        .bind(source)
-        .bind(since)
-        .fetch_all(&self.reader)
-        .await
-        .op("mirrored")?;
-        rows.iter().map(environment_from_row).collect()
     }
 
     /// Claims a running, unclaimed member of any pool whose spec hashes to `spec_hash` (and
@@ -757,101 +515,6 @@ impl Store {
         .op("expiry lateness")
     }
 
-    /// Creates a tenant; `false` if one of that name exists.
-    pub async fn create_tenant(&self, t: &TenantRecord, event: NewEvent) -> Result<bool, StoreError> {
-        let mut tx = self.writer.begin().await.op("create tenant")?;
-        let done = sqlx::query("INSERT OR IGNORE INTO tenants (name, tier, quota, created_at) VALUES (?, ?, ?, ?)")
-            .bind(&t.name)
-            .bind(&t.tier)
-            .bind(t.quota.to_string())
-            .bind(t.created_at)
-            .execute(&mut *tx)
-            .await
-            .op("create tenant")?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        append_event(&mut tx, &event).await?;
-        tx.commit().await.op("create tenant")?;
-        Ok(true)
-    }
-
-    pub async fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
-        let rows = sqlx::query("SELECT name, tier, quota, created_at FROM tenants ORDER BY name")
-            .fetch_all(&self.reader)
-            .await
-            .op("tenants")?;
-        rows.iter().map(tenant_from_row).collect()
-    }
-
-    pub async fn tenant(&self, name: &str) -> Result<Option<TenantRecord>, StoreError> {
-        let row = sqlx::query("SELECT name, tier, quota, created_at FROM tenants WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.reader)
-            .await
-            .op("tenant")?;
-        row.as_ref().map(tenant_from_row).transpose()
-    }
-
-    /// Adds a key to an existing tenant; `false` if there is no such tenant.
-    pub async fn create_key(&self, k: &KeyRecord, event: NewEvent) -> Result<bool, StoreError> {
-        let mut tx = self.writer.begin().await.op("create key")?;
-        let exists = sqlx::query("SELECT 1 FROM tenants WHERE name = ?")
-            .bind(&k.tenant)
-            .fetch_optional(&mut *tx)
-            .await
-            .op("create key")?;
-        if exists.is_none() {
-            return Ok(false);
-        }
-        sqlx::query("INSERT INTO api_keys (id, tenant, hash, created_at) VALUES (?, ?, ?, ?)")
-            .bind(&k.id)
-            .bind(&k.tenant)
-            .bind(&k.hash)
-            .bind(k.created_at)
-            .execute(&mut *tx)
-            .await
-            .op("create key")?;
-        append_event(&mut tx, &event).await?;
-        tx.commit().await.op("create key")?;
-        Ok(true)
-    }
-
-    pub async fn key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query("SELECT id, tenant, hash, created_at, revoked_at FROM api_keys WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await
-            .op("key")?;
-        Ok(row.map(|r| KeyRecord {
-            id: r.get(0),
-            tenant: r.get(1),
-            hash: r.get(2),
-            created_at: r.get(3),
-            revoked_at: r.get(4),
-        }))
-    }
-
-    /// Revokes a key; `None` if there is no such key, else its tenant.
-    pub async fn revoke_key(&self, id: &str, at: Millis, actor: &str) -> Result<Option<String>, StoreError> {
-        let mut tx = self.writer.begin().await.op("revoke key")?;
-        let tenant: Option<String> = sqlx::query_scalar("SELECT tenant FROM api_keys WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .op("revoke key")?;
-        let Some(tenant) = tenant else { return Ok(None) };
-        sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
-            .bind(at)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .op("revoke key")?;
-        append_event(&mut tx, &NewEvent::of_tenant(&tenant, actor, "revoke_key", "ok", format!("key {id}"))).await?;
-        tx.commit().await.op("revoke key")?;
-        Ok(Some(tenant))
-    }
-
     /// Closes both pools, waiting for writes in flight.
     pub async fn close(&self) {
         self.reader.close().await;
@@ -915,42 +578,6 @@ async fn append_events(conn: &mut SqliteConnection, events: &[NewEvent]) -> Resu
         });
         q.build().execute(&mut *conn).await.op("append event")?;
     }
-    Ok(())
-}
-
-/// Environments of `tenant` that hold resources: not deleted, not failed, not unclaimed pool
-/// members; pending and provisioning ones count.
-async fn usage(conn: &mut SqliteConnection, tenant: &str) -> Result<Usage, StoreError> {
-    let row = sqlx::query(
-        "SELECT COUNT(*), \
-         COALESCE(SUM(CAST(json_extract(spec, '$.resources.vcpu') AS REAL)), 0.0), \
-         COALESCE(SUM(CAST(json_extract(spec, '$.resources.mem_mb') AS INTEGER)), 0), \
-         COALESCE(SUM(CAST(json_extract(spec, '$.resources.disk_gb') AS INTEGER)), 0) \
-         FROM environments WHERE tenant = ? AND desired != 'deleted' AND observed NOT IN ('deleted', 'failed') \
-         AND pool IS NULL",
-    )
-    .bind(tenant)
-    .fetch_one(conn)
-    .await
-    .op("usage")?;
-    Ok(Usage {
-        environments: u32::try_from(row.get::<i64, _>(0)).unwrap_or(u32::MAX),
-        vcpu: row.get(1),
-        mem_mb: u64::try_from(row.get::<i64, _>(2)).unwrap_or(0),
-        disk_gb: u64::try_from(row.get::<i64, _>(3)).unwrap_or(0),
-    })
-}
-
-async fn count_processed(conn: &mut SqliteConnection, queue: &str, n: usize) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO queue_counters (queue, processed) VALUES (?, ?) \
-         ON CONFLICT (queue) DO UPDATE SET processed = processed + excluded.processed",
-    )
-    .bind(queue)
-    .bind(n as i64)
-    .execute(conn)
-    .await
-    .op("count processed")?;
     Ok(())
 }
 
@@ -1037,11 +664,6 @@ where
 
 fn json_column<T: serde::de::DeserializeOwned>(id: &str, column: &'static str, text: &str) -> Result<T, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt { id: id.to_owned(), column, message: e.to_string() })
-}
-
-fn tenant_from_row(r: &SqliteRow) -> Result<TenantRecord, StoreError> {
-    let name: String = r.get(0);
-    Ok(TenantRecord { quota: json_column(&name, "quota", r.get(2))?, tier: r.get(1), created_at: r.get(3), name })
 }
 
 fn pool_from_row(r: &SqliteRow) -> Result<Pool, StoreError> {

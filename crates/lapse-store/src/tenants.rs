@@ -1,0 +1,221 @@
+//! Tenants, their API keys, and what they hold and have used (quotas and cost).
+
+use lapse_core::Millis;
+use lapse_core::cost::Transition;
+use lapse_core::model::{Environment, ObservedState};
+use lapse_core::quota::{Quota, Usage};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+
+use crate::{ENV_COLUMNS, NewEvent, Op, Store, StoreError};
+use crate::{append_event, bind_environment, environment_from_row, json_column};
+
+/// A tenant: whose environments are whose.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TenantRecord {
+    pub name: String,
+    pub tier: String,
+    /// Overrides of the tier's limits, as given.
+    pub quota: serde_json::Value,
+    pub created_at: Millis,
+}
+
+/// An API key; only the SHA-256 of its secret is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: String,
+    pub tenant: String,
+    /// Hex SHA-256 of the key's secret part.
+    pub hash: String,
+    pub created_at: Millis,
+    pub revoked_at: Option<Millis>,
+}
+
+impl Store {
+    /// Inserts a new environment if its tenant's `quota` admits it, in the same transaction
+    /// as the count of what the tenant holds: concurrent inserts cannot both pass a limit.
+    /// [`StoreError::Refused`] says which limit, and nothing is written.
+    pub async fn insert_admitted(&self, env: &Environment, event: NewEvent, quota: &Quota) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await.op("insert")?;
+        let usage = usage(&mut tx, &env.tenant).await?;
+        quota.admit(&usage, &env.spec).map_err(StoreError::Refused)?;
+        let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO environments ({ENV_COLUMNS}) "));
+        q.push_values([env], bind_environment);
+        q.build().execute(&mut *tx).await.op("insert")?;
+        append_event(&mut tx, &event).await?;
+        tx.commit().await.op("insert")?;
+        self.published(env);
+        Ok(())
+    }
+
+    /// Environments (of `tenant`, or all) that may have run within `[from, to)`, each with its
+    /// transitions up to `to` in order: what usage and cost are computed from.
+    pub async fn accrual(
+        &self,
+        tenant: Option<&str>,
+        from: Millis,
+        to: Millis,
+    ) -> Result<Vec<(Environment, Vec<Transition>)>, StoreError> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {ENV_COLUMNS} FROM environments WHERE created_at < "));
+        q.push_bind(to).push(" AND (observed != 'deleted' OR updated_at >= ").push_bind(from).push(")");
+        if let Some(t) = tenant {
+            q.push(" AND tenant = ").push_bind(t);
+        }
+        q.push(" ORDER BY id");
+        let rows = q.build().fetch_all(&self.reader).await.op("accrual")?;
+        let envs: Vec<Environment> = rows.iter().map(environment_from_row).collect::<Result<_, _>>()?;
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT environment_id, at, outcome FROM events WHERE action = 'transition' AND at < ",
+        );
+        q.push_bind(to);
+        if let Some(t) = tenant {
+            q.push(" AND tenant = ").push_bind(t);
+        }
+        q.push(" ORDER BY seq");
+        let rows = q.build().fetch_all(&self.reader).await.op("accrual")?;
+        let mut by_env: std::collections::HashMap<String, Vec<Transition>> = std::collections::HashMap::new();
+        for r in rows {
+            let id: Option<String> = r.get(0);
+            let Some(id) = id else { continue };
+            if let Ok(to) = r.get::<String, _>(2).parse::<ObservedState>() {
+                by_env.entry(id).or_default().push(Transition { at: r.get(1), to });
+            }
+        }
+        Ok(envs
+            .into_iter()
+            .map(|e| {
+                let trail = by_env.remove(&e.id).unwrap_or_default();
+                (e, trail)
+            })
+            .collect())
+    }
+
+    /// What `tenant` holds now (for quotas).
+    pub async fn usage(&self, tenant: &str) -> Result<Usage, StoreError> {
+        let mut conn = self.reader.acquire().await.op("usage")?;
+        usage(&mut conn, tenant).await
+    }
+
+    /// Creates a tenant; `false` if one of that name exists.
+    pub async fn create_tenant(&self, t: &TenantRecord, event: NewEvent) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await.op("create tenant")?;
+        let done = sqlx::query("INSERT OR IGNORE INTO tenants (name, tier, quota, created_at) VALUES (?, ?, ?, ?)")
+            .bind(&t.name)
+            .bind(&t.tier)
+            .bind(t.quota.to_string())
+            .bind(t.created_at)
+            .execute(&mut *tx)
+            .await
+            .op("create tenant")?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_event(&mut tx, &event).await?;
+        tx.commit().await.op("create tenant")?;
+        Ok(true)
+    }
+
+    pub async fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
+        let rows = sqlx::query("SELECT name, tier, quota, created_at FROM tenants ORDER BY name")
+            .fetch_all(&self.reader)
+            .await
+            .op("tenants")?;
+        rows.iter().map(tenant_from_row).collect()
+    }
+
+    pub async fn tenant(&self, name: &str) -> Result<Option<TenantRecord>, StoreError> {
+        let row = sqlx::query("SELECT name, tier, quota, created_at FROM tenants WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await
+            .op("tenant")?;
+        row.as_ref().map(tenant_from_row).transpose()
+    }
+
+    /// Adds a key to an existing tenant; `false` if there is no such tenant.
+    pub async fn create_key(&self, k: &KeyRecord, event: NewEvent) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await.op("create key")?;
+        let exists = sqlx::query("SELECT 1 FROM tenants WHERE name = ?")
+            .bind(&k.tenant)
+            .fetch_optional(&mut *tx)
+            .await
+            .op("create key")?;
+        if exists.is_none() {
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO api_keys (id, tenant, hash, created_at) VALUES (?, ?, ?, ?)")
+            .bind(&k.id)
+            .bind(&k.tenant)
+            .bind(&k.hash)
+            .bind(k.created_at)
+            .execute(&mut *tx)
+            .await
+            .op("create key")?;
+        append_event(&mut tx, &event).await?;
+        tx.commit().await.op("create key")?;
+        Ok(true)
+    }
+
+    pub async fn key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query("SELECT id, tenant, hash, created_at, revoked_at FROM api_keys WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .op("key")?;
+        Ok(row.map(|r| KeyRecord {
+            id: r.get(0),
+            tenant: r.get(1),
+            hash: r.get(2),
+            created_at: r.get(3),
+            revoked_at: r.get(4),
+        }))
+    }
+
+    /// Revokes a key; `None` if there is no such key, else its tenant.
+    pub async fn revoke_key(&self, id: &str, at: Millis, actor: &str) -> Result<Option<String>, StoreError> {
+        let mut tx = self.writer.begin().await.op("revoke key")?;
+        let tenant: Option<String> = sqlx::query_scalar("SELECT tenant FROM api_keys WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .op("revoke key")?;
+        let Some(tenant) = tenant else { return Ok(None) };
+        sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
+            .bind(at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .op("revoke key")?;
+        append_event(&mut tx, &NewEvent::of_tenant(&tenant, actor, "revoke_key", "ok", format!("key {id}"))).await?;
+        tx.commit().await.op("revoke key")?;
+        Ok(Some(tenant))
+    }
+}
+
+/// Environments of `tenant` that hold resources: not deleted, not failed, not unclaimed pool
+/// members; pending and provisioning ones count.
+pub(crate) async fn usage(conn: &mut SqliteConnection, tenant: &str) -> Result<Usage, StoreError> {
+    let row = sqlx::query(
+        "SELECT COUNT(*), \
+         COALESCE(SUM(CAST(json_extract(spec, '$.resources.vcpu') AS REAL)), 0.0), \
+         COALESCE(SUM(CAST(json_extract(spec, '$.resources.mem_mb') AS INTEGER)), 0), \
+         COALESCE(SUM(CAST(json_extract(spec, '$.resources.disk_gb') AS INTEGER)), 0) \
+         FROM environments WHERE tenant = ? AND desired != 'deleted' AND observed NOT IN ('deleted', 'failed') \
+         AND pool IS NULL",
+    )
+    .bind(tenant)
+    .fetch_one(conn)
+    .await
+    .op("usage")?;
+    Ok(Usage {
+        environments: u32::try_from(row.get::<i64, _>(0)).unwrap_or(u32::MAX),
+        vcpu: row.get(1),
+        mem_mb: u64::try_from(row.get::<i64, _>(2)).unwrap_or(0),
+        disk_gb: u64::try_from(row.get::<i64, _>(3)).unwrap_or(0),
+    })
+}
+
+fn tenant_from_row(r: &SqliteRow) -> Result<TenantRecord, StoreError> {
+    let name: String = r.get(0);
+    Ok(TenantRecord { quota: json_column(&name, "quota", r.get(2))?, tier: r.get(1), created_at: r.get(3), name })
+}

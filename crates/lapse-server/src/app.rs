@@ -139,7 +139,7 @@ impl App {
         if let Some(limit) = quota.env_hours_per_month {
             let now = self.now();
             let used: f64 =
-                self.usage(caller, month_start(now), now).await?.tenants.iter().map(|t| t.running_hours).sum();
+                self.usage(Some(name), month_start(now), now).await?.tenants.iter().map(|t| t.running_hours).sum();
             if used >= limit {
                 return Err(AppError::Quota(format!(
                     "quota: env_hours_per_month {used:.2} of {limit} used this month; this request needs more"
@@ -149,11 +149,10 @@ impl App {
         Ok(Some(quota))
     }
 
-    /// Time and cost per environment and per tenant within `[from, to)`, of what the caller
-    /// may see.
-    pub async fn usage(&self, caller: &Caller, from: Millis, to: Millis) -> Result<UsageView, AppError> {
+    /// Time and cost per environment and per tenant within `[from, to)`, of one tenant or all.
+    pub async fn usage(&self, tenant: Option<&str>, from: Millis, to: Millis) -> Result<UsageView, AppError> {
         let prices = &self.cx.config.prices;
-        let rows = self.cx.store.accrual(caller.scope(), from, to).await?;
+        let rows = self.cx.store.accrual(tenant, from, to).await?;
         let mut environments = Vec::new();
         let mut tenants: std::collections::BTreeMap<String, TenantUsage> = Default::default();
         for (env, trail) in rows {

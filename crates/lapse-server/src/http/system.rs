@@ -81,7 +81,9 @@ pub async fn usage(
     let pairs = query_pairs(raw.as_deref())?;
     only_keys(&pairs, &["from", "to", "tenant"])?;
     let now = app.cx.clock.now();
-    let (mut from, mut to, mut caller) = (crate::app::month_start(now), now, caller);
+    let (mut from, mut to) = (crate::app::month_start(now), now);
+    // A tenant's key sees its own, whatever it asks for; the admin key all, or one tenant's.
+    let mut tenant = caller.scope().map(str::to_owned);
     for (k, v) in &pairs {
         let time = || {
             chrono::DateTime::parse_from_rfc3339(v)
@@ -93,16 +95,15 @@ pub async fn usage(
             "to" => to = time()?,
             "tenant" if caller.is_admin() => {
                 lapse_core::validate::name("tenant", v).map_err(|e| ApiError::bad_request(e.to_string()))?;
-                caller = crate::auth::Caller::Tenant { tenant: v.clone(), key_id: String::new() };
+                tenant = Some(v.clone());
             }
-            // A tenant's key sees its own, whatever it asks for.
             _ => {}
         }
     }
     if from >= to {
         return Err(ApiError::bad_request("from must be before to"));
     }
-    Ok(Json(app.usage(&caller, from, to).await?))
+    Ok(Json(app.usage(tenant.as_deref(), from, to).await?))
 }
 
 /// What this control plane is and how busy it is.

@@ -22,10 +22,12 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use writer::Writer;
 
 // Queue receipts and counters (`queues`); tenants, keys, quota usage and accrual (`tenants`).
 mod queues;
 mod tenants;
+mod writer;
 
 pub use queues::QueuedCreate;
 use tenants::usage;
@@ -44,9 +46,25 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("store: row {id} holds an unreadable {column}: {message}")]
     Corrupt { id: String, column: &'static str, message: String },
+    /// The database cannot be written now (the disk is full, an I/O error, the file is
+    /// locked); nothing was written. Reads still work, and writes succeed again by themselves
+    /// once the cause is gone.
+    #[error("store: {op} failed: the database cannot be written now")]
+    Unwritable {
+        op: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
     /// A check inside the transaction (a quota) refused; nothing was written.
     #[error("{0}")]
     Refused(String),
+}
+
+impl StoreError {
+    /// Whether the failure is the store's inability to write (a `503`, not a bug).
+    pub fn is_unwritable(&self) -> bool {
+        matches!(self, StoreError::Unwritable { .. })
+    }
 }
 
 trait Op<T> {
@@ -55,7 +73,13 @@ trait Op<T> {
 
 impl<T> Op<T> for Result<T, sqlx::Error> {
     fn op(self, op: &'static str) -> Result<T, StoreError> {
-        self.map_err(|source| StoreError::Database { op, source })
+        self.map_err(|source| {
+            if writer::is_unwritable(&source) {
+                StoreError::Unwritable { op, source }
+            } else {
+                StoreError::Database { op, source }
+            }
+        })
     }
 }
 
@@ -135,7 +159,7 @@ pub struct SweepEntry {
 /// The store. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    writer: SqlitePool,
+    writer: Writer,
     reader: SqlitePool,
     /// Every committed environment row, for whoever mirrors them (the SWIM cache keys).
     changes: tokio::sync::broadcast::Sender<Arc<Environment>>,
@@ -176,20 +200,21 @@ impl Store {
             .await
             .op("open")?;
         let (changes, _) = tokio::sync::broadcast::channel(CHANGE_BUFFER);
-        Ok(Store { writer, reader, changes })
+        Ok(Store { writer: Writer::new(writer), reader, changes })
     }
 
     /// This control plane's id: made once, kept for the life of the store. Providers label
     /// everything they create with it, so the sweep tells our resources from anyone else's.
     pub async fn controller_id(&self) -> Result<String, StoreError> {
         let fresh = format!("lapse-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES ('controller_id', ?)")
+        let inserted = sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES ('controller_id', ?)")
             .bind(&fresh)
-            .execute(&self.writer)
-            .await
-            .op("controller id")?;
+            .execute(self.writer.pool())
+            .await;
+        self.writer.observe(&inserted);
+        inserted.op("controller id")?;
         sqlx::query_scalar("SELECT value FROM meta WHERE key = 'controller_id'")
-            .fetch_one(&self.writer)
+            .fetch_one(self.writer.pool())
             .await
             .op("controller id")
     }
@@ -335,7 +360,7 @@ impl Store {
         let row =
             sqlx::query(&format!("SELECT {ENV_COLUMNS} FROM environments WHERE job_id = ? AND desired != 'deleted'"))
                 .bind(job_id)
-                .fetch_optional(&self.writer)
+                .fetch_optional(self.writer.pool())
                 .await
                 .op("get by job")?;
         row.map(|r| environment_from_row(&r)).transpose()
@@ -467,7 +492,19 @@ impl Store {
     /// Appends an event that concerns no single row change (a sweep's removal of an orphan).
     pub async fn append_event(&self, event: NewEvent) -> Result<(), StoreError> {
         let mut conn = self.writer.acquire().await.op("append event")?;
-        append_event(&mut conn, &event).await
+        let done = append_event(&mut conn, &event).await;
+        match &done {
+            Ok(()) => self.writer.set_writable(true),
+            Err(e) if e.is_unwritable() => self.writer.set_writable(false),
+            Err(_) => {}
+        }
+        done
+    }
+
+    /// Whether the last write succeeded: `false` while the database cannot be written (a full
+    /// disk). Cheap; `/readyz` and the API's `503`s read it.
+    pub fn is_writable(&self) -> bool {
+        self.writer.is_writable()
     }
 
     /// Events in order that `filter` selects.
@@ -518,7 +555,7 @@ impl Store {
     /// Closes both pools, waiting for writes in flight.
     pub async fn close(&self) {
         self.reader.close().await;
-        self.writer.close().await;
+        self.writer.pool().close().await;
     }
 }
 

@@ -118,7 +118,7 @@ impl Store {
                 list.push_bind(tag);
             }
             q.push(")");
-            let found: Vec<String> = q.build_query_scalar().fetch_all(&self.writer).await.op("receipts")?;
+            let found: Vec<String> = q.build_query_scalar().fetch_all(self.writer.pool()).await.op("receipts")?;
             out.extend(found);
         }
         Ok(out)

@@ -219,3 +219,5 @@ async fn queue_messages_apply_once_and_changes_are_published() {
     assert_eq!(store.prune_receipts("q", now_millis() + 1, &keep).await.unwrap(), 1, "t2 goes, t1 is kept");
     assert_eq!(store.receipts(&["t1".into(), "t2".into()]).await.unwrap().len(), 1);
 }
+
+mod full_disk;

@@ -443,7 +443,17 @@ impl App {
         if !is_environment_id(id) {
             return Err(AppError::NotFound(id.to_owned()));
         }
-        self.cx.store.get(id).await?.filter(|e| caller.sees(&e.tenant)).ok_or_else(|| AppError::NotFound(id.to_owned()))
+        let mut env = self
+            .cx
+            .store
+            .get(id)
+            .await?
+            .filter(|e| caller.sees(&e.tenant))
+            .ok_or_else(|| AppError::NotFound(id.to_owned()))?;
+        if let Some(intent) = self.cx.deferred.get(id) {
+            intent.overlay(&mut env);
+        }
+        Ok(env)
     }
 
     /// The environments `filter` selects among those the caller may see.
@@ -451,7 +461,15 @@ impl App {
         if let Some(tenant) = caller.scope() {
             filter.tenant = Some(tenant.to_owned());
         }
-        Ok(self.cx.store.list(&filter).await?)
+        let mut envs = self.cx.store.list(&filter).await?;
+        if !self.cx.deferred.is_empty() {
+            for env in &mut envs {
+                if let Some(intent) = self.cx.deferred.get(&env.id) {
+                    intent.overlay(env);
+                }
+            }
+        }
+        Ok(envs)
     }
 
     /// Changes one environment's desired state in a transaction and wakes the reconciler.
@@ -537,12 +555,15 @@ impl App {
     }
 
     pub async fn stop(&self, id: &str, caller: &Caller) -> Result<Environment, AppError> {
-        self.change(id, &caller.actor(), caller.scope(), "stop", |e| {
-            e.desired = DesiredState::Stopped;
-            e.restart_on_extend = false;
-            Ok("desired stopped".into())
-        })
-        .await
+        let (actor, scope) = (caller.actor(), caller.scope());
+        let changed = self
+            .change(id, &actor, scope, "stop", |e| {
+                e.desired = DesiredState::Stopped;
+                e.restart_on_extend = false;
+                Ok("desired stopped".into())
+            })
+            .await;
+        self.or_deferred(changed, id, &actor, scope, DesiredState::Stopped, "stop").await
     }
 
     pub async fn start(&self, id: &str, caller: &Caller) -> Result<Environment, AppError> {
@@ -566,12 +587,62 @@ impl App {
     }
 
     async fn delete_by(&self, id: &str, actor: &str, scope: Option<&str>) -> Result<Environment, AppError> {
-        self.change(id, actor, scope, "delete", |e| {
-            e.desired = DesiredState::Deleted;
-            e.restart_on_extend = false;
-            Ok("desired deleted".into())
-        })
-        .await
+        let changed = self
+            .change(id, actor, scope, "delete", |e| {
+                e.desired = DesiredState::Deleted;
+                e.restart_on_extend = false;
+                Ok("desired deleted".into())
+            })
+            .await;
+        self.or_deferred(changed, id, actor, scope, DesiredState::Deleted, "delete").await
+    }
+
+    /// A stop or delete that the store could not write (a full disk) still happens: it is
+    /// recorded in the deferred journal, synced, and the reconciler acts on it; the store gets
+    /// it when it can write again (see [`crate::deferred`]). Other errors pass through.
+    async fn or_deferred(
+        &self,
+        changed: Result<Environment, AppError>,
+        id: &str,
+        actor: &str,
+        scope: Option<&str>,
+        desired: DesiredState,
+        action: &str,
+    ) -> Result<Environment, AppError> {
+        let err = match changed {
+            Err(AppError::Store(e)) if e.is_unwritable() => AppError::Store(e),
+            other => return other,
+        };
+        let mut env = self.cx.store.get(id).await?.ok_or_else(|| AppError::NotFound(id.to_owned()))?;
+        if scope.is_some_and(|t| t != env.tenant) {
+            return Err(AppError::NotFound(id.to_owned()));
+        }
+        if env.desired == DesiredState::Deleted {
+            return Err(AppError::Conflict(format!("environment {id} is deleted")));
+        }
+        if let Some(earlier) = self.cx.deferred.get(id)
+            && earlier.desired == DesiredState::Deleted
+        {
+            earlier.overlay(&mut env);
+            return Ok(env);
+        }
+        let intent = crate::deferred::Intent {
+            id: id.to_owned(),
+            desired,
+            expired_at: None,
+            reached: None,
+            at: self.now(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+        };
+        if let Err(e) = self.cx.deferred.record(intent.clone()) {
+            tracing::error!(environment = id, error = %e, "the deferred journal could not record a change");
+            return Err(err);
+        }
+        tracing::warn!(environment = id, %desired, "the store cannot write: {action} recorded in the deferred journal");
+        intent.overlay(&mut env);
+        self.reconciler.enqueue(id);
+        Ok(env)
     }
 
     pub async fn exec(&self, id: &str, req: ExecRequest, caller: &Caller) -> Result<ExecResult, AppError> {

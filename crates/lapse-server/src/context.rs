@@ -29,6 +29,8 @@ pub struct Context {
     pub swim: Option<std::sync::Arc<crate::swim::Swim>>,
     /// The declarative config file's state, if one is served.
     pub config_status: std::sync::Mutex<Option<lapse_core::wire::ConfigStatus>>,
+    /// Stops and deletes recorded while the store could not write (see [`crate::deferred`]).
+    pub deferred: crate::deferred::Deferred,
 }
 
 impl Context {

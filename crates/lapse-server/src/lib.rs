@@ -25,6 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod context;
 pub mod declare;
+pub mod deferred;
 pub mod host;
 pub mod http;
 pub mod metrics;
@@ -99,6 +100,9 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     let db = config.data_dir.join("lapse.db");
     let store = Store::open(&db).await.with_context(|| format!("opening the store at {}", db.display()))?;
     let controller_id = store.controller_id().await?;
+    let journal = config.data_dir.join("deferred.journal");
+    let deferred = deferred::Deferred::open(&journal)
+        .with_context(|| format!("opening the deferred-changes journal {}", journal.display()))?;
 
     let mut providers = ProviderSet::default();
     let (exits, mut exited) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -169,8 +173,14 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         config_status: std::sync::Mutex::new(None),
         swim,
         auth,
+        deferred,
     });
     let reconciler = Reconciler::new(cx.clone());
+    // Stops and deletes made while the disk was full, before a crash: into the store first.
+    if !cx.deferred.is_empty() {
+        let left = deferred::flush(&cx).await;
+        tracing::info!(left, "deferred changes from the journal written to the store");
+    }
 
     // The store is the truth: timers and queue are rebuilt from it.
     let expiries = cx.store.pending_expiries().await?;
@@ -209,6 +219,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         async move { timers.run(clock, move |id| r.enqueue(&id)).await }
     }));
     background.push(tokio::spawn(sweep::run(cx.clone(), reconciler.clone())));
+    background.push(tokio::spawn(deferred::run(cx.clone(), reconciler.clone())));
     background.push(tokio::spawn(pools::run(cx.clone(), reconciler.clone())));
     background.push(tokio::spawn({
         let (cx, r) = (cx.clone(), reconciler.clone());

@@ -92,10 +92,14 @@ impl Reconciler {
         }
     }
 
-    /// Whether a step for `id` is queued or running (the sweep leaves such ones alone).
+    /// Whether a step for `id` is queued or running, or a change to it waits for the store to
+    /// write again (the sweep leaves such ones alone).
     pub fn is_busy(&self, id: &str) -> bool {
-        let q = self.inner.queue.lock().unwrap_or_else(|p| p.into_inner());
-        q.queued.contains(id) || q.running.contains(id)
+        let busy = {
+            let q = self.inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.queued.contains(id) || q.running.contains(id)
+        };
+        busy || self.inner.cx.deferred.contains(id)
     }
 
     /// Queued plus running steps.
@@ -144,7 +148,7 @@ impl Reconciler {
 
     async fn step(&self, id: &str) {
         let cx = &self.inner.cx;
-        let env = match cx.store.get(id).await {
+        let mut env = match cx.store.get(id).await {
             Ok(Some(env)) => env,
             Ok(None) => return,
             Err(e) => {
@@ -153,6 +157,10 @@ impl Reconciler {
                 return;
             }
         };
+        // A stop or delete the store could not take yet counts as written.
+        if let Some(intent) = cx.deferred.get(id) {
+            intent.overlay(&mut env);
+        }
         let now = cx.clock.now();
         let planned = plan(&env, now);
         let outcome = match planned {
@@ -178,7 +186,7 @@ impl Reconciler {
 
     async fn expire(&self, env: &Environment, target: DesiredState, now: Millis) -> Result<(), StepError> {
         let cx = &self.inner.cx;
-        let updated = cx
+        let updated = match cx
             .store
             .update(&env.id, |e| {
                 if !lease_expired(e, now) {
@@ -197,7 +205,17 @@ impl Reconciler {
                     format!("lease ran out ({lateness} ms after expires_at); desired {was} -> {target}"),
                 )])
             })
-            .await?;
+            .await
+        {
+            // The disk is full: the lease still ends. The journal holds the expiry until the
+            // store can take it, and the next step acts on it.
+            Err(StepError::Store(e)) if e.is_unwritable() => {
+                self.defer(env, target, Some(now), "expiry", "expire")?;
+                tracing::warn!(environment = %env.id, to = %target, "lease expired while the store cannot write; acting on it anyway");
+                return Ok(());
+            }
+            other => other?,
+        };
         if let Some(e) = updated {
             let lateness = (now - e.expires_at.unwrap_or(now)).max(0) as f64 / 1000.0;
             cx.metrics.expiry_lateness.observe(lateness);
@@ -206,16 +224,50 @@ impl Reconciler {
         Ok(())
     }
 
+    /// The events of a deferred stop or delete of `e`, applied to `e` (see
+    /// [`crate::deferred`]): every write of the reconciler carries it into the row, so the
+    /// row it checks is the one it planned from.
+    fn with_deferred(&self, e: &mut Environment) -> Vec<NewEvent> {
+        self.inner.cx.deferred.get(&e.id).map(|i| i.apply(e)).unwrap_or_default()
+    }
+
+    /// Records a stop or delete in the deferred journal (the store cannot write).
+    fn defer(
+        &self,
+        env: &Environment,
+        desired: DesiredState,
+        expired_at: Option<Millis>,
+        actor: &str,
+        action: &str,
+    ) -> Result<(), StepError> {
+        let cx = &self.inner.cx;
+        let intent = crate::deferred::Intent {
+            id: env.id.clone(),
+            desired,
+            expired_at,
+            reached: None,
+            at: cx.clock.now(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+        };
+        cx.deferred.record(intent).map_err(|e| {
+            tracing::error!(environment = %env.id, error = %e, "the deferred journal could not record a change");
+            StepError::Stale
+        })
+    }
+
     /// Records a state reached without a provider call.
     async fn mark(&self, env: &Environment, planned: Plan, to: ObservedState) -> Result<(), StepError> {
         let cx = &self.inner.cx;
         let now = cx.clock.now();
         cx.store
             .update(&env.id, |e| {
+                let mut events = self.with_deferred(e);
                 if plan(e, now) != planned {
                     return Err(StepError::Stale);
                 }
-                Ok(vec![transition(e, to, "reconciler", "never provisioned")])
+                events.push(transition(e, to, "reconciler", "never provisioned"));
+                Ok(events)
             })
             .await?;
         cx.metrics.step(&env.spec.provider, step_name(planned), "ok");
@@ -238,18 +290,33 @@ impl Reconciler {
             Some(s) => Some(s.acquire().await.expect("provider semaphore open")),
             None => None,
         };
-        // Write the intent before the call it describes.
+        // Write the intent before the call it describes, and act on the row it wrote: a spec
+        // replaced since `env` was read is the one provisioned.
         let doing = in_progress_state(planned).unwrap_or(env.observed);
+        let deferred = cx.deferred.contains(&env.id);
+        let mut intent_unwritten = false;
+        let mut env = env.clone();
         if env.observed != doing {
-            cx.store
+            match cx
+                .store
                 .update(&env.id, |e| {
+                    let mut events = self.with_deferred(e);
                     if plan(e, now) != planned {
                         return Err(StepError::Stale);
                     }
-                    Ok(vec![transition(e, doing, "reconciler", "")])
+                    events.push(transition(e, doing, "reconciler", ""));
+                    Ok(events)
                 })
-                .await?;
+                .await
+            {
+                Ok(Some(written)) => env = written,
+                Ok(None) => return Err(StepError::Stale),
+                // A deferred stop or delete goes ahead: its journal entry is the intent.
+                Err(StepError::Store(e)) if deferred && e.is_unwritable() => intent_unwritten = true,
+                Err(e) => return Err(e),
+            }
         }
+        let env = &env;
         let grace = cx.config.stop_grace;
         let started = std::time::Instant::now();
         let result: Result<Option<Instance>, ProviderError> = match planned {
@@ -270,8 +337,15 @@ impl Reconciler {
                     Plan::Stop => ObservedState::Stopped,
                     _ => ObservedState::Deleted,
                 };
-                cx.store
+                let provisioned_hash = env.spec.hash();
+                let recorded = cx
+                    .store
                     .update(&env.id, |e| {
+                        let mut events = self.with_deferred(e);
+                        // The intent that could not be written before the call is written now.
+                        if intent_unwritten && e.observed != doing && plan(e, now) == planned {
+                            events.push(transition(e, doing, "reconciler", ""));
+                        }
                         if e.observed != doing {
                             return Err(StepError::Stale);
                         }
@@ -281,7 +355,12 @@ impl Reconciler {
                             if instance.user_data_path.is_some() {
                                 e.user_data_path = instance.user_data_path.clone();
                             }
-                            e.replace = false;
+                            // A spec replaced during the call is still to be applied.
+                            if e.spec.hash() == provisioned_hash {
+                                e.replace = false;
+                            } else {
+                                e.replace = true;
+                            }
                             e.exit_code = None;
                             e.finished_at = None;
                         } else {
@@ -290,14 +369,26 @@ impl Reconciler {
                         e.attempts = 0;
                         e.next_attempt_at = None;
                         e.reason = None;
-                        Ok(vec![transition(
+                        events.push(transition(
                             e,
                             reached,
                             "reconciler",
                             &format!("{provider_name} took {} ms", took.as_millis()),
-                        )])
+                        ));
+                        Ok(events)
                     })
-                    .await?;
+                    .await;
+                match recorded {
+                    Err(StepError::Store(e)) if deferred && e.is_unwritable() => {
+                        cx.deferred.reached(&env.id, reached).map_err(|e| {
+                            tracing::error!(environment = %env.id, error = %e, "the deferred journal could not record a step");
+                            StepError::Stale
+                        })?;
+                    }
+                    other => {
+                        other?;
+                    }
+                }
                 cx.metrics.step(provider_name, step_name(planned), "ok");
                 tracing::info!(environment = %env.id, provider = provider_name, state = %reached, took_ms = took.as_millis() as u64, "step done");
                 Ok(())

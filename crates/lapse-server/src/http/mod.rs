@@ -98,6 +98,11 @@ impl From<AppError> for ApiError {
                 }
                 ProviderError::Failed { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "provider_error", p.to_string()),
             },
+            AppError::Store(s) if s.is_unwritable() => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the store cannot write now (is the data dir's disk full?); nothing was changed; retry later",
+            ),
             AppError::Store(s) => {
                 tracing::error!(error = %s, source = ?std::error::Error::source(&s), "store failure");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the store failed; see the server log")

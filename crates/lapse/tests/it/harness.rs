@@ -13,6 +13,8 @@ pub struct Server {
     child: Option<Child>,
     pub url: String,
     pub dir: PathBuf,
+    /// The data dir, when it is not `dir` (where the log always goes).
+    pub data_dir: Option<PathBuf>,
     pub controller_id: String,
     args: Vec<String>,
     /// Variables the server is started with (changed ones apply at the next restart).
@@ -34,12 +36,22 @@ impl Server {
 
     /// Starts a server as [`Server::start`] does, with these variables set.
     pub async fn start_with_env(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Server {
+        Self::launch(dir, None, args, envs).await
+    }
+
+    /// Starts a server whose data dir is `data_dir`, its log in `dir`.
+    pub async fn start_in(dir: &Path, data_dir: &Path, args: &[&str]) -> Server {
+        Self::launch(dir, Some(data_dir), args, &[]).await
+    }
+
+    async fn launch(dir: &Path, data_dir: Option<&Path>, args: &[&str], envs: &[(&str, &str)]) -> Server {
         let mut all: Vec<String> = FAST.iter().map(|s| s.to_string()).collect();
         all.extend(args.iter().map(|s| s.to_string()));
         let mut server = Server {
             child: None,
             url: String::new(),
             dir: dir.to_owned(),
+            data_dir: data_dir.map(Path::to_owned),
             controller_id: String::new(),
             args: all,
             envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
@@ -48,6 +60,11 @@ impl Server {
         };
         server.spawn().await;
         server
+    }
+
+    /// The server process's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
     }
 
     async fn spawn(&mut self) {
@@ -61,7 +78,7 @@ impl Server {
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
-            .arg(&self.dir)
+            .arg(self.data_dir.as_ref().unwrap_or(&self.dir))
             .args(&self.args)
             .env("LAPSE_LOG", "info,lapse_server=debug")
             .envs(self.envs.iter().map(|(k, v)| (k, v)))

@@ -7,6 +7,7 @@ mod crash;
 mod declare;
 mod docker;
 mod drift;
+mod full_disk;
 mod harness;
 mod lifecycles;
 mod pools;

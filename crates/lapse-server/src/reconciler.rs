@@ -356,11 +356,7 @@ impl Reconciler {
                                 e.user_data_path = instance.user_data_path.clone();
                             }
                             // A spec replaced during the call is still to be applied.
-                            if e.spec.hash() == provisioned_hash {
-                                e.replace = false;
-                            } else {
-                                e.replace = true;
-                            }
+                            e.replace = e.spec.hash() != provisioned_hash;
                             e.exit_code = None;
                             e.finished_at = None;
                         } else {

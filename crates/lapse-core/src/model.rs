@@ -225,13 +225,17 @@ pub struct Environment {
     pub user_data_path: Option<String>,
 }
 
+/// The tenant of an environment that belongs to no tenant: the operator's, the queues', an
+/// unclaimed pool member. Not a name a tenant can have.
+pub const NO_TENANT: &str = "";
+
 impl Environment {
     /// A new environment with defaults: `running`, `pending`, a lease with no expiry yet.
     pub fn new(id: String, owner: String, spec: Spec, now: Millis) -> Environment {
         Environment {
             id,
             name: None,
-            tenant: "default".into(),
+            tenant: NO_TENANT.into(),
             owner,
             labels: BTreeMap::new(),
             spec,

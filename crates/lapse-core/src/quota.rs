@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::model::Spec;
+use crate::model::{Resources, Spec};
 use crate::wire::QuotaInput;
 
 /// Resolved limits; `None` is unlimited.
@@ -16,7 +16,17 @@ pub struct Quota {
     pub disk_gb: Option<u64>,
     pub max_ttl: Option<Duration>,
     pub env_hours_per_month: Option<f64>,
+    /// The providers a tenant may use; `None`: every provider the server has except
+    /// `process` (which runs on the server's own host).
+    pub providers: Option<Vec<String>>,
+    /// What a spec that names no resources is charged, and given (so that it is enforced).
+    pub default_vcpu: Option<f64>,
+    pub default_mem_mb: Option<u64>,
 }
+
+/// What a spec without resources gets under a tier that sets no defaults.
+pub const FALLBACK_VCPU: f64 = 1.0;
+pub const FALLBACK_MEM_MB: u64 = 1024;
 
 /// What a tenant holds: environments not deleted and not failed (pending and provisioning ones
 /// count), and the resources their specs ask for.
@@ -32,12 +42,38 @@ impl Quota {
     /// The built-in tiers (the seed's): `free` = 1 environment, 2 vCPU, 4 GB; `pro` = 3
     /// environments, 4 vCPU, 8 GB.
     pub fn tier(name: &str) -> Option<Quota> {
-        let (environments, vcpu, mem_mb) = match name {
-            "free" => (1, 2.0, 4096),
-            "pro" => (3, 4.0, 8192),
+        let (environments, vcpu, mem_mb, default_vcpu, default_mem_mb) = match name {
+            "free" => (1, 2.0, 4096, 0.5, 512),
+            "pro" => (3, 4.0, 8192, 1.0, 1024),
             _ => return None,
         };
-        Some(Quota { environments: Some(environments), vcpu: Some(vcpu), mem_mb: Some(mem_mb), ..Quota::default() })
+        Some(Quota {
+            environments: Some(environments),
+            vcpu: Some(vcpu),
+            mem_mb: Some(mem_mb),
+            default_vcpu: Some(default_vcpu),
+            default_mem_mb: Some(default_mem_mb),
+            ..Quota::default()
+        })
+    }
+
+    /// Whether a tenant under this quota may use `provider`.
+    pub fn permits(&self, provider: &str) -> bool {
+        match &self.providers {
+            Some(allowed) => allowed.iter().any(|p| p == provider),
+            None => provider != "process",
+        }
+    }
+
+    /// The resources a spec is charged and given: its own, with what it leaves out taken
+    /// from the tier's defaults. `disk_gb` is never defaulted (not every provider has disks).
+    pub fn charged(&self, asked: Option<&Resources>) -> Resources {
+        let asked = asked.cloned().unwrap_or_default();
+        Resources {
+            vcpu: asked.vcpu.or(Some(self.default_vcpu.unwrap_or(FALLBACK_VCPU))),
+            mem_mb: asked.mem_mb.or(Some(self.default_mem_mb.unwrap_or(FALLBACK_MEM_MB))),
+            disk_gb: asked.disk_gb,
+        }
     }
 
     /// This quota with a tenant's overrides; `max_ttl` is resolved within `longest`.
@@ -50,7 +86,25 @@ impl Quota {
             self.max_ttl = Some(t);
         }
         self.env_hours_per_month = o.env_hours_per_month.or(self.env_hours_per_month);
+        if o.providers.is_some() {
+            self.providers = o.providers.clone();
+        }
+        self.default_vcpu = o.default_vcpu.or(self.default_vcpu);
+        self.default_mem_mb = o.default_mem_mb.or(self.default_mem_mb);
         self
+    }
+
+    /// Refuses an expiry further than the quota's longest TTL from `now`.
+    pub fn check_expiry(&self, expires_at: crate::Millis, now: crate::Millis) -> Result<(), String> {
+        let ahead = Duration::from_millis(u64::try_from(expires_at - now).unwrap_or(0));
+        match self.max_ttl {
+            Some(max) if ahead > max + Duration::from_secs(1) => Err(format!(
+                "quota: max_ttl is {}; this would run for {} more",
+                crate::duration::format_duration(max),
+                crate::duration::format_duration(ahead)
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Refuses a TTL above the quota's longest, naming both.
@@ -149,5 +203,25 @@ mod tests {
         assert!(custom.check_ttl(Some(Duration::from_secs(3601))).unwrap_err().contains("max_ttl is 1h"));
         assert!(custom.check_ttl(None).is_err());
         assert!(Quota::default().check_ttl(None).is_ok());
+    }
+
+    #[test]
+    fn providers_and_default_resources() {
+        let free = Quota::tier("free").unwrap();
+        assert!(free.permits("docker") && free.permits("sim"));
+        assert!(!free.permits("process"), "process runs on the server's host: not by default");
+        let custom = free.clone().with(
+            &QuotaInput { providers: Some(vec!["process".into()]), default_mem_mb: Some(64), ..Default::default() },
+            Duration::from_secs(86_400),
+        );
+        assert!(custom.permits("process") && !custom.permits("docker"));
+        let charged = custom.charged(None);
+        assert_eq!((charged.vcpu, charged.mem_mb, charged.disk_gb), (Some(0.5), Some(64), None));
+        let asked = Resources { vcpu: Some(2.0), mem_mb: None, disk_gb: Some(3) };
+        let charged = Quota::default().charged(Some(&asked));
+        assert_eq!((charged.vcpu, charged.mem_mb, charged.disk_gb), (Some(2.0), Some(FALLBACK_MEM_MB), Some(3)));
+        let hour = Quota { max_ttl: Some(Duration::from_secs(3600)), ..Default::default() };
+        assert!(hour.check_expiry(3_600_000, 0).is_ok());
+        assert!(hour.check_expiry(7_200_000, 0).unwrap_err().contains("max_ttl is 1h"));
     }
 }

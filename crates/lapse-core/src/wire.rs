@@ -224,7 +224,8 @@ pub struct EnvironmentView {
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    pub tenant: String,
+    /// `null` for an environment of no tenant (the operator's, the queues', a pool's).
+    pub tenant: Option<String>,
     pub owner: String,
     pub labels: BTreeMap<String, String>,
     pub spec: Spec,
@@ -272,7 +273,7 @@ impl From<&Environment> for EnvironmentView {
         EnvironmentView {
             id: e.id.clone(),
             name: e.name.clone(),
-            tenant: e.tenant.clone(),
+            tenant: (!e.tenant.is_empty()).then(|| e.tenant.clone()),
             owner: e.owner.clone(),
             labels: e.labels.clone(),
             spec: e.spec.clone(),
@@ -349,7 +350,7 @@ impl From<&Event> for EventView {
             action: e.action.clone(),
             outcome: e.outcome.clone(),
             message: e.message.clone(),
-            tenant: e.tenant.clone(),
+            tenant: e.tenant.clone().filter(|t| !t.is_empty()),
         }
     }
 }
@@ -439,6 +440,15 @@ pub struct QuotaInput {
     /// Environment-hours per calendar month.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_hours_per_month: Option<f64>,
+    /// The providers the tenant may use (default: every provider on except `process`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub providers: Option<Vec<String>>,
+    /// vCPUs charged to (and given) a spec that names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_vcpu: Option<f64>,
+    /// Memory (MB) charged to (and given) a spec that names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_mem_mb: Option<u64>,
 }
 
 /// `POST /v1/admin/tenants`.

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use lapse_core::duration;
 use lapse_core::model::{
-    DesiredState, Environment, Lifecycle, ObservedState, OnExpiry, Pool, is_environment_id, new_environment_id,
+    DesiredState, Environment, Lifecycle, NO_TENANT, ObservedState, OnExpiry, Pool, is_environment_id,
+    new_environment_id,
 };
-use lapse_core::quota::Quota;
 use lapse_core::validate::{self, FieldError};
 use lapse_core::wire::{
     CreateEnvironment, DurationInput, EnvironmentUsage, ExecRequest, ExecResult, ExtendRequest, LogsView, PoolView,
@@ -22,6 +22,7 @@ use lapse_core::{Millis, format_millis};
 use lapse_providers::ProviderError;
 use lapse_store::{ListFilter, NewEvent, StoreError};
 
+use crate::admission::{self, HostGuard, Principal};
 use crate::auth::Caller;
 use crate::context::Context;
 use crate::reconciler::{Reconciler, transition};
@@ -41,6 +42,9 @@ pub enum AppError {
     NoPool(String),
     #[error("{0}")]
     Conflict(String),
+    /// The caller may not do this (a provider its tier does not allow): `403`.
+    #[error("{0}")]
+    Forbidden(String),
     /// Over a tenant's quota (or the host's capacity): `429`.
     #[error("{0}")]
     Quota(String),
@@ -76,8 +80,9 @@ fn invalid(field: &str, e: impl ToString) -> AppError {
 pub struct App {
     pub cx: Arc<Context>,
     pub reconciler: Reconciler,
-    /// Serializes `POST /vms` upserts, so that two requests for one new `job_id` make one.
-    pub vms_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Serializes upserts by `job_id` (`POST /vms`, config files), so that two for one new
+    /// `job_id` make one.
+    pub jobs_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl App {
@@ -97,7 +102,6 @@ impl App {
         }
         validate::owner(&req.owner)?;
         validate::labels(&req.labels)?;
-        self.check_spec(&req.spec)?;
         let ttl = match (&req.ttl, req.lifecycle) {
             (Some(t), _) => Some(self.duration("ttl", t)?),
             // Services and daemons are kept running: no expiry unless asked for.
@@ -107,6 +111,7 @@ impl App {
         if req.max_retries.is_some() && req.lifecycle != Lifecycle::Job {
             return Err(invalid("max_retries", "only jobs are retried; set lifecycle to \"job\""));
         }
+        let who = admission::principal(&self.cx, caller).await?;
         let now = self.now();
         let mut env = Environment::new(new_environment_id(), req.owner, req.spec, now);
         env.name = req.name;
@@ -115,38 +120,34 @@ impl App {
         env.on_expiry = if req.lifecycle == Lifecycle::Job { OnExpiry::Delete } else { req.on_expiry };
         env.lifecycle = req.lifecycle;
         env.max_retries = req.max_retries.unwrap_or(0);
-        env.tenant = caller.tenant().to_owned();
-        if let Some(why) = crate::host::refusal(&env.spec.provider, self.cx.config.host_memory_limit) {
-            return Err(AppError::Quota(why));
-        }
-        let quota = self.quota_of(caller).await?;
-        if let Some(q) = &quota {
-            q.check_ttl(ttl).map_err(AppError::Quota)?;
-        }
-        self.place(env, &caller.actor(), quota.as_ref()).await
+        env.tenant = who.tenant.clone();
+        admission::admit(&self.cx, &mut env, &who, HostGuard::Check).await?;
+        self.place(env, &who).await
     }
 
-    /// The quota a caller's creates are held to: its tenant's tier with the tenant's overrides.
-    /// Admins (and the single-tenant server) have none.
-    async fn quota_of(&self, caller: &Caller) -> Result<Option<Quota>, AppError> {
-        let Some(name) = caller.scope() else { return Ok(None) };
-        let tenant = self.cx.store.tenant(name).await?;
-        // A key outlives no tenant (tenants are not removed), but be strict if one does.
-        let tenant = tenant.ok_or_else(|| AppError::Quota(format!("tenant {name} does not exist")))?;
-        let overrides: lapse_core::wire::QuotaInput = serde_json::from_value(tenant.quota).unwrap_or_default();
-        let base = self.cx.config.tier(&tenant.tier).unwrap_or_default();
-        let quota = base.with(&overrides, self.cx.config.max_ttl);
-        if let Some(limit) = quota.env_hours_per_month {
-            let now = self.now();
-            let used: f64 =
-                self.usage(Some(name), month_start(now), now).await?.tenants.iter().map(|t| t.running_hours).sum();
-            if used >= limit {
-                return Err(AppError::Quota(format!(
-                    "quota: env_hours_per_month {used:.2} of {limit} used this month; this request needs more"
-                )));
-            }
+    /// The principal of an environment the operator makes in `tenant`'s namespace (`/vms`,
+    /// config files). With keys on, the tenant must exist; without them (one operator, as in
+    /// the seeds) it is made on first use, with the `free` tier.
+    async fn namespace(&self, tenant: &str, actor: &str) -> Result<Principal, AppError> {
+        if tenant == NO_TENANT || self.cx.store.tenant(tenant).await?.is_some() {
+            return Ok(Principal::operator(tenant, actor));
         }
-        Ok(Some(quota))
+        if self.cx.auth.enabled() {
+            return Err(invalid(
+                "tenant",
+                format!("tenant {tenant} does not exist; create it first (POST /v1/admin/tenants)"),
+            ));
+        }
+        validate::name("tenant", tenant)?;
+        let record = lapse_store::TenantRecord {
+            name: tenant.to_owned(),
+            tier: "free".into(),
+            quota: serde_json::json!({}),
+            created_at: self.now(),
+        };
+        let event = NewEvent::of_tenant(tenant, actor, "create_tenant", "ok", "made on first use (no API keys)");
+        self.cx.store.create_tenant(&record, event).await?;
+        Ok(Principal::operator(tenant, actor))
     }
 
     /// Time and cost per environment and per tenant within `[from, to)`, of one tenant or all.
@@ -192,7 +193,8 @@ impl App {
 
     /// Makes `wanted` exist: claims a warm pool member of the same spec and gives it
     /// `wanted`'s identity and lease (one transaction), or inserts `wanted` to be provisioned.
-    async fn place(&self, wanted: Environment, actor: &str, quota: Option<&Quota>) -> Result<Created, AppError> {
+    async fn place(&self, wanted: Environment, who: &Principal) -> Result<Created, AppError> {
+        let actor = who.actor.as_str();
         let ttl_text = wanted.expires_at.map_or("none".to_owned(), |at| {
             duration::format_duration(Duration::from_millis(u64::try_from(at - wanted.created_at).unwrap_or(0)))
         });
@@ -202,7 +204,7 @@ impl App {
         } else {
             self.cx
                 .store
-                .claim(&hash, quota.map(|q| (wanted.tenant.as_str(), q)), |e| {
+                .claim(&hash, who.limits(), |e| {
                     let pool = e.pool.clone().unwrap_or_default();
                     e.name = wanted.name.clone();
                     e.tenant = wanted.tenant.clone();
@@ -231,10 +233,18 @@ impl App {
                     wanted.lifecycle, wanted.spec.provider, wanted.owner, wanted.on_expiry
                 );
                 let event = NewEvent::new(&wanted.id, actor, "create", "ok", message);
-                match quota {
-                    Some(q) => self.cx.store.insert_admitted(&wanted, event, q).await.map_err(refused)?,
-                    None => self.cx.store.insert(&wanted, event).await?,
-                }
+                let inserted = match who.limits() {
+                    Some((_, q)) => self.cx.store.insert_admitted(&wanted, event, q).await,
+                    None => self.cx.store.insert(&wanted, event).await,
+                };
+                inserted.map_err(|e| match e {
+                    // Another request took the same `job_id` between our read and this write.
+                    e if e.is_conflict() => AppError::Conflict(format!(
+                        "job {} was created meanwhile; retry to update it",
+                        wanted.job_id.as_deref().unwrap_or(&wanted.id)
+                    )),
+                    e => refused(e),
+                })?;
                 (wanted, false)
             }
         };
@@ -247,10 +257,19 @@ impl App {
 
     /// Creates the environment keyed `job_id`, or replaces its spec (not merged) if it exists:
     /// the seed's upsert, used by `POST /vms` and config files.
-    pub async fn upsert_job(&self, job: Job, actor: &str) -> Result<Created, AppError> {
+    pub async fn upsert_job(&self, mut job: Job, actor: &str) -> Result<Created, AppError> {
+        // One upsert at a time: `/vms` and a config reload naming one new `job_id` make one.
+        let _serial = self.jobs_lock.lock().await;
+        let who = self.namespace(&job.tenant, actor).await?;
         let now = self.now();
         let existing = self.cx.store.get_by_job(&job.job_id).await?;
         if let Some(existing) = existing {
+            // The replacing spec is admitted as a new one would be.
+            let mut probe = existing.clone();
+            probe.spec = job.spec.clone();
+            probe.tenant = who.tenant.clone();
+            admission::admit(&self.cx, &mut probe, &who, HostGuard::Check).await?;
+            job.spec = probe.spec;
             let expires_at = job.ttl.map(|t| existing.created_at + t.as_millis() as i64);
             let env = self
                 .change(&existing.id, actor, None, "upsert", |e| {
@@ -286,7 +305,8 @@ impl App {
         env.expires_at = job.ttl.map(|t| now + t.as_millis() as i64);
         env.on_expiry = if job.lifecycle == Lifecycle::Job { OnExpiry::Delete } else { job.on_expiry };
         env.source = job.source;
-        self.place(env, actor, None).await
+        admission::admit(&self.cx, &mut env, &who, HostGuard::Check).await?;
+        self.place(env, &who).await
     }
 
     /// Makes the store hold what a config file declares (see [`crate::declare`]).
@@ -484,13 +504,27 @@ impl App {
         action: &str,
         change: impl FnOnce(&mut Environment) -> Result<String, AppError>,
     ) -> Result<Environment, AppError> {
+        self.change_admitted(id, actor, scope, None, action, change).await
+    }
+
+    /// [`App::change`] under a tenant's quota (`Store::update_admitted`): a change that makes
+    /// the environment count again (a failed one started) must fit.
+    async fn change_admitted(
+        &self,
+        id: &str,
+        actor: &str,
+        scope: Option<&str>,
+        limits: Option<(&str, &lapse_core::quota::Quota)>,
+        action: &str,
+        change: impl FnOnce(&mut Environment) -> Result<String, AppError>,
+    ) -> Result<Environment, AppError> {
         if !is_environment_id(id) {
             return Err(AppError::NotFound(id.to_owned()));
         }
         let env = self
             .cx
             .store
-            .update(id, |e| {
+            .update_admitted(id, limits, |e| {
                 if scope.is_some_and(|t| t != e.tenant) {
                     return Err(AppError::NotFound(id.to_owned()));
                 }
@@ -506,7 +540,11 @@ impl App {
                 }
                 Ok(events)
             })
-            .await?
+            .await
+            .map_err(|e| match e {
+                AppError::Store(s) => refused(s),
+                other => other,
+            })?
             .ok_or_else(|| AppError::NotFound(id.to_owned()))?;
         if let Some(at) = env.expires_at.filter(|_| env.expired_at.is_none()) {
             self.cx.timers.schedule(at, &env.id);
@@ -533,11 +571,16 @@ impl App {
             }
             _ => return Err(invalid("by", "give exactly one of `by` and `until`")),
         };
-        self.change(id, &caller.actor(), caller.scope(), "extend", |e| {
+        let who = admission::principal(&self.cx, caller).await?;
+        self.change_admitted(id, &who.actor, caller.scope(), who.limits(), "extend", |e| {
             let new_expiry = match until {
                 Target::By(d) => e.expires_at.unwrap_or(now).max(now) + d.as_millis() as i64,
                 Target::Until(at) => at,
             };
+            // A tenant's lease never runs further ahead than its tier's longest TTL.
+            if let Some(q) = &who.quota {
+                q.check_expiry(new_expiry, now).map_err(AppError::Quota)?;
+            }
             let restart = e.restart_on_extend && e.expired_at.is_some();
             e.expires_at = Some(new_expiry);
             e.expired_at = None;
@@ -568,12 +611,17 @@ impl App {
 
     pub async fn start(&self, id: &str, caller: &Caller) -> Result<Environment, AppError> {
         let now = self.now();
-        self.change(id, &caller.actor(), caller.scope(), "start", |e| {
+        let who = admission::principal(&self.cx, caller).await?;
+        self.change_admitted(id, &who.actor, caller.scope(), who.limits(), "start", |e| {
             if e.expired_at.is_some() || e.expires_at.is_some_and(|t| t <= now) {
                 return Err(AppError::Conflict(format!(
                     "the lease of {} ran out; `extend` it to start it again",
                     e.id
                 )));
+            }
+            // Admitted again: the tier may have changed since it was made.
+            if let Some(q) = &who.quota {
+                admission::permitted(q, &who.tenant, &e.spec)?;
             }
             e.desired = DesiredState::Running;
             retry_afresh(e);

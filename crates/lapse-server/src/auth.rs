@@ -19,7 +19,7 @@ pub const MIN_ADMIN_KEY: usize = 16;
 /// The caller of one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
-    /// No keys configured: single-tenant, everything allowed, tenant `default`.
+    /// No keys configured: single-tenant, everything allowed; what it makes has no tenant.
     Open,
     /// The bootstrap admin key: every tenant's everything.
     Admin,
@@ -54,9 +54,9 @@ impl Caller {
         }
     }
 
-    /// The tenant of what it creates.
+    /// The tenant of what it creates ([`lapse_core::model::NO_TENANT`] for the operator).
     pub fn tenant(&self) -> &str {
-        self.scope().unwrap_or("default")
+        self.scope().unwrap_or(lapse_core::model::NO_TENANT)
     }
 }
 

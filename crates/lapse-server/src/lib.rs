@@ -19,6 +19,7 @@ use lapse_providers::process::ProcessProvider;
 use lapse_store::Store;
 use tokio::task::JoinHandle;
 
+pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod clock;
@@ -201,7 +202,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
 
     // Applied before anything runs: a bad file at start is an error to fix now (at reload it
     // keeps the last good state). What it writes is queued for the reconciler.
-    let app = App { cx: cx.clone(), reconciler: reconciler.clone(), vms_lock: Default::default() };
+    let app = App { cx: cx.clone(), reconciler: reconciler.clone(), jobs_lock: Default::default() };
     if let Some(path) = &cx.config.config_file
         && let Err(errors) = declare::reload(&app, path).await
     {

@@ -14,9 +14,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapse_core::model::{DesiredState, Environment, ObservedState, Pool, new_environment_id};
+use lapse_core::model::{DesiredState, Environment, NO_TENANT, ObservedState, Pool, new_environment_id};
 use lapse_store::{NewEvent, StoreError};
 
+use crate::admission::{self, HostGuard, Principal};
 use crate::context::Context;
 use crate::reconciler::Reconciler;
 
@@ -101,12 +102,18 @@ pub async fn round(cx: &Context, reconciler: &Reconciler) -> Result<RoundReport,
             tracing::warn!(pool = %pool.name, missing = need, "not refilling: {why}");
             need = 0;
         }
+        let operator = Principal::operator(NO_TENANT, "pool");
         for _ in 0..need {
             let mut e = Environment::new(new_environment_id(), format!("pool:{}", pool.name), pool.spec.clone(), now);
             e.pool = Some(pool.name.clone());
             e.pool_version = Some(pool.version.clone());
             e.lifecycle = pool.lifecycle;
             e.source = "pool".into();
+            // Members are nobody's until claimed; they pass the same admission as any create.
+            if let Err(why) = admission::admit(cx, &mut e, &operator, HostGuard::Checked).await {
+                tracing::warn!(pool = %pool.name, error = %why, "not refilling: its spec is not admitted");
+                break;
+            }
             events.push(NewEvent::new(
                 &e.id,
                 "pool",

@@ -15,11 +15,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use lapse_core::Millis;
-use lapse_core::model::{DesiredState, Environment, Lifecycle, ObservedState, Spec};
+use lapse_core::model::{DesiredState, Environment, Lifecycle, NO_TENANT, ObservedState, Spec};
 use lapse_core::state::backoff_millis;
 use lapse_providers::{Instance, InstanceStatus, Provider};
 use lapse_store::{NewEvent, StoreError};
 
+use crate::admission::{self, HostGuard, Principal};
+use crate::app::AppError;
 use crate::config::OrphanPolicy;
 use crate::context::Context;
 use crate::metrics::ProviderLabels;
@@ -249,6 +251,12 @@ async fn adopt(cx: &Context, provider: &str, instance: &Instance) -> Result<(), 
     env.endpoints = instance.endpoints.clone();
     env.expires_at = Some(now + cx.config.default_ttl.as_millis() as i64);
     env.source = "sweep".into();
+    // Recorded as the operator's (tenantless), through the same admission as any create.
+    let operator = Principal::operator(NO_TENANT, "sweep");
+    admission::admit(cx, &mut env, &operator, HostGuard::Existing).await.map_err(|e| match e {
+        AppError::Store(s) => s,
+        other => StoreError::Refused(format!("adoption refused: {other}")),
+    })?;
     cx.store
         .insert(
             &env,

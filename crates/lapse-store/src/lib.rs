@@ -65,6 +65,14 @@ impl StoreError {
     pub fn is_unwritable(&self) -> bool {
         matches!(self, StoreError::Unwritable { .. })
     }
+
+    /// Whether a uniqueness constraint refused the write (a `job_id` taken meanwhile).
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            StoreError::Database { source, .. } => source.as_database_error().is_some_and(|e| e.is_unique_violation()),
+            _ => false,
+        }
+    }
 }
 
 trait Op<T> {
@@ -408,6 +416,22 @@ impl Store {
     where
         E: From<StoreError>,
     {
+        self.update_admitted(id, None, change).await
+    }
+
+    /// [`Store::update`] under a tenant's quota: when `change` makes the row count against
+    /// the quota where it did not (a failed environment started again) or changes its spec,
+    /// the quota must admit the row's new spec beside what the tenant holds, in the same
+    /// transaction. [`StoreError::Refused`] names the limit, and nothing is written.
+    pub async fn update_admitted<E>(
+        &self,
+        id: &str,
+        admit: Option<(&str, &Quota)>,
+        change: impl FnOnce(&mut Environment) -> Result<Vec<NewEvent>, E>,
+    ) -> Result<Option<Environment>, E>
+    where
+        E: From<StoreError>,
+    {
         let mut tx = self.writer.begin().await.op("update")?;
         let row = sqlx::query(&format!("SELECT {ENV_COLUMNS} FROM environments WHERE id = ?"))
             .bind(id)
@@ -416,7 +440,22 @@ impl Store {
             .op("update")?;
         let Some(row) = row else { return Ok(None) };
         let mut env = environment_from_row(&row)?;
+        let before = env.clone();
         let events = change(&mut env)?;
+        if let Some((tenant, quota)) = admit
+            && counts(&env)
+            && (!counts(&before) || before.spec.resources != env.spec.resources)
+        {
+            let mut held = usage(&mut tx, tenant).await?;
+            if counts(&before) && before.tenant == tenant {
+                held.environments = held.environments.saturating_sub(1);
+                let r = before.spec.resources.clone().unwrap_or_default();
+                held.vcpu = (held.vcpu - r.vcpu.unwrap_or(0.0)).max(0.0);
+                held.mem_mb = held.mem_mb.saturating_sub(r.mem_mb.unwrap_or(0));
+                held.disk_gb = held.disk_gb.saturating_sub(r.disk_gb.unwrap_or(0));
+            }
+            quota.admit(&held, &env.spec).map_err(StoreError::Refused)?;
+        }
         env.updated_at = now_millis();
         write_row(&mut tx, &env).await?;
         for event in &events {
@@ -557,6 +596,13 @@ impl Store {
         self.reader.close().await;
         self.writer.pool().close().await;
     }
+}
+
+/// Whether a row counts against its tenant's quota (as `tenants::usage` counts).
+fn counts(e: &Environment) -> bool {
+    e.desired != DesiredState::Deleted
+        && !matches!(e.observed, ObservedState::Deleted | ObservedState::Failed)
+        && e.pool.is_none()
 }
 
 /// The query of [`Store::list`] up to its order and limit.

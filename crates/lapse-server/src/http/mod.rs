@@ -86,6 +86,7 @@ impl From<AppError> for ApiError {
             AppError::NotFound(id) => ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no environment {id}")),
             AppError::NoPool(name) => ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no pool {name}")),
             AppError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            AppError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
             AppError::Quota(m) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", m),
             AppError::Provider(p) => match p {
                 ProviderError::Permanent { .. } => ApiError::bad_request(p.to_string()),

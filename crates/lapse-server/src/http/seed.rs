@@ -180,7 +180,6 @@ pub async fn create_vm(
         on_expiry: Default::default(),
         source: "vms".into(),
     };
-    let _serial = app.vms_lock.lock().await;
     let created = app.upsert_job(job, "vms").await.map_err(seed_error)?;
     let view = JobView {
         job_id,

@@ -1,6 +1,7 @@
 //! Integration tests: real `lapse serve` processes on loopback ports, real providers (local
 //! processes; Podman's Docker API, which `scripts/test` starts). One test binary.
 
+mod admission;
 mod api;
 mod cli;
 mod crash;

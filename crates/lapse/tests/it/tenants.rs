@@ -8,7 +8,12 @@ use crate::harness::{Server, process_env, secs};
 const ADMIN: &str = "admin-key-for-tests-0123456789";
 
 async fn server(dir: &std::path::Path) -> Server {
-    Server::start_with_env(dir, &[], &[("LAPSE_ADMIN_KEY", ADMIN)]).await
+    Server::start_with_env(dir, &["--sim", "0"], &[("LAPSE_ADMIN_KEY", ADMIN)]).await
+}
+
+/// A sim environment (a tenant's tier allows sim, not process, by default).
+fn sim_env() -> Value {
+    json!({"owner": "ada", "spec": {"provider": "sim"}, "ttl": "10m"})
 }
 
 /// Creates a tenant and a key for it; returns the key.
@@ -95,7 +100,7 @@ async fn tenants_see_only_their_own() {
         let a = a.clone();
         async move { s.request_as(Some(&a), m, &p, body).await }
     };
-    let (status, env) = as_a(Method::POST, "/v1/environments".into(), Some(process_env(&["sleep", "300"]))).await;
+    let (status, env) = as_a(Method::POST, "/v1/environments".into(), Some(sim_env())).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{env}");
     assert_eq!(env["tenant"], "acme");
     let id = env["id"].as_str().unwrap().to_owned();
@@ -139,7 +144,7 @@ async fn tenants_see_only_their_own() {
     assert_eq!(list["environments"].as_array().unwrap().len(), 1);
     let (status, out) =
         as_a(Method::POST, format!("/v1/environments/{id}/exec"), Some(json!({"cmd": ["echo", "hi"]}))).await;
-    assert_eq!((status, out["stdout"].clone()), (StatusCode::OK, json!("hi\n")));
+    assert_eq!((status, out["stdout"].clone()), (StatusCode::OK, json!("echo hi\n")), "sim echoes the command");
     let (status, _) = as_a(Method::DELETE, format!("/v1/environments/{id}"), None).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let (_, events) = as_a(Method::GET, format!("/v1/events?environment={id}"), None).await;
@@ -424,7 +429,8 @@ async fn usage_accrues_while_running_per_environment_and_tenant() {
 async fn a_claim_from_a_warm_pool_counts_against_the_quota() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_with_env(dir.path(), &["--sim", "0"], &[("LAPSE_ADMIN_KEY", ADMIN)]).await;
-    let spec = json!({"provider": "sim", "cmd": ["warm"]});
+    // The tier's default resources (free: 0.5 vCPU, 512 MB) are part of what a tenant asks.
+    let spec = json!({"provider": "sim", "cmd": ["warm"], "resources": {"vcpu": 0.5, "mem_mb": 512}});
     let (status, _) = server.request(Method::PUT, "/v1/pools/warm", Some(json!({"spec": spec, "min": 3}))).await;
     assert_eq!(status, StatusCode::CREATED);
     for _ in 0..100 {
@@ -434,7 +440,7 @@ async fn a_claim_from_a_warm_pool_counts_against_the_quota() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let (_, key) = tenant_key(&server, "acme").await;
-    let body = json!({"owner": "o", "spec": spec, "ttl": "10m"});
+    let body = json!({"owner": "o", "spec": {"provider": "sim", "cmd": ["warm"]}, "ttl": "10m"});
     let (status, claimed) = server.request_as(Some(&key), Method::POST, "/v1/environments", Some(body.clone())).await;
     assert_eq!(status, StatusCode::CREATED, "claimed warm: {claimed}");
     assert_eq!(claimed["tenant"], "acme");

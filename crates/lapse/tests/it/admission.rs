@@ -1,0 +1,164 @@
+//! One admission path: what a tenant may use, and every way to get more than its quota, tried
+//! as a tenant would (`start` of a failed environment, `extend`, specs without resources), plus
+//! tenant namespaces for `/vms`, fail-closed quotas and tenantless environments.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::{Server, secs};
+
+const ADMIN: &str = "admin-key-for-tests-0123456789";
+
+/// A tenant (tier `free` unless a quota says more) and a key; returns the key.
+async fn tenant(server: &Server, name: &str, quota: Value) -> String {
+    let (status, t) = server.post("/v1/admin/tenants", json!({"name": name, "quota": quota})).await;
+    assert_eq!(status, StatusCode::CREATED, "{t}");
+    let (status, k) = server.post(&format!("/v1/admin/tenants/{name}/keys"), json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{k}");
+    k["key"].as_str().unwrap().to_owned()
+}
+
+fn sim(ttl: &str) -> Value {
+    json!({"owner": "t", "spec": {"provider": "sim"}, "ttl": ttl})
+}
+
+async fn count_as(server: &Server, key: &str) -> usize {
+    let (_, list) = server.request_as(Some(key), Method::GET, "/v1/environments", None).await;
+    list["environments"].as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test]
+async fn a_tenant_uses_only_the_providers_its_tier_allows_and_a_refusal_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(dir.path(), &["--sim", "0"], &[("LAPSE_ADMIN_KEY", ADMIN)]).await;
+    let plain = tenant(&server, "plain", json!({})).await;
+    let events_before = server.count_all_events().await;
+    // `process` runs on the server's own host: not for tenants unless their tier says so.
+    let body = json!({"owner": "t", "spec": {"provider": "process", "cmd": ["sleep", "60"]}, "ttl": "5m"});
+    let (status, refused) = server.request_as(Some(&plain), Method::POST, "/v1/environments", Some(body)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    assert_eq!(refused["error"]["code"], "forbidden");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("may not use provider \"process\""), "{refused}");
+    assert_eq!(count_as(&server, &plain).await, 0);
+    assert_eq!(server.count_all_events().await, events_before, "a refusal writes no event");
+    // Other providers are allowed by default.
+    let (status, env) = server.request_as(Some(&plain), Method::POST, "/v1/environments", Some(sim("5m"))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{env}");
+
+    // A tenant's own override narrows (or widens) the list.
+    let narrow = tenant(&server, "narrow", json!({"providers": ["process"]})).await;
+    let (status, refused) = server.request_as(Some(&narrow), Method::POST, "/v1/environments", Some(sim("5m"))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("its tier allows: process"), "{refused}");
+    // The admin may use anything.
+    let (status, _) = server.post("/v1/environments", sim("5m")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn specs_without_resources_are_charged_the_tiers_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(dir.path(), &["--sim", "0"], &[("LAPSE_ADMIN_KEY", ADMIN)]).await;
+    // free: 2 vCPU, 4 GB, default 0.5 vCPU and 512 MB per environment; room for 10 environments.
+    let key = tenant(&server, "acme", json!({"environments": 10})).await;
+    for _ in 0..4 {
+        let (status, env) = server.request_as(Some(&key), Method::POST, "/v1/environments", Some(sim("5m"))).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{env}");
+        assert_eq!(env["spec"]["resources"], json!({"vcpu": 0.5, "mem_mb": 512}), "given, so enforced");
+    }
+    let (status, refused) = server.request_as(Some(&key), Method::POST, "/v1/environments", Some(sim("5m"))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
+    assert_eq!(refused["error"]["message"], "quota: vcpu 2 of 2 in use; this request asks for 0.5");
+}
+
+#[tokio::test]
+async fn start_of_a_failed_environment_and_extend_cannot_pass_the_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every provision fails: failed environments hold no place in the quota.
+    let server = Server::start_with_env(
+        dir.path(),
+        &["--sim", "create=1ms@1.0", "--max-attempts", "1"],
+        &[("LAPSE_ADMIN_KEY", ADMIN)],
+    )
+    .await;
+    let key = tenant(&server, "acme", json!({"max_ttl": "1h"})).await;
+    let mut failed = Vec::new();
+    for _ in 0..2 {
+        let (status, env) = server.request_as(Some(&key), Method::POST, "/v1/environments", Some(sim("30m"))).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{env}");
+        let id = env["id"].as_str().unwrap().to_owned();
+        server.wait_state(&id, "failed", secs(10)).await;
+        failed.push(id);
+    }
+    // One place (free): starting the first takes it; starting the second must not.
+    let (status, body) =
+        server.request_as(Some(&key), Method::POST, &format!("/v1/environments/{}/start", failed[0]), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (status, refused) =
+        server.request_as(Some(&key), Method::POST, &format!("/v1/environments/{}/start", failed[1]), None).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("environments 1 of 1"), "{refused}");
+    assert_eq!(server.env(&failed[1]).await["state"], "failed", "a refused start changes nothing");
+
+    // extend: never further ahead than the tier's longest TTL.
+    let path = format!("/v1/environments/{}/extend", failed[0]);
+    let (status, refused) = server.request_as(Some(&key), Method::POST, &path, Some(json!({"by": "2h"}))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("max_ttl is 1h"), "{refused}");
+    let until = (chrono::Utc::now() + chrono::Duration::hours(5)).to_rfc3339();
+    let (status, _) = server.request_as(Some(&key), Method::POST, &path, Some(json!({"until": until}))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let (status, ok) = server.request_as(Some(&key), Method::POST, &path, Some(json!({"by": "10m"}))).await;
+    assert!(status.is_success(), "{ok}");
+    // The admin is held to no quota.
+    let (status, _) = server.post(&format!("/v1/environments/{}/extend", failed[0]), json!({"by": "5h"})).await;
+    assert!(status.is_success());
+}
+
+#[tokio::test]
+async fn a_tenant_whose_tier_is_gone_is_refused_not_unlimited() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lapse.toml");
+    std::fs::write(&config, "[tiers.team]\nenvironments = 5\n").unwrap();
+    let envs = [("LAPSE_ADMIN_KEY", ADMIN), ("LAPSE_CONFIG", config.to_str().unwrap())];
+    let mut server = Server::start_with_env(dir.path(), &["--sim", "0"], &envs).await;
+    let (status, _) = server.post("/v1/admin/tenants", json!({"name": "crew", "tier": "team"})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, k) = server.post("/v1/admin/tenants/crew/keys", json!({})).await;
+    let key = k["key"].as_str().unwrap().to_owned();
+    let (status, _) = server.request_as(Some(&key), Method::POST, "/v1/environments", Some(sim("5m"))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // The operator drops the tier from the file: crew's quota no longer resolves.
+    std::fs::write(&config, "").unwrap();
+    server.envs.retain(|(k, _)| k != "LAPSE_CONFIG");
+    server.restart().await;
+    let (status, refused) = server.request_as(Some(&key), Method::POST, "/v1/environments", Some(sim("5m"))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("tier \"team\" of tenant crew is not configured"));
+}
+
+#[tokio::test]
+async fn vms_tenants_must_exist_with_keys_and_are_made_on_first_use_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = json!({"provider": "sim", "cmd": ["x"]});
+    let keyed =
+        Server::start_with_env(dir.path(), &["--sim", "0", "--vms-provider", "sim"], &[("LAPSE_ADMIN_KEY", ADMIN)])
+            .await;
+    let (status, refused) = keyed.post("/vms", json!({"job_id": "j1", "tenant": "ghost", "spec": spec})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("tenant ghost does not exist"), "{refused}");
+    let (_, tenants) = keyed.get("/v1/admin/tenants").await;
+    assert_eq!(tenants["tenants"], json!([]), "nothing was made");
+    drop(keyed);
+
+    let dir = tempfile::tempdir().unwrap();
+    let open = Server::start(dir.path(), &["--sim", "0", "--vms-provider", "sim"]).await;
+    let (status, made) = open.post("/vms", json!({"job_id": "j1", "tenant": "lab", "spec": spec})).await;
+    assert!(status.is_success(), "{made}");
+    let (_, tenants) = open.get("/v1/admin/tenants").await;
+    assert_eq!(tenants["tenants"][0]["name"], "lab");
+    assert_eq!(tenants["tenants"][0]["tier"], "free");
+    // Operator-made environments of no tenant say so.
+    let env = open.create(sim("5m")).await;
+    assert_eq!(env["tenant"], Value::Null);
+}

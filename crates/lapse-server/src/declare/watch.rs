@@ -1,0 +1,132 @@
+//! When the file is read: only once it is stable (see the module doc of [`super`]). The loop
+//! looks at the file's metadata every poll and reads it only when that stopped moving, or
+//! when a new inode sits at the path.
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::guard::Refusal;
+use super::reload::{self, read_text};
+use crate::app::App;
+
+/// Polls at start before giving up on a file that keeps changing.
+const START_POLLS: u32 = 20;
+
+/// One version of the file, as its metadata tells it without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+impl Stamp {
+    fn of_metadata(m: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.size(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        }
+    }
+
+    /// The file at `path` (following links); `None` when it cannot be looked at.
+    pub(crate) fn of(path: &Path) -> Option<Stamp> {
+        std::fs::metadata(path).ok().map(|m| Stamp::of_metadata(&m))
+    }
+
+    fn same_inode(&self, other: &Stamp) -> bool {
+        (self.dev, self.ino) == (other.dev, other.ino)
+    }
+
+    /// How long ago the file was last modified (zero if its time is in the future).
+    fn age(&self) -> Duration {
+        let now_ns = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
+        Duration::from_nanos(u64::try_from(now_ns - self.mtime_ns).unwrap_or(0))
+    }
+}
+
+/// The file's text and the stamp it had from before to after the reading; `Ok(None)` when it
+/// moved meanwhile (someone is writing it).
+pub(crate) fn read_consistent(path: &Path) -> Result<Option<(Stamp, String)>, Refusal> {
+    let before = Stamp::of(path);
+    let text = read_text(path)?;
+    let after = Stamp::of(path);
+    Ok(match (before, after) {
+        (Some(b), Some(a)) if a == b && a.len == text.len() as u64 => Some((a, text)),
+        _ => None,
+    })
+}
+
+/// At start: the file's text once it is stable. It is at once when it was last modified a
+/// poll interval ago or more; otherwise once a poll later finds it unchanged.
+pub(crate) async fn read_stable(path: &Path, poll: Duration) -> Result<String, Refusal> {
+    for _ in 0..START_POLLS {
+        if let Some((stamp, text)) = read_consistent(path)? {
+            if stamp.age() >= poll {
+                return Ok(text);
+            }
+            tokio::time::sleep(poll).await;
+            if Stamp::of(path) == Some(stamp) {
+                return Ok(text);
+            }
+        } else {
+            tokio::time::sleep(poll).await;
+        }
+        tracing::info!(path = %path.display(), "the config file is being written; waiting until it is stable");
+    }
+    Err(Refusal::Unstable(START_POLLS))
+}
+
+/// Applies the file whenever a new version of it is stable: the same stamp at two polls in a
+/// row, or a new inode at the path (renamed into place) read without moving. A version is
+/// handled once (applied or refused); touching the file handles it again.
+pub async fn watch(app: App, path: PathBuf, poll: Duration) {
+    // Start read the file just before this; what it read is handled.
+    let mut seen = Stamp::of(&path);
+    let mut handled = seen;
+    loop {
+        tokio::time::sleep(poll).await;
+        let now = Stamp::of(&path);
+        if now == handled {
+            seen = now;
+            continue;
+        }
+        let replaced = match (seen, now) {
+            (Some(before), Some(after)) => !before.same_inode(&after),
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if now != seen && !replaced {
+            tracing::info!(
+                path = %path.display(),
+                "config file changed; waiting for it to settle (unchanged at the next poll) before reading it"
+            );
+            seen = now;
+            continue;
+        }
+        seen = now;
+        let reading = match now {
+            // Missing (or unreadable) at two polls in a row: refused, and said so.
+            None => read_text(&path).map(|text| Some((now, text))),
+            Some(_) => read_consistent(&path).map(|r| r.map(|(stamp, text)| (Some(stamp), text))),
+        };
+        match reading {
+            Ok(Some((stamp, text))) => {
+                if replaced {
+                    tracing::info!(path = %path.display(), "config file replaced (a new inode); reading it at once");
+                }
+                handled = stamp;
+                let _ = reload::handle(&app, &path, Ok(text)).await;
+            }
+            // It moved while being read: wait for it to settle.
+            Ok(None) => seen = Stamp::of(&path),
+            Err(refusal) => {
+                handled = now;
+                let _ = reload::handle(&app, &path, Err(refusal)).await;
+            }
+        }
+    }
+}

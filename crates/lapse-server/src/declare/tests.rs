@@ -88,3 +88,18 @@ fn a_redis_table_configures_the_swim_queues() {
     assert_eq!(tables.auth.unwrap().admin_key.as_deref(), Some("0123456789abcdef"));
     assert_eq!(tables.redis, None);
 }
+
+#[test]
+fn a_name_and_the_mass_removal_flag() {
+    let text =
+        "allow_mass_removal = true\n\n[[environment]]\nid = \"a\"\nname = \"web.1\"\nspec = { provider = \"sim\" }\n";
+    let d = parse(text, MAX).unwrap();
+    assert!(d.allow_mass_removal);
+    assert_eq!(d.environments[0].0.name.as_deref(), Some("web.1"));
+    let errors =
+        parse("[[environment]]\nid = \"a\"\nname = \"no spaces\"\nspec = { provider = \"sim\" }\n", MAX).unwrap_err();
+    let got: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(got, ["line 1: environment \"a\": name: may hold only letters, digits, '.', '_' and '-'"]);
+    let errors = parse("[[environment]]\nid = \"a\"\nspec = { provider = \"sim\" }\nallow_mass_removal = true\n", MAX);
+    assert!(errors.is_err(), "the flag is top-level: after a table it belongs to the table");
+}

@@ -84,9 +84,13 @@ pub(crate) async fn read_stable(path: &Path, poll: Duration) -> Result<String, R
 /// row, or a new inode at the path (renamed into place) read without moving. A version is
 /// handled once (applied or refused); touching the file handles it again.
 pub async fn watch(app: App, path: PathBuf, poll: Duration) {
-    // Start read the file just before this; what it read is handled.
+    // Start read the file just before this: what it applied is handled. What it refused (it
+    // was empty, removed too much, or kept changing) is looked at again once stable, since it
+    // may have been completed meanwhile.
     let mut seen = Stamp::of(&path);
-    let mut handled = seen;
+    let refused_at_start =
+        app.cx.config_status.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|s| s.error.is_some());
+    let mut handled = if refused_at_start { None } else { seen };
     loop {
         tokio::time::sleep(poll).await;
         let now = Stamp::of(&path);
@@ -128,5 +132,65 @@ pub async fn watch(app: App, path: PathBuf, poll: Duration) {
                 let _ = reload::handle(&app, &path, Err(refusal)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLL: Duration = Duration::from_secs(5);
+
+    #[tokio::test(start_paused = true)]
+    async fn at_start_an_old_file_is_read_at_once_and_a_fresh_one_after_a_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lapse.toml");
+        std::fs::write(&path, "# old\n").unwrap();
+        let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(an_hour_ago).unwrap();
+        let started = tokio::time::Instant::now();
+        assert_eq!(read_stable(&path, POLL).await.unwrap(), "# old\n");
+        assert_eq!(started.elapsed(), Duration::ZERO);
+
+        std::fs::write(&path, "# fresh\n").unwrap();
+        let started = tokio::time::Instant::now();
+        assert_eq!(read_stable(&path, POLL).await.unwrap(), "# fresh\n");
+        assert_eq!(started.elapsed(), POLL, "unchanged at the next poll");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_start_a_file_that_keeps_changing_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lapse.toml");
+        std::fs::write(&path, "#").unwrap();
+        let writer = tokio::spawn({
+            let path = path.clone();
+            async move {
+                for i in 1.. {
+                    std::fs::write(&path, "#".repeat(i)).unwrap();
+                    tokio::time::sleep(POLL / 2).await;
+                }
+            }
+        });
+        assert_eq!(read_stable(&path, POLL).await, Err(Refusal::Unstable(START_POLLS)));
+        writer.abort();
+    }
+
+    #[test]
+    fn only_regular_utf8_files_of_bounded_size_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let refused = |path: &Path| match read_text(path) {
+            Err(Refusal::Unreadable(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        assert!(refused(dir.path()).contains("not a regular file"));
+        assert!(refused(&dir.path().join("missing")).contains("No such file"));
+        let path = dir.path().join("lapse.toml");
+        std::fs::write(&path, b"id = \"\xff\"\n").unwrap();
+        assert!(refused(&path).contains("not UTF-8"));
+        std::fs::write(&path, vec![b'#'; super::super::MAX_FILE_BYTES as usize + 1]).unwrap();
+        assert!(refused(&path).contains("larger than"));
+        std::fs::write(&path, "# fine\n").unwrap();
+        assert_eq!(read_consistent(&path).unwrap().map(|(_, text)| text).as_deref(), Some("# fine\n"));
     }
 }

@@ -87,7 +87,7 @@ async fn a_half_written_file_is_never_applied_in_its_half_state() {
         assert!(Instant::now() < deadline, "the watcher never looked at the half file\n{}", server.log());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    std::fs::OpenOptions::new().append(true).open(&file).unwrap().write_all(full[cut..].as_bytes()).unwrap();
+    std::fs::OpenOptions::new().append(true).open(&file).unwrap().write_all(&full.as_bytes()[cut..]).unwrap();
 
     running(&server, &["d"]).await;
     for (name, id) in ["a", "b", "c"].iter().zip(&ids) {

@@ -112,21 +112,23 @@ pub async fn watch(app: App, path: PathBuf, poll: Duration) {
             continue;
         }
         seen = now;
-        let reading = match now {
-            // Missing (or unreadable) at two polls in a row: refused, and said so.
-            None => read_text(&path).map(|text| Some((now, text))),
-            Some(_) => read_consistent(&path).map(|r| r.map(|(stamp, text)| (Some(stamp), text))),
+        let Some(expected) = now else {
+            // Missing (or not to be looked at) at two polls in a row: refused, and said so.
+            let Err(refusal) = read_text(&path) else { continue }; // it appeared just now
+            handled = None;
+            let _ = reload::handle(&app, &path, Err(refusal)).await;
+            continue;
         };
-        match reading {
-            Ok(Some((stamp, text))) => {
+        match read_consistent(&path) {
+            // Exactly the version that was stable (or is new): a write since makes it wait.
+            Ok(Some((stamp, text))) if stamp == expected => {
                 if replaced {
                     tracing::info!(path = %path.display(), "config file replaced (a new inode); reading it at once");
                 }
-                handled = stamp;
+                handled = Some(stamp);
                 let _ = reload::handle(&app, &path, Ok(text)).await;
             }
-            // It moved while being read: wait for it to settle.
-            Ok(None) => seen = Stamp::of(&path),
+            Ok(_) => seen = Stamp::of(&path),
             Err(refusal) => {
                 handled = now;
                 let _ = reload::handle(&app, &path, Err(refusal)).await;

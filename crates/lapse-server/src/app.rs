@@ -314,12 +314,21 @@ impl App {
         let mut wanted_jobs = std::collections::BTreeSet::new();
         for (decl, ttl) in &declared.environments {
             wanted_jobs.insert(decl.id.clone());
+            let tenant = decl.tenant.clone().unwrap_or_else(|| decl.id.clone());
+            // As `create` does: a job is deleted at its TTL, whatever `on_expiry` says.
+            let on_expiry = if decl.lifecycle == Lifecycle::Job { OnExpiry::Delete } else { decl.on_expiry };
+            let max_retries = decl.max_retries.unwrap_or(0);
             let existing = self.cx.store.get_by_job(&decl.id).await?;
+            // Every declared field counts: an edit of any of them is applied.
             let unchanged = existing.as_ref().is_some_and(|e| {
                 e.source == "config"
                     && e.spec.hash() == decl.spec.hash()
                     && e.lifecycle == decl.lifecycle
                     && e.labels == decl.labels
+                    && e.tenant == tenant
+                    && e.name == decl.name
+                    && e.on_expiry == on_expiry
+                    && e.max_retries == max_retries
                     && e.expires_at == ttl.map(|t| e.created_at + t.as_millis() as i64)
                     && e.observed != ObservedState::Failed
             });
@@ -328,16 +337,28 @@ impl App {
             }
             let job = Job {
                 job_id: decl.id.clone(),
-                tenant: decl.tenant.clone().unwrap_or_else(|| decl.id.clone()),
+                tenant,
                 spec: decl.spec.clone(),
                 lifecycle: decl.lifecycle,
-                max_retries: decl.max_retries.unwrap_or(0),
+                max_retries,
                 labels: decl.labels.clone(),
                 ttl: *ttl,
-                on_expiry: decl.on_expiry,
+                on_expiry,
                 source: "config".into(),
             };
-            self.upsert_job(job, "config").await?;
+            let env = self.upsert_job(job, "config").await?.env;
+            // `upsert_job` sets no `name`, and no `on_expiry` on an environment that exists:
+            // set what it left (nothing once it sets them).
+            if env.name != decl.name || env.on_expiry != on_expiry {
+                let name = decl.name.clone();
+                self.change(&env.id, "config", None, "update", move |e| {
+                    let message = format!("name {}, on expiry {on_expiry}", name.as_deref().unwrap_or("none"));
+                    e.name = name;
+                    e.on_expiry = on_expiry;
+                    Ok(message)
+                })
+                .await?;
+            }
         }
         for gone in self.cx.store.config_declared().await? {
             if gone.job_id.as_ref().is_none_or(|j| !wanted_jobs.contains(j)) {

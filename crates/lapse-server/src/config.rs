@@ -67,8 +67,12 @@ pub struct ServerConfig {
     pub sim: Option<lapse_providers::sim::SimConfig>,
     /// A declarative TOML file of environments and pools, applied at start and on change.
     pub config_file: Option<PathBuf>,
-    /// How often the config file is checked for changes.
+    /// How often the config file is checked for changes; a change is read once the file is
+    /// unchanged over two polls (or a new file was renamed into place).
     pub config_poll: Duration,
+    /// Apply a config file even when it is empty or removes most of what it declared
+    /// (otherwise such a file is refused unless it says `allow_mass_removal = true`).
+    pub config_allow_removal: bool,
     /// The provider that serves the seed's `POST /vms`.
     pub vms_provider: String,
     /// The SWIM Redis queues; off unless given (or the config file has a `[redis]` table).
@@ -127,6 +131,7 @@ impl ServerConfig {
             sim: None,
             config_file: None,
             config_poll: Duration::from_secs(1),
+            config_allow_removal: false,
             vms_provider: "process".into(),
             swim: None,
             admin_key: None,

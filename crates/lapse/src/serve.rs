@@ -55,6 +55,15 @@ pub struct ServeArgs {
     /// A TOML file of environments and pools, applied at start and whenever it changes.
     #[arg(long, env = "LAPSE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// How often the --config file is checked; a change is applied once the file is unchanged
+    /// over two checks (or at once when a new file is renamed into place).
+    #[arg(long, env = "LAPSE_CONFIG_POLL", default_value = "1s", value_parser = parse_duration)]
+    pub config_poll: Duration,
+    /// Apply a --config file even when it is empty or would remove more than half of the
+    /// environments and pools it declared (otherwise refused, unless the file itself says
+    /// `allow_mass_removal = true`).
+    #[arg(long, env = "LAPSE_CONFIG_ALLOW_REMOVAL")]
+    pub config_allow_removal: bool,
     /// The provider that serves the seed's `POST /vms`.
     #[arg(long, env = "LAPSE_VMS_PROVIDER", default_value = "process")]
     pub vms_provider: String,
@@ -159,6 +168,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.sim = Some(lapse_providers_sim(sim)?);
     }
     config.config_file = args.config;
+    config.config_poll = args.config_poll.max(Duration::from_millis(10));
+    config.config_allow_removal = args.config_allow_removal;
     config.vms_provider = args.vms_provider;
     config.admin_key = args.admin_key.clone();
     if !(0.0..=100.0).contains(&args.host_memory_limit) {

@@ -1,5 +1,7 @@
 //! The declarative config file: applied at start, hot-reloaded, invalid edits refused with
-//! the last good state kept; and the seed's `/vms` and `/stats`.
+//! the last good state kept; and the seed's `/vms` and `/stats`. The guards against a file
+//! that would wipe the world by accident, and edits of every declared field, are in
+//! [`guards`].
 
 use std::time::Instant;
 
@@ -8,6 +10,8 @@ use serde_json::{Value, json};
 
 use crate::harness::{Server, secs};
 use crate::pools::wait_warm;
+
+mod guards;
 
 async fn by_job(server: &Server, job: &str) -> Option<Value> {
     let (_, list) = server.get(&format!("/v1/environments?job_id={job}")).await;
@@ -68,7 +72,10 @@ max = 1
 spec = { provider = "sim", cmd = ["warm"] }
 "#;
 
+/// Drops two of V2's three entries: refused as a mass removal unless the file allows it.
 const V3: &str = r#"
+allow_mass_removal = true
+
 [[environment]]
 id = "worker"
 lifecycle = "daemon"
@@ -81,7 +88,7 @@ async fn a_config_file_is_applied_hot_reloaded_and_survives_restarts() {
     let file = dir.path().join("lapse.toml");
     std::fs::write(&file, V1).unwrap();
     let file_arg = file.to_str().unwrap();
-    let mut server = Server::start(dir.path(), &["--sim", "0", "--config", file_arg]).await;
+    let mut server = Server::start(dir.path(), &["--sim", "0", "--config-poll", "200ms", "--config", file_arg]).await;
     let web = wait_job(&server, "web", "running", |e| e["state"] == "running").await;
     assert_eq!(
         (web["tenant"].as_str(), web["lifecycle"].as_str(), web["source"].as_str()),

@@ -1,0 +1,229 @@
+//! The file's format and its pure check: [`parse`] (environments and pools, with every error
+//! and its line) and [`start_tables`] (the tables read once, at start).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use lapse_core::model::{Lifecycle, OnExpiry, Spec};
+use lapse_core::validate;
+use lapse_core::wire::{DurationInput, WarmPool};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// One error in a config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based; 0 when the error concerns no line (the file could not be read, or applying it
+    /// failed). Every error [`parse`] returns has a line.
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 { f.write_str(&self.message) } else { write!(f, "line {}: {}", self.line, self.message) }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    /// Lets this reading remove most declared entries (see [`super::guard`]).
+    #[serde(default)]
+    allow_mass_removal: bool,
+    #[serde(default, rename = "environment")]
+    environments: Vec<Spanned<EnvDecl>>,
+    #[serde(default, rename = "pool")]
+    pools: Vec<Spanned<PoolDecl>>,
+    /// The SWIM Redis queues (see [`crate::swim`]); read at start only.
+    #[serde(default)]
+    redis: Option<crate::swim::RedisSection>,
+    /// Keys (see [`crate::auth`]); read at start only.
+    #[serde(default)]
+    auth: Option<AuthSection>,
+    /// Prices for usage and cost; read at start only.
+    #[serde(default)]
+    prices: Option<lapse_core::cost::Prices>,
+    /// Quota tiers by name (adding to, or replacing, `free` and `pro`); read at start only.
+    #[serde(default)]
+    tiers: BTreeMap<String, lapse_core::wire::QuotaInput>,
+}
+
+/// The config file's `[auth]` table.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// The bootstrap admin key (at least 16 characters).
+    pub admin_key: Option<String>,
+}
+
+/// The tables of a config file that are read once, at start.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StartTables {
+    pub redis: Option<crate::swim::RedisSection>,
+    pub auth: Option<AuthSection>,
+    pub prices: Option<lapse_core::cost::Prices>,
+    pub tiers: BTreeMap<String, lapse_core::wire::QuotaInput>,
+}
+
+fn service() -> Lifecycle {
+    Lifecycle::Service
+}
+
+/// A declared environment.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EnvDecl {
+    pub id: String,
+    /// The environment's name (not a key: several may share one).
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tenant: Option<String>,
+    #[serde(default = "service")]
+    pub lifecycle: Lifecycle,
+    #[serde(default)]
+    pub ttl: Option<DurationInput>,
+    #[serde(default)]
+    pub on_expiry: OnExpiry,
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub spec: Spec,
+    #[serde(default)]
+    pub warm_pool: Option<WarmPool>,
+}
+
+/// A declared pool.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolDecl {
+    pub name: String,
+    pub spec: Spec,
+    pub min: u32,
+    #[serde(default)]
+    pub max: Option<u32>,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
+}
+
+/// A file that parsed and validated: what it declares, with TTLs resolved.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Declared {
+    pub environments: Vec<(EnvDecl, Option<Duration>)>,
+    /// The `[[pool]]`s and the environments' `warm_pool`s (named after their environment),
+    /// the latter first.
+    pub pools: Vec<PoolDecl>,
+    /// The file's top-level `allow_mass_removal`.
+    pub allow_mass_removal: bool,
+}
+
+/// The 1-based line of byte `offset` (clamped to the text).
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+}
+
+/// A TOML error at its line: its span's start, else the first line (an error of the
+/// document as a whole, such as a missing top-level field, is one of its beginning).
+fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e.span().map_or(1, |s| line_of(text, s.start));
+    ConfigError { line, message: e.message().trim().to_owned() }
+}
+
+/// Parses and validates a config file; every error comes with its line. Pure (it reads and
+/// writes nothing) and total: no text makes it panic. `max_ttl` bounds the entries' `ttl`s
+/// (the server's `--max-ttl`).
+pub fn parse(text: &str, max_ttl: Duration) -> Result<Declared, Vec<ConfigError>> {
+    let file: ConfigFile = toml::from_str(text).map_err(|e| vec![syntax_error(text, &e)])?;
+    let mut errors = Vec::new();
+    let mut declared = Declared { allow_mass_removal: file.allow_mass_removal, ..Declared::default() };
+    let mut ids = BTreeSet::new();
+    let mut pool_names = BTreeSet::new();
+    let mut check = |line: usize, result: Result<(), String>| {
+        if let Err(message) = result {
+            errors.push(ConfigError { line, message });
+        }
+    };
+    let field = |r: Result<(), validate::FieldError>, what: &str| r.map_err(|e| format!("{what}: {e}"));
+
+    for item in &file.environments {
+        let line = line_of(text, item.span().start);
+        let env = item.get_ref();
+        let what = format!("environment {:?}", env.id);
+        check(line, field(validate::name("id", &env.id), &what));
+        if let Some(n) = &env.name {
+            check(line, field(validate::name("name", n), &what));
+        }
+        if let Some(t) = &env.tenant {
+            check(line, field(validate::name("tenant", t), &what));
+        }
+        check(line, field(validate::labels(&env.labels), &what));
+        check(line, field(validate::spec(&env.spec).and_then(|()| lapse_providers::validate_spec(&env.spec)), &what));
+        if !ids.insert(env.id.clone()) {
+            check(line, Err(format!("{what} is declared twice")));
+        }
+        if env.max_retries.is_some() && env.lifecycle != Lifecycle::Job {
+            check(line, Err(format!("{what}: max_retries is for lifecycle \"job\"")));
+        }
+        let ttl = match &env.ttl {
+            Some(t) => match t.to_duration(max_ttl) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    check(line, Err(format!("{what}: ttl: {e}")));
+                    None
+                }
+            },
+            None => None,
+        };
+        if let Some(w) = env.warm_pool {
+            check(line, pool_size(w.min, w.max, &format!("{what}: warm_pool")));
+            declared.pools.push(PoolDecl {
+                name: env.id.clone(),
+                spec: env.spec.clone(),
+                min: w.min,
+                max: w.max,
+                version: None,
+                lifecycle: env.lifecycle,
+            });
+            pool_names.insert(env.id.clone());
+        }
+        declared.environments.push((env.clone(), ttl));
+    }
+    for item in &file.pools {
+        let line = line_of(text, item.span().start);
+        let pool = item.get_ref();
+        let what = format!("pool {:?}", pool.name);
+        check(line, field(validate::name("name", &pool.name), &what));
+        check(line, field(validate::spec(&pool.spec).and_then(|()| lapse_providers::validate_spec(&pool.spec)), &what));
+        check(line, pool_size(pool.min, pool.max, &what));
+        if let Some(v) = &pool.version {
+            check(line, field(validate::name("version", v), &what));
+        }
+        if !pool_names.insert(pool.name.clone()) {
+            check(line, Err(format!("{what} is declared twice (an environment's warm_pool takes its id as name)")));
+        }
+        declared.pools.push(pool.clone());
+    }
+    if errors.is_empty() { Ok(declared) } else { Err(errors) }
+}
+
+fn pool_size(min: u32, max: Option<u32>, what: &str) -> Result<(), String> {
+    validate::pool_size(min, max).map(drop).map_err(|e| format!("{what}: {}", e.message))
+}
+
+/// The file's `[redis]` and `[auth]` tables (read once, at start).
+pub fn start_tables(path: &Path) -> anyhow::Result<StartTables> {
+    let text = super::reload::read_text(path).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+    let file: ConfigFile = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("config file {} refused: {}", path.display(), syntax_error(&text, &e)))?;
+    for name in file.tiers.keys() {
+        validate::name("tier", name).map_err(|e| anyhow::anyhow!("config file {}: [tiers] {e}", path.display()))?;
+    }
+    Ok(StartTables { redis: file.redis, auth: file.auth, prices: file.prices, tiers: file.tiers })
+}

@@ -281,8 +281,23 @@ impl App {
                         e.replace = !matches!(e.observed, ObservedState::Pending | ObservedState::Failed);
                     }
                     retry_afresh(e);
+                    let on_expiry = if job.lifecycle == Lifecycle::Job { OnExpiry::Delete } else { job.on_expiry };
+                    for (field, changed) in [
+                        ("tenant", e.tenant != job.tenant),
+                        ("name", e.name != job.name),
+                        ("lifecycle", e.lifecycle != job.lifecycle),
+                        ("on_expiry", e.on_expiry != on_expiry),
+                        ("max_retries", e.max_retries != job.max_retries),
+                        ("labels", e.labels != job.labels),
+                    ] {
+                        if changed {
+                            notes.push(format!("{field} changed"));
+                        }
+                    }
                     e.tenant = job.tenant.clone();
+                    e.name = job.name.clone();
                     e.lifecycle = job.lifecycle;
+                    e.on_expiry = on_expiry;
                     e.max_retries = job.max_retries;
                     e.labels = job.labels.clone();
                     e.source = job.source.clone();
@@ -298,6 +313,7 @@ impl App {
         }
         let mut env = Environment::new(new_environment_id(), job.tenant.clone(), job.spec, now);
         env.tenant = job.tenant;
+        env.name = job.name;
         env.job_id = Some(job.job_id);
         env.lifecycle = job.lifecycle;
         env.max_retries = job.max_retries;
@@ -314,7 +330,8 @@ impl App {
         let mut wanted_jobs = std::collections::BTreeSet::new();
         for (decl, ttl) in &declared.environments {
             wanted_jobs.insert(decl.id.clone());
-            let tenant = decl.tenant.clone().unwrap_or_else(|| decl.id.clone());
+            // No tenant: the operator's own (tenantless), like anything else the operator makes.
+            let tenant = decl.tenant.clone().unwrap_or_else(|| NO_TENANT.to_owned());
             // As `create` does: a job is deleted at its TTL, whatever `on_expiry` says.
             let on_expiry = if decl.lifecycle == Lifecycle::Job { OnExpiry::Delete } else { decl.on_expiry };
             let max_retries = decl.max_retries.unwrap_or(0);
@@ -337,6 +354,7 @@ impl App {
             }
             let job = Job {
                 job_id: decl.id.clone(),
+                name: decl.name.clone(),
                 tenant,
                 spec: decl.spec.clone(),
                 lifecycle: decl.lifecycle,
@@ -346,19 +364,7 @@ impl App {
                 on_expiry,
                 source: "config".into(),
             };
-            let env = self.upsert_job(job, "config").await?.env;
-            // `upsert_job` sets no `name`, and no `on_expiry` on an environment that exists:
-            // set what it left (nothing once it sets them).
-            if env.name != decl.name || env.on_expiry != on_expiry {
-                let name = decl.name.clone();
-                self.change(&env.id, "config", None, "update", move |e| {
-                    let message = format!("name {}, on expiry {on_expiry}", name.as_deref().unwrap_or("none"));
-                    e.name = name;
-                    e.on_expiry = on_expiry;
-                    Ok(message)
-                })
-                .await?;
-            }
+            self.upsert_job(job, "config").await?;
         }
         for gone in self.cx.store.config_declared().await? {
             if gone.job_id.as_ref().is_none_or(|j| !wanted_jobs.contains(j)) {
@@ -788,6 +794,7 @@ impl App {
 #[derive(Clone, Debug)]
 pub struct Job {
     pub job_id: String,
+    pub name: Option<String>,
     pub tenant: String,
     pub spec: lapse_core::model::Spec,
     pub lifecycle: Lifecycle,

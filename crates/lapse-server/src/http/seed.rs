@@ -171,6 +171,7 @@ pub async fn create_vm(
     }
     let job = Job {
         job_id: job_id.clone(),
+        name: None,
         tenant,
         spec,
         lifecycle,

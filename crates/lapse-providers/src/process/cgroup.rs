@@ -205,8 +205,10 @@ impl EnvCgroup {
         } else if let Some(freezer) = self.dir("freezer") {
             let state = freezer.join("freezer.state");
             fs::write(&state, "FROZEN")?;
-            // Freezing is asynchronous; a task that forks meanwhile still lands in the cgroup.
-            while fs::read_to_string(&state).is_ok_and(|s| s.trim() != "FROZEN") && Instant::now() < deadline {
+            // Freezing is asynchronous (a task that forks meanwhile still lands in the cgroup),
+            // and can stall on a task in the kernel: kill after a moment whatever the state.
+            let frozen_by = Instant::now() + Duration::from_millis(500);
+            while fs::read_to_string(&state).is_ok_and(|s| s.trim() != "FROZEN") && Instant::now() < frozen_by {
                 std::thread::sleep(Duration::from_millis(5));
             }
             self.signal_all(Signal::SIGKILL);

@@ -8,6 +8,7 @@ mod declare;
 mod docker;
 mod drift;
 mod harness;
+mod isolation;
 mod lifecycles;
 mod pools;
 mod redis_server;

@@ -155,13 +155,12 @@ impl ProcessProvider {
         }
         if let Ok(cgroups) = &self.cgroups {
             for id in cgroups.environments() {
-                if !found.contains_key(&id) {
-                    let busy = !cgroups.of(&id).tasks().is_empty();
-                    let mut instance = stopped(&id, None);
-                    if busy {
+                if let std::collections::btree_map::Entry::Vacant(slot) = found.entry(id) {
+                    let mut instance = stopped(slot.key(), None);
+                    if !cgroups.of(slot.key()).tasks().is_empty() {
                         instance.status = InstanceStatus::Running;
                     }
-                    found.insert(id, instance);
+                    slot.insert(instance);
                 }
             }
         }

@@ -10,6 +10,10 @@
 //! made, whether or not the store knows of it.
 //!
 //! Backends: [`process`] (always there), [`docker`] (feature `docker`, on by default).
+//!
+//! **Output is bounded.** `exec` output and `logs` are read into a [`CappedOutput`] (the
+//! last [`MAX_OUTPUT_BYTES`] of each stream, with a marker saying how much was cut), never
+//! whole into memory, so a command that prints gigabytes keeps the server's memory flat.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +28,9 @@ use lapse_core::wire::{ExecResult, LogsView};
 pub mod docker;
 pub mod process;
 pub mod sim;
+
+mod output;
+pub use output::CappedOutput;
 
 /// Most output an exec or a logs call returns, per stream.
 pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
@@ -48,6 +55,22 @@ pub struct Instance {
     pub exit_code: Option<i64>,
     /// Where the spec's user data is inside the environment (set by `ensure_running`).
     pub user_data_path: Option<String>,
+    /// Why its command ended, beyond the exit code, when the provider knows (the OOM killer).
+    pub exit_reason: Option<String>,
+}
+
+/// Whom an environment belongs to: what a provider needs beyond the spec to place it (the
+/// docker provider puts each tenant's containers on a network of their own).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// The tenant's name; empty for an environment of no tenant.
+    pub tenant: String,
+}
+
+impl Placement {
+    pub fn of_tenant(tenant: &str) -> Self {
+        Placement { tenant: tenant.to_owned() }
+    }
 }
 
 /// Where `docker` (and, by convention, VM providers) put user data: the path cloud-init's
@@ -94,8 +117,13 @@ pub trait Provider: Send + Sync {
     async fn health(&self) -> Result<String, ProviderError>;
 
     /// Makes the environment's resource run: creates it if there is none, starts it if it is
-    /// stopped, returns it if it runs.
-    async fn ensure_running(&self, environment_id: &str, spec: &Spec) -> Result<Instance, ProviderError>;
+    /// stopped, returns it if it runs. `placement` says whose it is.
+    async fn ensure_running(
+        &self,
+        environment_id: &str,
+        placement: &Placement,
+        spec: &Spec,
+    ) -> Result<Instance, ProviderError>;
 
     /// Stops the resource, waiting up to `grace` before forcing it. Succeeds if it is gone.
     async fn stop(&self, environment_id: &str, grace: Duration) -> Result<(), ProviderError>;
@@ -119,6 +147,13 @@ pub trait Provider: Send + Sync {
     ) -> Result<ExecResult, ProviderError> {
         let _ = (environment_id, spec, cmd, timeout);
         Err(ProviderError::Unsupported { provider: self.name(), op: "exec" })
+    }
+
+    /// Removes what no environment needs any more and `list` does not report: processes left
+    /// in a stopped environment's cgroup, a tenant's network with no container. The sweep
+    /// calls it each round; it returns how many things it removed.
+    async fn collect_garbage(&self) -> Result<usize, ProviderError> {
+        Ok(0)
     }
 
     /// The last `tail_lines` lines of what the environment printed.
@@ -173,13 +208,6 @@ pub fn validate_spec(spec: &Spec) -> Result<(), FieldError> {
     }
 }
 
-/// Keeps the last `max` bytes of `bytes`, cut at a character boundary.
-pub(crate) fn tail_text(bytes: &[u8], max: usize) -> String {
-    let start = bytes.len().saturating_sub(max);
-    let text = String::from_utf8_lossy(&bytes[start..]);
-    text.into_owned()
-}
-
 /// Keeps the last `lines` lines of `text`.
 pub(crate) fn last_lines(text: &str, lines: usize) -> String {
     let mut starts = text.trim_end_matches('\n').rmatch_indices('\n').map(|(i, _)| i + 1);
@@ -199,6 +227,5 @@ mod tests {
         assert_eq!(last_lines("a\nb\nc\n", 2), "b\nc\n");
         assert_eq!(last_lines("a\nb\nc", 5), "a\nb\nc");
         assert_eq!(last_lines("a\nb\nc\n", 0), "");
-        assert_eq!(tail_text(b"hello", 3), "llo");
     }
 }

@@ -140,6 +140,7 @@ impl SimProvider {
             status: if i.running { InstanceStatus::Running } else { InstanceStatus::Stopped },
             exit_code: if i.running { None } else { i.exit_code },
             user_data_path: None,
+            exit_reason: None,
             endpoints: if i.running {
                 i.ports
                     .iter()
@@ -195,7 +196,12 @@ impl Provider for SimProvider {
         Ok(format!("simulated, {} instances", self.len()))
     }
 
-    async fn ensure_running(&self, environment_id: &str, spec: &Spec) -> Result<Instance, ProviderError> {
+    async fn ensure_running(
+        &self,
+        environment_id: &str,
+        _placement: &crate::Placement,
+        spec: &Spec,
+    ) -> Result<Instance, ProviderError> {
         let existing = self.instances().get(environment_id).cloned();
         match existing {
             Some(i) if i.running => return Ok(Self::instance(environment_id, &i)),
@@ -287,7 +293,7 @@ mod tests {
         let sim = SimProvider::new(SimConfig::parse("create=100ms,stop=0@1").unwrap());
         let spec = Spec { provider: NAME.into(), ports: vec![80], ..Default::default() };
         let started = tokio::time::Instant::now();
-        let i = sim.ensure_running("a", &spec).await.unwrap();
+        let i = sim.ensure_running("a", &Default::default(), &spec).await.unwrap();
         assert_eq!(started.elapsed(), Duration::from_millis(100));
         assert_eq!((i.status, i.endpoints.len()), (InstanceStatus::Running, 1));
         assert!(sim.stop("a", Duration::ZERO).await.unwrap_err().is_retryable());
@@ -299,7 +305,7 @@ mod tests {
         let mut failures = 0;
         let flaky = SimProvider::new(SimConfig::parse("create=0@0.5").unwrap());
         for n in 0..200 {
-            if flaky.ensure_running(&n.to_string(), &spec).await.is_err() {
+            if flaky.ensure_running(&n.to_string(), &Default::default(), &spec).await.is_err() {
                 failures += 1;
             }
         }

@@ -109,6 +109,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     let (exits, mut exited) = tokio::sync::mpsc::unbounded_channel::<String>();
     let process = ProcessProvider::new(config.data_dir.join("process"), &controller_id)
         .context("setting up the process provider")?
+        .with_helper(std::env::current_exe().context("finding this program (the process provider's helper)")?)
         .with_exit_notifier(exits);
     let process = Arc::new(process);
     providers.insert(process.clone());

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use lapse_core::Millis;
 use lapse_core::model::{DesiredState, Environment, ObservedState};
 use lapse_core::state::{Plan, backoff_millis, can_transition, in_progress_state, lease_expired, plan};
-use lapse_providers::{Instance, ProviderError};
+use lapse_providers::{Instance, Placement, ProviderError};
 use lapse_store::{NewEvent, StoreError};
 use tokio::sync::{Notify, Semaphore};
 
@@ -319,10 +319,11 @@ impl Reconciler {
         let env = &env;
         let grace = cx.config.stop_grace;
         let started = std::time::Instant::now();
+        let placement = Placement::of_tenant(&env.tenant);
         let result: Result<Option<Instance>, ProviderError> = match planned {
-            Plan::Provision => provider.ensure_running(&env.id, &env.spec).await.map(Some),
+            Plan::Provision => provider.ensure_running(&env.id, &placement, &env.spec).await.map(Some),
             Plan::Replace => match provider.delete(&env.id, grace).await {
-                Ok(()) => provider.ensure_running(&env.id, &env.spec).await.map(Some),
+                Ok(()) => provider.ensure_running(&env.id, &placement, &env.spec).await.map(Some),
                 Err(e) => Err(e),
             },
             Plan::Stop => provider.stop(&env.id, grace).await.map(|()| None),

@@ -82,6 +82,10 @@ pub async fn sweep(cx: &Context, reconciler: &Reconciler, provider: &dyn Provide
     // below, because its row is re-read before anything is changed.
     let instances: BTreeMap<String, Instance> =
         provider.list().await?.into_iter().map(|i| (i.environment_id.clone(), i)).collect();
+    // What outlived its environment's leader, and networks no container uses.
+    if let Err(e) = provider.collect_garbage().await {
+        tracing::warn!(provider = name, error = %e, "collecting leftovers failed; the next sweep retries");
+    }
     let records = cx.store.sweep_view(name).await?;
     let mut report = SweepReport::default();
 
@@ -165,6 +169,7 @@ pub async fn check_one(
         return Ok(None);
     }
     let instance = provider.inspect(id).await?;
+    let why = instance.as_ref().and_then(|i| i.exit_reason.clone());
     let drift = match (record.observed, instance.as_ref().map(|i| i.status)) {
         (_, None) => Drift::Vanished,
         (ObservedState::Running, Some(InstanceStatus::Stopped)) => Drift::Exited(instance.and_then(|i| i.exit_code)),
@@ -178,7 +183,7 @@ pub async fn check_one(
                 return Err(SweepError::MovedOn);
             }
             let backoff = backoff_millis(e.restarts + 1, retry.base.as_millis() as i64, retry.cap.as_millis() as i64);
-            Ok(correct(e, drift, now, backoff))
+            Ok(correct(e, drift, why.as_deref(), now, backoff))
         })
         .await;
     match corrected {
@@ -202,7 +207,7 @@ pub enum Drift {
 /// The corrected record, by lifecycle: services and daemons restart after `backoff` ms; a
 /// job records its exit and is retried after a failure while it has retries; a lease is
 /// recorded stopped.
-fn correct(e: &mut Environment, drift: Drift, now: Millis, backoff: Millis) -> Vec<NewEvent> {
+fn correct(e: &mut Environment, drift: Drift, why: Option<&str>, now: Millis, backoff: Millis) -> Vec<NewEvent> {
     let code = match drift {
         Drift::Vanished if e.desired == DesiredState::Running => {
             e.reason = Some("the resource vanished outside Lapse; provisioning it again".into());
@@ -218,6 +223,11 @@ fn correct(e: &mut Environment, drift: Drift, now: Millis, backoff: Millis) -> V
     e.finished_at = Some(now);
     e.endpoints.clear();
     let code_text = code.map_or("unknown".to_owned(), |c| c.to_string());
+    // The provider's word on why, e.g. "killed by the OOM killer (memory limit 32 MiB)".
+    let code_text = match why {
+        Some(why) => format!("{code_text}: {why}"),
+        None => code_text,
+    };
     let failed = code != Some(0);
     let restart = e.lifecycle.restarts() || (e.lifecycle == Lifecycle::Job && failed && e.restarts < e.max_retries);
     if restart && e.desired == DesiredState::Running {

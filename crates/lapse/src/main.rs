@@ -17,6 +17,9 @@ mod output;
 mod serve;
 
 fn main() -> ExitCode {
+    // The process provider re-executes this binary for its helpers (an environment's
+    // supervisor and init, exec): they must run before any thread starts.
+    lapse_providers::process::helper::run_if_helper();
     let args = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,

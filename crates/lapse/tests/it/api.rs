@@ -363,7 +363,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
             Method::POST,
             create.into(),
             Some("application/json"),
-            json!({"owner": "a", "spec": {"provider": "process", "cmd": ["x"], "resources": {"mem_mb": 64}}})
+            json!({"owner": "a", "spec": {"provider": "process", "cmd": ["x"], "resources": {"disk_gb": 1}}})
                 .to_string()
                 .into_bytes(),
             StatusCode::BAD_REQUEST,

@@ -268,3 +268,62 @@ async fn user_data_is_in_the_container_where_cloud_init_looks() {
     assert!(stdout.starts_with("#cloud-config\nruncmd: [echo hi]\n"), "{stdout}");
     assert!(stdout.contains(&format!("instance-id: {id}")), "{stdout}");
 }
+
+/// Tenants' containers are on networks of their own: one of tenant B cannot reach one of
+/// tenant A, two of A reach each other. Each container carries the hardening defaults, and
+/// a tenant's network goes with its last container.
+#[tokio::test]
+async fn tenants_containers_cannot_reach_each_other() {
+    const ADMIN: &str = "admin-key-for-docker-tests-0123";
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(dir.path(), &[], &[("LAPSE_ADMIN_KEY", ADMIN)]).await;
+    let _cleanup = RemoveOnDrop(server.controller_id.clone());
+    let mut keys = HashMap::new();
+    for (tenant, tier) in [("alpha", "pro"), ("beta", "free")] {
+        let (status, t) = server.post("/v1/admin/tenants", json!({"name": tenant, "tier": tier})).await;
+        assert_eq!(status, StatusCode::CREATED, "{t}");
+        let (_, k) = server.post(&format!("/v1/admin/tenants/{tenant}/keys"), json!({})).await;
+        keys.insert(tenant, k["key"].as_str().unwrap().to_owned());
+    }
+    let create = async |tenant: &str, cmd: &[&str]| {
+        let (status, env) =
+            server.request_as(Some(&keys[tenant]), Method::POST, "/v1/environments", Some(docker_env(cmd))).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{env}");
+        env["id"].as_str().unwrap().to_owned()
+    };
+    let web = create("alpha", &["sh", "-c", "echo hi > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"]).await;
+    let friend = create("alpha", &["sleep", "600"]).await;
+    let stranger = create("beta", &["sleep", "600"]).await;
+    for id in [&web, &friend, &stranger] {
+        server.wait_state(id, "running", secs(60)).await;
+    }
+    let inspect = docker().inspect_container(&format!("lapse-{web}"), None).await.unwrap();
+    let host = inspect.host_config.clone().unwrap();
+    assert_eq!(host.pids_limit, Some(1024));
+    assert_eq!(host.security_opt, Some(vec!["no-new-privileges".to_owned()]));
+    let network = format!("{}-alpha", server.controller_id);
+    let networks = inspect.network_settings.unwrap().networks.unwrap();
+    let ip = networks[&network].ip_address.clone().unwrap();
+    let probe = format!(
+        "printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} 8080 | grep -q hi && echo reached || echo blocked"
+    );
+    let try_from = async |tenant: &str, id: &str| {
+        let (status, out) = server
+            .request_as(
+                Some(&keys[tenant]),
+                Method::POST,
+                &format!("/v1/environments/{id}/exec"),
+                Some(json!({"cmd": ["sh", "-c", probe]})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{out}");
+        out["stdout"].as_str().unwrap().trim().to_owned()
+    };
+    assert_eq!(try_from("alpha", &friend).await, "reached");
+    assert_eq!(try_from("beta", &stranger).await, "blocked");
+    for (tenant, id) in [("alpha", &web), ("alpha", &friend), ("beta", &stranger)] {
+        server.request_as(Some(&keys[tenant]), Method::DELETE, &format!("/v1/environments/{id}"), None).await;
+        server.wait_state(id, "deleted", secs(30)).await;
+    }
+    assert!(docker().inspect_network(&network, None).await.is_err(), "{network} went with its last container");
+}

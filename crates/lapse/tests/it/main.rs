@@ -10,6 +10,7 @@ mod docker;
 mod drift;
 mod full_disk;
 mod harness;
+mod isolation;
 mod lifecycles;
 mod pools;
 mod redis_server;

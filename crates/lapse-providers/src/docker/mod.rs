@@ -9,6 +9,13 @@
 //!   enforced on a container's writable layer and is refused.
 //! - `spec.ports` are published on `127.0.0.1` on ports the engine picks, and reported as
 //!   endpoints.
+//! - Hardening defaults on every container: `pids_limit` ([`PIDS_LIMIT`]),
+//!   `no-new-privileges`, and the `json-file` log driver with `max-size` 10m and `max-file` 3
+//!   (Podman applies `max-size`; it keeps one file).
+//! - Each tenant's containers are on a network of their own ([`network`]), label
+//!   `lapse.tenant`.
+//! - `exec` and `logs` output is read into a [`CappedOutput`]: the tail of each stream, with
+//!   a marker when cut.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,7 +24,7 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig, PortBinding};
+use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig, HostConfigLogConfig, PortBinding};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
@@ -28,10 +35,18 @@ use lapse_core::validate::FieldError;
 use lapse_core::wire::{ExecResult, LogsView};
 
 use crate::{
-    Instance, InstanceStatus, MAX_OUTPUT_BYTES, NOCLOUD_USER_DATA, Provider, ProviderError, last_lines, tail_text,
+    CappedOutput, Instance, InstanceStatus, MAX_OUTPUT_BYTES, NOCLOUD_USER_DATA, Placement, Provider, ProviderError,
+    last_lines,
 };
 
+pub mod network;
+
 const NAME: &str = "docker";
+/// Most tasks a container may have.
+pub const PIDS_LIMIT: i64 = 1024;
+/// The log driver's options: what the engine keeps of a container's output.
+pub const LOG_MAX_SIZE: &str = "10m";
+pub const LOG_MAX_FILE: &str = "3";
 pub const LABEL_ENVIRONMENT: &str = "lapse.environment";
 pub const LABEL_CONTROLLER: &str = "lapse.controller";
 
@@ -45,6 +60,7 @@ pub struct DockerProvider {
     docker: Docker,
     endpoint: String,
     controller_id: String,
+    networks: network::Networks,
 }
 
 impl DockerProvider {
@@ -59,7 +75,12 @@ impl DockerProvider {
             let http = endpoint.replacen("tcp://", "http://", 1);
             Docker::connect_with_http(&http, 120, bollard::API_DEFAULT_VERSION).map_err(unavailable)?
         };
-        Ok(DockerProvider { docker, endpoint: endpoint.to_owned(), controller_id: controller_id.to_owned() })
+        Ok(DockerProvider {
+            docker,
+            endpoint: endpoint.to_owned(),
+            controller_id: controller_id.to_owned(),
+            networks: network::Networks::default(),
+        })
     }
 
     /// The first Docker Engine API that answers a ping: `configured` if given (and then only
@@ -90,7 +111,7 @@ impl DockerProvider {
         format!("lapse-{id}")
     }
 
-    fn body(&self, id: &str, spec: &Spec) -> ContainerCreateBody {
+    fn body(&self, id: &str, placement: &Placement, network: &str, spec: &Spec) -> ContainerCreateBody {
         let port_key = |p: &u16| format!("{p}/tcp");
         let port_bindings: HashMap<String, Option<Vec<PortBinding>>> = spec
             .ports
@@ -116,12 +137,23 @@ impl DockerProvider {
             labels: Some(HashMap::from([
                 (LABEL_ENVIRONMENT.to_owned(), id.to_owned()),
                 (LABEL_CONTROLLER.to_owned(), self.controller_id.clone()),
+                (network::LABEL_TENANT.to_owned(), placement.tenant.clone()),
             ])),
             exposed_ports: Some(spec.ports.iter().map(port_key).collect()),
             host_config: Some(HostConfig {
                 memory: resources.mem_mb.map(|m| (m * 1024 * 1024) as i64),
                 nano_cpus: resources.vcpu.map(|v| (v * 1e9) as i64),
                 port_bindings: Some(port_bindings),
+                pids_limit: Some(PIDS_LIMIT),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("json-file".into()),
+                    config: Some(HashMap::from([
+                        ("max-size".to_owned(), LOG_MAX_SIZE.to_owned()),
+                        ("max-file".to_owned(), LOG_MAX_FILE.to_owned()),
+                    ])),
+                }),
+                network_mode: Some(network.to_owned()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -158,6 +190,11 @@ impl DockerProvider {
             endpoints,
             exit_code: if running { None } else { inspect.state.as_ref().and_then(|s| s.exit_code) },
             user_data_path: None,
+            exit_reason: inspect
+                .state
+                .as_ref()
+                .filter(|s| !running && s.oom_killed == Some(true))
+                .map(|_| "killed by the OOM killer".to_owned()),
         })
     }
 
@@ -249,15 +286,27 @@ impl Provider for DockerProvider {
         Ok(format!("{product} {} at {}", version.version.unwrap_or_default(), self.endpoint))
     }
 
-    async fn ensure_running(&self, environment_id: &str, spec: &Spec) -> Result<Instance, ProviderError> {
+    async fn ensure_running(
+        &self,
+        environment_id: &str,
+        placement: &Placement,
+        spec: &Spec,
+    ) -> Result<Instance, ProviderError> {
         let name = Self::container_name(environment_id);
         let existing = self.inspect_name(&name).await?;
-        if existing.is_none() {
+        // Twice at most: a network removed (its last container gone) between its check and
+        // the create is made again.
+        let mut attempts = 0;
+        while existing.is_none() {
+            attempts += 1;
+            let network = self.networks.ensure(&self.docker, &self.controller_id, &placement.tenant).await?;
             let options = CreateContainerOptionsBuilder::default().name(&name).build();
-            match self.docker.create_container(Some(options), self.body(environment_id, spec)).await {
-                Ok(_) => {}
+            let body = self.body(environment_id, placement, &network, spec);
+            match self.docker.create_container(Some(options), body).await {
+                Ok(_) => break,
                 // Created by an earlier attempt that did not see its answer: use it.
-                Err(e) if status_of(&e) == Some(409) => {}
+                Err(e) if status_of(&e) == Some(409) => break,
+                Err(e) if status_of(&e) == Some(404) && attempts < 2 && e.to_string().contains("network") => continue,
                 Err(e) if status_of(&e) == Some(404) => {
                     return Err(ProviderError::Permanent {
                         provider: NAME,
@@ -333,7 +382,7 @@ impl Provider for DockerProvider {
         )]);
         let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
         let listed = self.docker.list_containers(Some(options)).await.map_err(|e| classify("delete", e))?;
-        let mut targets: Vec<String> = listed
+        let ours: Vec<_> = listed
             .into_iter()
             .filter(|c| {
                 c.labels.as_ref().is_some_and(|l| {
@@ -341,8 +390,13 @@ impl Provider for DockerProvider {
                         && l.get(LABEL_ENVIRONMENT).map(String::as_str) == Some(environment_id)
                 })
             })
-            .filter_map(|c| c.id)
             .collect();
+        let networks: Vec<String> = ours
+            .iter()
+            .filter_map(|c| c.labels.as_ref()?.get(network::LABEL_TENANT))
+            .map(|tenant| network::name_of(&self.controller_id, tenant))
+            .collect();
+        let mut targets: Vec<String> = ours.into_iter().filter_map(|c| c.id).collect();
         targets.push(Self::container_name(environment_id));
         for target in targets {
             let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
@@ -352,7 +406,15 @@ impl Provider for DockerProvider {
                 Err(e) => return Err(classify("delete", e)),
             }
         }
+        // The tenant's network goes with its last container.
+        for name in networks {
+            self.networks.remove_if_unused(&self.docker, &name, false).await;
+        }
         Ok(())
+    }
+
+    async fn collect_garbage(&self) -> Result<usize, ProviderError> {
+        self.networks.collect(&self.docker, &self.controller_id).await
     }
 
     async fn inspect(&self, environment_id: &str) -> Result<Option<Instance>, ProviderError> {
@@ -379,6 +441,7 @@ impl Provider for DockerProvider {
                     endpoints: vec![],
                     exit_code: None,
                     user_data_path: None,
+                    exit_reason: None,
                 })
             })
             .collect())
@@ -402,18 +465,16 @@ impl Provider for DockerProvider {
             Some(404) => ProviderError::NotFound { provider: NAME, environment_id: environment_id.to_owned() },
             _ => classify("exec", e),
         })?;
-        let mut stdout = Vec::new();
-        let mut stderr = Vec::new();
+        let mut stdout = CappedOutput::new(MAX_OUTPUT_BYTES);
+        let mut stderr = CappedOutput::new(MAX_OUTPUT_BYTES);
         let collect = async {
             if let StartExecResults::Attached { mut output, .. } =
                 self.docker.start_exec(&exec.id, None).await.map_err(|e| classify("exec", e))?
             {
                 while let Some(chunk) = output.next().await {
                     match chunk.map_err(|e| classify("exec", e))? {
-                        LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                            push_capped(&mut stdout, &message)
-                        }
-                        LogOutput::StdErr { message } => push_capped(&mut stderr, &message),
+                        LogOutput::StdOut { message } | LogOutput::Console { message } => stdout.push(&message),
+                        LogOutput::StdErr { message } => stderr.push(&message),
                         LogOutput::StdIn { .. } => {}
                     }
                 }
@@ -425,8 +486,8 @@ impl Provider for DockerProvider {
             Err(_) => {
                 return Ok(ExecResult {
                     exit_code: None,
-                    stdout: tail_text(&stdout, MAX_OUTPUT_BYTES),
-                    stderr: tail_text(&stderr, MAX_OUTPUT_BYTES),
+                    stdout: stdout.into_text(),
+                    stderr: stderr.into_text(),
                     timed_out: true,
                 });
             }
@@ -434,8 +495,8 @@ impl Provider for DockerProvider {
         let inspect = self.docker.inspect_exec(&exec.id).await.map_err(|e| classify("exec", e))?;
         Ok(ExecResult {
             exit_code: inspect.exit_code,
-            stdout: tail_text(&stdout, MAX_OUTPUT_BYTES),
-            stderr: tail_text(&stderr, MAX_OUTPUT_BYTES),
+            stdout: stdout.into_text(),
+            stderr: stderr.into_text(),
             timed_out: false,
         })
     }
@@ -443,14 +504,12 @@ impl Provider for DockerProvider {
     async fn logs(&self, environment_id: &str, tail_lines: usize) -> Result<LogsView, ProviderError> {
         let options = LogsOptionsBuilder::default().stdout(true).stderr(true).tail(&tail_lines.to_string()).build();
         let mut stream = self.docker.logs(&Self::container_name(environment_id), Some(options));
-        let mut stdout = Vec::new();
-        let mut stderr = Vec::new();
+        let mut stdout = CappedOutput::new(MAX_OUTPUT_BYTES);
+        let mut stderr = CappedOutput::new(MAX_OUTPUT_BYTES);
         while let Some(chunk) = stream.next().await {
             match chunk {
-                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
-                    push_capped(&mut stdout, &message)
-                }
-                Ok(LogOutput::StdErr { message }) => push_capped(&mut stderr, &message),
+                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => stdout.push(&message),
+                Ok(LogOutput::StdErr { message }) => stderr.push(&message),
                 Ok(LogOutput::StdIn { .. }) => {}
                 Err(e) if status_of(&e) == Some(404) => {
                     return Err(ProviderError::NotFound { provider: NAME, environment_id: environment_id.to_owned() });
@@ -458,15 +517,7 @@ impl Provider for DockerProvider {
                 Err(e) => return Err(classify("logs", e)),
             }
         }
-        let text = |b: &[u8]| last_lines(&tail_text(b, MAX_OUTPUT_BYTES), tail_lines);
-        Ok(LogsView { stdout: text(&stdout), stderr: text(&stderr) })
-    }
-}
-
-/// Appends, keeping at most twice the cap in memory (the tail is cut later).
-fn push_capped(buf: &mut Vec<u8>, bytes: &[u8]) {
-    buf.extend_from_slice(bytes);
-    if buf.len() > 2 * MAX_OUTPUT_BYTES {
-        buf.drain(..buf.len() - MAX_OUTPUT_BYTES);
+        let text = |b: CappedOutput| last_lines(&b.into_text(), tail_lines);
+        Ok(LogsView { stdout: text(stdout), stderr: text(stderr) })
     }
 }

@@ -141,7 +141,10 @@ async fn check_hours(cx: &Context, q: &Quota, tenant: &str, now: Millis) -> Resu
     let Some(limit) = q.env_hours_per_month else { return Ok(()) };
     let from = crate::app::month_start(now);
     let rows = cx.store.accrual(Some(tenant), from, now).await?;
-    let used: f64 = rows.iter().map(|(_, trail)| lapse_core::cost::accrue(trail, from, now).running_hours()).sum();
+    let used: f64 = rows
+        .iter()
+        .map(|r| lapse_core::cost::accrue_owned(&r.transitions, &r.owners, tenant, from, now).running_hours())
+        .sum();
     if used >= limit {
         return Err(AppError::Quota(format!(
             "quota: env_hours_per_month {used:.2} of {limit} used this month; this request needs more"

@@ -112,6 +112,16 @@ impl App {
             return Err(invalid("max_retries", "only jobs are retried; set lifecycle to \"job\""));
         }
         let who = admission::principal(&self.cx, caller).await?;
+        // Labels under these prefixes are the server's (prices, the queues' bookkeeping).
+        if who.quota.is_some()
+            && let Some(k) =
+                req.labels.keys().find(|k| lapse_core::cost::RESERVED_LABEL_PREFIXES.iter().any(|p| k.starts_with(p)))
+        {
+            return Err(invalid(
+                &format!("labels.{k}"),
+                "labels starting with swim. or lapse. are set by the server only",
+            ));
+        }
         let now = self.now();
         let mut env = Environment::new(new_environment_id(), req.owner, req.spec, now);
         env.name = req.name;
@@ -156,32 +166,40 @@ impl App {
         let rows = self.cx.store.accrual(tenant, from, to).await?;
         let mut environments = Vec::new();
         let mut tenants: std::collections::BTreeMap<String, TenantUsage> = Default::default();
-        for (env, trail) in rows {
-            let accrued = lapse_core::cost::accrue(&trail, from, to);
-            if accrued.running_ms == 0 && accrued.stopped_ms == 0 {
-                continue;
+        // Each environment accrues to whoever owned it when: a claimed pool member to its
+        // claimer from the claim, its time waiting in the pool to the operator ("").
+        for row in rows {
+            let mut payers: Vec<&str> = row.owners.iter().map(|o| o.tenant.as_str()).collect();
+            payers.sort_unstable();
+            payers.dedup();
+            for payer in payers.into_iter().filter(|p| tenant.is_none_or(|t| t == *p)) {
+                let accrued = lapse_core::cost::accrue_owned(&row.transitions, &row.owners, payer, from, to);
+                if accrued.running_ms == 0 && accrued.stopped_ms == 0 {
+                    continue;
+                }
+                let env = &row.env;
+                let cost = prices.cost(&env.spec, &env.labels, &accrued);
+                let t = tenants.entry(payer.to_owned()).or_insert_with(|| TenantUsage {
+                    tenant: payer.to_owned(),
+                    environments: 0,
+                    running_hours: 0.0,
+                    stopped_hours: 0.0,
+                    cost: 0.0,
+                });
+                t.environments += 1;
+                t.running_hours += accrued.running_hours();
+                t.stopped_hours += accrued.stopped_hours();
+                t.cost += cost;
+                environments.push(EnvironmentUsage {
+                    hourly: prices.hourly(&env.spec, &env.labels),
+                    id: env.id.clone(),
+                    tenant: payer.to_owned(),
+                    owner: env.owner.clone(),
+                    running_hours: accrued.running_hours(),
+                    stopped_hours: accrued.stopped_hours(),
+                    cost,
+                });
             }
-            let cost = prices.cost(&env.spec, &env.labels, &accrued);
-            let t = tenants.entry(env.tenant.clone()).or_insert_with(|| TenantUsage {
-                tenant: env.tenant.clone(),
-                environments: 0,
-                running_hours: 0.0,
-                stopped_hours: 0.0,
-                cost: 0.0,
-            });
-            t.environments += 1;
-            t.running_hours += accrued.running_hours();
-            t.stopped_hours += accrued.stopped_hours();
-            t.cost += cost;
-            environments.push(EnvironmentUsage {
-                hourly: prices.hourly(&env.spec, &env.labels),
-                id: env.id,
-                tenant: env.tenant,
-                owner: env.owner,
-                running_hours: accrued.running_hours(),
-                stopped_hours: accrued.stopped_hours(),
-                cost,
-            });
         }
         Ok(UsageView {
             from: format_millis(from),

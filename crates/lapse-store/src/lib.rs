@@ -25,10 +25,12 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use writer::Writer;
 
 // Queue receipts and counters (`queues`); tenants, keys, quota usage and accrual (`tenants`).
+mod accrual;
 mod queues;
 mod tenants;
 mod writer;
 
+pub use accrual::Accrual;
 pub use queues::QueuedCreate;
 use tenants::usage;
 pub use tenants::{KeyRecord, TenantRecord};

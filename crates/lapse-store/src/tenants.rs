@@ -1,14 +1,13 @@
 //! Tenants, their API keys, and what they hold and have used (quotas and cost).
 
 use lapse_core::Millis;
-use lapse_core::cost::Transition;
-use lapse_core::model::{Environment, ObservedState};
+use lapse_core::model::Environment;
 use lapse_core::quota::{Quota, Usage};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use crate::{ENV_COLUMNS, NewEvent, Op, Store, StoreError};
-use crate::{append_event, bind_environment, environment_from_row, json_column};
+use crate::{append_event, bind_environment, json_column};
 
 /// A tenant: whose environments are whose.
 #[derive(Clone, Debug, PartialEq)]
@@ -46,48 +45,6 @@ impl Store {
         tx.commit().await.op("insert")?;
         self.published(env);
         Ok(())
-    }
-
-    /// Environments (of `tenant`, or all) that may have run within `[from, to)`, each with its
-    /// transitions up to `to` in order: what usage and cost are computed from.
-    pub async fn accrual(
-        &self,
-        tenant: Option<&str>,
-        from: Millis,
-        to: Millis,
-    ) -> Result<Vec<(Environment, Vec<Transition>)>, StoreError> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {ENV_COLUMNS} FROM environments WHERE created_at < "));
-        q.push_bind(to).push(" AND (observed != 'deleted' OR updated_at >= ").push_bind(from).push(")");
-        if let Some(t) = tenant {
-            q.push(" AND tenant = ").push_bind(t);
-        }
-        q.push(" ORDER BY id");
-        let rows = q.build().fetch_all(&self.reader).await.op("accrual")?;
-        let envs: Vec<Environment> = rows.iter().map(environment_from_row).collect::<Result<_, _>>()?;
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT environment_id, at, outcome FROM events WHERE action = 'transition' AND at < ",
-        );
-        q.push_bind(to);
-        if let Some(t) = tenant {
-            q.push(" AND tenant = ").push_bind(t);
-        }
-        q.push(" ORDER BY seq");
-        let rows = q.build().fetch_all(&self.reader).await.op("accrual")?;
-        let mut by_env: std::collections::HashMap<String, Vec<Transition>> = std::collections::HashMap::new();
-        for r in rows {
-            let id: Option<String> = r.get(0);
-            let Some(id) = id else { continue };
-            if let Ok(to) = r.get::<String, _>(2).parse::<ObservedState>() {
-                by_env.entry(id).or_default().push(Transition { at: r.get(1), to });
-            }
-        }
-        Ok(envs
-            .into_iter()
-            .map(|e| {
-                let trail = by_env.remove(&e.id).unwrap_or_default();
-                (e, trail)
-            })
-            .collect())
     }
 
     /// What `tenant` holds now (for quotas).

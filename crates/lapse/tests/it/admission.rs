@@ -162,3 +162,59 @@ async fn vms_tenants_must_exist_with_keys_and_are_made_on_first_use_without() {
     let env = open.create(sim("5m")).await;
     assert_eq!(env["tenant"], Value::Null);
 }
+
+#[tokio::test]
+async fn a_claimed_member_bills_its_claimer_from_the_claim_and_labels_set_no_price() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lapse.toml");
+    // One unit per vCPU-second; a forged instance type would be free.
+    std::fs::write(&config, "[prices]\nvcpu_hour = 3600.0\ninstance_types = { \"DEV1-S\" = 0.0 }\n").unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let args = ["--sim", "0", "--config", config.to_str().unwrap()];
+    let server = Server::start_with_env(&data, &args, &[("LAPSE_ADMIN_KEY", ADMIN)]).await;
+    let spec = json!({"provider": "sim", "resources": {"vcpu": 1, "mem_mb": 512}});
+    let (status, _) = server.request(Method::PUT, "/v1/pools/p", Some(json!({"spec": spec, "min": 1}))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    for _ in 0..100 {
+        if server.get("/v1/pools/p").await.1["warm"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Warm, waiting, for about a second: the operator's time.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let key = tenant(&server, "acme", json!({})).await;
+    let claim = json!({"owner": "o", "spec": spec, "ttl": "10m"});
+    let (status, claimed) = server.request_as(Some(&key), Method::POST, "/v1/environments", Some(claim)).await;
+    assert_eq!(status, StatusCode::CREATED, "{claimed}");
+    let id = claimed["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+
+    let (_, usage) = server.request_as(Some(&key), Method::GET, "/v1/usage", None).await;
+    let mine: Vec<&Value> = usage["environments"].as_array().unwrap().iter().filter(|e| e["id"] == id).collect();
+    assert_eq!(mine.len(), 1, "{usage}");
+    let seconds = mine[0]["running_hours"].as_f64().unwrap() * 3600.0;
+    assert!((0.7..1.2).contains(&seconds), "acme pays from the claim (about 0.8 s), not the pool's wait: {seconds}");
+    let (_, all) = server.get("/v1/usage").await;
+    let operator: Vec<&Value> =
+        all["environments"].as_array().unwrap().iter().filter(|e| e["id"] == id && e["tenant"] == "").collect();
+    assert_eq!(operator.len(), 1, "the pool's wait is the operator's: {all}");
+    let waited = operator[0]["running_hours"].as_f64().unwrap() * 3600.0;
+    assert!(waited >= 1.1, "warm in the pool for about 1.2 s: {waited}");
+
+    // A tenant cannot price itself: reserved labels are refused, other labels price nothing.
+    let forged = json!({"owner": "o", "spec": {"provider": "sim"}, "labels": {"swim.instance_type": "DEV1-S"}});
+    let (status, refused) = server.request_as(Some(&key), Method::POST, "/v1/environments", Some(forged)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    let (status, _) = server.request_as(Some(&key), Method::DELETE, &format!("/v1/environments/{id}"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let forged = json!({"owner": "o", "spec": {"provider": "sim"}, "labels": {"instance_type": "DEV1-S"}, "ttl": "5m"});
+    let (status, env) = server.request_as(Some(&key), Method::POST, "/v1/environments", Some(forged)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{env}");
+    let other = env["id"].as_str().unwrap().to_owned();
+    server.wait_state(&other, "running", secs(10)).await;
+    let (_, usage) = server.request_as(Some(&key), Method::GET, "/v1/usage", None).await;
+    let row = usage["environments"].as_array().unwrap().iter().find(|e| e["id"] == other).cloned().unwrap();
+    assert_eq!(row["hourly"], 1800.0, "priced by its (default) resources: {row}");
+}

@@ -248,19 +248,26 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
             background.push(tokio::spawn(swim::consumer::run(app.clone(), swim.clone(), queue.clone())));
         }
     }
+    let mut limits = cx.config.connections;
+    match http::listener::raise_fd_limit() {
+        Ok((before, now)) => {
+            limits.max_connections = http::listener::effective_max_connections(limits.max_connections, now);
+            tracing::info!(
+                soft_before = before,
+                soft_now = now,
+                max_connections = limits.max_connections,
+                "file descriptor limit (RLIMIT_NOFILE) raised to the hard limit"
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "reading or raising the file descriptor limit failed"),
+    }
     let listener = tokio::net::TcpListener::bind(cx.config.listen)
         .await
         .with_context(|| format!("listening on {}", cx.config.listen))?;
     let addr = listener.local_addr()?;
-    let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
+    let (shutdown, stopped) = tokio::sync::watch::channel(false);
     let router = http::router(app.clone());
-    let http = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let http = tokio::spawn(http::listener::serve(listener, router, limits, stopped));
     tracing::info!(%addr, data_dir = %cx.config.data_dir.display(), "lapse is serving");
     Ok(Running { addr, app, shutdown, http, background, _lock: lock })
 }

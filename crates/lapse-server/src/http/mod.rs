@@ -19,6 +19,7 @@ use crate::app::{App, AppError};
 
 pub mod admin;
 pub mod environments;
+pub mod listener;
 pub mod openapi;
 pub mod pools;
 pub mod seed;

@@ -9,6 +9,7 @@ mod docker;
 mod drift;
 mod harness;
 mod lifecycles;
+mod limits;
 mod pools;
 mod redis_server;
 mod retry;

@@ -122,11 +122,7 @@ impl Auth {
     /// The caller presenting `authorization` (the header's value, if any).
     pub async fn caller(&self, store: &Store, authorization: Option<&str>) -> Result<Caller, AuthError> {
         let Some(admin) = &self.admin_hash else { return Ok(Caller::Open) };
-        let token = authorization
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or(AuthError::Missing)?;
+        let token = authorization.and_then(bearer_token).ok_or(AuthError::Missing)?;
         if constant_time_eq(&sha256(token.as_bytes()), admin) {
             return Ok(Caller::Admin);
         }
@@ -138,6 +134,14 @@ impl Auth {
         }
         Ok(Caller::Tenant { tenant: key.tenant, key_id: key.id })
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
+/// (RFC 7235), spaces around the token are ignored.
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim_start().split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// A fresh key for `tenant`: the record to store and the key to show once.
@@ -209,6 +213,14 @@ mod tests {
         assert!(constant_time_eq(&sha256(b"x"), &sha256(b"x")));
         assert!(!constant_time_eq(&sha256(b"x"), &sha256(b"y")));
         assert!(Auth::new(Some("short"), None).is_err());
+        for (header, token) in
+            [("Bearer k", Some("k")), ("bearer k", Some("k")), ("BEARER  k ", Some("k")), ("bEaReR\tk", Some("k"))]
+        {
+            assert_eq!(bearer_token(header), token, "{header:?}");
+        }
+        for bad in ["", "Bearer", "Bearer ", "Basic k", "Bearerk", "Token k"] {
+            assert_eq!(bearer_token(bad), None, "{bad:?}");
+        }
         let auth = Auth::new(Some("0123456789abcdef"), Some(RateLimit { per_second: 1, burst: 2 })).unwrap();
         let caller = Caller::Tenant { tenant: "t".into(), key_id: "k".into() };
         assert!(auth.admit(&caller).is_ok() && auth.admit(&caller).is_ok());

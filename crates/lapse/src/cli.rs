@@ -58,6 +58,9 @@ enum Command {
         /// Only with this label, as key=value (repeatable; all must match).
         #[arg(long = "label")]
         labels: Vec<String>,
+        /// At most this many (default: all; the server's pages are followed to the end).
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// Show one environment.
     Status(IdArg),
@@ -341,7 +344,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::List { owner, state, labels } => {
+        Command::List { owner, state, labels, limit } => {
             let mut query: Vec<(&str, String)> = Vec::new();
             if let Some(o) = owner {
                 query.push(("owner", o));
@@ -352,8 +355,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for l in labels {
                 query.push(("label", l));
             }
-            let qs = serde_urlencoded::to_string(&query).context("encoding the query")?;
-            let list: EnvironmentList = client.get(&format!("/v1/environments?{qs}")).await?;
+            let list = list_all(&client, query, limit).await?;
             if json {
                 print_json(&list);
             } else {
@@ -583,6 +585,36 @@ fn check(file: &std::path::Path, max_ttl: &str, json: bool) -> anyhow::Result<Ex
                 }
             }
             Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Every page of `GET /v1/environments` with `query`, following the cursors, up to `limit`.
+async fn list_all(
+    client: &Client,
+    query: Vec<(&str, String)>,
+    limit: Option<usize>,
+) -> anyhow::Result<EnvironmentList> {
+    /// The server's largest page.
+    const PAGE: usize = 1000;
+    let mut all = EnvironmentList { environments: Vec::new() };
+    let mut cursor: Option<String> = None;
+    loop {
+        let want = limit.map_or(PAGE, |l| (l - all.environments.len()).min(PAGE));
+        if want == 0 {
+            return Ok(all);
+        }
+        let mut q = query.clone();
+        q.push(("limit", want.to_string()));
+        if let Some(c) = &cursor {
+            q.push(("cursor", c.clone()));
+        }
+        let qs = serde_urlencoded::to_string(&q).context("encoding the query")?;
+        let (page, next): (EnvironmentList, _) = client.get_page(&format!("/v1/environments?{qs}")).await?;
+        all.environments.extend(page.environments);
+        match next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(all),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -13,7 +13,7 @@ use lapse_core::validate;
 use lapse_core::wire::{CreateTenant, ErrorBody, KeyCreated, KeyRevoked, QuotaInput, TenantList, TenantView};
 use lapse_store::{NewEvent, TenantRecord};
 
-use super::{ApiError, ApiJson};
+use super::{ApiError, ApiJson, ApiPath};
 use crate::app::{App, AppError};
 use crate::auth::{AuthError, Caller};
 
@@ -139,7 +139,7 @@ pub async fn list_tenants(State(app): State<App>) -> Result<Json<TenantList>, Ap
 pub async fn create_key(
     State(app): State<App>,
     axum::extract::Extension(caller): axum::extract::Extension<Caller>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (record, key) = crate::auth::new_key(&name, app.cx.clock.now());
     let event = NewEvent::of_tenant(&name, &caller.actor(), "create_key", "ok", format!("key {}", record.id));
@@ -156,7 +156,7 @@ pub async fn create_key(
 pub async fn revoke_key(
     State(app): State<App>,
     axum::extract::Extension(caller): axum::extract::Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<KeyRevoked>, ApiError> {
     let tenant = app.cx.store.revoke_key(&id, app.cx.clock.now(), &caller.actor()).await.map_err(AppError::Store)?;
     let tenant = tenant.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no key {id}")))?;

@@ -41,9 +41,12 @@ pub enum AppError {
     NoPool(String),
     #[error("{0}")]
     Conflict(String),
-    /// Over a tenant's quota (or the host's capacity): `429`.
+    /// Over a tenant's quota: `429`.
     #[error("{0}")]
     Quota(String),
+    /// The host guard (memory or disk of a local provider's host): `503`.
+    #[error("{0}")]
+    HostCapacity(String),
     #[error(transparent)]
     Provider(#[from] ProviderError),
     #[error(transparent)]
@@ -116,8 +119,8 @@ impl App {
         env.lifecycle = req.lifecycle;
         env.max_retries = req.max_retries.unwrap_or(0);
         env.tenant = caller.tenant().to_owned();
-        if let Some(why) = crate::host::refusal(&env.spec.provider, self.cx.config.host_memory_limit) {
-            return Err(AppError::Quota(why));
+        if let Some(why) = crate::host::refusal(&env.spec.provider, &self.cx.config) {
+            return Err(AppError::HostCapacity(why));
         }
         let quota = self.quota_of(caller).await?;
         if let Some(q) = &quota {

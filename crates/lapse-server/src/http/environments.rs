@@ -38,6 +38,7 @@ pub fn router() -> Router<App> {
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 429, description = "Over the tenant's quota: the message names the limit, the usage and the request", body = ErrorBody),
+        (status = 503, description = "host_capacity: the host guard (memory or the data dir's disk) takes no new local environments now", body = ErrorBody),
     ))]
 pub async fn create(
     State(app): State<App>,

@@ -95,6 +95,7 @@ impl From<AppError> for ApiError {
             AppError::NoPool(name) => ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no pool {name}")),
             AppError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             AppError::Quota(m) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", m),
+            AppError::HostCapacity(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "host_capacity", m),
             AppError::Provider(p) => match p {
                 ProviderError::Permanent { .. } => ApiError::bad_request(p.to_string()),
                 ProviderError::Unsupported { .. } => {

@@ -233,35 +233,43 @@ async fn quotas_hold_under_concurrency_and_name_the_limit() {
 
 #[tokio::test]
 async fn the_host_guard_refuses_local_environments_and_stops_refills() {
-    let dir = tempfile::tempdir().unwrap();
-    // Any host uses more than 0% of its memory.
-    let server = Server::start(dir.path(), &["--host-memory-limit", "0", "--sim", "0"]).await;
-    let (status, body) = server.post("/v1/environments", process_env(&["sleep", "60"])).await;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
-    let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("host memory use is") && message.contains("above the 0% limit"), "{message}");
-    assert_eq!(server.count_environments().await, 0, "nothing was created");
-    // Providers that use no host memory are not held back.
-    let (status, _) = server.post("/v1/environments", json!({"owner": "o", "spec": {"provider": "sim"}})).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    // A pool of local processes does not refill; one of sim does.
-    let (status, _) = server
-        .request(
-            Method::PUT,
-            "/v1/pools/local",
-            Some(json!({"spec": {"provider": "process", "cmd": ["sleep", "60"]}, "min": 2})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
-    let (status, _) =
-        server.request(Method::PUT, "/v1/pools/simmed", Some(json!({"spec": {"provider": "sim"}, "min": 2}))).await;
-    assert_eq!(status, StatusCode::CREATED);
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let (_, local) = server.get("/v1/pools/local").await;
-    assert_eq!((local["warm"].as_u64(), local["starting"].as_u64()), (Some(0), Some(0)), "{local}");
-    let (_, simmed) = server.get("/v1/pools/simmed").await;
-    assert_eq!(simmed["warm"], 2, "{simmed}");
-    assert!(server.log().contains("not refilling: host memory use"));
+    // Any host uses more than 0% of its memory, and of its data dir's disk.
+    for (flag, says) in
+        [("--host-memory-limit", "host memory use is"), ("--host-disk-limit", "disk use of the data dir")]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(dir.path(), &[flag, "0", "--sim", "0"]).await;
+        let (status, body) = server.post("/v1/environments", process_env(&["sleep", "60"])).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "the host's state, not a quota: {body}");
+        assert_eq!(body["error"]["code"], "host_capacity", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says) && message.contains("above the 0% limit"), "{message}");
+        assert!(message.contains(flag), "names its flag: {message}");
+        assert_eq!(server.count_environments().await, 0, "nothing was created");
+        // Providers that use no host memory or disk are not held back.
+        let (status, _) = server.post("/v1/environments", json!({"owner": "o", "spec": {"provider": "sim"}})).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        // A pool of local processes does not refill; one of sim does (in the same pass).
+        let (status, _) = server
+            .request(
+                Method::PUT,
+                "/v1/pools/local",
+                Some(json!({"spec": {"provider": "process", "cmd": ["sleep", "60"]}, "min": 2})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, _) =
+            server.request(Method::PUT, "/v1/pools/simmed", Some(json!({"spec": {"provider": "sim"}, "min": 2}))).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let started = std::time::Instant::now();
+        while server.get("/v1/pools/simmed").await.1["warm"] != 2 {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10), "the sim pool refills");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let (_, local) = server.get("/v1/pools/local").await;
+        assert_eq!((local["warm"].as_u64(), local["starting"].as_u64()), (Some(0), Some(0)), "{local}");
+        assert!(server.log().contains(&format!("not refilling: {says}")), "{flag}");
+    }
 }
 
 #[tokio::test]

@@ -528,3 +528,23 @@ pub struct UsageView {
     pub tenants: Vec<TenantUsage>,
     pub environments: Vec<EnvironmentUsage>,
 }
+
+/// `GET /readyz`: whether the store takes writes and every background loop ticked recently.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReadyView {
+    pub ready: bool,
+    pub store_writable: bool,
+    pub loops: Vec<LoopHealth>,
+    /// What is not ready, in words; empty when ready.
+    pub problems: Vec<String>,
+}
+
+/// One background loop's heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LoopHealth {
+    pub name: String,
+    pub ok: bool,
+    /// Milliseconds since it last ticked; absent if it never did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_tick_ms_ago: Option<u64>,
+}

@@ -25,6 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod context;
 pub mod declare;
+pub mod health;
 pub mod host;
 pub mod http;
 pub mod metrics;

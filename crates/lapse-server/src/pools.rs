@@ -32,6 +32,7 @@ pub struct RoundReport {
 
 pub async fn run(cx: Arc<Context>, reconciler: Reconciler) {
     loop {
+        crate::health::tick("pools");
         let woken = cx.pool_wake.notified();
         match round(&cx, &reconciler).await {
             // More to do: go again at once.

@@ -161,3 +161,55 @@ async fn slow_and_idle_connections_are_closed() {
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(1500) && waited < Duration::from_secs(6), "closed after {waited:?}");
 }
+
+/// `/readyz` is 200 once every loop ticked and the store takes writes, with no key; a loop
+/// that cannot run (the SWIM consumers, with Redis unreachable) makes it 503, naming it.
+#[tokio::test]
+async fn readyz_names_what_is_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        crate::harness::Server::start_with_env(dir.path(), &["--sim", "0"], &[("LAPSE_ADMIN_KEY", ADMIN)]).await;
+    let started = Instant::now();
+    let ready = loop {
+        let (status, body) = server.request_as(None, reqwest::Method::GET, "/readyz", None).await;
+        if status == StatusCode::OK {
+            break body;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(started.elapsed() < Duration::from_secs(10), "ready within 10 s: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((ready["ready"].as_bool(), ready["store_writable"].as_bool()), (Some(true), Some(true)), "{ready}");
+    let names: Vec<&str> = ready["loops"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["reconciler", "timers", "sweep", "pools"]);
+    let (status, body) = server.request_as(None, reqwest::Method::GET, "/healthz", None).await;
+    assert_eq!((status, body), (StatusCode::OK, Value::String("ok\n".into())));
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::harness::Server::start_with_env(
+        dir.path(),
+        &["--redis", "127.0.0.1:1", "--swim-provider", "sim", "--sim", "0"],
+        &[],
+    )
+    .await;
+    // Every other loop comes up; the consumers cannot.
+    let started = Instant::now();
+    let body = loop {
+        let (status, body) = server.get("/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        let others_ok = body["loops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["ok"] == true || l["name"].as_str().unwrap().starts_with("swim:"));
+        if others_ok {
+            break body;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["ready"], false);
+    let problems = body["problems"].to_string();
+    assert!(problems.contains("swim:provision has not run yet"), "{problems}");
+    assert_eq!(body["store_writable"], true);
+}

@@ -66,6 +66,34 @@ pub struct Auth {
     admin_hash: Option<[u8; 32]>,
     /// Requests per tenant key: sustained per second, and burst.
     limiter: Option<governor::DefaultKeyedRateLimiter<String>>,
+    /// Requests without a valid key, per source address.
+    anonymous: Option<AnonymousLimit>,
+}
+
+/// Requests without a valid key, per source address (an IPv4 address, an IPv6 /64). Only
+/// refusals count, so valid keys never use this allowance. An address over it is blocked
+/// until its allowance returns: its requests are refused before any key is looked at, so a
+/// flood of bad keys costs no hashing and no store reads (valid keys from that address wait
+/// too, for the `Retry-After` the refusal gave).
+#[derive(Debug)]
+struct AnonymousLimit {
+    limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+    blocked: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, std::time::Instant>>,
+}
+
+/// Addresses remembered at most, by each limiter, before the stale ones are dropped.
+const MAX_REMEMBERED: usize = 10_000;
+
+/// The unit an address is limited by: an IPv6 address's /64 (what one host gets), an IPv4
+/// address as it is.
+fn source(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            std::net::IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+        v4 => v4,
+    }
 }
 
 /// Requests a tenant key may make: `per_second` sustained, `burst` at once.
@@ -100,7 +128,55 @@ impl Auth {
             let burst = std::num::NonZeroU32::new(r.burst.max(1))?;
             Some(governor::RateLimiter::keyed(governor::Quota::per_second(per_second).allow_burst(burst)))
         });
-        Ok(Auth { admin_hash, limiter })
+        Ok(Auth { admin_hash, limiter, anonymous: None })
+    }
+
+    /// Limits requests without a valid key to `rate` per source address.
+    pub fn with_unauthenticated_limit(mut self, rate: Option<RateLimit>) -> Auth {
+        self.anonymous = rate.and_then(|r| {
+            let per_second = std::num::NonZeroU32::new(r.per_second)?;
+            let burst = std::num::NonZeroU32::new(r.burst.max(1))?;
+            Some(AnonymousLimit {
+                limiter: governor::RateLimiter::keyed(governor::Quota::per_second(per_second).allow_burst(burst)),
+                blocked: Default::default(),
+            })
+        });
+        self
+    }
+
+    /// `Err(wait)` while `ip` is blocked for sending too many requests without a valid key.
+    pub fn blocked(&self, ip: std::net::IpAddr) -> Result<(), std::time::Duration> {
+        let Some(anon) = &self.anonymous else { return Ok(()) };
+        let mut blocked = anon.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        let key = source(ip);
+        match blocked.get(&key) {
+            Some(until) if *until > std::time::Instant::now() => Err(*until - std::time::Instant::now()),
+            Some(_) => {
+                blocked.remove(&key);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a request from `ip` that had no valid key; `Err(wait)` (and `ip` blocked for
+    /// that long) when it is over its allowance.
+    pub fn refused_from(&self, ip: std::net::IpAddr) -> Result<(), std::time::Duration> {
+        use governor::clock::Clock as _;
+        let Some(anon) = &self.anonymous else { return Ok(()) };
+        let key = source(ip);
+        if anon.limiter.len() > MAX_REMEMBERED {
+            anon.limiter.retain_recent();
+        }
+        let Err(not_until) = anon.limiter.check_key(&key) else { return Ok(()) };
+        let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+        let mut blocked = anon.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        if blocked.len() > MAX_REMEMBERED {
+            let now = std::time::Instant::now();
+            blocked.retain(|_, until| *until > now);
+        }
+        blocked.insert(key, std::time::Instant::now() + wait);
+        Err(wait)
     }
 
     /// Takes one request from the caller's allowance; `Err` carries how long to wait. Only
@@ -227,5 +303,15 @@ mod tests {
         let wait = auth.admit(&caller).unwrap_err();
         assert!(wait <= std::time::Duration::from_secs(1), "{wait:?}");
         assert!(auth.admit(&Caller::Admin).is_ok(), "admins are not limited");
+
+        let auth = auth.with_unauthenticated_limit(Some(RateLimit { per_second: 1, burst: 2 }));
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        assert!(auth.blocked(a).is_ok() && auth.refused_from(a).is_ok() && auth.refused_from(a).is_ok());
+        assert!(auth.refused_from(a).is_err(), "over the burst");
+        assert!(auth.blocked(a).is_err(), "blocked until its allowance returns");
+        assert!(auth.blocked(b).is_ok() && auth.refused_from(b).is_ok(), "another address is not");
+        let (c, d): (std::net::IpAddr, std::net::IpAddr) =
+            ("2001:db8::1".parse().unwrap(), "2001:db8::2".parse().unwrap());
+        assert_eq!(source(c), source(d), "an IPv6 /64 is one source");
     }
 }

@@ -124,7 +124,8 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     config.tiers = tables.tiers;
     let swim_config = config.swim.clone().or_else(|| tables.redis.map(swim::RedisSection::into_config));
     let admin_key = config.admin_key.clone().or_else(|| tables.auth.and_then(|a| a.admin_key));
-    let auth = auth::Auth::new(admin_key.as_deref(), config.rate_limit)?;
+    let auth = auth::Auth::new(admin_key.as_deref(), config.rate_limit)?
+        .with_unauthenticated_limit(config.unauthenticated_rate_limit);
     if !auth.enabled() && !config.listen.ip().is_loopback() {
         anyhow::bail!(
             "refusing to listen on {}: no admin key is configured, so anyone who reaches the port could do \

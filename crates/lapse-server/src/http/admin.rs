@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -42,26 +42,31 @@ pub async fn authenticate(State(app): State<App>, mut req: Request, next: Next) 
     if path == "/healthz" || path == "/readyz" {
         return next.run(req).await;
     }
+    let peer = req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let auth = &app.cx.auth;
+    // An address flooding bad keys is refused before any key is hashed or looked up.
+    if let Some(ip) = peer
+        && let Err(wait) = auth.blocked(ip)
+    {
+        return rate_limited(wait, "too many requests without a valid key from this address");
+    }
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let caller = match app.cx.auth.caller(&app.cx.store, header).await {
+    let caller = match auth.caller(&app.cx.store, header).await {
         Ok(caller) => caller,
         Err(AuthError::Store(e)) => return ApiError::from(AppError::Store(e)).into_response(),
         Err(e) => {
+            if let Some(ip) = peer
+                && let Err(wait) = auth.refused_from(ip)
+            {
+                return rate_limited(wait, "too many requests without a valid key from this address");
+            }
             let mut answer = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()).into_response();
             answer.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return answer;
         }
     };
-    if let Err(wait) = app.cx.auth.admit(&caller) {
-        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-        let mut answer = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("too many requests with this key; retry in {seconds} s"),
-        )
-        .into_response();
-        answer.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        return answer;
+    if let Err(wait) = auth.admit(&caller) {
+        return rate_limited(wait, "too many requests with this key");
     }
     if admin_only(&path) && !caller.is_admin() {
         return ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("{path} is for the admin key only"))
@@ -69,6 +74,16 @@ pub async fn authenticate(State(app): State<App>, mut req: Request, next: Next) 
     }
     req.extensions_mut().insert(caller);
     next.run(req).await
+}
+
+/// `429 rate_limited` with `Retry-After` (whole seconds, at least 1).
+fn rate_limited(wait: std::time::Duration, why: &str) -> Response {
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let mut answer =
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("{why}; retry in {seconds} s"))
+            .into_response();
+    answer.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    answer
 }
 
 fn view(t: &TenantRecord) -> TenantView {

@@ -213,3 +213,57 @@ async fn readyz_names_what_is_not_ready() {
     assert!(problems.contains("swim:provision has not run yet"), "{problems}");
     assert_eq!(body["store_writable"], true);
 }
+
+/// Requests without a valid key are limited per source address (valid keys use none of that
+/// allowance); over it, `429 rate_limited` with `Retry-After`, and the address is refused
+/// before any key is checked until then. The scheme `Bearer` is case-insensitive.
+#[tokio::test]
+async fn requests_without_a_valid_key_are_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--unauthenticated-rate-limit", "1", "--unauthenticated-rate-burst", "5"];
+    let server = crate::harness::Server::start_with_env(dir.path(), &args, &[("LAPSE_ADMIN_KEY", ADMIN)]).await;
+    let http = reqwest::Client::new();
+    let get = |auth: Option<String>| {
+        let (http, url) = (http.clone(), format!("{}/v1/whoami", server.url));
+        async move {
+            let mut req = http.get(url);
+            if let Some(auth) = auth {
+                req = req.header("authorization", auth);
+            }
+            let resp = req.send().await.unwrap();
+            let retry = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+            let status = resp.status();
+            (status, retry, resp.json::<Value>().await.unwrap())
+        }
+    };
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        for _ in 0..5 {
+            let (status, _, body) = get(Some(format!("{scheme} {ADMIN}"))).await;
+            assert_eq!(status, StatusCode::OK, "{scheme}: valid keys use no allowance: {body}");
+        }
+    }
+    for n in 0..5 {
+        let (status, _, body) = get(Some(format!("Bearer wrong-{n}"))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    let (status, retry, body) = get(None).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    let retry: u64 = retry.expect("Retry-After").parse().unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    // Blocked: even a valid key from this address waits for the Retry-After.
+    let (status, _, _) = get(Some(format!("Bearer {ADMIN}"))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let started = Instant::now();
+    loop {
+        let (status, _, _) = get(Some(format!("Bearer {ADMIN}"))).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "unblocked after Retry-After");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // /healthz and /readyz need no key and are never limited.
+    let (status, _) = server.request_as(None, reqwest::Method::GET, "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
+}

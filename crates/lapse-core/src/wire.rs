@@ -469,11 +469,36 @@ pub struct TenantList {
     pub tenants: Vec<TenantView>,
 }
 
+/// What a key may reach.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyScopeName {
+    /// One tenant's environments and events (`tenant` names it).
+    #[default]
+    Tenant,
+    /// `GET /metrics` and nothing else; no tenant.
+    Metrics,
+}
+
+/// `POST /v1/admin/keys`: `{"scope": "metrics"}`, or `{"scope": "tenant", "tenant": "acme"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    pub scope: KeyScopeName,
+    /// The tenant of a `tenant` key; absent for a `metrics` key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
 /// A new API key: `key` is shown this once and kept only as a hash.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct KeyCreated {
     pub id: String,
-    pub tenant: String,
+    /// Its tenant; absent for a metrics key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub scope: KeyScopeName,
     /// Send as `Authorization: Bearer <key>`.
     pub key: String,
 }
@@ -482,7 +507,11 @@ pub struct KeyCreated {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct KeyRevoked {
     pub id: String,
-    pub tenant: String,
+    /// Its tenant; absent for a metrics key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub scope: KeyScopeName,
     pub revoked: bool,
 }
 

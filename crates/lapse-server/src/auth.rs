@@ -11,7 +11,7 @@
 
 use sha2::{Digest, Sha256};
 
-use lapse_store::{KeyRecord, Store, StoreError};
+use lapse_store::{KeyRecord, KeyScope, Store, StoreError};
 
 /// Shortest admin key accepted.
 pub const MIN_ADMIN_KEY: usize = 16;
@@ -25,13 +25,21 @@ pub enum Caller {
     Admin,
     /// A tenant's key: only that tenant's environments and events.
     Tenant { tenant: String, key_id: String },
+    /// A metrics-only key: `GET /metrics` and nothing else (the authentication layer refuses
+    /// it everywhere else; below that layer it sees no tenant's things).
+    Metrics { key_id: String },
 }
+
+/// The scope of a [`Caller::Metrics`] below the authentication layer: a string no tenant can
+/// be named, so it sees nothing should a route ever let it through.
+const NO_TENANT: &str = "\u{0}metrics-only";
 
 impl Caller {
     /// The one tenant this caller may see, or `None` for all.
     pub fn scope(&self) -> Option<&str> {
         match self {
             Caller::Tenant { tenant, .. } => Some(tenant),
+            Caller::Metrics { .. } => Some(NO_TENANT),
             Caller::Open | Caller::Admin => None,
         }
     }
@@ -50,8 +58,13 @@ impl Caller {
         match self {
             Caller::Open => "api".into(),
             Caller::Admin => "admin".into(),
-            Caller::Tenant { key_id, .. } => format!("key:{key_id}"),
+            Caller::Tenant { key_id, .. } | Caller::Metrics { key_id } => format!("key:{key_id}"),
         }
+    }
+
+    /// Whether it is a metrics-only key.
+    pub fn is_metrics_only(&self) -> bool {
+        matches!(self, Caller::Metrics { .. })
     }
 
     /// The tenant of what it creates.
@@ -184,7 +197,10 @@ impl Auth {
     /// apart).
     pub fn admit(&self, caller: &Caller) -> Result<(), std::time::Duration> {
         use governor::clock::Clock as _;
-        let (Some(limiter), Caller::Tenant { key_id, .. }) = (&self.limiter, caller) else { return Ok(()) };
+        let (Some(limiter), Caller::Tenant { key_id, .. } | Caller::Metrics { key_id }) = (&self.limiter, caller)
+        else {
+            return Ok(());
+        };
         limiter
             .check_key(key_id)
             .map_err(|not_until| not_until.wait_time_from(governor::clock::DefaultClock::default().now()))
@@ -208,7 +224,10 @@ impl Auth {
         if !constant_time_eq(&sha256(secret.as_bytes()), &stored) || key.revoked_at.is_some() {
             return Err(AuthError::Invalid);
         }
-        Ok(Caller::Tenant { tenant: key.tenant, key_id: key.id })
+        Ok(match key.scope {
+            KeyScope::Tenant(tenant) => Caller::Tenant { tenant, key_id: key.id },
+            KeyScope::Metrics => Caller::Metrics { key_id: key.id },
+        })
     }
 }
 
@@ -220,21 +239,16 @@ pub fn bearer_token(header: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// A fresh key for `tenant`: the record to store and the key to show once.
-pub fn new_key(tenant: &str, now: lapse_core::Millis) -> (KeyRecord, String) {
+/// A fresh key of `scope`: the record to store and the key to show once.
+pub fn new_key(scope: KeyScope, now: lapse_core::Millis) -> (KeyRecord, String) {
     let mut id = [0u8; 8];
     let mut secret = [0u8; 32];
     // The OS's random source failing leaves nothing safe to do.
     getrandom::fill(&mut id).expect("the OS random source");
     getrandom::fill(&mut secret).expect("the OS random source");
     let (id, secret) = (hex(&id), hex(&secret));
-    let record = KeyRecord {
-        id: id.clone(),
-        tenant: tenant.to_owned(),
-        hash: hex(&sha256(secret.as_bytes())),
-        created_at: now,
-        revoked_at: None,
-    };
+    let record =
+        KeyRecord { id: id.clone(), scope, hash: hex(&sha256(secret.as_bytes())), created_at: now, revoked_at: None };
     (record, format!("lapse_{id}_{secret}"))
 }
 
@@ -276,12 +290,12 @@ mod tests {
 
     #[test]
     fn keys_have_their_shape_and_hash() {
-        let (record, key) = new_key("acme", 1);
+        let (record, key) = new_key(KeyScope::Tenant("acme".into()), 1);
         let (id, secret) = parse_key(&key).unwrap();
         assert_eq!(id, record.id);
         assert_eq!(decode_hex(&record.hash), Some(sha256(secret.as_bytes())));
         assert!(!record.hash.contains(secret), "only the hash is kept");
-        let (other, _) = new_key("acme", 1);
+        let (other, _) = new_key(KeyScope::Tenant("acme".into()), 1);
         assert_ne!(other.id, record.id);
         for bad in ["", "lapse_", "lapse_zz_yy", &key[..key.len() - 1], &key.replace("lapse_", "lapsf_")] {
             assert!(parse_key(bad).is_none(), "{bad}");

@@ -29,7 +29,7 @@ mod tenants;
 
 pub use queues::QueuedCreate;
 use tenants::usage;
-pub use tenants::{KeyRecord, TenantRecord};
+pub use tenants::{KeyRecord, KeyScope, TenantRecord};
 
 /// A store failure. Its text names the operation; the database's own message is the source.
 #[derive(Debug, thiserror::Error)]

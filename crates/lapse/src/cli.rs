@@ -241,10 +241,16 @@ enum TenantCommand {
 
 #[derive(Subcommand, Debug)]
 enum KeyCommand {
-    /// Create an API key for a tenant; the key is printed this once.
+    /// Create an API key, for a tenant (--tenant) or one that reads /metrics and nothing
+    /// else (--metrics); the key is printed this once.
+    #[command(group = clap::ArgGroup::new("scope").required(true).args(["tenant", "metrics"]))]
     Create {
+        /// The tenant whose environments the key reaches.
         #[arg(long)]
-        tenant: String,
+        tenant: Option<String>,
+        /// A metrics-only key (for a Prometheus scraper).
+        #[arg(long)]
+        metrics: bool,
     },
     /// Revoke a key by its id: it is refused from now on.
     Revoke { id: String },
@@ -498,17 +504,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 output::table(&["TENANT", "TIER", "CREATED"], &rows);
             }
         }
-        Command::Admin(AdminCommand::Key(KeyCommand::Create { tenant })) => {
-            let path = format!("/v1/admin/tenants/{}/keys", urlencode(&tenant));
-            let k: lapse_core::wire::KeyCreated = client.post(&path, &serde_json::json!({})).await?;
+        Command::Admin(AdminCommand::Key(KeyCommand::Create { tenant, metrics })) => {
+            let req = match tenant {
+                Some(tenant) if !metrics => {
+                    lapse_core::wire::CreateKey { scope: lapse_core::wire::KeyScopeName::Tenant, tenant: Some(tenant) }
+                }
+                _ => lapse_core::wire::CreateKey { scope: lapse_core::wire::KeyScopeName::Metrics, tenant: None },
+            };
+            let k: lapse_core::wire::KeyCreated = client.post("/v1/admin/keys", &req).await?;
             if json {
                 print_json(&k);
             } else {
                 println!("{}", k.key);
-                eprintln!(
-                    "key {} for tenant {}: shown this once; keep it (LAPSE_KEY) — only its hash is stored",
-                    k.id, k.tenant
-                );
+                let whose = k.tenant.map_or("that reads /metrics only".to_owned(), |t| format!("for tenant {t}"));
+                eprintln!("key {} {whose}: shown this once; keep it (LAPSE_KEY) — only its hash is stored", k.id);
             }
         }
         Command::Admin(AdminCommand::Key(KeyCommand::Revoke { id })) => {
@@ -517,7 +526,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 print_json(&r);
             } else {
-                println!("key {} of tenant {} revoked", r.id, r.tenant);
+                let whose = r.tenant.map_or("(metrics)".to_owned(), |t| format!("of tenant {t}"));
+                println!("key {} {whose} revoked", r.id);
             }
         }
         Command::Queues => {

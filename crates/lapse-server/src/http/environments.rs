@@ -90,7 +90,8 @@ pub async fn list(
             "label" => {
                 filter.labels.push(validate::label_selector(&v).map_err(|e| ApiError::bad_request(e.to_string()))?)
             }
-            "limit" => limit = number("limit", &v, 1u32, u32::MAX)?.min(page::MAX_LIMIT),
+            // Up to the documented int32's top; above the largest page it is that page.
+            "limit" => limit = number("limit", &v, 1u32, i32::MAX as u32)?.min(page::MAX_LIMIT),
             "cursor" => filter.after = Some(page::decode(&v)?),
             _ => {}
         }

@@ -551,6 +551,8 @@ async fn openapi_describes_every_route() {
     let mut expected = vec![
         "delete /v1/environments/{id}",
         "get /healthz",
+        "get /readyz",
+        "post /v1/admin/keys",
         "get /metrics",
         "get /v1/environments",
         "get /v1/environments/{id}",

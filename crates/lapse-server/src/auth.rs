@@ -8,6 +8,14 @@
 //!
 //! With no admin key configured, the server is single-tenant: every caller is
 //! [`Caller::Open`], and `lapse serve` refuses to listen on anything but loopback.
+//!
+//! A key has a scope: a tenant's (its environments and events) or metrics-only
+//! ([`Caller::Metrics`]: `GET /metrics` and nothing else). The `Authorization` scheme is
+//! case-insensitive (`Bearer`, `bearer`, …: RFC 7235).
+//!
+//! Two rate limits (governor): per tenant or metrics key ([`Auth::admit`]), and per source
+//! address for requests without a valid key ([`Auth::refused_from`], [`Auth::blocked`]): an
+//! address over that allowance is refused before its keys are hashed or looked up.
 
 use sha2::{Digest, Sha256};
 

@@ -3,8 +3,13 @@
 //! answer.
 //!
 //! **No client input produces a 5xx**: malformed JSON, wrong types, unknown fields, oversized
-//! bodies, bad query strings, unknown routes and methods all answer a JSON 4xx
-//! `{"error": {"code", "message"}}`. A 5xx means the server or a provider failed.
+//! or trickled bodies, bad path parameters, bad query strings, unknown routes and methods all
+//! answer a JSON 4xx `{"error": {"code", "message"}}` ([`ApiJson`], [`ApiPath`],
+//! [`query_pairs`], and [`extract::json_errors`] as the backstop for any other 4xx). A 5xx
+//! means the server or a provider failed; `503 host_capacity` is the host guard.
+//!
+//! [`listener`] accepts connections with a cap and header and idle timeouts; [`page`] is the
+//! cursor of paged lists.
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;

@@ -29,8 +29,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
+use hyper::server::conn::http1::Builder;
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -91,11 +91,10 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let registry = Arc::new(Registry::default());
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let mut builder = Builder::new(TokioExecutor::new());
-    // Timeouts are the watchdog's (below), which also covers the HTTP version sniffing and
-    // HTTP/2; hyper's own header timer would also cut keep-alive idles short.
-    builder.http1().header_read_timeout(None).max_buf_size(256 * 1024);
-    builder.http2().max_concurrent_streams(Some(128));
+    // HTTP/1.1 only, as before. Timeouts are the watchdog's (below): hyper's own header timer
+    // would also cut keep-alive idles short.
+    let mut builder = Builder::new();
+    builder.header_read_timeout(None).max_buf_size(256 * 1024);
     let builder = Arc::new(builder);
     loop {
         let accepted = tokio::select! {
@@ -144,7 +143,7 @@ async fn serve_one(
     stream: TcpStream,
     peer: SocketAddr,
     router: Router,
-    builder: &Builder<TokioExecutor>,
+    builder: &Builder,
     conn: &Arc<Conn>,
     limits: ConnectionLimits,
     mut shutdown: watch::Receiver<bool>,

@@ -479,11 +479,36 @@ pub struct TenantList {
     pub tenants: Vec<TenantView>,
 }
 
+/// What a key may reach.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyScopeName {
+    /// One tenant's environments and events (`tenant` names it).
+    #[default]
+    Tenant,
+    /// `GET /metrics` and nothing else; no tenant.
+    Metrics,
+}
+
+/// `POST /v1/admin/keys`: `{"scope": "metrics"}`, or `{"scope": "tenant", "tenant": "acme"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    pub scope: KeyScopeName,
+    /// The tenant of a `tenant` key; absent for a `metrics` key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
 /// A new API key: `key` is shown this once and kept only as a hash.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct KeyCreated {
     pub id: String,
-    pub tenant: String,
+    /// Its tenant; absent for a metrics key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub scope: KeyScopeName,
     /// Send as `Authorization: Bearer <key>`.
     pub key: String,
 }
@@ -492,7 +517,11 @@ pub struct KeyCreated {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct KeyRevoked {
     pub id: String,
-    pub tenant: String,
+    /// Its tenant; absent for a metrics key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub scope: KeyScopeName,
     pub revoked: bool,
 }
 
@@ -537,4 +566,24 @@ pub struct UsageView {
     pub to: String,
     pub tenants: Vec<TenantUsage>,
     pub environments: Vec<EnvironmentUsage>,
+}
+
+/// `GET /readyz`: whether the store takes writes and every background loop ticked recently.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReadyView {
+    pub ready: bool,
+    pub store_writable: bool,
+    pub loops: Vec<LoopHealth>,
+    /// What is not ready, in words; empty when ready.
+    pub problems: Vec<String>,
+}
+
+/// One background loop's heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LoopHealth {
+    pub name: String,
+    pub ok: bool,
+    /// Milliseconds since it last ticked; absent if it never did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_tick_ms_ago: Option<u64>,
 }

@@ -109,9 +109,9 @@ pub async fn admit(cx: &Context, env: &mut Environment, who: &Principal, guard: 
         provider.validate(&env.spec)?;
     }
     if guard == HostGuard::Check
-        && let Some(why) = crate::host::refusal(&env.spec.provider, cx.config.host_memory_limit)
+        && let Some(why) = crate::host::refusal(&env.spec.provider, &cx.config)
     {
-        return Err(AppError::Quota(why));
+        return Err(AppError::HostCapacity(why));
     }
     let Some(q) = &who.quota else { return Ok(()) };
     let ttl =

@@ -45,9 +45,12 @@ pub enum AppError {
     /// The caller may not do this (a provider its tier does not allow): `403`.
     #[error("{0}")]
     Forbidden(String),
-    /// Over a tenant's quota (or the host's capacity): `429`.
+    /// Over a tenant's quota: `429`.
     #[error("{0}")]
     Quota(String),
+    /// The host guard (memory or disk of a local provider's host): `503`.
+    #[error("{0}")]
+    HostCapacity(String),
     #[error(transparent)]
     Provider(#[from] ProviderError),
     #[error(transparent)]

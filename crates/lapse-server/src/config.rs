@@ -82,8 +82,15 @@ pub struct ServerConfig {
     pub admin_key: Option<String>,
     /// Percent of host memory in use above which local providers take no new environments.
     pub host_memory_limit: Option<f64>,
+    /// Percent of the data dir's filesystem in use above which local providers take no new
+    /// environments.
+    pub host_disk_limit: Option<f64>,
     /// Requests per tenant key.
     pub rate_limit: Option<crate::auth::RateLimit>,
+    /// Requests without a valid key, per source IP (when keys are on).
+    pub unauthenticated_rate_limit: Option<crate::auth::RateLimit>,
+    /// Connections served at once, and the header and idle timeouts.
+    pub connections: crate::http::listener::ConnectionLimits,
     /// Prices for usage and cost (the config file's `[prices]` table; all zero without one).
     pub prices: lapse_core::cost::Prices,
     /// Quota tiers from the config file, beside the built-in `free` and `pro`.
@@ -136,7 +143,10 @@ impl ServerConfig {
             swim: None,
             admin_key: None,
             host_memory_limit: Some(90.0),
+            host_disk_limit: Some(95.0),
             rate_limit: Some(crate::auth::RateLimit { per_second: 100, burst: 200 }),
+            unauthenticated_rate_limit: Some(crate::auth::RateLimit { per_second: 10, burst: 100 }),
+            connections: Default::default(),
             prices: Default::default(),
             tiers: BTreeMap::new(),
         }

@@ -1,6 +1,7 @@
 //! The host guard: local providers (`process`, `docker`) take no new environments while the
-//! host's memory use is above a limit (the seed's memory threshold), and warm pools of local
-//! providers do not refill meanwhile.
+//! host's memory use is above a limit (the seed's memory threshold) or the data dir's
+//! filesystem is nearly full, and warm pools of local providers do not refill meanwhile. A
+//! refusal is the host's state, not the caller's fault: `503 host_capacity`.
 
 /// Providers whose environments use this host's memory.
 pub const LOCAL_PROVIDERS: &[&str] = &["process", "docker"];
@@ -21,19 +22,43 @@ fn parse_meminfo(text: &str) -> Option<f64> {
     (total > 0.0).then(|| 100.0 * (total - available) / total)
 }
 
-/// Why a new environment of `provider` must wait, if the host is above `limit` percent.
-pub fn refusal(provider: &str, limit: Option<f64>) -> Option<String> {
-    let limit = limit?;
+/// Percent of the filesystem holding `path` in use, as `df` counts it (blocks reserved for
+/// root count as not available).
+pub fn disk_used_percent(path: &std::path::Path) -> Option<f64> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    used_percent(st.blocks() as f64, st.blocks_free() as f64, st.blocks_available() as f64)
+}
+
+fn used_percent(blocks: f64, free: f64, available: f64) -> Option<f64> {
+    let used = blocks - free;
+    (used + available > 0.0).then(|| 100.0 * used / (used + available))
+}
+
+/// Why a new environment of `provider` must wait, if the host's memory or the data dir's
+/// disk is above the configured limit.
+pub fn refusal(provider: &str, config: &crate::config::ServerConfig) -> Option<String> {
     if !LOCAL_PROVIDERS.contains(&provider) {
         return None;
     }
-    let used = memory_used_percent()?;
-    (used > limit).then(|| {
-        format!(
+    if let Some(limit) = config.host_memory_limit
+        && let Some(used) = memory_used_percent()
+        && used > limit
+    {
+        return Some(format!(
             "host memory use is {used:.0}%, above the {limit:.0}% limit (--host-memory-limit): no new {provider} \
              environments until it drops"
-        )
-    })
+        ));
+    }
+    if let Some(limit) = config.host_disk_limit
+        && let Some(used) = disk_used_percent(&config.data_dir)
+        && used > limit
+    {
+        return Some(format!(
+            "disk use of the data dir's filesystem is {used:.0}%, above the {limit:.0}% limit (--host-disk-limit): \
+             no new {provider} environments until space is freed"
+        ));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -46,8 +71,26 @@ mod tests {
         assert_eq!(parse_meminfo(text), Some(75.0));
         assert_eq!(parse_meminfo("MemTotal: 0 kB\nMemAvailable: 0 kB\n"), None);
         assert!(memory_used_percent().is_some_and(|p| (0.0..=100.0).contains(&p)));
-        assert_eq!(refusal("sim", Some(0.0)), None, "only local providers");
-        assert_eq!(refusal("process", None), None, "no limit, no guard");
-        assert!(refusal("process", Some(0.0)).unwrap().contains("above the 0% limit"));
+    }
+
+    #[test]
+    fn counts_disk_like_df() {
+        // 100 blocks, 30 free of which 10 are reserved for root: 70 used of 90 usable.
+        assert_eq!(used_percent(100.0, 30.0, 20.0).map(|p| p.round()), Some(78.0));
+        assert_eq!(used_percent(0.0, 0.0, 0.0), None);
+        assert!(disk_used_percent(std::path::Path::new("/")).is_some_and(|p| (0.0..=100.0).contains(&p)));
+    }
+
+    #[test]
+    fn guards_local_providers_only() {
+        let mut config = crate::config::ServerConfig::new("/");
+        config.host_memory_limit = None;
+        config.host_disk_limit = None;
+        assert_eq!(refusal("process", &config), None, "no limit, no guard");
+        config.host_disk_limit = Some(0.0);
+        assert_eq!(refusal("sim", &config), None, "only local providers");
+        assert!(refusal("docker", &config).unwrap().contains("--host-disk-limit"));
+        config.host_memory_limit = Some(0.0);
+        assert!(refusal("process", &config).unwrap().contains("above the 0% limit (--host-memory-limit)"));
     }
 }

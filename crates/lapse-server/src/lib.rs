@@ -27,6 +27,7 @@ pub mod config;
 pub mod context;
 pub mod declare;
 pub mod deferred;
+pub mod health;
 pub mod host;
 pub mod http;
 pub mod metrics;
@@ -129,7 +130,8 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     config.tiers = tables.tiers;
     let swim_config = config.swim.clone().or_else(|| tables.redis.map(swim::RedisSection::into_config));
     let admin_key = config.admin_key.clone().or_else(|| tables.auth.and_then(|a| a.admin_key));
-    let auth = auth::Auth::new(admin_key.as_deref(), config.rate_limit)?;
+    let auth = auth::Auth::new(admin_key.as_deref(), config.rate_limit)?
+        .with_unauthenticated_limit(config.unauthenticated_rate_limit);
     if !auth.enabled() && !config.listen.ip().is_loopback() {
         anyhow::bail!(
             "refusing to listen on {}: no admin key is configured, so anyone who reaches the port could do \
@@ -261,19 +263,26 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
             background.push(tokio::spawn(swim::consumer::run(app.clone(), swim.clone(), queue.clone())));
         }
     }
+    let mut limits = cx.config.connections;
+    match http::listener::raise_fd_limit() {
+        Ok((before, now)) => {
+            limits.max_connections = http::listener::effective_max_connections(limits.max_connections, now);
+            tracing::info!(
+                soft_before = before,
+                soft_now = now,
+                max_connections = limits.max_connections,
+                "file descriptor limit (RLIMIT_NOFILE) raised to the hard limit"
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "reading or raising the file descriptor limit failed"),
+    }
     let listener = tokio::net::TcpListener::bind(cx.config.listen)
         .await
         .with_context(|| format!("listening on {}", cx.config.listen))?;
     let addr = listener.local_addr()?;
-    let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
+    let (shutdown, stopped) = tokio::sync::watch::channel(false);
     let router = http::router(app.clone());
-    let http = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let http = tokio::spawn(http::listener::serve(listener, router, limits, stopped));
     tracing::info!(%addr, data_dir = %cx.config.data_dir.display(), "lapse is serving");
     Ok(Running { addr, app, shutdown, http, background, _lock: lock })
 }

@@ -33,6 +33,7 @@ pub struct RoundReport {
 
 pub async fn run(cx: Arc<Context>, reconciler: Reconciler) {
     loop {
+        crate::health::tick("pools");
         let woken = cx.pool_wake.notified();
         match round(&cx, &reconciler).await {
             // More to do: go again at once.
@@ -97,7 +98,7 @@ pub async fn round(cx: &Context, reconciler: &Reconciler) -> Result<RoundReport,
         }
         let mut need = (pool.min as usize).saturating_sub(live.len()).min(MAX_BATCH - fresh.len().min(MAX_BATCH));
         if need > 0
-            && let Some(why) = crate::host::refusal(&pool.spec.provider, cx.config.host_memory_limit)
+            && let Some(why) = crate::host::refusal(&pool.spec.provider, &cx.config)
         {
             tracing::warn!(pool = %pool.name, missing = need, "not refilling: {why}");
             need = 0;

@@ -111,6 +111,7 @@ impl Reconciler {
     /// Dispatches queued ids for ever.
     pub async fn run(&self) {
         loop {
+            crate::health::tick("reconciler");
             let wake = self.inner.wake.notified();
             let next = {
                 let mut q = self.inner.queue.lock().unwrap_or_else(|p| p.into_inner());

@@ -42,6 +42,7 @@ pub async fn run(cx: Arc<Context>, reconciler: Reconciler) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        crate::health::tick("sweep");
         sweep_all(&cx, &reconciler).await;
     }
 }

@@ -59,6 +59,7 @@ impl Timers {
     /// Fires timers for ever: each due id goes to `fire`.
     pub async fn run(&self, clock: Clock, mut fire: impl FnMut(String)) {
         loop {
+            crate::health::tick("timers");
             for id in self.take_due(clock.now()) {
                 fire(id);
             }

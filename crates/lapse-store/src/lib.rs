@@ -33,7 +33,7 @@ mod writer;
 pub use accrual::Accrual;
 pub use queues::QueuedCreate;
 use tenants::usage;
-pub use tenants::{KeyRecord, TenantRecord};
+pub use tenants::{KeyRecord, KeyScope, TenantRecord};
 
 /// A store failure. Its text names the operation; the database's own message is the source.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +141,10 @@ pub struct ListFilter {
     pub provider: Option<String>,
     pub job_id: Option<String>,
     pub labels: Vec<(String, String)>,
+    /// Only environments whose id sorts after this one (a page's cursor: ids are UUIDv7, so
+    /// environments made while a client pages come after it, never in between).
+    pub after: Option<String>,
+    /// At most this many, in id order; all when `None`.
     pub limit: Option<u32>,
 }
 
@@ -470,7 +474,10 @@ impl Store {
 
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Environment>, StoreError> {
         let mut q = filtered(filter);
-        q.push(" ORDER BY id LIMIT ").push_bind(i64::from(filter.limit.unwrap_or(10_000)));
+        q.push(" ORDER BY id");
+        if let Some(limit) = filter.limit {
+            q.push(" LIMIT ").push_bind(i64::from(limit));
+        }
         let rows = q.build().fetch_all(&self.reader).await.op("list")?;
         rows.iter().map(environment_from_row).collect()
     }
@@ -625,6 +632,9 @@ fn filtered(filter: &ListFilter) -> QueryBuilder<'_, Sqlite> {
     }
     if let Some(job_id) = &filter.job_id {
         q.push(" AND job_id = ").push_bind(job_id);
+    }
+    if let Some(after) = &filter.after {
+        q.push(" AND id > ").push_bind(after);
     }
     for (k, v) in &filter.labels {
         q.push(" AND EXISTS (SELECT 1 FROM json_each(environments.labels) WHERE json_each.key = ")

@@ -23,11 +23,45 @@ pub struct TenantRecord {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyRecord {
     pub id: String,
-    pub tenant: String,
+    pub scope: KeyScope,
     /// Hex SHA-256 of the key's secret part.
     pub hash: String,
     pub created_at: Millis,
     pub revoked_at: Option<Millis>,
+}
+
+/// What a key may reach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyScope {
+    /// That tenant's environments and events.
+    Tenant(String),
+    /// `/metrics` and nothing else; no tenant.
+    Metrics,
+}
+
+impl KeyScope {
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            KeyScope::Tenant(t) => Some(t),
+            KeyScope::Metrics => None,
+        }
+    }
+
+    /// The `scope` column.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            KeyScope::Tenant(_) => "tenant",
+            KeyScope::Metrics => "metrics",
+        }
+    }
+
+    fn from_columns(scope: &str, tenant: Option<String>) -> Option<KeyScope> {
+        match (scope, tenant) {
+            ("tenant", Some(t)) => Some(KeyScope::Tenant(t)),
+            ("metrics", None) => Some(KeyScope::Metrics),
+            _ => None,
+        }
+    }
 }
 
 impl Store {
@@ -89,20 +123,23 @@ impl Store {
         row.as_ref().map(tenant_from_row).transpose()
     }
 
-    /// Adds a key to an existing tenant; `false` if there is no such tenant.
+    /// Adds a key (a tenant's: to an existing tenant); `false` if there is no such tenant.
     pub async fn create_key(&self, k: &KeyRecord, event: NewEvent) -> Result<bool, StoreError> {
         let mut tx = self.writer.begin().await.op("create key")?;
-        let exists = sqlx::query("SELECT 1 FROM tenants WHERE name = ?")
-            .bind(&k.tenant)
-            .fetch_optional(&mut *tx)
-            .await
-            .op("create key")?;
-        if exists.is_none() {
-            return Ok(false);
+        if let Some(tenant) = k.scope.tenant() {
+            let exists = sqlx::query("SELECT 1 FROM tenants WHERE name = ?")
+                .bind(tenant)
+                .fetch_optional(&mut *tx)
+                .await
+                .op("create key")?;
+            if exists.is_none() {
+                return Ok(false);
+            }
         }
-        sqlx::query("INSERT INTO api_keys (id, tenant, hash, created_at) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO api_keys (id, tenant, scope, hash, created_at) VALUES (?, ?, ?, ?, ?)")
             .bind(&k.id)
-            .bind(&k.tenant)
+            .bind(k.scope.tenant())
+            .bind(k.scope.as_str())
             .bind(&k.hash)
             .bind(k.created_at)
             .execute(&mut *tx)
@@ -113,39 +150,46 @@ impl Store {
         Ok(true)
     }
 
+    /// The key with this id; a row whose scope and tenant do not agree reads as no key.
     pub async fn key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query("SELECT id, tenant, hash, created_at, revoked_at FROM api_keys WHERE id = ?")
+        let row = sqlx::query("SELECT id, tenant, scope, hash, created_at, revoked_at FROM api_keys WHERE id = ?")
             .bind(id)
             .fetch_optional(&self.reader)
             .await
             .op("key")?;
-        Ok(row.map(|r| KeyRecord {
-            id: r.get(0),
-            tenant: r.get(1),
-            hash: r.get(2),
-            created_at: r.get(3),
-            revoked_at: r.get(4),
+        Ok(row.and_then(|r| {
+            Some(KeyRecord {
+                scope: KeyScope::from_columns(r.get::<&str, _>(2), r.get(1))?,
+                id: r.get(0),
+                hash: r.get(3),
+                created_at: r.get(4),
+                revoked_at: r.get(5),
+            })
         }))
     }
 
-    /// Revokes a key; `None` if there is no such key, else its tenant.
-    pub async fn revoke_key(&self, id: &str, at: Millis, actor: &str) -> Result<Option<String>, StoreError> {
+    /// Revokes a key; `None` if there is no such key, else its scope.
+    pub async fn revoke_key(&self, id: &str, at: Millis, actor: &str) -> Result<Option<KeyScope>, StoreError> {
         let mut tx = self.writer.begin().await.op("revoke key")?;
-        let tenant: Option<String> = sqlx::query_scalar("SELECT tenant FROM api_keys WHERE id = ?")
+        let row = sqlx::query("SELECT scope, tenant FROM api_keys WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await
             .op("revoke key")?;
-        let Some(tenant) = tenant else { return Ok(None) };
+        let Some(scope) = row.and_then(|r| KeyScope::from_columns(r.get::<&str, _>(0), r.get(1))) else {
+            return Ok(None);
+        };
         sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
             .bind(at)
             .bind(id)
             .execute(&mut *tx)
             .await
             .op("revoke key")?;
-        append_event(&mut tx, &NewEvent::of_tenant(&tenant, actor, "revoke_key", "ok", format!("key {id}"))).await?;
+        let mut event = NewEvent::of_tenant("", actor, "revoke_key", "ok", format!("{} key {id}", scope.as_str()));
+        event.tenant = scope.tenant().map(str::to_owned);
+        append_event(&mut tx, &event).await?;
         tx.commit().await.op("revoke key")?;
-        Ok(Some(tenant))
+        Ok(Some(scope))
     }
 }
 

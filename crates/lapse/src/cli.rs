@@ -58,6 +58,9 @@ enum Command {
         /// Only with this label, as key=value (repeatable; all must match).
         #[arg(long = "label")]
         labels: Vec<String>,
+        /// At most this many (default: all; the server's pages are followed to the end).
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// Show one environment.
     Status(IdArg),
@@ -238,10 +241,16 @@ enum TenantCommand {
 
 #[derive(Subcommand, Debug)]
 enum KeyCommand {
-    /// Create an API key for a tenant; the key is printed this once.
+    /// Create an API key, for a tenant (--tenant) or one that reads /metrics and nothing
+    /// else (--metrics); the key is printed this once.
+    #[command(group = clap::ArgGroup::new("scope").required(true).args(["tenant", "metrics"]))]
     Create {
+        /// The tenant whose environments the key reaches.
         #[arg(long)]
-        tenant: String,
+        tenant: Option<String>,
+        /// A metrics-only key (for a Prometheus scraper).
+        #[arg(long)]
+        metrics: bool,
     },
     /// Revoke a key by its id: it is refused from now on.
     Revoke { id: String },
@@ -341,7 +350,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::List { owner, state, labels } => {
+        Command::List { owner, state, labels, limit } => {
             let mut query: Vec<(&str, String)> = Vec::new();
             if let Some(o) = owner {
                 query.push(("owner", o));
@@ -352,8 +361,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for l in labels {
                 query.push(("label", l));
             }
-            let qs = serde_urlencoded::to_string(&query).context("encoding the query")?;
-            let list: EnvironmentList = client.get(&format!("/v1/environments?{qs}")).await?;
+            let list = list_all(&client, query, limit).await?;
             if json {
                 print_json(&list);
             } else {
@@ -496,17 +504,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 output::table(&["TENANT", "TIER", "CREATED"], &rows);
             }
         }
-        Command::Admin(AdminCommand::Key(KeyCommand::Create { tenant })) => {
-            let path = format!("/v1/admin/tenants/{}/keys", urlencode(&tenant));
-            let k: lapse_core::wire::KeyCreated = client.post(&path, &serde_json::json!({})).await?;
+        Command::Admin(AdminCommand::Key(KeyCommand::Create { tenant, metrics })) => {
+            let req = match tenant {
+                Some(tenant) if !metrics => {
+                    lapse_core::wire::CreateKey { scope: lapse_core::wire::KeyScopeName::Tenant, tenant: Some(tenant) }
+                }
+                _ => lapse_core::wire::CreateKey { scope: lapse_core::wire::KeyScopeName::Metrics, tenant: None },
+            };
+            let k: lapse_core::wire::KeyCreated = client.post("/v1/admin/keys", &req).await?;
             if json {
                 print_json(&k);
             } else {
                 println!("{}", k.key);
-                eprintln!(
-                    "key {} for tenant {}: shown this once; keep it (LAPSE_KEY) — only its hash is stored",
-                    k.id, k.tenant
-                );
+                let whose = k.tenant.map_or("that reads /metrics only".to_owned(), |t| format!("for tenant {t}"));
+                eprintln!("key {} {whose}: shown this once; keep it (LAPSE_KEY) — only its hash is stored", k.id);
             }
         }
         Command::Admin(AdminCommand::Key(KeyCommand::Revoke { id })) => {
@@ -515,7 +526,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 print_json(&r);
             } else {
-                println!("key {} of tenant {} revoked", r.id, r.tenant);
+                let whose = r.tenant.map_or("(metrics)".to_owned(), |t| format!("of tenant {t}"));
+                println!("key {} {whose} revoked", r.id);
             }
         }
         Command::Queues => {
@@ -583,6 +595,36 @@ fn check(file: &std::path::Path, max_ttl: &str, json: bool) -> anyhow::Result<Ex
                 }
             }
             Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Every page of `GET /v1/environments` with `query`, following the cursors, up to `limit`.
+async fn list_all(
+    client: &Client,
+    query: Vec<(&str, String)>,
+    limit: Option<usize>,
+) -> anyhow::Result<EnvironmentList> {
+    /// The server's largest page.
+    const PAGE: usize = 1000;
+    let mut all = EnvironmentList { environments: Vec::new() };
+    let mut cursor: Option<String> = None;
+    loop {
+        let want = limit.map_or(PAGE, |l| (l - all.environments.len()).min(PAGE));
+        if want == 0 {
+            return Ok(all);
+        }
+        let mut q = query.clone();
+        q.push(("limit", want.to_string()));
+        if let Some(c) = &cursor {
+            q.push(("cursor", c.clone()));
+        }
+        let qs = serde_urlencoded::to_string(&q).context("encoding the query")?;
+        let (page, next): (EnvironmentList, _) = client.get_page(&format!("/v1/environments?{qs}")).await?;
+        all.environments.extend(page.environments);
+        match next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(all),
         }
     }
 }

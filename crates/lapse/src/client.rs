@@ -25,6 +25,22 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> anyhow::Result<T> {
+        Ok(self.call_with_headers(method, path, body).await?.0)
+    }
+
+    /// A `GET` of one page of a list: the answer and the next page's cursor, if any.
+    pub async fn get_page<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<(T, Option<String>)> {
+        let (value, headers) = self.call_with_headers(Method::GET, path, None::<&()>).await?;
+        let next = headers.get("lapse-next-cursor").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Ok((value, next))
+    }
+
+    async fn call_with_headers<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> anyhow::Result<(T, reqwest::header::HeaderMap)> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url);
         if let Some(key) = &self.key {
@@ -37,6 +53,7 @@ impl Client {
             format!("cannot reach the Lapse server at {} (is `lapse serve` running? set --url or LAPSE_URL)", self.base)
         })?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let bytes = resp.bytes().await.context("reading the server's answer")?;
         if !status.is_success() {
             match serde_json::from_slice::<ErrorBody>(&bytes) {
@@ -45,10 +62,11 @@ impl Client {
             }
         }
         if status == StatusCode::NO_CONTENT {
-            return serde_json::from_slice(b"null").context("empty answer");
+            return Ok((serde_json::from_slice(b"null").context("empty answer")?, headers));
         }
-        serde_json::from_slice(&bytes)
-            .with_context(|| format!("the server's answer to {path} is not what this CLI expects"))
+        let value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("the server's answer to {path} is not what this CLI expects"))?;
+        Ok((value, headers))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {

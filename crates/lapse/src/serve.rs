@@ -76,12 +76,37 @@ pub struct ServeArgs {
     /// new environments and their warm pools do not refill; 100 turns the guard off.
     #[arg(long, env = "LAPSE_HOST_MEMORY_LIMIT", default_value_t = 90.0)]
     pub host_memory_limit: f64,
+    /// Percent of the data dir's filesystem in use above which local providers (process,
+    /// docker) take no new environments and their warm pools do not refill; 100 turns the
+    /// guard off. Refusals of either host guard are 503 host_capacity.
+    #[arg(long, env = "LAPSE_HOST_DISK_LIMIT", default_value_t = 95.0)]
+    pub host_disk_limit: f64,
+    /// Connections served at once (also capped to leave a quarter of the file descriptor
+    /// limit, at least 64, free). At the cap the longest-idle connection is closed to make
+    /// room; when every connection has a request in flight, new ones wait.
+    #[arg(long, env = "LAPSE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// A connection must send a request's headers within this long of connecting (or of its
+    /// first byte after an idle spell), else it is closed.
+    #[arg(long, env = "LAPSE_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+    /// A keep-alive connection with no request for this long is closed.
+    #[arg(long, env = "LAPSE_HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub http_idle_timeout: Duration,
     /// Requests per second each tenant key may make (0: no limit); over it, 429 with Retry-After.
     #[arg(long, env = "LAPSE_RATE_LIMIT", default_value_t = 100)]
     pub rate_limit: u32,
     /// Requests a tenant key may make at once before the per-second rate applies.
     #[arg(long, env = "LAPSE_RATE_BURST", default_value_t = 200)]
     pub rate_burst: u32,
+    /// Requests per second without a valid key each source IP may make when the server has
+    /// keys (0: no limit); over it, 429 with Retry-After, and keys from that IP are not even
+    /// checked until then.
+    #[arg(long, env = "LAPSE_UNAUTHENTICATED_RATE_LIMIT", default_value_t = 10)]
+    pub unauthenticated_rate_limit: u32,
+    /// Requests without a valid key a source IP may make at once before the rate applies.
+    #[arg(long, env = "LAPSE_UNAUTHENTICATED_RATE_BURST", default_value_t = 100)]
+    pub unauthenticated_rate_burst: u32,
     /// Consume the SWIM Redis queues from this Redis (`host:port` or `redis://…`). Without
     /// it, a `[redis]` table in the --config file turns them on.
     #[arg(long, env = "REDIS_CONNECTION_STRING", help_heading = "SWIM Redis queues")]
@@ -176,8 +201,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("--host-memory-limit is a percentage from 0 to 100");
     }
     config.host_memory_limit = (args.host_memory_limit < 100.0).then_some(args.host_memory_limit);
+    if !(0.0..=100.0).contains(&args.host_disk_limit) {
+        anyhow::bail!("--host-disk-limit is a percentage from 0 to 100");
+    }
+    config.host_disk_limit = (args.host_disk_limit < 100.0).then_some(args.host_disk_limit);
     config.rate_limit = (args.rate_limit > 0)
         .then_some(lapse_server::auth::RateLimit { per_second: args.rate_limit, burst: args.rate_burst.max(1) });
+    config.unauthenticated_rate_limit =
+        (args.unauthenticated_rate_limit > 0).then_some(lapse_server::auth::RateLimit {
+            per_second: args.unauthenticated_rate_limit,
+            burst: args.unauthenticated_rate_burst.max(1),
+        });
+    if args.max_connections == 0 {
+        anyhow::bail!("--max-connections must be at least 1");
+    }
+    if args.http_header_timeout.is_zero() || args.http_idle_timeout.is_zero() {
+        anyhow::bail!("--http-header-timeout and --http-idle-timeout must be more than 0");
+    }
+    config.connections = lapse_server::http::listener::ConnectionLimits {
+        max_connections: args.max_connections,
+        header_timeout: args.http_header_timeout,
+        idle_timeout: args.http_idle_timeout,
+    };
     if let Some(url) = &args.redis {
         let provider = match (&args.swim_provider, std::env::var_os("SCW_ACCESS_KEY")) {
             (Some(p), _) => p.clone(),

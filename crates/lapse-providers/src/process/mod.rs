@@ -156,10 +156,16 @@ impl ProcessProvider {
         if let Ok(cgroups) = &self.cgroups {
             for id in cgroups.environments() {
                 if let std::collections::btree_map::Entry::Vacant(slot) = found.entry(id) {
-                    let mut instance = stopped(slot.key(), None);
-                    if !cgroups.of(slot.key()).tasks().is_empty() {
-                        instance.status = InstanceStatus::Running;
+                    let cgroup = cgroups.of(slot.key());
+                    // Without its directory and with nothing in it, a cgroup holds nothing:
+                    // it is not the environment's resource (that vanished), just a husk.
+                    if cgroup.tasks().is_empty() {
+                        let _ = cgroup.remove();
+                        continue;
                     }
+                    // Processes run that no environment directory accounts for: an orphan.
+                    let mut instance = stopped(slot.key(), None);
+                    instance.status = InstanceStatus::Running;
                     slot.insert(instance);
                 }
             }

@@ -3,17 +3,19 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use lapse_core::format_millis;
 use lapse_core::validate;
-use lapse_core::wire::{CreateTenant, ErrorBody, KeyCreated, KeyRevoked, QuotaInput, TenantList, TenantView};
-use lapse_store::{NewEvent, TenantRecord};
+use lapse_core::wire::{
+    CreateKey, CreateTenant, ErrorBody, KeyCreated, KeyRevoked, KeyScopeName, QuotaInput, TenantList, TenantView,
+};
+use lapse_store::{KeyScope, NewEvent, TenantRecord};
 
-use super::{ApiError, ApiJson};
+use super::{ApiError, ApiJson, ApiPath};
 use crate::app::{App, AppError};
 use crate::auth::{AuthError, Caller};
 
@@ -21,6 +23,7 @@ pub fn router() -> Router<App> {
     Router::new()
         .route("/v1/admin/tenants", post(create_tenant).get(list_tenants))
         .route("/v1/admin/tenants/{name}/keys", post(create_key))
+        .route("/v1/admin/keys", post(create_scoped_key))
         .route("/v1/admin/keys/{id}", delete(revoke_key))
         .route("/v1/whoami", get(whoami))
 }
@@ -39,36 +42,56 @@ fn admin_only(path: &str) -> bool {
 /// refuses tenants on admin routes.
 pub async fn authenticate(State(app): State<App>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
-    if path == "/healthz" {
+    if path == "/healthz" || path == "/readyz" {
         return next.run(req).await;
     }
+    let peer = req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let auth = &app.cx.auth;
+    // An address flooding bad keys is refused before any key is hashed or looked up.
+    if let Some(ip) = peer
+        && let Err(wait) = auth.blocked(ip)
+    {
+        return rate_limited(wait, "too many requests without a valid key from this address");
+    }
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let caller = match app.cx.auth.caller(&app.cx.store, header).await {
+    let caller = match auth.caller(&app.cx.store, header).await {
         Ok(caller) => caller,
         Err(AuthError::Store(e)) => return ApiError::from(AppError::Store(e)).into_response(),
         Err(e) => {
+            if let Some(ip) = peer
+                && let Err(wait) = auth.refused_from(ip)
+            {
+                return rate_limited(wait, "too many requests without a valid key from this address");
+            }
             let mut answer = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()).into_response();
             answer.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return answer;
         }
     };
-    if let Err(wait) = app.cx.auth.admit(&caller) {
-        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-        let mut answer = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("too many requests with this key; retry in {seconds} s"),
-        )
-        .into_response();
-        answer.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        return answer;
+    if let Err(wait) = auth.admit(&caller) {
+        return rate_limited(wait, "too many requests with this key");
     }
-    if admin_only(&path) && !caller.is_admin() {
+    if caller.is_metrics_only() {
+        if path != "/metrics" {
+            return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "a metrics key reads /metrics and nothing else")
+                .into_response();
+        }
+    } else if admin_only(&path) && !caller.is_admin() {
         return ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("{path} is for the admin key only"))
             .into_response();
     }
     req.extensions_mut().insert(caller);
     next.run(req).await
+}
+
+/// `429 rate_limited` with `Retry-After` (whole seconds, at least 1).
+fn rate_limited(wait: std::time::Duration, why: &str) -> Response {
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let mut answer =
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("{why}; retry in {seconds} s"))
+            .into_response();
+    answer.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    answer
 }
 
 fn view(t: &TenantRecord) -> TenantView {
@@ -132,6 +155,48 @@ pub async fn list_tenants(State(app): State<App>) -> Result<Json<TenantList>, Ap
     Ok(Json(TenantList { tenants: tenants.iter().map(view).collect() }))
 }
 
+/// Make an API key: a metrics-only key (`{"scope": "metrics"}`, reads `/metrics` and nothing
+/// else) or a tenant's (`{"scope": "tenant", "tenant": "acme"}`). The key is in this answer only.
+#[utoipa::path(post, path = "/v1/admin/keys", tag = "admin", request_body = CreateKey,
+    responses((status = 201, body = KeyCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn create_scoped_key(
+    State(app): State<App>,
+    axum::extract::Extension(caller): axum::extract::Extension<Caller>,
+    ApiJson(req): ApiJson<CreateKey>,
+) -> Result<impl IntoResponse, ApiError> {
+    let scope = match (req.scope, req.tenant) {
+        (KeyScopeName::Metrics, None) => KeyScope::Metrics,
+        (KeyScopeName::Tenant, Some(tenant)) => {
+            validate::name("tenant", &tenant).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            KeyScope::Tenant(tenant)
+        }
+        (KeyScopeName::Metrics, Some(_)) => return Err(ApiError::bad_request("tenant: a metrics key has no tenant")),
+        (KeyScopeName::Tenant, None) => return Err(ApiError::bad_request("tenant: a tenant key names its tenant")),
+    };
+    make_key(&app, &caller, scope).await
+}
+
+async fn make_key(app: &App, caller: &Caller, scope: KeyScope) -> Result<(StatusCode, Json<KeyCreated>), ApiError> {
+    let (record, key) = crate::auth::new_key(scope.clone(), app.cx.clock.now());
+    let message = format!("{} key {}", scope.as_str(), record.id);
+    let mut event = NewEvent::of_tenant("", &caller.actor(), "create_key", "ok", message);
+    event.tenant = scope.tenant().map(str::to_owned);
+    if !app.cx.store.create_key(&record, event).await.map_err(AppError::Store)? {
+        let tenant = scope.tenant().unwrap_or_default();
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no tenant {tenant}")));
+    }
+    let tenant = scope.tenant().map(str::to_owned);
+    Ok((StatusCode::CREATED, Json(KeyCreated { id: record.id, tenant, scope: scope_name(&scope), key })))
+}
+
+fn scope_name(scope: &KeyScope) -> KeyScopeName {
+    match scope {
+        KeyScope::Tenant(_) => KeyScopeName::Tenant,
+        KeyScope::Metrics => KeyScopeName::Metrics,
+    }
+}
+
 /// Make an API key for a tenant. The key is in this answer only.
 #[utoipa::path(post, path = "/v1/admin/tenants/{name}/keys", tag = "admin", params(("name" = String, Path)),
     responses((status = 201, body = KeyCreated), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -139,14 +204,9 @@ pub async fn list_tenants(State(app): State<App>) -> Result<Json<TenantList>, Ap
 pub async fn create_key(
     State(app): State<App>,
     axum::extract::Extension(caller): axum::extract::Extension<Caller>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (record, key) = crate::auth::new_key(&name, app.cx.clock.now());
-    let event = NewEvent::of_tenant(&name, &caller.actor(), "create_key", "ok", format!("key {}", record.id));
-    if !app.cx.store.create_key(&record, event).await.map_err(AppError::Store)? {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no tenant {name}")));
-    }
-    Ok((StatusCode::CREATED, Json(KeyCreated { id: record.id, tenant: name, key })))
+    make_key(&app, &caller, KeyScope::Tenant(name)).await
 }
 
 /// Revoke a key: it is refused from now on.
@@ -156,11 +216,11 @@ pub async fn create_key(
 pub async fn revoke_key(
     State(app): State<App>,
     axum::extract::Extension(caller): axum::extract::Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<KeyRevoked>, ApiError> {
-    let tenant = app.cx.store.revoke_key(&id, app.cx.clock.now(), &caller.actor()).await.map_err(AppError::Store)?;
-    let tenant = tenant.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no key {id}")))?;
-    Ok(Json(KeyRevoked { id, tenant, revoked: true }))
+    let scope = app.cx.store.revoke_key(&id, app.cx.clock.now(), &caller.actor()).await.map_err(AppError::Store)?;
+    let scope = scope.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no key {id}")))?;
+    Ok(Json(KeyRevoked { id, tenant: scope.tenant().map(str::to_owned), scope: scope_name(&scope), revoked: true }))
 }
 
 /// Who the presented key is.

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Extension, Path, RawQuery, State};
+use axum::extract::{Extension, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -13,7 +13,7 @@ use lapse_core::wire::{
 };
 use lapse_store::ListFilter;
 
-use super::{ApiError, ApiJson, number, only_keys, query_pairs};
+use super::{ApiError, ApiJson, ApiPath, number, only_keys, page, query_pairs};
 use crate::app::App;
 use crate::auth::Caller;
 
@@ -38,6 +38,7 @@ pub fn router() -> Router<App> {
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 429, description = "Over the tenant's quota: the message names the limit, the usage and the request", body = ErrorBody),
+        (status = 503, description = "host_capacity: the host guard (memory or the data dir's disk) takes no new local environments now", body = ErrorBody),
     ))]
 pub async fn create(
     State(app): State<App>,
@@ -50,7 +51,8 @@ pub async fn create(
     Ok((status, [(header::LOCATION, location)], Json(EnvironmentView::from(&created.env))))
 }
 
-/// List environments (deleted ones only when `state=deleted`).
+/// List environments (deleted ones only when `state=deleted`), in pages: the next page's
+/// cursor is in `Lapse-Next-Cursor` and `Link: <…>; rel="next"` (see [`super::page`]).
 #[utoipa::path(get, path = "/v1/environments", tag = "environments",
     params(
         ("owner" = Option<String>, Query, description = "Only this owner's"),
@@ -58,18 +60,26 @@ pub async fn create(
         ("provider" = Option<String>, Query, description = "Only of this provider"),
         ("job_id" = Option<String>, Query, description = "Only the one with this job id (seed `job_id`, config file `id`)"),
         ("label" = Option<Vec<String>>, Query, description = "`key=value`; repeat for several (all must match)"),
-        ("limit" = Option<u32>, Query, description = "At most this many (1 to 10000; default 10000)"),
+        ("limit" = Option<u32>, Query, description = "At most this many per page (from 1; default 100; more than 1000 is taken as 1000)"),
+        ("cursor" = Option<String>, Query, description = "The page after the one whose answer gave this cursor (Lapse-Next-Cursor)"),
     ),
-    responses((status = 200, body = EnvironmentList), (status = 400, body = ErrorBody)))]
+    responses(
+        (status = 200, body = EnvironmentList, headers(
+            ("lapse-next-cursor" = String, description = "The next page's cursor; absent on the last page"),
+            ("link" = String, description = "`<url of the next page>; rel=\"next\"`; absent on the last page"),
+        )),
+        (status = 400, body = ErrorBody)))]
 pub async fn list(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<EnvironmentList>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     let pairs = query_pairs(raw.as_deref())?;
-    only_keys(&pairs, &["owner", "state", "provider", "job_id", "label", "limit"])?;
+    only_keys(&pairs, &["owner", "state", "provider", "job_id", "label", "limit", "cursor"])?;
     let mut filter = ListFilter::default();
-    for (k, v) in pairs {
+    let mut limit = page::DEFAULT_LIMIT;
+    for (k, v) in &pairs {
+        let v = v.clone();
         match k.as_str() {
             "owner" => filter.owner = Some(v),
             "provider" => filter.provider = Some(v),
@@ -80,12 +90,29 @@ pub async fn list(
             "label" => {
                 filter.labels.push(validate::label_selector(&v).map_err(|e| ApiError::bad_request(e.to_string()))?)
             }
-            "limit" => filter.limit = Some(number("limit", &v, 1u32, 10_000)?),
+            // Up to the documented int32's top; above the largest page it is that page.
+            "limit" => limit = number("limit", &v, 1u32, i32::MAX as u32)?.min(page::MAX_LIMIT),
+            "cursor" => filter.after = Some(page::decode(&v)?),
             _ => {}
         }
     }
-    let envs = app.list(filter, &caller).await?;
-    Ok(Json(EnvironmentList { environments: envs.iter().map(EnvironmentView::from).collect() }))
+    // One more than the page: whether there is a next page, without an empty last one.
+    filter.limit = Some(limit + 1);
+    let mut envs = app.list(filter, &caller).await?;
+    let mut headers = axum::http::HeaderMap::new();
+    if envs.len() > limit as usize {
+        envs.truncate(limit as usize);
+        if let Some(last) = envs.last() {
+            let cursor = page::encode(&last.id);
+            let link = page::next_link("/v1/environments", &pairs, &cursor);
+            // Base64url and an urlencoded query are ASCII: both are valid header values.
+            if let (Ok(c), Ok(l)) = (cursor.parse(), link.parse()) {
+                headers.insert(page::NEXT_CURSOR, c);
+                headers.insert(header::LINK, l);
+            }
+        }
+    }
+    Ok((headers, Json(EnvironmentList { environments: envs.iter().map(EnvironmentView::from).collect() })))
 }
 
 /// One environment.
@@ -94,21 +121,22 @@ pub async fn list(
 pub async fn show(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<EnvironmentView>, ApiError> {
     Ok(Json(EnvironmentView::from(&app.get(&id, &caller).await?)))
 }
 
 /// Move the lease's end. An environment its expiry stopped is started again.
 #[utoipa::path(post, path = "/v1/environments/{id}/extend", tag = "environments", params(("id" = String, Path)), request_body = ExtendRequest,
-    responses((status = 200, body = EnvironmentView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 202, description = "Accepted; an environment its expiry stopped is started again", body = EnvironmentView),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn extend(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<ExtendRequest>,
-) -> Result<Json<EnvironmentView>, ApiError> {
-    Ok(Json(EnvironmentView::from(&app.extend(&id, req, &caller).await?)))
+) -> Result<impl IntoResponse, ApiError> {
+    Ok((StatusCode::ACCEPTED, Json(EnvironmentView::from(&app.extend(&id, req, &caller).await?))))
 }
 
 /// Ask for the environment to be stopped.
@@ -117,7 +145,7 @@ pub async fn extend(
 pub async fn stop(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok((StatusCode::ACCEPTED, Json(EnvironmentView::from(&app.stop(&id, &caller).await?))))
 }
@@ -128,7 +156,7 @@ pub async fn stop(
 pub async fn start(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok((StatusCode::ACCEPTED, Json(EnvironmentView::from(&app.start(&id, &caller).await?))))
 }
@@ -139,7 +167,7 @@ pub async fn start(
 pub async fn delete(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok((StatusCode::ACCEPTED, Json(EnvironmentView::from(&app.delete(&id, &caller).await?))))
 }
@@ -151,7 +179,7 @@ pub async fn delete(
 pub async fn exec(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<ExecRequest>,
 ) -> Result<Json<ExecResult>, ApiError> {
     Ok(Json(app.exec(&id, req, &caller).await?))
@@ -164,7 +192,7 @@ pub async fn exec(
 pub async fn logs(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<LogsView>, ApiError> {
     let pairs = query_pairs(raw.as_deref())?;

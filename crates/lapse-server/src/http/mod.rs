@@ -3,8 +3,13 @@
 //! answer.
 //!
 //! **No client input produces a 5xx**: malformed JSON, wrong types, unknown fields, oversized
-//! bodies, bad query strings, unknown routes and methods all answer a JSON 4xx
-//! `{"error": {"code", "message"}}`. A 5xx means the server or a provider failed.
+//! or trickled bodies, bad path parameters, bad query strings, unknown routes and methods all
+//! answer a JSON 4xx `{"error": {"code", "message"}}` ([`ApiJson`], [`ApiPath`],
+//! [`query_pairs`], and [`extract::json_errors`] as the backstop for any other 4xx). A 5xx
+//! means the server or a provider failed; `503 host_capacity` is the host guard.
+//!
+//! [`listener`] accepts connections with a cap and header and idle timeouts; [`page`] is the
+//! cursor of paged lists.
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
@@ -16,16 +21,23 @@ use lapse_providers::ProviderError;
 use serde::de::DeserializeOwned;
 
 use crate::app::{App, AppError};
+pub use extract::ApiPath;
 
 pub mod admin;
 pub mod environments;
+pub mod extract;
+pub mod listener;
 pub mod openapi;
+pub mod page;
 pub mod pools;
 pub mod seed;
 pub mod system;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Longest a request body may take to arrive.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub fn router(app: App) -> Router {
     Router::new()
@@ -38,6 +50,7 @@ pub fn router(app: App) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(app.clone(), admin::authenticate))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(extract::json_errors))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the server failed on this request")
                 .into_response()
@@ -88,6 +101,7 @@ impl From<AppError> for ApiError {
             AppError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             AppError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
             AppError::Quota(m) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", m),
+            AppError::HostCapacity(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "host_capacity", m),
             AppError::Provider(p) => match p {
                 ProviderError::Permanent { .. } => ApiError::bad_request(p.to_string()),
                 ProviderError::Unsupported { .. } => {
@@ -124,9 +138,15 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        // A body trickled in byte by byte would hold its connection for ever.
+        match tokio::time::timeout(BODY_TIMEOUT, axum::Json::<T>::from_request(req, state)).await {
+            Ok(Ok(axum::Json(value))) => Ok(ApiJson(value)),
+            Ok(Err(rejection)) => Err(json_rejection(rejection)),
+            Err(_) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
+            )),
         }
     }
 }

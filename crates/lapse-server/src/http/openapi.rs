@@ -14,8 +14,8 @@ use super::{admin, environments, pools, seed, system};
         environments::create, environments::list, environments::show, environments::extend,
         environments::stop, environments::start, environments::delete, environments::exec, environments::logs,
         pools::list, pools::show, pools::put, pools::delete, seed::create_vm, seed::stats,
-        admin::create_tenant, admin::list_tenants, admin::create_key, admin::revoke_key, admin::whoami,
-        system::healthz, system::metrics, system::providers, system::status, system::queues, system::usage, system::events, system::openapi,
+        admin::create_tenant, admin::list_tenants, admin::create_key, admin::create_scoped_key, admin::revoke_key, admin::whoami,
+        system::healthz, system::readyz, system::metrics, system::providers, system::status, system::queues, system::usage, system::events, system::openapi,
     ),
     tags((name = "environments", description = "Leased environments"), (name = "pools", description = "Warm pools"), (name = "seed", description = "The Firecracker control plane's API, for users migrating from it"), (name = "system", description = "Health, metrics, audit trail, queues"), (name = "admin", description = "Tenants and API keys"))
 )]
@@ -40,9 +40,10 @@ impl Modify for BearerKeys {
             RefOr::T(ResponseBuilder::new().description(why).content("application/json", content).build())
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
-            if path == "/healthz" {
+            if path == "/healthz" || path == "/readyz" {
                 continue;
             }
+            let has_params = path.contains('{');
             let ops = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
             for op in ops.into_iter().flatten() {
                 let responses = &mut op.responses.responses;
@@ -51,11 +52,18 @@ impl Modify for BearerKeys {
                 };
                 add("401", "No key, or not a valid one (when the server has keys)");
                 add("403", "A tenant's key on a route for the admin key");
-                add("429", "Too many requests with this key (see Retry-After), or over a quota");
+                add(
+                    "429",
+                    "Too many requests with this key, or without a valid key from this address (see Retry-After), or over a quota",
+                );
                 if op.request_body.is_some() {
                     add("400", "Invalid request");
+                    add("408", "The body did not arrive in time");
                     add("413", "Body too large");
                     add("415", "Not JSON");
+                }
+                if has_params {
+                    add("400", "A path parameter that is not valid percent-encoded UTF-8");
                 }
             }
         }

@@ -2,13 +2,13 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use lapse_core::wire::{ErrorBody, PoolList, PoolView, PutPool};
 
-use super::{ApiError, ApiJson};
+use super::{ApiError, ApiJson, ApiPath};
 use crate::app::App;
 
 pub fn router() -> Router<App> {
@@ -24,7 +24,7 @@ pub async fn list(State(app): State<App>) -> Result<Json<PoolList>, ApiError> {
 /// One pool.
 #[utoipa::path(get, path = "/v1/pools/{name}", tag = "pools", params(("name" = String, Path)),
     responses((status = 200, body = PoolView), (status = 404, body = ErrorBody)))]
-pub async fn show(State(app): State<App>, Path(name): Path<String>) -> Result<Json<PoolView>, ApiError> {
+pub async fn show(State(app): State<App>, ApiPath(name): ApiPath<String>) -> Result<Json<PoolView>, ApiError> {
     Ok(Json(app.get_pool(&name).await?))
 }
 
@@ -35,7 +35,7 @@ pub async fn show(State(app): State<App>, Path(name): Path<String>) -> Result<Js
 pub async fn put(
     State(app): State<App>,
     axum::extract::Extension(caller): axum::extract::Extension<crate::auth::Caller>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<PutPool>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (pool, created) = app.put_pool(&name, req, &caller.actor()).await?;
@@ -48,7 +48,7 @@ pub async fn put(
 pub async fn delete(
     State(app): State<App>,
     axum::extract::Extension(caller): axum::extract::Extension<crate::auth::Caller>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     app.delete_pool(&name, &caller.actor()).await?;
     Ok(StatusCode::NO_CONTENT)

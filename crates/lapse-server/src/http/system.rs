@@ -1,13 +1,13 @@
-//! `/healthz`, `/metrics`, `/v1/providers`, `/v1/status`, `/v1/queues`, `/v1/events`, `/v1/openapi.json`.
+//! `/healthz`, `/readyz`, `/metrics`, `/v1/providers`, `/v1/status`, `/v1/queues`, `/v1/events`, `/v1/openapi.json`.
 
 use axum::Json;
 use axum::Router;
 use axum::extract::{RawQuery, State};
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use lapse_core::model::is_environment_id;
-use lapse_core::wire::{ErrorBody, EventList, EventView, ProviderList, QueuesView, StatusView, UsageView};
+use lapse_core::wire::{ErrorBody, EventList, EventView, ProviderList, QueuesView, ReadyView, StatusView, UsageView};
 use utoipa::OpenApi;
 
 use super::{ApiError, number, only_keys, query_pairs};
@@ -16,6 +16,7 @@ use crate::app::App;
 pub fn router() -> Router<App> {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/providers", get(providers))
         .route("/v1/status", get(status))
@@ -25,11 +26,20 @@ pub fn router() -> Router<App> {
         .route("/v1/openapi.json", get(openapi))
 }
 
-/// Liveness: the server answers and its store reads.
-#[utoipa::path(get, path = "/healthz", tag = "system", security(()), responses((status = 200, description = "ok"), (status = 500, body = ErrorBody)))]
-pub async fn healthz(State(app): State<App>) -> Result<&'static str, ApiError> {
-    app.cx.store.count_by_provider_and_state().await.map_err(|e| ApiError::from(crate::app::AppError::Store(e)))?;
-    Ok("ok\n")
+/// Liveness: the process serves HTTP. Constant time: it touches no store and no provider.
+#[utoipa::path(get, path = "/healthz", tag = "system", security(()), responses((status = 200, description = "ok", content_type = "text/plain")))]
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: `200` when the store takes writes and every background loop ticked recently,
+/// else `503` saying which is not (see `crate::health`).
+#[utoipa::path(get, path = "/readyz", tag = "system", security(()),
+    responses((status = 200, description = "Ready", body = ReadyView), (status = 503, description = "Not ready: `problems` says why", body = ReadyView)))]
+pub async fn readyz(State(app): State<App>) -> impl IntoResponse {
+    let view = crate::health::readiness(&app).await;
+    let status = if view.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(view))
 }
 
 /// Prometheus text format.

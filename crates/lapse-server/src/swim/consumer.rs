@@ -137,6 +137,7 @@ async fn round(app: &App, swim: &Arc<Swim>, queue: &Arc<Queue>) -> Result<(), Ro
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel::<RoundError>();
     let mut last_prune = tokio::time::Instant::now();
     loop {
+        crate::health::tick(&format!("swim:{}", queue.name()));
         if let Ok(e) = failed_rx.try_recv() {
             // Let the other handlers finish before the processing list is read again.
             let _ = slots.acquire_many(queue.concurrency as u32).await;

@@ -40,7 +40,7 @@ async fn whole_life_with_the_process_provider() {
 
     // Extend before expiry: the lease moves by exactly `by`, nothing restarts.
     let (status, extended) = server.post(&format!("/v1/environments/{id}/extend"), json!({"by": "2s"})).await;
-    assert_eq!(status, StatusCode::OK, "{extended}");
+    assert_eq!(status, StatusCode::ACCEPTED, "extend answers 202 like every change: {extended}");
     let expiry = millis(&extended["expires_at"]);
     assert_eq!(expiry - first_expiry, 2_000);
 
@@ -58,7 +58,7 @@ async fn whole_life_with_the_process_provider() {
     let (status, err) = server.post(&format!("/v1/environments/{id}/start"), json!({})).await;
     assert_eq!((status, err["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")));
     let (status, extended) = server.post(&format!("/v1/environments/{id}/extend"), json!({"by": "1m"})).await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(extended["desired_state"], "running");
     assert!(extended.get("expired_at").is_none());
     server.wait_state(&id, "running", secs(5)).await;
@@ -500,6 +500,20 @@ async fn bad_input_is_refused_and_changes_nothing() {
         ),
         (Method::GET, "/v1/events?after=-1".into(), None, vec![], StatusCode::BAD_REQUEST, "invalid_request"),
         (Method::GET, "/v1/nope".into(), None, vec![], StatusCode::NOT_FOUND, "not_found"),
+        // Path parameters that are not percent-encoded UTF-8 are the JSON 400 too.
+        (Method::GET, "/v1/environments/%FF".into(), None, vec![], StatusCode::BAD_REQUEST, "invalid_path"),
+        (Method::POST, "/v1/environments/%C3%28/stop".into(), None, vec![], StatusCode::BAD_REQUEST, "invalid_path"),
+        (Method::GET, "/v1/pools/%FE%FF".into(), None, vec![], StatusCode::BAD_REQUEST, "invalid_path"),
+        (Method::DELETE, "/v1/admin/keys/%80".into(), None, vec![], StatusCode::BAD_REQUEST, "invalid_path"),
+        (Method::GET, "/v1/environments?limit=%FF".into(), None, vec![], StatusCode::BAD_REQUEST, "invalid_request"),
+        (
+            Method::GET,
+            "/v1/environments?cursor=%21%21".into(),
+            None,
+            vec![],
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
         (Method::PUT, "/v1/environments".into(), None, vec![], StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
     ];
     for (method, path, content_type, body, want_status, want_code) in cases {
@@ -537,6 +551,8 @@ async fn openapi_describes_every_route() {
     let mut expected = vec![
         "delete /v1/environments/{id}",
         "get /healthz",
+        "get /readyz",
+        "post /v1/admin/keys",
         "get /metrics",
         "get /v1/environments",
         "get /v1/environments/{id}",
@@ -580,4 +596,61 @@ async fn openapi_describes_every_route() {
             assert!(path.contains(&"0".repeat(32)) || path.contains("no-such-pool"), "{line}: {answer}");
         }
     }
+}
+
+/// `GET /v1/environments` pages with a cursor: every environment exactly once, in id order,
+/// environments made while paging come on a later page, the last page has no cursor.
+#[tokio::test]
+async fn lists_page_with_a_stable_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--sim", "0"]).await;
+    let sim = || json!({"owner": "pager", "spec": {"provider": "sim", "cmd": ["x"]}, "ttl": "10m"});
+    let mut made = Vec::new();
+    for _ in 0..7 {
+        made.push(server.create(sim()).await["id"].as_str().unwrap().to_owned());
+    }
+    let http = reqwest::Client::new();
+    let page = |path: String| {
+        let http = http.clone();
+        let url = format!("{}{path}", server.url);
+        async move {
+            let resp = http.get(url).send().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let next = resp.headers().get("lapse-next-cursor").map(|v| v.to_str().unwrap().to_owned());
+            let link = resp.headers().get("link").map(|v| v.to_str().unwrap().to_owned());
+            let body: Value = resp.json().await.unwrap();
+            let ids: Vec<String> =
+                body["environments"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+            (ids, next, link)
+        }
+    };
+    let (first, cursor, link) = page("/v1/environments?owner=pager&limit=3".into()).await;
+    assert_eq!(first, made[..3]);
+    let cursor = cursor.expect("a next cursor");
+    let link = link.expect("a Link header");
+    assert!(
+        link.starts_with("</v1/environments?owner=pager&limit=3&cursor=") && link.ends_with(">; rel=\"next\""),
+        "{link}"
+    );
+    // Made while paging: it sorts after everything listed, so it comes on a later page.
+    made.push(server.create(sim()).await["id"].as_str().unwrap().to_owned());
+    let mut seen = first;
+    let mut next = Some(link.trim_start_matches('<').split('>').next().unwrap().to_owned());
+    let mut pages = 1;
+    while let Some(path) = next {
+        let (ids, cursor, link) = page(path).await;
+        assert_eq!(cursor.is_some(), link.is_some());
+        seen.extend(ids);
+        pages += 1;
+        next = link.map(|l| l.trim_start_matches('<').split('>').next().unwrap().to_owned());
+        assert!(pages < 10, "the pages end");
+    }
+    assert_eq!(seen, made, "each exactly once, in order");
+    assert_eq!(pages, 3, "3 + 3 + 2");
+    let (exact, cursor, _) = page(format!("/v1/environments?owner=pager&limit=8&cursor={cursor}")).await;
+    assert_eq!(exact, made[3..]);
+    assert_eq!(cursor, None, "a page that ends the list has no cursor");
+    // The default page is 100; a limit over 1000 is taken as 1000.
+    let (all, cursor, _) = page("/v1/environments?limit=5000".into()).await;
+    assert_eq!((all.len(), cursor), (8, None));
 }

@@ -93,3 +93,35 @@ async fn verbs_tables_json_and_exit_codes() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("cannot reach the Lapse server"), "{}", text(&out.stderr));
 }
+
+/// `lapse list` follows the server's pages to the end (more than one page of 1,000), and
+/// `--limit` stops early.
+#[tokio::test]
+async fn list_follows_every_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = std::sync::Arc::new(Server::start(dir.path(), &["--sim", "0"]).await);
+    let body = serde_json::json!({"owner": "many", "spec": {"provider": "sim", "cmd": ["x"]}, "ttl": "10m"});
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (server, body) = (server.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..126 {
+                server.create(body.clone()).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let out = lapse(&server, &["list", "--json", "--owner", "many"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = list["environments"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 1008, "every page");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order, none twice");
+    let out = lapse(&server, &["list", "--json", "--owner", "many", "--limit", "1003"]).await;
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["environments"].as_array().unwrap().len(), 1003);
+    let out = lapse(&server, &["list", "--owner", "many", "--limit", "2"]).await;
+    assert_eq!(text(&out.stdout).lines().count(), 3, "a header and two rows: {}", text(&out.stdout));
+}

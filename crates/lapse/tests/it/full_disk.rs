@@ -115,6 +115,10 @@ async fn a_full_disk_refuses_writes_yet_stops_deletes_and_expiries_happen_and_no
     let refused = until_refused(&server, secs(20)).await;
     assert_eq!(refused["error"]["code"], "store_unavailable", "{refused}");
 
+    let (status, ready) = server.request(Method::GET, "/readyz", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    assert_eq!(ready["store_writable"], false);
+
     // Idle on a full disk, the server does not spin.
     let pid = server.pid().unwrap();
     let before = cpu_ticks(pid);

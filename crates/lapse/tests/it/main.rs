@@ -12,6 +12,7 @@ mod full_disk;
 mod harness;
 mod isolation;
 mod lifecycles;
+mod limits;
 mod pools;
 mod redis_server;
 mod retry;

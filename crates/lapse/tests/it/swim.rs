@@ -50,8 +50,23 @@ fn provision(user: &str, lab: i64, file: &str, ttl_minutes: f64) -> String {
 }
 
 async fn swim_envs(server: &Server) -> Vec<Value> {
-    let (_, list) = server.get("/v1/environments?limit=10000").await;
-    list["environments"].as_array().unwrap().iter().filter(|e| e["source"] == "swim").cloned().collect()
+    // Every page: the list gives at most 1,000 at a time and the next page's cursor.
+    let http = reqwest::Client::new();
+    let (mut all, mut cursor) = (Vec::new(), String::new());
+    loop {
+        let mut req = http.get(format!("{}/v1/environments?limit=1000{cursor}", server.url));
+        if let Some(key) = &server.key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.expect("the server answers");
+        let next = resp.headers().get("lapse-next-cursor").map(|c| format!("&cursor={}", c.to_str().unwrap()));
+        let list: Value = resp.json().await.expect("a list");
+        all.extend(list["environments"].as_array().unwrap().iter().filter(|e| e["source"] == "swim").cloned());
+        match next {
+            Some(next) => cursor = next,
+            None => return all,
+        }
+    }
 }
 
 async fn eventually<T>(within: Duration, what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {

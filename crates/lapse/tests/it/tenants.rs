@@ -238,35 +238,43 @@ async fn quotas_hold_under_concurrency_and_name_the_limit() {
 
 #[tokio::test]
 async fn the_host_guard_refuses_local_environments_and_stops_refills() {
-    let dir = tempfile::tempdir().unwrap();
-    // Any host uses more than 0% of its memory.
-    let server = Server::start(dir.path(), &["--host-memory-limit", "0", "--sim", "0"]).await;
-    let (status, body) = server.post("/v1/environments", process_env(&["sleep", "60"])).await;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
-    let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("host memory use is") && message.contains("above the 0% limit"), "{message}");
-    assert_eq!(server.count_environments().await, 0, "nothing was created");
-    // Providers that use no host memory are not held back.
-    let (status, _) = server.post("/v1/environments", json!({"owner": "o", "spec": {"provider": "sim"}})).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    // A pool of local processes does not refill; one of sim does.
-    let (status, _) = server
-        .request(
-            Method::PUT,
-            "/v1/pools/local",
-            Some(json!({"spec": {"provider": "process", "cmd": ["sleep", "60"]}, "min": 2})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
-    let (status, _) =
-        server.request(Method::PUT, "/v1/pools/simmed", Some(json!({"spec": {"provider": "sim"}, "min": 2}))).await;
-    assert_eq!(status, StatusCode::CREATED);
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let (_, local) = server.get("/v1/pools/local").await;
-    assert_eq!((local["warm"].as_u64(), local["starting"].as_u64()), (Some(0), Some(0)), "{local}");
-    let (_, simmed) = server.get("/v1/pools/simmed").await;
-    assert_eq!(simmed["warm"], 2, "{simmed}");
-    assert!(server.log().contains("not refilling: host memory use"));
+    // Any host uses more than 0% of its memory, and of its data dir's disk.
+    for (flag, says) in
+        [("--host-memory-limit", "host memory use is"), ("--host-disk-limit", "disk use of the data dir")]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(dir.path(), &[flag, "0", "--sim", "0"]).await;
+        let (status, body) = server.post("/v1/environments", process_env(&["sleep", "60"])).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "the host's state, not a quota: {body}");
+        assert_eq!(body["error"]["code"], "host_capacity", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says) && message.contains("above the 0% limit"), "{message}");
+        assert!(message.contains(flag), "names its flag: {message}");
+        assert_eq!(server.count_environments().await, 0, "nothing was created");
+        // Providers that use no host memory or disk are not held back.
+        let (status, _) = server.post("/v1/environments", json!({"owner": "o", "spec": {"provider": "sim"}})).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        // A pool of local processes does not refill; one of sim does (in the same pass).
+        let (status, _) = server
+            .request(
+                Method::PUT,
+                "/v1/pools/local",
+                Some(json!({"spec": {"provider": "process", "cmd": ["sleep", "60"]}, "min": 2})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, _) =
+            server.request(Method::PUT, "/v1/pools/simmed", Some(json!({"spec": {"provider": "sim"}, "min": 2}))).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let started = std::time::Instant::now();
+        while server.get("/v1/pools/simmed").await.1["warm"] != 2 {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10), "the sim pool refills");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let (_, local) = server.get("/v1/pools/local").await;
+        assert_eq!((local["warm"].as_u64(), local["starting"].as_u64()), (Some(0), Some(0)), "{local}");
+        assert!(server.log().contains(&format!("not refilling: {says}")), "{flag}");
+    }
 }
 
 #[tokio::test]
@@ -450,4 +458,78 @@ async fn a_claim_from_a_warm_pool_counts_against_the_quota() {
     assert!(refused["error"]["message"].as_str().unwrap().contains("environments 1 of 1"), "{refused}");
     let (_, list) = server.request_as(Some(&key), Method::GET, "/v1/environments", None).await;
     assert_eq!(list["environments"].as_array().unwrap().len(), 1);
+}
+
+/// A metrics-only key reads `/metrics` and nothing else; tenants' keys still cannot read it;
+/// it is made by the admin (API and CLI) and revocable like any key.
+#[tokio::test]
+async fn a_metrics_key_reads_metrics_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path()).await;
+    let (_, tenant) = tenant_key(&server, "acme").await;
+    let (status, made) = server.post("/v1/admin/keys", json!({"scope": "metrics"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    assert_eq!((made["scope"].as_str(), made.get("tenant")), (Some("metrics"), None), "{made}");
+    let (id, key) = (made["id"].as_str().unwrap().to_owned(), made["key"].as_str().unwrap().to_owned());
+
+    let (status, text) = server.request_as(Some(&key), Method::GET, "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(text.as_str().is_some_and(|t| t.contains("# TYPE")), "Prometheus text: {text}");
+    let elsewhere = [
+        (Method::GET, "/v1/environments", None),
+        (Method::POST, "/v1/environments", Some(process_env(&["sleep", "1"]))),
+        (Method::GET, "/v1/events", None),
+        (Method::GET, "/v1/whoami", None),
+        (Method::GET, "/v1/status", None),
+        (Method::GET, "/v1/pools", None),
+        (Method::GET, "/stats", None),
+        (Method::GET, "/v1/admin/tenants", None),
+        (Method::POST, "/v1/admin/keys", Some(json!({"scope": "metrics"}))),
+    ];
+    for (method, path, body) in elsewhere {
+        let (status, answer) = server.request_as(Some(&key), method.clone(), path, body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {answer}");
+        assert_eq!(answer["error"]["code"], "forbidden");
+    }
+    let (status, _) = server.request_as(Some(&tenant), Method::GET, "/metrics", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a tenant's key does not read metrics");
+    assert_eq!(server.count_environments().await, 0, "nothing was created");
+
+    for bad in [
+        json!({"scope": "metrics", "tenant": "acme"}),
+        json!({"scope": "tenant"}),
+        json!({"scope": "root"}),
+        json!({"scope": "tenant", "tenant": "../x"}),
+        json!({}),
+    ] {
+        let (status, answer) = server.post("/v1/admin/keys", bad.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {answer}");
+    }
+    let (status, answer) = server.post("/v1/admin/keys", json!({"scope": "tenant", "tenant": "nobody"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+    let (status, made) = server.post("/v1/admin/keys", json!({"scope": "tenant", "tenant": "acme"})).await;
+    assert_eq!(
+        (status, made["tenant"].as_str(), made["scope"].as_str()),
+        (StatusCode::CREATED, Some("acme"), Some("tenant"))
+    );
+    let (status, who) = server.request_as(made["key"].as_str(), Method::GET, "/v1/whoami", None).await;
+    assert_eq!((status, who["tenant"].as_str()), (StatusCode::OK, Some("acme")));
+
+    let (status, revoked) = server.request(Method::DELETE, &format!("/v1/admin/keys/{id}"), None).await;
+    assert_eq!((status, revoked["scope"].as_str(), revoked.get("tenant")), (StatusCode::OK, Some("metrics"), None));
+    let (status, _) = server.request_as(Some(&key), Method::GET, "/metrics", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "revoked");
+
+    // The CLI makes one too.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lapse"))
+        .args(["--url", &server.url, "--key", ADMIN, "admin", "key", "create", "--metrics"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (status, _) = server.request_as(Some(&key), Method::GET, "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = server.request_as(Some(&key), Method::GET, "/v1/environments", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 }

@@ -27,7 +27,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 mod queues;
 mod tenants;
 
-pub use queues::QueuedCreate;
+pub use queues::{AppliedCreates, ChangeOutcome, QueuedChange, QueuedCreate};
 use tenants::usage;
 pub use tenants::{KeyRecord, TenantRecord};
 

@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 
 use super::apply::{Handled, apply};
 use super::entry::{DEAD_LETTER_PREFIX, Entry, TAG_MARK, dead_letter};
-use super::{FIRST_BACKOFF, Queue, Swim, next_backoff};
+use super::{FIRST_BACKOFF, Kind, Queue, Swim, is_connection_error, next_backoff};
 use crate::app::App;
 
 /// How long the store keeps an applied idempotency key.
@@ -117,7 +117,7 @@ pub(super) enum RoundError {
 
 impl From<redis::RedisError> for RoundError {
     fn from(e: redis::RedisError) -> RoundError {
-        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+        if is_connection_error(&e) {
             RoundError::Connection(e)
         } else {
             RoundError::Refused(e)
@@ -128,6 +128,13 @@ impl From<redis::RedisError> for RoundError {
 /// Runs one queue for ever: connect, recover the processing list, consume; on any failure
 /// wait for the handlers in flight, back off and do it again.
 pub async fn run(app: App, swim: Arc<Swim>, queue: Arc<Queue>) {
+    if queue.kind == Kind::Provision && swim.config.cloud_init_dir.is_none() {
+        // The default dir is made; one configured must exist (a typo must not pass silently).
+        let root = swim.config.cloud_init_root(&app.cx.config.data_dir);
+        if let Err(e) = std::fs::create_dir_all(&root) {
+            tracing::warn!(dir = %root.display(), error = %e, "cannot make the cloud-init dir");
+        }
+    }
     let mut backoff = FIRST_BACKOFF;
     loop {
         match round(&app, &swim, &queue).await {

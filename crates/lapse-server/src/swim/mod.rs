@@ -333,10 +333,11 @@ impl Swim {
             Ok::<_, redis::RedisError>(out)
         };
         let lengths = tokio::time::timeout(Duration::from_secs(2), lengths).await;
-        let (lengths, error) = match lengths {
-            Ok(Ok(l)) => (Some(l), None),
-            Ok(Err(e)) => (None, Some(e.to_string())),
-            Err(_) => (None, Some("Redis did not answer in 2 s".to_owned())),
+        let (lengths, error, connected) = match lengths {
+            Ok(Ok(l)) => (Some(l), None, true),
+            // Redis answered, with an error (a queue key of the wrong type): still connected.
+            Ok(Err(e)) => (None, Some(e.to_string()), !is_connection_error(&e)),
+            Err(_) => (None, Some("Redis did not answer in 2 s".to_owned()), false),
         };
         let queues = self
             .queues
@@ -363,12 +364,17 @@ impl Swim {
         QueuesView {
             enabled: true,
             redis: Some(self.config.shown_url()),
-            connected: error.is_none(),
+            connected,
             error: error.or(last_error),
             provider: Some(self.config.provider.clone()),
             queues,
         }
     }
+}
+
+/// Whether `e` means the connection failed, rather than Redis refusing a command.
+pub(crate) fn is_connection_error(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
 }
 
 /// Back-off between reconnects: 100 ms doubling to 5 s.

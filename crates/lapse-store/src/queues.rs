@@ -265,12 +265,7 @@ impl Store {
 
     /// Forgets receipts of `queue` older than `before`, except those in `keep` (messages still
     /// in a processing list). Returns how many went.
-    pub async fn prune_receipts(
-        &self,
-        queue: &str,
-        before: Millis,
-        keep: &HashSet<String>,
-    ) -> Result<u64, StoreError> {
+    pub async fn prune_receipts(&self, queue: &str, before: Millis, keep: &HashSet<String>) -> Result<u64, StoreError> {
         let mut tx = self.writer.begin().await.op("prune receipts")?;
         let old: Vec<String> = sqlx::query_scalar("SELECT tag FROM queue_receipts WHERE queue = ? AND at < ?")
             .bind(queue)
@@ -381,7 +376,10 @@ mod tests {
         let (a, b, c, d) = (create("t1", 'a'), create("t2", 'b'), create("t3", 'c'), create("t4", 'd'));
         let batch = [(&a, Some("k1")), (&b, Some("k1")), (&c, None)];
         let applied = store.apply_keyed_creates("q", &batch).await.unwrap();
-        assert_eq!(applied, AppliedCreates { fresh: vec!["t1".into(), "t3".into()], duplicate_keys: vec!["t2".into()] });
+        assert_eq!(
+            applied,
+            AppliedCreates { fresh: vec!["t1".into(), "t3".into()], duplicate_keys: vec!["t2".into()] }
+        );
         // A re-delivery under a new tag (a Redis rolled back), and one under its own tag.
         let again = store.apply_keyed_creates("q", &[(&d, Some("k1")), (&a, Some("k1"))]).await.unwrap();
         assert_eq!(again, AppliedCreates { fresh: vec![], duplicate_keys: vec!["t4".into()] });
@@ -397,7 +395,8 @@ mod tests {
             vec![]
         };
         let change = |tag| QueuedChange { tag, idempotency_key: Some("d1"), source: Some("swim"), filter: &filter };
-        let ChangeOutcome::Applied(changed) = store.apply_queued_change("d", change("t5"), delete).await.unwrap() else {
+        let ChangeOutcome::Applied(changed) = store.apply_queued_change("d", change("t5"), delete).await.unwrap()
+        else {
             panic!("applied")
         };
         assert_eq!(changed.len(), 3, "the three swim environments, not the api one");

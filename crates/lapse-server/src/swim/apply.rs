@@ -50,7 +50,8 @@ pub(super) async fn apply(app: &App, swim: &Swim, queue: &Queue, batch: Vec<Entr
             if !items.is_empty() {
                 let keyed: Vec<(&QueuedCreate, Option<&str>)> =
                     items.iter().map(|(item, key)| (item, key.as_deref())).collect();
-                let AppliedCreates { fresh, duplicate_keys } = app.cx.store.apply_keyed_creates(&queue.key, &keyed).await?;
+                let AppliedCreates { fresh, duplicate_keys } =
+                    app.cx.store.apply_keyed_creates(&queue.key, &keyed).await?;
                 let fresh: std::collections::HashSet<String> = fresh.into_iter().collect();
                 for (item, _) in items.iter().filter(|(i, _)| fresh.contains(&i.tag)) {
                     if let Some(at) = item.env.expires_at {
@@ -153,8 +154,12 @@ async fn decommission(app: &App, swim: &Swim, queue: &Queue, entry: &Entry) -> R
         Some(lab) => format!("decommission of {}, lab {lab}", d.owner),
         None => format!("decommission of {}", d.owner),
     };
-    let message =
-        QueuedChange { tag: &entry.tag, idempotency_key: d.idempotency_key.as_deref(), source: Some(SOURCE), filter: &filter };
+    let message = QueuedChange {
+        tag: &entry.tag,
+        idempotency_key: d.idempotency_key.as_deref(),
+        source: Some(SOURCE),
+        filter: &filter,
+    };
     let outcome = app
         .cx
         .store

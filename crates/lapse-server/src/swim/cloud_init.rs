@@ -176,9 +176,8 @@ const FILE_FLAGS: OFlag = OFlag::O_RDONLY.union(OFlag::O_NONBLOCK).union(OFlag::
 /// Opens `relative` beneath `dir`: `openat2` where the kernel has it, else a walk that follows
 /// no symlink.
 fn open_beneath(dir: &OwnedFd, relative: &Path) -> Result<OwnedFd, Errno> {
-    let how = OpenHow::new()
-        .flags(FILE_FLAGS)
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let how =
+        OpenHow::new().flags(FILE_FLAGS).resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
     match openat2(dir, relative, how) {
         Err(Errno::ENOSYS | Errno::EPERM) => open_walking(dir, relative),
         other => other,

@@ -117,11 +117,7 @@ pub(super) enum RoundError {
 
 impl From<redis::RedisError> for RoundError {
     fn from(e: redis::RedisError) -> RoundError {
-        if is_connection_error(&e) {
-            RoundError::Connection(e)
-        } else {
-            RoundError::Refused(e)
-        }
+        if is_connection_error(&e) { RoundError::Connection(e) } else { RoundError::Refused(e) }
     }
 }
 

@@ -99,13 +99,17 @@ mod tests {
     fn dead_letters_keep_a_bounded_prefix_and_the_length() {
         let mut raw = b"#lapse:t:1 ".to_vec();
         raw.extend(std::iter::repeat_n(b'a', 10_000));
-        let v: serde_json::Value = serde_json::from_str(&dead_letter(&Entry::parse(raw).unwrap(), "r", "q", "now")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&dead_letter(&Entry::parse(raw).unwrap(), "r", "q", "now")).unwrap();
         assert_eq!(v["message"].as_str().unwrap().len(), DEAD_LETTER_PREFIX);
         assert_eq!((v["length"].as_u64(), v["truncated"].as_bool()), (Some(10_000), Some(true)));
         let cut = Entry::parse(b"#lapse:t:2!99999999 \xffab".to_vec()).unwrap();
         let v: serde_json::Value = serde_json::from_str(&dead_letter(&cut, "too big", "q", "now")).unwrap();
         assert_eq!(v["message"], "\u{fffd}ab");
         assert_eq!((v["length"].as_u64(), v["truncated"].as_bool()), (Some(99_999_999), Some(true)));
-        assert_eq!((v["reason"].as_str(), v["queue"].as_str(), v["at"].as_str()), (Some("too big"), Some("q"), Some("now")));
+        assert_eq!(
+            (v["reason"].as_str(), v["queue"].as_str(), v["at"].as_str()),
+            (Some("too big"), Some("q"), Some("now"))
+        );
     }
 }

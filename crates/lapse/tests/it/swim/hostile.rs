@@ -85,7 +85,8 @@ async fn non_utf8_over_size_and_malformed_messages_are_dead_lettered_and_the_nex
 async fn a_queue_key_of_the_wrong_type_is_reported_as_such_not_as_a_lost_redis() {
     let s = setup("process", &[]).await;
     s.redis.set(DECOMMISSION, "not a list").await;
-    eventually(secs(20), "the refusal logged", async || s.server.log().contains("a queue round failed").then_some(())).await;
+    eventually(secs(20), "the refusal logged", async || s.server.log().contains("a queue round failed").then_some(()))
+        .await;
     let log = s.server.log();
     assert!(log.contains("Redis refused a command") && log.contains("WRONGTYPE"), "{log}");
     assert!(!log.contains("lost Redis"), "{log}");
@@ -129,10 +130,13 @@ async fn cloud_init_files_are_read_only_beneath_their_dir() {
         ("big.yml", "is over 65536 bytes"),
         ("sub", "not a regular file (it is a directory)"),
     ];
-    let bad: Vec<String> = cases.iter().enumerate().map(|(i, (file, _))| provision("kim", i as i64, file, 5.0)).collect();
+    let bad: Vec<String> =
+        cases.iter().enumerate().map(|(i, (file, _))| provision("kim", i as i64, file, 5.0)).collect();
     s.redis.lpush(PROVISION, &bad).await;
     // Good ones after them: by absolute path, and by a symlink that stays inside.
-    s.redis.lpush(PROVISION, &[provision("kim", 100, &s.cloud_init, 5.0), provision("kim", 101, "sub/inside.yml", 5.0)]).await;
+    s.redis
+        .lpush(PROVISION, &[provision("kim", 100, &s.cloud_init, 5.0), provision("kim", 101, "sub/inside.yml", 5.0)])
+        .await;
     let dead = dead_letters(&s, PROVISION, cases.len()).await;
     for (message, (file, words)) in bad.iter().zip(cases) {
         let reason = dead[message.as_str()]["reason"].as_str().unwrap().to_owned();
@@ -144,7 +148,8 @@ async fn cloud_init_files_are_read_only_beneath_their_dir() {
     })
     .await;
     for env in &envs {
-        let path = s.server.wait_state(env["id"].as_str().unwrap(), "running", secs(15)).await["user_data_path"].clone();
+        let path =
+            s.server.wait_state(env["id"].as_str().unwrap(), "running", secs(15)).await["user_data_path"].clone();
         assert_eq!(std::fs::read_to_string(path.as_str().unwrap()).unwrap(), "#cloud-config\npackages: [git]\n");
     }
 }
@@ -215,7 +220,7 @@ async fn an_idempotency_key_applies_a_request_once_even_replayed_by_hand() {
     // Decommissions too: replayed, a keyed one does not delete the lab made since.
     let lab3 = swim_envs(&s.server).await.into_iter().find(|e| e["labels"]["swim.lab_id"] == "3").unwrap();
     let decommission = json!({"WebUsername": "nia", "LabID": 3, "IdempotencyKey": "del-3"}).to_string();
-    s.redis.lpush(DECOMMISSION, &[decommission.clone()]).await;
+    s.redis.lpush(DECOMMISSION, std::slice::from_ref(&decommission)).await;
     s.server.wait_state(lab3["id"].as_str().unwrap(), "deleted", secs(20)).await;
     s.redis.lpush(PROVISION, &[keyed(3, "req-3-again")]).await;
     eventually(secs(20), "the new lab 3", async || (labs(&s.server).await.get("3") == Some(&1)).then_some(())).await;

@@ -402,4 +402,18 @@ mod tests {
         assert_eq!(cfg.provision_queue(), "vmmanager:provision:queue");
         assert_eq!(cfg.server_key("ab"), "vmmanager:server:ab");
     }
+
+    #[test]
+    fn limits_have_defaults_and_bounds() {
+        let cfg = RedisSection::default().into_config();
+        assert_eq!((cfg.max_message_bytes, cfg.dead_letter_max), (1 << 20, 10_000));
+        assert_eq!(cfg.cloud_init_root(std::path::Path::new("/data")), PathBuf::from("/data/cloud-init"));
+        let table: RedisSection =
+            toml::from_str("max_message_bytes = 0\ndead_letter_max = 0\ncloud_init_dir = \"/srv/ci\"").unwrap();
+        let cfg = table.into_config();
+        assert_eq!((cfg.max_message_bytes, cfg.dead_letter_max), (1, 1), "at least one byte, one record");
+        assert_eq!(cfg.cloud_init_root(std::path::Path::new("/data")), PathBuf::from("/srv/ci"));
+        let huge = RedisSection { max_message_bytes: Some(usize::MAX), ..Default::default() }.into_config();
+        assert_eq!(huge.max_message_bytes, 512 << 20, "Redis's own limit");
+    }
 }

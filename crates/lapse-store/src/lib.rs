@@ -31,7 +31,7 @@ mod tenants;
 mod writer;
 
 pub use accrual::Accrual;
-pub use queues::QueuedCreate;
+pub use queues::{AppliedCreates, ChangeOutcome, QueuedChange, QueuedCreate};
 use tenants::usage;
 pub use tenants::{KeyRecord, KeyScope, TenantRecord};
 

@@ -475,10 +475,11 @@ async fn swim(args: &BenchArgs, json_out: bool, report: &mut serde_json::Map<Str
         }
     };
     let dir = tempfile::Builder::new().disable_cleanup(std::env::var_os("LAPSE_BENCH_KEEP").is_some()).tempdir()?;
-    let cloud_init = dir.path().join("cloud-init.yml");
-    std::fs::write(&cloud_init, "#cloud-config\n")?;
     let data = dir.path().join("lapse");
-    std::fs::create_dir_all(&data)?;
+    // Cloud-init files are read only beneath the server's cloud-init dir (default: in its data dir).
+    std::fs::create_dir_all(data.join("cloud-init"))?;
+    let cloud_init = data.join("cloud-init/cloud-init.yml");
+    std::fs::write(&cloud_init, "#cloud-config\n")?;
     let envs = [("REDIS_CONNECTION_STRING", redis.address.clone()), ("SWIM_PROVIDER", "sim".to_owned())];
     let mut server = ServerProcess::start_with(&data, &envs).await?;
     let n = args.swim;

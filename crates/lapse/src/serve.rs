@@ -132,7 +132,7 @@ pub struct ServeArgs {
     /// The command environments run (`/bin/sh -c`); needed by the process provider.
     #[arg(long, env = "SWIM_PROVISION_DEFAULT_CMD", help_heading = "SWIM Redis queues")]
     pub swim_default_cmd: Option<String>,
-    /// Read `CloudInitFile`s relative to this directory and refuse paths outside it.
+    /// Read `CloudInitFile`s only beneath this directory (default: the data dir's `cloud-init`).
     #[arg(long, env = "SWIM_CLOUD_INIT_DIR", help_heading = "SWIM Redis queues")]
     pub swim_cloud_init_dir: Option<PathBuf>,
     /// Provision batches handled at once.
@@ -144,6 +144,12 @@ pub struct ServeArgs {
     /// Most messages a handler takes at once.
     #[arg(long, env = "SWIM_BATCH", default_value_t = 1000, help_heading = "SWIM Redis queues")]
     pub swim_batch: usize,
+    /// Longest queue message in bytes; longer ones are dead-lettered unparsed (default 1 MiB).
+    #[arg(long, env = "SWIM_MAX_MESSAGE_BYTES", help_heading = "SWIM Redis queues")]
+    pub swim_max_message_bytes: Option<usize>,
+    /// Most records each dead-letter list keeps, the newest (default 10,000).
+    #[arg(long, env = "SWIM_DEAD_LETTER_MAX", help_heading = "SWIM Redis queues")]
+    pub swim_dead_letter_max: Option<u64>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "LAPSE_LOG_JSON")]
     pub log_json: bool,
@@ -245,6 +251,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             provision_concurrency: Some(args.swim_provision_concurrency),
             control_concurrency: Some(args.swim_control_concurrency),
             batch: Some(args.swim_batch),
+            max_message_bytes: args.swim_max_message_bytes,
+            dead_letter_max: args.swim_dead_letter_max,
         };
         config.swim = Some(section.into_config());
     }

@@ -1,56 +1,92 @@
 //! The queue consumers: one pump per queue moves messages into its processing list, handlers
-//! apply them (at most `concurrency` batches at once) and remove them.
+//! ([`super::apply`]) apply them (at most `concurrency` batches at once) and remove them.
+//!
+//! Every element is read as bytes. The script that takes a batch tags each message, cuts one
+//! over the size limit to its first 4 KiB, and stops at [`BATCH_BYTES`], so a reply stays
+//! bounded whatever the producers pushed. When the queue is empty the pump waits with a
+//! `BLMOVE` of the queue onto itself (which changes nothing) and takes again.
+//!
+//! Only an IO failure (or one the client says needs a new connection) is a lost Redis; any
+//! other failure ends the round all the same, is reported as itself, and the next round
+//! starts after the back-off.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use lapse_core::model::{DesiredState, Environment, OnExpiry, new_environment_id};
-use lapse_core::{duration, format_millis};
-use lapse_store::{ListFilter, NewEvent, QueuedCreate};
+use lapse_core::format_millis;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::Semaphore;
 
-use super::request::{self, DecommissionRequest, LAB_LABEL, ProvisionRequest};
-use super::{FIRST_BACKOFF, Kind, Queue, Swim, next_backoff};
+use super::apply::{Handled, apply};
+use super::entry::{DEAD_LETTER_PREFIX, Entry, TAG_MARK, dead_letter};
+use super::{FIRST_BACKOFF, Kind, Queue, Swim, is_connection_error, next_backoff};
 use crate::app::App;
 
-/// Marks a message in a processing list as tagged: `#lapse:<tag> <message>`.
-const TAG_MARK: &str = "#lapse:";
+/// How long the store keeps an applied idempotency key.
+pub const KEYS_KEPT_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Most idempotency keys the store keeps per queue (the newest).
+pub const KEYS_KEPT_AT_MOST: u64 = 100_000;
+/// A batch stops growing once its messages reach this many bytes (it has at least one).
+pub const BATCH_BYTES: usize = 8 << 20;
 
 /// Moves up to `ARGV[2]` messages from the queue's tail (the seed's producers `LPUSH`) to the
-/// processing list, each tagged `ARGV[1]<n>`, atomically.
+/// processing list, each tagged `ARGV[1]<n>`, atomically; a message over `ARGV[3]` bytes is
+/// kept as `ARGV[1]<n>!<length>` and its first `ARGV[4]` bytes. Stops after `ARGV[5]` bytes.
 const TAKE: &str = r"
 local out = {}
+local limit, keep, budget = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local bytes = 0
 for i = 1, tonumber(ARGV[2]) do
+  if bytes >= budget then break end
   local m = redis.call('RPOP', KEYS[1])
   if not m then break end
-  local e = ARGV[1] .. i .. ' ' .. m
+  local e
+  if #m > limit then
+    e = ARGV[1] .. i .. '!' .. #m .. ' ' .. string.sub(m, 1, keep)
+  else
+    e = ARGV[1] .. i .. ' ' .. m
+  end
   redis.call('LPUSH', KEYS[2], e)
+  bytes = bytes + #e
   out[#out + 1] = e
 end
 return out";
 
-/// Replaces one untagged message (moved by `BLMOVE`) in the processing list by its tagged form.
+/// Replaces one untagged element of the processing list (one pushed there by hand, or by an
+/// older version) by its tagged form, cut like `TAKE` cuts; returns that form.
 const TAG: &str = r"
 if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 1 then
-  redis.call('LPUSH', KEYS[1], ARGV[2])
-  return 1
+  local m = ARGV[1]
+  local e
+  if #m > tonumber(ARGV[3]) then
+    e = ARGV[2] .. '!' .. #m .. ' ' .. string.sub(m, 1, tonumber(ARGV[4]))
+  else
+    e = ARGV[2] .. ' ' .. m
+  end
+  redis.call('LPUSH', KEYS[1], e)
+  return e
 end
-return 0";
+return false";
 
-/// Removes handled messages from the processing list: `ARGV[1]` applied ones, then pairs of
-/// (message, dead-letter record) for refused ones, which go to the dead-letter list. Each
-/// search starts at the tail, where the oldest batch is, and messages come in the order they
-/// were taken: removing a batch costs about its size, not its size times the list's.
+/// Removes handled messages from the processing list: `ARGV[2]` applied ones, then pairs of
+/// (message, dead-letter record) for refused ones, which go to the dead-letter list, trimmed
+/// to its newest `ARGV[1]`. Each search starts at the tail, where the oldest batch is, and
+/// messages come in the order they were taken: removing a batch costs about its size, not its
+/// size times the list's.
 const DONE: &str = r"
-local n = tonumber(ARGV[1])
-for i = 2, n + 1 do
+local n = tonumber(ARGV[2])
+for i = 3, n + 2 do
   redis.call('LREM', KEYS[1], -1, ARGV[i])
 end
-for i = n + 2, #ARGV, 2 do
+local dead = 0
+for i = n + 3, #ARGV, 2 do
   redis.call('LREM', KEYS[1], -1, ARGV[i])
   redis.call('LPUSH', KEYS[2], ARGV[i + 1])
+  dead = dead + 1
+end
+if dead > 0 then
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[1]) - 1)
 end
 return 0";
 
@@ -66,40 +102,45 @@ static SCRIPTS: std::sync::LazyLock<Scripts> = std::sync::LazyLock::new(|| Scrip
     done: redis::Script::new(DONE),
 });
 
-/// Why a round of consuming ended: the pump reconnects and recovers after either.
+/// Why a round of consuming ended: the pump backs off and recovers after each.
 #[derive(Debug, thiserror::Error)]
-enum RoundError {
-    #[error("Redis: {0}")]
-    Redis(#[from] redis::RedisError),
+pub(super) enum RoundError {
+    /// The connection failed: Redis is gone or unreachable.
+    #[error("Redis connection: {0}")]
+    Connection(#[source] redis::RedisError),
+    /// Redis answered with an error (e.g. a queue key of the wrong type).
+    #[error("Redis refused a command: {0}")]
+    Refused(#[source] redis::RedisError),
     #[error(transparent)]
     Store(#[from] lapse_store::StoreError),
 }
 
-/// A message in a processing list.
-#[derive(Clone, Debug)]
-struct Entry {
-    /// The processing list's element, exactly.
-    raw: String,
-    tag: String,
-    message: String,
-}
-
-fn parse_entry(raw: String) -> Result<Entry, String> {
-    match raw.strip_prefix(TAG_MARK).and_then(|rest| rest.split_once(' ')) {
-        Some((tag, message)) => Ok(Entry { tag: tag.to_owned(), message: message.to_owned(), raw: raw.clone() }),
-        None => Err(raw),
+impl From<redis::RedisError> for RoundError {
+    fn from(e: redis::RedisError) -> RoundError {
+        if is_connection_error(&e) { RoundError::Connection(e) } else { RoundError::Refused(e) }
     }
 }
 
 /// Runs one queue for ever: connect, recover the processing list, consume; on any failure
 /// wait for the handlers in flight, back off and do it again.
 pub async fn run(app: App, swim: Arc<Swim>, queue: Arc<Queue>) {
+    if queue.kind == Kind::Provision && swim.config.cloud_init_dir.is_none() {
+        // The default dir is made; one configured must exist (a typo must not pass silently).
+        let root = swim.config.cloud_init_root(&app.cx.config.data_dir);
+        if let Err(e) = std::fs::create_dir_all(&root) {
+            tracing::warn!(dir = %root.display(), error = %e, "cannot make the cloud-init dir");
+        }
+    }
     let mut backoff = FIRST_BACKOFF;
     loop {
         match round(&app, &swim, &queue).await {
             Ok(()) => return,
             Err(e) => {
-                swim.down(&format!("{} queue", queue.name()), &e);
+                let what = format!("{} queue", queue.name());
+                match &e {
+                    RoundError::Connection(_) => swim.down(&what, &e),
+                    RoundError::Refused(_) | RoundError::Store(_) => swim.refused(&what, &e),
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = next_backoff(backoff);
             }
@@ -116,15 +157,15 @@ async fn round(app: &App, swim: &Arc<Swim>, queue: &Arc<Queue>) -> Result<(), Ro
     let work = swim.connect(Duration::from_secs(10)).await?;
     swim.up();
     // What a crash (or a lost connection) left in the processing list is handled first.
-    let leftovers: Vec<String> =
+    let leftovers: Vec<Vec<u8>> =
         redis::cmd("LRANGE").arg(&queue.processing).arg(0).arg(-1).query_async(&mut pump).await?;
     if !leftovers.is_empty() {
         let mut entries = Vec::new();
         // Oldest (the tail) first, the order they were taken in.
         for raw in leftovers.into_iter().rev() {
-            match parse_entry(raw) {
+            match Entry::parse(raw) {
                 Ok(entry) => entries.push(entry),
-                Err(untagged) => entries.extend(tag(&mut pump, queue, untagged).await?),
+                Err(untagged) => entries.extend(tag(&mut pump, swim, queue, untagged).await?),
             }
         }
         tracing::info!(queue = %queue.key, messages = entries.len(), "handling messages left in the processing list");
@@ -143,7 +184,7 @@ async fn round(app: &App, swim: &Arc<Swim>, queue: &Arc<Queue>) -> Result<(), Ro
             let _ = slots.acquire_many(queue.concurrency as u32).await;
             return Err(e);
         }
-        let batch = take(&mut pump, queue, swim.config.batch).await?;
+        let batch = take(&mut pump, swim, queue).await?;
         if batch.is_empty() {
             if last_prune.elapsed() > Duration::from_secs(600) {
                 prune(app, queue, &mut pump).await?;
@@ -164,43 +205,72 @@ async fn round(app: &App, swim: &Arc<Swim>, queue: &Arc<Queue>) -> Result<(), Ro
     }
 }
 
-/// Takes a batch: what is queued now, or else the first message to arrive within a second.
-async fn take(conn: &mut MultiplexedConnection, queue: &Queue, max: usize) -> Result<Vec<Entry>, RoundError> {
-    let prefix = format!("{TAG_MARK}{}:", uuid::Uuid::new_v4().simple());
-    let taken: Vec<String> =
-        SCRIPTS.take.key(&queue.key).key(&queue.processing).arg(&prefix).arg(max).invoke_async(conn).await?;
-    if !taken.is_empty() {
-        return Ok(taken.into_iter().filter_map(|raw| parse_entry(raw).ok()).collect());
+/// Takes a batch: what is queued now, or else what arrives within a second.
+async fn take(conn: &mut MultiplexedConnection, swim: &Swim, queue: &Queue) -> Result<Vec<Entry>, RoundError> {
+    for wait in [true, false] {
+        let prefix = format!("{}{}:", String::from_utf8_lossy(TAG_MARK), uuid::Uuid::new_v4().simple());
+        let taken: Vec<Vec<u8>> = SCRIPTS
+            .take
+            .key(&queue.key)
+            .key(&queue.processing)
+            .arg(&prefix)
+            .arg(swim.config.batch)
+            .arg(swim.config.max_message_bytes)
+            .arg(DEAD_LETTER_PREFIX)
+            .arg(BATCH_BYTES.max(swim.config.max_message_bytes))
+            .invoke_async(conn)
+            .await?;
+        if !taken.is_empty() {
+            // Every element the script returns is tagged by it.
+            return Ok(taken.into_iter().filter_map(|raw| Entry::parse(raw).ok()).collect());
+        }
+        if wait {
+            // Blocks until the queue has an element, and puts it back where it was. The reply
+            // (that element, or nil) is not needed: `redis::Value` takes any.
+            let _: redis::Value = redis::cmd("BLMOVE")
+                .arg(&queue.key)
+                .arg(&queue.key)
+                .arg("RIGHT")
+                .arg("RIGHT")
+                .arg(1.0)
+                .query_async(conn)
+                .await?;
+        }
     }
-    let moved: Option<String> = redis::cmd("BLMOVE")
-        .arg(&queue.key)
-        .arg(&queue.processing)
-        .arg("RIGHT")
-        .arg("LEFT")
-        .arg(1.0)
-        .query_async(conn)
+    Ok(vec![])
+}
+
+/// Tags an untagged element of the processing list.
+async fn tag(
+    conn: &mut MultiplexedConnection,
+    swim: &Swim,
+    queue: &Queue,
+    untagged: Vec<u8>,
+) -> Result<Option<Entry>, RoundError> {
+    let tag = format!("{}{}:0", String::from_utf8_lossy(TAG_MARK), uuid::Uuid::new_v4().simple());
+    let tagged: Option<Vec<u8>> = SCRIPTS
+        .tag
+        .key(&queue.processing)
+        .arg(untagged)
+        .arg(tag)
+        .arg(swim.config.max_message_bytes)
+        .arg(DEAD_LETTER_PREFIX)
+        .invoke_async(conn)
         .await?;
-    match moved {
-        Some(untagged) => Ok(tag(conn, queue, untagged).await?.into_iter().collect()),
-        None => Ok(vec![]),
-    }
+    Ok(tagged.and_then(|raw| Entry::parse(raw).ok()))
 }
 
-/// Tags an untagged message in the processing list.
-async fn tag(conn: &mut MultiplexedConnection, queue: &Queue, untagged: String) -> Result<Option<Entry>, RoundError> {
-    let tagged = format!("{TAG_MARK}{}:0 {untagged}", uuid::Uuid::new_v4().simple());
-    let replaced: i64 = SCRIPTS.tag.key(&queue.processing).arg(&untagged).arg(&tagged).invoke_async(conn).await?;
-    Ok((replaced == 1).then(|| parse_entry(tagged).expect("a tagged entry parses")))
-}
-
-/// Forgets receipts of messages that left the processing list long ago.
+/// Forgets receipts of messages that left the processing list long ago, and old idempotency
+/// keys.
 async fn prune(app: &App, queue: &Queue, conn: &mut MultiplexedConnection) -> Result<(), RoundError> {
-    let listed: Vec<String> = redis::cmd("LRANGE").arg(&queue.processing).arg(0).arg(-1).query_async(conn).await?;
-    let keep = listed.into_iter().filter_map(|raw| parse_entry(raw).ok()).map(|e| e.tag).collect();
-    let before = app.cx.clock.now() - 3_600_000;
-    let gone = app.cx.store.prune_receipts(&queue.key, before, &keep).await?;
-    if gone > 0 {
-        tracing::debug!(queue = %queue.key, receipts = gone, "pruned old receipts");
+    let listed: Vec<Vec<u8>> = redis::cmd("LRANGE").arg(&queue.processing).arg(0).arg(-1).query_async(conn).await?;
+    let keep = listed.into_iter().filter_map(|raw| Entry::parse(raw).ok()).map(|e| e.tag).collect();
+    let now = app.cx.clock.now();
+    let gone = app.cx.store.prune_receipts(&queue.key, now - 3_600_000, &keep).await?;
+    let keys_before = now - KEYS_KEPT_FOR.as_millis() as i64;
+    let keys = app.cx.store.prune_idempotency_keys(&queue.key, keys_before, KEYS_KEPT_AT_MOST).await?;
+    if gone > 0 || keys > 0 {
+        tracing::debug!(queue = %queue.key, receipts = gone, idempotency_keys = keys, "pruned old receipts");
     }
     Ok(())
 }
@@ -216,54 +286,7 @@ async fn handle(
 ) -> Result<(), RoundError> {
     let started = std::time::Instant::now();
     let size = batch.len();
-    let mut dead: Vec<(Entry, String)> = Vec::new();
-    let mut done: Vec<Entry> = Vec::new();
-    let mut built_ms = 0.0;
-    match queue.kind {
-        Kind::Provision => {
-            let mut items = Vec::with_capacity(batch.len());
-            let mut accepted = Vec::with_capacity(batch.len());
-            for entry in batch {
-                match provision_item(app, swim, queue, &entry) {
-                    Ok(item) => {
-                        items.push(item);
-                        accepted.push(entry);
-                    }
-                    Err(reason) => dead.push((entry, reason)),
-                }
-            }
-            built_ms = started.elapsed().as_secs_f64() * 1e3;
-            if !items.is_empty() {
-                let fresh = app.cx.store.apply_creates(&queue.key, &items).await?;
-                let fresh: std::collections::HashSet<String> = fresh.into_iter().collect();
-                for item in items.iter().filter(|i| fresh.contains(&i.tag)) {
-                    if let Some(at) = item.env.expires_at {
-                        app.cx.timers.schedule(at, &item.env.id);
-                    }
-                    app.reconciler.enqueue(&item.env.id);
-                }
-                queue.applied.fetch_add(fresh.len() as u64, Ordering::Relaxed);
-                app.cx.metrics.queue(&queue.key, "applied", fresh.len() as u64);
-                app.cx.metrics.queue(&queue.key, "skipped", (items.len() - fresh.len()) as u64);
-                if fresh.len() < items.len() {
-                    tracing::info!(
-                        queue = %queue.key,
-                        skipped = items.len() - fresh.len(),
-                        "messages applied before a crash were not applied again"
-                    );
-                }
-            }
-            done = accepted;
-        }
-        Kind::Decommission => {
-            for entry in batch {
-                match decommission(app, queue, &entry).await? {
-                    Ok(()) => done.push(entry),
-                    Err(reason) => dead.push((entry, reason)),
-                }
-            }
-        }
-    }
+    let Handled { done, dead } = apply(app, swim, queue, batch).await?;
     if swim.crash_after_commit && !done.is_empty() {
         tracing::error!("LAPSE_FAULT=swim-crash-after-commit: dying before removing the batch");
         let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
@@ -271,14 +294,19 @@ async fn handle(
     let committed_ms = started.elapsed().as_secs_f64() * 1e3;
     let now = format_millis(app.cx.clock.now());
     let mut script = SCRIPTS.done.prepare_invoke();
-    script.key(&queue.processing).key(&queue.dead).arg(done.len());
+    script.key(&queue.processing).key(&queue.dead).arg(swim.config.dead_letter_max).arg(done.len());
     for entry in &done {
         script.arg(&entry.raw);
     }
     for (entry, reason) in &dead {
-        tracing::warn!(queue = %queue.key, %reason, "message refused: moved to the dead-letter list");
-        let record = serde_json::json!({"message": entry.message, "reason": reason, "queue": queue.key, "at": now});
-        script.arg(&entry.raw).arg(record.to_string());
+        tracing::warn!(
+            queue = %queue.key,
+            tag = %entry.tag,
+            bytes = entry.length(),
+            %reason,
+            "message refused: moved to the dead-letter list"
+        );
+        script.arg(&entry.raw).arg(dead_letter(entry, reason, &queue.key, &now));
     }
     let _: i64 = script.invoke_async(conn).await?;
     queue.dead_lettered.fetch_add(dead.len() as u64, Ordering::Relaxed);
@@ -286,72 +314,9 @@ async fn handle(
     tracing::debug!(
         queue = %queue.key,
         messages = size,
-        built_ms,
         committed_ms,
         done_ms = started.elapsed().as_secs_f64() * 1e3,
         "batch handled"
     );
     Ok(())
-}
-
-fn provision_item(app: &App, swim: &Swim, queue: &Queue, entry: &Entry) -> Result<QueuedCreate, String> {
-    let req: ProvisionRequest = request::parse(&entry.message)?;
-    let path = request::cloud_init_path(&req.cloud_init_file, swim.config.cloud_init_dir.as_deref())?;
-    let user_data = request::read_cloud_init(&path)?;
-    let p = request::provision(&req, &swim.config, user_data, app.cx.config.max_ttl)?;
-    app.check_spec(&p.spec).map_err(|e| e.to_string())?;
-    let now = app.cx.clock.now();
-    let mut env = Environment::new(new_environment_id(), p.owner, p.spec, now);
-    env.labels = p.labels;
-    env.expires_at = Some(now + p.ttl.as_millis() as i64);
-    env.on_expiry = OnExpiry::Delete;
-    env.source = "swim".into();
-    let message = format!(
-        "lab {} for {} from {}, ttl {}, on expiry delete",
-        p.lab,
-        env.owner,
-        queue.key,
-        duration::format_duration(p.ttl)
-    );
-    let event = NewEvent::new(&env.id, "swim", "create", "ok", message);
-    Ok(QueuedCreate { tag: entry.tag.clone(), env, event })
-}
-
-/// Deletes the environments a decommission names. The outer error is the store's; the inner
-/// one refuses the message.
-async fn decommission(app: &App, queue: &Queue, entry: &Entry) -> Result<Result<(), String>, RoundError> {
-    let (owner, lab) =
-        match request::parse::<DecommissionRequest>(&entry.message).and_then(|r| request::decommission(&r)) {
-            Ok(x) => x,
-            Err(reason) => return Ok(Err(reason)),
-        };
-    let filter = ListFilter {
-        owner: Some(owner.clone()),
-        labels: lab.iter().map(|l| (LAB_LABEL.to_owned(), l.clone())).collect(),
-        ..Default::default()
-    };
-    let what = match &lab {
-        Some(lab) => format!("decommission of {owner}, lab {lab}"),
-        None => format!("decommission of {owner}"),
-    };
-    let applied = app
-        .cx
-        .store
-        .apply_change(&queue.key, &entry.tag, &filter, |e| {
-            e.desired = DesiredState::Deleted;
-            e.restart_on_extend = false;
-            vec![NewEvent::new(&e.id, "swim", "delete", "ok", format!("{what} from {}", queue.key))]
-        })
-        .await?;
-    if let Some(changed) = applied {
-        for env in &changed {
-            app.reconciler.enqueue(&env.id);
-        }
-        tracing::info!(queue = %queue.key, environments = changed.len(), "{what}");
-        queue.applied.fetch_add(1, Ordering::Relaxed);
-        app.cx.metrics.queue(&queue.key, "applied", 1);
-    } else {
-        app.cx.metrics.queue(&queue.key, "skipped", 1);
-    }
-    Ok(Ok(()))
 }

@@ -7,8 +7,26 @@
 //! the tag in one store transaction, and only then removes the message from the processing
 //! list. A crash between any two steps leaves the message in the processing list; the next
 //! start (or reconnect) handles it again, and the receipt makes the second handling a no-op.
-//! A message that cannot be applied (malformed JSON, a missing field, an invalid value) moves
-//! to a dead-letter list with the reason, in the same script that removes it.
+//! A message that cannot be applied moves to a dead-letter list with the reason, in the same
+//! script that removes it.
+//!
+//! **Messages are hostile bytes.** Entries are read as bytes, never as Redis strings, so no
+//! entry can fail to decode. An entry over `max_message_bytes` (1 MiB) is cut, in the script
+//! that takes it, to its first 4 KiB before it leaves Redis, and refused before any parsing;
+//! then non-UTF-8, malformed JSON, a missing field, an invalid value and an unreadable
+//! cloud-init file ([`cloud_init`]) are refused. A dead letter keeps at most 4 KiB of the
+//! message (lossily decoded) and its length, and the dead-letter list is trimmed to
+//! `dead_letter_max` (10,000) in the same script that pushes. Only a failed connection is
+//! taken for a lost Redis; a command Redis refuses (a key of the wrong type) and a store
+//! failure are reported as what they are, and retried with the same back-off.
+//!
+//! **Idempotency keys.** A message may carry `IdempotencyKey`; the store remembers the keys a
+//! queue applied ([`consumer::KEYS_KEPT_FOR`], at most [`consumer::KEYS_KEPT_AT_MOST`]), so a
+//! request delivered again under a new tag (a Redis restored from an older snapshot) is not
+//! applied twice. Without a key, such a re-delivery is a new message.
+//!
+//! **A decommission touches only what SWIM made**: environments whose source is `swim`, with
+//! the owner (and lab) it names; never one the API, a pool or the config file made.
 //!
 //! Keys, with the default prefix `swim:` (any prefix works, e.g. `vmmanager:`):
 //! - `<prefix>provision:queue`, `<prefix>decomission:queue` (the seed's spelling): requests.
@@ -28,9 +46,19 @@ use lapse_core::wire::{QueueView, QueuesView};
 use redis::AsyncCommands;
 use serde::Deserialize;
 
+mod apply;
 pub mod cache;
+pub mod cloud_init;
 pub mod consumer;
+mod entry;
+#[cfg(test)]
+mod props;
 pub mod request;
+
+/// The default of [`SwimConfig::max_message_bytes`]: 1 MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// The default of [`SwimConfig::dead_letter_max`].
+pub const DEFAULT_DEAD_LETTER_MAX: u64 = 10_000;
 
 /// How the SWIM queues are served. Built from `REDIS_*`/`SWIM_*` variables, flags or the
 /// config file's `[redis]` table.
@@ -49,7 +77,8 @@ pub struct SwimConfig {
     /// The command of `process` environments (run with `/bin/sh -c`); also overrides the
     /// image's command for `docker` when set.
     pub default_cmd: Option<String>,
-    /// If set, `CloudInitFile` paths are taken relative to it and must stay inside it.
+    /// `CloudInitFile`s are read only beneath it (see [`cloud_init`]); `None`: the data dir's
+    /// `cloud-init`.
     pub cloud_init_dir: Option<PathBuf>,
     /// Batches of provision messages handled at once (the seed's `vm-provision`: 2).
     pub provision_concurrency: usize,
@@ -59,6 +88,10 @@ pub struct SwimConfig {
     pub batch: usize,
     /// Life of a `server:<id>` key after its last refresh.
     pub server_ttl: Duration,
+    /// Longest queue entry taken; longer ones are dead-lettered unparsed.
+    pub max_message_bytes: usize,
+    /// Most records a dead-letter list keeps (the newest).
+    pub dead_letter_max: u64,
 }
 
 impl SwimConfig {
@@ -77,7 +110,14 @@ impl SwimConfig {
             control_concurrency: 5,
             batch: 1000,
             server_ttl: Duration::from_secs(24 * 3600),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            dead_letter_max: DEFAULT_DEAD_LETTER_MAX,
         }
+    }
+
+    /// The directory `CloudInitFile`s are read beneath, for a server whose data dir is `data_dir`.
+    pub fn cloud_init_root(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.cloud_init_dir.clone().unwrap_or_else(|| data_dir.join("cloud-init"))
     }
 
     /// The URL to connect to: a scheme added if missing, the password put in if given.
@@ -143,6 +183,10 @@ pub struct RedisSection {
     pub provision_concurrency: Option<usize>,
     pub control_concurrency: Option<usize>,
     pub batch: Option<usize>,
+    /// Longest queue entry, in bytes (default 1 MiB; at most 512 MiB, Redis's own limit).
+    pub max_message_bytes: Option<usize>,
+    /// Most records each dead-letter list keeps (default 10,000).
+    pub dead_letter_max: Option<u64>,
 }
 
 impl RedisSection {
@@ -164,6 +208,8 @@ impl RedisSection {
         cfg.provision_concurrency = self.provision_concurrency.unwrap_or(cfg.provision_concurrency).max(1);
         cfg.control_concurrency = self.control_concurrency.unwrap_or(cfg.control_concurrency).max(1);
         cfg.batch = self.batch.unwrap_or(cfg.batch).clamp(1, 5000);
+        cfg.max_message_bytes = self.max_message_bytes.unwrap_or(cfg.max_message_bytes).clamp(1, 512 << 20);
+        cfg.dead_letter_max = self.dead_letter_max.unwrap_or(cfg.dead_letter_max).max(1);
         cfg
     }
 }
@@ -255,6 +301,13 @@ impl Swim {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// Redis answered but refused a command (or the store failed): not a lost connection.
+    pub(crate) fn refused(&self, what: &str, error: &dyn std::fmt::Display) {
+        let text = format!("{what}: {error}");
+        tracing::warn!(redis = %self.config.shown_url(), error = %text, "a queue round failed; retrying with back-off");
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
+    }
+
     pub(crate) fn down(&self, what: &str, error: &dyn std::fmt::Display) {
         let was = self.connected.swap(false, Ordering::Relaxed);
         let text = format!("{what}: {error}");
@@ -280,10 +333,11 @@ impl Swim {
             Ok::<_, redis::RedisError>(out)
         };
         let lengths = tokio::time::timeout(Duration::from_secs(2), lengths).await;
-        let (lengths, error) = match lengths {
-            Ok(Ok(l)) => (Some(l), None),
-            Ok(Err(e)) => (None, Some(e.to_string())),
-            Err(_) => (None, Some("Redis did not answer in 2 s".to_owned())),
+        let (lengths, error, connected) = match lengths {
+            Ok(Ok(l)) => (Some(l), None, true),
+            // Redis answered, with an error (a queue key of the wrong type): still connected.
+            Ok(Err(e)) => (None, Some(e.to_string()), !is_connection_error(&e)),
+            Err(_) => (None, Some("Redis did not answer in 2 s".to_owned()), false),
         };
         let queues = self
             .queues
@@ -310,12 +364,17 @@ impl Swim {
         QueuesView {
             enabled: true,
             redis: Some(self.config.shown_url()),
-            connected: error.is_none(),
+            connected,
             error: error.or(last_error),
             provider: Some(self.config.provider.clone()),
             queues,
         }
     }
+}
+
+/// Whether `e` means the connection failed, rather than Redis refusing a command.
+pub(crate) fn is_connection_error(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
 }
 
 /// Back-off between reconnects: 100 ms doubling to 5 s.
@@ -342,5 +401,19 @@ mod tests {
         cfg.prefix = "vmmanager:".into();
         assert_eq!(cfg.provision_queue(), "vmmanager:provision:queue");
         assert_eq!(cfg.server_key("ab"), "vmmanager:server:ab");
+    }
+
+    #[test]
+    fn limits_have_defaults_and_bounds() {
+        let cfg = RedisSection::default().into_config();
+        assert_eq!((cfg.max_message_bytes, cfg.dead_letter_max), (1 << 20, 10_000));
+        assert_eq!(cfg.cloud_init_root(std::path::Path::new("/data")), PathBuf::from("/data/cloud-init"));
+        let table: RedisSection =
+            toml::from_str("max_message_bytes = 0\ndead_letter_max = 0\ncloud_init_dir = \"/srv/ci\"").unwrap();
+        let cfg = table.into_config();
+        assert_eq!((cfg.max_message_bytes, cfg.dead_letter_max), (1, 1), "at least one byte, one record");
+        assert_eq!(cfg.cloud_init_root(std::path::Path::new("/data")), PathBuf::from("/srv/ci"));
+        let huge = RedisSection { max_message_bytes: Some(usize::MAX), ..Default::default() }.into_config();
+        assert_eq!(huge.max_message_bytes, 512 << 20, "Redis's own limit");
     }
 }

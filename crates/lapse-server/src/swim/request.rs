@@ -1,8 +1,11 @@
-//! The SWIM queue messages and what each one means, without IO but for reading the
-//! cloud-init file.
+//! The SWIM queue messages and what each one means, without IO (the cloud-init file is read
+//! by [`super::cloud_init`]).
+//!
+//! A message is bytes from a hostile producer: [`parse_bytes`] checks its size **before**
+//! anything else, then that it is UTF-8, then parses the JSON; each refusal says why, and none
+//! can panic (property-tested below and fuzzed in `fuzz/`).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lapse_core::model::{Resources, Spec};
@@ -58,6 +61,9 @@ pub struct ProvisionRequest {
     pub image_id: Option<String>,
     #[serde(rename = "InstanceType", default)]
     pub instance_type: Option<String>,
+    /// The producer's key: two messages with the same one are applied once.
+    #[serde(rename = "IdempotencyKey", default)]
+    pub idempotency_key: Option<String>,
 }
 
 /// `swim:decomission:queue`.
@@ -67,11 +73,50 @@ pub struct DecommissionRequest {
     pub web_username: String,
     #[serde(rename = "LabID", default)]
     pub lab_id: Option<LabId>,
+    /// The producer's key: two messages with the same one are applied once.
+    #[serde(rename = "IdempotencyKey", default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// Why a queue entry is not a request at all.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum MessageError {
+    #[error("the message is {length} bytes, over this server's limit of {limit} (SWIM_MAX_MESSAGE_BYTES)")]
+    TooLarge { length: u64, limit: usize },
+    #[error("the message is not UTF-8 (invalid byte at offset {offset})")]
+    NotUtf8 { offset: usize },
+    #[error("not a valid request: {0}")]
+    Malformed(String),
+}
+
+/// Parses a queue entry: refused unless at most `limit` bytes (checked first), UTF-8 and a
+/// JSON request of type `T`.
+pub fn parse_bytes<T: serde::de::DeserializeOwned>(raw: &[u8], limit: usize) -> Result<T, MessageError> {
+    if raw.len() > limit {
+        return Err(MessageError::TooLarge { length: raw.len() as u64, limit });
+    }
+    let text = std::str::from_utf8(raw).map_err(|e| MessageError::NotUtf8 { offset: e.valid_up_to() })?;
+    serde_json::from_str(text).map_err(|e| MessageError::Malformed(e.to_string()))
 }
 
 /// Parses a message, with serde's words for what is wrong (`missing field `TTLMinutes``).
 pub fn parse<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T, String> {
-    serde_json::from_str(raw).map_err(|e| format!("not a valid request: {e}"))
+    serde_json::from_str(raw).map_err(|e| MessageError::Malformed(e.to_string()).to_string())
+}
+
+/// The longest `IdempotencyKey`.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// Checks an `IdempotencyKey`: 1 to 128 ASCII letters, digits and `.`, `_`, `-`, `:` (a UUID,
+/// a ULID, a hash, `lab-7:ann:2024-05-01`).
+pub fn idempotency_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(format!("IdempotencyKey must be 1 to {MAX_IDEMPOTENCY_KEY} characters, not {}", key.len()));
+    }
+    if let Some(c) = key.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))) {
+        return Err(format!("IdempotencyKey may hold only letters, digits and . _ - :, not {c:?}"));
+    }
+    Ok(())
 }
 
 /// What a provision request asks for, checked: the environment's owner, labels, spec and TTL.
@@ -82,6 +127,7 @@ pub struct Provision {
     pub labels: BTreeMap<String, String>,
     pub spec: Spec,
     pub ttl: Duration,
+    pub idempotency_key: Option<String>,
 }
 
 /// Scaleway's instance types (vCPU, memory in MiB), for providers that take resources.
@@ -113,34 +159,6 @@ pub fn instance_type(name: &str) -> Result<Resources, String> {
         })
 }
 
-/// Where `CloudInitFile` points: relative paths are taken from `dir` (the server's working
-/// directory when none is configured); with a configured dir, the file must be inside it.
-pub fn cloud_init_path(file: &str, dir: Option<&Path>) -> Result<PathBuf, String> {
-    if file.is_empty() || file.contains('\0') {
-        return Err("CloudInitFile is empty".into());
-    }
-    let Some(dir) = dir else { return Ok(PathBuf::from(file)) };
-    let joined = dir.join(file);
-    let resolved = joined.canonicalize().map_err(|e| format!("CloudInitFile {file}: {e}"))?;
-    let root = dir.canonicalize().map_err(|e| format!("the cloud-init dir {}: {e}", dir.display()))?;
-    if !resolved.starts_with(&root) {
-        return Err(format!("CloudInitFile {file} is outside the cloud-init dir {}", dir.display()));
-    }
-    Ok(resolved)
-}
-
-/// Reads the cloud-init file, refusing what cannot be user data.
-pub fn read_cloud_init(path: &Path) -> Result<String, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("CloudInitFile {}: {e}", path.display()))?;
-    if !meta.is_file() {
-        return Err(format!("CloudInitFile {} is not a file", path.display()));
-    }
-    if meta.len() > validate::MAX_USER_DATA as u64 {
-        return Err(format!("CloudInitFile {} is over {} bytes", path.display(), validate::MAX_USER_DATA));
-    }
-    std::fs::read_to_string(path).map_err(|e| format!("CloudInitFile {}: {e}", path.display()))
-}
-
 /// Checks a provision request and turns it into what to create, with `user_data` the
 /// cloud-init file's text. Request values win over the configured defaults.
 pub fn provision(
@@ -151,6 +169,9 @@ pub fn provision(
 ) -> Result<Provision, String> {
     validate::owner(&req.web_username).map_err(|e| format!("WebUsername {}", e.message))?;
     let lab = req.lab_id.text()?;
+    if let Some(key) = &req.idempotency_key {
+        idempotency_key(key)?;
+    }
     let minutes = req.ttl_minutes;
     if !(minutes.is_finite() && minutes > 0.0) {
         return Err(format!("TTLMinutes must be above 0, not {minutes}"));
@@ -187,14 +208,28 @@ pub fn provision(
         }
     }
     validate::labels(&labels).map_err(|e| format!("{}: {}", e.field, e.message))?;
-    Ok(Provision { owner: req.web_username.clone(), lab, labels, spec, ttl })
+    let idempotency_key = req.idempotency_key.clone();
+    Ok(Provision { owner: req.web_username.clone(), lab, labels, spec, ttl, idempotency_key })
+}
+
+/// What a decommission request asks for, checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decommission {
+    /// Whose environments (only those SWIM made).
+    pub owner: String,
+    /// Only those of this `LabID`, if given.
+    pub lab: Option<String>,
+    pub idempotency_key: Option<String>,
 }
 
 /// Checks a decommission request: the owner, and the lab label to match if one is given.
-pub fn decommission(req: &DecommissionRequest) -> Result<(String, Option<String>), String> {
+pub fn decommission(req: &DecommissionRequest) -> Result<Decommission, String> {
     validate::owner(&req.web_username).map_err(|e| format!("WebUsername {}", e.message))?;
     let lab = req.lab_id.as_ref().map(LabId::text).transpose()?;
-    Ok((req.web_username.clone(), lab))
+    if let Some(key) = &req.idempotency_key {
+        idempotency_key(key)?;
+    }
+    Ok(Decommission { owner: req.web_username.clone(), lab, idempotency_key: req.idempotency_key.clone() })
 }
 
 #[cfg(test)]
@@ -261,20 +296,39 @@ mod tests {
         r.web_username = " ".into();
         assert!(provision(&r, &cfg(), String::new(), DAY).unwrap_err().contains("WebUsername"));
         let d: DecommissionRequest = parse(r#"{"WebUsername":"u","LabID":null}"#).unwrap();
-        assert_eq!(decommission(&d).unwrap(), ("u".to_owned(), None));
-        let d: DecommissionRequest = parse(r#"{"WebUsername":"u","LabID":12}"#).unwrap();
-        assert_eq!(decommission(&d).unwrap(), ("u".to_owned(), Some("12".to_owned())));
+        assert_eq!(decommission(&d).unwrap(), Decommission { owner: "u".into(), lab: None, idempotency_key: None });
+        let d: DecommissionRequest = parse(r#"{"WebUsername":"u","LabID":12,"IdempotencyKey":"k-1"}"#).unwrap();
+        let expected = Decommission { owner: "u".into(), lab: Some("12".into()), idempotency_key: Some("k-1".into()) };
+        assert_eq!(decommission(&d).unwrap(), expected);
         assert!(parse::<DecommissionRequest>(r#"{"LabID":12}"#).unwrap_err().contains("WebUsername"));
     }
 
     #[test]
-    fn cloud_init_files_stay_inside_their_dir() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("lab.yml"), "#cloud-config\n").unwrap();
-        let inside = cloud_init_path("lab.yml", Some(dir.path())).unwrap();
-        assert_eq!(read_cloud_init(&inside).unwrap(), "#cloud-config\n");
-        assert!(cloud_init_path("../../etc/passwd", Some(dir.path())).unwrap_err().contains("outside"));
-        assert!(cloud_init_path("missing.yml", Some(dir.path())).is_err());
-        assert!(read_cloud_init(dir.path()).unwrap_err().contains("not a file"));
+    fn entries_are_checked_for_size_then_utf8_then_json() {
+        let good = br#"{"WebUsername":"u","LabID":1,"CloudInitFile":"c","TTLMinutes":5}"#;
+        assert!(parse_bytes::<ProvisionRequest>(good, good.len()).is_ok());
+        assert_eq!(
+            parse_bytes::<ProvisionRequest>(good, good.len() - 1),
+            Err(MessageError::TooLarge { length: good.len() as u64, limit: good.len() - 1 })
+        );
+        // Size comes first: an over-size entry is never decoded.
+        assert!(matches!(parse_bytes::<ProvisionRequest>(&[0xff; 10], 5), Err(MessageError::TooLarge { .. })));
+        assert_eq!(parse_bytes::<ProvisionRequest>(b"{\"a\xff", 100), Err(MessageError::NotUtf8 { offset: 3 }));
+        let malformed = parse_bytes::<DecommissionRequest>(b"[]", 100).unwrap_err().to_string();
+        assert!(malformed.starts_with("not a valid request"), "{malformed}");
+    }
+
+    #[test]
+    fn idempotency_keys_are_short_and_plain() {
+        for good in ["a", "0f8e-11:lab.7_x", &"k".repeat(MAX_IDEMPOTENCY_KEY)] {
+            assert_eq!(idempotency_key(good), Ok(()), "{good}");
+        }
+        for bad in ["", &"k".repeat(MAX_IDEMPOTENCY_KEY + 1), "a b", "é", "a/b", "a\u{0}"] {
+            assert!(idempotency_key(bad).is_err(), "{bad:?}");
+        }
+        let req: ProvisionRequest =
+            parse(r#"{"WebUsername":"u","LabID":1,"CloudInitFile":"c","TTLMinutes":5,"IdempotencyKey":"x y"}"#)
+                .unwrap();
+        assert!(provision(&req, &cfg(), String::new(), DAY).unwrap_err().contains("IdempotencyKey"));
     }
 }

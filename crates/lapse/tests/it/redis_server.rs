@@ -69,6 +69,22 @@ impl RedisServer {
         }
     }
 
+    /// Pushes raw bytes (they need not be UTF-8).
+    pub async fn lpush_bytes(&self, key: &str, messages: &[Vec<u8>]) {
+        let mut c = self.conn().await.unwrap();
+        let _: i64 = redis::cmd("LPUSH").arg(key).arg(messages).query_async(&mut c).await.unwrap();
+    }
+
+    pub async fn set(&self, key: &str, value: &str) {
+        let mut c = self.conn().await.unwrap();
+        let () = redis::cmd("SET").arg(key).arg(value).query_async(&mut c).await.unwrap();
+    }
+
+    pub async fn del(&self, key: &str) {
+        let mut c = self.conn().await.unwrap();
+        let _: i64 = redis::cmd("DEL").arg(key).query_async(&mut c).await.unwrap();
+    }
+
     pub async fn lrange(&self, key: &str) -> Vec<String> {
         let mut c = self.conn().await.unwrap();
         redis::cmd("LRANGE").arg(key).arg(0).arg(-1).query_async(&mut c).await.unwrap()

@@ -8,11 +8,13 @@ use serde_json::{Value, json};
 use crate::harness::{Server, secs};
 use crate::redis_server::RedisServer;
 
+mod hostile;
+
 const PROVISION: &str = "swim:provision:queue";
 const DECOMMISSION: &str = "swim:decomission:queue";
 
 struct Setup {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     redis: RedisServer,
     server: Server,
     cloud_init: String,
@@ -27,10 +29,11 @@ async fn setup(provider: &str, envs: &[(&str, &str)]) -> Setup {
 async fn setup_with(provider: &str, more: &[&str], envs: &[(&str, &str)]) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(&dir.path().join("redis")).await;
-    let cloud_init = dir.path().join("cloud-init.yml");
-    std::fs::write(&cloud_init, "#cloud-config\npackages: [git]\n").unwrap();
     let data = dir.path().join("lapse");
-    std::fs::create_dir_all(&data).unwrap();
+    // The default cloud-init dir; the tests name the file by its absolute path, inside it.
+    std::fs::create_dir_all(data.join("cloud-init")).unwrap();
+    let cloud_init = data.join("cloud-init/cloud-init.yml");
+    std::fs::write(&cloud_init, "#cloud-config\npackages: [git]\n").unwrap();
     let address = redis.address();
     let mut all: Vec<(&str, &str)> = vec![
         ("REDIS_CONNECTION_STRING", &address),
@@ -42,7 +45,7 @@ async fn setup_with(provider: &str, more: &[&str], envs: &[(&str, &str)]) -> Set
         if provider == "sim" { vec!["--sim", "0", "--docker", "off"] } else { vec!["--docker", "off"] };
     args.extend_from_slice(more);
     let server = Server::start_with_env(&data, &args, &all).await;
-    Setup { redis, server, cloud_init: cloud_init.display().to_string(), _dir: dir }
+    Setup { redis, server, cloud_init: cloud_init.display().to_string(), dir }
 }
 
 fn provision(user: &str, lab: i64, file: &str, ttl_minutes: f64) -> String {

@@ -51,6 +51,19 @@ pub fn name(field: &str, value: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// Tenant names that no tenant may have: `default` was what environments of no tenant were
+/// filed under, so a tenant of that name would see them.
+pub const RESERVED_TENANTS: [&str; 1] = ["default"];
+
+/// A tenant's name: a [`name`] that is not reserved.
+pub fn tenant(field: &str, value: &str) -> Result<(), FieldError> {
+    name(field, value)?;
+    if RESERVED_TENANTS.contains(&value) {
+        return fail(field, format!("{value:?} is reserved; choose another name"));
+    }
+    Ok(())
+}
+
 pub fn owner(value: &str) -> Result<(), FieldError> {
     if value.trim().is_empty() || value.len() > MAX_OWNER {
         return fail("owner", format!("must be 1 to {MAX_OWNER} characters, not blank"));

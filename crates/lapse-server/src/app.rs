@@ -151,7 +151,7 @@ impl App {
                 format!("tenant {tenant} does not exist; create it first (POST /v1/admin/tenants)"),
             ));
         }
-        validate::name("tenant", tenant)?;
+        validate::tenant("tenant", tenant)?;
         let record = lapse_store::TenantRecord {
             name: tenant.to_owned(),
             tier: "free".into(),

@@ -70,8 +70,13 @@ pub struct ServeArgs {
     /// The bootstrap admin key (at least 16 characters). With it, every route but /healthz
     /// needs a key; without one (here or in the config file's [auth] table) the server is
     /// single-tenant and listens on loopback only.
-    #[arg(long, env = "LAPSE_ADMIN_KEY", hide_env_values = true)]
+    #[arg(long, env = "LAPSE_ADMIN_KEY", hide_env_values = true, conflicts_with = "admin_key_file")]
     pub admin_key: Option<String>,
+    /// A file holding the bootstrap admin key (recommended over --admin-key and
+    /// LAPSE_ADMIN_KEY: a file readable only by the server's user is not shown in
+    /// /proc/<pid>/cmdline or environ). One line; a trailing newline is ignored.
+    #[arg(long, env = "LAPSE_ADMIN_KEY_FILE")]
+    pub admin_key_file: Option<PathBuf>,
     /// Percent of host memory in use above which local providers (process, docker) take no
     /// new environments and their warm pools do not refill; 100 turns the guard off.
     #[arg(long, env = "LAPSE_HOST_MEMORY_LIMIT", default_value_t = 90.0)]
@@ -112,8 +117,17 @@ pub struct ServeArgs {
     #[arg(long, env = "REDIS_CONNECTION_STRING", help_heading = "SWIM Redis queues")]
     pub redis: Option<String>,
     /// The Redis password.
-    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true, help_heading = "SWIM Redis queues")]
+    #[arg(
+        long,
+        env = "REDIS_PASSWORD",
+        hide_env_values = true,
+        help_heading = "SWIM Redis queues",
+        conflicts_with = "redis_password_file"
+    )]
     pub redis_password: Option<String>,
+    /// A file holding the Redis password (recommended over REDIS_PASSWORD).
+    #[arg(long, env = "REDIS_PASSWORD_FILE", help_heading = "SWIM Redis queues")]
+    pub redis_password_file: Option<PathBuf>,
     /// Put before every Redis key (`vmmanager:` for the newer naming).
     #[arg(long, env = "SWIM_PREFIX", default_value = "swim:", help_heading = "SWIM Redis queues")]
     pub swim_prefix: String,
@@ -202,7 +216,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.config_poll = args.config_poll.max(Duration::from_millis(10));
     config.config_allow_removal = args.config_allow_removal;
     config.vms_provider = args.vms_provider;
-    config.admin_key = args.admin_key.clone();
+    config.admin_key = match &args.admin_key_file {
+        Some(path) => Some(read_secret(path, "the admin key file")?),
+        None => args.admin_key.clone(),
+    };
     if !(0.0..=100.0).contains(&args.host_memory_limit) {
         anyhow::bail!("--host-memory-limit is a percentage from 0 to 100");
     }
@@ -240,7 +257,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         };
         let section = lapse_server::swim::RedisSection {
             url: Some(url.clone()),
-            password: args.redis_password.clone(),
+            password: match &args.redis_password_file {
+                Some(path) => Some(read_secret(path, "the Redis password file")?),
+                None => args.redis_password.clone(),
+            },
             prefix: Some(args.swim_prefix.clone()),
             provider: Some(provider),
             default_image: args.swim_default_image.clone(),
@@ -288,4 +308,30 @@ fn init_logging(json: bool) {
     } else {
         builder.init();
     }
+}
+
+/// Reads a secret from a file: at most 4 KiB, one line (a trailing newline is dropped), not
+/// empty. Warns when others may read the file.
+fn read_secret(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {what} {}", path.display()))?;
+    let meta = file.metadata().with_context(|| format!("reading {what} {}", path.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!("{what} {} is not a regular file", path.display());
+    }
+    if meta.mode() & 0o077 != 0 {
+        tracing::warn!(path = %path.display(), mode = format!("{:o}", meta.mode() & 0o777), "{what} can be read by others; chmod 600 it");
+    }
+    let mut text = String::new();
+    file.take(4097).read_to_string(&mut text).with_context(|| format!("reading {what} {} (UTF-8)", path.display()))?;
+    if text.len() > 4096 {
+        anyhow::bail!("{what} {} is larger than 4 KiB", path.display());
+    }
+    let secret = text.strip_suffix('\n').unwrap_or(&text);
+    let secret = secret.strip_suffix('\r').unwrap_or(secret);
+    if secret.is_empty() || secret.contains('\n') {
+        anyhow::bail!("{what} {} must hold one non-empty line", path.display());
+    }
+    Ok(secret.to_owned())
 }

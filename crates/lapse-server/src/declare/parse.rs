@@ -161,7 +161,7 @@ pub fn parse(text: &str, max_ttl: Duration) -> Result<Declared, Vec<ConfigError>
             check(line, field(validate::name("name", n), &what));
         }
         if let Some(t) = &env.tenant {
-            check(line, field(validate::name("tenant", t), &what));
+            check(line, field(validate::tenant("tenant", t), &what));
         }
         check(line, field(validate::labels(&env.labels), &what));
         check(line, field(validate::spec(&env.spec).and_then(|()| lapse_providers::validate_spec(&env.spec)), &what));

@@ -112,7 +112,7 @@ pub async fn create_tenant(
     axum::extract::Extension(caller): axum::extract::Extension<Caller>,
     ApiJson(req): ApiJson<CreateTenant>,
 ) -> Result<impl IntoResponse, ApiError> {
-    validate::name("name", &req.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    validate::tenant("name", &req.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let tier = req.tier.unwrap_or_else(|| "free".into());
     let tiers = app.cx.config.tier_names();
     if !tiers.contains(&tier) {
@@ -168,7 +168,7 @@ pub async fn create_scoped_key(
     let scope = match (req.scope, req.tenant) {
         (KeyScopeName::Metrics, None) => KeyScope::Metrics,
         (KeyScopeName::Tenant, Some(tenant)) => {
-            validate::name("tenant", &tenant).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            validate::tenant("tenant", &tenant).map_err(|e| ApiError::bad_request(e.to_string()))?;
             KeyScope::Tenant(tenant)
         }
         (KeyScopeName::Metrics, Some(_)) => return Err(ApiError::bad_request("tenant: a metrics key has no tenant")),
@@ -199,13 +199,17 @@ fn scope_name(scope: &KeyScope) -> KeyScopeName {
 
 /// Make an API key for a tenant. The key is in this answer only.
 #[utoipa::path(post, path = "/v1/admin/tenants/{name}/keys", tag = "admin", params(("name" = String, Path)),
-    responses((status = 201, body = KeyCreated), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 201, body = KeyCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn create_key(
     State(app): State<App>,
     axum::extract::Extension(caller): axum::extract::Extension<Caller>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
+    // No key for a reserved name, even if an older store holds such a tenant.
+    if validate::RESERVED_TENANTS.contains(&name.as_str()) {
+        return Err(ApiError::bad_request(format!("tenant: {name:?} is reserved; it can hold no key")));
+    }
     make_key(&app, &caller, KeyScope::Tenant(name)).await
 }
 

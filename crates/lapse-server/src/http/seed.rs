@@ -161,7 +161,7 @@ pub async fn create_vm(
     let job_id = req.job_id.unwrap_or_else(|| format!("job-{}", &lapse_core::model::new_environment_id()[20..]));
     validate::name("job_id", &job_id).map_err(|e| ApiError::from(AppError::Invalid(e)))?;
     let tenant = req.tenant.unwrap_or_else(|| job_id.clone());
-    validate::name("tenant", &tenant).map_err(|e| ApiError::from(AppError::Invalid(e)))?;
+    validate::tenant("tenant", &tenant).map_err(|e| ApiError::from(AppError::Invalid(e)))?;
     let spec = to_spec(&req.spec, &app.cx.config.vms_provider).map_err(|e| ApiError::from(AppError::Invalid(e)))?;
     app.check_spec(&spec)?;
     let lifecycle = req.spec.lifecycle.unwrap_or(Lifecycle::Service);

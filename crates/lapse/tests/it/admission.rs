@@ -218,3 +218,42 @@ async fn a_claimed_member_bills_its_claimer_from_the_claim_and_labels_set_no_pri
     let row = usage["environments"].as_array().unwrap().iter().find(|e| e["id"] == other).cloned().unwrap();
     assert_eq!(row["hourly"], 1800.0, "priced by its (default) resources: {row}");
 }
+
+#[tokio::test]
+async fn default_is_no_tenants_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(dir.path(), &["--sim", "0"], &[("LAPSE_ADMIN_KEY", ADMIN)]).await;
+    let (status, refused) = server.post("/v1/admin/tenants", json!({"name": "default"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("reserved"), "{refused}");
+    let (status, _) = server.post("/v1/admin/tenants/default/keys", json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = server.post("/v1/admin/keys", json!({"scope": "tenant", "tenant": "default"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // What the admin makes has no tenant at all.
+    let env = server.create(sim("5m")).await;
+    assert_eq!(env["tenant"], Value::Null);
+}
+
+#[tokio::test]
+async fn the_admin_key_can_come_from_a_file_and_stays_out_of_the_servers_environment() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admin.key");
+    std::fs::write(&file, format!("{ADMIN}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start_with_env(&data, &[], &[("LAPSE_ADMIN_KEY_FILE", file.to_str().unwrap())]).await;
+    let (status, _) = server.request_as(None, Method::GET, "/v1/environments", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "keys are on");
+    let (status, me) = server.request_as(Some(ADMIN), Method::GET, "/v1/whoami", None).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["admin"], true);
+    let pid = server.pid().unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    for (what, bytes) in [("environ", environ), ("cmdline", cmdline)] {
+        assert!(!String::from_utf8_lossy(&bytes).contains(ADMIN), "the key is in the server's {what}");
+    }
+}

@@ -55,7 +55,10 @@ impl Server {
             controller_id: String::new(),
             args: all,
             envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            key: envs.iter().find(|(k, _)| *k == "LAPSE_ADMIN_KEY").map(|(_, v)| v.to_string()),
+            key: envs.iter().find(|(k, _)| *k == "LAPSE_ADMIN_KEY").map(|(_, v)| v.to_string()).or_else(|| {
+                let (_, path) = envs.iter().find(|(k, _)| *k == "LAPSE_ADMIN_KEY_FILE")?;
+                Some(std::fs::read_to_string(path).ok()?.trim_end().to_owned())
+            }),
             http: reqwest::Client::new(),
         };
         server.spawn().await;

@@ -18,6 +18,9 @@ pub mod state;
 pub mod validate;
 pub mod wire;
 
+#[cfg(test)]
+mod proptests;
+
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
 

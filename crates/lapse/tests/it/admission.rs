@@ -257,3 +257,33 @@ async fn the_admin_key_can_come_from_a_file_and_stays_out_of_the_servers_environ
         assert!(!String::from_utf8_lossy(&bytes).contains(ADMIN), "the key is in the server's {what}");
     }
 }
+
+#[tokio::test]
+async fn vms_and_a_config_reload_racing_on_one_new_job_make_one_environment_and_no_5xx() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lapse.toml");
+    std::fs::write(&config, "").unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let args = ["--sim", "0", "--vms-provider", "sim", "--config", config.to_str().unwrap(), "--config-poll", "20ms"];
+    let server = Server::start(&data, &args).await;
+    let spec = json!({"provider": "sim", "cmd": ["x"]});
+    for round in 0..5 {
+        let job = format!("race-{round}");
+        let next = dir.path().join("next.toml");
+        std::fs::write(
+            &next,
+            format!("[[environment]]\nid = \"{job}\"\nspec = {{ provider = \"sim\", cmd = [\"x\"] }}\n"),
+        )
+        .unwrap();
+        std::fs::rename(&next, &config).unwrap();
+        let posts = (0..10).map(|_| server.post("/vms", json!({"job_id": job, "tenant": "lab", "spec": spec})));
+        for (status, body) in futures::future::join_all(posts).await {
+            assert!(status.is_success() || status == StatusCode::CONFLICT, "{status} {body}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let (_, stats) = server.get("/stats").await;
+        let jobs = stats["jobs"].as_array().unwrap().iter().filter(|j| j["job_id"] == job).count();
+        assert_eq!(jobs, 1, "{stats}");
+    }
+}

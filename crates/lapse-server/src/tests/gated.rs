@@ -20,9 +20,16 @@ pub(crate) const NAME: &str = "gated";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Call {
     /// `ensure_running` of the environment with this spec's command.
-    Provision { id: String, cmd: Vec<String> },
-    Stop { id: String },
-    Delete { id: String },
+    Provision {
+        id: String,
+        cmd: Vec<String>,
+    },
+    Stop {
+        id: String,
+    },
+    Delete {
+        id: String,
+    },
 }
 
 #[derive(Debug)]

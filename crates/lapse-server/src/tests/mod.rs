@@ -11,6 +11,9 @@
 //! reconciler is done in real time ([`eventually`], [`Harness::settle`]), never with a
 //! tokio sleep, so waiting cannot move the clock either.
 //!
+//! An `expect` here marks a step whose failure is the test's failure (a store that does not
+//! open, a create that is refused); it is never a guess that something cannot fail.
+//!
 //! Modules: [`gated`] (a provider that blocks provisions until a test opens its gate),
 //! `replace_in_flight` (issue 9 item 4), `expiry_burst` (issue 9 item 9's expiry figure).
 

@@ -37,6 +37,9 @@ pub mod sweep;
 pub mod swim;
 pub mod timers;
 
+#[cfg(test)]
+mod tests;
+
 pub use config::ServerConfig;
 
 use crate::app::App;

@@ -1,14 +1,15 @@
 //! The one writer connection, and transactions on it that survive a failed commit.
 //!
 //! Contract:
-//! - **A transaction either commits or leaves nothing behind.** [`Writer::begin`] issues
-//!   `BEGIN IMMEDIATE` itself (not sqlx's nested-transaction bookkeeping): a `COMMIT` that fails
-//!   (a full disk, an I/O error) is followed by a `ROLLBACK`, and the connection is closed so
-//!   the next transaction starts on a fresh one. sqlx's own `Transaction` keeps counting a
-//!   transaction whose `COMMIT` failed, so every later "transaction" on that connection would
-//!   be a savepoint inside a transaction that never commits: writes acknowledged and lost.
-//! - A transaction dropped without `commit` is rolled back before the connection is used again
-//!   (the pool has one connection, and it returns to the pool only after the rollback).
+//! - **A transaction either commits or leaves nothing behind.** Transactions are sqlx's (its
+//!   `BEGIN`/`COMMIT` run on the SQLite worker without a prepared statement: the fast path),
+//!   but the writer pool checks every connection before handing it out ([`writer_options`]):
+//!   a connection whose sqlx transaction depth is not zero (a transaction dropped without
+//!   commit, whose queued rollback has not run yet, or one whose `COMMIT` failed) first lets
+//!   the queued rollback run, and is closed and replaced if it is still inside a transaction.
+//!   Without this, after a `COMMIT` that failed on a full disk sqlx kept counting the
+//!   transaction, and every later one was a savepoint inside a transaction that never
+//!   committed: writes acknowledged and lost.
 //! - **The store knows whether it can write.** Every commit that fails for a reason of the
 //!   disk or the database (not of the statement) clears [`Writer::is_writable`]; the next
 //!   commit that succeeds sets it again. Nothing else is needed to recover when space returns.
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::pool::PoolConnection;
+use sqlx::sqlite::SqlitePoolOptions;
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
 /// The writer pool (one connection) and whether its last commit succeeded.
@@ -60,14 +62,9 @@ impl Writer {
 
     /// Starts a write transaction on the writer connection.
     pub(crate) async fn begin(&self) -> Result<WriteTx, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
-        match sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
-            Ok(_) => Ok(WriteTx { conn: Some(conn), writable: self.writable.clone() }),
+        match self.pool.begin().await {
+            Ok(tx) => Ok(WriteTx { tx: Some(tx), writable: self.writable.clone() }),
             Err(e) => {
-                // A connection that cannot begin (still inside a transaction, or broken) is not
-                // reused: the next caller gets a fresh one.
-                tracing::warn!(error = %e, "store: BEGIN failed; reopening the writer connection");
-                let _ = conn.close().await;
                 if is_unwritable(&e) {
                     self.writable.store(false, Ordering::Relaxed);
                 }
@@ -77,27 +74,49 @@ impl Writer {
     }
 }
 
+/// What the writer pool checks before it hands out a connection (see the module doc).
+pub(crate) fn writer_options(options: SqlitePoolOptions) -> SqlitePoolOptions {
+    options.before_acquire(|conn, _| {
+        Box::pin(async move {
+            if depth(conn) == 0 {
+                return Ok(true);
+            }
+            // A rollback queued by a dropped transaction runs before the next statement.
+            let _ = sqlx::query("SELECT 1").execute(&mut *conn).await;
+            let clean = depth(conn) == 0;
+            if !clean {
+                tracing::warn!("store: the writer connection is still inside a transaction; reopening it");
+            }
+            Ok(clean)
+        })
+    })
+}
+
+fn depth(conn: &SqliteConnection) -> usize {
+    use sqlx::TransactionManager as _;
+    <Sqlite as sqlx::Database>::TransactionManager::get_transaction_depth(conn)
+}
+
 /// A write transaction. Derefs to the connection, so statements run inside it.
 #[derive(Debug)]
 pub(crate) struct WriteTx {
-    conn: Option<PoolConnection<Sqlite>>,
+    tx: Option<sqlx::Transaction<'static, Sqlite>>,
     writable: Arc<AtomicBool>,
 }
 
 impl WriteTx {
-    /// Commits; on failure rolls back, closes the connection, and returns the error.
+    /// Commits; on failure the transaction is rolled back (and its connection replaced if
+    /// that fails) before the writer is used again.
     pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
-        // `conn` is `Some` until commit or drop takes it.
-        let mut conn = self.conn.take().expect("an open transaction has its connection");
-        match sqlx::query("COMMIT").execute(&mut *conn).await {
-            Ok(_) => {
+        // `tx` is `Some` until commit takes it.
+        let tx = self.tx.take().expect("an open transaction");
+        match tx.commit().await {
+            Ok(()) => {
                 self.writable.store(true, Ordering::Relaxed);
                 Ok(())
             }
             Err(e) => {
-                tracing::error!(error = %e, "store: COMMIT failed; rolling back and reopening the writer connection");
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                let _ = conn.close().await;
+                tracing::error!(error = %e, "store: COMMIT failed; rolling back");
                 if is_unwritable(&e) {
                     self.writable.store(false, Ordering::Relaxed);
                 }
@@ -111,32 +130,13 @@ impl Deref for WriteTx {
     type Target = SqliteConnection;
 
     fn deref(&self) -> &SqliteConnection {
-        self.conn.as_ref().expect("an open transaction has its connection")
+        self.tx.as_ref().expect("an open transaction")
     }
 }
 
 impl DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
-        self.conn.as_mut().expect("an open transaction has its connection")
-    }
-}
-
-impl Drop for WriteTx {
-    fn drop(&mut self) {
-        let Some(mut conn) = self.conn.take() else { return };
-        // Roll back before the connection goes back to the pool; if that fails, close it.
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(async move {
-                    if let Err(e) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
-                        tracing::warn!(error = %e, "store: ROLLBACK failed; reopening the writer connection");
-                        let _ = conn.close().await;
-                    }
-                });
-            }
-            // Without a runtime the connection cannot be used again: closing it rolls back.
-            Err(_) => drop(conn.detach()),
-        }
+        self.tx.as_mut().expect("an open transaction")
     }
 }
 

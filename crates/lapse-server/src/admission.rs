@@ -31,6 +31,7 @@ use lapse_core::Millis;
 use lapse_core::model::{Environment, NO_TENANT, Spec};
 use lapse_core::quota::Quota;
 use lapse_core::validate::{self, FieldError};
+use lapse_providers::Provider;
 
 use crate::app::AppError;
 use crate::auth::Caller;
@@ -94,13 +95,7 @@ pub async fn quota_of(cx: &Context, name: &str) -> Result<Quota, AppError> {
 
 /// Checks `env` for `who` and completes it (default resources); see the module doc.
 pub async fn admit(cx: &Context, env: &mut Environment, who: &Principal, guard: HostGuard) -> Result<(), AppError> {
-    validate::spec(&env.spec)?;
-    let provider = cx.providers.get(&env.spec.provider).ok_or_else(|| {
-        invalid(
-            "spec.provider",
-            format!("unknown provider {:?}; this server has: {}", env.spec.provider, cx.providers.names().join(", ")),
-        )
-    })?;
+    let provider = provider_of(cx, &env.spec)?;
     if let Some(q) = &who.quota {
         permitted(q, &who.tenant, &env.spec)?;
         env.spec.resources = Some(q.charged(env.spec.resources.as_ref()));
@@ -118,6 +113,17 @@ pub async fn admit(cx: &Context, env: &mut Environment, who: &Principal, guard: 
         env.expires_at.map(|at| std::time::Duration::from_millis(u64::try_from(at - env.created_at).unwrap_or(0)));
     q.check_ttl(ttl).map_err(AppError::Quota)?;
     check_hours(cx, q, &who.tenant, cx.clock.now()).await
+}
+
+/// The spec's fields checked, and its provider, which must be on this server.
+pub fn provider_of<'a>(cx: &'a Context, spec: &Spec) -> Result<&'a std::sync::Arc<dyn Provider>, AppError> {
+    validate::spec(spec)?;
+    cx.providers.get(&spec.provider).ok_or_else(|| {
+        invalid(
+            "spec.provider",
+            format!("unknown provider {:?}; this server has: {}", spec.provider, cx.providers.names().join(", ")),
+        )
+    })
 }
 
 /// Whether a tenant may use the spec's provider.

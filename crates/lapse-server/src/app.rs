@@ -89,6 +89,10 @@ pub struct App {
 }
 
 impl App {
+    pub fn new(cx: Arc<Context>, reconciler: Reconciler) -> App {
+        App { cx, reconciler, jobs_lock: Default::default() }
+    }
+
     fn now(&self) -> Millis {
         self.cx.clock.now()
     }
@@ -427,18 +431,7 @@ impl App {
 
     /// Checks a spec for everything but its provider's availability.
     pub fn check_spec(&self, spec: &lapse_core::model::Spec) -> Result<(), AppError> {
-        validate::spec(spec)?;
-        let provider = self.cx.providers.get(&spec.provider).ok_or_else(|| {
-            invalid(
-                "spec.provider",
-                format!(
-                    "unknown provider {:?}; this server has: {}",
-                    spec.provider,
-                    self.cx.providers.names().join(", ")
-                ),
-            )
-        })?;
-        provider.validate(spec)?;
+        admission::provider_of(&self.cx, spec)?.validate(spec)?;
         Ok(())
     }
 

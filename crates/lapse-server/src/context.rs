@@ -34,6 +34,33 @@ pub struct Context {
 }
 
 impl Context {
+    /// A context with fresh timers, clock, metrics and pool state around what start-up made.
+    pub fn new(
+        store: Store,
+        providers: ProviderSet,
+        config: ServerConfig,
+        controller_id: String,
+        auth: crate::auth::Auth,
+        swim: Option<std::sync::Arc<crate::swim::Swim>>,
+        deferred: crate::deferred::Deferred,
+    ) -> Context {
+        Context {
+            store,
+            providers,
+            timers: Timers::default(),
+            clock: Clock::new(),
+            metrics: Metrics::new(),
+            config,
+            controller_id,
+            pool_wake: tokio::sync::Notify::new(),
+            pooled_hashes: Default::default(),
+            config_status: std::sync::Mutex::new(None),
+            swim,
+            auth,
+            deferred,
+        }
+    }
+
     /// Replaces the set of pooled spec hashes.
     pub fn set_pooled_hashes(&self, hashes: impl IntoIterator<Item = String>) {
         *self.pooled_hashes.write().unwrap_or_else(|p| p.into_inner()) = hashes.into_iter().collect();

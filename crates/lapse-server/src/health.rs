@@ -101,7 +101,7 @@ pub async fn readiness(app: &App) -> ReadyView {
             last_tick_ms_ago: ago.map(|a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX)),
         });
     }
-    let store_writable = store_writable(app).await;
+    let store_writable = store_writable(app);
     if !store_writable {
         problems.push("the store does not take writes".to_owned());
     }
@@ -111,7 +111,7 @@ pub async fn readiness(app: &App) -> ReadyView {
 /// Whether the store takes writes: its last write committed (a failed commit, say on a full
 /// disk, clears this until one commits again), and no stop or delete waits in the deferred
 /// journal for the store to take it.
-pub async fn store_writable(app: &App) -> bool {
+pub fn store_writable(app: &App) -> bool {
     app.cx.store.is_writable() && app.cx.deferred.is_empty()
 }
 

@@ -2,6 +2,9 @@
 //! host's memory use is above a limit (the seed's memory threshold) or the data dir's
 //! filesystem is nearly full, and warm pools of local providers do not refill meanwhile. A
 //! refusal is the host's state, not the caller's fault: `503 host_capacity`.
+//!
+//! The readings are taken at most every [`READING_TTL`] and shared: admission asks once per
+//! environment, and a queue batch or a pool refill admits a thousand at once.
 
 /// Providers whose environments use this host's memory.
 pub const LOCAL_PROVIDERS: &[&str] = &["process", "docker"];
@@ -34,14 +37,35 @@ fn used_percent(blocks: f64, free: f64, available: f64) -> Option<f64> {
     (used + available > 0.0).then(|| 100.0 * used / (used + available))
 }
 
+/// How long one reading of memory and disk use stands.
+pub const READING_TTL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Memory and disk use, read at most every [`READING_TTL`] (per data dir).
+fn readings(data_dir: &std::path::Path) -> (Option<f64>, Option<f64>) {
+    type Reading = (std::time::Instant, std::path::PathBuf, Option<f64>, Option<f64>);
+    static LAST: std::sync::Mutex<Option<Reading>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((at, dir, memory, disk)) = last.as_ref()
+        && at.elapsed() < READING_TTL
+        && dir == data_dir
+    {
+        return (*memory, *disk);
+    }
+    let (memory, disk) = (memory_used_percent(), disk_used_percent(data_dir));
+    *last = Some((std::time::Instant::now(), data_dir.to_owned(), memory, disk));
+    (memory, disk)
+}
+
 /// Why a new environment of `provider` must wait, if the host's memory or the data dir's
 /// disk is above the configured limit.
 pub fn refusal(provider: &str, config: &crate::config::ServerConfig) -> Option<String> {
-    if !LOCAL_PROVIDERS.contains(&provider) {
+    if !LOCAL_PROVIDERS.contains(&provider) || (config.host_memory_limit.is_none() && config.host_disk_limit.is_none())
+    {
         return None;
     }
+    let (memory, disk) = readings(&config.data_dir);
     if let Some(limit) = config.host_memory_limit
-        && let Some(used) = memory_used_percent()
+        && let Some(used) = memory
         && used > limit
     {
         return Some(format!(
@@ -50,7 +74,7 @@ pub fn refusal(provider: &str, config: &crate::config::ServerConfig) -> Option<S
         ));
     }
     if let Some(limit) = config.host_disk_limit
-        && let Some(used) = disk_used_percent(&config.data_dir)
+        && let Some(used) = disk
         && used > limit
     {
         return Some(format!(

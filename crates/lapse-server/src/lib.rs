@@ -43,12 +43,9 @@ mod tests;
 pub use config::ServerConfig;
 
 use crate::app::App;
-use crate::clock::Clock;
 use crate::config::DockerSetting;
 use crate::context::Context;
-use crate::metrics::Metrics;
 use crate::reconciler::Reconciler;
-use crate::timers::Timers;
 
 /// A started control plane.
 pub struct Running {
@@ -167,21 +164,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         None => None,
     };
 
-    let cx = Arc::new(Context {
-        store,
-        providers,
-        timers: Timers::default(),
-        clock: Clock::new(),
-        metrics: Metrics::new(),
-        config,
-        controller_id,
-        pool_wake: tokio::sync::Notify::new(),
-        pooled_hashes: Default::default(),
-        config_status: std::sync::Mutex::new(None),
-        swim,
-        auth,
-        deferred,
-    });
+    let cx = Arc::new(Context::new(store, providers, config, controller_id, auth, swim, deferred));
     let reconciler = Reconciler::new(cx.clone());
     // Stops and deletes made while the disk was full, before a crash: into the store first.
     if !cx.deferred.is_empty() {
@@ -208,7 +191,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
 
     // Applied before anything runs: a bad file at start is an error to fix now (at reload it
     // keeps the last good state). What it writes is queued for the reconciler.
-    let app = App { cx: cx.clone(), reconciler: reconciler.clone(), jobs_lock: Default::default() };
+    let app = App::new(cx.clone(), reconciler.clone());
     if let Some(path) = &cx.config.config_file
         && let Err(errors) = declare::reload(&app, path).await
     {

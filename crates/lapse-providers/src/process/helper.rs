@@ -125,6 +125,33 @@ impl Control {
     fn answer(&mut self, answer: &str) {
         let _ = self.reader.get_mut().write_all(format!("{answer}\n").as_bytes());
     }
+
+    /// Opens the socket and reads the job; a job that does not read is answered here, and
+    /// the helper's exit code returned.
+    fn with_job<T: for<'de> Deserialize<'de>>() -> Result<(Control, T), i32> {
+        let Ok(mut control) = Control::open() else { return Err(125) };
+        match control.job() {
+            Ok(job) => Ok((control, job)),
+            Err(e) => {
+                control.answer(&format!("error failed {e}"));
+                Err(125)
+            }
+        }
+    }
+
+    /// Answers whether the command started, and closes the socket.
+    fn started(mut self, spawned: Result<std::process::Child, String>) -> Option<std::process::Child> {
+        match spawned {
+            Ok(child) => {
+                self.answer("ok");
+                Some(child)
+            }
+            Err(e) => {
+                self.answer(&e);
+                None
+            }
+        }
+    }
 }
 
 fn block_signals() {
@@ -172,13 +199,9 @@ fn code_of(status: ExitStatus) -> (i64, Option<String>) {
 }
 
 fn supervise() -> i32 {
-    let Ok(mut control) = Control::open() else { return 125 };
-    let launch: Launch = match control.job() {
-        Ok(l) => l,
-        Err(e) => {
-            control.answer(&format!("error failed {e}"));
-            return 125;
-        }
+    let (mut control, launch): (Control, Launch) = match Control::with_job() {
+        Ok(job) => job,
+        Err(code) => return code,
     };
     match start_supervised(&launch) {
         Ok(started) => {
@@ -365,13 +388,9 @@ pub fn read_exit_record(dir: &Path) -> Option<ExitRecord> {
 
 fn init() -> i32 {
     block_signals();
-    let Ok(mut control) = Control::open() else { return 125 };
-    let program: Program = match control.job() {
-        Ok(p) => p,
-        Err(e) => {
-            control.answer(&format!("error failed {e}"));
-            return 125;
-        }
+    let (mut control, program): (Control, Program) = match Control::with_job() {
+        Ok(job) => job,
+        Err(code) => return code,
     };
     if let Err(e) =
         isolation::mount_proc().and_then(|()| nix::sys::prctl::set_no_new_privs().map_err(|e| e.to_string()))
@@ -380,19 +399,11 @@ fn init() -> i32 {
         return 125;
     }
     let argv0 = program.argv.first().cloned().unwrap_or_default();
-    let child = match command_of(&program) {
+    let spawned = match command_of(&program) {
         Ok(mut c) => c.spawn().map_err(|e| spawn_error(&argv0, &e)),
         Err(e) => Err(format!("error permanent {e}")),
     };
-    let child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            control.answer(&e);
-            return 127;
-        }
-    };
-    control.answer("ok");
-    drop(control);
+    let Some(child) = control.started(spawned) else { return 127 };
     let main = nix::unistd::Pid::from_raw(child.id() as i32);
     // Reap everything (orphans come to the namespace's first process); end with the command.
     loop {
@@ -406,13 +417,9 @@ fn init() -> i32 {
 }
 
 fn exec() -> i32 {
-    let Ok(mut control) = Control::open() else { return 125 };
-    let job: ExecJob = match control.job() {
-        Ok(j) => j,
-        Err(e) => {
-            control.answer(&format!("error failed {e}"));
-            return 125;
-        }
+    let (mut control, job): (Control, ExecJob) = match Control::with_job() {
+        Ok(job) => job,
+        Err(code) => return code,
     };
     let prepared = join_cgroup(job.cgroup.as_ref()).and_then(|()| match job.leader {
         Some((pid, started)) => {
@@ -432,15 +439,7 @@ fn exec() -> i32 {
     let spawned = command_of(&job.command).map_err(|e| format!("error permanent {e}")).and_then(|mut c| {
         c.stdout(Stdio::inherit()).stderr(Stdio::inherit()).spawn().map_err(|e| spawn_error(&argv0, &e))
     });
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => {
-            control.answer(&e);
-            return 127;
-        }
-    };
-    control.answer("ok");
-    drop(control);
+    let Some(mut child) = control.started(spawned) else { return 127 };
     match child.wait() {
         Ok(status) => (code_of(status).0 & 0xff) as i32,
         Err(_) => 125,

@@ -163,7 +163,6 @@ pub async fn create_vm(
     let tenant = req.tenant.unwrap_or_else(|| job_id.clone());
     validate::tenant("tenant", &tenant).map_err(|e| ApiError::from(AppError::Invalid(e)))?;
     let spec = to_spec(&req.spec, &app.cx.config.vms_provider).map_err(|e| ApiError::from(AppError::Invalid(e)))?;
-    app.check_spec(&spec)?;
     let lifecycle = req.spec.lifecycle.unwrap_or(Lifecycle::Service);
     if let Some(pool) = req.spec.warm_pool {
         let put = PutPool { spec: spec.clone(), min: pool.min, max: pool.max, version: None, lifecycle };

@@ -26,12 +26,9 @@ use lapse_store::Store;
 use tokio::task::JoinHandle;
 
 use crate::app::App;
-use crate::clock::Clock;
 use crate::config::{DockerSetting, ServerConfig};
 use crate::context::Context;
-use crate::metrics::Metrics;
 use crate::reconciler::Reconciler;
-use crate::timers::Timers;
 
 mod expiry_burst;
 pub(crate) mod gated;
@@ -66,23 +63,10 @@ impl Harness {
         let controller_id = store.controller_id().await.expect("the store's controller id");
         let deferred = crate::deferred::Deferred::open(&dir.path().join("deferred.journal"))
             .expect("opening a fresh deferred journal");
-        let cx = Arc::new(Context {
-            store,
-            providers,
-            timers: Timers::default(),
-            clock: Clock::new(),
-            metrics: Metrics::new(),
-            config,
-            controller_id,
-            pool_wake: tokio::sync::Notify::new(),
-            pooled_hashes: Default::default(),
-            config_status: std::sync::Mutex::new(None),
-            swim: None,
-            auth: crate::auth::Auth::new(None, None).expect("auth without keys"),
-            deferred,
-        });
+        let auth = crate::auth::Auth::new(None, None).expect("auth without keys");
+        let cx = Arc::new(Context::new(store, providers, config, controller_id, auth, None, deferred));
         let reconciler = Reconciler::new(cx.clone());
-        let app = App { cx: cx.clone(), reconciler: reconciler.clone(), jobs_lock: Default::default() };
+        let app = App::new(cx.clone(), reconciler.clone());
         let tasks = vec![
             tokio::spawn({
                 let r = reconciler.clone();

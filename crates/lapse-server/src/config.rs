@@ -76,7 +76,7 @@ pub struct ServerConfig {
     /// The provider that serves the seed's `POST /vms`.
     pub vms_provider: String,
     /// The SWIM Redis queues; off unless given (or the config file has a `[redis]` table).
-    pub swim: Option<crate::swim::SwimConfig>,
+    pub swim: Option<crate::compat::swim::SwimConfig>,
     /// The bootstrap admin key; without one (here or in the config file's `[auth]` table) the
     /// server is single-tenant and listens on loopback only.
     pub admin_key: Option<String>,

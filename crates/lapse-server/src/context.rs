@@ -26,7 +26,7 @@ pub struct Context {
     /// API keys: who may call, and see what.
     pub auth: crate::auth::Auth,
     /// The SWIM Redis queues, if this server consumes them.
-    pub swim: Option<std::sync::Arc<crate::swim::Swim>>,
+    pub swim: Option<std::sync::Arc<crate::compat::swim::Swim>>,
     /// The declarative config file's state, if one is served.
     pub config_status: std::sync::Mutex<Option<lapse_core::wire::ConfigStatus>>,
     /// Stops and deletes recorded while the store could not write (see [`crate::deferred`]).
@@ -41,7 +41,7 @@ impl Context {
         config: ServerConfig,
         controller_id: String,
         auth: crate::auth::Auth,
-        swim: Option<std::sync::Arc<crate::swim::Swim>>,
+        swim: Option<std::sync::Arc<crate::compat::swim::Swim>>,
         deferred: crate::deferred::Deferred,
     ) -> Context {
         Context {

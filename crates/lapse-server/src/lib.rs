@@ -23,6 +23,7 @@ pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod clock;
+pub mod compat;
 pub mod config;
 pub mod context;
 pub mod declare;
@@ -34,7 +35,6 @@ pub mod metrics;
 pub mod pools;
 pub mod reconciler;
 pub mod sweep;
-pub mod swim;
 pub mod timers;
 
 #[cfg(test)]
@@ -128,7 +128,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         config.prices = prices;
     }
     config.tiers = tables.tiers;
-    let swim_config = config.swim.clone().or_else(|| tables.redis.map(swim::RedisSection::into_config));
+    let swim_config = config.swim.clone().or_else(|| tables.redis.map(compat::swim::RedisSection::into_config));
     let admin_key = config.admin_key.clone().or_else(|| tables.auth.and_then(|a| a.admin_key));
     let auth = auth::Auth::new(admin_key.as_deref(), config.rate_limit)?
         .with_unauthenticated_limit(config.unauthenticated_rate_limit);
@@ -159,7 +159,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
                      (or default_cmd in the [redis] table)"
                 );
             }
-            Some(Arc::new(swim::Swim::new(cfg)?))
+            Some(Arc::new(compat::swim::Swim::new(cfg)?))
         }
         None => None,
     };
@@ -244,9 +244,9 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
             provider = %swim.config.provider,
             "consuming the SWIM queues"
         );
-        background.push(tokio::spawn(swim::cache::run(app.clone(), swim.clone(), cx.store.subscribe())));
+        background.push(tokio::spawn(compat::swim::cache::run(app.clone(), swim.clone(), cx.store.subscribe())));
         for queue in &swim.queues {
-            background.push(tokio::spawn(swim::consumer::run(app.clone(), swim.clone(), queue.clone())));
+            background.push(tokio::spawn(compat::swim::consumer::run(app.clone(), swim.clone(), queue.clone())));
         }
     }
     let mut limits = cx.config.connections;

@@ -255,7 +255,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             ),
             (None, None) => "process".into(),
         };
-        let section = lapse_server::swim::RedisSection {
+        let section = lapse_server::compat::swim::RedisSection {
             url: Some(url.clone()),
             password: match &args.redis_password_file {
                 Some(path) => Some(read_secret(path, "the Redis password file")?),

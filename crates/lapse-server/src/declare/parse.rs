@@ -37,9 +37,9 @@ struct ConfigFile {
     environments: Vec<Spanned<EnvDecl>>,
     #[serde(default, rename = "pool")]
     pools: Vec<Spanned<PoolDecl>>,
-    /// The SWIM Redis queues (see [`crate::swim`]); read at start only.
+    /// The SWIM Redis queues (see [`crate::compat::swim`]); read at start only.
     #[serde(default)]
-    redis: Option<crate::swim::RedisSection>,
+    redis: Option<crate::compat::swim::RedisSection>,
     /// Keys (see [`crate::auth`]); read at start only.
     #[serde(default)]
     auth: Option<AuthSection>,
@@ -62,7 +62,7 @@ pub struct AuthSection {
 /// The tables of a config file that are read once, at start.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StartTables {
-    pub redis: Option<crate::swim::RedisSection>,
+    pub redis: Option<crate::compat::swim::RedisSection>,
     pub auth: Option<AuthSection>,
     pub prices: Option<lapse_core::cost::Prices>,
     pub tiers: BTreeMap<String, lapse_core::wire::QuotaInput>,

@@ -30,7 +30,7 @@ pub mod listener;
 pub mod openapi;
 pub mod page;
 pub mod pools;
-pub mod seed;
+
 pub mod system;
 
 /// Largest request body accepted.
@@ -44,7 +44,7 @@ pub fn router(app: App) -> Router {
         .merge(admin::router())
         .merge(environments::router())
         .merge(pools::router())
-        .merge(seed::router())
+        .merge(crate::compat::fc::router())
         .merge(system::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -4,7 +4,8 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, environments, pools, seed, system};
+use super::{admin, environments, pools, system};
+use crate::compat::fc as seed;
 
 #[derive(OpenApi)]
 #[openapi(

@@ -22,8 +22,8 @@ use lapse_store::ListFilter;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{ApiError, ApiJson};
 use crate::app::{App, AppError, Job};
+use crate::http::{ApiError, ApiJson};
 
 pub fn router() -> Router<App> {
     Router::new().route("/vms", post(create_vm)).route("/stats", get(stats))

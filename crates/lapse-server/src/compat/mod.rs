@@ -1,0 +1,14 @@
+//! The seeds' surfaces: each module speaks one seed system's external contract exactly (its
+//! keys, JSON shapes, routes, status codes), so that system's existing clients work unchanged,
+//! and each is a thin layer over the one admission path ([`crate::admission`]) and the one
+//! store transaction: no seed surface writes the store any other way.
+//!
+//! | module | seed | what it speaks |
+//! |---|---|---|
+//! | [`swim`] | alex-sviridov/swim@27f4120 | `swim:*` Redis queues and `swim:server:<id>` |
+//! | [`fc`] | ndrean/microvm-control-planner@2ff3827 (`fc_ex_cp`) | `POST /vms`, `GET`/`DELETE /vms/:id`, `GET /stats` |
+//!
+//! Each module's doc names the seed files it follows, and where it differs on purpose.
+
+pub mod fc;
+pub mod swim;

@@ -3,7 +3,7 @@
 //! - [`model`]: the environment, its spec and its states.
 //! - [`state`]: which observed-state transitions are allowed, and [`state::plan`], the pure
 //!   decision of what the reconciler's next step for one environment is.
-//! - [`duration`]: TTLs as users write them (`"30m"`, `90`).
+//! - [`duration`]: TTLs as users write them (`"30m"`, `"2 hours"`; the CLI's bare number is hours).
 //! - [`validate`]: limits on every user-supplied field.
 //! - [`wire`]: the JSON shapes of the HTTP API, shared by the server and the CLI.
 //!

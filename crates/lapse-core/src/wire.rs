@@ -10,8 +10,12 @@ use utoipa::ToSchema;
 use crate::model::{DesiredState, Endpoint, Environment, Lifecycle, ObservedState, OnExpiry, Spec};
 use crate::{Millis, format_millis};
 
-/// A duration: whole seconds as a number, or text such as `"30m"`, `"1h30m"`, `"90s"`.
+/// A duration. A JSON **number** is whole seconds (`90`). A **string** must carry its unit,
+/// case-insensitive: `"90s"`, `"30m"`, `"2h30m"`, `"1.5h"`, `"2 hours"`, `"300ms"`, `"2d"`; a
+/// string that is a bare number (`"90"`) is refused, since the CLI's grammar (instance-manager's)
+/// reads a bare number as hours and the API will not guess.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(example = "30m")]
 #[serde(untagged)]
 pub enum DurationInput {
     Seconds(i64),
@@ -24,7 +28,7 @@ impl<'de> Deserialize<'de> for DurationInput {
         impl serde::de::Visitor<'_> for Visitor {
             type Value = DurationInput;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration: whole seconds (90) or text such as \"30m\"")
+                f.write_str("a duration: whole seconds as a number (90) or text with a unit (\"30m\", \"2 hours\")")
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
                 Ok(DurationInput::Seconds(v))

@@ -68,9 +68,11 @@ enum Command {
     Extend {
         #[command(flatten)]
         id: IdArg,
-        /// How much longer, e.g. 30m or 2h (counted from the later of now and the current expiry).
-        #[arg(long, alias = "duration", short = 'd', conflicts_with = "until", required_unless_present = "until")]
-        by: Option<String>,
+        /// How much longer (counted from the later of now and the current expiry): 30m, 2h30m,
+        /// "2 hours"; a bare number is hours, as instance-manager's (-d 2 is two hours).
+        #[arg(long, alias = "duration", short = 'd', conflicts_with = "until", required_unless_present = "until",
+              value_parser = lease_duration)]
+        by: Option<DurationInput>,
         /// A new expiry time, RFC 3339 (2026-12-01T12:00:00Z).
         #[arg(long)]
         until: Option<String>,
@@ -86,9 +88,9 @@ enum Command {
     Exec {
         #[command(flatten)]
         id: IdArg,
-        /// Give up after this long (default 30s).
-        #[arg(long)]
-        timeout: Option<String>,
+        /// Give up after this long, with its unit: 30s, 5m (default 30s).
+        #[arg(long, value_parser = text_duration)]
+        timeout: Option<DurationInput>,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
@@ -191,9 +193,10 @@ struct CreateArgs {
     /// TCP port to publish (repeatable).
     #[arg(long = "port")]
     ports: Vec<u16>,
-    /// Lease length, e.g. 30m, 2h, or seconds (default: the server's, 1h).
-    #[arg(long, alias = "duration", short = 'd')]
-    ttl: Option<String>,
+    /// Lease length: 30m, 2h30m, "2 hours", case-insensitive; a bare number is hours, as
+    /// instance-manager's (-d 2 is two hours). Default: the server's, 1h.
+    #[arg(long, alias = "duration", short = 'd', value_parser = lease_duration)]
+    ttl: Option<DurationInput>,
     /// What happens when the lease runs out.
     #[arg(long, value_parser = ["stop", "delete"], default_value = "stop")]
     on_expiry: String,
@@ -260,11 +263,19 @@ fn key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
-fn duration_input(s: &str) -> DurationInput {
-    match s.parse::<i64>() {
-        Ok(n) => DurationInput::Seconds(n),
-        Err(_) => DurationInput::Text(s.to_owned()),
-    }
+/// A lease length in the CLI grammar ([`lapse_core::duration::parse_cli_duration`]), sent to
+/// the server with its unit so that the server never reads a bare number.
+fn lease_duration(s: &str) -> Result<DurationInput, String> {
+    lapse_core::duration::parse_cli_duration(s).map(exact).map_err(|e| e.to_string())
+}
+
+/// A duration in the text grammar (a unit is required).
+fn text_duration(s: &str) -> Result<DurationInput, String> {
+    lapse_core::duration::parse_duration(s).map(exact).map_err(|e| e.to_string())
+}
+
+fn exact(d: Duration) -> DurationInput {
+    DurationInput::Text(format!("{}ms", d.as_millis().max(1)))
 }
 
 fn urlencode(s: &str) -> String {
@@ -336,7 +347,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         None => None,
                     },
                 },
-                ttl: args.ttl.as_deref().map(duration_input),
+                ttl: args.ttl,
                 on_expiry: if args.on_expiry == "delete" { OnExpiry::Delete } else { OnExpiry::Stop },
                 lifecycle: args.lifecycle.parse().map_err(|e| anyhow::anyhow!("{e}"))?,
                 max_retries: args.max_retries,
@@ -370,14 +381,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status(IdArg { id }) => show(&client.get(&env_path(&id, "")).await?),
         Command::Extend { id, by, until } => {
-            let req = ExtendRequest { by: by.as_deref().map(duration_input), until };
+            let req = ExtendRequest { by, until };
             show(&client.post(&env_path(&id.id, "/extend"), &req).await?);
         }
         Command::Stop(IdArg { id }) => show(&client.post(&env_path(&id, "/stop"), &()).await?),
         Command::Start(IdArg { id }) => show(&client.post(&env_path(&id, "/start"), &()).await?),
         Command::Delete(IdArg { id }) => show(&client.call(Method::DELETE, &env_path(&id, ""), None::<&()>).await?),
         Command::Exec { id, timeout, cmd } => {
-            let req = ExecRequest { cmd, timeout: timeout.as_deref().map(duration_input) };
+            let req = ExecRequest { cmd, timeout };
             let result: ExecResult = client.post(&env_path(&id.id, "/exec"), &req).await?;
             if json {
                 print_json(&result);

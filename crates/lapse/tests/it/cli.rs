@@ -69,7 +69,8 @@ async fn verbs_tables_json_and_exit_codes() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("unknown provider"), "{}", text(&out.stderr));
     let out = lapse(&server, &["create", "--ttl", "0", "--", "true"]).await;
-    assert!(text(&out.stderr).contains("ttl: must be positive"), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "refused before anything is sent");
+    assert!(text(&out.stderr).contains("must be positive"), "{}", text(&out.stderr));
 
     let out = lapse(&server, &["events", "--json", "--environment", &id]).await;
     let events: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -124,4 +125,80 @@ async fn list_follows_every_page() {
     assert_eq!(list["environments"].as_array().unwrap().len(), 1003);
     let out = lapse(&server, &["list", "--owner", "many", "--limit", "2"]).await;
     assert_eq!(text(&out.stdout).lines().count(), 3, "a header and two rows: {}", text(&out.stdout));
+}
+
+/// Seconds until `env`'s expiry.
+fn left(env: &Value) -> i64 {
+    let at = chrono::DateTime::parse_from_rfc3339(env["expires_at"].as_str().expect("an expiry")).unwrap();
+    (at.timestamp_millis() - chrono::Utc::now().timestamp_millis()) / 1000
+}
+
+/// The CLI's durations are instance-manager's (`internal/utils/validators.go` `ParseDuration`):
+/// a bare number is hours, `30m`, `2h30m`, "30 minutes" and "2 hours" work in any case, and no
+/// input silently means seconds; the API refuses a bare number in a string.
+#[tokio::test]
+async fn durations_follow_instance_manager() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--sim", "0"]).await;
+    let create = |ttl: &'static str| {
+        let url = server.url.clone();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lapse"))
+                .args(["--url", &url, "create", "--json", "-p", "sim", "-d", ttl, "--", "x"])
+                .output()
+                .await
+                .unwrap();
+            assert!(out.status.success(), "{ttl}: {}", text(&out.stderr));
+            serde_json::from_slice::<Value>(&out.stdout).unwrap()
+        }
+    };
+    for (ttl, secs) in [
+        ("2", 2 * 3600),
+        ("30m", 1800),
+        ("30M", 1800),
+        ("2h30m", 9000),
+        ("30 minutes", 1800),
+        ("2 Hours", 7200),
+        ("1.5h", 5400),
+    ] {
+        let env = create(ttl).await;
+        let got = left(&env);
+        assert!((secs - 5..=secs).contains(&got), "-d {ttl:?}: {got} s left, want about {secs}");
+    }
+
+    // `extend -d 2` adds two hours to the current expiry.
+    let env = create("30m").await;
+    let id = env["id"].as_str().unwrap();
+    let out = lapse(&server, &["extend", "--json", id, "-d", "2"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got = left(&serde_json::from_slice(&out.stdout).unwrap());
+    assert!((9000 - 5..=9000).contains(&got), "30m + 2h: {got} s left");
+
+    // Refused before anything is sent, with a message that says how to write it.
+    for bad in ["0", "-2", "2 parsecs", "soon"] {
+        let out = lapse(&server, &["create", "-p", "sim", "-d", bad, "--", "x"]).await;
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out.stderr));
+    }
+    let out = lapse(&server, &["exec", id, "--timeout", "30", "--", "x"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("\"30s\""), "{}", text(&out.stderr));
+
+    // The API: a JSON number is seconds; a string needs its unit.
+    let (status, body) = server
+        .post(
+            "/v1/environments",
+            serde_json::json!({"owner": "o", "spec": {"provider": "sim", "cmd": ["x"]}, "ttl": "2"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("has no unit"), "{body}");
+    let (status, body) = server
+        .post(
+            "/v1/environments",
+            serde_json::json!({"owner": "o", "spec": {"provider": "sim", "cmd": ["x"]}, "ttl": 120}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let got = left(&body);
+    assert!((115..=120).contains(&got), "a JSON number is seconds: {got}");
 }

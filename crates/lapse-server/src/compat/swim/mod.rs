@@ -92,6 +92,10 @@ pub struct SwimConfig {
     pub max_message_bytes: usize,
     /// Most records a dead-letter list keeps (the newest).
     pub dead_letter_max: u64,
+    /// Serve this (the older) contract's queues and keys.
+    pub v1: bool,
+    /// Serve the newer contract ([`crate::compat::swim_v2`]) too, with these settings.
+    pub v2: Option<crate::compat::swim_v2::V2Config>,
 }
 
 impl SwimConfig {
@@ -112,6 +116,8 @@ impl SwimConfig {
             server_ttl: Duration::from_secs(24 * 3600),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             dead_letter_max: DEFAULT_DEAD_LETTER_MAX,
+            v1: true,
+            v2: None,
         }
     }
 
@@ -187,6 +193,43 @@ pub struct RedisSection {
     pub max_message_bytes: Option<usize>,
     /// Most records each dead-letter list keeps (default 10,000).
     pub dead_letter_max: Option<u64>,
+    /// Which contracts are served: `["v1"]` (the default), `["v2"]` or `["v1", "v2"]`.
+    pub contracts: Option<Vec<ContractName>>,
+    /// The newer contract's key prefix (default `vmmanager:`).
+    pub v2_prefix: Option<String>,
+    /// The newer contract's `user` field (the seed's `SSH_USERNAME`, default `student`).
+    pub ssh_username: Option<String>,
+    /// The newer contract's lab lifetime (the seed's `DEFAULT_TTL_MINUTES`, default 30).
+    pub default_ttl_minutes: Option<u64>,
+    /// The seed's `PROVISION_RATE_LIMIT_SECONDS` (default 15; 0 means the default, as there).
+    pub provision_rate_limit_seconds: Option<u64>,
+    /// The seed's `DECOMMISSION_RATE_LIMIT_SECONDS` (default 15; 0 means the default).
+    pub decommission_rate_limit_seconds: Option<u64>,
+    /// The newer contract's cloud-init, read at start (the seed's
+    /// `HCLOUD_DEFAULT_CLOUD_INIT_FILE`); none when unset.
+    pub v2_cloud_init_file: Option<PathBuf>,
+}
+
+/// A SWIM contract a server can serve.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ContractName {
+    /// alex-sviridov/swim@27f4120: `swim:*` (this module).
+    V1,
+    /// alex-sviridov/swim@670feb4: `vmmanager:*` ([`crate::compat::swim_v2`]).
+    V2,
+}
+
+impl std::str::FromStr for ContractName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ContractName, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "v1" => Ok(ContractName::V1),
+            "v2" => Ok(ContractName::V2),
+            other => Err(format!("{other:?} is not a SWIM contract (v1, v2)")),
+        }
+    }
 }
 
 impl RedisSection {
@@ -210,6 +253,23 @@ impl RedisSection {
         cfg.batch = self.batch.unwrap_or(cfg.batch).clamp(1, 5000);
         cfg.max_message_bytes = self.max_message_bytes.unwrap_or(cfg.max_message_bytes).clamp(1, 512 << 20);
         cfg.dead_letter_max = self.dead_letter_max.unwrap_or(cfg.dead_letter_max).max(1);
+        let contracts = self.contracts.unwrap_or_else(|| vec![ContractName::V1]);
+        cfg.v1 = contracts.contains(&ContractName::V1);
+        if contracts.contains(&ContractName::V2) {
+            let mut v2 = crate::compat::swim_v2::V2Config::default();
+            if let Some(prefix) = self.v2_prefix {
+                v2.prefix = prefix;
+            }
+            if let Some(user) = self.ssh_username.filter(|u| !u.is_empty()) {
+                v2.ssh_username = user;
+            }
+            v2.ttl_minutes = self.default_ttl_minutes.unwrap_or(v2.ttl_minutes);
+            let seconds = |s: Option<u64>, default: Duration| s.filter(|s| *s > 0).map_or(default, Duration::from_secs);
+            v2.provision_rate_limit = seconds(self.provision_rate_limit_seconds, v2.provision_rate_limit);
+            v2.decommission_rate_limit = seconds(self.decommission_rate_limit_seconds, v2.decommission_rate_limit);
+            v2.cloud_init_file = self.v2_cloud_init_file;
+            cfg.v2 = Some(v2);
+        }
         cfg
     }
 }
@@ -225,6 +285,8 @@ pub enum Kind {
 #[derive(Debug)]
 pub struct Queue {
     pub kind: Kind,
+    /// Messages are taken from the list's head (producers `RPUSH`), not its tail (`LPUSH`).
+    pub from_head: bool,
     pub key: String,
     pub processing: String,
     pub dead: String,
@@ -235,9 +297,10 @@ pub struct Queue {
 }
 
 impl Queue {
-    fn new(kind: Kind, key: String, concurrency: usize) -> Queue {
+    pub(crate) fn new(kind: Kind, key: String, concurrency: usize, from_head: bool) -> Queue {
         Queue {
             kind,
+            from_head,
             processing: format!("{key}:processing"),
             dead: format!("{key}:dead"),
             key,
@@ -270,12 +333,17 @@ pub struct Swim {
 
 impl Swim {
     pub fn new(config: SwimConfig) -> anyhow::Result<Swim> {
+        let queues = [
+            Arc::new(Queue::new(Kind::Provision, config.provision_queue(), config.provision_concurrency, false)),
+            Arc::new(Queue::new(Kind::Decommission, config.decommission_queue(), config.control_concurrency, false)),
+        ];
+        Swim::with_queues(config, queues)
+    }
+
+    /// A connection to `config`'s Redis serving other queues (another contract's).
+    pub(crate) fn with_queues(config: SwimConfig, queues: [Arc<Queue>; 2]) -> anyhow::Result<Swim> {
         let client = redis::Client::open(config.connect_url())
             .map_err(|e| anyhow::anyhow!("Redis URL {}: {e}", config.shown_url()))?;
-        let queues = [
-            Arc::new(Queue::new(Kind::Provision, config.provision_queue(), config.provision_concurrency)),
-            Arc::new(Queue::new(Kind::Decommission, config.decommission_queue(), config.control_concurrency)),
-        ];
         Ok(Swim {
             client,
             queues,

@@ -176,10 +176,12 @@ async fn one_lab_per_user_the_same_lab_is_a_no_op_and_another_lab_switches() {
 async fn a_stale_decommission_is_ignored_and_one_with_a_server_id_is_honoured() {
     let s = setup("0", &[("PROVISION_RATE_LIMIT_SECONDS", "1"), ("DECOMMISSION_RATE_LIMIT_SECONDS", "1")]).await;
     rpush(&s.redis, PROVISION, &[&provision("ann", 7), &provision("bob", 1)]).await;
-    let ann = eventually(secs(20), "ann's lab", async || state_of(&s.redis, "ann").await.filter(|v| v["available"] == true))
-        .await;
-    let bob = eventually(secs(20), "bob's lab", async || state_of(&s.redis, "bob").await.filter(|v| v["available"] == true))
-        .await;
+    let ann =
+        eventually(secs(20), "ann's lab", async || state_of(&s.redis, "ann").await.filter(|v| v["available"] == true))
+            .await;
+    let bob =
+        eventually(secs(20), "bob's lab", async || state_of(&s.redis, "bob").await.filter(|v| v["available"] == true))
+            .await;
 
     // Lab 5 is not ann's lab now: ignored, her lab 7 stays.
     rpush(&s.redis, DECOMMISSION, &[br#"{"webuserid":"ann","labId":5}"#]).await;
@@ -241,7 +243,14 @@ async fn expiry_pushes_the_seeds_decommission_and_the_lab_goes() {
     let s = setup("0", &[("DEFAULT_TTL_MINUTES", "0")]).await;
     // ann's decommission key is held, so the pushed request is refused and kept, bytes and all.
     let mut c = s.redis.conn().await.unwrap();
-    let () = redis::cmd("SET").arg("vmmanager:ratelimit:ann:decommission").arg("x").arg("EX").arg(600).query_async(&mut c).await.unwrap();
+    let () = redis::cmd("SET")
+        .arg("vmmanager:ratelimit:ann:decommission")
+        .arg("x")
+        .arg("EX")
+        .arg(600)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     rpush(&s.redis, PROVISION, &[&provision("ann", 5), &provision("bob", 3)]).await;
     let dead = eventually(secs(30), "ann's pushed decommission", async || {
         let dead = s.redis.lrange(&format!("{DECOMMISSION}:dead")).await;
@@ -265,7 +274,8 @@ async fn a_failed_provision_deletes_the_key_and_the_lab_can_be_asked_again() {
     // Every create fails.
     let s = setup("create=0@1", &[("PROVISION_RATE_LIMIT_SECONDS", "1")]).await;
     rpush(&s.redis, PROVISION, &[&provision("ann", 5)]).await;
-    let id = eventually(secs(20), "the lab", async || labs(&s.server).await.pop()).await["id"].as_str().unwrap().to_owned();
+    let id =
+        eventually(secs(20), "the lab", async || labs(&s.server).await.pop()).await["id"].as_str().unwrap().to_owned();
     s.server.wait_state(&id, "failed", secs(30)).await;
     eventually(secs(10), "the key deleted", async || state_of(&s.redis, "ann").await.is_none().then_some(())).await;
     // No lab is left, so the same lab is provisioned again (the seed deleted its key).
@@ -297,8 +307,9 @@ async fn both_contracts_side_by_side_on_one_redis() {
     let v1 = json!({"WebUsername": "ann", "LabID": 5, "CloudInitFile": file.display().to_string(), "TTLMinutes": 30});
     s.redis.lpush("swim:provision:queue", &[v1.to_string()]).await;
     rpush(&s.redis, PROVISION, &[&provision("ann", 5)]).await;
-    let v2 = eventually(secs(20), "the v2 key", async || state_of(&s.redis, "ann").await.filter(|v| v["available"] == true))
-        .await;
+    let v2 =
+        eventually(secs(20), "the v2 key", async || state_of(&s.redis, "ann").await.filter(|v| v["available"] == true))
+            .await;
     let v1_keys = eventually(secs(20), "the v1 key", async || {
         let keys = s.redis.keys("swim:server:*").await;
         (!keys.is_empty()).then_some(keys)
@@ -307,15 +318,44 @@ async fn both_contracts_side_by_side_on_one_redis() {
     assert_eq!(v1_keys.len(), 1);
     assert_ne!(v1_keys[0], format!("swim:server:{}", v2["serverId"].as_str().unwrap()));
     let (_, list) = s.server.get("/v1/environments?limit=1000").await;
-    let sources: Vec<&str> = list["environments"].as_array().unwrap().iter().map(|e| e["source"].as_str().unwrap()).collect();
+    let sources: Vec<&str> =
+        list["environments"].as_array().unwrap().iter().map(|e| e["source"].as_str().unwrap()).collect();
     assert_eq!(sources.iter().filter(|s| **s == "swim").count(), 1, "{sources:?}");
     assert_eq!(sources.iter().filter(|s| **s == "swim_v2").count(), 1, "{sources:?}");
 
     // A v1 decommission of ann does not touch her v2 lab, nor a v2 one her v1 lab.
     s.redis.lpush("swim:decomission:queue", &[json!({"WebUsername": "ann"}).to_string()]).await;
-    eventually(secs(20), "the v1 key deleted", async || s.redis.keys("swim:server:*").await.is_empty().then_some(())).await;
+    eventually(secs(20), "the v1 key deleted", async || s.redis.keys("swim:server:*").await.is_empty().then_some(()))
+        .await;
     assert_eq!(state_of(&s.redis, "ann").await.unwrap(), v2);
     assert_eq!(labs(&s.server).await.len(), 1);
     rpush(&s.redis, DECOMMISSION, &[br#"{"webuserid":"ann"}"#]).await;
     eventually(secs(20), "the v2 key deleted", async || state_of(&s.redis, "ann").await.is_none().then_some(())).await;
+}
+
+#[tokio::test]
+async fn a_crash_between_commit_and_removal_applies_each_message_once() {
+    let mut s = setup("0", &[("LAPSE_FAULT", "swim-crash-after-commit")]).await;
+    let users: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
+    let messages: Vec<Vec<u8>> = users.iter().map(|u| provision(u, 3)).collect();
+    let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+    rpush(&s.redis, PROVISION, &refs).await;
+    // The server commits its first batch, then kills itself before removing it.
+    s.server.wait_exit(secs(20)).await;
+    let left = s.redis.lrange(&format!("{PROVISION}:processing")).await;
+    assert!(!left.is_empty(), "the crash left the batch in the processing list");
+    // Each handled message took its user's rate-limit key; handled again, it passes its own.
+    s.server.envs.retain(|(k, _)| k != "LAPSE_FAULT");
+    s.server.restart().await;
+    let all = eventually(secs(20), "20 labs", async || {
+        let all = labs(&s.server).await;
+        (all.len() >= 20).then_some(all)
+    })
+    .await;
+    assert_eq!(all.len(), 20, "a message was applied twice: {all:#?}");
+    drained(&s.redis, PROVISION).await;
+    assert!(s.redis.lrange(&format!("{PROVISION}:dead")).await.is_empty(), "none refused as rate limited by itself");
+    for user in &users {
+        eventually(secs(10), "every user's key", async || state_of(&s.redis, user).await).await;
+    }
 }

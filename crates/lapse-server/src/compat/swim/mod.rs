@@ -28,7 +28,12 @@
 //! **A decommission touches only what SWIM made**: environments whose source is `swim`, with
 //! the owner (and lab) it names; never one the API, a pool or the config file made.
 //!
-//! Keys, with the default prefix `swim:` (any prefix works, e.g. `vmmanager:`):
+//! **Which contract.** This module speaks the older contract (alex-sviridov/swim@27f4120);
+//! the newer one (`vmmanager:*`, LabMan's) is not a prefix of it but another contract,
+//! [`crate::compat::swim_v2`], served by the same pump ([`consumer::Contract`]) beside or
+//! instead of this one (`SWIM_CONTRACTS=v1,v2`, the `[redis]` table's `contracts`).
+//!
+//! Keys, with the default prefix `swim:`:
 //! - `<prefix>provision:queue`, `<prefix>decomission:queue` (the seed's spelling): requests.
 //! - `<queue>:processing`, `<queue>:dead`: messages being handled; messages refused, as
 //!   `{"message", "reason", "queue", "at"}`.
@@ -483,5 +488,30 @@ mod tests {
         assert_eq!(cfg.cloud_init_root(std::path::Path::new("/data")), PathBuf::from("/srv/ci"));
         let huge = RedisSection { max_message_bytes: Some(usize::MAX), ..Default::default() }.into_config();
         assert_eq!(huge.max_message_bytes, 512 << 20, "Redis's own limit");
+    }
+
+    #[test]
+    fn contracts_are_chosen_in_the_redis_table() {
+        let cfg = RedisSection::default().into_config();
+        assert!(cfg.v1 && cfg.v2.is_none(), "the older contract alone by default");
+        let table: RedisSection = toml::from_str(
+            "contracts = [\"v1\", \"v2\"]\nv2_prefix = \"lab:\"\nssh_username = \"\"\n\
+             default_ttl_minutes = 45\nprovision_rate_limit_seconds = 0\ndecommission_rate_limit_seconds = 3",
+        )
+        .unwrap();
+        let cfg = table.into_config();
+        let v2 = cfg.v2.expect("v2 on");
+        assert!(cfg.v1);
+        assert_eq!(
+            (v2.provision_queue(), v2.server_key("u"), v2.ssh_username.as_str()),
+            ("lab:provision".into(), "lab:servers:u".into(), "student")
+        );
+        assert_eq!(v2.ttl_minutes, 45);
+        assert_eq!(v2.provision_rate_limit, Duration::from_secs(15), "0 means the default, as the seed's");
+        assert_eq!(v2.decommission_rate_limit, Duration::from_secs(3));
+        let only: RedisSection = toml::from_str("contracts = [\"v2\"]").unwrap();
+        assert!(!only.into_config().v1);
+        assert!(toml::from_str::<RedisSection>("contracts = [\"v3\"]").is_err());
+        assert_eq!("V2".parse::<ContractName>(), Ok(ContractName::V2));
     }
 }

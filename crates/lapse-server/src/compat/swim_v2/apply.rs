@@ -29,11 +29,12 @@ pub const RATE_LIMITED: &str = "rate limited";
 
 /// Takes the key for `ARGV[1]` (the tag) for `ARGV[2]` ms unless another tag holds it.
 const TAKE_LIMIT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0";
 
-static TAKE_LIMIT_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(TAKE_LIMIT));
+static TAKE_LIMIT_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(TAKE_LIMIT));
 
 /// The newer contract, for the pump.
 pub(crate) struct V2 {
@@ -137,7 +138,8 @@ impl V2 {
             return Ok(Ok(()));
         }
         let link = &self.swim.link.config;
-        let mut spec = Spec { provider: link.provider.clone(), user_data: self.swim.user_data.clone(), ..Default::default() };
+        let mut spec =
+            Spec { provider: link.provider.clone(), user_data: self.swim.user_data.clone(), ..Default::default() };
         if let Some(cmd) = &link.default_cmd {
             spec.cmd = vec!["/bin/sh".into(), "-c".into(), cmd.clone()];
         }

@@ -60,7 +60,8 @@ impl ServerState {
         let current = rows.iter().find(|e| is_current(e));
         let leaving = || {
             rows.iter().find(|e| {
-                e.desired == DesiredState::Deleted && !matches!(e.observed, ObservedState::Failed | ObservedState::Deleted)
+                e.desired == DesiredState::Deleted
+                    && !matches!(e.observed, ObservedState::Failed | ObservedState::Deleted)
             })
         };
         let env = current.or_else(leaving)?;
@@ -229,7 +230,8 @@ mod tests {
     #[test]
     fn a_key_shows_the_current_lab_in_the_seeds_shape() {
         let mut running = lab('b', "7", ObservedState::Running, DesiredState::Running);
-        running.endpoints = vec![Endpoint { container_port: 22, protocol: "tcp".into(), host: "::1".into(), port: 2222 }];
+        running.endpoints =
+            vec![Endpoint { container_port: 22, protocol: "tcp".into(), host: "::1".into(), port: 2222 }];
         let leaving = lab('a', "5", ObservedState::Deleting, DesiredState::Deleted);
         let value = serde_json::to_value(ServerState::of_user(&[running.clone(), leaving.clone()], "student")).unwrap();
         assert_eq!(
@@ -241,12 +243,23 @@ mod tests {
             })
         );
         // The seed's field order.
-        let text = serde_json::to_string(&ServerState::of_user(&[lab('e', "2", ObservedState::Running, DesiredState::Running)], "s")).unwrap();
-        assert!(text.starts_with(r#"{"user":"s","address":"","status":"running","available":true,"cloudStatus""#), "{text}");
+        let text = serde_json::to_string(&ServerState::of_user(
+            &[lab('e', "2", ObservedState::Running, DesiredState::Running)],
+            "s",
+        ))
+        .unwrap();
+        assert!(
+            text.starts_with(r#"{"user":"s","address":"","status":"running","available":true,"cloudStatus""#),
+            "{text}"
+        );
         assert!(text.ends_with(r#","webUserId":"u1","labId":2}"#), "{text}");
         let stopping = ServerState::of_user(&[leaving], "s").unwrap();
-        assert_eq!((stopping.status, stopping.available, stopping.cloud_status.as_str()), ("stopping", false, "stopping"));
-        let pending = ServerState::of_user(&[lab('c', "1", ObservedState::Pending, DesiredState::Running)], "s").unwrap();
+        assert_eq!(
+            (stopping.status, stopping.available, stopping.cloud_status.as_str()),
+            ("stopping", false, "stopping")
+        );
+        let pending =
+            ServerState::of_user(&[lab('c', "1", ObservedState::Pending, DesiredState::Running)], "s").unwrap();
         assert_eq!((pending.status, pending.cloud_status.as_str(), pending.address.as_str()), ("provisioning", "", ""));
         assert_eq!(ServerState::of_user(&[lab('d', "1", ObservedState::Failed, DesiredState::Running)], "s"), None);
     }

@@ -15,23 +15,38 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use crate::{ENV_COLUMNS, NewEvent, Op, Store, StoreError};
 use crate::{append_events, bind_environment, environment_from_row, write_row};
 
-/// A lab message: its tag, the queue, the source of the labs and the label naming their lab.
-#[derive(Clone, Copy, Debug)]
+/// A lab message: its tag, the queue, the source of the labs and the label naming their lab,
+/// and the text of the events of the labs it removes.
+#[derive(Clone, Debug)]
 pub struct LabMessage<'a> {
     pub queue: &'a str,
     pub tag: &'a str,
     pub source: &'a str,
     pub owner: &'a str,
     pub lab_label: &'a str,
+    /// The message of the `delete` event of each lab it removes (actor: the source).
+    pub removal: String,
 }
 
-/// What [`Store::apply_lab_provision`] did.
+/// What a lab message asks for.
+#[derive(Clone, Debug)]
+pub enum LabRequest<'a> {
+    /// `lab` for the owner, made as `env` (with its event) unless it is their lab already.
+    Provision {
+        lab: &'a str,
+        env: &'a Environment,
+        event: NewEvent,
+    },
+    Decommission(LabDecommission<'a>),
+}
+
+/// What [`Store::apply_lab_messages`] did with a provision.
 #[derive(Clone, Debug, PartialEq)]
 pub enum LabProvisionOutcome {
     /// The lab was created; the user's other labs (a lab switch, or failed ones) are deleted.
-    Created { env: Environment, replaced: Vec<Environment> },
+    Created { env: Box<Environment>, replaced: Vec<Environment> },
     /// The user's current lab is already this lab: nothing changed.
-    SameLab(Environment),
+    SameLab(Box<Environment>),
     /// Its tag has a receipt: applied before.
     AlreadyApplied,
 }
@@ -43,7 +58,7 @@ pub struct LabDecommission<'a> {
     pub server_id: Option<&'a str>,
 }
 
-/// What [`Store::apply_lab_decommission`] did.
+/// What [`Store::apply_lab_messages`] did with a decommission.
 #[derive(Clone, Debug, PartialEq)]
 pub enum LabDecommissionOutcome {
     /// These environments are now to be deleted (perhaps none).
@@ -56,114 +71,114 @@ pub enum LabDecommissionOutcome {
     AlreadyApplied,
 }
 
-impl Store {
-    /// Provisions `lab` for the message's owner unless it is their current lab already: in one
-    /// transaction, `create` is inserted and every other lab of theirs is set to be deleted
-    /// (`replaced` names each one's event), with the receipt.
-    pub async fn apply_lab_provision(
-        &self,
-        message: LabMessage<'_>,
-        lab: &str,
-        create: (&Environment, NewEvent),
-        mut replaced: impl FnMut(&Environment) -> NewEvent,
-    ) -> Result<LabProvisionOutcome, StoreError> {
-        let mut tx = self.writer.begin().await.op("apply lab")?;
-        if has_receipt(&mut tx, message.tag).await? {
-            return Ok(LabProvisionOutcome::AlreadyApplied);
-        }
-        let labs = labs_of(&mut tx, message.source, message.owner).await?;
-        let current = current(&labs);
-        let outcome = match current {
-            Some(env) if env.labels.get(message.lab_label).map(String::as_str) == Some(lab) => {
-                LabProvisionOutcome::SameLab(env.clone())
-            }
-            _ => {
-                let (env, event) = create;
-                let mut events = vec![event];
-                let mut gone = Vec::with_capacity(labs.len());
-                for mut old in labs {
-                    old.desired = DesiredState::Deleted;
-                    old.restart_on_extend = false;
-                    old.updated_at = now_millis();
-                    events.push(replaced(&old));
-                    write_row(&mut tx, &old).await?;
-                    gone.push(old);
-                }
-                let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO environments ({ENV_COLUMNS}) "));
-                q.push_values([env], bind_environment);
-                q.build().execute(&mut *tx).await.op("apply lab")?;
-                append_events(&mut tx, &events).await?;
-                LabProvisionOutcome::Created { env: env.clone(), replaced: gone }
-            }
-        };
-        finish(&mut tx, message).await?;
-        tx.commit().await.op("apply lab")?;
-        if let LabProvisionOutcome::Created { env, replaced } = &outcome {
-            for old in replaced {
-                self.published(old);
-            }
-            self.published(env);
-        }
-        Ok(outcome)
-    }
+/// What one lab message did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LabOutcome {
+    Provision(LabProvisionOutcome),
+    Decommission(LabDecommissionOutcome),
+}
 
-    /// Decommissions the message's owner's lab by the stale rule, with the receipt:
-    /// - with no current lab, or with a `lab` other than the current one: the lab whose id is
-    ///   `server_id` (if it is one of the owner's), else nothing (`NoLab` / `Stale`);
-    /// - otherwise (no `lab`, or the current one): the current lab, whatever `server_id` says.
-    ///
-    /// Failed labs of the owner go with any decommission that deletes or finds no lab.
-    pub async fn apply_lab_decommission(
+impl Store {
+    /// Applies lab messages in order, in one transaction, each at most once (a tag with a
+    /// receipt, or twice in the batch, is skipped), each seeing what the ones before it did:
+    /// - a provision is a no-op when `lab` is the owner's current lab; otherwise `env` is
+    ///   inserted and every other lab of the owner is set to be deleted;
+    /// - a decommission follows the stale rule: with no current lab, or with a `lab` other
+    ///   than the current one, it deletes the lab whose id is `server_id` if that is one of
+    ///   the owner's, else nothing (`NoLab` / `Stale`); otherwise (no `lab`, or the current
+    ///   one) the current lab, whatever `server_id` says. The owner's failed labs go with any
+    ///   decommission that deletes the current lab or finds none.
+    pub async fn apply_lab_messages(
         &self,
-        message: LabMessage<'_>,
-        request: LabDecommission<'_>,
-        mut deleted: impl FnMut(&Environment) -> NewEvent,
-    ) -> Result<LabDecommissionOutcome, StoreError> {
+        items: &[(LabMessage<'_>, LabRequest<'_>)],
+    ) -> Result<Vec<LabOutcome>, StoreError> {
         let mut tx = self.writer.begin().await.op("apply lab")?;
-        if has_receipt(&mut tx, message.tag).await? {
-            return Ok(LabDecommissionOutcome::AlreadyApplied);
-        }
-        let labs = labs_of(&mut tx, message.source, message.owner).await?;
-        let current = current(&labs).cloned();
-        let by_id = |id: Option<&str>| -> Vec<Environment> {
-            labs.iter().filter(|e| Some(e.id.as_str()) == id).cloned().collect()
-        };
-        let failed = labs.iter().filter(|e| e.observed == ObservedState::Failed);
-        let (targets, outcome): (Vec<Environment>, Option<LabDecommissionOutcome>) = match &current {
-            None if request.server_id.is_some() => (by_id(request.server_id), None),
-            None => (failed.cloned().collect(), Some(LabDecommissionOutcome::NoLab)),
-            Some(env) => {
-                let current_lab = env.labels.get(message.lab_label).cloned().unwrap_or_default();
-                match request.lab {
-                    Some(lab) if lab != current_lab => match request.server_id {
-                        Some(_) => (by_id(request.server_id), None),
-                        None => (vec![], Some(LabDecommissionOutcome::Stale { current_lab })),
-                    },
-                    _ => (std::iter::once(env.clone()).chain(failed.cloned()).collect(), None),
-                }
+        let mut seen = std::collections::HashSet::new();
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut changed: Vec<Environment> = Vec::new();
+        let mut events = Vec::new();
+        for (message, request) in items {
+            if !seen.insert(message.tag) || has_receipt(&mut tx, message.tag).await? {
+                outcomes.push(match request {
+                    LabRequest::Provision { .. } => LabOutcome::Provision(LabProvisionOutcome::AlreadyApplied),
+                    LabRequest::Decommission(_) => LabOutcome::Decommission(LabDecommissionOutcome::AlreadyApplied),
+                });
+                continue;
             }
-        };
-        let mut events = Vec::with_capacity(targets.len());
-        let mut changed = Vec::with_capacity(targets.len());
-        for mut env in targets {
-            env.desired = DesiredState::Deleted;
-            env.restart_on_extend = false;
-            env.updated_at = now_millis();
-            events.push(deleted(&env));
-            write_row(&mut tx, &env).await?;
-            changed.push(env);
+            let labs = labs_of(&mut tx, message.source, message.owner).await?;
+            let current = current(&labs).cloned();
+            let remove = |tx_changed: &mut Vec<Environment>, events: &mut Vec<NewEvent>, env: &Environment| {
+                let mut env = env.clone();
+                env.desired = DesiredState::Deleted;
+                env.restart_on_extend = false;
+                env.updated_at = now_millis();
+                events.push(NewEvent::new(&env.id, message.source, "delete", "ok", message.removal.clone()));
+                tx_changed.push(env.clone());
+                env
+            };
+            let outcome = match request {
+                LabRequest::Provision { lab, env, event } => match &current {
+                    Some(c) if c.labels.get(message.lab_label).map(String::as_str) == Some(*lab) => {
+                        LabOutcome::Provision(LabProvisionOutcome::SameLab(Box::new(c.clone())))
+                    }
+                    _ => {
+                        let mut replaced = Vec::with_capacity(labs.len());
+                        for old in &labs {
+                            let old = remove(&mut changed, &mut events, old);
+                            write_row(&mut tx, &old).await?;
+                            replaced.push(old);
+                        }
+                        let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO environments ({ENV_COLUMNS}) "));
+                        q.push_values([*env], bind_environment);
+                        q.build().execute(&mut *tx).await.op("apply lab")?;
+                        events.push(event.clone());
+                        changed.push((*env).clone());
+                        LabOutcome::Provision(LabProvisionOutcome::Created { env: Box::new((*env).clone()), replaced })
+                    }
+                },
+                LabRequest::Decommission(asked) => {
+                    let by_id = |id: Option<&str>| -> Vec<Environment> {
+                        labs.iter().filter(|e| Some(e.id.as_str()) == id).cloned().collect()
+                    };
+                    let failed = labs.iter().filter(|e| e.observed == ObservedState::Failed);
+                    let (targets, fixed) = match &current {
+                        None if asked.server_id.is_some() => (by_id(asked.server_id), None),
+                        None => (failed.cloned().collect(), Some(LabDecommissionOutcome::NoLab)),
+                        Some(c) => {
+                            let current_lab = c.labels.get(message.lab_label).cloned().unwrap_or_default();
+                            match asked.lab {
+                                Some(lab) if lab != current_lab => match asked.server_id {
+                                    Some(_) => (by_id(asked.server_id), None),
+                                    None => (vec![], Some(LabDecommissionOutcome::Stale { current_lab })),
+                                },
+                                _ => (std::iter::once(c.clone()).chain(failed.cloned()).collect(), None),
+                            }
+                        }
+                    };
+                    let mut gone = Vec::with_capacity(targets.len());
+                    for env in &targets {
+                        let env = remove(&mut changed, &mut events, env);
+                        write_row(&mut tx, &env).await?;
+                        gone.push(env);
+                    }
+                    LabOutcome::Decommission(match fixed {
+                        Some(LabDecommissionOutcome::NoLab) if !gone.is_empty() => {
+                            LabDecommissionOutcome::Deleted(gone)
+                        }
+                        Some(outcome) => outcome,
+                        None => LabDecommissionOutcome::Deleted(gone),
+                    })
+                }
+            };
+            outcomes.push(outcome);
+            finish(&mut tx, message).await?;
         }
         append_events(&mut tx, &events).await?;
-        finish(&mut tx, message).await?;
         tx.commit().await.op("apply lab")?;
         for env in &changed {
             self.published(env);
         }
-        Ok(match outcome {
-            Some(LabDecommissionOutcome::NoLab) if !changed.is_empty() => LabDecommissionOutcome::Deleted(changed),
-            Some(outcome) => outcome,
-            None => LabDecommissionOutcome::Deleted(changed),
-        })
+        Ok(outcomes)
     }
 
     /// The environments of `source` and `owner` not yet deleted (observed), newest first:
@@ -211,7 +226,7 @@ async fn labs_of(conn: &mut SqliteConnection, source: &str, owner: &str) -> Resu
 }
 
 /// The receipt and the queue's count.
-async fn finish(conn: &mut SqliteConnection, message: LabMessage<'_>) -> Result<(), StoreError> {
+async fn finish(conn: &mut SqliteConnection, message: &LabMessage<'_>) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO queue_receipts (tag, queue, at) VALUES (?, ?, ?)")
         .bind(message.tag)
         .bind(message.queue)
@@ -247,51 +262,84 @@ mod tests {
     }
 
     fn message<'a>(tag: &'a str, owner: &'a str) -> LabMessage<'a> {
-        LabMessage { queue: "q", tag, source: "swim_v2", owner, lab_label: LAB }
+        LabMessage { queue: "q", tag, source: "swim_v2", owner, lab_label: LAB, removal: String::new() }
     }
 
-    fn event(e: &Environment) -> NewEvent {
-        NewEvent::new(&e.id, "swim_v2", "x", "ok", "")
+    fn provision<'a>(tag: &'a str, env: &'a Environment) -> (LabMessage<'a>, LabRequest<'a>) {
+        let lab = env.labels[LAB].as_str();
+        let event = NewEvent::new(&env.id, "swim_v2", "create", "ok", "");
+        (message(tag, &env.owner), LabRequest::Provision { lab, env, event })
+    }
+
+    fn decommission<'a>(
+        tag: &'a str,
+        owner: &'a str,
+        lab: Option<&'a str>,
+        id: Option<&'a str>,
+    ) -> (LabMessage<'a>, LabRequest<'a>) {
+        (message(tag, owner), LabRequest::Decommission(LabDecommission { lab, server_id: id }))
+    }
+
+    fn ids(envs: &[Environment]) -> Vec<&str> {
+        envs.iter().map(|e| e.id.as_str()).collect()
     }
 
     #[tokio::test]
     async fn one_lab_per_user_and_the_stale_rule() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("lapse.db")).await.unwrap();
-        let a = lab('a', "ann", "5");
-        let got = store.apply_lab_provision(message("t1", "ann"), "5", (&a, event(&a)), event).await.unwrap();
-        assert!(matches!(got, LabProvisionOutcome::Created { ref replaced, .. } if replaced.is_empty()));
-        // The same tag again, and the same lab under a new tag: nothing.
-        let again = store.apply_lab_provision(message("t1", "ann"), "5", (&a, event(&a)), event).await.unwrap();
-        assert_eq!(again, LabProvisionOutcome::AlreadyApplied);
-        let b = lab('b', "ann", "5");
-        let same = store.apply_lab_provision(message("t2", "ann"), "5", (&b, event(&b)), event).await.unwrap();
-        assert!(matches!(same, LabProvisionOutcome::SameLab(ref e) if e.id == a.id));
-        // Another lab replaces it.
-        let c = lab('c', "ann", "7");
-        let LabProvisionOutcome::Created { replaced, .. } =
-            store.apply_lab_provision(message("t3", "ann"), "7", (&c, event(&c)), event).await.unwrap()
-        else {
+        let (a, b, c, bob) = (lab('a', "ann", "5"), lab('b', "ann", "5"), lab('c', "ann", "7"), lab('d', "bob", "1"));
+        // In one batch: lab 5, its tag again, lab 5 under a new tag, then lab 7 (a switch).
+        let got = store
+            .apply_lab_messages(&[
+                provision("t1", &a),
+                provision("t1", &a),
+                provision("t2", &b),
+                provision("t3", &c),
+                provision("t4", &bob),
+            ])
+            .await
+            .unwrap();
+        assert!(
+            matches!(&got[0], LabOutcome::Provision(LabProvisionOutcome::Created { replaced, .. }) if replaced.is_empty())
+        );
+        assert_eq!(got[1], LabOutcome::Provision(LabProvisionOutcome::AlreadyApplied));
+        assert!(matches!(&got[2], LabOutcome::Provision(LabProvisionOutcome::SameLab(e)) if e.id == a.id));
+        let LabOutcome::Provision(LabProvisionOutcome::Created { replaced, .. }) = &got[3] else {
             panic!("a switch creates")
         };
-        assert_eq!(replaced.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), [a.id.as_str()]);
-        // A decommission of lab 5 is stale; with lab 5's id it takes that one only.
-        let stale = LabDecommission { lab: Some("5"), server_id: None };
-        let got = store.apply_lab_decommission(message("t4", "ann"), stale, event).await.unwrap();
-        assert_eq!(got, LabDecommissionOutcome::Stale { current_lab: "7".into() });
-        // An id of another user's lab is not theirs to delete.
-        let bob = lab('d', "bob", "1");
-        store.apply_lab_provision(message("t5", "bob"), "1", (&bob, event(&bob)), event).await.unwrap();
-        let foreign = LabDecommission { lab: Some("5"), server_id: Some(&bob.id) };
-        let got = store.apply_lab_decommission(message("t6", "ann"), foreign, event).await.unwrap();
-        assert_eq!(got, LabDecommissionOutcome::Deleted(vec![]));
-        // Unconditional: the current lab.
-        let got = store.apply_lab_decommission(message("t7", "ann"), LabDecommission::default(), event).await.unwrap();
-        let LabDecommissionOutcome::Deleted(gone) = got else { panic!("deleted") };
-        assert_eq!(gone.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), [c.id.as_str()]);
-        let got = store.apply_lab_decommission(message("t8", "ann"), LabDecommission::default(), event).await.unwrap();
-        assert_eq!(got, LabDecommissionOutcome::NoLab);
+        assert_eq!(ids(replaced), [a.id.as_str()]);
+        // Applied before: nothing again.
+        let again = store.apply_lab_messages(&[provision("t1", &a)]).await.unwrap();
+        assert_eq!(again, [LabOutcome::Provision(LabProvisionOutcome::AlreadyApplied)]);
+
+        let got = store
+            .apply_lab_messages(&[
+                // Lab 5 is not ann's now: stale.
+                decommission("t5", "ann", Some("5"), None),
+                // bob's lab is not ann's to delete by its id.
+                decommission("t6", "ann", Some("5"), Some(&bob.id)),
+                // Unconditional: the current lab; then there is none.
+                decommission("t7", "ann", None, None),
+                decommission("t8", "ann", None, None),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(got[0], LabOutcome::Decommission(LabDecommissionOutcome::Stale { current_lab: "7".into() }));
+        assert_eq!(got[1], LabOutcome::Decommission(LabDecommissionOutcome::Deleted(vec![])));
+        let LabOutcome::Decommission(LabDecommissionOutcome::Deleted(gone)) = &got[2] else { panic!("deleted") };
+        assert_eq!(ids(gone), [c.id.as_str()]);
+        assert_eq!(got[3], LabOutcome::Decommission(LabDecommissionOutcome::NoLab));
         assert_eq!(store.get(&bob.id).await.unwrap().unwrap().desired, DesiredState::Running);
-        assert_eq!(store.lab_rows("swim_v2", "ann").await.unwrap().len(), 2, "a and c: to delete, not yet gone");
+        assert_eq!(
+            ids(&store.lab_rows("swim_v2", "ann").await.unwrap()),
+            [c.id.as_str(), a.id.as_str()],
+            "to delete, not yet gone"
+        );
+
+        // With a mismatched lab and its own id, the named lab goes.
+        let got = store.apply_lab_messages(&[decommission("t9", "bob", Some("9"), Some(&bob.id))]).await.unwrap();
+        let LabOutcome::Decommission(LabDecommissionOutcome::Deleted(gone)) = &got[0] else { panic!("deleted") };
+        assert_eq!(ids(gone), [bob.id.as_str()]);
     }
 }

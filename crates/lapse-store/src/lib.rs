@@ -32,7 +32,7 @@ mod tenants;
 mod writer;
 
 pub use accrual::Accrual;
-pub use labs::{LabDecommission, LabDecommissionOutcome, LabMessage, LabProvisionOutcome};
+pub use labs::{LabDecommission, LabDecommissionOutcome, LabMessage, LabOutcome, LabProvisionOutcome, LabRequest};
 pub use queues::{AppliedCreates, ChangeOutcome, QueuedChange, QueuedCreate};
 use tenants::usage;
 pub use tenants::{KeyRecord, KeyScope, TenantRecord};

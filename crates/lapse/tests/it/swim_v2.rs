@@ -354,7 +354,8 @@ async fn a_crash_between_commit_and_removal_applies_each_message_once() {
     .await;
     assert_eq!(all.len(), 20, "a message was applied twice: {all:#?}");
     drained(&s.redis, PROVISION).await;
-    assert!(s.redis.lrange(&format!("{PROVISION}:dead")).await.is_empty(), "none refused as rate limited by itself");
+    let dead = s.redis.lrange(&format!("{PROVISION}:dead")).await;
+    assert!(dead.is_empty(), "none refused as rate limited by itself: {dead:?}");
     for user in &users {
         eventually(secs(10), "every user's key", async || state_of(&s.redis, user).await).await;
     }

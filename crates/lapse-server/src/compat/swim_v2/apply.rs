@@ -1,7 +1,7 @@
 //! What a batch of the newer contract's messages does: each checked ([`message`]), held to
 //! its user's rate limit, then applied with its receipt in one store transaction (one lab
-//! per user, the stale rule: [`lapse_store::Store::apply_lab_provision`] and
-//! [`lapse_store::Store::apply_lab_decommission`]).
+//! per user, the stale rule: [`lapse_store::Store::apply_lab_messages`]); a batch's
+//! messages are applied in one transaction, in order.
 //!
 //! **Rate limits** are the seed's: `SET <prefix>ratelimit:<user>:<op> <tag> NX PX <ttl>`,
 //! taken only by a message that parsed (the seed takes the provision key before it
@@ -14,7 +14,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use lapse_core::model::{Environment, NO_TENANT, ObservedState, OnExpiry, Spec, new_environment_id};
-use lapse_store::{LabDecommission, LabDecommissionOutcome, LabMessage, LabProvisionOutcome, NewEvent};
+use lapse_store::{
+    LabDecommission, LabDecommissionOutcome, LabMessage, LabOutcome, LabProvisionOutcome, LabRequest, NewEvent,
+};
 use redis::aio::MultiplexedConnection;
 
 use super::message::{self, MessageError};
@@ -29,7 +31,7 @@ pub const RATE_LIMITED: &str = "rate limited";
 
 /// Takes the key for `ARGV[1]` (the tag) for `ARGV[2]` ms unless another tag holds it.
 const TAKE_LIMIT: &str = r"
-
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0";
 
@@ -49,26 +51,63 @@ impl Contract for V2 {
     async fn apply(&self, app: &App, link: &Swim, queue: &Queue, batch: Vec<Entry>) -> Result<Applied, RoundError> {
         let mut conn = link.connect(Duration::from_secs(10)).await?;
         let mut out = Applied::default();
+        let mut accepted: Vec<(Entry, Checked)> = Vec::with_capacity(batch.len());
         for entry in batch {
-            match self.one(app, queue, &mut conn, &entry).await? {
-                Ok(()) => out.done.push(entry),
+            match self.check(app, queue, &mut conn, &entry).await? {
+                Ok(Some(checked)) => accepted.push((entry, checked)),
+                Ok(None) => out.done.push(entry),
                 Err(reason) => out.dead.push((entry, reason)),
             }
         }
+        if accepted.is_empty() {
+            return Ok(out);
+        }
+        let items: Vec<(LabMessage, LabRequest)> = accepted.iter().map(|(e, c)| c.item(queue, e)).collect();
+        let outcomes = app.cx.store.apply_lab_messages(&items).await?;
+        for ((_, checked), outcome) in accepted.iter().zip(outcomes) {
+            report(app, queue, checked, outcome);
+        }
+        out.done.extend(accepted.into_iter().map(|(e, _)| e));
         Ok(out)
     }
 }
 
+/// A message that passed its checks and its rate limit, for the store.
+enum Checked {
+    Provision { owner: String, lab: String, env: Box<Environment>, event: NewEvent },
+    Decommission { owner: String, lab: Option<String>, server_id: Option<String> },
+}
+
+impl Checked {
+    fn item<'a>(&'a self, queue: &'a Queue, entry: &'a Entry) -> (LabMessage<'a>, LabRequest<'a>) {
+        let (owner, removal, request) = match self {
+            Checked::Provision { owner, lab, env, event } => (
+                owner,
+                format!("lab switch of {owner} to lab {lab} from {}", queue.key),
+                LabRequest::Provision { lab, env, event: event.clone() },
+            ),
+            Checked::Decommission { owner, lab, server_id } => (
+                owner,
+                format!("decommission of {owner} from {}", queue.key),
+                LabRequest::Decommission(LabDecommission { lab: lab.as_deref(), server_id: server_id.as_deref() }),
+            ),
+        };
+        let message =
+            LabMessage { queue: &queue.key, tag: &entry.tag, source: SOURCE, owner, lab_label: LAB_LABEL, removal };
+        (message, request)
+    }
+}
+
 impl V2 {
-    /// One message: the outer error is Redis's or the store's (the batch is handled again),
-    /// the inner one refuses the message.
-    async fn one(
+    /// One message checked: the outer error is Redis's or the store's (the batch is handled
+    /// again), the inner one refuses the message; `None` is a message with nothing to do.
+    async fn check(
         &self,
         app: &App,
         queue: &Queue,
         conn: &mut MultiplexedConnection,
         entry: &Entry,
-    ) -> Result<Result<(), String>, RoundError> {
+    ) -> Result<Result<Option<Checked>, String>, RoundError> {
         if let Some(length) = entry.cut_from {
             let limit = self.swim.link.config.max_message_bytes;
             return Ok(Err(MessageError::TooLarge { length, limit }.to_string()));
@@ -82,7 +121,7 @@ impl V2 {
                 if !self.take_limit(conn, &request.webuserid, "provision", &entry.tag).await? {
                     return Ok(Err(RATE_LIMITED.into()));
                 }
-                self.provision(app, queue, entry, request).await
+                self.provision(app, queue, request).await
             }
             Kind::Decommission => {
                 let request = match message::decommission(entry.message()) {
@@ -92,7 +131,11 @@ impl V2 {
                 if !self.take_limit(conn, &request.webuserid, "decommission", &entry.tag).await? {
                     return Ok(Err(RATE_LIMITED.into()));
                 }
-                self.decommission(app, queue, entry, request).await.map(Ok)
+                Ok(Ok(Some(Checked::Decommission {
+                    owner: request.webuserid,
+                    lab: request.lab.map(|l| l.to_string()),
+                    server_id: request.server_id,
+                })))
             }
         }
     }
@@ -118,24 +161,20 @@ impl V2 {
         Ok(taken == 1)
     }
 
-    fn message<'a>(&self, queue: &'a Queue, entry: &'a Entry, owner: &'a str) -> LabMessage<'a> {
-        LabMessage { queue: &queue.key, tag: &entry.tag, source: SOURCE, owner, lab_label: LAB_LABEL }
-    }
-
+    /// The lab a provision makes, admitted; `None` when it is the user's lab already.
     async fn provision(
         &self,
         app: &App,
         queue: &Queue,
-        entry: &Entry,
         request: message::Provision,
-    ) -> Result<Result<(), String>, RoundError> {
+    ) -> Result<Result<Option<Checked>, String>, RoundError> {
         let lab = request.lab.to_string();
         let owner = request.webuserid;
-        // The user's lab already: nothing to admit or write (the transaction decides again).
+        // The user's lab already: nothing to admit or write (the store decides again).
         let rows = app.cx.store.lab_rows(SOURCE, &owner).await?;
         if rows.iter().any(|e| is_current(e) && e.labels.get(LAB_LABEL) == Some(&lab)) {
             tracing::info!(queue = %queue.key, webuserid = %owner, lab, "the user's lab already; ignoring the request");
-            return Ok(Ok(()));
+            return Ok(Ok(None));
         }
         let link = &self.swim.link.config;
         let mut spec =
@@ -160,15 +199,14 @@ impl V2 {
         }
         let what = format!("lab {lab} for {owner} from {}, expires in {} min", queue.key, self.swim.config.ttl_minutes);
         let event = NewEvent::new(&env.id, SOURCE, "create", "ok", what);
-        let switch = format!("lab switch of {owner} to lab {lab} from {}", queue.key);
-        let outcome = app
-            .cx
-            .store
-            .apply_lab_provision(self.message(queue, entry, &owner), &lab, (&env, event), |old| {
-                NewEvent::new(&old.id, SOURCE, "delete", "ok", switch.clone())
-            })
-            .await?;
-        match outcome {
+        Ok(Ok(Some(Checked::Provision { owner, lab, env: Box::new(env), event })))
+    }
+}
+
+/// Starts what a message's outcome needs (timers, the reconciler) and logs it.
+fn report(app: &App, queue: &Queue, checked: &Checked, outcome: LabOutcome) {
+    match (checked, outcome) {
+        (Checked::Provision { owner, lab, .. }, LabOutcome::Provision(outcome)) => match outcome {
             LabProvisionOutcome::Created { env, replaced } => {
                 if let Some(at) = env.expires_at {
                     app.cx.timers.schedule(at, &env.id);
@@ -184,29 +222,8 @@ impl V2 {
                 tracing::info!(queue = %queue.key, webuserid = %owner, lab, "the user's lab already; ignoring the request");
             }
             LabProvisionOutcome::AlreadyApplied => app.cx.metrics.queue(&queue.key, "skipped", 1),
-        }
-        Ok(Ok(()))
-    }
-
-    async fn decommission(
-        &self,
-        app: &App,
-        queue: &Queue,
-        entry: &Entry,
-        request: message::Decommission,
-    ) -> Result<(), RoundError> {
-        let lab = request.lab.map(|l| l.to_string());
-        let owner = &request.webuserid;
-        let asked = LabDecommission { lab: lab.as_deref(), server_id: request.server_id.as_deref() };
-        let what = format!("decommission of {owner} from {}", queue.key);
-        let outcome = app
-            .cx
-            .store
-            .apply_lab_decommission(self.message(queue, entry, owner), asked, |e| {
-                NewEvent::new(&e.id, SOURCE, "delete", "ok", what.clone())
-            })
-            .await?;
-        match outcome {
+        },
+        (Checked::Decommission { owner, lab, .. }, LabOutcome::Decommission(outcome)) => match outcome {
             LabDecommissionOutcome::Deleted(changed) => {
                 for env in &changed {
                     app.reconciler.enqueue(&env.id);
@@ -225,8 +242,9 @@ impl V2 {
                 tracing::info!(queue = %queue.key, webuserid = %owner, "no lab to decommission and no serverId");
             }
             LabDecommissionOutcome::AlreadyApplied => app.cx.metrics.queue(&queue.key, "skipped", 1),
-        }
-        Ok(())
+        },
+        // The store answers each request in kind.
+        _ => tracing::error!(queue = %queue.key, "a lab message's outcome is not of its kind"),
     }
 }
 

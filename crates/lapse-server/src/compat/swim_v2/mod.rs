@@ -20,7 +20,7 @@
 //! to a processing list, each is applied with its receipt in one store transaction through
 //! the one admission path, then removed; a crash between any two steps re-applies nothing.
 //!
-//! **One lab per user** ([`lapse_store::LabProvisionOutcome`]): a provision for the user's
+//! **One lab per user** ([`lapse_store::Store::apply_lab_messages`]): a provision for the user's
 //! current lab is a no-op; for another lab, the old one is set to be deleted and the new one
 //! created **in one store transaction**. The seed pushes a decommission of the old lab (with
 //! its `serverId`) and provisions at once; that decommission passes the decommission rate

@@ -283,6 +283,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             ),
             (None, None) => "process".into(),
         };
+        let v2 = args.swim_contracts.contains(&lapse_server::compat::swim::ContractName::V2);
+        if v2 && args.swim_provider.is_none() && std::env::var_os("HCLOUD_TOKEN").is_some() {
+            anyhow::bail!(
+                "HCLOUD_TOKEN is set, so the SWIM v2 queues would be served by Hetzner Cloud, but this build has no \
+                 hcloud provider; set SWIM_PROVIDER (process, docker, sim)"
+            );
+        }
         let section = lapse_server::compat::swim::RedisSection {
             url: Some(url.clone()),
             password: match &args.redis_password_file {

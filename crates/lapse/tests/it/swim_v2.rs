@@ -134,8 +134,11 @@ async fn a_provision_writes_the_seeds_state_from_provisioning_to_available() {
     assert!((86_000..=86_400).contains(&ttl), "ttl {ttl}");
     let limit = pttl(&s.redis, &format!("vmmanager:ratelimit:{user}:provision")).await;
     assert!((1..=15_000).contains(&limit), "rate limit pttl {limit}");
-    // The older contract's keys are not written.
-    assert!(s.redis.keys("swim:*").await.is_empty());
+    // SWIM_CONTRACTS=v2: the older contract is off; its queue is not read, its keys not written.
+    s.redis.lpush("swim:provision:queue", &[json!({"WebUsername": "x", "LabID": 1}).to_string()]).await;
+    drained(&s.redis, PROVISION).await;
+    assert_eq!(s.redis.lrange("swim:provision:queue").await.len(), 1);
+    assert_eq!(s.redis.keys("swim:*").await, ["swim:provision:queue"]);
 }
 
 #[tokio::test]

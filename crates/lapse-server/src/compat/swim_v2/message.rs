@@ -162,6 +162,8 @@ fn kind(v: &Value) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use proptest::strategy::Strategy;
+
     use super::*;
 
     fn check_provision(raw: &str, expect: Result<(&str, i64), &str>) {
@@ -205,5 +207,31 @@ mod tests {
         assert_eq!((d.lab, d.server_id.as_deref()), (Some(5), Some("abc")));
         assert_eq!(decommission(br#"{"labId":5}"#), Err(MessageError::Missing(vec!["webuserid"])));
         assert!(decommission(br#"{"webuserid":"u","serverId":5}"#).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(raw in proptest::prop_oneof![
+            proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            "[{}\\[\\]\":,0-9a-zA-Z\\\\ .eE+-]{0,120}".prop_map(String::into_bytes),
+            ("(webuserid|WEBUSERID|labId|labid|serverId|x)", "(null|true|-1|0|1e400|\"\"|\"x\"|\\[\\]|\\{\\}|1\\.5|9223372036854775808)")
+                .prop_map(|(k, v)| format!(r#"{{"webuserid":"u","labId":1,"{k}":{v}}}"#).into_bytes()),
+        ]) {
+            let _ = provision(&raw);
+            let _ = decommission(&raw);
+        }
+
+        #[test]
+        fn valid_messages_round_trip(user in "[a-zA-Z0-9-]{1,64}", lab in proptest::prelude::any::<i64>(), server in proptest::option::of("[a-f0-9]{32}")) {
+            let raw = serde_json::json!({"webuserid": user, "labId": lab, "serverId": server}).to_string();
+            let d = decommission(raw.as_bytes()).unwrap();
+            proptest::prop_assert_eq!((&d.webuserid, d.lab, &d.server_id), (&user, Some(lab), &server));
+            match provision(raw.as_bytes()) {
+                Ok(p) => proptest::prop_assert_eq!((p.webuserid, p.lab), (user, lab)),
+                Err(e) => proptest::prop_assert!(lab == 0 && e == MessageError::Missing(vec!["labId"])),
+            }
+        }
     }
 }

@@ -159,8 +159,28 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
                      (or default_cmd in the [redis] table)"
                 );
             }
-            Some(Arc::new(compat::swim::Swim::new(cfg)?))
+            Some(cfg)
         }
+        None => None,
+    };
+    // The newer contract beside (or instead of) the older one, on the same Redis.
+    let swim_v2 = match swim.as_ref().filter(|cfg| cfg.v2.is_some()) {
+        Some(cfg) => {
+            let v2 = compat::swim_v2::SwimV2::new(cfg)?;
+            let life = std::time::Duration::from_secs(v2.config.ttl_minutes.saturating_mul(60));
+            if life > config.max_ttl {
+                anyhow::bail!(
+                    "DEFAULT_TTL_MINUTES {} is above this server's longest TTL ({} minutes)",
+                    v2.config.ttl_minutes,
+                    config.max_ttl.as_secs() / 60
+                );
+            }
+            Some(Arc::new(v2))
+        }
+        None => None,
+    };
+    let swim = match swim.filter(|cfg| cfg.v1) {
+        Some(cfg) => Some(Arc::new(compat::swim::Swim::new(cfg)?)),
         None => None,
     };
 
@@ -248,6 +268,9 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         for queue in &swim.queues {
             background.push(tokio::spawn(compat::swim::consumer::run(app.clone(), swim.clone(), queue.clone())));
         }
+    }
+    if let Some(v2) = &swim_v2 {
+        background.extend(v2.spawn(&app));
     }
     let mut limits = cx.config.connections;
     match http::listener::raise_fd_limit() {

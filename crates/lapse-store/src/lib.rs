@@ -26,11 +26,13 @@ use writer::Writer;
 
 // Queue receipts and counters (`queues`); tenants, keys, quota usage and accrual (`tenants`).
 mod accrual;
+mod labs;
 mod queues;
 mod tenants;
 mod writer;
 
 pub use accrual::Accrual;
+pub use labs::{LabDecommission, LabDecommissionOutcome, LabMessage, LabOutcome, LabProvisionOutcome, LabRequest};
 pub use queues::{AppliedCreates, ChangeOutcome, QueuedChange, QueuedCreate};
 use tenants::usage;
 pub use tenants::{KeyRecord, KeyScope, TenantRecord};

@@ -164,6 +164,34 @@ pub struct ServeArgs {
     /// Most records each dead-letter list keeps, the newest (default 10,000).
     #[arg(long, env = "SWIM_DEAD_LETTER_MAX", help_heading = "SWIM Redis queues")]
     pub swim_dead_letter_max: Option<u64>,
+    /// Which SWIM contracts to serve on that Redis: `v1` (`swim:*`), `v2` (the newer
+    /// `vmmanager:*`, LabMan's), or both, `v1,v2`.
+    #[arg(
+        long,
+        env = "SWIM_CONTRACTS",
+        value_delimiter = ',',
+        default_value = "v1",
+        help_heading = "SWIM Redis queues"
+    )]
+    pub swim_contracts: Vec<lapse_server::compat::swim::ContractName>,
+    /// The v2 contract's key prefix.
+    #[arg(long, env = "SWIM_V2_PREFIX", default_value = "vmmanager:", help_heading = "SWIM Redis queues")]
+    pub swim_v2_prefix: String,
+    /// The v2 contract's `user` field (the seed's SSH_USERNAME).
+    #[arg(long, env = "SSH_USERNAME", default_value = "student", help_heading = "SWIM Redis queues")]
+    pub swim_v2_ssh_username: String,
+    /// A v2 lab's life in minutes (the seed's DEFAULT_TTL_MINUTES).
+    #[arg(long, env = "DEFAULT_TTL_MINUTES", default_value_t = 30, help_heading = "SWIM Redis queues")]
+    pub swim_v2_ttl_minutes: u64,
+    /// Seconds between two provisions of one v2 user (0: the default 15, as the seed).
+    #[arg(long, env = "PROVISION_RATE_LIMIT_SECONDS", default_value_t = 15, help_heading = "SWIM Redis queues")]
+    pub swim_v2_provision_rate_limit: u64,
+    /// Seconds between two decommissions of one v2 user (0: the default 15, as the seed).
+    #[arg(long, env = "DECOMMISSION_RATE_LIMIT_SECONDS", default_value_t = 15, help_heading = "SWIM Redis queues")]
+    pub swim_v2_decommission_rate_limit: u64,
+    /// The cloud-init every v2 lab gets, read at start (the seed's HCLOUD_DEFAULT_CLOUD_INIT_FILE).
+    #[arg(long, env = "HCLOUD_DEFAULT_CLOUD_INIT_FILE", help_heading = "SWIM Redis queues")]
+    pub swim_v2_cloud_init_file: Option<PathBuf>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "LAPSE_LOG_JSON")]
     pub log_json: bool,
@@ -255,6 +283,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             ),
             (None, None) => "process".into(),
         };
+        let v2 = args.swim_contracts.contains(&lapse_server::compat::swim::ContractName::V2);
+        if v2 && args.swim_provider.is_none() && std::env::var_os("HCLOUD_TOKEN").is_some() {
+            anyhow::bail!(
+                "HCLOUD_TOKEN is set, so the SWIM v2 queues would be served by Hetzner Cloud, but this build has no \
+                 hcloud provider; set SWIM_PROVIDER (process, docker, sim)"
+            );
+        }
         let section = lapse_server::compat::swim::RedisSection {
             url: Some(url.clone()),
             password: match &args.redis_password_file {
@@ -273,6 +308,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             batch: Some(args.swim_batch),
             max_message_bytes: args.swim_max_message_bytes,
             dead_letter_max: args.swim_dead_letter_max,
+            contracts: Some(args.swim_contracts.clone()),
+            v2_prefix: Some(args.swim_v2_prefix.clone()),
+            ssh_username: Some(args.swim_v2_ssh_username.clone()),
+            default_ttl_minutes: Some(args.swim_v2_ttl_minutes),
+            provision_rate_limit_seconds: Some(args.swim_v2_provision_rate_limit),
+            decommission_rate_limit_seconds: Some(args.swim_v2_decommission_rate_limit),
+            v2_cloud_init_file: args.swim_v2_cloud_init_file.clone(),
         };
         config.swim = Some(section.into_config());
     }

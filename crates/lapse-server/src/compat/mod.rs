@@ -6,9 +6,11 @@
 //! | module | seed | what it speaks |
 //! |---|---|---|
 //! | [`swim`] | alex-sviridov/swim@27f4120 | `swim:*` Redis queues and `swim:server:<id>` |
+//! | [`swim_v2`] | alex-sviridov/swim@670feb4 (`INTERFACE.md`) | `vmmanager:*` queues, `vmmanager:servers:<user>`, rate limits |
 //! | [`fc`] | ndrean/microvm-control-planner@2ff3827 (`fc_ex_cp`) | `POST /vms`, `GET`/`DELETE /vms/:id`, `GET /stats` |
 //!
 //! Each module's doc names the seed files it follows, and where it differs on purpose.
 
 pub mod fc;
 pub mod swim;
+pub mod swim_v2;

@@ -18,4 +18,5 @@ mod redis_server;
 mod retry;
 mod schemathesis;
 mod swim;
+mod swim_v2;
 mod tenants;

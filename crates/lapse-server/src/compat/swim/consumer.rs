@@ -1,5 +1,10 @@
 //! The queue consumers: one pump per queue moves messages into its processing list, handlers
-//! ([`super::apply`]) apply them (at most `concurrency` batches at once) and remove them.
+//! apply them (at most `concurrency` batches at once) and remove them.
+//!
+//! **One pump, any contract.** What a batch does is the contract's ([`Contract`]): the older
+//! SWIM contract's is [`super::apply`] ([`V1`]), the newer one's is
+//! [`crate::compat::swim_v2`]'s. Taking, tagging, recovery, receipts' pruning, removal and
+//! dead letters are the pump's, the same for both.
 //!
 //! Every element is read as bytes. The script that takes a batch tags each message, cuts one
 //! over the size limit to its first 4 KiB, and stops at [`BATCH_BYTES`], so a reply stays
@@ -19,7 +24,8 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::Semaphore;
 
 use super::apply::{Handled, apply};
-use super::entry::{DEAD_LETTER_PREFIX, Entry, TAG_MARK, dead_letter};
+pub(crate) use super::entry::Entry;
+use super::entry::{DEAD_LETTER_PREFIX, TAG_MARK, dead_letter};
 use super::{FIRST_BACKOFF, Kind, Queue, Swim, is_connection_error, next_backoff};
 use crate::app::App;
 
@@ -30,16 +36,19 @@ pub const KEYS_KEPT_AT_MOST: u64 = 100_000;
 /// A batch stops growing once its messages reach this many bytes (it has at least one).
 pub const BATCH_BYTES: usize = 8 << 20;
 
-/// Moves up to `ARGV[2]` messages from the queue's tail (the seed's producers `LPUSH`) to the
-/// processing list, each tagged `ARGV[1]<n>`, atomically; a message over `ARGV[3]` bytes is
-/// kept as `ARGV[1]<n>!<length>` and its first `ARGV[4]` bytes. Stops after `ARGV[5]` bytes.
+/// Moves up to `ARGV[2]` messages from the queue's tail (the older seed's producers `LPUSH`),
+/// or its head when `ARGV[6]` is `LPOP` (the newer one's `RPUSH`), to the processing list,
+/// each tagged `ARGV[1]<n>`, atomically; a message over `ARGV[3]` bytes is kept as
+/// `ARGV[1]<n>!<length>` and its first `ARGV[4]` bytes. Stops after `ARGV[5]` bytes.
 const TAKE: &str = r"
 local out = {}
 local limit, keep, budget = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local pop = 'RPOP'
+if ARGV[6] == 'LPOP' then pop = 'LPOP' end
 local bytes = 0
 for i = 1, tonumber(ARGV[2]) do
   if bytes >= budget then break end
-  local m = redis.call('RPOP', KEYS[1])
+  local m = redis.call(pop, KEYS[1])
   if not m then break end
   local e
   if #m > limit then
@@ -102,9 +111,47 @@ static SCRIPTS: std::sync::LazyLock<Scripts> = std::sync::LazyLock::new(|| Scrip
     done: redis::Script::new(DONE),
 });
 
+/// A batch applied: messages whose effect is committed (or was before), and refused ones with
+/// the reason (each becomes a dead letter).
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    pub done: Vec<Entry>,
+    pub dead: Vec<(Entry, String)>,
+}
+
+/// What a batch of one contract's messages does. The error is the store's or Redis's (the
+/// batch stays in the processing list, to be handled again); each message's own refusal is
+/// in [`Applied::dead`].
+pub(crate) trait Contract: Send + Sync + 'static {
+    /// Names the pump's health beat (`<name>:provision`): `swim`, `swim_v2`.
+    fn name(&self) -> &'static str;
+
+    fn apply(
+        &self,
+        app: &App,
+        swim: &Swim,
+        queue: &Queue,
+        batch: Vec<Entry>,
+    ) -> impl Future<Output = Result<Applied, RoundError>> + Send;
+}
+
+/// The older SWIM contract: [`super::apply`].
+pub(crate) struct V1;
+
+impl Contract for V1 {
+    fn name(&self) -> &'static str {
+        "swim"
+    }
+
+    async fn apply(&self, app: &App, swim: &Swim, queue: &Queue, batch: Vec<Entry>) -> Result<Applied, RoundError> {
+        let Handled { done, dead } = apply(app, swim, queue, batch).await?;
+        Ok(Applied { done, dead })
+    }
+}
+
 /// Why a round of consuming ended: the pump backs off and recovers after each.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum RoundError {
+pub(crate) enum RoundError {
     /// The connection failed: Redis is gone or unreachable.
     #[error("Redis connection: {0}")]
     Connection(#[source] redis::RedisError),
@@ -121,8 +168,7 @@ impl From<redis::RedisError> for RoundError {
     }
 }
 
-/// Runs one queue for ever: connect, recover the processing list, consume; on any failure
-/// wait for the handlers in flight, back off and do it again.
+/// Runs one queue of the older contract for ever (see [`run_contract`]).
 pub async fn run(app: App, swim: Arc<Swim>, queue: Arc<Queue>) {
     if queue.kind == Kind::Provision && swim.config.cloud_init_dir.is_none() {
         // The default dir is made; one configured must exist (a typo must not pass silently).
@@ -131,9 +177,15 @@ pub async fn run(app: App, swim: Arc<Swim>, queue: Arc<Queue>) {
             tracing::warn!(dir = %root.display(), error = %e, "cannot make the cloud-init dir");
         }
     }
+    run_contract(app, swim, queue, Arc::new(V1)).await
+}
+
+/// Runs one queue for ever: connect, recover the processing list, consume, each batch applied
+/// by `contract`; on any failure wait for the handlers in flight, back off and do it again.
+pub(crate) async fn run_contract<C: Contract>(app: App, swim: Arc<Swim>, queue: Arc<Queue>, contract: Arc<C>) {
     let mut backoff = FIRST_BACKOFF;
     loop {
-        match round(&app, &swim, &queue).await {
+        match round(&app, &swim, &queue, &contract).await {
             Ok(()) => return,
             Err(e) => {
                 let what = format!("{} queue", queue.name());
@@ -151,7 +203,12 @@ pub async fn run(app: App, swim: Arc<Swim>, queue: Arc<Queue>) {
     }
 }
 
-async fn round(app: &App, swim: &Arc<Swim>, queue: &Arc<Queue>) -> Result<(), RoundError> {
+async fn round<C: Contract>(
+    app: &App,
+    swim: &Arc<Swim>,
+    queue: &Arc<Queue>,
+    contract: &Arc<C>,
+) -> Result<(), RoundError> {
     // The pump's connection blocks in BLMOVE; handlers use their own.
     let mut pump = swim.connect(Duration::from_secs(10)).await?;
     let work = swim.connect(Duration::from_secs(10)).await?;
@@ -170,7 +227,7 @@ async fn round(app: &App, swim: &Arc<Swim>, queue: &Arc<Queue>) -> Result<(), Ro
         }
         tracing::info!(queue = %queue.key, messages = entries.len(), "handling messages left in the processing list");
         for chunk in entries.chunks(swim.config.batch) {
-            handle(app, swim, queue, &mut work.clone(), chunk.to_vec()).await?;
+            handle(app, swim, queue, contract.as_ref(), &mut work.clone(), chunk.to_vec()).await?;
         }
     }
     prune(app, queue, &mut pump).await?;
@@ -178,7 +235,7 @@ async fn round(app: &App, swim: &Arc<Swim>, queue: &Arc<Queue>) -> Result<(), Ro
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel::<RoundError>();
     let mut last_prune = tokio::time::Instant::now();
     loop {
-        crate::health::tick(&format!("swim:{}", queue.name()));
+        crate::health::tick(&format!("{}:{}", contract.name(), queue.name()));
         if let Ok(e) = failed_rx.try_recv() {
             // Let the other handlers finish before the processing list is read again.
             let _ = slots.acquire_many(queue.concurrency as u32).await;
@@ -194,10 +251,10 @@ async fn round(app: &App, swim: &Arc<Swim>, queue: &Arc<Queue>) -> Result<(), Ro
         }
         // The semaphore is never closed.
         let permit = slots.clone().acquire_owned().await.expect("slots open");
-        let (app, swim, queue, mut conn, failed) =
-            (app.clone(), swim.clone(), queue.clone(), work.clone(), failed_tx.clone());
+        let (app, swim, queue, contract, mut conn, failed) =
+            (app.clone(), swim.clone(), queue.clone(), contract.clone(), work.clone(), failed_tx.clone());
         tokio::spawn(async move {
-            if let Err(e) = handle(&app, &swim, &queue, &mut conn, batch).await {
+            if let Err(e) = handle(&app, &swim, &queue, contract.as_ref(), &mut conn, batch).await {
                 let _ = failed.send(e);
             }
             drop(permit);
@@ -218,6 +275,7 @@ async fn take(conn: &mut MultiplexedConnection, swim: &Swim, queue: &Queue) -> R
             .arg(swim.config.max_message_bytes)
             .arg(DEAD_LETTER_PREFIX)
             .arg(BATCH_BYTES.max(swim.config.max_message_bytes))
+            .arg(if queue.from_head { "LPOP" } else { "RPOP" })
             .invoke_async(conn)
             .await?;
         if !taken.is_empty() {
@@ -227,11 +285,12 @@ async fn take(conn: &mut MultiplexedConnection, swim: &Swim, queue: &Queue) -> R
         if wait {
             // Blocks until the queue has an element, and puts it back where it was. The reply
             // (that element, or nil) is not needed: `redis::Value` takes any.
+            let side = if queue.from_head { "LEFT" } else { "RIGHT" };
             let _: redis::Value = redis::cmd("BLMOVE")
                 .arg(&queue.key)
                 .arg(&queue.key)
-                .arg("RIGHT")
-                .arg("RIGHT")
+                .arg(side)
+                .arg(side)
                 .arg(1.0)
                 .query_async(conn)
                 .await?;
@@ -277,16 +336,17 @@ async fn prune(app: &App, queue: &Queue, conn: &mut MultiplexedConnection) -> Re
 
 /// Applies a batch and removes it from the processing list; refused messages go to the
 /// dead-letter list.
-async fn handle(
+async fn handle<C: Contract>(
     app: &App,
     swim: &Swim,
     queue: &Queue,
+    contract: &C,
     conn: &mut MultiplexedConnection,
     batch: Vec<Entry>,
 ) -> Result<(), RoundError> {
     let started = std::time::Instant::now();
     let size = batch.len();
-    let Handled { done, dead } = apply(app, swim, queue, batch).await?;
+    let Applied { done, dead } = contract.apply(app, swim, queue, batch).await?;
     if swim.crash_after_commit && !done.is_empty() {
         tracing::error!("LAPSE_FAULT=swim-crash-after-commit: dying before removing the batch");
         let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);

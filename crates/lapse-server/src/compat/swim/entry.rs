@@ -17,7 +17,7 @@ const MAX_TAG: usize = 100;
 
 /// A tagged message in a processing list.
 #[derive(Clone, Debug, PartialEq)]
-pub(super) struct Entry {
+pub(crate) struct Entry {
     /// The processing list's element, exactly (what `LREM` needs).
     pub raw: Vec<u8>,
     pub tag: String,

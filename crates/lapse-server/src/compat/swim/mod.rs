@@ -28,7 +28,12 @@
 //! **A decommission touches only what SWIM made**: environments whose source is `swim`, with
 //! the owner (and lab) it names; never one the API, a pool or the config file made.
 //!
-//! Keys, with the default prefix `swim:` (any prefix works, e.g. `vmmanager:`):
+//! **Which contract.** This module speaks the older contract (alex-sviridov/swim@27f4120);
+//! the newer one (`vmmanager:*`, LabMan's) is not a prefix of it but another contract,
+//! [`crate::compat::swim_v2`], served by the same pump ([`consumer::Contract`]) beside or
+//! instead of this one (`SWIM_CONTRACTS=v1,v2`, the `[redis]` table's `contracts`).
+//!
+//! Keys, with the default prefix `swim:`:
 //! - `<prefix>provision:queue`, `<prefix>decomission:queue` (the seed's spelling): requests.
 //! - `<queue>:processing`, `<queue>:dead`: messages being handled; messages refused, as
 //!   `{"message", "reason", "queue", "at"}`.
@@ -92,6 +97,10 @@ pub struct SwimConfig {
     pub max_message_bytes: usize,
     /// Most records a dead-letter list keeps (the newest).
     pub dead_letter_max: u64,
+    /// Serve this (the older) contract's queues and keys.
+    pub v1: bool,
+    /// Serve the newer contract ([`crate::compat::swim_v2`]) too, with these settings.
+    pub v2: Option<crate::compat::swim_v2::V2Config>,
 }
 
 impl SwimConfig {
@@ -112,6 +121,8 @@ impl SwimConfig {
             server_ttl: Duration::from_secs(24 * 3600),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             dead_letter_max: DEFAULT_DEAD_LETTER_MAX,
+            v1: true,
+            v2: None,
         }
     }
 
@@ -187,6 +198,43 @@ pub struct RedisSection {
     pub max_message_bytes: Option<usize>,
     /// Most records each dead-letter list keeps (default 10,000).
     pub dead_letter_max: Option<u64>,
+    /// Which contracts are served: `["v1"]` (the default), `["v2"]` or `["v1", "v2"]`.
+    pub contracts: Option<Vec<ContractName>>,
+    /// The newer contract's key prefix (default `vmmanager:`).
+    pub v2_prefix: Option<String>,
+    /// The newer contract's `user` field (the seed's `SSH_USERNAME`, default `student`).
+    pub ssh_username: Option<String>,
+    /// The newer contract's lab lifetime (the seed's `DEFAULT_TTL_MINUTES`, default 30).
+    pub default_ttl_minutes: Option<u64>,
+    /// The seed's `PROVISION_RATE_LIMIT_SECONDS` (default 15; 0 means the default, as there).
+    pub provision_rate_limit_seconds: Option<u64>,
+    /// The seed's `DECOMMISSION_RATE_LIMIT_SECONDS` (default 15; 0 means the default).
+    pub decommission_rate_limit_seconds: Option<u64>,
+    /// The newer contract's cloud-init, read at start (the seed's
+    /// `HCLOUD_DEFAULT_CLOUD_INIT_FILE`); none when unset.
+    pub v2_cloud_init_file: Option<PathBuf>,
+}
+
+/// A SWIM contract a server can serve.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ContractName {
+    /// alex-sviridov/swim@27f4120: `swim:*` (this module).
+    V1,
+    /// alex-sviridov/swim@670feb4: `vmmanager:*` ([`crate::compat::swim_v2`]).
+    V2,
+}
+
+impl std::str::FromStr for ContractName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ContractName, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "v1" => Ok(ContractName::V1),
+            "v2" => Ok(ContractName::V2),
+            other => Err(format!("{other:?} is not a SWIM contract (v1, v2)")),
+        }
+    }
 }
 
 impl RedisSection {
@@ -210,6 +258,23 @@ impl RedisSection {
         cfg.batch = self.batch.unwrap_or(cfg.batch).clamp(1, 5000);
         cfg.max_message_bytes = self.max_message_bytes.unwrap_or(cfg.max_message_bytes).clamp(1, 512 << 20);
         cfg.dead_letter_max = self.dead_letter_max.unwrap_or(cfg.dead_letter_max).max(1);
+        let contracts = self.contracts.unwrap_or_else(|| vec![ContractName::V1]);
+        cfg.v1 = contracts.contains(&ContractName::V1);
+        if contracts.contains(&ContractName::V2) {
+            let mut v2 = crate::compat::swim_v2::V2Config::default();
+            if let Some(prefix) = self.v2_prefix {
+                v2.prefix = prefix;
+            }
+            if let Some(user) = self.ssh_username.filter(|u| !u.is_empty()) {
+                v2.ssh_username = user;
+            }
+            v2.ttl_minutes = self.default_ttl_minutes.unwrap_or(v2.ttl_minutes);
+            let seconds = |s: Option<u64>, default: Duration| s.filter(|s| *s > 0).map_or(default, Duration::from_secs);
+            v2.provision_rate_limit = seconds(self.provision_rate_limit_seconds, v2.provision_rate_limit);
+            v2.decommission_rate_limit = seconds(self.decommission_rate_limit_seconds, v2.decommission_rate_limit);
+            v2.cloud_init_file = self.v2_cloud_init_file;
+            cfg.v2 = Some(v2);
+        }
         cfg
     }
 }
@@ -225,6 +290,8 @@ pub enum Kind {
 #[derive(Debug)]
 pub struct Queue {
     pub kind: Kind,
+    /// Messages are taken from the list's head (producers `RPUSH`), not its tail (`LPUSH`).
+    pub from_head: bool,
     pub key: String,
     pub processing: String,
     pub dead: String,
@@ -235,9 +302,10 @@ pub struct Queue {
 }
 
 impl Queue {
-    fn new(kind: Kind, key: String, concurrency: usize) -> Queue {
+    pub(crate) fn new(kind: Kind, key: String, concurrency: usize, from_head: bool) -> Queue {
         Queue {
             kind,
+            from_head,
             processing: format!("{key}:processing"),
             dead: format!("{key}:dead"),
             key,
@@ -270,12 +338,17 @@ pub struct Swim {
 
 impl Swim {
     pub fn new(config: SwimConfig) -> anyhow::Result<Swim> {
+        let queues = [
+            Arc::new(Queue::new(Kind::Provision, config.provision_queue(), config.provision_concurrency, false)),
+            Arc::new(Queue::new(Kind::Decommission, config.decommission_queue(), config.control_concurrency, false)),
+        ];
+        Swim::with_queues(config, queues)
+    }
+
+    /// A connection to `config`'s Redis serving other queues (another contract's).
+    pub(crate) fn with_queues(config: SwimConfig, queues: [Arc<Queue>; 2]) -> anyhow::Result<Swim> {
         let client = redis::Client::open(config.connect_url())
             .map_err(|e| anyhow::anyhow!("Redis URL {}: {e}", config.shown_url()))?;
-        let queues = [
-            Arc::new(Queue::new(Kind::Provision, config.provision_queue(), config.provision_concurrency)),
-            Arc::new(Queue::new(Kind::Decommission, config.decommission_queue(), config.control_concurrency)),
-        ];
         Ok(Swim {
             client,
             queues,
@@ -415,5 +488,30 @@ mod tests {
         assert_eq!(cfg.cloud_init_root(std::path::Path::new("/data")), PathBuf::from("/srv/ci"));
         let huge = RedisSection { max_message_bytes: Some(usize::MAX), ..Default::default() }.into_config();
         assert_eq!(huge.max_message_bytes, 512 << 20, "Redis's own limit");
+    }
+
+    #[test]
+    fn contracts_are_chosen_in_the_redis_table() {
+        let cfg = RedisSection::default().into_config();
+        assert!(cfg.v1 && cfg.v2.is_none(), "the older contract alone by default");
+        let table: RedisSection = toml::from_str(
+            "contracts = [\"v1\", \"v2\"]\nv2_prefix = \"lab:\"\nssh_username = \"\"\n\
+             default_ttl_minutes = 45\nprovision_rate_limit_seconds = 0\ndecommission_rate_limit_seconds = 3",
+        )
+        .unwrap();
+        let cfg = table.into_config();
+        let v2 = cfg.v2.expect("v2 on");
+        assert!(cfg.v1);
+        assert_eq!(
+            (v2.provision_queue(), v2.server_key("u"), v2.ssh_username.as_str()),
+            ("lab:provision".into(), "lab:servers:u".into(), "student")
+        );
+        assert_eq!(v2.ttl_minutes, 45);
+        assert_eq!(v2.provision_rate_limit, Duration::from_secs(15), "0 means the default, as the seed's");
+        assert_eq!(v2.decommission_rate_limit, Duration::from_secs(3));
+        let only: RedisSection = toml::from_str("contracts = [\"v2\"]").unwrap();
+        assert!(!only.into_config().v1);
+        assert!(toml::from_str::<RedisSection>("contracts = [\"v3\"]").is_err());
+        assert_eq!("V2".parse::<ContractName>(), Ok(ContractName::V2));
     }
 }

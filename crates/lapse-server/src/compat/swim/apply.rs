@@ -221,3 +221,50 @@ async fn decommission(app: &App, swim: &Swim, queue: &Queue, entry: &Entry) -> R
     }
     Ok(Ok(()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use lapse_core::model::Spec;
+    use lapse_providers::{Provider, ProviderSet};
+    use lapse_providers::process::ProcessProvider;
+
+    use super::*;
+    use crate::compat::swim::SwimConfig;
+    use crate::tests::Harness;
+
+    /// A `process` provider without its helper program cannot enforce resources (as one
+    /// without a writable cgroup): a lab with an instance type runs all the same, its type kept
+    /// as a label and marked unenforced.
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_type_the_provider_cannot_enforce_is_kept_as_a_label() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut providers = ProviderSet::default();
+        let process = ProcessProvider::new(dir.path(), "ctl").expect("a process provider");
+        assert!(process.validate(&Spec { resources: Some(request::instance_type("DEV1-S").unwrap()), ..spec() }).is_err());
+        providers.insert(Arc::new(process));
+        let h = Harness::start(providers, |_| {}).await;
+        let mut config = SwimConfig::new("127.0.0.1:1");
+        config.default_cmd = Some("true".into());
+        config.default_instance_type = Some("DEV1-S".into());
+        let swim = Swim::new(config).expect("a Redis URL");
+        let queue = swim.queues[0].clone();
+        let message = r#"#lapse:t:1 {"WebUsername":"ann","LabID":3,"TTLMinutes":30,"ServerType":"GP1-XS"}"#;
+        let entry = Entry::parse(message.as_bytes().to_vec()).expect("a tagged element");
+        let handled = apply(&h.app, &swim, &queue, vec![entry]).await.expect("the store writes");
+        assert_eq!((handled.done.len(), handled.dead.len()), (1, 0), "{:?}", handled.dead);
+        let envs = h.app.cx.store.list(&ListFilter { owner: Some("ann".into()), ..Default::default() }).await.unwrap();
+        let env = &envs[0];
+        assert_eq!(env.spec.resources, None);
+        assert_eq!(env.labels[RESOURCES_LABEL], "unenforced");
+        assert_eq!(env.labels[request::INSTANCE_TYPE_LABEL], "GP1-XS");
+        assert!(env.name.as_deref().is_some_and(|n| n.starts_with("lab3-")), "{:?}", env.name);
+        let state = super::super::cache::ServerState::of(env);
+        assert_eq!((state.lapse.instance_type, state.lapse.resources_enforced), (Some("GP1-XS"), Some(false)));
+    }
+
+    fn spec() -> Spec {
+        Spec { provider: "process".into(), cmd: vec!["true".into()], ..Default::default() }
+    }
+}

@@ -111,10 +111,7 @@ async fn provision_runs_with_user_data_and_decommission_deletes_only_matches() {
     let s = setup("process", &[]).await;
     let ci = &s.cloud_init;
     s.redis
-        .lpush(
-            PROVISION,
-            &[provision("ann", 1, ci, 30), provision("ann", 2, ci, 30), provision("bob", 1, ci, 30)],
-        )
+        .lpush(PROVISION, &[provision("ann", 1, ci, 30), provision("ann", 2, ci, 30), provision("bob", 1, ci, 30)])
         .await;
     let envs = eventually(secs(20), "three running labs", async || {
         let envs = swim_envs(&s.server).await;

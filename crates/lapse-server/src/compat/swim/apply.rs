@@ -227,8 +227,8 @@ mod tests {
     use std::sync::Arc;
 
     use lapse_core::model::Spec;
-    use lapse_providers::{Provider, ProviderSet};
     use lapse_providers::process::ProcessProvider;
+    use lapse_providers::{Provider, ProviderSet};
 
     use super::*;
     use crate::compat::swim::SwimConfig;
@@ -242,7 +242,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temp dir");
         let mut providers = ProviderSet::default();
         let process = ProcessProvider::new(dir.path(), "ctl").expect("a process provider");
-        assert!(process.validate(&Spec { resources: Some(request::instance_type("DEV1-S").unwrap()), ..spec() }).is_err());
+        assert!(
+            process.validate(&Spec { resources: Some(request::instance_type("DEV1-S").unwrap()), ..spec() }).is_err()
+        );
         providers.insert(Arc::new(process));
         let h = Harness::start(providers, |_| {}).await;
         let mut config = SwimConfig::new("127.0.0.1:1");

@@ -302,7 +302,8 @@ mod tests {
     fn states_speak_the_seeds_words() {
         let mut e = lab();
         let mut seen = vec![];
-        for observed in [ObservedState::Pending, ObservedState::Provisioning, ObservedState::Running, ObservedState::Failed]
+        for observed in
+            [ObservedState::Pending, ObservedState::Provisioning, ObservedState::Running, ObservedState::Failed]
         {
             e.observed = observed;
             seen.push(seed_state(&e));

@@ -310,11 +310,7 @@ pub fn decommission(req: &DecommissionRequest) -> Result<Decommission, String> {
     if let Some(key) = &idempotency_key {
         idempotency_key_check(key)?;
     }
-    Ok(Decommission {
-        owner: req.web_username.clone(),
-        lab: req.lab_id.map(|n| n.to_string()),
-        idempotency_key,
-    })
+    Ok(Decommission { owner: req.web_username.clone(), lab: req.lab_id.map(|n| n.to_string()), idempotency_key })
 }
 
 #[cfg(test)]
@@ -338,8 +334,9 @@ mod tests {
 
     #[test]
     fn the_seed_request_with_defaults_and_overrides() {
-        let p = checked(r#"{"WebUsername":"test-user","LabID":1234,"CloudInitFile":"./cloud-init.yml","TTLMinutes":30}"#)
-            .unwrap();
+        let p =
+            checked(r#"{"WebUsername":"test-user","LabID":1234,"CloudInitFile":"./cloud-init.yml","TTLMinutes":30}"#)
+                .unwrap();
         assert_eq!(p.owner, "test-user");
         assert_eq!(p.lab, 1234);
         assert_eq!(p.labels[LAB_LABEL], "1234");
@@ -369,8 +366,10 @@ mod tests {
         assert_eq!(p.cloud_init_file, None);
         assert!(!p.labels.contains_key(CLOUD_INIT_LABEL));
         // The README's InstanceType when there is no ServerType; "" is Go's "not given".
-        let p = checked(r#"{"WebUsername":"u","LabID":1,"TTLMinutes":1,"ServerType":"","InstanceType":"GP1-XS","ImageID":""}"#)
-            .unwrap();
+        let p = checked(
+            r#"{"WebUsername":"u","LabID":1,"TTLMinutes":1,"ServerType":"","InstanceType":"GP1-XS","ImageID":""}"#,
+        )
+        .unwrap();
         assert_eq!(p.instance_type.as_deref(), Some("GP1-XS"));
         assert_eq!(p.spec.image.as_deref(), Some("localhost/lab:1"));
         // A file wins over inline content, as in the seed.
@@ -385,8 +384,14 @@ mod tests {
             (r#"{"WebUsername":"u","LabID":1,"CloudInitFile":"c"}"#, "missing required fields: [TTLMinutes]"),
             (r#"{"LabID":0,"TTLMinutes":5}"#, "missing required fields: [WebUsername LabID]"),
             ("null", "missing required fields: [WebUsername LabID TTLMinutes]"),
-            (r#"{"WebUsername":"u","LabID":"5","TTLMinutes":5}"#, "LabID must be a JSON integer (a Go int), not the string \"5\""),
-            (r#"{"WebUsername":"u","LabID":5,"TTLMinutes":1.5}"#, "TTLMinutes must be a JSON integer (a Go int), not 1.5"),
+            (
+                r#"{"WebUsername":"u","LabID":"5","TTLMinutes":5}"#,
+                "LabID must be a JSON integer (a Go int), not the string \"5\"",
+            ),
+            (
+                r#"{"WebUsername":"u","LabID":5,"TTLMinutes":1.5}"#,
+                "TTLMinutes must be a JSON integer (a Go int), not 1.5",
+            ),
             (r#"{"WebUsername":"u","LabID":5,"TTLMinutes":5,"ServerType":"HUGE"}"#, "unknown ServerType \"HUGE\""),
             (r#"{"WebUsername":"u","LabID":5,"TTLMinutes":-3}"#, "TTLMinutes must be above 0, not -3"),
             (r#"{"WebUsername":"u","LabID":5,"TTLMinutes":2880}"#, "longest TTL"),
@@ -398,14 +403,20 @@ mod tests {
             let e = checked(json).unwrap_err();
             assert!(e.contains(words), "{json}: {e}");
         }
-        let big = format!(r#"{{"WebUsername":"u","LabID":5,"TTLMinutes":5,"CloudInitContent":"{}"}}"#, "#".repeat(MAX_USER_DATA + 1));
+        let big = format!(
+            r#"{{"WebUsername":"u","LabID":5,"TTLMinutes":5,"CloudInitContent":"{}"}}"#,
+            "#".repeat(MAX_USER_DATA + 1)
+        );
         assert!(checked(&big).unwrap_err().contains("CloudInitContent is 65537 bytes, over 65536"));
     }
 
     #[test]
     fn decommissions_as_the_seed_reads_them() {
         let d = |json: &str| parse::<DecommissionRequest>(json).and_then(|r| decommission(&r));
-        assert_eq!(d(r#"{"WebUsername":"u","LabID":null}"#).unwrap(), Decommission { owner: "u".into(), lab: None, idempotency_key: None });
+        assert_eq!(
+            d(r#"{"WebUsername":"u","LabID":null}"#).unwrap(),
+            Decommission { owner: "u".into(), lab: None, idempotency_key: None }
+        );
         let expected = Decommission { owner: "u".into(), lab: Some("12".into()), idempotency_key: Some("k-1".into()) };
         assert_eq!(d(r#"{"webusername":"u","labid":12,"IdempotencyKey":"k-1"}"#).unwrap(), expected);
         assert_eq!(d(r#"{"WebUsername":"u","LabID":12,"LabID":null}"#).unwrap().lab, None, "null nils the pointer");

@@ -135,8 +135,14 @@ async fn requests_are_read_as_gos_encoding_json_reads_them() {
     ];
     let bad = [
         (r#"{"WebUsername":"odd","LabID":0,"TTLMinutes":30}"#, "missing required fields: [LabID]"),
-        (r#"{"WebUsername":"odd","LabID":"5","TTLMinutes":30}"#, r#"LabID must be a JSON integer (a Go int), not the string "5""#),
-        (r#"{"WebUsername":"odd","LabID":5,"TTLMinutes":1.5}"#, "TTLMinutes must be a JSON integer (a Go int), not 1.5"),
+        (
+            r#"{"WebUsername":"odd","LabID":"5","TTLMinutes":30}"#,
+            r#"LabID must be a JSON integer (a Go int), not the string "5""#,
+        ),
+        (
+            r#"{"WebUsername":"odd","LabID":5,"TTLMinutes":1.5}"#,
+            "TTLMinutes must be a JSON integer (a Go int), not 1.5",
+        ),
         (r#"{"WebUsername":"odd","LabID":5}"#, "missing required fields: [TTLMinutes]"),
         (r#"{"WebUsername":"","LabID":5,"TTLMinutes":30}"#, "missing required fields: [WebUsername]"),
     ];
@@ -163,6 +169,13 @@ async fn requests_are_read_as_gos_encoding_json_reads_them() {
     assert!(by_lab["11"]["labels"].get("swim.cloud_init_file").is_none());
     assert_eq!(by_lab["12"]["labels"]["swim.instance_type"], "DEV1-S", "ServerType wins");
 
+    // A decommission read the same way: lower-case keys, LabID a Go int.
+    cli(&s, None, &["LPUSH", super::DECOMMISSION, r#"{"webUsername":"odd","LABID":12}"#]);
+    s.server.wait_state(by_lab["12"]["id"].as_str().unwrap(), "deleted", secs(20)).await;
+    for lab in ["11", "13"] {
+        assert_eq!(s.server.env(by_lab[lab]["id"].as_str().unwrap()).await["state"], "running");
+    }
+
     let reasons = dead(&s, bad.len()).await;
     for (message, words) in bad {
         let reason = reasons.get(message).unwrap_or_else(|| panic!("{message} not dead-lettered: {reasons:?}"));
@@ -174,8 +187,17 @@ async fn requests_are_read_as_gos_encoding_json_reads_them() {
 async fn a_process_server_with_an_instance_type_provisions() {
     let s = setup_with("process", &[], &[("SWIM_PROVISION_DEFAULT_INSTANCE_TYPE", "DEV1-M")]).await;
     let ci = &s.cloud_init;
-    cli(&s, None, &["LPUSH", PROVISION, &json!({"WebUsername": "ty", "LabID": 1, "CloudInitFile": ci, "TTLMinutes": 30}).to_string()]);
-    let spelled = json!({"WebUsername": "ty", "LabID": 2, "CloudInitFile": ci, "TTLMinutes": 30, "ServerType": "POP2-2C-8G"});
+    cli(
+        &s,
+        None,
+        &[
+            "LPUSH",
+            PROVISION,
+            &json!({"WebUsername": "ty", "LabID": 1, "CloudInitFile": ci, "TTLMinutes": 30}).to_string(),
+        ],
+    );
+    let spelled =
+        json!({"WebUsername": "ty", "LabID": 2, "CloudInitFile": ci, "TTLMinutes": 30, "ServerType": "POP2-2C-8G"});
     cli(&s, None, &["LPUSH", PROVISION, &spelled.to_string()]);
     let envs = eventually(secs(30), "two running labs", async || {
         let envs = swim_envs(&s.server).await;

@@ -9,8 +9,7 @@ use super::{DECOMMISSION, PROVISION, eventually, provision, server_state, setup_
 use crate::harness::secs;
 
 /// The seed's fields, in the order Go marshals its struct.
-const SEED_FIELDS: [&str; 8] =
-    ["id", "name", "ipv6", "state", "provisioned_at", "deletion_at", "webusername", "labid"];
+const SEED_FIELDS: [&str; 8] = ["id", "name", "ipv6", "state", "provisioned_at", "deletion_at", "webusername", "labid"];
 
 /// Milliseconds of an RFC 3339 time.
 pub fn millis(v: &Value) -> i64 {
@@ -43,7 +42,8 @@ fn check_seed_shape(raw: &str) -> Value {
     assert!(raw.starts_with(r#"{"id":"#), "{raw}");
     let mut at = 0;
     for field in SEED_FIELDS.iter().chain(&["lapse"]) {
-        let found = raw[at..].find(&format!("\"{field}\":")).unwrap_or_else(|| panic!("{field} after byte {at}: {raw}"));
+        let found =
+            raw[at..].find(&format!("\"{field}\":")).unwrap_or_else(|| panic!("{field} after byte {at}: {raw}"));
         at += found + field.len() + 3;
     }
     let v: Value = serde_json::from_str(raw).unwrap();

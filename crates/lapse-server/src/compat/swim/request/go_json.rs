@@ -228,7 +228,8 @@ fn shown(s: &str) -> String {
 mod tests {
     use super::*;
 
-    static REQ: GoStruct = GoStruct { name: "R", fields: &[("LabID", Kind::Int), ("Name", Kind::Str), ("Lab", Kind::IntPtr)] };
+    static REQ: GoStruct =
+        GoStruct { name: "R", fields: &[("LabID", Kind::Int), ("Name", Kind::Str), ("Lab", Kind::IntPtr)] };
 
     fn check(json: &str) -> Result<Vec<Slot>, String> {
         let mut d = serde_json::Deserializer::from_str(json);

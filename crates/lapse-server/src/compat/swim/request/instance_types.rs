@@ -92,7 +92,9 @@ mod tests {
         assert_eq!(size("POP2-2C-8G"), Some((2.0, 8192)));
         assert_eq!(size("POP2-HM-4C-32G"), Some((4.0, 32768)));
         assert_eq!(size("coparm1-2c-8g"), Some((2.0, 8192)));
-        for bad in ["HUGE", "", "-2C-8G", "POP2-0C-8G", "POP2-2C-0G", "POP2-2C", "POP2--2C-8G", "POP2-99999C-8G", "P/P-2C-8G"] {
+        for bad in
+            ["HUGE", "", "-2C-8G", "POP2-0C-8G", "POP2-2C-0G", "POP2-2C", "POP2--2C-8G", "POP2-99999C-8G", "P/P-2C-8G"]
+        {
             let e = resources(bad).unwrap_err();
             assert!(e.starts_with("unknown ServerType") && e.contains("DEV1-S"), "{bad}: {e}");
         }

@@ -13,6 +13,7 @@ use crate::redis_server::RedisServer;
 
 mod hostile;
 mod monitor;
+mod seed_docker;
 mod seed_readme;
 mod seed_state;
 
@@ -60,8 +61,11 @@ async fn setup_full(provider: &str, more: &[&str], envs: &[(&str, &str)], passwo
         all.push(("REDIS_PASSWORD", password));
     }
     all.extend_from_slice(envs);
-    let mut args: Vec<&str> =
-        if provider == "sim" { vec!["--sim", "0", "--docker", "off"] } else { vec!["--docker", "off"] };
+    let mut args: Vec<&str> = match provider {
+        "sim" => vec!["--sim", "0", "--docker", "off"],
+        "docker" => vec![],
+        _ => vec!["--docker", "off"],
+    };
     args.extend_from_slice(more);
     let server = Server::start_with_env(&data, &args, &all).await;
     Setup { redis, server, cloud_init: cloud_init.display().to_string(), dir }

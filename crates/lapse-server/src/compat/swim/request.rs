@@ -237,11 +237,13 @@ pub fn provision(req: &ProvisionRequest, cfg: &SwimConfig, max_ttl: Duration) ->
         }
     }
     let image = first_set([Some(req.image_id.as_str()), cfg.default_image.as_deref()]);
+    // Scaleway's names are upper-case; the label holds that form (prices are keyed by it).
     let instance = first_set([
         Some(req.server_type.as_str()),
         Some(req.instance_type.as_str()),
         cfg.default_instance_type.as_deref(),
-    ]);
+    ])
+    .map(|t| t.to_ascii_uppercase());
     let security_group = first_set([Some(req.security_group_name.as_str()), cfg.default_security_group.as_deref()]);
     let mut spec = Spec { provider: cfg.provider.clone(), user_data: content, ..Default::default() };
     if let Some(name) = &instance {
@@ -359,7 +361,7 @@ mod tests {
         .unwrap();
         assert_eq!(p.spec.image.as_deref(), Some("other:2"), "the request wins");
         assert_eq!(p.spec.resources.unwrap().mem_mb, Some(8192), "ServerType wins over InstanceType");
-        assert_eq!(p.instance_type.as_deref(), Some("dev1-l"));
+        assert_eq!(p.instance_type.as_deref(), Some("DEV1-L"), "in Scaleway's case");
         assert_eq!(p.labels[SECURITY_GROUP_LABEL], "sg2");
         assert_eq!((p.lab, p.name.starts_with("lab-7-")), (-7, true), "a negative LabID is non-zero");
         assert_eq!(p.spec.user_data.as_deref(), Some("#cloud-config\n"), "inline content");

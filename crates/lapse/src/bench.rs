@@ -483,8 +483,9 @@ async fn swim(args: &BenchArgs, json_out: bool, report: &mut serde_json::Map<Str
     let envs = [("REDIS_CONNECTION_STRING", redis.address.clone()), ("SWIM_PROVIDER", "sim".to_owned())];
     let mut server = ServerProcess::start_with(&data, &envs).await?;
     let n = args.swim;
-    let message = |user: &str, lab: usize| {
-        json!({"WebUsername": user, "LabID": lab, "CloudInitFile": cloud_init, "TTLMinutes": 60}).to_string()
+    // Request `i` is lab `i + 1`: a LabID is non-zero, as in the seed.
+    let message = |user: &str, i: usize| {
+        json!({"WebUsername": user, "LabID": i + 1, "CloudInitFile": cloud_init, "TTLMinutes": 60}).to_string()
     };
 
     say(format!("swim: {n} provision requests from Redis into desired state ..."));
@@ -529,8 +530,10 @@ async fn swim(args: &BenchArgs, json_out: bool, report: &mut serde_json::Map<Str
     let filter = lapse_store::ListFilter { owner: Some("crash".into()), limit: Some(u32::MAX), ..Default::default() };
     let mut per_lab = vec![0usize; n];
     for env in store.list(&filter).await? {
-        if let Some(lab) = env.labels.get("swim.lab_id").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l < n) {
-            per_lab[lab] += 1;
+        let request =
+            env.labels.get("swim.lab_id").and_then(|l| l.parse::<usize>().ok()).and_then(|l| l.checked_sub(1));
+        if let Some(i) = request.filter(|i| *i < n) {
+            per_lab[i] += 1;
         }
     }
     store.close().await;

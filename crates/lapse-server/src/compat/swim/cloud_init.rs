@@ -3,6 +3,9 @@
 //!
 //! The directory is mandatory (`SWIM_CLOUD_INIT_DIR`, default `<data dir>/cloud-init`); a
 //! message names a file relative to it (an absolute path is taken only if it lies inside it).
+//! As in the seed, the file is optional: a request without one (or with `""`) reads nothing
+//! and takes its inline `CloudInitContent`, if any ([`super::request::provision`] bounds it
+//! as a file is bounded here).
 //! The contract, each refusal a [`CloudInitError`] that dead-letters the message:
 //! - **No escape.** A `..` component is refused outright. The file is opened with
 //!   `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)` from a descriptor of the directory, so

@@ -1,6 +1,47 @@
 //! The SWIM Redis interface: provision and decommission requests consumed from Redis lists,
 //! each server's state written back to `swim:server:<id>`.
 //!
+//! **The seed's contract** is alex-sviridov/swim at `27f4120` (2025-10-20, "working process
+//! of provisioning and decomissioning"), read from its code where it and its README differ:
+//! `cmd/swim/service.go` (queue keys, `BLPOP`), `internal/redis/client.go` (`ServerState`, the
+//! cache key, `GetServersByFilter`), `internal/connector/scaleway/request.go`
+//! (`ProvisionRequest`, `UnmarshalAndValidate`, `generateServerName`),
+//! `internal/connector/scaleway/create_server.go` and `server.go` (`ServerType` as the
+//! commercial type, cloud-init, `state_detail`), `internal/provisioner/provisioner.go`,
+//! `internal/decommissioner/decommissioner.go` and `internal/cleanup/cleanup.go` (the states
+//! written), `internal/config/constants.go` (`booted`, `deleted-error`, the 24 h TTL), and
+//! the README's `redis-cli` examples. What follows it exactly:
+//! - the queue keys (`decomission`, misspelled, as the seed spells it) and the cache key;
+//! - requests decoded as Go's `encoding/json` decodes them ([`request`]): case-insensitive
+//!   keys, the last duplicate winning, `LabID` and `TTLMinutes` Go `int`s (non-zero), the
+//!   instance type in `ServerType` (the README's `InstanceType` also read, `ServerType`
+//!   winning), `CloudInitFile` optional and `CloudInitContent` used when it is empty, the
+//!   `SWIM_PROVISION_DEFAULT_*` values for empty fields, servers named `lab<LabID>-<8 a-z>`;
+//! - the value of `swim:server:<id>` ([`cache`]): the seed's eight fields with its types and
+//!   state words (`booted`, `deleted-error`, `decommissioning`, `shutting down`);
+//! - decommissions by `WebUsername`, and `LabID` when given, among what SWIM made.
+//!
+//! **Where Lapse differs on purpose** (no user of the seed loses by it):
+//! - *Order*: the seed `BLPOP`s what producers `LPUSH`, so the newest message goes first
+//!   (LIFO); Lapse takes from the tail, oldest first (FIFO), at most `provision_concurrency`
+//!   and `control_concurrency` batches at once (the seed: one goroutine per message).
+//! - *Dead letters*: the seed logs a refused message and drops it; Lapse moves it to
+//!   `<queue>:dead` with the reason.
+//! - *The key appears before the create*: from the first committed row (`allocating node`),
+//!   where the seed writes it only after Scaleway's create succeeded (a failed create leaves
+//!   no key there, and `deleted-error` here). It is refreshed for the lab's whole life, where
+//!   the seed stops at `booted` (so a lab over 24 h lost its key and leaked its server).
+//! - *Expiry* is the lease's, within about a second, where the seed's cleanup runs every 5
+//!   minutes.
+//! - *Checks the seed lacks*: a TTL above 0 and within `--max-ttl`, an owner Lapse can hold, a
+//!   known instance type (Scaleway refuses an unknown one at create, so the seed makes
+//!   nothing either), cloud-init files only beneath `SWIM_CLOUD_INIT_DIR` ([`cloud_init`]).
+//!   `ServerType`, `SecurityGroupName` and `ImageID` are optional, where the seed requires
+//!   them after defaults: a local provider has no use for a security group.
+//! - *Instance types* are sizes the provider enforces ([`request::instance_types`]); a
+//!   provider that cannot enforce them on this host runs the lab without limits, the type
+//!   kept as a label (see `apply.rs`).
+//!
 //! **Nothing is lost, nothing is applied twice.** A consumer moves each message atomically
 //! from its queue to a processing list (`BLMOVE`, or a script that `RPOP`s a batch), where it
 //! carries a tag unique to it. It then commits the desired state together with a receipt for
@@ -26,17 +67,18 @@
 //! applied twice. Without a key, such a re-delivery is a new message.
 //!
 //! **A decommission touches only what SWIM made**: environments whose source is `swim`, with
-//! the owner (and lab) it names; never one the API, a pool or the config file made.
+//! the owner (and lab) it names; never one the API, a pool or the config file made (the seed
+//! scans only its own cache keys).
 //!
 //! **Which contract.** This module speaks the older contract (alex-sviridov/swim@27f4120);
 //! the newer one (`vmmanager:*`, LabMan's) is not a prefix of it but another contract,
 //! [`crate::compat::swim_v2`], served by the same pump ([`consumer::Contract`]) beside or
 //! instead of this one (`SWIM_CONTRACTS=v1,v2`, the `[redis]` table's `contracts`).
 //!
-//! Keys, with the default prefix `swim:`:
+//! Keys, with the default prefix `swim:` (`SWIM_PREFIX` puts another before every name):
 //! - `<prefix>provision:queue`, `<prefix>decomission:queue` (the seed's spelling): requests.
 //! - `<queue>:processing`, `<queue>:dead`: messages being handled; messages refused, as
-//!   `{"message", "reason", "queue", "at"}`.
+//!   `{"message", "length", "truncated", "reason", "queue", "at"}`.
 //! - `<prefix>server:<id>`: the state of environment `<id>` (see [`cache`]), 24 h TTL.
 //!
 //! One consumer per processing list: two servers on the same queues need different prefixes
@@ -76,8 +118,13 @@ pub struct SwimConfig {
     pub prefix: String,
     /// The provider that serves the requests.
     pub provider: String,
+    /// `SWIM_PROVISION_DEFAULT_IMAGE_ID`: the `ImageID` of a request that leaves it empty
+    /// (the image of `docker` labs; a label only for `process`).
     pub default_image: Option<String>,
+    /// `SWIM_PROVISION_DEFAULT_INSTANCE_TYPE`: the type of a request with neither
+    /// `ServerType` nor `InstanceType`.
     pub default_instance_type: Option<String>,
+    /// `SWIM_PROVISION_DEFAULT_SECURITY_GROUP`: kept as a label.
     pub default_security_group: Option<String>,
     /// The command of `process` environments (run with `/bin/sh -c`); also overrides the
     /// image's command for `docker` when set.
@@ -85,9 +132,10 @@ pub struct SwimConfig {
     /// `CloudInitFile`s are read only beneath it (see [`cloud_init`]); `None`: the data dir's
     /// `cloud-init`.
     pub cloud_init_dir: Option<PathBuf>,
-    /// Batches of provision messages handled at once (the seed's `vm-provision`: 2).
+    /// Batches of provision messages handled at once (Lapse's bound; the seed runs one
+    /// goroutine per message, unbounded).
     pub provision_concurrency: usize,
-    /// Batches of decommission messages handled at once (the seed's `vm-control`: 5).
+    /// Batches of decommission messages handled at once (Lapse's bound, as above).
     pub control_concurrency: usize,
     /// Most messages one handler takes at a time.
     pub batch: usize,

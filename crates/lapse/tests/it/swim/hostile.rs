@@ -40,11 +40,11 @@ async fn non_utf8_over_size_and_malformed_messages_are_dead_lettered_and_the_nex
     let big = format!(r#"{{"WebUsername":"big","LabID":1,"CloudInitFile":"{}"}}"#, "x".repeat(10 << 20));
     let messages: Vec<Vec<u8>> = vec![
         b"{\"WebUsername\":\"\xff\xfe\",\"LabID\":1}".to_vec(),
-        provision("ida", 1, ci, 30.0).into_bytes(),
+        provision("ida", 1, ci, 30).into_bytes(),
         big.clone().into_bytes(),
-        provision("ida", 2, ci, 30.0).into_bytes(),
+        provision("ida", 2, ci, 30).into_bytes(),
         b"{\"WebUsername\":".to_vec(),
-        provision("ida", 3, ci, 30.0).into_bytes(),
+        provision("ida", 3, ci, 30).into_bytes(),
     ];
     // LPUSH puts the last at the head; the consumer takes from the tail: push in reverse.
     s.redis.lpush_bytes(PROVISION, &messages.iter().rev().cloned().collect::<Vec<_>>()).await;
@@ -94,7 +94,7 @@ async fn a_queue_key_of_the_wrong_type_is_reported_as_such_not_as_a_lost_redis()
     assert_eq!(queues["connected"], true, "{queues}");
     assert!(queues["error"].as_str().unwrap().contains("WRONGTYPE"), "{queues}");
     // The other queue serves meanwhile, and this one once the key is a list again.
-    s.redis.lpush(PROVISION, &[provision("jo", 1, &s.cloud_init, 30.0)]).await;
+    s.redis.lpush(PROVISION, &[provision("jo", 1, &s.cloud_init, 30)]).await;
     eventually(secs(20), "the lab", async || (swim_envs(&s.server).await.len() == 1).then_some(())).await;
     s.redis.del(DECOMMISSION).await;
     s.redis.lpush(DECOMMISSION, &[json!({"WebUsername": "jo"}).to_string()]).await;
@@ -131,11 +131,11 @@ async fn cloud_init_files_are_read_only_beneath_their_dir() {
         ("sub", "not a regular file (it is a directory)"),
     ];
     let bad: Vec<String> =
-        cases.iter().enumerate().map(|(i, (file, _))| provision("kim", i as i64, file, 5.0)).collect();
+        cases.iter().enumerate().map(|(i, (file, _))| provision("kim", i as i64 + 1, file, 5)).collect();
     s.redis.lpush(PROVISION, &bad).await;
     // Good ones after them: by absolute path, and by a symlink that stays inside.
     s.redis
-        .lpush(PROVISION, &[provision("kim", 100, &s.cloud_init, 5.0), provision("kim", 101, "sub/inside.yml", 5.0)])
+        .lpush(PROVISION, &[provision("kim", 100, &s.cloud_init, 5), provision("kim", 101, "sub/inside.yml", 5)])
         .await;
     let dead = dead_letters(&s, PROVISION, cases.len()).await;
     for (message, (file, words)) in bad.iter().zip(cases) {
@@ -159,7 +159,7 @@ async fn the_dead_letter_list_keeps_only_the_newest() {
     let s = setup("process", &[("SWIM_DEAD_LETTER_MAX", "3")]).await;
     let bad: Vec<String> = (0..5).map(|i| format!("{{\"bad\": {i}")).collect();
     s.redis.lpush(PROVISION, &bad).await;
-    s.redis.lpush(PROVISION, &[provision("lee", 1, &s.cloud_init, 5.0)]).await;
+    s.redis.lpush(PROVISION, &[provision("lee", 1, &s.cloud_init, 5)]).await;
     eventually(secs(20), "the good lab", async || (swim_envs(&s.server).await.len() == 1).then_some(())).await;
     eventually(secs(20), "five refused", async || {
         let (_, q) = s.server.get("/v1/queues").await;
@@ -179,7 +179,7 @@ async fn a_decommission_deletes_only_environments_swim_made() {
         .create(json!({"owner": "max", "labels": {"swim.lab_id": "3"}, "spec": {"provider": "process", "cmd": ["sleep", "300"]}}))
         .await;
     let api = api["id"].as_str().unwrap().to_owned();
-    s.redis.lpush(PROVISION, &[provision("max", 3, &s.cloud_init, 30.0)]).await;
+    s.redis.lpush(PROVISION, &[provision("max", 3, &s.cloud_init, 30)]).await;
     let lab = eventually(secs(20), "the lab", async || {
         swim_envs(&s.server).await.first().and_then(|e| e["id"].as_str().map(str::to_owned))
     })
@@ -202,7 +202,7 @@ async fn an_idempotency_key_applies_a_request_once_even_replayed_by_hand() {
     s.redis.lpush(PROVISION, &[keyed(1, "req-1")]).await;
     eventually(secs(20), "lab 1", async || (labs(&s.server).await.get("1") == Some(&1)).then_some(())).await;
     // The same request again, and a request without a key twice.
-    let unkeyed = provision("nia", 2, &s.cloud_init, 30.0);
+    let unkeyed = provision("nia", 2, &s.cloud_init, 30);
     s.redis.lpush(PROVISION, &[keyed(1, "req-1"), unkeyed.clone(), unkeyed.clone()]).await;
     drained(&s, PROVISION).await;
     eventually(secs(20), "lab 2 twice", async || (labs(&s.server).await.get("2") == Some(&2)).then_some(())).await;

@@ -4,15 +4,15 @@
 
 use std::time::Duration;
 
-use lapse_server::swim::SwimConfig;
-use lapse_server::swim::request::{self, ProvisionRequest};
+use lapse_server::compat::swim::SwimConfig;
+use lapse_server::compat::swim::request::{self, ProvisionRequest};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let mut cfg = SwimConfig::new("127.0.0.1:6379");
     cfg.provider = "docker".into();
     cfg.default_image = Some("localhost/lab:1".into());
-    if let Ok(req) = request::parse_bytes::<ProvisionRequest>(data, lapse_server::swim::DEFAULT_MAX_MESSAGE_BYTES) {
-        let _ = request::provision(&req, &cfg, "#cloud-config\n".into(), Duration::from_secs(30 * 86_400));
+    if let Ok(req) = request::parse_bytes::<ProvisionRequest>(data, lapse_server::compat::swim::DEFAULT_MAX_MESSAGE_BYTES) {
+        let _ = request::provision(&req, &cfg, Duration::from_secs(30 * 86_400));
     }
 });

@@ -27,6 +27,8 @@ pub struct Context {
     pub auth: crate::auth::Auth,
     /// The SWIM Redis queues, if this server consumes them.
     pub swim: Option<std::sync::Arc<crate::compat::swim::Swim>>,
+    /// SWIM's newer contract (`vmmanager:*`), if this server serves it; set by `start`.
+    pub swim_v2: Option<std::sync::Arc<crate::compat::swim_v2::SwimV2>>,
     /// The declarative config file's state, if one is served.
     pub config_status: std::sync::Mutex<Option<lapse_core::wire::ConfigStatus>>,
     /// Stops and deletes recorded while the store could not write (see [`crate::deferred`]).
@@ -56,6 +58,7 @@ impl Context {
             pooled_hashes: Default::default(),
             config_status: std::sync::Mutex::new(None),
             swim,
+            swim_v2: None,
             auth,
             deferred,
         }

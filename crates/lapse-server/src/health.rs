@@ -10,6 +10,7 @@
 //! | `sweep` | every `sweep_interval` | no tick for 3 intervals + 30 s |
 //! | `pools` | at least every second | no tick for 30 s |
 //! | `swim:<queue>` | at least every second (`BLMOVE` waits 1 s) | no tick for 60 s (Redis down, a stuck batch) |
+//! | `swim_v2:<queue>`, `swim_v2:expiry` | every second; every 5 s | no tick for 60 s |
 //! | `reconciler` | at each step it starts | never ticked, or work waiting and no step started for 120 s |
 //! | `timers` | when a deadline fires or an earlier one is set | never ticked (it sleeps until its next deadline) |
 //!
@@ -70,6 +71,12 @@ pub fn expected(app: &App) -> Vec<(String, Expect)> {
         for queue in &swim.queues {
             loops.push((format!("swim:{}", queue.name()), Expect::Within(Duration::from_secs(60))));
         }
+    }
+    if let Some(v2) = &app.cx.swim_v2 {
+        for queue in &v2.link.queues {
+            loops.push((format!("swim_v2:{}", queue.name()), Expect::Within(Duration::from_secs(60))));
+        }
+        loops.push(("swim_v2:expiry".to_owned(), Expect::Within(Duration::from_secs(60))));
     }
     loops
 }

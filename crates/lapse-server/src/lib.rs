@@ -184,7 +184,9 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         None => None,
     };
 
-    let cx = Arc::new(Context::new(store, providers, config, controller_id, auth, swim, deferred));
+    let mut cx = Context::new(store, providers, config, controller_id, auth, swim, deferred);
+    cx.swim_v2 = swim_v2.clone();
+    let cx = Arc::new(cx);
     let reconciler = Reconciler::new(cx.clone());
     // Stops and deletes made while the disk was full, before a crash: into the store first.
     if !cx.deferred.is_empty() {

@@ -60,18 +60,30 @@ pub async fn providers(State(app): State<App>) -> Json<ProviderList> {
 /// The SWIM Redis queues: depth, in flight, dead-lettered and processed counts.
 #[utoipa::path(get, path = "/v1/queues", tag = "system", responses((status = 200, body = QueuesView), (status = 500, body = ErrorBody)))]
 pub async fn queues(State(app): State<App>) -> Result<Json<QueuesView>, ApiError> {
-    let Some(swim) = &app.cx.swim else {
-        return Ok(Json(QueuesView {
-            enabled: false,
-            redis: None,
-            connected: false,
-            error: None,
-            provider: None,
-            queues: vec![],
-        }));
-    };
+    let links = app.cx.swim.iter().chain(app.cx.swim_v2.iter().map(|v2| &v2.link));
     let processed = app.cx.store.queue_counters().await.map_err(|e| ApiError::from(crate::app::AppError::Store(e)))?;
-    Ok(Json(swim.view(&processed).await))
+    let mut all: Option<QueuesView> = None;
+    // Both contracts share one Redis: their queues are listed together.
+    for link in links {
+        let view = link.view(&processed).await;
+        all = Some(match all {
+            None => view,
+            Some(mut both) => {
+                both.connected &= view.connected;
+                both.error = both.error.or(view.error);
+                both.queues.extend(view.queues);
+                both
+            }
+        });
+    }
+    Ok(Json(all.unwrap_or(QueuesView {
+        enabled: false,
+        redis: None,
+        connected: false,
+        error: None,
+        provider: None,
+        queues: vec![],
+    })))
 }
 
 /// Time and cost per environment and per tenant in a period (default: this month so far). A

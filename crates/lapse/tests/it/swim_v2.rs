@@ -334,6 +334,20 @@ async fn both_contracts_side_by_side_on_one_redis() {
     assert_eq!(labs(&s.server).await.len(), 1);
     rpush(&s.redis, DECOMMISSION, &[br#"{"webuserid":"ann"}"#]).await;
     eventually(secs(20), "the v2 key deleted", async || state_of(&s.redis, "ann").await.is_none().then_some(())).await;
+
+    // Both contracts' queues are shown together, and both pumps count for readiness.
+    let (_, queues) = s.server.get("/v1/queues").await;
+    let names: Vec<&str> = queues["queues"].as_array().unwrap().iter().map(|q| q["key"].as_str().unwrap()).collect();
+    for key in ["swim:provision:queue", "swim:decomission:queue", "vmmanager:provision", "vmmanager:decommission"] {
+        assert!(names.contains(&key), "{key} in {queues}");
+    }
+    assert_eq!(queues["connected"], true, "{queues}");
+    let (status, ready) = s.server.get("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    let loops = ready.to_string();
+    for name in ["swim:provision", "swim_v2:provision", "swim_v2:decommission", "swim_v2:expiry"] {
+        assert!(loops.contains(name), "{name} in {ready}");
+    }
 }
 
 #[tokio::test]

@@ -95,6 +95,9 @@ pub struct EnvDecl {
     pub spec: Spec,
     #[serde(default)]
     pub warm_pool: Option<WarmPool>,
+    /// The seed's spec as written in a `.exs` file (JSON text); never read from TOML.
+    #[serde(skip)]
+    pub seed_spec: Option<String>,
 }
 
 /// A declared pool.
@@ -121,6 +124,9 @@ pub struct Declared {
     pub pools: Vec<PoolDecl>,
     /// The file's top-level `allow_mass_removal`.
     pub allow_mass_removal: bool,
+    /// Environments the file no longer declares are kept, not deleted (a seed `.exs` file,
+    /// as the seed keeps them, unless the server runs with `--config-delete-removed`).
+    pub keep_removed: bool,
 }
 
 /// The 1-based line of byte `offset` (clamped to the text).

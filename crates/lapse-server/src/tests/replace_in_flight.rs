@@ -27,6 +27,7 @@ fn job(job_id: &str, cmd: &str) -> Job {
         ttl: None,
         on_expiry: OnExpiry::Stop,
         source: "test".into(),
+        seed_spec: None,
     }
 }
 

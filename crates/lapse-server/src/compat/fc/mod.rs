@@ -7,6 +7,8 @@
 //! the provider defaults to `--vms-provider`. `rootfs` and `kernel` need a VM provider, which
 //! this server does not have yet: they are refused with a 400, not ignored.
 
+pub mod phash2;
+
 use std::collections::BTreeMap;
 
 use axum::Json;
@@ -133,6 +135,8 @@ fn to_spec(seed: &SeedSpec, default_provider: &str) -> Result<Spec, FieldError> 
         resources: seed.resources.map(|r| Resources { vcpu: r.vcpu, mem_mb: r.mem_mb, disk_gb: None }),
         ports: seed.ports.clone(),
         user_data: None,
+        kernel: None,
+        rootfs: None,
     })
 }
 
@@ -179,6 +183,7 @@ pub async fn create_vm(
         ttl: None,
         on_expiry: Default::default(),
         source: "vms".into(),
+        seed_spec: None,
     };
     let created = app.upsert_job(job, "vms").await.map_err(seed_error)?;
     let view = JobView {

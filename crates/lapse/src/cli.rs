@@ -335,6 +335,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         ),
                         None => None,
                     },
+                    ..Default::default()
                 },
                 ttl: args.ttl.as_deref().map(duration_input),
                 on_expiry: if args.on_expiry == "delete" { OnExpiry::Delete } else { OnExpiry::Stop },

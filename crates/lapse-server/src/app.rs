@@ -146,11 +146,11 @@ impl App {
     /// The principal of an environment the operator makes in `tenant`'s namespace (`/vms`,
     /// config files). With keys on, the tenant must exist; without them (one operator, as in
     /// the seeds) it is made on first use, with the `free` tier.
-    async fn namespace(&self, tenant: &str, actor: &str) -> Result<Principal, AppError> {
+    async fn namespace(&self, tenant: &str, actor: &str, make_tenant: bool) -> Result<Principal, AppError> {
         if tenant == NO_TENANT || self.cx.store.tenant(tenant).await?.is_some() {
             return Ok(Principal::operator(tenant, actor));
         }
-        if self.cx.auth.enabled() {
+        if self.cx.auth.enabled() && !make_tenant {
             return Err(invalid(
                 "tenant",
                 format!("tenant {tenant} does not exist; create it first (POST /v1/admin/tenants)"),
@@ -287,7 +287,7 @@ impl App {
     pub async fn upsert_job(&self, mut job: Job, actor: &str) -> Result<Created, AppError> {
         // One upsert at a time: `/vms` and a config reload naming one new `job_id` make one.
         let _serial = self.jobs_lock.lock().await;
-        let who = self.namespace(&job.tenant, actor).await?;
+        let who = self.namespace(&job.tenant, actor, job.make_tenant).await?;
         self.check_boot(&job.spec)?;
         let now = self.now();
         let existing = self.cx.store.get_by_job(&job.job_id).await?;
@@ -396,6 +396,7 @@ impl App {
                 on_expiry,
                 source: "config".into(),
                 seed_spec: decl.seed_spec.clone(),
+                make_tenant: false,
             };
             self.upsert_job(job, "config").await?;
         }
@@ -856,6 +857,9 @@ pub struct Job {
     pub source: String,
     /// The seed's own spec as given (JSON text), kept on the environment; `None` elsewhere.
     pub seed_spec: Option<String>,
+    /// Make the tenant on first use even when keys are on (the seed's own listener, where
+    /// whoever reaches it is the operator and tenants are free text, as in the seed).
+    pub make_tenant: bool,
 }
 
 /// A failed environment asked to run again gets a fresh round of attempts.

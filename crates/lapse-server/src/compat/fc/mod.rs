@@ -38,6 +38,7 @@ use axum::Json;
 use axum::Router;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::Extension;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -69,6 +70,7 @@ pub fn router() -> Router<App> {
 pub fn seed_router(app: App) -> Router {
     router()
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
+        .layer(Extension(SeedListener))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             SeedError { status: StatusCode::SERVICE_UNAVAILABLE, message: "the server failed on this request".into() }
@@ -77,6 +79,11 @@ pub fn seed_router(app: App) -> Router {
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(app)
 }
+
+/// Marks a request that came through the seed's own listener: its tenants are made on first
+/// use even when the main listener has keys (the seed's tenants are free text).
+#[derive(Clone, Copy, Debug)]
+pub struct SeedListener;
 
 /// The seed's `202`.
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -96,7 +103,11 @@ pub struct Accepted {
         (status = 400, description = "Refused", body = SeedErrorBody),
         (status = 503, description = "A system error", body = SeedErrorBody),
     ))]
-pub async fn create_vm(State(app): State<App>, req: Request) -> Result<Response, SeedError> {
+pub async fn create_vm(
+    State(app): State<App>,
+    seed_listener: Option<Extension<SeedListener>>,
+    req: Request,
+) -> Result<Response, SeedError> {
     let body = read_json(req).await?;
     let body = request::read_body(&body).map_err(|e| SeedError::bad_request(e.to_string()))?;
     let invalid = |e: validate::FieldError| SeedError::bad_request(e.to_string());
@@ -126,6 +137,7 @@ pub async fn create_vm(State(app): State<App>, req: Request) -> Result<Response,
         on_expiry: Default::default(),
         source: "vms".into(),
         seed_spec: Some(mapped.seed_spec),
+        make_tenant: seed_listener.is_some(),
     };
     let created = app.upsert_job(job, "vms").await?;
     if let Some(pool) = mapped.warm_pool {

@@ -433,7 +433,7 @@ impl App {
             self.put_pool_from(&decl.name, req, "config", "config").await?;
         }
         for pool in existing_pools {
-            if pool.source == "config" && !wanted_pools.contains(&pool.name) {
+            if pool.source == "config" && !wanted_pools.contains(&pool.name) && !declared.keep_removed {
                 self.delete_pool(&pool.name, "config").await?;
             }
         }

@@ -592,8 +592,10 @@ fn check(file: &std::path::Path, max_ttl: &str, vms_provider: &str, json: bool) 
         }
         Err(errors) => {
             if json {
-                let list: Vec<_> =
-                    errors.iter().map(|e| serde_json::json!({"line": e.line, "column": e.column, "message": e.message})).collect();
+                let list: Vec<_> = errors
+                    .iter()
+                    .map(|e| serde_json::json!({"line": e.line, "column": e.column, "message": e.message}))
+                    .collect();
                 print_json(&serde_json::json!({"ok": false, "errors": list}));
             } else {
                 for e in &errors {

@@ -136,8 +136,8 @@ fn entry_decl(entry: &Term, default_provider: &str) -> Result<EnvDecl, ConfigErr
     let Value::Object(seed) = to_json(spec)? else {
         return Err(at(spec, format!("{what}: the spec must be a map")));
     };
-    let mut mapped = crate::compat::fc::request::map_spec(&seed, default_provider)
-        .map_err(|e| at(spec, format!("{what}: {e}")))?;
+    let mut mapped =
+        crate::compat::fc::request::map_spec(&seed, default_provider).map_err(|e| at(spec, format!("{what}: {e}")))?;
     if !mapped.resources_given {
         mapped.spec.resources = None;
     }
@@ -168,7 +168,9 @@ pub fn to_json(term: &Term) -> Result<Value, ConfigError> {
                 return Err(at(term, "an integer beyond 64 bits"));
             }
         }
-        Kind::Float(f) => serde_json::Number::from_f64(*f).map(Value::Number).ok_or_else(|| at(term, "not a finite number"))?,
+        Kind::Float(f) => {
+            serde_json::Number::from_f64(*f).map(Value::Number).ok_or_else(|| at(term, "not a finite number"))?
+        }
         Kind::String(s) => Value::String(s.clone()),
         Kind::Atom(a) => match a.as_str() {
             "true" => Value::Bool(true),
@@ -177,7 +179,9 @@ pub fn to_json(term: &Term) -> Result<Value, ConfigError> {
             other => Value::String(other.to_owned()),
         },
         Kind::List(items) => Value::Array(items.iter().map(to_json).collect::<Result<_, _>>()?),
-        Kind::Tuple(_) => return Err(at(term, "a tuple inside a spec cannot be stored (the seed's Jason.encode! fails on it)")),
+        Kind::Tuple(_) => {
+            return Err(at(term, "a tuple inside a spec cannot be stored (the seed's Jason.encode! fails on it)"));
+        }
         Kind::Map(pairs) => {
             let mut out = Map::new();
             for (k, v) in pairs {
@@ -280,7 +284,9 @@ impl Parser {
                     _ => Err(ConfigError {
                         line,
                         column,
-                        message: format!("{word:?} is not a literal (only literal terms are read; no code is evaluated)"),
+                        message: format!(
+                            "{word:?} is not a literal (only literal terms are read; no code is evaluated)"
+                        ),
                     }),
                 }
             }
@@ -393,7 +399,11 @@ impl Parser {
                 None => return Err(self.error("a string is not closed")),
                 Some('"') => return Ok(out),
                 Some('#') if self.peek() == Some('{') => {
-                    return Err(ConfigError { line, column, message: "interpolation (#{...}) is code; write the value".into() });
+                    return Err(ConfigError {
+                        line,
+                        column,
+                        message: "interpolation (#{...}) is code; write the value".into(),
+                    });
                 }
                 Some('\\') => match self.bump() {
                     Some('n') => out.push('\n'),
@@ -422,7 +432,8 @@ impl Parser {
             self.bump();
             self.bump();
             let digits = self.digits(|c| c.is_ascii_hexdigit());
-            let n = i128::from_str_radix(&digits, 16).map_err(|_| bad(format!("bad hexadecimal integer 0x{digits}")))?;
+            let n =
+                i128::from_str_radix(&digits, 16).map_err(|_| bad(format!("bad hexadecimal integer 0x{digits}")))?;
             return Ok(Kind::Integer(if negative { -n } else { n }));
         }
         let whole = self.digits(|c| c.is_ascii_digit());

@@ -11,7 +11,11 @@ use super::exs::{self, MAX_DEPTH, parse_terms, to_json};
 const SEED_FILE: &str = include_str!("../../../lapse/tests/it/fc/desired_vms.exs");
 
 fn seed_file_without_kernel() -> String {
-    SEED_FILE.lines().filter(|l| !l.trim_start().starts_with("rootfs:") && !l.trim_start().starts_with("kernel:")).collect::<Vec<_>>().join("\n")
+    SEED_FILE
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("rootfs:") && !l.trim_start().starts_with("kernel:"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn error_of(text: &str) -> (usize, usize, String) {
@@ -23,7 +27,10 @@ fn error_of(text: &str) -> (usize, usize, String) {
 fn the_seeds_own_file_is_read_and_its_kernel_refused_by_a_provider_that_cannot_boot_one() {
     let (line, column, message) = error_of(SEED_FILE);
     assert_eq!((line, column), (6, 3), "the entry's tuple: {message}");
-    assert!(message.starts_with("vm \"web-app-1\": spec.kernel: the process provider cannot boot a kernel"), "{message}");
+    assert!(
+        message.starts_with("vm \"web-app-1\": spec.kernel: the process provider cannot boot a kernel"),
+        "{message}"
+    );
 
     let declared = exs::parse(&seed_file_without_kernel(), "process").expect("the rest of the seed's file is read");
     let [(env, ttl)] = declared.environments.as_slice() else { panic!("one entry: {declared:?}") };

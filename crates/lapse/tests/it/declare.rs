@@ -180,4 +180,3 @@ async fn a_bad_config_file_stops_the_server_from_starting() {
     assert!(check.status.success());
     assert_eq!(String::from_utf8_lossy(&check.stdout), format!("{}: ok (2 environments, 1 pools)\n", file.display()));
 }
-

@@ -58,7 +58,9 @@ async fn every_body_the_seed_accepts_is_accepted_and_what_it_refuses_is_its_400(
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let generated = body["job_id"].as_str().unwrap().to_owned();
     assert!(
-        generated.len() == 19 && generated.starts_with("vm-") && generated[3..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+        generated.len() == 19
+            && generated.starts_with("vm-")
+            && generated[3..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
         "vm-<16 lowercase hex>: {generated}"
     );
     assert_eq!(body, accepted(&generated));
@@ -86,24 +88,42 @@ async fn every_body_the_seed_accepts_is_accepted_and_what_it_refuses_is_its_400(
     assert_eq!((status, answer), (StatusCode::ACCEPTED, accepted("with-role")));
     let (_, info) = server.get("/vms/with-role").await;
     assert_eq!(info["specs"], seed_spec, "the seed's spec, verbatim");
-    assert_eq!(info["config"], json!({"vcpus": 1.0, "memory_mb": 256, "kernel_path": null, "rootfs_path": null, "boot_args": null}));
+    assert_eq!(
+        info["config"],
+        json!({"vcpus": 1.0, "memory_mb": 256, "kernel_path": null, "rootfs_path": null, "boot_args": null})
+    );
     let (_, list) = server.get("/v1/environments?job_id=with-role").await;
     let env = &list["environments"][0];
-    assert_eq!(env["spec"]["env"], json!({"DEBUG": "true", "NAME": "x", "PORT": "4000"}), "Lapse's spec has the strings");
+    assert_eq!(
+        env["spec"]["env"],
+        json!({"DEBUG": "true", "NAME": "x", "PORT": "4000"}),
+        "Lapse's spec has the strings"
+    );
     assert!(env["spec"].get("role").is_none());
     // The seed's defaults (lib/vm.ex): 2 vCPU, 512 MiB.
     let (_, info) = server.get("/vms/job_1").await;
     assert_eq!((info["config"]["vcpus"].clone(), info["config"]["memory_mb"].clone()), (json!(2.0), json!(512)));
 
     // What the seed refuses, as it refuses it.
-    for body in [json!({"job_id": 5, "spec": spec}), json!({"job_id": ""}), json!({"tenant": ["x"]}), json!({"job_id": "a", "tenant": ""})]
-    {
+    for body in [
+        json!({"job_id": 5, "spec": spec}),
+        json!({"job_id": ""}),
+        json!({"tenant": ["x"]}),
+        json!({"job_id": "a", "tenant": ""}),
+    ] {
         let (status, answer) = server.post("/vms", body.clone()).await;
-        assert_eq!((status, answer), (StatusCode::BAD_REQUEST, json!({"error": "missing job_id (or vm_id/tenant)"})), "{body}");
+        assert_eq!(
+            (status, answer),
+            (StatusCode::BAD_REQUEST, json!({"error": "missing job_id (or vm_id/tenant)"})),
+            "{body}"
+        );
     }
     // rootfs and kernel: kept, and refused with a clear error by a provider that cannot boot them.
     let (status, answer) = server
-        .post("/vms", json!({"job_id": "vm-image", "spec": {"rootfs": "rootfs-web.ext4", "kernel": "vmlinux", "cmd": ["x"]}}))
+        .post(
+            "/vms",
+            json!({"job_id": "vm-image", "spec": {"rootfs": "rootfs-web.ext4", "kernel": "vmlinux", "cmd": ["x"]}}),
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert!(answer["error"].as_str().unwrap().contains("cannot boot a kernel and root filesystem"), "{answer}");
@@ -192,7 +212,10 @@ async fn a_warm_claim_and_an_upsert_of_a_running_job_are_201_and_stats_has_the_s
     assert_eq!(jobs.len(), 2);
     for (job, (id, tenant)) in jobs.iter().zip([("web-app-1", "web-app-1"), ("web-app-2", "web")]) {
         assert_eq!(keys(job), ["job_id", "spec", "status", "tenant", "vm_id"]);
-        assert_eq!((job["job_id"].as_str(), job["tenant"].as_str(), job["status"].as_str()), (Some(id), Some(tenant), Some("running")));
+        assert_eq!(
+            (job["job_id"].as_str(), job["tenant"].as_str(), job["status"].as_str()),
+            (Some(id), Some(tenant), Some("running"))
+        );
         assert_eq!(job["spec"], spec);
     }
     let warm = &stats["warm_pool"].as_array().unwrap()[0];
@@ -213,7 +236,10 @@ async fn a_warm_claim_and_an_upsert_of_a_running_job_are_201_and_stats_has_the_s
     assert_eq!(warm["profile"], "service-orphaned", "{stats:#}");
     assert_eq!(warm["for_workloads"], json!([]));
     let hash = warm["spec_hash"].as_str().unwrap();
-    assert!((1..=7).contains(&hash.len()) && hash.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()), "{hash}");
+    assert!(
+        (1..=7).contains(&hash.len()) && hash.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()),
+        "{hash}"
+    );
 }
 
 /// The seed's deployment: its routes on their own port without keys, `/v1` keeping them.
@@ -238,7 +264,8 @@ async fn seed_listen_serves_the_seed_without_keys_while_the_main_listener_keeps_
     let seed = format!("http://{seed_addr}");
     let http = reqwest::Client::new();
 
-    let answer = http.post(format!("{seed}/vms")).json(&json!({"job_id": "open", "spec": {"cmd": ["x"]}})).send().await.unwrap();
+    let answer =
+        http.post(format!("{seed}/vms")).json(&json!({"job_id": "open", "spec": {"cmd": ["x"]}})).send().await.unwrap();
     assert_eq!(answer.status(), StatusCode::ACCEPTED);
     assert_eq!(answer.json::<Value>().await.unwrap(), accepted("open"));
     let answer = http.get(format!("{seed}/stats")).send().await.unwrap();
@@ -253,7 +280,12 @@ async fn seed_listen_serves_the_seed_without_keys_while_the_main_listener_keeps_
         assert_eq!(answer.text().await.unwrap(), "not found");
     }
     // The main listener keeps its keys, for /v1 and for the seed's routes alike.
-    for (method, path) in [(Method::GET, "/v1/environments"), (Method::GET, "/vms/open"), (Method::GET, "/stats"), (Method::DELETE, "/vms/open")] {
+    for (method, path) in [
+        (Method::GET, "/v1/environments"),
+        (Method::GET, "/vms/open"),
+        (Method::GET, "/stats"),
+        (Method::DELETE, "/vms/open"),
+    ] {
         let (status, body) = server.request_as(None, method, path, None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
     }

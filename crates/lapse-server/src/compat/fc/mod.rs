@@ -34,11 +34,11 @@ pub mod views;
 
 use std::collections::BTreeMap;
 
+use axum::Extension;
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::Extension;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -123,7 +123,8 @@ pub async fn create_vm(
         }
     }
     if let Some(w) = mapped.warm_pool {
-        validate::pool_size(w.min, w.max).map_err(|e| invalid(validate::FieldError { field: "spec.warm_pool".into(), ..e }))?;
+        validate::pool_size(w.min, w.max)
+            .map_err(|e| invalid(validate::FieldError { field: "spec.warm_pool".into(), ..e }))?;
     }
     let job = Job {
         job_id: body.job_id.clone(),
@@ -141,8 +142,13 @@ pub async fn create_vm(
     };
     let created = app.upsert_job(job, "vms").await?;
     if let Some(pool) = mapped.warm_pool {
-        let put =
-            PutPool { spec: mapped.spec.clone(), min: pool.min, max: pool.max, version: None, lifecycle: mapped.lifecycle };
+        let put = PutPool {
+            spec: mapped.spec.clone(),
+            min: pool.min,
+            max: pool.max,
+            version: None,
+            lifecycle: mapped.lifecycle,
+        };
         app.put_pool(&format!("vms-{}", mapped.spec.hash()), put, "vms").await?;
     }
     if created.claimed || created.env.observed == ObservedState::Running {

@@ -136,7 +136,13 @@ pub fn map_spec(seed: &Map<String, Value>, default_provider: &str) -> Result<Map
         None | Some(Value::Null) => BTreeMap::new(),
         Some(Value::Object(vars)) => vars
             .iter()
-            .map(|(k, v)| Ok((k.clone(), scalar_text(v).ok_or_else(|| bad(&format!("env.{k}"), "must be a string, number, boolean or null"))?)))
+            .map(|(k, v)| {
+                Ok((
+                    k.clone(),
+                    scalar_text(v)
+                        .ok_or_else(|| bad(&format!("env.{k}"), "must be a string, number, boolean or null"))?,
+                ))
+            })
             .collect::<Result<_, FieldError>>()?,
         Some(_) => return Err(bad("env", "must be an object")),
     };
@@ -169,7 +175,11 @@ pub fn map_spec(seed: &Map<String, Value>, default_provider: &str) -> Result<Map
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) => items
             .iter()
-            .map(|v| v.as_u64().and_then(|n| u16::try_from(n).ok()).ok_or_else(|| bad("ports", "must be a list of TCP ports")))
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|n| u16::try_from(n).ok())
+                    .ok_or_else(|| bad("ports", "must be a list of TCP ports"))
+            })
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(bad("ports", "must be a list of TCP ports")),
     };
@@ -210,5 +220,9 @@ fn resources(r: &Map<String, Value>) -> Result<Resources, FieldError> {
         .map(|v| v.as_f64().ok_or_else(|| bad("resources.vcpu", "must be a number")))
         .transpose()?
         .unwrap_or(DEFAULT_VCPU);
-    Ok(Resources { vcpu: Some(vcpu), mem_mb: Some(whole("mem_mb")?.unwrap_or(DEFAULT_MEM_MB)), disk_gb: whole("disk_gb")? })
+    Ok(Resources {
+        vcpu: Some(vcpu),
+        mem_mb: Some(whole("mem_mb")?.unwrap_or(DEFAULT_MEM_MB)),
+        disk_gb: whole("disk_gb")?,
+    })
 }

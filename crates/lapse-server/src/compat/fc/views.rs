@@ -91,7 +91,11 @@ pub fn vm_info(env: &Environment) -> VmInfo {
         tap: None,
         api_sock: None,
         metrics_path: None,
-        pid: if env.spec.provider == "process" { env.provider_ref.as_deref().and_then(|r| r.parse().ok()) } else { None },
+        pid: if env.spec.provider == "process" {
+            env.provider_ref.as_deref().and_then(|r| r.parse().ok())
+        } else {
+            None
+        },
         status: seed_status(env).to_owned(),
         specs: seed_spec(env),
         config: VmConfig {

@@ -23,7 +23,11 @@ fn without_kernel() -> String {
 
 async fn lapse_check(file: &Path) -> (Option<i32>, String, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lapse")).arg("check").arg(file).output().await.unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Polls `GET /vms/:id` until `pred` holds for its status code.
@@ -54,7 +58,10 @@ async fn lapse_check_reads_the_seeds_own_file() {
     let (code, _, stderr) = lapse_check(&file).await;
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains(&format!("{}:6:3: vm \"web-app-1\": spec.kernel: the process provider cannot boot a kernel", file.display())),
+        stderr.contains(&format!(
+            "{}:6:3: vm \"web-app-1\": spec.kernel: the process provider cannot boot a kernel",
+            file.display()
+        )),
         "the entry's line and column, and why: {stderr}"
     );
     std::fs::write(&file, without_kernel()).unwrap();

@@ -242,6 +242,33 @@ async fn a_warm_claim_and_an_upsert_of_a_running_job_are_201_and_stats_has_the_s
     );
 }
 
+/// An upsert of a running job with a new spec answers 201 as the seed does, and (unlike the
+/// seed, whose running VM keeps the old spec while its store holds the new one) applies it.
+#[tokio::test]
+async fn an_upsert_of_a_running_job_with_a_new_spec_answers_201_and_applies_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = sim_server(dir.path()).await;
+    let (status, _) = server.post("/vms", json!({"job_id": "api", "spec": {"cmd": ["/app/v1"]}})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let before = wait_status(&server, "api", "running").await;
+    let (status, info) = server.post("/vms", json!({"job_id": "api", "spec": {"cmd": ["/app/v2"], "role": "x"}})).await;
+    assert_eq!(status, StatusCode::CREATED, "{info}");
+    assert_eq!(
+        (info["id"].clone(), info["specs"].clone()),
+        (before["id"].clone(), json!({"cmd": ["/app/v2"], "role": "x"}))
+    );
+    let deadline = Instant::now() + secs(30);
+    loop {
+        let (_, list) = server.get("/v1/environments?job_id=api").await;
+        let env = &list["environments"][0];
+        if env["spec"]["cmd"] == json!(["/app/v2"]) && env["state"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new spec runs: {list}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// The seed's deployment: its routes on their own port without keys, `/v1` keeping them.
 #[tokio::test]
 async fn seed_listen_serves_the_seed_without_keys_while_the_main_listener_keeps_them() {
@@ -291,6 +318,17 @@ async fn seed_listen_serves_the_seed_without_keys_while_the_main_listener_keeps_
     }
     let (status, info) = server.get("/vms/open").await;
     assert_eq!(status, StatusCode::OK, "with the admin key: {info}");
+    // A tenant's key does not reach them: they are the admin's on the main listener.
+    let (status, _) = server.post("/v1/admin/tenants", json!({"name": "acme"})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, key) = server.post("/v1/admin/tenants/acme/keys", json!({})).await;
+    let key = key["key"].as_str().unwrap();
+    for (method, path) in
+        [(Method::GET, "/vms/open"), (Method::DELETE, "/vms/open"), (Method::POST, "/vms"), (Method::GET, "/stats")]
+    {
+        let (status, body) = server.request_as(Some(key), method, path, Some(json!({}))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+    }
     let answer = http.delete(format!("{seed}/vms/open")).send().await.unwrap();
     assert_eq!(answer.status(), StatusCode::NO_CONTENT);
 }

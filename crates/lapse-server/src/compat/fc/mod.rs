@@ -101,6 +101,10 @@ pub struct Accepted {
         (status = 201, description = "A warm VM was claimed, or the job already runs", body = VmInfo),
         (status = 202, description = "It will be provisioned", body = Accepted),
         (status = 400, description = "Refused", body = SeedErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = SeedErrorBody),
+        (status = 413, description = "Body too large", body = SeedErrorBody),
+        (status = 415, description = "Not JSON", body = SeedErrorBody),
+        (status = 409, description = "The same new id was upserted at the same time; retry", body = SeedErrorBody),
         (status = 503, description = "A system error", body = SeedErrorBody),
     ))]
 pub async fn create_vm(

@@ -48,7 +48,9 @@
 //! entries write nothing; an edit of any declared field (`spec`, `lifecycle`, `labels`, `ttl`,
 //! `tenant`, `name`, `on_expiry`, `max_retries`; a pool's `spec`, `min`, `max`, `version`,
 //! `lifecycle`) is applied. Entries the file declared before and no longer does are deleted
-//! (environments) or removed (pools); what the API made is never touched.
+//! (environments) or removed (pools); what the API made is never touched. A seed `.exs` file
+//! keeps what leaves it, as the seed does (so its removal guard has nothing to guard), unless
+//! the server runs with `--config-delete-removed`.
 //!
 //! **A reading of the file is applied whole or not at all, and only when it is safe.** It is
 //! refused, with the last good state kept in force and the reason in `GET /v1/status`

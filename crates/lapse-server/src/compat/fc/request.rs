@@ -226,3 +226,62 @@ fn resources(r: &Map<String, Value>) -> Result<Resources, FieldError> {
         disk_gb: whole("disk_gb")?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn check(body: Value, expect: Result<(&str, &str, Value), BodyError>) {
+        let got = read_body(&body).map(|b| (b.job_id, b.tenant, Value::Object(b.spec)));
+        let expect = expect.map(|(id, tenant, spec)| (id.to_owned(), tenant.to_owned(), spec));
+        assert_eq!(got, expect, "{body}");
+    }
+
+    #[test]
+    fn the_id_is_job_id_else_vm_id_else_tenant_and_nil_or_false_count_as_absent() {
+        check(json!({"job_id": "a", "vm_id": "b", "tenant": "c"}), Ok(("a", "c", json!({}))));
+        check(json!({"vm_id": "b", "tenant": "c"}), Ok(("b", "c", json!({}))));
+        check(json!({"tenant": "c", "spec": {"x": 1}}), Ok(("c", "c", json!({"x": 1}))));
+        check(json!({"job_id": null, "vm_id": false, "tenant": "c", "spec": false}), Ok(("c", "c", json!({}))));
+        check(json!({"job_id": 0}), Err(BodyError::MissingId));
+        check(json!({"job_id": ""}), Err(BodyError::MissingId));
+        check(json!({"job_id": "a", "tenant": 1}), Err(BodyError::MissingId));
+        check(json!({"job_id": "a", "spec": []}), Err(BodyError::SpecNotAnObject));
+        check(json!("a"), Err(BodyError::NotAnObject));
+        let generated = read_body(&json!({})).unwrap();
+        assert_eq!(generated.tenant, generated.job_id);
+        assert!(generated.job_id.starts_with("vm-") && generated.job_id.len() == 19, "{}", generated.job_id);
+    }
+
+    #[test]
+    fn a_seed_spec_maps_onto_lapses_and_is_kept_verbatim() {
+        let seed = json!({"cmd": ["a"], "env": {"PORT": 4000, "ON": true, "NONE": null, "S": "s", "F": 1.5},
+            "role": "api", "lifecycle": "daemon", "warm_pool": {"min": 0, "max": 3}, "kernel": "vmlinux"});
+        let Value::Object(seed) = seed else { unreachable!("an object literal") };
+        let mapped = map_spec(&seed, "process").unwrap();
+        assert_eq!(mapped.spec.provider, "process");
+        let env: Vec<(&str, &str)> = mapped.spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(env, [("F", "1.5"), ("NONE", ""), ("ON", "true"), ("PORT", "4000"), ("S", "s")]);
+        assert_eq!(mapped.lifecycle, Lifecycle::Daemon);
+        assert_eq!(mapped.warm_pool, None, "min 0 is no warm pool, as the seed");
+        assert_eq!(mapped.spec.kernel.as_deref(), Some("vmlinux"));
+        assert!(!mapped.resources_given);
+        let r = mapped.spec.resources.unwrap();
+        assert_eq!((r.vcpu, r.mem_mb), (Some(DEFAULT_VCPU), Some(DEFAULT_MEM_MB)));
+        assert_eq!(serde_json::from_str::<Value>(&mapped.seed_spec).unwrap(), Value::Object(seed));
+        for (bad, field) in [
+            (json!({"env": {"A": [1]}}), "spec.env.A"),
+            (json!({"resources": {"vcpu": "two"}}), "spec.resources.vcpu"),
+            (json!({"resources": {"mem_mb": -1}}), "spec.resources.mem_mb"),
+            (json!({"warm_pool": {"min": "1"}}), "spec.warm_pool.min"),
+            (json!({"ports": [70000]}), "spec.ports"),
+            (json!({"provider": 1}), "spec.provider"),
+            (json!({"big": "x".repeat(MAX_SEED_SPEC_BYTES)}), "spec"),
+        ] {
+            let Value::Object(bad) = bad else { unreachable!("an object literal") };
+            assert_eq!(map_spec(&bad, "sim").unwrap_err().field, field);
+        }
+    }
+}

@@ -160,6 +160,14 @@ pub struct Spec {
     /// (its path is in `LAPSE_USER_DATA` and on the record as `user_data_path`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data: Option<String>,
+    /// A guest kernel to boot (the seed's `kernel`): only a provider that boots kernels
+    /// (`Provider::boots_kernel`) takes it; the others refuse it. Absent from the hash when
+    /// unset, so specs without it hash as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// A root filesystem image for that kernel (the seed's `rootfs`); as `kernel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<String>,
 }
 
 /// A way in: a port of the environment reachable at `host:port`.
@@ -223,6 +231,9 @@ pub struct Environment {
     pub finished_at: Option<Millis>,
     /// Where the provider put the spec's user data inside the environment.
     pub user_data_path: Option<String>,
+    /// The seed's own spec as it was given (fc_ex_cp's `/vms` and `desired_vms.exs`), JSON
+    /// text of an object, kept verbatim for the seed's views; `None` for everything else.
+    pub seed_spec: Option<String>,
 }
 
 /// The tenant of an environment that belongs to no tenant: the operator's, the queues', an
@@ -263,6 +274,7 @@ impl Environment {
             exit_code: None,
             finished_at: None,
             user_data_path: None,
+            seed_spec: None,
         }
     }
 }
@@ -343,6 +355,19 @@ mod tests {
         let one_point_oh: Spec =
             serde_json::from_str(r#"{"provider": "docker", "image": "x", "resources": {"vcpu": 1.0}}"#).unwrap();
         assert_eq!(one.hash(), one_point_oh.hash());
+    }
+
+    #[test]
+    fn the_hash_of_a_spec_without_kernel_or_rootfs_is_what_it_was() {
+        // Pinned before `kernel` and `rootfs` existed: adding them recycles no pool.
+        let a: Spec = serde_json::from_str(
+            r#"{"provider": "process", "cmd": ["sleep", "1"], "env": {"A": "1"}, "resources": {"vcpu": 2, "mem_mb": 512}}"#,
+        )
+        .unwrap();
+        assert_eq!(a.hash(), "9fc07d35548f796f");
+        let mut b = a.clone();
+        b.kernel = Some("vmlinux".into());
+        assert_ne!(a.hash(), b.hash());
     }
 
     #[test]

@@ -113,6 +113,12 @@ pub trait Provider: Send + Sync {
     /// Refuses a spec this provider cannot honour, before anything is stored.
     fn validate(&self, spec: &Spec) -> Result<(), FieldError>;
 
+    /// Whether this provider boots a guest kernel and root filesystem (`spec.kernel`,
+    /// `spec.rootfs`). None of today's does; a VM provider will. See [`check_boot`].
+    fn boots_kernel(&self) -> bool {
+        false
+    }
+
     /// Whether the backend answers; `Ok` carries what it is (version, socket).
     async fn health(&self) -> Result<String, ProviderError>;
 
@@ -193,9 +199,31 @@ impl ProviderSet {
     }
 }
 
+/// Refuses `spec.kernel` and `spec.rootfs` unless the provider boots kernels
+/// ([`Provider::boots_kernel`]): a spec asking for a VM image is never run without it.
+pub fn check_boot(spec: &Spec, provider: &str, boots_kernel: bool) -> Result<(), FieldError> {
+    if boots_kernel {
+        return Ok(());
+    }
+    let field = match (&spec.kernel, &spec.rootfs) {
+        (Some(_), _) => "spec.kernel",
+        (None, Some(_)) => "spec.rootfs",
+        (None, None) => return Ok(()),
+    };
+    Err(FieldError {
+        field: field.into(),
+        message: format!(
+            "the {provider} provider cannot boot a kernel and root filesystem (no provider on this server boots \
+             VMs yet); leave kernel and rootfs out (give an image for docker, a cmd for process)"
+        ),
+    })
+}
+
 /// Checks a spec against what its provider needs, by the provider's name alone (no backend is
-/// contacted): what `lapse check` and config files use before a server runs.
+/// contacted): what `lapse check` and config files use before a server runs. The built-in
+/// providers' [`Provider::boots_kernel`] is `false` for all three, as here.
 pub fn validate_spec(spec: &Spec) -> Result<(), FieldError> {
+    check_boot(spec, &spec.provider, false)?;
     match spec.provider.as_str() {
         "process" => process::validate(spec),
         #[cfg(feature = "docker")]

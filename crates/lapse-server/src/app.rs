@@ -129,6 +129,7 @@ impl App {
                 "labels starting with swim. or lapse. are set by the server only",
             ));
         }
+        self.check_boot(&req.spec)?;
         let now = self.now();
         let mut env = Environment::new(new_environment_id(), req.owner, req.spec, now);
         env.name = req.name;
@@ -145,11 +146,11 @@ impl App {
     /// The principal of an environment the operator makes in `tenant`'s namespace (`/vms`,
     /// config files). With keys on, the tenant must exist; without them (one operator, as in
     /// the seeds) it is made on first use, with the `free` tier.
-    async fn namespace(&self, tenant: &str, actor: &str) -> Result<Principal, AppError> {
+    async fn namespace(&self, tenant: &str, actor: &str, make_tenant: bool) -> Result<Principal, AppError> {
         if tenant == NO_TENANT || self.cx.store.tenant(tenant).await?.is_some() {
             return Ok(Principal::operator(tenant, actor));
         }
-        if self.cx.auth.enabled() {
+        if self.cx.auth.enabled() && !make_tenant {
             return Err(invalid(
                 "tenant",
                 format!("tenant {tenant} does not exist; create it first (POST /v1/admin/tenants)"),
@@ -241,6 +242,7 @@ impl App {
                     e.on_expiry = wanted.on_expiry;
                     e.job_id = wanted.job_id.clone();
                     e.source = wanted.source.clone();
+                    e.seed_spec = wanted.seed_spec.clone();
                     let message = format!("claimed from pool {pool} for {}, ttl {ttl_text}", wanted.owner);
                     vec![NewEvent::new(&e.id, actor, "claim", "ok", message)]
                 })
@@ -285,7 +287,8 @@ impl App {
     pub async fn upsert_job(&self, mut job: Job, actor: &str) -> Result<Created, AppError> {
         // One upsert at a time: `/vms` and a config reload naming one new `job_id` make one.
         let _serial = self.jobs_lock.lock().await;
-        let who = self.namespace(&job.tenant, actor).await?;
+        let who = self.namespace(&job.tenant, actor, job.make_tenant).await?;
+        self.check_boot(&job.spec)?;
         let now = self.now();
         let existing = self.cx.store.get_by_job(&job.job_id).await?;
         if let Some(existing) = existing {
@@ -314,6 +317,7 @@ impl App {
                         ("on_expiry", e.on_expiry != on_expiry),
                         ("max_retries", e.max_retries != job.max_retries),
                         ("labels", e.labels != job.labels),
+                        ("seed spec", e.seed_spec != job.seed_spec),
                     ] {
                         if changed {
                             notes.push(format!("{field} changed"));
@@ -326,6 +330,7 @@ impl App {
                     e.max_retries = job.max_retries;
                     e.labels = job.labels.clone();
                     e.source = job.source.clone();
+                    e.seed_spec = job.seed_spec.clone();
                     if e.expires_at != expires_at {
                         e.expires_at = expires_at;
                         e.expired_at = None;
@@ -346,6 +351,7 @@ impl App {
         env.expires_at = job.ttl.map(|t| now + t.as_millis() as i64);
         env.on_expiry = if job.lifecycle == Lifecycle::Job { OnExpiry::Delete } else { job.on_expiry };
         env.source = job.source;
+        env.seed_spec = job.seed_spec;
         admission::admit(&self.cx, &mut env, &who, HostGuard::Check).await?;
         self.place(env, &who).await
     }
@@ -372,6 +378,7 @@ impl App {
                     && e.on_expiry == on_expiry
                     && e.max_retries == max_retries
                     && e.expires_at == ttl.map(|t| e.created_at + t.as_millis() as i64)
+                    && e.seed_spec == decl.seed_spec
                     && e.observed != ObservedState::Failed
             });
             if unchanged {
@@ -388,10 +395,14 @@ impl App {
                 ttl: *ttl,
                 on_expiry,
                 source: "config".into(),
+                seed_spec: decl.seed_spec.clone(),
+                make_tenant: false,
             };
             self.upsert_job(job, "config").await?;
         }
-        for gone in self.cx.store.config_declared().await? {
+        // A seed `.exs` file keeps what leaves it (as the seed does), unless told otherwise.
+        let gone = if declared.keep_removed { Vec::new() } else { self.cx.store.config_declared().await? };
+        for gone in gone {
             if gone.job_id.as_ref().is_none_or(|j| !wanted_jobs.contains(j)) {
                 self.delete_by(&gone.id, "config", None).await?;
             }
@@ -422,7 +433,7 @@ impl App {
             self.put_pool_from(&decl.name, req, "config", "config").await?;
         }
         for pool in existing_pools {
-            if pool.source == "config" && !wanted_pools.contains(&pool.name) {
+            if pool.source == "config" && !wanted_pools.contains(&pool.name) && !declared.keep_removed {
                 self.delete_pool(&pool.name, "config").await?;
             }
         }
@@ -432,7 +443,33 @@ impl App {
     /// Checks a spec for everything but its provider's availability.
     pub fn check_spec(&self, spec: &lapse_core::model::Spec) -> Result<(), AppError> {
         admission::provider_of(&self.cx, spec)?.validate(spec)?;
+        self.check_boot(spec)
+    }
+
+    /// Refuses `kernel`/`rootfs` unless the spec's provider boots kernels (a capability,
+    /// [`lapse_providers::Provider::boots_kernel`]).
+    fn check_boot(&self, spec: &lapse_core::model::Spec) -> Result<(), AppError> {
+        let provider = admission::provider_of(&self.cx, spec)?;
+        lapse_providers::check_boot(spec, provider.name(), provider.boots_kernel())?;
         Ok(())
+    }
+
+    /// The environment keyed `job_id` (not deleted), if any: the seed's `GET /vms/:id`.
+    pub async fn get_job(&self, job_id: &str) -> Result<Option<Environment>, AppError> {
+        if validate::name("job_id", job_id).is_err() {
+            return Ok(None);
+        }
+        Ok(self.cx.store.get_by_job(job_id).await?.filter(|e| e.desired != DesiredState::Deleted))
+    }
+
+    /// Deletes the environment keyed `job_id`; `false` when there is none (the seed's
+    /// `DELETE /vms/:id` is idempotent).
+    pub async fn delete_job(&self, job_id: &str, actor: &str) -> Result<bool, AppError> {
+        let _serial = self.jobs_lock.lock().await;
+        match self.get_job(job_id).await? {
+            Some(env) => self.delete_by(&env.id, actor, None).await.map(|_| true),
+            None => Ok(false),
+        }
     }
 
     pub async fn put_pool(&self, name: &str, req: PutPool, actor: &str) -> Result<(PoolView, bool), AppError> {
@@ -818,6 +855,11 @@ pub struct Job {
     pub ttl: Option<Duration>,
     pub on_expiry: OnExpiry,
     pub source: String,
+    /// The seed's own spec as given (JSON text), kept on the environment; `None` elsewhere.
+    pub seed_spec: Option<String>,
+    /// Make the tenant on first use even when keys are on (the seed's own listener, where
+    /// whoever reaches it is the operator and tenants are free text, as in the seed).
+    pub make_tenant: bool,
 }
 
 /// A failed environment asked to run again gets a fresh round of attempts.

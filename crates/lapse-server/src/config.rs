@@ -47,6 +47,10 @@ pub enum OrphanPolicy {
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// A second listener serving only the seed fc_ex_cp's routes (`/vms`, `/stats`), without
+    /// keys, as the seed does (`--seed-listen`): whoever reaches it can do what the seed's
+    /// users could (create and delete VMs of any tenant).
+    pub seed_listen: Option<SocketAddr>,
     /// SQLite database and the process provider's directories live here.
     pub data_dir: PathBuf,
     /// TTL of an environment created without one.
@@ -73,6 +77,8 @@ pub struct ServerConfig {
     /// Apply a config file even when it is empty or removes most of what it declared
     /// (otherwise such a file is refused unless it says `allow_mass_removal = true`).
     pub config_allow_removal: bool,
+    /// Delete what leaves a seed `.exs` config file, as for TOML (the seed keeps it).
+    pub config_delete_removed: bool,
     /// The provider that serves the seed's `POST /vms`.
     pub vms_provider: String,
     /// The SWIM Redis queues; off unless given (or the config file has a `[redis]` table).
@@ -121,6 +127,7 @@ impl ServerConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            seed_listen: None,
             data_dir: data_dir.into(),
             default_ttl: Duration::from_secs(3600),
             max_ttl: Duration::from_secs(30 * 24 * 3600),
@@ -139,6 +146,7 @@ impl ServerConfig {
             config_file: None,
             config_poll: Duration::from_secs(1),
             config_allow_removal: false,
+            config_delete_removed: false,
             vms_provider: "process".into(),
             swim: None,
             admin_key: None,

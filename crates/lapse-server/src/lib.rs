@@ -50,6 +50,8 @@ use crate::reconciler::Reconciler;
 /// A started control plane.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The seed's own listener (`--seed-listen`), when there is one.
+    pub seed_addr: Option<SocketAddr>,
     pub app: App,
     shutdown: tokio::sync::watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
@@ -293,9 +295,30 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     let (shutdown, stopped) = tokio::sync::watch::channel(false);
     let router = http::router(app.clone());
+    let seed_addr = match cx.config.seed_listen {
+        Some(seed_listen) => {
+            let seed = tokio::net::TcpListener::bind(seed_listen)
+                .await
+                .with_context(|| format!("listening on {seed_listen} (--seed-listen)"))?;
+            let seed_addr = seed.local_addr()?;
+            let router = compat::fc::seed_router(app.clone());
+            let stopped = stopped.clone();
+            background.push(tokio::spawn(async move {
+                if let Err(e) = http::listener::serve(seed, router, limits, stopped).await {
+                    tracing::error!(error = %e, "the seed listener failed");
+                }
+            }));
+            tracing::warn!(
+                %seed_addr,
+                "serving the seed's /vms and /stats without keys on seed_addr: whoever reaches it can create and delete VMs of any tenant"
+            );
+            Some(seed_addr)
+        }
+        None => None,
+    };
     let http = tokio::spawn(http::listener::serve(listener, router, limits, stopped));
     tracing::info!(%addr, data_dir = %cx.config.data_dir.display(), "lapse is serving");
-    Ok(Running { addr, app, shutdown, http, background, _lock: lock })
+    Ok(Running { addr, seed_addr, app, shutdown, http, background, _lock: lock })
 }
 
 /// One server per data dir: two reconcilers on one store would fight over every environment.

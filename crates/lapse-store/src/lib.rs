@@ -188,7 +188,7 @@ const CHANGE_BUFFER: usize = 8192;
 const ENV_COLUMNS: &str = "id, name, tenant, owner, labels, spec, provider, lifecycle, desired, observed, reason, \
      provider_ref, endpoints, expires_at, on_expiry, expired_at, restart_on_extend, attempts, next_attempt_at, \
      created_at, updated_at, spec_hash, pool, pool_version, source, replace_resource, restarts, max_retries, exit_code, \
-     finished_at, job_id, user_data_path";
+     finished_at, job_id, user_data_path, seed_spec";
 
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and applies migrations.
@@ -749,7 +749,8 @@ fn bind_environment<'q>(mut b: sqlx::query_builder::Separated<'_, 'q, Sqlite, &'
         .push_bind(e.exit_code)
         .push_bind(e.finished_at)
         .push_bind(&e.job_id)
-        .push_bind(&e.user_data_path);
+        .push_bind(&e.user_data_path)
+        .push_bind(&e.seed_spec);
 }
 
 fn parse_column<T: FromStr>(id: &str, column: &'static str, text: String) -> Result<T, StoreError>
@@ -810,6 +811,7 @@ fn environment_from_row(r: &SqliteRow) -> Result<Environment, StoreError> {
         finished_at: r.get("finished_at"),
         job_id: r.get("job_id"),
         user_data_path: r.get("user_data_path"),
+        seed_spec: r.get("seed_spec"),
         id,
     })
 }

@@ -139,11 +139,14 @@ enum Command {
     /// Check a config file (as `lapse serve --config` reads it) without a server: every error,
     /// with its line; exits 1 if there is one.
     Check {
-        /// The TOML file.
+        /// The TOML file, or the seed's `desired_vms.exs` (by its extension).
         file: std::path::PathBuf,
         /// Longest TTL the file may give (as the server's --max-ttl).
         #[arg(long, default_value = "30d")]
         max_ttl: String,
+        /// The provider of a `.exs` spec that names none (as the server's --vms-provider).
+        #[arg(long, default_value = "process")]
+        vms_provider: String,
     },
     /// Warm pools: list them, or show one.
     Pools {
@@ -308,8 +311,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         crate::bench::run(args, cli.json).await?;
         return Ok(ExitCode::SUCCESS);
     }
-    if let Command::Check { file, max_ttl } = &cli.command {
-        return check(file, max_ttl, cli.json);
+    if let Command::Check { file, max_ttl, vms_provider } = &cli.command {
+        return check(file, max_ttl, vms_provider, cli.json);
     }
     let client = Client::new(&cli.url, cli.key.clone())?;
     let json = cli.json;
@@ -346,6 +349,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         ),
                         None => None,
                     },
+                    ..Default::default()
                 },
                 ttl: args.ttl,
                 on_expiry: if args.on_expiry == "delete" { OnExpiry::Delete } else { OnExpiry::Stop },
@@ -580,11 +584,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(file: &std::path::Path, max_ttl: &str, json: bool) -> anyhow::Result<ExitCode> {
+fn check(file: &std::path::Path, max_ttl: &str, vms_provider: &str, json: bool) -> anyhow::Result<ExitCode> {
     let max_ttl = lapse_core::duration::parse_duration(max_ttl).map_err(|e| anyhow::anyhow!("--max-ttl: {e}"))?;
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let name = file.display();
-    match lapse_server::declare::parse(&text, max_ttl) {
+    let options =
+        lapse_server::declare::FileOptions { max_ttl, vms_provider: vms_provider.to_owned(), delete_removed: false };
+    match lapse_server::declare::parse_file(file, &text, &options) {
         Ok(declared) => {
             if json {
                 print_json(
@@ -597,12 +603,17 @@ fn check(file: &std::path::Path, max_ttl: &str, json: bool) -> anyhow::Result<Ex
         }
         Err(errors) => {
             if json {
-                let list: Vec<_> =
-                    errors.iter().map(|e| serde_json::json!({"line": e.line, "message": e.message})).collect();
+                let list: Vec<_> = errors
+                    .iter()
+                    .map(|e| serde_json::json!({"line": e.line, "column": e.column, "message": e.message}))
+                    .collect();
                 print_json(&serde_json::json!({"ok": false, "errors": list}));
             } else {
                 for e in &errors {
-                    eprintln!("{name}:{}: {}", e.line, e.message);
+                    match e.column {
+                        0 => eprintln!("{name}:{}: {}", e.line, e.message),
+                        column => eprintln!("{name}:{}:{column}: {}", e.line, e.message),
+                    }
                 }
             }
             Ok(ExitCode::FAILURE)

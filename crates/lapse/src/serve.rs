@@ -14,6 +14,11 @@ pub struct ServeArgs {
     /// Address to serve the API on.
     #[arg(long, env = "LAPSE_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
+    /// Also serve the seed fc_ex_cp's routes (/vms, /stats) on this address, WITHOUT keys, as
+    /// the seed does (e.g. 0.0.0.0:8088): whoever reaches it can create and delete VMs of any
+    /// tenant. The main listener keeps its keys.
+    #[arg(long, env = "LAPSE_SEED_LISTEN")]
+    pub seed_listen: Option<SocketAddr>,
     /// Where the SQLite store and the process provider's directories live.
     #[arg(long, env = "LAPSE_DATA_DIR", default_value = "./.lapse")]
     pub data_dir: PathBuf,
@@ -52,7 +57,8 @@ pub struct ServeArgs {
     /// operation's latency and failure rate: `create=20ms..200ms@0.05,delete=10ms`, or `0`.
     #[arg(long, env = "LAPSE_SIM")]
     pub sim: Option<String>,
-    /// A TOML file of environments and pools, applied at start and whenever it changes.
+    /// A TOML file of environments and pools (or the seed's `desired_vms.exs`, by its
+    /// extension), applied at start and whenever it changes.
     #[arg(long, env = "LAPSE_CONFIG")]
     pub config: Option<PathBuf>,
     /// How often the --config file is checked; a change is applied once the file is unchanged
@@ -64,6 +70,10 @@ pub struct ServeArgs {
     /// `allow_mass_removal = true`).
     #[arg(long, env = "LAPSE_CONFIG_ALLOW_REMOVAL")]
     pub config_allow_removal: bool,
+    /// Delete the environments that leave a seed `.exs` --config file, as for TOML (by
+    /// default they are kept, as the seed keeps them).
+    #[arg(long, env = "LAPSE_CONFIG_DELETE_REMOVED")]
+    pub config_delete_removed: bool,
     /// The provider that serves the seed's `POST /vms`.
     #[arg(long, env = "LAPSE_VMS_PROVIDER", default_value = "process")]
     pub vms_provider: String,
@@ -220,6 +230,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_json);
     let mut config = ServerConfig::new(&args.data_dir);
     config.listen = args.listen;
+    config.seed_listen = args.seed_listen;
     config.default_ttl = args.default_ttl;
     config.max_ttl = args.max_ttl;
     config.sweep_interval = args.sweep_interval;
@@ -243,6 +254,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.config_file = args.config;
     config.config_poll = args.config_poll.max(Duration::from_millis(10));
     config.config_allow_removal = args.config_allow_removal;
+    config.config_delete_removed = args.config_delete_removed;
     config.vms_provider = args.vms_provider;
     config.admin_key = match &args.admin_key_file {
         Some(path) => Some(read_secret(path, "the admin key file")?),

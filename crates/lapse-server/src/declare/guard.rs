@@ -57,7 +57,7 @@ impl Refusal {
     pub fn errors(&self) -> Vec<ConfigError> {
         match self {
             Refusal::Invalid(errors) => errors.clone(),
-            other => vec![ConfigError { line: 0, message: other.to_string() }],
+            other => vec![ConfigError { line: 0, column: 0, message: other.to_string() }],
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Declarative desired state: a TOML file of environments and pools
-//! (`lapse serve --config FILE`, checked by `lapse check FILE`).
+//! Declarative desired state: a TOML file of environments and pools, or the seed fc_ex_cp's
+//! `desired_vms.exs` ([`exs`], chosen by the `.exs` extension) (`lapse serve --config FILE`,
+//! checked by `lapse check FILE`). Both go through the same guards, reload and status.
 //!
 //! ```toml
 //! allow_mass_removal = false  # optional, top level: true lets this file remove most entries
@@ -47,7 +48,9 @@
 //! entries write nothing; an edit of any declared field (`spec`, `lifecycle`, `labels`, `ttl`,
 //! `tenant`, `name`, `on_expiry`, `max_retries`; a pool's `spec`, `min`, `max`, `version`,
 //! `lifecycle`) is applied. Entries the file declared before and no longer does are deleted
-//! (environments) or removed (pools); what the API made is never touched.
+//! (environments) or removed (pools); what the API made is never touched. A seed `.exs` file
+//! keeps what leaves it, as the seed does (so its removal guard has nothing to guard), unless
+//! the server runs with `--config-delete-removed`.
 //!
 //! **A reading of the file is applied whole or not at all, and only when it is safe.** It is
 //! refused, with the last good state kept in force and the reason in `GET /v1/status`
@@ -77,11 +80,14 @@
 //! says why. On a first start with an empty file the server starts with nothing declared and
 //! `config.error` saying the file is empty; the file is applied once it has content.
 
+pub mod exs;
 mod guard;
 mod parse;
 mod reload;
 mod watch;
 
+#[cfg(test)]
+mod exs_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
@@ -94,3 +100,30 @@ pub use watch::watch;
 
 /// The largest config file read, in bytes; a larger one is refused.
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Whether `path` is a seed `.exs` file (else TOML).
+pub fn is_exs(path: &std::path::Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("exs"))
+}
+
+/// How a config file is read beside its text.
+#[derive(Clone, Debug)]
+pub struct FileOptions {
+    /// The longest `ttl` an entry may give (the server's `--max-ttl`).
+    pub max_ttl: std::time::Duration,
+    /// The provider of a seed spec that names none (the server's `--vms-provider`).
+    pub vms_provider: String,
+    /// Delete what leaves a seed `.exs` file (`--config-delete-removed`); TOML always does.
+    pub delete_removed: bool,
+}
+
+/// Parses the file at `path` by its kind: a seed `.exs` file or TOML.
+pub fn parse_file(path: &std::path::Path, text: &str, options: &FileOptions) -> Result<Declared, Vec<ConfigError>> {
+    if is_exs(path) {
+        let mut declared = exs::parse(text, &options.vms_provider)?;
+        declared.keep_removed = !options.delete_removed;
+        Ok(declared)
+    } else {
+        parse(text, options.max_ttl)
+    }
+}

@@ -18,12 +18,18 @@ pub struct ConfigError {
     /// 1-based; 0 when the error concerns no line (the file could not be read, or applying it
     /// failed). Every error [`parse`] returns has a line.
     pub line: usize,
+    /// 1-based, in characters; 0 when not known (TOML's errors give the line only).
+    pub column: usize,
     pub message: String,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 { f.write_str(&self.message) } else { write!(f, "line {}: {}", self.line, self.message) }
+        match (self.line, self.column) {
+            (0, _) => f.write_str(&self.message),
+            (line, 0) => write!(f, "line {line}: {}", self.message),
+            (line, column) => write!(f, "line {line}, column {column}: {}", self.message),
+        }
     }
 }
 
@@ -95,6 +101,9 @@ pub struct EnvDecl {
     pub spec: Spec,
     #[serde(default)]
     pub warm_pool: Option<WarmPool>,
+    /// The seed's spec as written in a `.exs` file (JSON text); never read from TOML.
+    #[serde(skip)]
+    pub seed_spec: Option<String>,
 }
 
 /// A declared pool.
@@ -121,6 +130,9 @@ pub struct Declared {
     pub pools: Vec<PoolDecl>,
     /// The file's top-level `allow_mass_removal`.
     pub allow_mass_removal: bool,
+    /// Environments the file no longer declares are kept, not deleted (a seed `.exs` file,
+    /// as the seed keeps them, unless the server runs with `--config-delete-removed`).
+    pub keep_removed: bool,
 }
 
 /// The 1-based line of byte `offset` (clamped to the text).
@@ -133,7 +145,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 /// document as a whole, such as a missing top-level field, is one of its beginning).
 fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
     let line = e.span().map_or(1, |s| line_of(text, s.start));
-    ConfigError { line, message: e.message().trim().to_owned() }
+    ConfigError { line, column: 0, message: e.message().trim().to_owned() }
 }
 
 /// Parses and validates a config file; every error comes with its line. Pure (it reads and
@@ -147,7 +159,7 @@ pub fn parse(text: &str, max_ttl: Duration) -> Result<Declared, Vec<ConfigError>
     let mut pool_names = BTreeSet::new();
     let mut check = |line: usize, result: Result<(), String>| {
         if let Err(message) = result {
-            errors.push(ConfigError { line, message });
+            errors.push(ConfigError { line, column: 0, message });
         }
     };
     let field = |r: Result<(), validate::FieldError>, what: &str| r.map_err(|e| format!("{what}: {e}"));
@@ -217,8 +229,11 @@ fn pool_size(min: u32, max: Option<u32>, what: &str) -> Result<(), String> {
     validate::pool_size(min, max).map(drop).map_err(|e| format!("{what}: {}", e.message))
 }
 
-/// The file's `[redis]` and `[auth]` tables (read once, at start).
+/// The file's `[redis]` and `[auth]` tables (read once, at start); a seed `.exs` file has none.
 pub fn start_tables(path: &Path) -> anyhow::Result<StartTables> {
+    if super::is_exs(path) {
+        return Ok(StartTables::default());
+    }
     let text = super::reload::read_text(path).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
     let file: ConfigFile = toml::from_str(&text)
         .map_err(|e| anyhow::anyhow!("config file {} refused: {}", path.display(), syntax_error(&text, &e)))?;

@@ -170,6 +170,7 @@ fn environment(i: usize) -> impl Strategy<Value = (EnvDecl, Option<Duration>)> {
                 labels,
                 spec,
                 warm_pool,
+                seed_spec: None,
             };
             (decl, ttl.map(|(_, d)| d))
         },
@@ -204,7 +205,7 @@ fn declared() -> impl Strategy<Value = Declared> {
             })
         });
         let pools = warm.chain(declared_pools).collect();
-        Declared { environments, pools, allow_mass_removal }
+        Declared { environments, pools, allow_mass_removal, keep_removed: false }
     })
 }
 

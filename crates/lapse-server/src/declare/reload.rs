@@ -8,8 +8,8 @@ use std::path::Path;
 use lapse_core::wire::ConfigStatus;
 
 use super::guard::{self, Refusal};
-use super::parse::{ConfigError, parse};
-use super::{MAX_FILE_BYTES, watch};
+use super::parse::ConfigError;
+use super::{FileOptions, MAX_FILE_BYTES, parse_file, watch};
 use crate::app::App;
 
 /// Reads and applies the file at start, once it is stable, and records the outcome.
@@ -37,21 +37,28 @@ pub async fn reload(app: &App, path: &Path) -> Result<(), Vec<ConfigError>> {
 /// Checks and applies one reading of the file and records the outcome.
 pub(crate) async fn handle(app: &App, path: &Path, reading: Result<String, Refusal>) -> Result<(), Refusal> {
     let outcome = match reading {
-        Ok(text) => check_and_apply(app, &text).await,
+        Ok(text) => check_and_apply(app, path, &text).await,
         Err(refusal) => Err(refusal),
     };
     record(app, path, &outcome);
     outcome
 }
 
-async fn check_and_apply(app: &App, text: &str) -> Result<(), Refusal> {
-    let allowed = app.cx.config.config_allow_removal;
+async fn check_and_apply(app: &App, path: &Path, text: &str) -> Result<(), Refusal> {
+    let config = &app.cx.config;
+    let allowed = config.config_allow_removal;
     if guard::is_empty(text) && !allowed {
         return Err(Refusal::Empty);
     }
-    let declared = parse(text, app.cx.config.max_ttl).map_err(Refusal::Invalid)?;
+    let options = FileOptions {
+        max_ttl: config.max_ttl,
+        vms_provider: config.vms_provider.clone(),
+        delete_removed: config.config_delete_removed,
+    };
+    let declared = parse_file(path, text, &options).map_err(Refusal::Invalid)?;
     let held = held(app).await.map_err(|e| Refusal::Apply(e.to_string()))?;
-    guard::check_removal(&held, &declared, allowed || declared.allow_mass_removal)?;
+    // A file that keeps what leaves it removes nothing.
+    guard::check_removal(&held, &declared, allowed || declared.allow_mass_removal || declared.keep_removed)?;
     app.apply_declared(&declared).await.map_err(|e| Refusal::Apply(e.to_string()))
 }
 

@@ -36,6 +36,7 @@ fn admin_only(path: &str) -> bool {
         || path == "/v1/pools"
         || path.starts_with("/v1/pools/")
         || matches!(path, "/vms" | "/stats" | "/metrics" | "/v1/status" | "/v1/queues")
+        || path.starts_with("/vms/")
 }
 
 /// Finds the caller of every request (all but `/healthz` need a key when keys are on) and

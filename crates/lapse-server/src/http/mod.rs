@@ -40,17 +40,21 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub fn router(app: App) -> Router {
-    Router::new()
+    let lapse = Router::new()
         .merge(admin::router())
         .merge(environments::router())
         .merge(pools::router())
-        .merge(crate::compat::fc::router())
         .merge(system::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::map_response(extract::json_errors));
+    // The seed's routes answer in the seed's shapes (a 404 with an empty body), so Lapse's
+    // JSON backstop is not over them.
+    Router::new()
+        .merge(crate::compat::fc::router())
+        .merge(lapse)
         .layer(axum::middleware::from_fn_with_state(app.clone(), admin::authenticate))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::map_response(extract::json_errors))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the server failed on this request")
                 .into_response()
@@ -82,6 +86,11 @@ impl ApiError {
 
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// The status and the message (for a surface with its own error shape).
+    pub fn parts(self) -> (StatusCode, String) {
+        (self.status, self.message)
     }
 }
 

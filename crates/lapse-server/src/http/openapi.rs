@@ -14,7 +14,7 @@ use crate::compat::fc as seed;
     paths(
         environments::create, environments::list, environments::show, environments::extend,
         environments::stop, environments::start, environments::delete, environments::exec, environments::logs,
-        pools::list, pools::show, pools::put, pools::delete, seed::create_vm, seed::stats,
+        pools::list, pools::show, pools::put, pools::delete, seed::create_vm, seed::show_vm, seed::delete_vm, seed::stats,
         admin::create_tenant, admin::list_tenants, admin::create_key, admin::create_scoped_key, admin::revoke_key, admin::whoami,
         system::healthz, system::readyz, system::metrics, system::providers, system::status, system::queues, system::usage, system::events, system::openapi,
     ),

@@ -27,6 +27,8 @@ fn job(job_id: &str, cmd: &str) -> Job {
         ttl: None,
         on_expiry: OnExpiry::Stop,
         source: "test".into(),
+        seed_spec: None,
+        make_tenant: false,
     }
 }
 

@@ -578,6 +578,8 @@ async fn openapi_describes_every_route() {
         "put /v1/pools/{name}",
         "delete /v1/pools/{name}",
         "post /vms",
+        "get /vms/{id}",
+        "delete /vms/{id}",
         "get /stats",
     ];
     expected.sort();

@@ -8,6 +8,7 @@ mod crash;
 mod declare;
 mod docker;
 mod drift;
+mod fc;
 mod full_disk;
 mod harness;
 mod isolation;

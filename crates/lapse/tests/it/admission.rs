@@ -74,10 +74,11 @@ async fn specs_without_resources_are_charged_the_tiers_defaults() {
 #[tokio::test]
 async fn start_of_a_failed_environment_and_extend_cannot_pass_the_quota() {
     let dir = tempfile::tempdir().unwrap();
-    // Every provision fails: failed environments hold no place in the quota.
+    // Every provision fails, after 2 s: failed environments hold no place in the quota, and a
+    // started one holds its place while it provisions (long enough for the second start).
     let server = Server::start_with_env(
         dir.path(),
-        &["--sim", "create=1ms@1.0", "--max-attempts", "1"],
+        &["--sim", "create=2s@1.0", "--max-attempts", "1"],
         &[("LAPSE_ADMIN_KEY", ADMIN)],
     )
     .await;

@@ -93,7 +93,7 @@ pub struct ServerConfig {
     pub connections: crate::http::listener::ConnectionLimits,
     /// Prices for usage and cost (the config file's `[prices]` table; all zero without one).
     pub prices: lapse_core::cost::Prices,
-    /// Quota tiers from the config file, beside the built-in `free` and `pro`.
+    /// Quota tiers from the config file, beside the built-in `free`, `pro` and `unlimited`.
     pub tiers: BTreeMap<String, lapse_core::wire::QuotaInput>,
 }
 
@@ -109,7 +109,7 @@ impl ServerConfig {
     /// Every tier name a tenant may have.
     pub fn tier_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.tiers.keys().cloned().collect();
-        names.extend(["free".to_owned(), "pro".to_owned()]);
+        names.extend(lapse_core::quota::TIERS.iter().map(|t| (*t).to_owned()));
         names.sort();
         names.dedup();
         names

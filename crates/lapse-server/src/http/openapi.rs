@@ -15,7 +15,7 @@ use crate::compat::fc as seed;
         environments::create, environments::list, environments::show, environments::extend,
         environments::stop, environments::start, environments::delete, environments::exec, environments::logs,
         pools::list, pools::show, pools::put, pools::delete, seed::create_vm, seed::stats,
-        admin::create_tenant, admin::list_tenants, admin::create_key, admin::create_scoped_key, admin::revoke_key, admin::whoami,
+        admin::create_tenant, admin::list_tenants, admin::update_tenant, admin::create_key, admin::create_scoped_key, admin::revoke_key, admin::whoami,
         system::healthz, system::readyz, system::metrics, system::providers, system::status, system::queues, system::usage, system::events, system::openapi,
     ),
     tags((name = "environments", description = "Leased environments"), (name = "pools", description = "Warm pools"), (name = "seed", description = "The Firecracker control plane's API, for users migrating from it"), (name = "system", description = "Health, metrics, audit trail, queues"), (name = "admin", description = "Tenants and API keys"))

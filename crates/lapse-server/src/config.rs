@@ -62,6 +62,9 @@ pub struct ServerConfig {
     pub concurrency: BTreeMap<String, usize>,
     pub default_concurrency: usize,
     pub docker: DockerSetting,
+    /// The docker provider's container conventions (labels, names, ports, restart policy).
+    #[cfg(feature = "docker")]
+    pub docker_conventions: lapse_providers::docker::conventions::Conventions,
     pub orphans: OrphanPolicy,
     /// The `sim` provider and its behaviour; off unless given.
     pub sim: Option<lapse_providers::sim::SimConfig>,
@@ -134,6 +137,8 @@ impl ServerConfig {
             ]),
             default_concurrency: 8,
             docker: DockerSetting::Auto,
+            #[cfg(feature = "docker")]
+            docker_conventions: Default::default(),
             orphans: OrphanPolicy::Remove,
             sim: None,
             config_file: None,

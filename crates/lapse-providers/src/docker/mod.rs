@@ -409,7 +409,11 @@ impl Provider for DockerProvider {
             .components
             .and_then(|c| c.into_iter().next().map(|c| c.name))
             .unwrap_or_else(|| "Docker Engine".into());
-        Ok(format!("{product} {} at {}", version.version.unwrap_or_default(), self.endpoint))
+        let disk = match self.disk_support() {
+            DiskSupport::Enforced(how) => format!("disk_gb enforced ({how})"),
+            DiskSupport::Refused(why) => format!("disk_gb refused ({why})"),
+        };
+        Ok(format!("{product} {} at {}; {disk}", version.version.unwrap_or_default(), self.endpoint))
     }
 
     async fn ensure_running(

@@ -9,6 +9,7 @@ mod declare;
 mod docker;
 mod drift;
 mod full_disk;
+mod github_gg;
 mod harness;
 mod isolation;
 mod lifecycles;

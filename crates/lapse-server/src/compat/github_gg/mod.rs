@@ -126,9 +126,10 @@ pub async fn provision_my_vm(
             serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
         match value {
             serde_json::Value::Null => None,
-            v => Some(
+            v @ serde_json::Value::Object(_) => Some(
                 serde_json::from_value::<ProvisionInput>(v).map_err(|e| ApiError::bad_request(format!("body: {e}")))?,
             ),
+            _ => return Err(ApiError::bad_request("body: give an object {vcpus?, memoryMb?, diskGb?}, or nothing")),
         }
     };
     let (env, created) = service::get_or_create(&app, &caller, &user, input).await?;

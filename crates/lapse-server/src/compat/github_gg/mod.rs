@@ -151,7 +151,7 @@ pub async fn start_my_vm(
 
 /// Stop the user's VM.
 #[utoipa::path(post, path = "/v1/github-gg/users/{user}/vm.stopMyVm", tag = "github.gg", params(("user" = String, Path)),
-    responses((status = 200, body = VmView), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = VmView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn stop_my_vm(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
@@ -163,7 +163,7 @@ pub async fn stop_my_vm(
 
 /// Destroy the user's VM; a next provision makes a new one.
 #[utoipa::path(post, path = "/v1/github-gg/users/{user}/vm.destroyMyVm", tag = "github.gg", params(("user" = String, Path)),
-    responses((status = 200, body = Success), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Success), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn destroy_my_vm(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
@@ -177,7 +177,8 @@ pub async fn destroy_my_vm(
 /// Run one shell string in the user's VM (a stopped VM is started instead).
 #[utoipa::path(post, path = "/v1/github-gg/users/{user}/vm.executeCode", tag = "github.gg", params(("user" = String, Path)),
     request_body = ExecuteCode,
-    responses((status = 200, body = CodeResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = CodeResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn execute_code(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,

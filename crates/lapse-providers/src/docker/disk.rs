@@ -2,13 +2,16 @@
 //! layer with `storage-opt size=<N>G` only on some storage drivers (overlay2 over xfs
 //! mounted with `pquota`, btrfs, zfs, devicemapper, windowsfilter).
 //!
-//! Probed once, when the provider starts ([`probe`]): a container is created (never
-//! started) from an image the engine already has, with `size=1G`, and removed again. The
-//! engine's answer decides; it says why when it refuses (measured with Podman 4.3 over ext4:
+//! Probed once, when the provider starts ([`probe`]). The engine's `info` first: overlay on
+//! anything but xfs, and drivers without quotas (vfs, aufs), cannot, and that settles it in
+//! one call (~20 ms). Otherwise (overlay on xfs, where `pquota` cannot be seen; btrfs, zfs,
+//! devicemapper, windowsfilter) a container is created (never started) from an image the
+//! engine already has, with `size=1G`, and removed again, and the engine's answer decides;
+//! it says why when it refuses (measured with Podman 4.3, overlay over ext4, in ~0.55 s:
 //! `--storage-opt is supported only for overlay over xfs with 'pquota' mount option`). With
 //! no image to probe with, the driver's name decides (btrfs, zfs, devicemapper and
-//! windowsfilter do; overlay is not assumed to, since its backing mount cannot be seen).
-//! Without the probe having answered, `disk_gb` is refused.
+//! windowsfilter do; overlay on xfs is not assumed to). Until the probe has answered,
+//! `disk_gb` is refused.
 
 use std::collections::HashMap;
 
@@ -36,20 +39,39 @@ const SIZED_DRIVERS: &[&str] = &["btrfs", "zfs", "devicemapper", "windowsfilter"
 
 /// Finds out whether this engine limits a container's disk; see the module doc.
 pub async fn probe(docker: &Docker, controller_id: &str) -> DiskSupport {
-    let driver = match docker.info().await {
-        Ok(info) => info.driver.unwrap_or_default(),
+    let (driver, backing) = match docker.info().await {
+        Ok(info) => {
+            let backing = info
+                .driver_status
+                .unwrap_or_default()
+                .into_iter()
+                .find(|pair| pair.first().is_some_and(|k| k == "Backing Filesystem"))
+                .and_then(|pair| pair.get(1).cloned())
+                .unwrap_or_default();
+            (info.driver.unwrap_or_default(), backing)
+        }
         Err(e) => return DiskSupport::Refused(format!("the engine did not say its storage driver: {e}")),
     };
+    let overlay = driver.starts_with("overlay");
+    if overlay && backing != "xfs" {
+        return DiskSupport::Refused(format!(
+            "storage driver {driver} on {}: storage-opt size needs overlay over xfs mounted with pquota",
+            if backing.is_empty() { "an unknown filesystem" } else { &backing }
+        ));
+    }
+    if !overlay && !SIZED_DRIVERS.contains(&driver.as_str()) {
+        return DiskSupport::Refused(format!("storage driver {driver} cannot limit a container's disk"));
+    }
     let image = match docker.list_images(None::<ListImagesOptions>).await {
         Ok(images) => images.into_iter().find_map(|i| i.repo_tags.into_iter().find(|t| !t.contains("<none>"))),
         Err(_) => None,
     };
     let Some(image) = image else {
-        return if SIZED_DRIVERS.contains(&driver.as_str()) {
+        return if !overlay {
             DiskSupport::Enforced(format!("storage driver {driver} (no image to probe with)"))
         } else {
             DiskSupport::Refused(format!(
-                "storage driver {driver}: no image to probe storage-opt size with, and this driver takes it only on some mounts"
+                "storage driver {driver} on xfs: no image to probe storage-opt size with (it needs the pquota mount option)"
             ))
         };
     };

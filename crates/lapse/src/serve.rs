@@ -364,7 +364,8 @@ pub struct DockerConventionArgs {
     /// picks), e.g. 2222-3221.
     #[arg(long = "docker-port-range", env = "LAPSE_DOCKER_PORT_RANGE", help_heading = "Docker conventions")]
     pub port_range: Option<String>,
-    /// The containers' restart policy: no, always, unless-stopped, on-failure[:N].
+    /// The containers' restart policy: no, unless-stopped, on-failure[:N] (not always: it
+    /// would restart containers Lapse stopped whenever the engine restarts).
     #[arg(long = "docker-restart", env = "LAPSE_DOCKER_RESTART", help_heading = "Docker conventions")]
     pub restart: Option<String>,
 }

@@ -13,11 +13,15 @@
 //! - `publish_address` and `port_range`: `spec.ports` are published on this address (default
 //!   `127.0.0.1`), each on the first free host port of the range (as the seed picks from
 //!   2222), or on a port the engine picks without a range. See [`super::ports`].
-//! - `restart`: the engine's restart policy. The engine then restarts a container whose
-//!   command exits, so such an exit is not seen as a stop; `docker stop` (Lapse's `stop`,
-//!   expiry) is never undone by `unless-stopped`, `on-failure` or `no`, while `always` also
-//!   restarts stopped containers when the engine itself restarts (the sweep then records them
-//!   running again). Jobs under a policy other than `no` are run again by the engine.
+//! - `restart`: the engine's restart policy (`no`, `unless-stopped`, `on-failure[:N]`). The
+//!   engine then restarts a container whose command exits, and a container it is restarting
+//!   counts as running, so the sweep does not record that exit (a job is run again by the
+//!   engine; once `on-failure:N` gives up, the exit is Lapse's again). Lapse's `stop` (and a
+//!   stop at expiry) is `docker stop`, which these policies never undo, not even when the
+//!   engine restarts. `always` is refused: Docker restarts `always` containers that Lapse
+//!   stopped whenever the engine restarts, and the record would say stopped. (Podman treats
+//!   `unless-stopped` as `always`; it restarts such containers at boot only through
+//!   `podman-restart.service`, so do not enable that unit for Lapse's containers.)
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -62,7 +66,6 @@ pub struct PortRange {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Restart {
     No,
-    Always,
     UnlessStopped,
     /// At most this many retries (`None`: no limit).
     OnFailure(Option<u32>),
@@ -139,11 +142,17 @@ impl Conventions {
         Ok(())
     }
 
-    /// `--docker-restart no|always|unless-stopped|on-failure[:N]`.
+    /// `--docker-restart no|unless-stopped|on-failure[:N]` (`always` is refused: see the
+    /// module doc).
     pub fn set_restart(&mut self, policy: &str) -> Result<(), ConventionError> {
         self.restart = Some(match policy {
             "no" => Restart::No,
-            "always" => Restart::Always,
+            "always" => {
+                return Err(refuse(
+                    "docker restart",
+                    "always would restart containers Lapse stopped whenever the engine restarts; use unless-stopped",
+                ));
+            }
             "unless-stopped" => Restart::UnlessStopped,
             "on-failure" => Restart::OnFailure(None),
             other => match other.strip_prefix("on-failure:").map(str::parse::<u32>) {
@@ -151,7 +160,7 @@ impl Conventions {
                 _ => {
                     return Err(refuse(
                         "docker restart",
-                        format!("{policy:?}: one of no, always, unless-stopped, on-failure, on-failure:N"),
+                        format!("{policy:?}: one of no, unless-stopped, on-failure, on-failure:N"),
                     ));
                 }
             },
@@ -174,7 +183,6 @@ impl Conventions {
     pub fn restart_policy(&self) -> Option<RestartPolicy> {
         let (name, maximum_retry_count) = match self.restart? {
             Restart::No => (RestartPolicyNameEnum::NO, None),
-            Restart::Always => (RestartPolicyNameEnum::ALWAYS, None),
             Restart::UnlessStopped => (RestartPolicyNameEnum::UNLESS_STOPPED, None),
             Restart::OnFailure(n) => (RestartPolicyNameEnum::ON_FAILURE, n.map(i64::from)),
         };
@@ -229,6 +237,7 @@ mod tests {
         }
         assert!(c.set_publish_address("localhost").is_err());
         assert!(c.set_restart("sometimes").is_err() && c.set_restart("on-failure:x").is_err());
+        assert!(c.set_restart("always").unwrap_err().to_string().contains("use unless-stopped"));
         assert_eq!(c, Conventions::default(), "a refused setting changes nothing");
     }
 }

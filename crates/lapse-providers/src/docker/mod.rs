@@ -217,7 +217,10 @@ impl DockerProvider {
     fn instance_from(&self, inspect: &ContainerInspectResponse) -> Option<Instance> {
         let labels = inspect.config.as_ref()?.labels.as_ref()?;
         let environment_id = labels.get(LABEL_ENVIRONMENT)?.clone();
-        let running = inspect.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+        // A container the engine is restarting (its restart policy) counts as running: the
+        // engine, not the sweep, handles that exit.
+        let restarting = inspect.state.as_ref().and_then(|s| s.restarting).unwrap_or(false);
+        let running = inspect.state.as_ref().and_then(|s| s.running).unwrap_or(false) || restarting;
         let mut endpoints = Vec::new();
         if running && let Some(ports) = inspect.network_settings.as_ref().and_then(|n| n.ports.as_ref()) {
             for (key, bindings) in ports {
@@ -567,7 +570,8 @@ impl Provider for DockerProvider {
                 if labels.get(LABEL_CONTROLLER) != Some(&self.controller_id) {
                     return None;
                 }
-                let running = c.state.map(|s| s.to_string() == "running").unwrap_or(false);
+                let running =
+                    c.state.map(|s| matches!(s.to_string().as_str(), "running" | "restarting")).unwrap_or(false);
                 Some(Instance {
                     environment_id: labels.get(LABEL_ENVIRONMENT)?.clone(),
                     provider_ref: c.id.unwrap_or_default(),

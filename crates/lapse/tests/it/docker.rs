@@ -437,7 +437,8 @@ async fn bad_docker_conventions_refuse_to_start() {
     for (flag, value, why) in [
         ("--docker-label", "lapse.controller=x", "labels starting with lapse. are Lapse's own"),
         ("--docker-port-range", "3000-2000", "give FIRST-LAST"),
-        ("--docker-restart", "sometimes", "one of no, always"),
+        ("--docker-restart", "sometimes", "one of no, unless-stopped"),
+        ("--docker-restart", "always", "use unless-stopped"),
         ("--docker-name-prefix", "/x", "1-30 of"),
         ("--docker-publish-address", "everywhere", "is not an IP address"),
     ] {
@@ -483,4 +484,41 @@ async fn disk_gb_is_enforced_or_refused_as_the_storage_driver_allows() {
         assert!(message.contains("storage-opt"), "the engine's reason: {message}");
         assert_eq!(server.count_environments().await, 0, "nothing made");
     }
+}
+
+/// Under a restart policy the engine restarts a command that exits, and Lapse leaves that
+/// to it: the environment stays running (a stop is still a stop).
+#[tokio::test]
+async fn an_exit_under_a_restart_policy_is_the_engines_to_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--docker-restart", "on-failure", "--sweep-interval", "100ms"]).await;
+    let id = server.create(docker_env(&["sh", "-c", "sleep 0.3; exit 1"])).await["id"].as_str().unwrap().to_owned();
+    server.wait_state(&id, "running", secs(60)).await;
+    let docker = docker();
+    let name = format!("lapse-{id}");
+    // The podman CLI: between an exit and its restart Podman's API reports a state
+    // (`stopped`) that bollard does not parse.
+    let restart_count = || {
+        let out =
+            std::process::Command::new("podman").args(["inspect", "--format", "{{.RestartCount}}", &name]).output();
+        out.ok().and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u32>().ok()).unwrap_or_default()
+    };
+    let mut restarts = 0;
+    for _ in 0..100 {
+        restarts = restart_count();
+        if restarts >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(restarts >= 3, "the engine restarted it {restarts} times");
+    let env = server.env(&id).await;
+    assert_eq!((env["state"].clone(), env["desired_state"].clone()), (json!("running"), json!("running")), "{env}");
+    server.post(&format!("/v1/environments/{id}/stop"), json!({})).await;
+    server.wait_state(&id, "stopped", secs(30)).await;
+    let stopped_at = restart_count();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let inspect = docker.inspect_container(&name, None).await.unwrap();
+    assert_eq!(inspect.state.unwrap().running, Some(false), "a stop is not undone by the policy");
+    assert_eq!(restart_count(), stopped_at);
 }

@@ -302,8 +302,9 @@ async fn add_docker(config: &ServerConfig, controller_id: &str, providers: &mut 
             DockerSetting::Auto => match DockerProvider::detect(None, controller_id).await {
                 Ok(p) => {
                     let p = p.with_conventions(conventions);
-                    let disk = p.probe_disk().await;
-                    tracing::info!(detail = %p.health().await.unwrap_or_default(), ?disk, "docker provider on");
+                    // Its answer is in the health detail.
+                    p.probe_disk().await;
+                    tracing::info!(detail = %p.health().await.unwrap_or_default(), "docker provider on");
                     providers.insert(Arc::new(p));
                 }
                 Err(e) => {
@@ -317,7 +318,10 @@ async fn add_docker(config: &ServerConfig, controller_id: &str, providers: &mut 
                         Err(e) => {
                             tracing::warn!(error = %e, "docker provider on, but its endpoint does not answer yet (disk_gb refused)")
                         }
-                        Ok(_) => tracing::info!(disk = ?p.probe_disk().await, "docker provider on"),
+                        Ok(_) => {
+                            p.probe_disk().await;
+                            tracing::info!(detail = %p.health().await.unwrap_or_default(), "docker provider on");
+                        }
                     }
                     providers.insert(Arc::new(p));
                 }

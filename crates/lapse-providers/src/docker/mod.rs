@@ -14,7 +14,7 @@
 //! - `spec.ports` are published on the configured address (`127.0.0.1` by default) on ports
 //!   the engine picks, or from the configured range ([`ports`]), and reported as endpoints.
 //! - The configured restart policy, if any, is the container's.
-//! - What a container is made of (the create body) is in [`create`].
+//! - What a container is made of (the create body) is in `create.rs`.
 //! - Hardening defaults on every container: `pids_limit` ([`PIDS_LIMIT`]),
 //!   `no-new-privileges`, and the `json-file` log driver with `max-size` 10m and `max-file` 3
 //!   (Podman applies `max-size`; it keeps one file).

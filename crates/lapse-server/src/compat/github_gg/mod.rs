@@ -35,7 +35,7 @@
 //!   pending or provisioning VM answers exit code 1 and the seed's "VM is still
 //!   provisioning, please wait..."; a stopped one is started ([`App::start`], admitted
 //!   again) and answers "VM is starting, please try again in a few seconds..."; any other
-//!   state "VM is <status>, cannot execute commands".
+//!   state `"VM is <status>, cannot execute commands"`.
 //!
 //! Where Lapse differs: a missing VM is `404 not_found` "VM not found" (the seed threw a
 //! 500); bad input is a `400` JSON error (the seed's zod gave tRPC's `BAD_REQUEST`); the VM

@@ -1,15 +1,61 @@
 //! Tenant quotas: limits from a tier, overridden per tenant, checked against what a tenant
 //! holds now plus what a request asks for. Pure; the store runs [`Quota::admit`] inside the
 //! transaction that creates, so concurrent requests cannot both pass a limit.
+//!
+//! **Summed or per request** ([`QuotaCheck`], a tenant setting). `summed` (the default)
+//! holds the vCPU, memory and disk of all of a tenant's live environments together under the
+//! limits. `per_request` holds each environment's own request under them, as github.gg's
+//! orchestrator does (`requested > max`, `src/lib/dev-env/orchestrator.ts` at `2745f5a`), so
+//! a `pro` tenant may run three 4-vCPU environments. The environment count is summed in both
+//! modes (the seed's own concurrency check never fires; Lapse's does).
+//!
+//! **Tiers** ([`Quota::tier`], [`TIERS`]): the resource limits are github.gg's
+//! (`src/lib/vm/user-vm-service.ts`, `user_quotas` in `src/db/schema`): `free` 2 vCPU /
+//! 4096 MB / 10 GB disk, `pro` 4 / 8192 / 50, `unlimited` 8 / 16384 / 100. The environment
+//! counts (`free` 1, `pro` 3, `unlimited` none) and the default resources given to a spec
+//! that names none are Lapse's.
 
 use std::time::Duration;
 
 use crate::model::{Resources, Spec};
 use crate::wire::QuotaInput;
 
+/// The built-in tiers.
+pub const TIERS: &[&str] = &["free", "pro", "unlimited"];
+
+/// How a tenant's vCPU, memory and disk limits are held (see the module doc).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QuotaCheck {
+    /// What all of the tenant's live environments ask for, together (Lapse's default).
+    #[default]
+    Summed,
+    /// What each environment asks for, alone (github.gg's orchestrator).
+    PerRequest,
+}
+
+impl QuotaCheck {
+    /// The name the API, the CLI and the store use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaCheck::Summed => "summed",
+            QuotaCheck::PerRequest => "per_request",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<QuotaCheck> {
+        match name {
+            "summed" => Some(QuotaCheck::Summed),
+            "per_request" => Some(QuotaCheck::PerRequest),
+            _ => None,
+        }
+    }
+}
+
 /// Resolved limits; `None` is unlimited.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Quota {
+    /// Whether `vcpu`, `mem_mb` and `disk_gb` bound the sum or each request.
+    pub check: QuotaCheck,
     pub environments: Option<u32>,
     pub vcpu: Option<f64>,
     pub mem_mb: Option<u64>,
@@ -39,18 +85,21 @@ pub struct Usage {
 }
 
 impl Quota {
-    /// The built-in tiers (the seed's): `free` = 1 environment, 2 vCPU, 4 GB; `pro` = 3
-    /// environments, 4 vCPU, 8 GB.
+    /// The built-in tiers ([`TIERS`]): `free` = 1 environment, 2 vCPU, 4096 MB, 10 GB disk;
+    /// `pro` = 3 environments, 4 vCPU, 8192 MB, 50 GB; `unlimited` = any number of
+    /// environments, 8 vCPU, 16384 MB, 100 GB (github.gg's numbers; see the module doc).
     pub fn tier(name: &str) -> Option<Quota> {
-        let (environments, vcpu, mem_mb, default_vcpu, default_mem_mb) = match name {
-            "free" => (1, 2.0, 4096, 0.5, 512),
-            "pro" => (3, 4.0, 8192, 1.0, 1024),
+        let (environments, vcpu, mem_mb, disk_gb, default_vcpu, default_mem_mb) = match name {
+            "free" => (Some(1), 2.0, 4096, 10, 0.5, 512),
+            "pro" => (Some(3), 4.0, 8192, 50, 1.0, 1024),
+            "unlimited" => (None, 8.0, 16384, 100, 1.0, 1024),
             _ => return None,
         };
         Some(Quota {
-            environments: Some(environments),
+            environments,
             vcpu: Some(vcpu),
             mem_mb: Some(mem_mb),
+            disk_gb: Some(disk_gb),
             default_vcpu: Some(default_vcpu),
             default_mem_mb: Some(default_mem_mb),
             ..Quota::default()
@@ -124,9 +173,29 @@ impl Quota {
     }
 
     /// Admits one more environment of `spec` on top of `usage`, or names the limit it would
-    /// pass, what is in use and what the request asks for.
+    /// pass, what is in use and what the request asks for. Under [`QuotaCheck::PerRequest`]
+    /// only the environment count adds `usage`; vCPU, memory and disk are the request's own.
     pub fn admit(&self, usage: &Usage, spec: &Spec) -> Result<(), String> {
         let asked = spec.resources.clone().unwrap_or_default();
+        if self.check == QuotaCheck::PerRequest {
+            let usage = Usage { environments: usage.environments, ..Usage::default() };
+            return self.admit_each(&usage, &asked);
+        }
+        self.admit_each(usage, &asked)
+    }
+
+    /// [`Quota::admit`] of a request that asks for `asked`.
+    fn admit_each(&self, usage: &Usage, asked: &Resources) -> Result<(), String> {
+        let per_request = self.check == QuotaCheck::PerRequest;
+        let over = |dimension: &str, used: String, max: String, asked: String| {
+            if per_request {
+                format!(
+                    "quota: {dimension} at most {max} per environment (checked per request); this request asks for {asked}"
+                )
+            } else {
+                format!("quota: {dimension} {used} of {max} in use; this request asks for {asked}")
+            }
+        };
         if let Some(max) = self.environments
             && usage.environments + 1 > max
         {
@@ -139,19 +208,19 @@ impl Quota {
             && let Some(v) = asked.vcpu
             && usage.vcpu + v > max + 1e-9
         {
-            return Err(format!("quota: vcpu {} of {max} in use; this request asks for {v}", usage.vcpu));
+            return Err(over("vcpu", usage.vcpu.to_string(), max.to_string(), v.to_string()));
         }
         if let Some(max) = self.mem_mb
             && let Some(m) = asked.mem_mb
             && usage.mem_mb + m > max
         {
-            return Err(format!("quota: mem_mb {} of {max} in use; this request asks for {m}", usage.mem_mb));
+            return Err(over("mem_mb", usage.mem_mb.to_string(), max.to_string(), m.to_string()));
         }
         if let Some(max) = self.disk_gb
             && let Some(d) = asked.disk_gb
             && usage.disk_gb + d > max
         {
-            return Err(format!("quota: disk_gb {} of {max} in use; this request asks for {d}", usage.disk_gb));
+            return Err(over("disk_gb", usage.disk_gb.to_string(), max.to_string(), d.to_string()));
         }
         Ok(())
     }
@@ -223,5 +292,54 @@ mod tests {
         let hour = Quota { max_ttl: Some(Duration::from_secs(3600)), ..Default::default() };
         assert!(hour.check_expiry(3_600_000, 0).is_ok());
         assert!(hour.check_expiry(7_200_000, 0).unwrap_err().contains("max_ttl is 1h"));
+    }
+
+    #[test]
+    fn github_gg_tier_numbers() {
+        let numbers = |name: &str| {
+            let q = Quota::tier(name).unwrap();
+            (q.environments, q.vcpu, q.mem_mb, q.disk_gb, q.check)
+        };
+        assert_eq!(numbers("free"), (Some(1), Some(2.0), Some(4096), Some(10), QuotaCheck::Summed));
+        assert_eq!(numbers("pro"), (Some(3), Some(4.0), Some(8192), Some(50), QuotaCheck::Summed));
+        assert_eq!(numbers("unlimited"), (None, Some(8.0), Some(16384), Some(100), QuotaCheck::Summed));
+        assert!(TIERS.iter().all(|t| Quota::tier(t).is_some()));
+        let free = Quota::tier("free").unwrap();
+        let mut disk = spec(1.0, 1024);
+        disk.resources.as_mut().unwrap().disk_gb = Some(11);
+        assert_eq!(
+            free.admit(&Usage::default(), &disk).unwrap_err(),
+            "quota: disk_gb 0 of 10 in use; this request asks for 11"
+        );
+    }
+
+    #[test]
+    fn per_request_holds_each_environment_summed_holds_them_together() {
+        let summed = Quota::tier("pro").unwrap();
+        let per_request = Quota { check: QuotaCheck::PerRequest, ..summed.clone() };
+        let four = spec(4.0, 1024);
+        let mut usage = Usage::default();
+        for n in 0..3 {
+            assert_eq!(per_request.admit(&usage, &four), Ok(()), "per request: environment {n} fits alone");
+            if n == 1 {
+                let e = summed.admit(&usage, &four).unwrap_err();
+                assert_eq!(e, "quota: vcpu 4 of 4 in use; this request asks for 4");
+            }
+            usage = Usage {
+                environments: usage.environments + 1,
+                vcpu: usage.vcpu + 4.0,
+                mem_mb: usage.mem_mb + 1024,
+                disk_gb: 0,
+            };
+        }
+        let e = per_request.admit(&usage, &four).unwrap_err();
+        assert!(e.contains("environments 3 of 3"), "the count is summed in both modes: {e}");
+        let e = per_request.admit(&Usage::default(), &spec(4.5, 1024)).unwrap_err();
+        assert_eq!(e, "quota: vcpu at most 4 per environment (checked per request); this request asks for 4.5");
+        let e = per_request.admit(&Usage::default(), &spec(1.0, 9000)).unwrap_err();
+        assert!(e.starts_with("quota: mem_mb at most 8192 per environment"), "{e}");
+        assert_eq!(QuotaCheck::parse("per_request"), Some(QuotaCheck::PerRequest));
+        assert_eq!(QuotaCheck::parse(QuotaCheck::Summed.as_str()), Some(QuotaCheck::Summed));
+        assert_eq!(QuotaCheck::parse("Summed"), None);
     }
 }

@@ -436,7 +436,9 @@ pub struct QuotaInput {
     pub vcpu: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_mb: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Disk (GB) of the tenant's environments (github.gg's `maxDiskGb`; `max_disk_gb` is
+    /// accepted for it).
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "max_disk_gb")]
     pub disk_gb: Option<u64>,
     /// Longest TTL, as `"2h"` or seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -461,11 +463,52 @@ pub struct QuotaInput {
 pub struct CreateTenant {
     /// Letters, digits, `.`, `_`, `-`; at most 63.
     pub name: String,
-    /// `free` (default) or `pro`.
+    /// `free` (default), `pro`, `unlimited`, or a tier of the config file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<QuotaInput>,
+    /// How vCPU, memory and disk limits are held: `summed` (default) or `per_request`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_check: Option<QuotaCheckName>,
+}
+
+/// How a tenant's vCPU, memory and disk limits are held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaCheckName {
+    /// Over all of the tenant's live environments together.
+    #[default]
+    Summed,
+    /// Each environment's own request (github.gg's orchestrator); the environment count is
+    /// still summed.
+    PerRequest,
+}
+
+impl From<QuotaCheckName> for crate::quota::QuotaCheck {
+    fn from(n: QuotaCheckName) -> Self {
+        match n {
+            QuotaCheckName::Summed => crate::quota::QuotaCheck::Summed,
+            QuotaCheckName::PerRequest => crate::quota::QuotaCheck::PerRequest,
+        }
+    }
+}
+
+impl From<crate::quota::QuotaCheck> for QuotaCheckName {
+    fn from(c: crate::quota::QuotaCheck) -> Self {
+        match c {
+            crate::quota::QuotaCheck::Summed => QuotaCheckName::Summed,
+            crate::quota::QuotaCheck::PerRequest => QuotaCheckName::PerRequest,
+        }
+    }
+}
+
+/// `PATCH /v1/admin/tenants/{name}`: the settings to change; what is left out stays.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTenant {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_check: Option<QuotaCheckName>,
 }
 
 /// A tenant as the admin API shows it.
@@ -474,6 +517,7 @@ pub struct TenantView {
     pub name: String,
     pub tier: String,
     pub quota: QuotaInput,
+    pub quota_check: QuotaCheckName,
     pub created_at: String,
 }
 

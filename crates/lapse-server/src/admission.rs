@@ -20,8 +20,14 @@
 //!    quota, and given to the provider, which enforces them;
 //! 4. the provider's own `validate` of the completed spec;
 //! 5. the host guard for local providers (unless the resource already exists);
-//! 6. for a tenant: its quota, resolved **failing closed** (an unknown tier or an unreadable
-//!    override refuses), the longest TTL, and environment-hours this month.
+//! 6. for a tenant: its quota, resolved **failing closed** (an unknown tier, an unreadable
+//!    override or an unknown quota check refuses), the longest TTL, and environment-hours
+//!    this month.
+//!
+//! A tenant's `quota_check` (`summed`, the default, or `per_request`: see
+//! [`lapse_core::quota`]) is part of its [`Quota`], so the in-transaction check below holds
+//! it too: per request, each environment's vCPU, memory and disk are held under the limits
+//! alone, and only the environment count adds what the tenant holds.
 //!
 //! The count limits (environments, vCPU, memory, disk) are checked again by the store inside
 //! the transaction that writes (`Store::insert_admitted`, `Store::claim`,
@@ -29,7 +35,7 @@
 
 use lapse_core::Millis;
 use lapse_core::model::{Environment, NO_TENANT, Spec};
-use lapse_core::quota::Quota;
+use lapse_core::quota::{Quota, QuotaCheck};
 use lapse_core::validate::{self, FieldError};
 use lapse_providers::Provider;
 
@@ -90,7 +96,14 @@ pub async fn quota_of(cx: &Context, name: &str) -> Result<Quota, AppError> {
         tracing::error!(tenant = name, tier = %tenant.tier, "a tenant's tier is not configured; refusing its requests");
         AppError::Quota(format!("quota: tier {:?} of tenant {name} is not configured; ask the operator", tenant.tier))
     })?;
-    Ok(base.with(&overrides, cx.config.max_ttl))
+    let check = QuotaCheck::parse(&tenant.quota_check).ok_or_else(|| {
+        tracing::error!(tenant = name, quota_check = %tenant.quota_check, "a tenant's quota check is unknown; refusing its requests");
+        AppError::Quota(format!(
+            "quota: tenant {name} has an unknown quota check {:?}; ask the operator",
+            tenant.quota_check
+        ))
+    })?;
+    Ok(Quota { check, ..base.with(&overrides, cx.config.max_ttl) })
 }
 
 /// Checks `env` for `who` and completes it (default resources); see the module doc.

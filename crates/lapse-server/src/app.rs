@@ -161,6 +161,7 @@ impl App {
             name: tenant.to_owned(),
             tier: "free".into(),
             quota: serde_json::json!({}),
+            quota_check: lapse_core::quota::QuotaCheck::default().as_str().to_owned(),
             created_at: self.now(),
         };
         let event = NewEvent::of_tenant(tenant, actor, "create_tenant", "ok", "made on first use (no API keys)");

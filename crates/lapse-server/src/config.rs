@@ -66,6 +66,9 @@ pub struct ServerConfig {
     pub concurrency: BTreeMap<String, usize>,
     pub default_concurrency: usize,
     pub docker: DockerSetting,
+    /// The docker provider's container conventions (labels, names, ports, restart policy).
+    #[cfg(feature = "docker")]
+    pub docker_conventions: lapse_providers::docker::conventions::Conventions,
     pub orphans: OrphanPolicy,
     /// The `sim` provider and its behaviour; off unless given.
     pub sim: Option<lapse_providers::sim::SimConfig>,
@@ -99,7 +102,7 @@ pub struct ServerConfig {
     pub connections: crate::http::listener::ConnectionLimits,
     /// Prices for usage and cost (the config file's `[prices]` table; all zero without one).
     pub prices: lapse_core::cost::Prices,
-    /// Quota tiers from the config file, beside the built-in `free` and `pro`.
+    /// Quota tiers from the config file, beside the built-in `free`, `pro` and `unlimited`.
     pub tiers: BTreeMap<String, lapse_core::wire::QuotaInput>,
 }
 
@@ -115,7 +118,7 @@ impl ServerConfig {
     /// Every tier name a tenant may have.
     pub fn tier_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.tiers.keys().cloned().collect();
-        names.extend(["free".to_owned(), "pro".to_owned()]);
+        names.extend(lapse_core::quota::TIERS.iter().map(|t| (*t).to_owned()));
         names.sort();
         names.dedup();
         names
@@ -141,6 +144,8 @@ impl ServerConfig {
             ]),
             default_concurrency: 8,
             docker: DockerSetting::Auto,
+            #[cfg(feature = "docker")]
+            docker_conventions: Default::default(),
             orphans: OrphanPolicy::Remove,
             sim: None,
             config_file: None,

@@ -116,7 +116,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         .with_exit_notifier(exits);
     let process = Arc::new(process);
     providers.insert(process.clone());
-    add_docker(&config.docker, &controller_id, &mut providers).await;
+    add_docker(&config, &controller_id, &mut providers).await;
     if let Some(sim) = config.sim {
         tracing::warn!("the sim provider is on: its environments are simulated");
         providers.insert(Arc::new(lapse_providers::sim::SimProvider::new(sim)));
@@ -338,15 +338,20 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std:
     })
 }
 
-async fn add_docker(setting: &DockerSetting, controller_id: &str, providers: &mut ProviderSet) {
+async fn add_docker(config: &ServerConfig, controller_id: &str, providers: &mut ProviderSet) {
+    let setting = &config.docker;
     #[cfg(feature = "docker")]
     {
         use lapse_providers::Provider;
         use lapse_providers::docker::DockerProvider;
+        let conventions = config.docker_conventions.clone();
         match setting {
             DockerSetting::Off => tracing::info!("docker provider off (configured)"),
             DockerSetting::Auto => match DockerProvider::detect(None, controller_id).await {
                 Ok(p) => {
+                    let p = p.with_conventions(conventions);
+                    // Its answer is in the health detail.
+                    p.probe_disk().await;
                     tracing::info!(detail = %p.health().await.unwrap_or_default(), "docker provider on");
                     providers.insert(Arc::new(p));
                 }
@@ -356,8 +361,15 @@ async fn add_docker(setting: &DockerSetting, controller_id: &str, providers: &mu
             },
             DockerSetting::Endpoint(endpoint) => match DockerProvider::connect(endpoint, controller_id) {
                 Ok(p) => {
-                    if let Err(e) = p.health().await {
-                        tracing::warn!(error = %e, "docker provider on, but its endpoint does not answer yet");
+                    let p = p.with_conventions(conventions);
+                    match p.health().await {
+                        Err(e) => {
+                            tracing::warn!(error = %e, "docker provider on, but its endpoint does not answer yet (disk_gb refused)")
+                        }
+                        Ok(_) => {
+                            p.probe_disk().await;
+                            tracing::info!(detail = %p.health().await.unwrap_or_default(), "docker provider on");
+                        }
                     }
                     providers.insert(Arc::new(p));
                 }
@@ -367,7 +379,7 @@ async fn add_docker(setting: &DockerSetting, controller_id: &str, providers: &mu
     }
     #[cfg(not(feature = "docker"))]
     {
-        let _ = (setting, controller_id, providers);
+        let _ = (setting, controller_id, providers, config);
         tracing::info!("docker provider not built in (feature `docker`)");
     }
 }

@@ -16,6 +16,9 @@ pub struct TenantRecord {
     pub tier: String,
     /// Overrides of the tier's limits, as given.
     pub quota: serde_json::Value,
+    /// `summed` or `per_request` ([`lapse_core::quota::QuotaCheck`]); kept as text so that a
+    /// value this version does not know reads (and then refuses, failing closed).
+    pub quota_check: String,
     pub created_at: Millis,
 }
 
@@ -90,14 +93,17 @@ impl Store {
     /// Creates a tenant; `false` if one of that name exists.
     pub async fn create_tenant(&self, t: &TenantRecord, event: NewEvent) -> Result<bool, StoreError> {
         let mut tx = self.writer.begin().await.op("create tenant")?;
-        let done = sqlx::query("INSERT OR IGNORE INTO tenants (name, tier, quota, created_at) VALUES (?, ?, ?, ?)")
-            .bind(&t.name)
-            .bind(&t.tier)
-            .bind(t.quota.to_string())
-            .bind(t.created_at)
-            .execute(&mut *tx)
-            .await
-            .op("create tenant")?;
+        let done = sqlx::query(
+            "INSERT OR IGNORE INTO tenants (name, tier, quota, quota_check, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&t.name)
+        .bind(&t.tier)
+        .bind(t.quota.to_string())
+        .bind(&t.quota_check)
+        .bind(t.created_at)
+        .execute(&mut *tx)
+        .await
+        .op("create tenant")?;
         if done.rows_affected() == 0 {
             return Ok(false);
         }
@@ -106,8 +112,37 @@ impl Store {
         Ok(true)
     }
 
+    /// Sets how a tenant's quota is checked; `None` if there is no such tenant, else the
+    /// tenant as it is now.
+    pub async fn set_quota_check(
+        &self,
+        name: &str,
+        quota_check: &str,
+        event: NewEvent,
+    ) -> Result<Option<TenantRecord>, StoreError> {
+        let mut tx = self.writer.begin().await.op("update tenant")?;
+        let done = sqlx::query("UPDATE tenants SET quota_check = ? WHERE name = ?")
+            .bind(quota_check)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .op("update tenant")?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let row = sqlx::query(&format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE name = ?"))
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await
+            .op("update tenant")?;
+        let tenant = tenant_from_row(&row)?;
+        append_event(&mut tx, &event).await?;
+        tx.commit().await.op("update tenant")?;
+        Ok(Some(tenant))
+    }
+
     pub async fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
-        let rows = sqlx::query("SELECT name, tier, quota, created_at FROM tenants ORDER BY name")
+        let rows = sqlx::query(&format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY name"))
             .fetch_all(&self.reader)
             .await
             .op("tenants")?;
@@ -115,7 +150,7 @@ impl Store {
     }
 
     pub async fn tenant(&self, name: &str) -> Result<Option<TenantRecord>, StoreError> {
-        let row = sqlx::query("SELECT name, tier, quota, created_at FROM tenants WHERE name = ?")
+        let row = sqlx::query(&format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE name = ?"))
             .bind(name)
             .fetch_optional(&self.reader)
             .await
@@ -216,7 +251,15 @@ pub(crate) async fn usage(conn: &mut SqliteConnection, tenant: &str) -> Result<U
     })
 }
 
+const TENANT_COLUMNS: &str = "name, tier, quota, created_at, quota_check";
+
 fn tenant_from_row(r: &SqliteRow) -> Result<TenantRecord, StoreError> {
     let name: String = r.get(0);
-    Ok(TenantRecord { quota: json_column(&name, "quota", r.get(2))?, tier: r.get(1), created_at: r.get(3), name })
+    Ok(TenantRecord {
+        quota: json_column(&name, "quota", r.get(2))?,
+        tier: r.get(1),
+        created_at: r.get(3),
+        quota_check: r.get(4),
+        name,
+    })
 }

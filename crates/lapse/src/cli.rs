@@ -501,7 +501,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Admin(AdminCommand::Tenant(TenantCommand::Create { name, tier })) => {
-            let req = lapse_core::wire::CreateTenant { name, tier, quota: None };
+            let req = lapse_core::wire::CreateTenant { name, tier, quota: None, quota_check: None };
             let t: lapse_core::wire::TenantView = client.post("/v1/admin/tenants", &req).await?;
             if json {
                 print_json(&t);

@@ -205,6 +205,8 @@ pub struct ServeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "LAPSE_LOG_JSON")]
     pub log_json: bool,
+    #[command(flatten)]
+    pub docker_conventions: DockerConventionArgs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -248,6 +250,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "off" => DockerSetting::Off,
         endpoint => DockerSetting::Endpoint(endpoint.to_owned()),
     };
+    config.docker_conventions = args.docker_conventions.conventions()?;
     if let Some(sim) = &args.sim {
         config.sim = Some(lapse_providers_sim(sim)?);
     }
@@ -388,4 +391,60 @@ fn read_secret(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
         anyhow::bail!("{what} {} must hold one non-empty line", path.display());
     }
     Ok(secret.to_owned())
+}
+
+/// The docker provider's container conventions (an operator's existing tooling filters and
+/// connects on them): `lapse_providers::docker::conventions`.
+#[derive(Args, Debug, Default)]
+pub struct DockerConventionArgs {
+    /// A label on every container, KEY=VALUE (repeatable), e.g. gh.gg/managed=true.
+    #[arg(
+        long = "docker-label",
+        env = "LAPSE_DOCKER_LABELS",
+        value_delimiter = ',',
+        help_heading = "Docker conventions"
+    )]
+    pub labels: Vec<String>,
+    /// A label whose value is the container's name, e.g. gh.gg/vm-name.
+    #[arg(long = "docker-name-label", env = "LAPSE_DOCKER_NAME_LABEL", help_heading = "Docker conventions")]
+    pub name_label: Option<String>,
+    /// Containers are named PREFIX<environment id> (default lapse-), e.g. gh-gg-.
+    #[arg(long = "docker-name-prefix", env = "LAPSE_DOCKER_NAME_PREFIX", help_heading = "Docker conventions")]
+    pub name_prefix: Option<String>,
+    /// The address spec ports are published on (default 127.0.0.1), e.g. 0.0.0.0.
+    #[arg(long = "docker-publish-address", env = "LAPSE_DOCKER_PUBLISH_ADDRESS", help_heading = "Docker conventions")]
+    pub publish_address: Option<String>,
+    /// Host ports FIRST-LAST for spec ports, each the first free one (default: the engine
+    /// picks), e.g. 2222-3221.
+    #[arg(long = "docker-port-range", env = "LAPSE_DOCKER_PORT_RANGE", help_heading = "Docker conventions")]
+    pub port_range: Option<String>,
+    /// The containers' restart policy: no, unless-stopped, on-failure[:N] (not always: it
+    /// would restart containers Lapse stopped whenever the engine restarts).
+    #[arg(long = "docker-restart", env = "LAPSE_DOCKER_RESTART", help_heading = "Docker conventions")]
+    pub restart: Option<String>,
+}
+
+impl DockerConventionArgs {
+    fn conventions(&self) -> anyhow::Result<lapse_providers::docker::conventions::Conventions> {
+        let mut c = lapse_providers::docker::conventions::Conventions::default();
+        for label in &self.labels {
+            c.add_label(label)?;
+        }
+        if let Some(key) = &self.name_label {
+            c.set_name_label(key)?;
+        }
+        if let Some(prefix) = &self.name_prefix {
+            c.set_name_prefix(prefix)?;
+        }
+        if let Some(address) = &self.publish_address {
+            c.set_publish_address(address)?;
+        }
+        if let Some(range) = &self.port_range {
+            c.set_port_range(range)?;
+        }
+        if let Some(policy) = &self.restart {
+            c.set_restart(policy)?;
+        }
+        Ok(c)
+    }
 }

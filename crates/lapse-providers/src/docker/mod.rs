@@ -1,14 +1,20 @@
 //! The `docker` provider: an environment is a container, through the Docker Engine API
 //! (`bollard`). It works with Docker and with Podman's compatible service.
 //!
-//! - The container is named `lapse-<environment id>`; that name makes `ensure_running`
-//!   idempotent (a create that already happened is found, not repeated).
+//! - The container is named `<prefix><environment id>` (prefix `lapse-` unless the
+//!   operator's [`conventions`] say otherwise); that name, and the labels when a container
+//!   was made under another prefix, make `ensure_running` idempotent (a create that already
+//!   happened is found, not repeated).
 //! - Labels `lapse.environment=<id>` and `lapse.controller=<control plane id>` on every
-//!   container; [`Provider::list`] filters on the controller label.
-//! - `resources.mem_mb` → memory limit, `resources.vcpu` → NanoCPUs; `disk_gb` cannot be
-//!   enforced on a container's writable layer and is refused.
-//! - `spec.ports` are published on `127.0.0.1` on ports the engine picks, and reported as
-//!   endpoints.
+//!   container, beside the operator's own ([`conventions`]); [`Provider::list`] filters on
+//!   the controller label.
+//! - `resources.mem_mb` → memory limit, `resources.vcpu` → NanoCPUs, `resources.disk_gb` →
+//!   `storage-opt size=<N>G` where the storage driver takes it ([`disk`], probed at start;
+//!   refused otherwise).
+//! - `spec.ports` are published on the configured address (`127.0.0.1` by default) on ports
+//!   the engine picks, or from the configured range ([`ports`]), and reported as endpoints.
+//! - The configured restart policy, if any, is the container's.
+//! - What a container is made of (the create body) is in `create.rs`.
 //! - Hardening defaults on every container: `pids_limit` ([`PIDS_LIMIT`]),
 //!   `no-new-privileges`, and the `json-file` log driver with `max-size` 10m and `max-file` 3
 //!   (Podman applies `max-size`; it keeps one file).
@@ -24,10 +30,10 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig, HostConfigLogConfig, PortBinding};
+use bollard::models::ContainerInspectResponse;
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
 };
 use futures::StreamExt;
 use lapse_core::model::{Endpoint, Spec};
@@ -39,7 +45,14 @@ use crate::{
     last_lines,
 };
 
+pub mod conventions;
+mod create;
+pub mod disk;
 pub mod network;
+pub mod ports;
+
+use conventions::Conventions;
+use disk::DiskSupport;
 
 const NAME: &str = "docker";
 /// Most tasks a container may have.
@@ -61,6 +74,11 @@ pub struct DockerProvider {
     endpoint: String,
     controller_id: String,
     networks: network::Networks,
+    conventions: Conventions,
+    /// What [`disk::probe`] found; refused until it has run.
+    disk: std::sync::RwLock<DiskSupport>,
+    /// Held from a port pick until the container exists (see [`ports`]).
+    port_picks: tokio::sync::Mutex<()>,
 }
 
 impl DockerProvider {
@@ -80,7 +98,28 @@ impl DockerProvider {
             endpoint: endpoint.to_owned(),
             controller_id: controller_id.to_owned(),
             networks: network::Networks::default(),
+            conventions: Conventions::default(),
+            disk: std::sync::RwLock::new(DiskSupport::Refused("the storage driver has not been probed".into())),
+            port_picks: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// This provider under an operator's container conventions.
+    pub fn with_conventions(mut self, conventions: Conventions) -> Self {
+        self.conventions = conventions;
+        self
+    }
+
+    /// Probes once whether `disk_gb` can be enforced ([`disk::probe`]) and keeps the answer.
+    pub async fn probe_disk(&self) -> DiskSupport {
+        let found = disk::probe(&self.docker, &self.controller_id).await;
+        *self.disk.write().unwrap_or_else(|p| p.into_inner()) = found.clone();
+        found
+    }
+
+    /// What the disk probe found.
+    pub fn disk_support(&self) -> DiskSupport {
+        self.disk.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The first Docker Engine API that answers a ping: `configured` if given (and then only
@@ -107,63 +146,17 @@ impl DockerProvider {
         Err(last)
     }
 
-    fn container_name(id: &str) -> String {
-        format!("lapse-{id}")
-    }
-
-    fn body(&self, id: &str, placement: &Placement, network: &str, spec: &Spec) -> ContainerCreateBody {
-        let port_key = |p: &u16| format!("{p}/tcp");
-        let port_bindings: HashMap<String, Option<Vec<PortBinding>>> = spec
-            .ports
-            .iter()
-            .map(|p| {
-                (
-                    port_key(p),
-                    Some(vec![PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(String::new()) }]),
-                )
-            })
-            .collect();
-        let resources = spec.resources.clone().unwrap_or_default();
-        ContainerCreateBody {
-            image: spec.image.clone(),
-            cmd: (!spec.cmd.is_empty()).then(|| spec.cmd.clone()),
-            env: Some(
-                spec.env
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .chain(spec.user_data.as_ref().map(|_| format!("{}={NOCLOUD_USER_DATA}", crate::USER_DATA_ENV)))
-                    .collect(),
-            ),
-            labels: Some(HashMap::from([
-                (LABEL_ENVIRONMENT.to_owned(), id.to_owned()),
-                (LABEL_CONTROLLER.to_owned(), self.controller_id.clone()),
-                (network::LABEL_TENANT.to_owned(), placement.tenant.clone()),
-            ])),
-            exposed_ports: Some(spec.ports.iter().map(port_key).collect()),
-            host_config: Some(HostConfig {
-                memory: resources.mem_mb.map(|m| (m * 1024 * 1024) as i64),
-                nano_cpus: resources.vcpu.map(|v| (v * 1e9) as i64),
-                port_bindings: Some(port_bindings),
-                pids_limit: Some(PIDS_LIMIT),
-                security_opt: Some(vec!["no-new-privileges".into()]),
-                log_config: Some(HostConfigLogConfig {
-                    typ: Some("json-file".into()),
-                    config: Some(HashMap::from([
-                        ("max-size".to_owned(), LOG_MAX_SIZE.to_owned()),
-                        ("max-file".to_owned(), LOG_MAX_FILE.to_owned()),
-                    ])),
-                }),
-                network_mode: Some(network.to_owned()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+    fn container_name(&self, id: &str) -> String {
+        self.conventions.container_name(id)
     }
 
     fn instance_from(&self, inspect: &ContainerInspectResponse) -> Option<Instance> {
         let labels = inspect.config.as_ref()?.labels.as_ref()?;
         let environment_id = labels.get(LABEL_ENVIRONMENT)?.clone();
-        let running = inspect.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+        // A container the engine is restarting (its restart policy) counts as running: the
+        // engine, not the sweep, handles that exit.
+        let restarting = inspect.state.as_ref().and_then(|s| s.restarting).unwrap_or(false);
+        let running = inspect.state.as_ref().and_then(|s| s.running).unwrap_or(false) || restarting;
         let mut endpoints = Vec::new();
         if running && let Some(ports) = inspect.network_settings.as_ref().and_then(|n| n.ports.as_ref()) {
             for (key, bindings) in ports {
@@ -205,42 +198,45 @@ impl DockerProvider {
             Err(e) => Err(classify("inspect", e)),
         }
     }
+
+    /// The environment's container: by its name, else (made under another name prefix) by
+    /// its labels.
+    async fn find(&self, environment_id: &str) -> Result<Option<ContainerInspectResponse>, ProviderError> {
+        if let Some(found) = self.inspect_name(&self.container_name(environment_id)).await? {
+            return Ok(Some(found));
+        }
+        match self.labelled(environment_id).await?.first() {
+            Some(id) => self.inspect_name(id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Ids of the containers carrying this environment's and this control plane's labels.
+    async fn labelled(&self, environment_id: &str) -> Result<Vec<String>, ProviderError> {
+        let filters = HashMap::from([(
+            "label",
+            vec![format!("{LABEL_CONTROLLER}={}", self.controller_id), format!("{LABEL_ENVIRONMENT}={environment_id}")],
+        )]);
+        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let listed = self.docker.list_containers(Some(options)).await.map_err(|e| classify("find", e))?;
+        Ok(listed
+            .into_iter()
+            .filter(|c| {
+                c.labels.as_ref().is_some_and(|l| {
+                    l.get(LABEL_CONTROLLER) == Some(&self.controller_id)
+                        && l.get(LABEL_ENVIRONMENT).map(String::as_str) == Some(environment_id)
+                })
+            })
+            .filter_map(|c| c.id)
+            .collect())
+    }
 }
 
-/// A tar archive, to unpack at `/`, holding the NoCloud seed: `user-data` and a `meta-data`
-/// that names the instance.
-fn user_data_archive(id: &str, user_data: &str) -> std::io::Result<Vec<u8>> {
-    let mut archive = tar::Builder::new(Vec::new());
-    let mut path = String::new();
-    for part in NOCLOUD_USER_DATA.trim_start_matches('/').split('/').filter(|p| *p != "user-data") {
-        path.push_str(part);
-        path.push('/');
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Directory);
-        header.set_mode(0o755);
-        header.set_size(0);
-        archive.append_data(&mut header, &path, std::io::empty())?;
-    }
-    let meta = format!("instance-id: {id}\nlocal-hostname: lapse-{}\n", &id[..id.len().min(12)]);
-    for (name, data) in [("user-data", user_data.as_bytes()), ("meta-data", meta.as_bytes())] {
-        let mut header = tar::Header::new_gnu();
-        header.set_mode(0o644);
-        header.set_size(data.len() as u64);
-        archive.append_data(&mut header, format!("{path}{name}"), data)?;
-    }
-    archive.into_inner()
-}
-
-/// What the docker provider needs of a spec.
+/// What the docker provider needs of a spec, whatever its engine: an image. (`disk_gb`
+/// depends on the engine's storage driver: [`DockerProvider`]'s `validate` checks it.)
 pub fn validate(spec: &Spec) -> Result<(), FieldError> {
     if spec.image.is_none() {
         return Err(FieldError { field: "spec.image".into(), message: "the docker provider needs an image".into() });
-    }
-    if spec.resources.as_ref().is_some_and(|r| r.disk_gb.is_some()) {
-        return Err(FieldError {
-            field: "spec.resources.disk_gb".into(),
-            message: "the docker provider cannot limit disk; leave disk_gb out".into(),
-        });
     }
     Ok(())
 }
@@ -268,7 +264,16 @@ impl Provider for DockerProvider {
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), FieldError> {
-        validate(spec)
+        validate(spec)?;
+        if spec.resources.as_ref().is_some_and(|r| r.disk_gb.is_some())
+            && let DiskSupport::Refused(why) = self.disk_support()
+        {
+            return Err(FieldError {
+                field: "spec.resources.disk_gb".into(),
+                message: format!("the docker provider cannot limit disk here ({why}); leave disk_gb out"),
+            });
+        }
+        Ok(())
     }
 
     async fn health(&self) -> Result<String, ProviderError> {
@@ -283,7 +288,11 @@ impl Provider for DockerProvider {
             .components
             .and_then(|c| c.into_iter().next().map(|c| c.name))
             .unwrap_or_else(|| "Docker Engine".into());
-        Ok(format!("{product} {} at {}", version.version.unwrap_or_default(), self.endpoint))
+        let disk = match self.disk_support() {
+            DiskSupport::Enforced(how) => format!("disk_gb enforced ({how})"),
+            DiskSupport::Refused(why) => format!("disk_gb refused ({why})"),
+        };
+        Ok(format!("{product} {} at {}; {disk}", version.version.unwrap_or_default(), self.endpoint))
     }
 
     async fn ensure_running(
@@ -292,35 +301,35 @@ impl Provider for DockerProvider {
         placement: &Placement,
         spec: &Spec,
     ) -> Result<Instance, ProviderError> {
-        let name = Self::container_name(environment_id);
-        let existing = self.inspect_name(&name).await?;
+        let existing = self.find(environment_id).await?;
+        // Its own name, for a container made under another prefix.
+        let name = existing
+            .as_ref()
+            .and_then(|c| c.name.as_deref())
+            .map(|n| n.trim_start_matches('/').to_owned())
+            .unwrap_or_else(|| self.container_name(environment_id));
         // Twice at most: a network removed (its last container gone) between its check and
         // the create is made again.
         let mut attempts = 0;
         while existing.is_none() {
             attempts += 1;
             let network = self.networks.ensure(&self.docker, &self.controller_id, &placement.tenant).await?;
-            let options = CreateContainerOptionsBuilder::default().name(&name).build();
-            let body = self.body(environment_id, placement, &network, spec);
-            match self.docker.create_container(Some(options), body).await {
-                Ok(_) => break,
-                // Created by an earlier attempt that did not see its answer: use it.
-                Err(e) if status_of(&e) == Some(409) => break,
-                Err(e) if status_of(&e) == Some(404) && attempts < 2 && e.to_string().contains("network") => continue,
-                Err(e) if status_of(&e) == Some(404) => {
-                    return Err(ProviderError::Permanent {
-                        provider: NAME,
-                        message: format!("image {:?} not found: {e}", spec.image.as_deref().unwrap_or_default()),
-                    });
-                }
-                Err(e) => return Err(classify("create", e)),
+            if self.create(environment_id, &name, placement, &network, spec).await? {
+                break;
+            }
+            if attempts >= 2 {
+                return Err(ProviderError::Failed {
+                    provider: NAME,
+                    op: "create",
+                    message: format!("the network {network} kept vanishing"),
+                });
             }
         }
         let running = existing.as_ref().and_then(|c| c.state.as_ref()).and_then(|s| s.running).unwrap_or(false);
         if !running && let Some(data) = &spec.user_data {
             // Before the start, so cloud-init (or the command) finds it at boot. Overwriting
             // on a repeated attempt is harmless.
-            let archive = user_data_archive(environment_id, data).map_err(|e| ProviderError::Failed {
+            let archive = create::user_data_archive(environment_id, data).map_err(|e| ProviderError::Failed {
                 provider: NAME,
                 op: "create",
                 message: format!("packing user data: {e}"),
@@ -366,7 +375,11 @@ impl Provider for DockerProvider {
     async fn stop(&self, environment_id: &str, grace: Duration) -> Result<(), ProviderError> {
         let seconds = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
         let options = StopContainerOptionsBuilder::default().t(seconds).build();
-        match self.docker.stop_container(&Self::container_name(environment_id), Some(options)).await {
+        let name = match self.find(environment_id).await? {
+            Some(c) => c.id.unwrap_or_else(|| self.container_name(environment_id)),
+            None => return Ok(()),
+        };
+        match self.docker.stop_container(&name, Some(options)).await {
             Ok(()) => Ok(()),
             Err(e) if matches!(status_of(&e), Some(304 | 404)) => Ok(()),
             Err(e) => Err(classify("stop", e)),
@@ -397,7 +410,7 @@ impl Provider for DockerProvider {
             .map(|tenant| network::name_of(&self.controller_id, tenant))
             .collect();
         let mut targets: Vec<String> = ours.into_iter().filter_map(|c| c.id).collect();
-        targets.push(Self::container_name(environment_id));
+        targets.push(self.container_name(environment_id));
         for target in targets {
             let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
             match self.docker.remove_container(&target, Some(options)).await {
@@ -418,7 +431,7 @@ impl Provider for DockerProvider {
     }
 
     async fn inspect(&self, environment_id: &str) -> Result<Option<Instance>, ProviderError> {
-        Ok(self.inspect_name(&Self::container_name(environment_id)).await?.and_then(|c| self.instance_from(&c)))
+        Ok(self.find(environment_id).await?.and_then(|c| self.instance_from(&c)))
     }
 
     async fn list(&self) -> Result<Vec<Instance>, ProviderError> {
@@ -433,7 +446,8 @@ impl Provider for DockerProvider {
                 if labels.get(LABEL_CONTROLLER) != Some(&self.controller_id) {
                     return None;
                 }
-                let running = c.state.map(|s| s.to_string() == "running").unwrap_or(false);
+                let running =
+                    c.state.map(|s| matches!(s.to_string().as_str(), "running" | "restarting")).unwrap_or(false);
                 Some(Instance {
                     environment_id: labels.get(LABEL_ENVIRONMENT)?.clone(),
                     provider_ref: c.id.unwrap_or_default(),
@@ -454,7 +468,10 @@ impl Provider for DockerProvider {
         cmd: &[String],
         timeout: Duration,
     ) -> Result<ExecResult, ProviderError> {
-        let name = Self::container_name(environment_id);
+        let name = match self.find(environment_id).await? {
+            Some(c) => c.id.unwrap_or_else(|| self.container_name(environment_id)),
+            None => return Err(ProviderError::NotFound { provider: NAME, environment_id: environment_id.to_owned() }),
+        };
         let config = CreateExecOptions {
             cmd: Some(cmd.to_vec()),
             attach_stdout: Some(true),
@@ -503,7 +520,11 @@ impl Provider for DockerProvider {
 
     async fn logs(&self, environment_id: &str, tail_lines: usize) -> Result<LogsView, ProviderError> {
         let options = LogsOptionsBuilder::default().stdout(true).stderr(true).tail(&tail_lines.to_string()).build();
-        let mut stream = self.docker.logs(&Self::container_name(environment_id), Some(options));
+        let name = match self.find(environment_id).await? {
+            Some(c) => c.id.unwrap_or_else(|| self.container_name(environment_id)),
+            None => return Err(ProviderError::NotFound { provider: NAME, environment_id: environment_id.to_owned() }),
+        };
+        let mut stream = self.docker.logs(&name, Some(options));
         let mut stdout = CappedOutput::new(MAX_OUTPUT_BYTES);
         let mut stderr = CappedOutput::new(MAX_OUTPUT_BYTES);
         while let Some(chunk) = stream.next().await {

@@ -7,11 +7,12 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post};
 use lapse_core::format_millis;
 use lapse_core::validate;
 use lapse_core::wire::{
-    CreateKey, CreateTenant, ErrorBody, KeyCreated, KeyRevoked, KeyScopeName, QuotaInput, TenantList, TenantView,
+    CreateKey, CreateTenant, ErrorBody, KeyCreated, KeyRevoked, KeyScopeName, QuotaCheckName, QuotaInput, TenantList,
+    TenantView, UpdateTenant,
 };
 use lapse_store::{KeyScope, NewEvent, TenantRecord};
 
@@ -22,6 +23,7 @@ use crate::auth::{AuthError, Caller};
 pub fn router() -> Router<App> {
     Router::new()
         .route("/v1/admin/tenants", post(create_tenant).get(list_tenants))
+        .route("/v1/admin/tenants/{name}", patch(update_tenant))
         .route("/v1/admin/tenants/{name}/keys", post(create_key))
         .route("/v1/admin/keys", post(create_scoped_key))
         .route("/v1/admin/keys/{id}", delete(revoke_key))
@@ -100,6 +102,8 @@ fn view(t: &TenantRecord) -> TenantView {
         name: t.name.clone(),
         tier: t.tier.clone(),
         quota: serde_json::from_value(t.quota.clone()).unwrap_or_default(),
+        // A value this version does not know shows as the default; admission refuses it.
+        quota_check: lapse_core::quota::QuotaCheck::parse(&t.quota_check).map(Into::into).unwrap_or_default(),
         created_at: format_millis(t.created_at),
     }
 }
@@ -125,13 +129,42 @@ pub async fn create_tenant(
         name: req.name.clone(),
         tier: tier.clone(),
         quota: serde_json::to_value(&quota).unwrap_or_default(),
+        quota_check: check_name(req.quota_check.unwrap_or_default()).to_owned(),
         created_at: app.cx.clock.now(),
     };
-    let event = NewEvent::of_tenant(&req.name, &caller.actor(), "create_tenant", "ok", format!("tier {tier}"));
+    let message = format!("tier {tier}, quota checked {}", record.quota_check);
+    let event = NewEvent::of_tenant(&req.name, &caller.actor(), "create_tenant", "ok", message);
     if !app.cx.store.create_tenant(&record, event).await.map_err(AppError::Store)? {
         return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("tenant {} exists", req.name)));
     }
     Ok((StatusCode::CREATED, Json(view(&record))))
+}
+
+fn check_name(c: QuotaCheckName) -> &'static str {
+    lapse_core::quota::QuotaCheck::from(c).as_str()
+}
+
+/// Change a tenant's settings: `quota_check` (`summed` or `per_request`), applied from its
+/// next request on.
+#[utoipa::path(patch, path = "/v1/admin/tenants/{name}", tag = "admin", params(("name" = String, Path)),
+    request_body = UpdateTenant,
+    responses((status = 200, body = TenantView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn update_tenant(
+    State(app): State<App>,
+    axum::extract::Extension(caller): axum::extract::Extension<Caller>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<UpdateTenant>,
+) -> Result<Json<TenantView>, ApiError> {
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no tenant {name}"));
+    let Some(check) = req.quota_check else {
+        let tenant = app.cx.store.tenant(&name).await.map_err(AppError::Store)?.ok_or_else(not_found)?;
+        return Ok(Json(view(&tenant)));
+    };
+    let check = check_name(check);
+    let event = NewEvent::of_tenant(&name, &caller.actor(), "update_tenant", "ok", format!("quota checked {check}"));
+    let tenant = app.cx.store.set_quota_check(&name, check, event).await.map_err(AppError::Store)?;
+    Ok(Json(view(&tenant.ok_or_else(not_found)?)))
 }
 
 fn check_quota(q: &QuotaInput, max_ttl: std::time::Duration) -> Result<(), ApiError> {

@@ -44,6 +44,7 @@ pub fn router(app: App) -> Router {
         .merge(admin::router())
         .merge(environments::router())
         .merge(pools::router())
+        .merge(crate::compat::github_gg::router())
         .merge(system::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -221,3 +221,4 @@ async fn queue_messages_apply_once_and_changes_are_published() {
 }
 
 mod full_disk;
+mod quota_check;

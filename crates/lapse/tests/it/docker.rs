@@ -327,3 +327,198 @@ async fn tenants_containers_cannot_reach_each_other() {
     }
     assert!(docker().inspect_network(&network, None).await.is_err(), "{network} went with its last container");
 }
+
+/// Two consecutive ports nothing listens on.
+fn free_port_pair() -> u16 {
+    for _ in 0..50 {
+        let first = std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
+        if first < 65535 && std::net::TcpListener::bind(("0.0.0.0", first + 1)).is_ok() {
+            return first;
+        }
+    }
+    panic!("no two consecutive free ports");
+}
+
+/// github.gg's conventions (`docker-provider.ts`: `--name gh-gg-… --label gh.gg/managed=true
+/// --label gh.gg/vm-name=<name> -p <first free from 2222>:22 --restart unless-stopped`), as
+/// the operator's flags, seen through the engine's API.
+#[tokio::test]
+async fn containers_carry_the_operators_labels_names_ports_and_restart_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = free_port_pair();
+    let range = format!("{first}-{}", first + 1);
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--docker-label",
+            "gh.gg/managed=true",
+            "--docker-name-label",
+            "gh.gg/vm-name",
+            "--docker-name-prefix",
+            "gh-gg-",
+            "--docker-publish-address",
+            "0.0.0.0",
+            "--docker-port-range",
+            &range,
+            "--docker-restart",
+            "unless-stopped",
+        ],
+    )
+    .await;
+    let web = |n: u32| {
+        json!({"owner": "ada", "spec": {"provider": "docker", "image": image(),
+            "cmd": ["sh", "-c", format!("echo served{n} > /tmp/index.html; exec httpd -f -p 8080 -h /tmp")], "ports": [8080]}, "ttl": "10m"})
+    };
+    // Two at once: each gets its own port of the range.
+    let (a, b) = tokio::join!(server.create(web(1)), server.create(web(2)));
+    let ids = [a["id"].as_str().unwrap().to_owned(), b["id"].as_str().unwrap().to_owned()];
+    let mut ports = Vec::new();
+    for id in &ids {
+        let running = server.wait_state(id, "running", secs(60)).await;
+        ports.push(running["endpoints"][0]["port"].as_u64().unwrap() as u16);
+    }
+    ports.sort();
+    assert_eq!(ports, [first, first + 1], "the range's first free ports, never one twice");
+
+    let docker = docker();
+    let filters = HashMap::from([("label", vec!["gh.gg/managed=true".to_owned()])]);
+    let options =
+        bollard::query_parameters::ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+    let listed = docker.list_containers(Some(options)).await.unwrap();
+    let mut names: Vec<String> = listed
+        .iter()
+        .flat_map(|c| c.names.clone().unwrap_or_default())
+        .map(|n| n.trim_start_matches('/').to_owned())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = ids.iter().map(|id| format!("gh-gg-{id}")).collect();
+    want.sort();
+    assert_eq!(names, want, "docker ps --filter label=gh.gg/managed=true");
+    for id in &ids {
+        let inspect = docker.inspect_container(&format!("gh-gg-{id}"), None).await.unwrap();
+        let labels = inspect.config.unwrap().labels.unwrap();
+        assert_eq!(labels.get("gh.gg/vm-name"), Some(&format!("gh-gg-{id}")));
+        assert_eq!(labels.get("lapse.environment"), Some(id), "Lapse's own labels stay");
+        let host = inspect.host_config.unwrap();
+        assert_eq!(host.restart_policy.unwrap().name, Some(bollard::models::RestartPolicyNameEnum::UNLESS_STOPPED));
+        let binding = &host.port_bindings.unwrap()["8080/tcp"].clone().unwrap()[0];
+        assert_eq!(binding.host_ip.as_deref(), Some("0.0.0.0"), "published on the configured address");
+        assert!(ports.contains(&binding.host_port.as_deref().unwrap().parse().unwrap()));
+    }
+    let running = server.env(&ids[0]).await;
+    fetch_eventually(&running["endpoints"][0], "/index.html", "served1").await;
+
+    // The range is full: a clear failure, and nothing made.
+    let third = server.create(web(3)).await["id"].as_str().unwrap().to_owned();
+    let failed = server.wait_state(&third, "failed", secs(30)).await;
+    assert!(
+        failed["reason"].as_str().unwrap().contains(&format!("no free host port in the range {range}")),
+        "{failed}"
+    );
+    assert!(docker.inspect_container(&format!("gh-gg-{third}"), None).await.is_err());
+
+    // A stopped container keeps its port; a deleted one frees it for the next.
+    server.post(&format!("/v1/environments/{}/stop", ids[0]), json!({})).await;
+    server.wait_state(&ids[0], "stopped", secs(30)).await;
+    let fourth = server.create(web(4)).await["id"].as_str().unwrap().to_owned();
+    server.wait_state(&fourth, "failed", secs(30)).await;
+    let port_of_first = running["endpoints"][0]["port"].as_u64().unwrap();
+    server.request(Method::DELETE, &format!("/v1/environments/{}", ids[0]), None).await;
+    server.wait_state(&ids[0], "deleted", secs(30)).await;
+    let fifth = server.create(web(5)).await["id"].as_str().unwrap().to_owned();
+    let running = server.wait_state(&fifth, "running", secs(60)).await;
+    assert_eq!(running["endpoints"][0]["port"].as_u64(), Some(port_of_first));
+    fetch_eventually(&running["endpoints"][0], "/index.html", "served5").await;
+}
+
+/// Conventions that do not read stop `lapse serve` with the reason.
+#[tokio::test]
+async fn bad_docker_conventions_refuse_to_start() {
+    for (flag, value, why) in [
+        ("--docker-label", "lapse.controller=x", "labels starting with lapse. are Lapse's own"),
+        ("--docker-port-range", "3000-2000", "give FIRST-LAST"),
+        ("--docker-restart", "sometimes", "one of no, unless-stopped"),
+        ("--docker-restart", "always", "use unless-stopped"),
+        ("--docker-name-prefix", "/x", "1-30 of"),
+        ("--docker-publish-address", "everywhere", "is not an IP address"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lapse"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .args([flag, value])
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "{flag} {value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(why), "{flag} {value}: {stderr}");
+    }
+}
+
+/// `disk_gb` on docker: enforced with `storage-opt size` where the probed storage driver
+/// takes it, refused with a 400 naming the reason where it does not (Podman over ext4 here).
+#[tokio::test]
+async fn disk_gb_is_enforced_or_refused_as_the_storage_driver_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    let (_, providers) = server.get("/v1/providers").await;
+    let detail = providers["providers"].as_array().unwrap().iter().find(|p| p["name"] == "docker").unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eprintln!("docker provider: {detail}");
+    let mut body = docker_env(&["sleep", "600"]);
+    body["spec"]["resources"] = json!({"disk_gb": 2});
+    if detail.contains("disk_gb enforced") {
+        let id = server.create(body).await["id"].as_str().unwrap().to_owned();
+        server.wait_state(&id, "running", secs(60)).await;
+        let inspect = docker().inspect_container(&format!("lapse-{id}"), None).await.unwrap();
+        assert_eq!(inspect.host_config.unwrap().storage_opt.unwrap().get("size").map(String::as_str), Some("2G"));
+    } else {
+        assert!(detail.contains("disk_gb refused (storage driver"), "{detail}");
+        let (status, e) = server.post("/v1/environments", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+        let message = e["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("spec.resources.disk_gb: the docker provider cannot limit disk here"), "{message}");
+        assert!(message.contains("storage-opt"), "the engine's reason: {message}");
+        assert_eq!(server.count_environments().await, 0, "nothing made");
+    }
+}
+
+/// Under a restart policy the engine restarts a command that exits, and Lapse leaves that
+/// to it: the environment stays running (a stop is still a stop).
+#[tokio::test]
+async fn an_exit_under_a_restart_policy_is_the_engines_to_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--docker-restart", "on-failure", "--sweep-interval", "100ms"]).await;
+    let id = server.create(docker_env(&["sh", "-c", "sleep 0.3; exit 1"])).await["id"].as_str().unwrap().to_owned();
+    server.wait_state(&id, "running", secs(60)).await;
+    let docker = docker();
+    let name = format!("lapse-{id}");
+    // The podman CLI: between an exit and its restart Podman's API reports a state
+    // (`stopped`) that bollard does not parse.
+    let restart_count = || {
+        let out =
+            std::process::Command::new("podman").args(["inspect", "--format", "{{.RestartCount}}", &name]).output();
+        out.ok().and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u32>().ok()).unwrap_or_default()
+    };
+    let mut restarts = 0;
+    for _ in 0..100 {
+        restarts = restart_count();
+        if restarts >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(restarts >= 3, "the engine restarted it {restarts} times");
+    let env = server.env(&id).await;
+    assert_eq!((env["state"].clone(), env["desired_state"].clone()), (json!("running"), json!("running")), "{env}");
+    server.post(&format!("/v1/environments/{id}/stop"), json!({})).await;
+    server.wait_state(&id, "stopped", secs(30)).await;
+    let stopped_at = restart_count();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let inspect = docker.inspect_container(&name, None).await.unwrap();
+    assert_eq!(inspect.state.unwrap().running, Some(false), "a stop is not undone by the policy");
+    assert_eq!(restart_count(), stopped_at);
+}

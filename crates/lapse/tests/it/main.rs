@@ -10,6 +10,7 @@ mod docker;
 mod drift;
 mod fc;
 mod full_disk;
+mod github_gg;
 mod harness;
 mod isolation;
 mod lifecycles;

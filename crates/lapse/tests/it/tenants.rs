@@ -533,3 +533,84 @@ async fn a_metrics_key_reads_metrics_and_nothing_else() {
     let (status, _) = server.request_as(Some(&key), Method::GET, "/v1/environments", None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+/// A sim environment of `vcpu` vCPUs.
+fn sim_of(vcpu: f64) -> Value {
+    json!({"owner": "ada", "spec": {"provider": "sim", "resources": {"vcpu": vcpu, "mem_mb": 1024}}, "ttl": "10m"})
+}
+
+/// github.gg's tiers (`user-vm-service.ts`: free 2/4096/10, pro 4/8192/50, unlimited
+/// 8/16384/100) and its per-request check (`orchestrator.ts`: `requested > max`): a pro
+/// tenant checked per request runs three 4-vCPU environments; summed, the 2nd is refused.
+#[tokio::test]
+async fn quotas_are_checked_per_request_or_summed_as_the_tenant_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path()).await;
+    for (name, check) in [("each", Some("per_request")), ("sum", None)] {
+        let mut body = json!({"name": name, "tier": "pro"});
+        if let Some(c) = check {
+            body["quota_check"] = json!(c);
+        }
+        let (status, t) = server.post("/v1/admin/tenants", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{t}");
+        assert_eq!(t["quota_check"], check.unwrap_or("summed"));
+    }
+    let (_, each) = server.post("/v1/admin/tenants/each/keys", json!({})).await;
+    let (_, sum) = server.post("/v1/admin/tenants/sum/keys", json!({})).await;
+    let (each, sum) = (each["key"].as_str().unwrap().to_owned(), sum["key"].as_str().unwrap().to_owned());
+    let create = |key: String, body: Value| {
+        let server = &server;
+        async move { server.request_as(Some(&key), Method::POST, "/v1/environments", Some(body)).await }
+    };
+    for n in 0..3 {
+        let (status, env) = create(each.clone(), sim_of(4.0)).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "per request, environment {n}: {env}");
+    }
+    let (status, e) = create(each.clone(), sim_of(4.0)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "the count is summed in both modes: {e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("environments 3 of 3"), "{e}");
+    let (status, e) = create(each.clone(), sim_of(4.5)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{e}");
+
+    let (status, _) = create(sum.clone(), sim_of(4.0)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, e) = create(sum.clone(), sim_of(4.0)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "summed: the 2nd is over 4 vCPU: {e}");
+    assert_eq!(e["error"]["message"], "quota: vcpu 4 of 4 in use; this request asks for 4");
+
+    // The setting changes from the next request on; a bad one changes nothing.
+    for bad in [json!({"quota_check": "sometimes"}), json!({"tier": "unlimited"}), json!("x")] {
+        let (status, e) = server.request(Method::PATCH, "/v1/admin/tenants/sum", Some(bad.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {e}");
+    }
+    let (status, _) =
+        server.request(Method::PATCH, "/v1/admin/tenants/nobody", Some(json!({"quota_check": "summed"}))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = server
+        .request_as(Some(&sum), Method::PATCH, "/v1/admin/tenants/sum", Some(json!({"quota_check": "per_request"})))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a tenant cannot loosen its own quota");
+    let (status, _) = create(sum.clone(), sim_of(4.0)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "still summed");
+    let (status, t) =
+        server.request(Method::PATCH, "/v1/admin/tenants/sum", Some(json!({"quota_check": "per_request"}))).await;
+    assert_eq!((status, t["quota_check"].clone()), (StatusCode::OK, json!("per_request")), "{t}");
+    let (status, e) = create(sum.clone(), sim_of(4.0)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{e}");
+    let events = server.get("/v1/events?action=update_tenant").await.1;
+    assert_eq!(events["events"][0]["message"], "quota checked per_request", "{events}");
+
+    // The tiers' numbers: disk is a dimension; `unlimited` exists.
+    let (status, _) = server.post("/v1/admin/tenants", json!({"name": "big", "tier": "unlimited"})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, big) = server.post("/v1/admin/tenants/big/keys", json!({})).await;
+    let big = big["key"].as_str().unwrap().to_owned();
+    let disk = |vcpu: f64, disk: u64| json!({"owner": "ada", "spec": {"provider": "sim", "resources": {"vcpu": vcpu, "mem_mb": 1024, "disk_gb": disk}}, "ttl": "10m"});
+    let (status, e) = create(big.clone(), disk(8.0, 101)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{e}");
+    assert_eq!(e["error"]["message"], "quota: disk_gb 0 of 100 in use; this request asks for 101");
+    let (status, e) = create(big.clone(), disk(8.0, 100)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{e}");
+    let (status, e) = create(sum.clone(), disk(1.0, 51)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "pro: 50 GB per environment: {e}");
+}

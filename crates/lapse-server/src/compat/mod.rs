@@ -7,7 +7,8 @@
 //! |---|---|---|
 //! | [`swim`] | alex-sviridov/swim@27f4120 | `swim:*` Redis queues and `swim:server:<id>` |
 //! | [`swim_v2`] | alex-sviridov/swim@670feb4 (`INTERFACE.md`) | `vmmanager:*` queues, `vmmanager:servers:<user>`, rate limits |
-//! | [`fc`] | ndrean/microvm-control-planner@2ff3827 (`fc_ex_cp`) | `POST /vms`, `GET`/`DELETE /vms/:id`, `GET /stats` |
+//! | [`fc`] | ndrean/microvm-control-planner@2ff3827 (`fc_ex_cp`) | `POST /vms`, `GET`/`DELETE /vms/:id`, `GET /stats`, `desired_vms.exs` (read by `declare/exs`) |
+//! | [`github_gg`] | lantos1618/github.gg@2745f5a | the `vm.*` procedures under `/v1/github-gg/users/{user}/` |
 //! | [`github_gg`] | lantos1618/github.gg@2745f5a | the `vm.*` procedures: per-user get-or-create, start, stop, destroy, `executeCode` |
 //!
 //! Each module's doc names the seed files it follows, and where it differs on purpose.

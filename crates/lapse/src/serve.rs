@@ -78,13 +78,13 @@ pub struct ServeArgs {
     #[arg(long, env = "LAPSE_VMS_PROVIDER", default_value = "process")]
     pub vms_provider: String,
     /// The bootstrap admin key (at least 16 characters). With it, every route but /healthz
-    /// needs a key; without one (here or in the config file's [auth] table) the server is
+    /// needs a key; without one (here or in the config file's `[auth]` table) the server is
     /// single-tenant and listens on loopback only.
     #[arg(long, env = "LAPSE_ADMIN_KEY", hide_env_values = true, conflicts_with = "admin_key_file")]
     pub admin_key: Option<String>,
     /// A file holding the bootstrap admin key (recommended over --admin-key and
     /// LAPSE_ADMIN_KEY: a file readable only by the server's user is not shown in
-    /// /proc/<pid>/cmdline or environ). One line; a trailing newline is ignored.
+    /// `/proc/<pid>/cmdline` or environ). One line; a trailing newline is ignored.
     #[arg(long, env = "LAPSE_ADMIN_KEY_FILE")]
     pub admin_key_file: Option<PathBuf>,
     /// Percent of host memory in use above which local providers (process, docker) take no
@@ -408,7 +408,7 @@ pub struct DockerConventionArgs {
     /// A label whose value is the container's name, e.g. gh.gg/vm-name.
     #[arg(long = "docker-name-label", env = "LAPSE_DOCKER_NAME_LABEL", help_heading = "Docker conventions")]
     pub name_label: Option<String>,
-    /// Containers are named PREFIX<environment id> (default lapse-), e.g. gh-gg-.
+    /// Containers are named `PREFIX<environment id>` (default lapse-), e.g. gh-gg-.
     #[arg(long = "docker-name-prefix", env = "LAPSE_DOCKER_NAME_PREFIX", help_heading = "Docker conventions")]
     pub name_prefix: Option<String>,
     /// The address spec ports are published on (default 127.0.0.1), e.g. 0.0.0.0.
@@ -418,7 +418,7 @@ pub struct DockerConventionArgs {
     /// picks), e.g. 2222-3221.
     #[arg(long = "docker-port-range", env = "LAPSE_DOCKER_PORT_RANGE", help_heading = "Docker conventions")]
     pub port_range: Option<String>,
-    /// The containers' restart policy: no, unless-stopped, on-failure[:N] (not always: it
+    /// The containers' restart policy: no, unless-stopped, `on-failure[:N]` (not always: it
     /// would restart containers Lapse stopped whenever the engine restarts).
     #[arg(long = "docker-restart", env = "LAPSE_DOCKER_RESTART", help_heading = "Docker conventions")]
     pub restart: Option<String>,

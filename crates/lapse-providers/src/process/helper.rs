@@ -8,7 +8,7 @@
 //!   environment's own processes do not). It joins the environment's cgroup before anything
 //!   else, opens the logs, enters the namespaces ([`isolation::enter`]), starts `init` (or,
 //!   unisolated, the command itself) with its stdout and stderr on pipes, and pumps them into
-//!   capped, rotated logs ([`logs`]). It outlives the server (like the environment), so logs
+//!   capped, rotated logs (`logs`). It outlives the server (like the environment), so logs
 //!   stay capped while the server is down. When the command ends it writes `exit_status`
 //!   (code, and why: a signal, the OOM killer) and exits with the same code. It is exempt
 //!   from the OOM killer, so that it can say the command was killed by it.

@@ -15,7 +15,7 @@
 //! - `GET /vms/:id`: `200` with the info, `404` with an empty body. Lapse answers for a job
 //!   from its first moment (status `created`); the seed only once it has a VM.
 //! - `DELETE /vms/:id`: `204` with an empty body, idempotent (an unknown id too).
-//! - `GET /stats`: [`stats`], with the seed's `spec_hash` ([`phash2`]).
+//! - `GET /stats`: `stats`, with the seed's `spec_hash` (`phash2`).
 //!
 //! Errors are the seed's `{"error": "<text>"}`: `400` for a body it refuses (and for what
 //! Lapse refuses besides: a key of the wrong type, a bad name, `kernel`/`rootfs` on a provider

@@ -1,8 +1,8 @@
 //! The queue consumers: one pump per queue moves messages into its processing list, handlers
 //! apply them (at most `concurrency` batches at once) and remove them.
 //!
-//! **One pump, any contract.** What a batch does is the contract's ([`Contract`]): the older
-//! SWIM contract's is [`super::apply`] ([`V1`]), the newer one's is
+//! **One pump, any contract.** What a batch does is the contract's (`Contract`): the older
+//! SWIM contract's is `super::apply` (`V1`), the newer one's is
 //! [`crate::compat::swim_v2`]'s. Taking, tagging, recovery, receipts' pruning, removal and
 //! dead letters are the pump's, the same for both.
 //!
@@ -168,7 +168,7 @@ impl From<redis::RedisError> for RoundError {
     }
 }
 
-/// Runs one queue of the older contract for ever (see [`run_contract`]).
+/// Runs one queue of the older contract for ever (see `run_contract`).
 pub async fn run(app: App, swim: Arc<Swim>, queue: Arc<Queue>) {
     if queue.kind == Kind::Provision && swim.config.cloud_init_dir.is_none() {
         // The default dir is made; one configured must exist (a typo must not pass silently).

@@ -72,7 +72,7 @@
 //!
 //! **Which contract.** This module speaks the older contract (alex-sviridov/swim@27f4120);
 //! the newer one (`vmmanager:*`, LabMan's) is not a prefix of it but another contract,
-//! [`crate::compat::swim_v2`], served by the same pump ([`consumer::Contract`]) beside or
+//! [`crate::compat::swim_v2`], served by the same pump (`consumer::Contract`) beside or
 //! instead of this one (`SWIM_CONTRACTS=v1,v2`, the `[redis]` table's `contracts`).
 //!
 //! Keys, with the default prefix `swim:` (`SWIM_PREFIX` puts another before every name):

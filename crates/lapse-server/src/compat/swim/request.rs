@@ -3,7 +3,7 @@
 //!
 //! A message is bytes from a hostile producer: [`parse_bytes`] checks its size **before**
 //! anything else, then that it is UTF-8, then decodes the JSON as the seed's Go code does
-//! ([`go_json`]: keys case-insensitive, the last duplicate wins, `LabID`/`TTLMinutes` Go
+//! (`go_json`: keys case-insensitive, the last duplicate wins, `LabID`/`TTLMinutes` Go
 //! `int`s); each refusal says why, and none can panic (property-tested in `props.rs`).
 //!
 //! [`provision`] then checks what the seed's `UnmarshalAndValidate` checks (`WebUsername`,
@@ -66,7 +66,7 @@ static DECOMMISSION_STRUCT: GoStruct = GoStruct {
     fields: &[("WebUsername", Kind::Str), ("LabID", Kind::IntPtr), ("IdempotencyKey", Kind::Str)],
 };
 
-/// `swim:provision:queue`, as Go decodes it ([`go_json`]): `""` and `0` are Go's zero values,
+/// `swim:provision:queue`, as Go decodes it (`go_json`): `""` and `0` are Go's zero values,
 /// which the seed takes for "not given".
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProvisionRequest {

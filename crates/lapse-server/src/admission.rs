@@ -131,12 +131,15 @@ pub async fn admit(cx: &Context, env: &mut Environment, who: &Principal, guard: 
 /// The spec's fields checked, and its provider, which must be on this server.
 pub fn provider_of<'a>(cx: &'a Context, spec: &Spec) -> Result<&'a std::sync::Arc<dyn Provider>, AppError> {
     validate::spec(spec)?;
-    cx.providers.get(&spec.provider).ok_or_else(|| {
+    let provider = cx.providers.get(&spec.provider).ok_or_else(|| {
         invalid(
             "spec.provider",
             format!("unknown provider {:?}; this server has: {}", spec.provider, cx.providers.names().join(", ")),
         )
-    })
+    })?;
+    // `kernel`/`rootfs` only for a provider that boots kernels (a capability).
+    lapse_providers::check_boot(spec, provider.name(), provider.boots_kernel())?;
+    Ok(provider)
 }
 
 /// Whether a tenant may use the spec's provider.

@@ -129,7 +129,6 @@ impl App {
                 "labels starting with swim. or lapse. are set by the server only",
             ));
         }
-        self.check_boot(&req.spec)?;
         let now = self.now();
         let mut env = Environment::new(new_environment_id(), req.owner, req.spec, now);
         env.name = req.name;
@@ -289,7 +288,6 @@ impl App {
         // One upsert at a time: `/vms` and a config reload naming one new `job_id` make one.
         let _serial = self.jobs_lock.lock().await;
         let who = self.namespace(&job.tenant, actor, job.make_tenant).await?;
-        self.check_boot(&job.spec)?;
         let now = self.now();
         let existing = self.cx.store.get_by_job(&job.job_id).await?;
         if let Some(existing) = existing {
@@ -444,14 +442,6 @@ impl App {
     /// Checks a spec for everything but its provider's availability.
     pub fn check_spec(&self, spec: &lapse_core::model::Spec) -> Result<(), AppError> {
         admission::provider_of(&self.cx, spec)?.validate(spec)?;
-        self.check_boot(spec)
-    }
-
-    /// Refuses `kernel`/`rootfs` unless the spec's provider boots kernels (a capability,
-    /// [`lapse_providers::Provider::boots_kernel`]).
-    fn check_boot(&self, spec: &lapse_core::model::Spec) -> Result<(), AppError> {
-        let provider = admission::provider_of(&self.cx, spec)?;
-        lapse_providers::check_boot(spec, provider.name(), provider.boots_kernel())?;
         Ok(())
     }
 

@@ -305,3 +305,15 @@ pub fn remove_containers_of(controller: &str) {
 pub fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
+
+/// Polls `f` every 20 ms until it gives a value; fails the test after `within`.
+pub async fn eventually<T>(within: Duration, what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -4,11 +4,11 @@
 //! hostile input in [`hostile`].
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Server, secs};
+use crate::harness::{Server, eventually, secs};
 use crate::redis_server::RedisServer;
 
 mod hostile;
@@ -92,17 +92,6 @@ async fn swim_envs(server: &Server) -> Vec<Value> {
             Some(next) => cursor = next,
             None => return all,
         }
-    }
-}
-
-async fn eventually<T>(within: Duration, what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -4,11 +4,9 @@
 //! stale rule), `internal/cleanup` (expiry), `internal/config/constants.go` (keys, TTLs).
 //! LabMan `RPUSH`es, as the seed's `INTERFACE.md` says.
 
-use std::time::{Duration, Instant};
-
 use serde_json::{Value, json};
 
-use crate::harness::{Server, secs};
+use crate::harness::{Server, eventually, secs};
 use crate::redis_server::RedisServer;
 
 mod hostile;
@@ -59,17 +57,6 @@ async fn labs(server: &Server) -> Vec<Value> {
     let (status, list) = server.get("/v1/environments?limit=1000").await;
     assert_eq!(status, 200, "{list}");
     list["environments"].as_array().unwrap().iter().filter(|e| e["source"] == "swim_v2").cloned().collect()
-}
-
-async fn eventually<T>(within: Duration, what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Waits until `queue` and its processing list are empty: every message pushed is handled.

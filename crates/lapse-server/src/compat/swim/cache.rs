@@ -36,24 +36,20 @@
 //! no key), and for the whole life of the lab (the seed stops refreshing at `booted`, so a lab
 //! older than 24 h loses its key and its server leaks).
 
-use std::collections::HashMap;
 use std::net::Ipv6Addr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use lapse_core::model::{DesiredState, Endpoint, Environment, ObservedState};
 use lapse_core::{Millis, format_millis};
 use serde::Serialize;
-use tokio::sync::broadcast::error::RecvError;
 
+use super::Swim;
 use super::request::{CLOUD_INIT_LABEL, INSTANCE_TYPE_LABEL, LAB_LABEL, RESOURCES_LABEL};
-use super::{FIRST_BACKOFF, Swim, next_backoff};
+use redis::aio::MultiplexedConnection;
+
+use super::mirror::{FLUSH_MAX, Mirror};
 use crate::app::App;
 
-/// How often every key is rewritten from the store.
-const RESYNC_EVERY: Duration = Duration::from_secs(3600);
-/// Most keys written in one pipeline.
-const FLUSH_MAX: usize = 2000;
 /// Go's zero `time.Time`, as it marshals.
 const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
@@ -157,66 +153,35 @@ pub fn go_time(ms: Millis) -> String {
 }
 
 /// Keeps the keys for ever, reconnecting with back-off when Redis goes away.
-pub async fn run(app: App, swim: Arc<Swim>, mut changes: tokio::sync::broadcast::Receiver<Arc<Environment>>) {
-    let mut backoff = FIRST_BACKOFF;
-    let mut pending: HashMap<String, Arc<Environment>> = HashMap::new();
-    loop {
-        let mut conn = match swim.connect(Duration::from_secs(10)).await {
-            Ok(c) => c,
-            Err(e) => {
-                swim.down("server state keys", &e);
-                tokio::time::sleep(backoff).await;
-                backoff = next_backoff(backoff);
-                continue;
-            }
-        };
-        // Everything is rewritten after a reconnect: what changed meanwhile is in the store.
-        pending.clear();
-        if let Err(e) = resync(&app, &swim, &mut conn).await {
-            swim.down("server state keys", &e);
-            tokio::time::sleep(backoff).await;
-            backoff = next_backoff(backoff);
-            continue;
-        }
-        backoff = FIRST_BACKOFF;
-        let mut next_resync = tokio::time::Instant::now() + RESYNC_EVERY;
-        loop {
-            let first = tokio::select! {
-                r = changes.recv() => r,
-                _ = tokio::time::sleep_until(next_resync) => Err(RecvError::Lagged(0)),
-            };
-            let mut lagged = false;
-            match first {
-                Ok(env) => keep(&mut pending, env),
-                Err(RecvError::Lagged(_)) => lagged = true,
-                Err(RecvError::Closed) => return,
-            }
-            while pending.len() < FLUSH_MAX {
-                match changes.try_recv() {
-                    Ok(env) => keep(&mut pending, env),
-                    Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => lagged = true,
-                    Err(_) => break,
-                }
-            }
-            let result = if lagged {
-                pending.clear();
-                next_resync = tokio::time::Instant::now() + RESYNC_EVERY;
-                resync(&app, &swim, &mut conn).await
-            } else {
-                let envs: Vec<Arc<Environment>> = pending.drain().map(|(_, e)| e).collect();
-                write(&swim, &mut conn, envs.iter().map(|e| e.as_ref())).await
-            };
-            if let Err(e) = result {
-                swim.down("server state keys", &e);
-                break;
-            }
-        }
-    }
+pub async fn run(app: App, swim: Arc<Swim>, changes: tokio::sync::broadcast::Receiver<Arc<Environment>>) {
+    super::mirror::run(Keys { app, swim }, changes).await
 }
 
-fn keep(pending: &mut HashMap<String, Arc<Environment>>, env: Arc<Environment>) {
-    if env.source == "swim" {
-        pending.insert(env.id.clone(), env);
+/// The older contract's keys, one per environment the queues made.
+struct Keys {
+    app: App,
+    swim: Arc<Swim>,
+}
+
+impl Mirror for Keys {
+    type Key = String;
+    type Error = redis::RedisError;
+    const WHAT: &'static str = "server state keys";
+
+    fn link(&self) -> &Swim {
+        &self.swim
+    }
+
+    fn key_of(&self, env: &Environment) -> Option<String> {
+        (env.source == "swim").then(|| env.id.clone())
+    }
+
+    async fn resync(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+        resync(&self.app, &self.swim, conn).await
+    }
+
+    async fn write(&self, conn: &mut MultiplexedConnection, changed: Vec<Arc<Environment>>) -> redis::RedisResult<()> {
+        write(&self.swim, conn, changed.iter().map(|e| e.as_ref())).await
     }
 }
 

@@ -98,6 +98,7 @@ pub mod cache;
 pub mod cloud_init;
 pub mod consumer;
 mod entry;
+pub(crate) mod mirror;
 #[cfg(test)]
 mod props;
 pub mod request;

@@ -22,22 +22,17 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use lapse_core::format_millis;
 use lapse_core::model::{DesiredState, Environment, ObservedState};
 use serde::Serialize;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::apply::is_current;
 use super::{EXPIRY_GRACE, LAB_LABEL, SOURCE, SwimV2};
 use crate::app::App;
-use crate::compat::swim::{FIRST_BACKOFF, next_backoff};
-
-/// How often every key is rewritten from the store.
-const RESYNC_EVERY: Duration = Duration::from_secs(3600);
-/// Most users written in one round.
-const FLUSH_MAX: usize = 2000;
+use crate::compat::swim::Swim;
+use crate::compat::swim::mirror::{self, FLUSH_MAX, Mirror};
+use redis::aio::MultiplexedConnection;
 
 /// The value of `servers:<webuserid>`: the seed's `ServerState`.
 #[derive(Debug, PartialEq, Serialize)]
@@ -114,67 +109,36 @@ enum MirrorError {
 }
 
 /// Keeps the keys for ever, reconnecting with back-off when Redis goes away.
-pub async fn run(app: App, swim: Arc<SwimV2>, mut changes: tokio::sync::broadcast::Receiver<Arc<Environment>>) {
-    let mut backoff = FIRST_BACKOFF;
-    let mut pending: HashSet<String> = HashSet::new();
-    loop {
-        let mut conn = match swim.link.connect(Duration::from_secs(10)).await {
-            Ok(c) => c,
-            Err(e) => {
-                swim.link.down("v2 server state keys", &e);
-                tokio::time::sleep(backoff).await;
-                backoff = next_backoff(backoff);
-                continue;
-            }
-        };
-        // Everything is rewritten after a reconnect: what changed meanwhile is in the store.
-        pending.clear();
-        if let Err(e) = resync(&app, &swim, &mut conn).await {
-            swim.link.down("v2 server state keys", &e);
-            tokio::time::sleep(backoff).await;
-            backoff = next_backoff(backoff);
-            continue;
-        }
-        swim.link.up();
-        backoff = FIRST_BACKOFF;
-        let mut next_resync = tokio::time::Instant::now() + RESYNC_EVERY;
-        loop {
-            let first = tokio::select! {
-                r = changes.recv() => r,
-                _ = tokio::time::sleep_until(next_resync) => Err(RecvError::Lagged(0)),
-            };
-            let mut lagged = false;
-            match first {
-                Ok(env) => keep(&mut pending, &env),
-                Err(RecvError::Lagged(_)) => lagged = true,
-                Err(RecvError::Closed) => return,
-            }
-            while pending.len() < FLUSH_MAX {
-                match changes.try_recv() {
-                    Ok(env) => keep(&mut pending, &env),
-                    Err(TryRecvError::Lagged(_)) => lagged = true,
-                    Err(_) => break,
-                }
-            }
-            let result = if lagged {
-                pending.clear();
-                next_resync = tokio::time::Instant::now() + RESYNC_EVERY;
-                resync(&app, &swim, &mut conn).await
-            } else {
-                let users: Vec<String> = pending.drain().collect();
-                write(&app, &swim, &mut conn, &users).await
-            };
-            if let Err(e) = result {
-                swim.link.down("v2 server state keys", &e);
-                break;
-            }
-        }
-    }
+pub async fn run(app: App, swim: Arc<SwimV2>, changes: tokio::sync::broadcast::Receiver<Arc<Environment>>) {
+    mirror::run(Keys { app, swim }, changes).await
 }
 
-fn keep(pending: &mut HashSet<String>, env: &Environment) {
-    if env.source == SOURCE {
-        pending.insert(env.owner.clone());
+/// The newer contract's keys, one per user with a lab.
+struct Keys {
+    app: App,
+    swim: Arc<SwimV2>,
+}
+
+impl Mirror for Keys {
+    type Key = String;
+    type Error = MirrorError;
+    const WHAT: &'static str = "v2 server state keys";
+
+    fn link(&self) -> &Swim {
+        &self.swim.link
+    }
+
+    fn key_of(&self, env: &Environment) -> Option<String> {
+        (env.source == SOURCE).then(|| env.owner.clone())
+    }
+
+    async fn resync(&self, conn: &mut MultiplexedConnection) -> Result<(), MirrorError> {
+        resync(&self.app, &self.swim, conn).await
+    }
+
+    async fn write(&self, conn: &mut MultiplexedConnection, changed: Vec<Arc<Environment>>) -> Result<(), MirrorError> {
+        let users: Vec<String> = changed.iter().map(|e| e.owner.clone()).collect();
+        write(&self.app, &self.swim, conn, &users).await
     }
 }
 

@@ -9,7 +9,7 @@ use super::{DECOMMISSION, PROVISION, Setup, eventually, labs, provision, setup, 
 use crate::harness::secs;
 
 /// The dead-letter records of `queue`, by their `message`, once there are `n`.
-async fn dead_letters(s: &Setup, queue: &str, n: usize) -> BTreeMap<String, Value> {
+pub(super) async fn dead_letters(s: &Setup, queue: &str, n: usize) -> BTreeMap<String, Value> {
     let dead = eventually(secs(20), &format!("{n} dead letters in {queue}"), async || {
         let dead = s.redis.lrange(&format!("{queue}:dead")).await;
         (dead.len() >= n).then_some(dead)

@@ -104,20 +104,10 @@ async fn the_seed_readmes_redis_cli_commands_work_as_written() {
     assert!(cli(&s, Some(PASSWORD), &["LLEN", "swim:provision:queue:dead"]).trim() == "0");
 }
 
-/// The dead-letter records of the provision queue by message, once there are `n`.
+/// The dead-letter reasons of the provision queue by message, once there are `n`.
 async fn dead(s: &Setup, n: usize) -> BTreeMap<String, String> {
-    let dead = eventually(secs(20), "the dead letters", async || {
-        let dead = s.redis.lrange(&format!("{PROVISION}:dead")).await;
-        (dead.len() >= n).then_some(dead)
-    })
-    .await;
-    assert_eq!(dead.len(), n, "{dead:?}");
-    dead.iter()
-        .map(|d| {
-            let v: Value = serde_json::from_str(d).unwrap();
-            (v["message"].as_str().unwrap().to_owned(), v["reason"].as_str().unwrap().to_owned())
-        })
-        .collect()
+    let dead = super::hostile::dead_letters(s, PROVISION, n).await;
+    dead.into_iter().map(|(message, v)| (message, v["reason"].as_str().unwrap().to_owned())).collect()
 }
 
 #[tokio::test]

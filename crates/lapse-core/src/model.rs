@@ -136,6 +136,42 @@ pub struct Resources {
     pub disk_gb: Option<u64>,
 }
 
+/// What a cloud VM needs beyond [`Spec`]'s common fields (the image is [`Spec::image`], the
+/// disk size `resources.disk_gb`, the user data [`Spec::user_data`]). Only cloud providers
+/// take it; each checks the fields it knows and refuses the others. Local providers refuse it
+/// whole: a spec is honoured or refused, never silently trimmed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloudSpec {
+    /// The cloud's machine size: `t2.nano` (AWS), `DEV1-S` (Scaleway), `b2-7` (OVH).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    /// Where in the provider's region: an availability zone (`us-east-1a`), a Scaleway zone
+    /// (`fr-par-1`), an OVH region (`GRA9`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// The subnet to attach (AWS); default: the provider's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    /// A security group by name or id; default: the provider's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_group: Option<String>,
+    /// SSH public keys (OpenSSH one-line format) to let in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_public_keys: Vec<String>,
+    /// The root disk's type (`gp3`, `l_ssd`, ...); its size is `resources.disk_gb`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_type: Option<String>,
+}
+
+impl CloudSpec {
+    /// Whether no field is set (such a `cloud` means nothing and is dropped by
+    /// [`Spec::canonical`]).
+    pub fn is_empty(&self) -> bool {
+        *self == CloudSpec::default()
+    }
+}
+
 /// What to run and where: the provider-independent description of an environment.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -160,6 +196,9 @@ pub struct Spec {
     /// (its path is in `LAPSE_USER_DATA` and on the record as `user_data_path`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data: Option<String>,
+    /// What a cloud VM needs (instance type, zone, subnet, security group, SSH keys, disk type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<CloudSpec>,
     /// A guest kernel to boot (the seed's `kernel`): only a provider that boots kernels
     /// (`Provider::boots_kernel`) takes it; the others refuse it. Absent from the hash when
     /// unset, so specs without it hash as before.
@@ -289,6 +328,9 @@ impl Spec {
         }
         spec.ports.sort_unstable();
         spec.ports.dedup();
+        if spec.cloud.as_ref().is_some_and(CloudSpec::is_empty) {
+            spec.cloud = None;
+        }
         spec
     }
 
@@ -368,6 +410,12 @@ mod tests {
         let mut b = a.clone();
         b.kernel = Some("vmlinux".into());
         assert_ne!(a.hash(), b.hash());
+        // Nor does `cloud`: absent or empty, the hash is the pinned one.
+        let mut c = a.clone();
+        c.cloud = Some(CloudSpec::default());
+        assert_eq!(c.hash(), "9fc07d35548f796f");
+        c.cloud = Some(CloudSpec { instance_type: Some("t2.nano".into()), ..Default::default() });
+        assert_ne!(c.hash(), a.hash());
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub const MAX_VCPU: f64 = 256.0;
 pub const MAX_MEM_MB: u64 = 4 * 1024 * 1024;
 pub const MAX_DISK_GB: u64 = 64 * 1024;
 pub const MAX_USER_DATA: usize = 64 * 1024;
+/// Longest cloud field (instance type, zone, subnet, security group, disk type).
+pub const MAX_CLOUD_FIELD: usize = 255;
+pub const MAX_SSH_KEYS: usize = 16;
+pub const MAX_SSH_KEY: usize = 16 * 1024;
 
 fn has_control(s: &str) -> bool {
     s.chars().any(char::is_control)
@@ -152,6 +156,47 @@ pub fn spec(spec: &Spec) -> Result<(), FieldError> {
             return fail("spec.ports", format!("port {p} is listed twice"));
         }
     }
+    if let Some(c) = &spec.cloud {
+        cloud(c)?;
+    }
+    Ok(())
+}
+
+/// The shape of a cloud spec's fields; each cloud provider checks their meaning.
+fn cloud(c: &crate::model::CloudSpec) -> Result<(), FieldError> {
+    for (field, value) in [
+        ("spec.cloud.instance_type", &c.instance_type),
+        ("spec.cloud.zone", &c.zone),
+        ("spec.cloud.subnet", &c.subnet),
+        ("spec.cloud.security_group", &c.security_group),
+        ("spec.cloud.disk_type", &c.disk_type),
+    ] {
+        if let Some(v) = value
+            && (v.is_empty() || v.len() > MAX_CLOUD_FIELD || v.chars().any(|ch| ch.is_whitespace() || ch.is_control()))
+        {
+            return fail(field, format!("must be 1 to {MAX_CLOUD_FIELD} characters without spaces"));
+        }
+    }
+    if c.ssh_public_keys.len() > MAX_SSH_KEYS {
+        return fail("spec.cloud.ssh_public_keys", format!("at most {MAX_SSH_KEYS} keys"));
+    }
+    for (i, key) in c.ssh_public_keys.iter().enumerate() {
+        let mut parts = key.split_whitespace();
+        let shaped = key.len() <= MAX_SSH_KEY
+            && !key.chars().any(|ch| ch.is_control())
+            && parts
+                .next()
+                .is_some_and(|kind| kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-"))
+            && parts.next().is_some_and(|body| {
+                !body.is_empty() && body.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+            });
+        if !shaped {
+            return fail(
+                format!("spec.cloud.ssh_public_keys.{i}"),
+                "must be one OpenSSH public key line (\"ssh-ed25519 AAAA... comment\")",
+            );
+        }
+    }
     Ok(())
 }
 
@@ -262,5 +307,37 @@ mod tests {
         assert_eq!(label_selector("LabID=7"), Ok(("LabID".into(), "7".into())));
         assert_eq!(label_selector("k=a=b"), Ok(("k".into(), "a=b".into())));
         assert!(label_selector("novalue").is_err());
+    }
+
+    #[test]
+    fn cloud_fields_have_a_shape() {
+        use crate::model::CloudSpec;
+        let with = |c: CloudSpec| spec_with(|s| s.cloud = Some(c));
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq2 me@host".to_owned();
+        assert!(
+            with(CloudSpec {
+                instance_type: Some("t2.nano".into()),
+                zone: Some("us-east-1a".into()),
+                ssh_public_keys: vec![key.clone()],
+                ..Default::default()
+            })
+            .is_ok()
+        );
+        let refused = |c: CloudSpec, field: &str| {
+            let e = with(c).unwrap_err();
+            assert_eq!(e.field, field, "{e:?}");
+        };
+        refused(CloudSpec { instance_type: Some(String::new()), ..Default::default() }, "spec.cloud.instance_type");
+        refused(CloudSpec { zone: Some("us east".into()), ..Default::default() }, "spec.cloud.zone");
+        refused(CloudSpec { subnet: Some("x".repeat(256)), ..Default::default() }, "spec.cloud.subnet");
+        refused(
+            CloudSpec { ssh_public_keys: vec!["not a key".into()], ..Default::default() },
+            "spec.cloud.ssh_public_keys.0",
+        );
+        refused(
+            CloudSpec { ssh_public_keys: vec![key.clone(), "ssh-rsa AAAA\nrm -rf /".into()], ..Default::default() },
+            "spec.cloud.ssh_public_keys.1",
+        );
+        refused(CloudSpec { ssh_public_keys: vec![key; 17], ..Default::default() }, "spec.cloud.ssh_public_keys");
     }
 }

@@ -219,6 +219,21 @@ pub fn check_boot(spec: &Spec, provider: &str, boots_kernel: bool) -> Result<(),
     })
 }
 
+/// Refuses `spec.cloud` for a provider that runs on this host (process, docker): its fields
+/// (instance type, zone, SSH keys, ...) would be ignored, and a spec is never silently trimmed.
+pub fn refuse_cloud(spec: &Spec, provider: &str) -> Result<(), FieldError> {
+    match &spec.cloud {
+        Some(_) => Err(FieldError {
+            field: "spec.cloud".into(),
+            message: format!(
+                "the {provider} provider runs environments on this host and takes no cloud fields; \
+                 leave spec.cloud out, or name a cloud provider"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Checks a spec against what its provider needs, by the provider's name alone (no backend is
 /// contacted): what `lapse check` and config files use before a server runs. The built-in
 /// providers' [`Provider::boots_kernel`] is `false` for all three, as here.
@@ -255,5 +270,20 @@ mod tests {
         assert_eq!(last_lines("a\nb\nc\n", 2), "b\nc\n");
         assert_eq!(last_lines("a\nb\nc", 5), "a\nb\nc");
         assert_eq!(last_lines("a\nb\nc\n", 0), "");
+    }
+
+    #[test]
+    fn local_providers_refuse_cloud_fields() {
+        let cloud = Some(lapse_core::model::CloudSpec { instance_type: Some("t2.nano".into()), ..Default::default() });
+        let process =
+            Spec { provider: "process".into(), cmd: vec!["true".into()], cloud: cloud.clone(), ..Default::default() };
+        assert_eq!(validate_spec(&process).unwrap_err().field, "spec.cloud");
+        #[cfg(feature = "docker")]
+        {
+            let docker = Spec { provider: "docker".into(), image: Some("busybox".into()), cloud, ..Default::default() };
+            assert_eq!(validate_spec(&docker).unwrap_err().field, "spec.cloud");
+        }
+        let plain = Spec { provider: "process".into(), cmd: vec!["true".into()], ..Default::default() };
+        assert!(validate_spec(&plain).is_ok());
     }
 }

@@ -238,6 +238,7 @@ pub fn validate(spec: &Spec) -> Result<(), FieldError> {
     if spec.image.is_none() {
         return Err(FieldError { field: "spec.image".into(), message: "the docker provider needs an image".into() });
     }
+    crate::refuse_cloud(spec, "docker")?;
     Ok(())
 }
 

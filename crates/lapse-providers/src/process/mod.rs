@@ -517,6 +517,7 @@ pub fn validate(spec: &Spec) -> Result<(), FieldError> {
     if spec.image.is_some() {
         return refuse("spec.image", "the process provider runs spec.cmd on the host and takes no image");
     }
+    crate::refuse_cloud(spec, NAME)?;
     if spec.resources.as_ref().is_some_and(|r| r.disk_gb.is_some()) {
         return refuse(
             "spec.resources.disk_gb",

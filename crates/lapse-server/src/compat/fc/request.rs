@@ -193,6 +193,7 @@ pub fn map_spec(seed: &Map<String, Value>, default_provider: &str) -> Result<Map
         user_data: None,
         kernel: string(seed, "kernel")?,
         rootfs: string(seed, "rootfs")?,
+        cloud: None,
     };
     Ok(Mapped { spec, lifecycle, warm_pool, resources_given, seed_spec })
 }

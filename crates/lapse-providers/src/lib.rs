@@ -41,6 +41,19 @@ pub enum InstanceStatus {
     Running,
     /// Exists but does not run (a stopped container; a process environment's directory).
     Stopped,
+    /// On its way up (a cloud VM being created or started): the sweep leaves it alone.
+    Pending,
+    /// On its way down (a cloud VM stopping): the sweep leaves it alone.
+    Stopping,
+    /// Being terminated (a cloud VM shutting down for good): the sweep leaves it alone.
+    ShuttingDown,
+}
+
+impl InstanceStatus {
+    /// A state between two others, which a later look will settle; nothing is corrected on it.
+    pub fn is_transitional(self) -> bool {
+        matches!(self, InstanceStatus::Pending | InstanceStatus::Stopping | InstanceStatus::ShuttingDown)
+    }
 }
 
 /// A resource a provider holds for one environment.
@@ -51,6 +64,9 @@ pub struct Instance {
     pub provider_ref: String,
     pub status: InstanceStatus,
     pub endpoints: Vec<Endpoint>,
+    /// The resource's own addresses (a cloud VM's public and private IPv4 and IPv6), when it
+    /// has any; local providers have none.
+    pub addresses: Vec<std::net::IpAddr>,
     /// How its command ended, when it is stopped and the provider knows.
     pub exit_code: Option<i64>,
     /// Where the spec's user data is inside the environment (set by `ensure_running`).

@@ -140,6 +140,7 @@ impl SimProvider {
             status: if i.running { InstanceStatus::Running } else { InstanceStatus::Stopped },
             exit_code: if i.running { None } else { i.exit_code },
             user_data_path: None,
+            addresses: vec![],
             exit_reason: None,
             endpoints: if i.running {
                 i.ports

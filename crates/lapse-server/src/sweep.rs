@@ -135,6 +135,9 @@ pub async fn sweep(cx: &Context, reconciler: &Reconciler, provider: &dyn Provide
     for (id, record) in &records {
         let stable = matches!(record.observed, ObservedState::Running | ObservedState::Stopped);
         let seen = instances.get(id).map(|i| i.status);
+        if seen.is_some_and(InstanceStatus::is_transitional) {
+            continue;
+        }
         let agrees = matches!(
             (record.observed, seen),
             (ObservedState::Running, Some(InstanceStatus::Running)) | (ObservedState::Stopped, Some(_))

@@ -183,6 +183,7 @@ impl DockerProvider {
             endpoints,
             exit_code: if running { None } else { inspect.state.as_ref().and_then(|s| s.exit_code) },
             user_data_path: None,
+            addresses: vec![],
             exit_reason: inspect
                 .state
                 .as_ref()
@@ -456,6 +457,7 @@ impl Provider for DockerProvider {
                     endpoints: vec![],
                     exit_code: None,
                     user_data_path: None,
+                    addresses: vec![],
                     exit_reason: None,
                 })
             })

@@ -476,6 +476,7 @@ fn stopped(id: &str, exit: Option<ExitRecord>) -> Instance {
         endpoints: vec![],
         exit_code: exit.code,
         user_data_path: None,
+        addresses: vec![],
         exit_reason: exit.reason,
     }
 }
@@ -488,6 +489,7 @@ fn running(id: &str, pid: i32, spec_ports: &[u16]) -> Instance {
         endpoints: endpoints(spec_ports),
         exit_code: None,
         user_data_path: None,
+        addresses: vec![],
         exit_reason: None,
     }
 }

@@ -100,6 +100,7 @@ impl Provider for Gated {
             endpoints: vec![],
             exit_code: None,
             user_data_path: None,
+            addresses: vec![],
             exit_reason: None,
         })
     }

@@ -58,7 +58,10 @@ fn assert_schema_valid(fake: &Fake) {
 }
 
 fn steps(fake: &Fake) -> Vec<String> {
-    fake.log().iter().map(|r| format!("{} {}", r.method, r.path.rsplit_once("/zones/fr-par-1/").map_or("?", |x| x.1))).collect()
+    fake.log()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path.rsplit_once("/zones/fr-par-1/").map_or("?", |x| x.1)))
+        .collect()
 }
 
 #[tokio::test]
@@ -78,14 +81,19 @@ async fn create_follows_swims_steps_with_user_data_before_power_on() {
     assert!(s.tags.contains(&environment_tag("env1")) && s.tags.contains(&controller_tag(CONTROLLER)));
     // User data under `cloud-init`, set while the server was still off, with the backstop.
     let data = &s.user_data[USER_DATA_KEY];
-    assert!(data.contains("packages: [git]") && data.contains("shutdown -P") && data.contains("d=1800000600;"), "{data}");
+    assert!(
+        data.contains("packages: [git]") && data.contains("shutdown -P") && data.contains("d=1800000600;"),
+        "{data}"
+    );
     assert_eq!(s.user_data_set_in_state, ["stopped"]);
     // The routed IPv6 is the first address and an endpoint host (what SWIM's `ipv6` shows).
     let v6 = inst.addresses[0];
     assert!(v6.is_ipv6(), "{:?}", inst.addresses);
     assert_eq!(inst.endpoints[0].host, v6.to_string());
     let order = steps(&fake);
-    let pos = |needle: &str| order.iter().position(|s| s.starts_with(needle)).unwrap_or_else(|| panic!("{needle} in {order:?}"));
+    let pos = |needle: &str| {
+        order.iter().position(|s| s.starts_with(needle)).unwrap_or_else(|| panic!("{needle} in {order:?}"))
+    };
     assert!(pos("GET security_groups") < pos("POST servers"));
     assert!(pos("POST servers") < pos("POST ips"));
     assert!(pos("POST ips") < pos("PATCH servers/"));
@@ -121,12 +129,13 @@ async fn stop_powers_off_start_powers_on_delete_removes_server_ips_and_volumes()
     assert_eq!(p.ensure_running("env1", &placement(), &spec()).await.unwrap().status, InstanceStatus::Running);
     p.delete("env1", Duration::from_secs(1)).await.unwrap();
     assert!(fake.servers().is_empty());
-    let w = fake.world.lock().unwrap();
-    assert!(w.ips.is_empty() && w.volumes.is_empty(), "ips {:?} volumes {:?}", w.ips, w.volumes);
-    let actions: Vec<String> =
-        w.log.iter().filter(|r| r.path.ends_with("/action")).map(|r| r.body.clone()).collect();
-    assert!(actions.last().unwrap().contains("poweroff"), "delete powers off first: {actions:?}");
-    drop(w);
+    {
+        let w = fake.world.lock().unwrap();
+        assert!(w.ips.is_empty() && w.volumes.is_empty(), "ips {:?} volumes {:?}", w.ips, w.volumes);
+        let actions: Vec<String> =
+            w.log.iter().filter(|r| r.path.ends_with("/action")).map(|r| r.body.clone()).collect();
+        assert!(actions.last().unwrap().contains("poweroff"), "delete powers off first: {actions:?}");
+    }
     p.delete("env1", Duration::from_secs(1)).await.unwrap();
     p.stop("env1", Duration::from_secs(1)).await.unwrap();
     assert_eq!(p.inspect("env1").await.unwrap(), None);
@@ -248,7 +257,8 @@ async fn the_fake_rejects_what_the_schema_does_not_define() {
     let servers = format!("{}/instance/v1/zones/fr-par-1/servers", fake.url);
     let no_token = http.get(&servers).send().await.unwrap();
     assert_eq!(no_token.status(), 401);
-    let unknown_field = serde_json::json!({"name": "a", "commercial_type": "DEV1-S", "image": "i", "project": PROJECT, "colour": 1});
+    let unknown_field =
+        serde_json::json!({"name": "a", "commercial_type": "DEV1-S", "image": "i", "project": PROJECT, "colour": 1});
     let r = http.post(&servers).header("X-Auth-Token", SECRET).json(&unknown_field).send().await.unwrap();
     assert_eq!(r.status(), 400);
     let missing = serde_json::json!({"name": "a", "image": "i", "project": PROJECT});

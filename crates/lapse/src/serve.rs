@@ -245,6 +245,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Orphans::Remove => OrphanPolicy::Remove,
         Orphans::Adopt => OrphanPolicy::Adopt,
     };
+    config.scaleway = lapse_providers::scaleway::ScalewayConfig::from_env().transpose();
     config.docker = match args.docker.as_str() {
         "auto" => DockerSetting::Auto,
         "off" => DockerSetting::Off,
@@ -292,10 +293,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(url) = &args.redis {
         let provider = match (&args.swim_provider, std::env::var_os("SCW_ACCESS_KEY")) {
             (Some(p), _) => p.clone(),
-            (None, Some(_)) => anyhow::bail!(
-                "SCW_ACCESS_KEY is set, so the SWIM queues would be served by Scaleway, but this build has no \
-                 scaleway provider; set SWIM_PROVIDER (process, docker, sim)"
-            ),
+            // The seed's own provider: the server refuses to start if it is not on (its
+            // SCW_* variables missing), naming the reason.
+            (None, Some(_)) => "scaleway".into(),
             (None, None) => "process".into(),
         };
         let v2 = args.swim_contracts.contains(&lapse_server::compat::swim::ContractName::V2);

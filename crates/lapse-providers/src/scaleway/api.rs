@@ -180,11 +180,7 @@ impl Api {
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
         }
-        let mut req = self
-            .http
-            .request(m, url)
-            .header("X-Auth-Token", &self.token)
-            .timeout(self.call_timeout);
+        let mut req = self.http.request(m, url).header("X-Auth-Token", &self.token).timeout(self.call_timeout);
         req = match body {
             Body::None => req,
             Body::Json(v) => req.json(v),

@@ -78,8 +78,13 @@ impl ScalewayConfig {
             return Err(format!("SCW_SECRET_KEY is set but {} is not", missing.join(", ")));
         }
         let v = |k: &str| get(k).unwrap_or_default();
-        let mut cfg =
-            Self::new(&v("SCW_ACCESS_KEY"), &secret, &v("SCW_ORGANIZATION_ID"), &v("SCW_PROJECT_ID"), &v("SCW_DEFAULT_ZONE"));
+        let mut cfg = Self::new(
+            &v("SCW_ACCESS_KEY"),
+            &secret,
+            &v("SCW_ORGANIZATION_ID"),
+            &v("SCW_PROJECT_ID"),
+            &v("SCW_DEFAULT_ZONE"),
+        );
         if !super::valid_zone(&cfg.default_zone) {
             return Err(format!("SCW_DEFAULT_ZONE {:?} is not a zone (like fr-par-1)", cfg.default_zone));
         }

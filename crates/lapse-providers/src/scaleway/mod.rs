@@ -196,15 +196,22 @@ impl ScalewayProvider {
     }
 
     /// Steps 4-6 on a server that exists and is off: IPv6, user data, power-on, wait.
-    async fn boot(&self, zone: &str, server: &Server, placement: &Placement, spec: &Spec) -> Result<Server, ProviderError> {
+    async fn boot(
+        &self,
+        zone: &str,
+        server: &Server,
+        placement: &Placement,
+        spec: &Spec,
+    ) -> Result<Server, ProviderError> {
         if !server.public_ips.iter().any(|ip| ip.family.as_deref() == Some("inet6")) {
             self.api
                 .create_routed_ipv6(zone, &self.cfg.project_id, &server.id)
                 .await
                 .map_err(|e| Self::failed("attach ipv6", e))?;
         }
-        let data = backstop::user_data(spec.user_data.as_deref(), placement.expires_at, self.cfg.backstop_grace.as_secs())
-            .map_err(|message| ProviderError::Permanent { provider: NAME, message })?;
+        let data =
+            backstop::user_data(spec.user_data.as_deref(), placement.expires_at, self.cfg.backstop_grace.as_secs())
+                .map_err(|message| ProviderError::Permanent { provider: NAME, message })?;
         if let Some(data) = data {
             self.api
                 .set_user_data(zone, &server.id, USER_DATA_KEY, &data)
@@ -239,7 +246,6 @@ impl ScalewayProvider {
             };
             body["security_group"] = serde_json::Value::String(group.id);
         }
-        self.zones.lock().unwrap_or_else(|p| p.into_inner()).insert(zone.to_owned());
         self.api.create_server(zone, body).await.map_err(|e| Self::failed("create", e))
     }
 
@@ -339,6 +345,8 @@ impl Provider for ScalewayProvider {
     ) -> Result<Instance, ProviderError> {
         validate(spec).map_err(|e| ProviderError::Permanent { provider: NAME, message: e.to_string() })?;
         let zone = spec.cloud.as_ref().and_then(|c| c.zone.clone()).unwrap_or_else(|| self.cfg.default_zone.clone());
+        // Looked in from now on (the lookup below, `list`, `stop`, `delete`).
+        self.zones.lock().unwrap_or_else(|p| p.into_inner()).insert(zone.clone());
         if let Some((zone, server)) = self.find(environment_id).await? {
             let server = match server.state.as_str() {
                 "running" => server,

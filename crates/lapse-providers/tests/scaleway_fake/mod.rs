@@ -91,7 +91,8 @@ impl Fake {
             let mut w = world.lock().unwrap();
             for name in ["default", "swim-sg", "swim-sg-2"] {
                 let id = w.id();
-                w.security_groups.push(json!({"id": id, "name": name, "project": PROJECT, "organization": ORGANIZATION,
+                w.security_groups
+                    .push(json!({"id": id, "name": name, "project": PROJECT, "organization": ORGANIZATION,
                     "zone": "fr-par-1", "tags": [], "stateful": true, "state": "available"}));
             }
         }
@@ -166,7 +167,8 @@ fn handle(world: &Arc<Mutex<World>>, method: Method, uri: Uri, headers: HeaderMa
     let query = uri.query().unwrap_or("").to_owned();
     let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let text = String::from_utf8_lossy(&body).into_owned();
-    let (status, answer, rejected) = route(&mut w, &method, uri.path(), &query, &headers, content_type.as_deref(), &text);
+    let (status, answer, rejected) =
+        route(&mut w, &method, uri.path(), &query, &headers, content_type.as_deref(), &text);
     w.log.push(Recorded {
         method: method.to_string(),
         path: uri.path().to_owned(),
@@ -214,7 +216,8 @@ fn route(
     };
     let parts: Vec<&str> = rest.split('/').collect();
     let zone = parts[0].to_owned();
-    let known_zones = ["fr-par-1", "fr-par-2", "fr-par-3", "nl-ams-1", "nl-ams-2", "nl-ams-3", "pl-waw-1", "pl-waw-2", "pl-waw-3"];
+    let known_zones =
+        ["fr-par-1", "fr-par-2", "fr-par-3", "nl-ams-1", "nl-ams-2", "nl-ams-3", "pl-waw-1", "pl-waw-2", "pl-waw-3"];
     if !known_zones.contains(&zone.as_str()) {
         return reject(invalid("zone", "unknown zone"));
     }
@@ -259,12 +262,16 @@ fn route(
                     s.state = "starting".into();
                     ok(202, json!({"task": {"id": "t", "description": "server_poweron", "status": "pending"}}))
                 }
-                ("poweron", _) => ok(400, json!({"message": "server should be stopped", "type": "invalid_request_error"})),
+                ("poweron", _) => {
+                    ok(400, json!({"message": "server should be stopped", "type": "invalid_request_error"}))
+                }
                 ("poweroff", "running" | "starting") => {
                     s.state = "stopping".into();
                     ok(202, json!({"task": {"id": "t", "description": "server_poweroff", "status": "pending"}}))
                 }
-                ("poweroff", _) => ok(400, json!({"message": "server should be running", "type": "invalid_request_error"})),
+                ("poweroff", _) => {
+                    ok(400, json!({"message": "server should be running", "type": "invalid_request_error"}))
+                }
                 _ => ok(400, json!({"message": "action not served by the fake", "type": "invalid_request_error"})),
             })
         }
@@ -307,7 +314,8 @@ fn route(
             }
             let id = w.id();
             let n = w.next;
-            let address = if kind == "routed_ipv6" { format!("2001:bc8:1640:{n:x}::1") } else { format!("51.15.0.{}", n % 250) };
+            let address =
+                if kind == "routed_ipv6" { format!("2001:bc8:1640:{n:x}::1") } else { format!("51.15.0.{}", n % 250) };
             let family = if kind == "routed_ipv6" { "inet6" } else { "inet" };
             let ip = json!({"id": id, "address": address, "family": family, "provisioning_mode": "slaac", "dynamic": false,
                 "tags": [], "state": "attached", "gateway": null, "netmask": "64", "ipam_id": ""});
@@ -343,7 +351,11 @@ fn route(
 }
 
 fn url_pairs(query: &str) -> Vec<(String, String)> {
-    reqwest::Url::parse(&format!("http://x/?{query}")).unwrap().query_pairs().map(|(k, v)| (k.into(), v.into())).collect()
+    reqwest::Url::parse(&format!("http://x/?{query}"))
+        .unwrap()
+        .query_pairs()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect()
 }
 
 fn no_query(q: &[(String, String)]) -> Option<Answer> {
@@ -354,7 +366,11 @@ fn unknown_query(q: &[(String, String)], allowed: &[&str]) -> Option<(u16, Value
     q.iter().find(|(k, _)| !allowed.contains(&k.as_str())).map(|(k, _)| invalid(k, "unknown query parameter"))
 }
 
-fn json_object(body: &str, allowed: &[&str], required: &[&str]) -> Result<serde_json::Map<String, Value>, (u16, Value)> {
+fn json_object(
+    body: &str,
+    allowed: &[&str],
+    required: &[&str],
+) -> Result<serde_json::Map<String, Value>, (u16, Value)> {
     let Ok(Value::Object(map)) = serde_json::from_str::<Value>(body) else {
         return Err(invalid("body", "a JSON object"));
     };
@@ -370,7 +386,10 @@ fn json_object(body: &str, allowed: &[&str], required: &[&str]) -> Result<serde_
 fn with_server(w: &mut World, zone: &str, id: &str, f: impl FnOnce(&mut FakeServer) -> Answer) -> Answer {
     match w.servers.iter_mut().find(|s| s.zone == zone && s.id == id) {
         Some(s) => f(s),
-        None => ok(404, json!({"message": "instance_server not found", "type": "unknown_resource", "resource": "instance_server", "resource_id": id})),
+        None => ok(
+            404,
+            json!({"message": "instance_server not found", "type": "unknown_resource", "resource": "instance_server", "resource_id": id}),
+        ),
     }
 }
 
@@ -401,9 +420,22 @@ fn server_json(s: &FakeServer) -> Value {
 
 fn list_servers(w: &mut World, zone: &str, q: &[(String, String)]) -> Answer {
     let allowed = [
-        "per_page", "page", "organization", "project", "name", "private_ip", "without_ip", "with_ip",
-        "commercial_type", "state", "tags", "private_network", "order", "private_networks",
-        "private_nic_mac_address", "servers",
+        "per_page",
+        "page",
+        "organization",
+        "project",
+        "name",
+        "private_ip",
+        "without_ip",
+        "with_ip",
+        "commercial_type",
+        "state",
+        "tags",
+        "private_network",
+        "order",
+        "private_networks",
+        "private_nic_mac_address",
+        "servers",
     ];
     if let Some(e) = unknown_query(q, &allowed) {
         return reject(e);
@@ -436,9 +468,23 @@ fn list_servers(w: &mut World, zone: &str, q: &[(String, String)]) -> Answer {
 
 fn create_server(w: &mut World, zone: &str, body: &str) -> Answer {
     let allowed = [
-        "name", "dynamic_ip_required", "routed_ip_enabled", "commercial_type", "image", "volumes", "enable_ipv6",
-        "public_ip", "public_ips", "boot_type", "organization", "project", "tags", "security_group", "placement_group",
-        "admin_password_encryption_ssh_key_id", "protected",
+        "name",
+        "dynamic_ip_required",
+        "routed_ip_enabled",
+        "commercial_type",
+        "image",
+        "volumes",
+        "enable_ipv6",
+        "public_ip",
+        "public_ips",
+        "boot_type",
+        "organization",
+        "project",
+        "tags",
+        "security_group",
+        "placement_group",
+        "admin_password_encryption_ssh_key_id",
+        "protected",
     ];
     let v = match json_object(body, &allowed, &["name", "commercial_type"]) {
         Ok(v) => v,

@@ -73,10 +73,37 @@ async fn an_environment_is_a_server_the_sweep_removes_orphans_and_keys_never_sho
 async fn without_the_other_variables_the_provider_is_unavailable_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_with_env(dir.path(), &[], &[("SCW_SECRET_KEY", SECRET)]).await;
-    let body = json!({"spec": {"provider": "scaleway", "image": "i", "cloud": {"instance_type": "DEV1-S"}}});
+    let body = json!({"owner": "ann", "spec": {"provider": "scaleway", "image": "i", "cloud": {"instance_type": "DEV1-S"}}});
     let (status, answer) = server.post("/v1/environments", body).await;
     assert!(status.is_client_error(), "{status} {answer}");
+    assert!(answer.to_string().contains("scaleway"), "refused for the provider: {answer}");
     let log = server.log();
     assert!(log.contains("scaleway provider unavailable") && log.contains("SCW_ACCESS_KEY"), "{log}");
     assert!(!log.contains(SECRET));
+}
+
+#[tokio::test]
+async fn a_bad_spec_is_a_400_and_a_cloud_refusal_fails_with_its_message_leaving_nothing() {
+    let fake = Fake::start(SECRET).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &fake).await;
+    let (status, answer) =
+        server.post("/v1/environments", json!({"owner": "ann", "spec": {"provider": "scaleway", "image": "ubuntu_jammy"}})).await;
+    assert_eq!(status.as_u16(), 400, "{answer}");
+    assert!(answer.to_string().contains("spec.cloud.instance_type"), "{answer}");
+    let (status, answer) = server
+        .post(
+            "/v1/environments",
+            json!({"owner": "ann", "spec": {"provider": "scaleway", "image": "i", "cloud": {"instance_type": "DEV1-S", "zone": "xx"}}}),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 400, "{answer}");
+    assert!(fake.log().is_empty() || fake.log().iter().all(|r| r.method == "GET"), "nothing made for a bad spec");
+
+    fake.inject("POST", "/servers", 403, "quota exceeded for DEV1-S", 100);
+    let body = json!({"owner": "ann", "spec": {"provider": "scaleway", "image": "ubuntu_jammy", "cloud": {"instance_type": "DEV1-S"}}});
+    let id = server.create(body).await["id"].as_str().unwrap().to_owned();
+    let failed = server.wait_state(&id, "failed", secs(20)).await;
+    assert!(failed.to_string().contains("quota exceeded for DEV1-S"), "{failed}");
+    assert!(fake.servers().is_empty());
 }

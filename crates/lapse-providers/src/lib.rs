@@ -272,7 +272,7 @@ pub fn validate_spec(spec: &Spec) -> Result<(), FieldError> {
         "scaleway" => scaleway::validate(spec),
         other => Err(FieldError {
             field: "spec.provider".into(),
-            message: format!("unknown provider {other:?}; known: process, docker, sim"),
+            message: format!("unknown provider {other:?}; known: process, docker, sim, scaleway"),
         }),
     }
 }

@@ -146,6 +146,16 @@ impl Api {
         format!("/instance/v1/zones/{zone}/{rest}")
     }
 
+    /// An id the API gave, before it goes into a path: letters, digits and `-` only (a UUID),
+    /// so an odd answer cannot steer a later call elsewhere.
+    fn checked<'a>(method: &'static str, id: &'a str) -> Result<&'a str, ApiError> {
+        if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            Ok(id)
+        } else {
+            Err(ApiError::Status { method, path: String::new(), status: 400, message: format!("not an id: {id:?}") })
+        }
+    }
+
     async fn call(
         &self,
         method: &'static str,
@@ -258,6 +268,7 @@ impl Api {
     }
 
     pub async fn get_server(&self, zone: &str, id: &str) -> Result<Server, ApiError> {
+        let id = Self::checked("GET", id)?;
         let path = Self::zone_path(zone, &format!("servers/{id}"));
         let v = self.call("GET", &path, &[], Body::None).await?;
         Ok(Self::decode::<ServerEnvelope>("GET", &path, v)?.server)
@@ -266,18 +277,21 @@ impl Api {
     /// `POST /ips {project, type: routed_ipv6, server}`, as SWIM attaches its address.
     pub async fn create_routed_ipv6(&self, zone: &str, project: &str, server: &str) -> Result<(), ApiError> {
         let path = Self::zone_path(zone, "ips");
+        let server = Self::checked("POST", server)?;
         let body = serde_json::json!({ "project": project, "type": "routed_ipv6", "server": server });
         self.call("POST", &path, &[], Body::Json(body)).await.map(|_| ())
     }
 
     /// `PATCH /servers/{id}/user_data/{key}` with the content as `text/plain`.
     pub async fn set_user_data(&self, zone: &str, id: &str, key: &str, content: &str) -> Result<(), ApiError> {
+        let id = Self::checked("PATCH", id)?;
         let path = Self::zone_path(zone, &format!("servers/{id}/user_data/{key}"));
         self.call("PATCH", &path, &[], Body::Text(content.to_owned())).await.map(|_| ())
     }
 
     /// `POST /servers/{id}/action {action}` (`poweron`, `poweroff`).
     pub async fn action(&self, zone: &str, id: &str, action: &str) -> Result<(), ApiError> {
+        let id = Self::checked("POST", id)?;
         let path = Self::zone_path(zone, &format!("servers/{id}/action"));
         let body = serde_json::json!({ "action": action });
         self.call("POST", &path, &[], Body::Json(body)).await.map(|_| ())
@@ -285,6 +299,7 @@ impl Api {
 
     /// `DELETE /servers/{id}`, `/ips/{id}`, `/volumes/{id}` (`kind` is the collection).
     pub async fn delete(&self, zone: &str, kind: &str, id: &str) -> Result<(), ApiError> {
+        let id = Self::checked("DELETE", id)?;
         let path = Self::zone_path(zone, &format!("{kind}/{id}"));
         self.call("DELETE", &path, &[], Body::None).await.map(|_| ())
     }

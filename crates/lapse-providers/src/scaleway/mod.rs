@@ -418,3 +418,28 @@ impl Provider for ScalewayProvider {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_map_as_the_api_names_them() {
+        assert_eq!(status_of("starting"), InstanceStatus::Pending);
+        assert_eq!(status_of("running"), InstanceStatus::Running);
+        assert_eq!(status_of("stopping"), InstanceStatus::Stopping);
+        assert_eq!(status_of("stopped"), InstanceStatus::Stopped);
+        assert_eq!(status_of("stopped in place"), InstanceStatus::Stopped);
+        assert_eq!(status_of("something new"), InstanceStatus::Pending, "unknown: left alone by the sweep");
+    }
+
+    #[test]
+    fn zones() {
+        for ok in ["fr-par-1", "nl-ams-3", "pl-waw-2"] {
+            assert!(valid_zone(ok), "{ok}");
+        }
+        for bad in ["", "fr-par", "FR-PAR-1", "fr-par-1/../x", "fr-paris-1", "fr-par-x", "fr-par-1-2"] {
+            assert!(!valid_zone(bad), "{bad}");
+        }
+    }
+}

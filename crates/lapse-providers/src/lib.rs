@@ -9,7 +9,8 @@
 //! process environment markers), so [`Provider::list`] finds everything this control plane
 //! made, whether or not the store knows of it.
 //!
-//! Backends: [`process`] (always there), [`docker`] (feature `docker`, on by default).
+//! Backends: [`process`] (always there), [`docker`] (feature `docker`, on by default),
+//! `scaleway` (feature `scaleway`, on by default).
 //!
 //! **Output is bounded.** `exec` output and `logs` are read into a [`CappedOutput`] (the
 //! last [`MAX_OUTPUT_BYTES`] of each stream, with a marker saying how much was cut), never
@@ -27,6 +28,8 @@ use lapse_core::wire::{ExecResult, LogsView};
 #[cfg(feature = "docker")]
 pub mod docker;
 pub mod process;
+#[cfg(feature = "scaleway")]
+pub mod scaleway;
 pub mod sim;
 
 mod output;
@@ -81,11 +84,16 @@ pub struct Instance {
 pub struct Placement {
     /// The tenant's name; empty for an environment of no tenant.
     pub tenant: String,
+    /// When the lease ends, if it does: cloud providers arm a backstop (a shutdown the VM
+    /// performs itself at this time plus a grace) so a lease holds while Lapse is down.
+    pub expires_at: Option<lapse_core::Millis>,
+    /// What the lease's end does (the backstop powers the VM off either way).
+    pub on_expiry: lapse_core::model::OnExpiry,
 }
 
 impl Placement {
     pub fn of_tenant(tenant: &str) -> Self {
-        Placement { tenant: tenant.to_owned() }
+        Placement { tenant: tenant.to_owned(), ..Default::default() }
     }
 }
 
@@ -260,9 +268,11 @@ pub fn validate_spec(spec: &Spec) -> Result<(), FieldError> {
         #[cfg(feature = "docker")]
         "docker" => docker::validate(spec),
         "sim" => Ok(()),
+        #[cfg(feature = "scaleway")]
+        "scaleway" => scaleway::validate(spec),
         other => Err(FieldError {
             field: "spec.provider".into(),
-            message: format!("unknown provider {other:?}; known: process, docker, sim"),
+            message: format!("unknown provider {other:?}; known: process, docker, sim, scaleway"),
         }),
     }
 }

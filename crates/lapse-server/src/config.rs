@@ -69,6 +69,10 @@ pub struct ServerConfig {
     /// The docker provider's container conventions (labels, names, ports, restart policy).
     #[cfg(feature = "docker")]
     pub docker_conventions: lapse_providers::docker::conventions::Conventions,
+    /// The scaleway provider: `None` off (no `SCW_SECRET_KEY`), `Some(Err(reason))` asked for
+    /// but unusable (a variable missing), `Some(Ok(..))` on.
+    #[cfg(feature = "scaleway")]
+    pub scaleway: Option<Result<lapse_providers::scaleway::ScalewayConfig, String>>,
     pub orphans: OrphanPolicy,
     /// The `sim` provider and its behaviour; off unless given.
     pub sim: Option<lapse_providers::sim::SimConfig>,
@@ -146,6 +150,8 @@ impl ServerConfig {
             docker: DockerSetting::Auto,
             #[cfg(feature = "docker")]
             docker_conventions: Default::default(),
+            #[cfg(feature = "scaleway")]
+            scaleway: None,
             orphans: OrphanPolicy::Remove,
             sim: None,
             config_file: None,

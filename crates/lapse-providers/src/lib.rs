@@ -243,6 +243,14 @@ pub fn check_boot(spec: &Spec, provider: &str, boots_kernel: bool) -> Result<(),
     })
 }
 
+/// The providers that make cloud VMs (they take `spec.cloud`; the others run on this host).
+pub const CLOUD_PROVIDERS: [&str; 3] = ["aws", "scaleway", "ovh"];
+
+/// Whether the provider named `name` makes cloud VMs.
+pub fn is_cloud(name: &str) -> bool {
+    CLOUD_PROVIDERS.contains(&name)
+}
+
 /// Refuses `spec.cloud` for a provider that runs on this host (process, docker): its fields
 /// (instance type, zone, SSH keys, ...) would be ignored, and a spec is never silently trimmed.
 pub fn refuse_cloud(spec: &Spec, provider: &str) -> Result<(), FieldError> {

@@ -136,3 +136,53 @@ async fn with_scw_access_key_the_swim_queues_default_to_scaleway() {
     assert!(log.contains("scaleway provider on"), "{log}");
     assert!(!log.contains(SECRET) && !log.contains(ACCESS));
 }
+
+/// The SWIM README's provision, on a server whose `SCW_*` variables are set: a Scaleway server
+/// as SWIM makes it (type, image, security group, user data before power-on with the lease's
+/// backstop), `swim:server:<id>` booted with its IPv6, and a decommission deletes it.
+#[tokio::test]
+async fn swim_provision_makes_a_scaleway_server_and_decommission_removes_it() {
+    let fake = Fake::start(SECRET).await;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(&dir.path().join("redis")).await;
+    let address = redis.address();
+    let data = dir.path().join("lapse");
+    std::fs::create_dir_all(data.join("cloud-init")).unwrap();
+    std::fs::write(data.join("cloud-init/cloud-init.yml"), "#cloud-config\npackages: [git]\n").unwrap();
+    let envs = [
+        ("SCW_ACCESS_KEY", ACCESS),
+        ("SCW_SECRET_KEY", SECRET),
+        ("SCW_ORGANIZATION_ID", ORGANIZATION),
+        ("SCW_PROJECT_ID", PROJECT),
+        ("SCW_DEFAULT_ZONE", "fr-par-1"),
+        ("SCW_API_URL", fake.url.as_str()),
+        ("REDIS_CONNECTION_STRING", address.as_str()),
+        ("SWIM_PROVISION_DEFAULT_INSTANCE_TYPE", "DEV1-S"),
+        ("SWIM_PROVISION_DEFAULT_SECURITY_GROUP", "swim-sg"),
+        ("SWIM_PROVISION_DEFAULT_IMAGE_ID", "ubuntu_jammy"),
+    ];
+    let server = Server::start_with_env(&data, &["--docker", "off"], &envs).await;
+    let file = data.join("cloud-init/cloud-init.yml").display().to_string();
+    let msg = json!({"WebUsername": "test-user", "LabID": 1234, "CloudInitFile": file, "TTLMinutes": 30}).to_string();
+    redis.lpush("swim:provision:queue", &[msg]).await;
+    let key = eventually(secs(20), "swim:server booted", async || {
+        for k in redis.keys("swim:server:*").await {
+            let v: serde_json::Value = serde_json::from_str(&redis.get(&k).await?).ok()?;
+            if v["state"] == "booted" {
+                return Some(v);
+            }
+        }
+        None
+    })
+    .await;
+    assert!(key["ipv6"].as_str().unwrap().parse::<std::net::Ipv6Addr>().is_ok(), "{key}");
+    let s = fake.servers().pop().unwrap();
+    assert_eq!((s.body["commercial_type"].as_str(), s.body["image"].as_str()), (Some("DEV1-S"), Some("ubuntu_jammy")));
+    assert!(s.body["security_group"].is_string());
+    assert_eq!(s.user_data_set_in_state, ["stopped"]);
+    assert!(s.user_data["cloud-init"].contains("packages: [git]") && s.user_data["cloud-init"].contains("shutdown -P"));
+    redis.lpush("swim:decomission:queue", &[r#"{"WebUsername":"test-user"}"#.to_owned()]).await;
+    eventually(secs(20), "the server deleted", async || fake.servers().is_empty().then_some(())).await;
+    assert!(fake.log().iter().all(|r| r.rejected.is_none()));
+    assert!(!server.log().contains(SECRET));
+}

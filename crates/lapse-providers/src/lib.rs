@@ -26,6 +26,8 @@ use lapse_core::wire::{ExecResult, LogsView};
 
 #[cfg(feature = "docker")]
 pub mod docker;
+#[cfg(feature = "ovh")]
+pub mod ovh;
 pub mod process;
 pub mod sim;
 
@@ -81,11 +83,16 @@ pub struct Instance {
 pub struct Placement {
     /// The tenant's name; empty for an environment of no tenant.
     pub tenant: String,
+    /// When the environment's lease runs out, if it has one: a cloud provider arms a backstop
+    /// in the guest (a shutdown a grace after it) so a VM outlives a dead control plane only so long.
+    pub expires_at: Option<lapse_core::Millis>,
+    /// What the lease's end does (the backstop can only power off; deleting needs the API).
+    pub on_expiry: lapse_core::model::OnExpiry,
 }
 
 impl Placement {
     pub fn of_tenant(tenant: &str) -> Self {
-        Placement { tenant: tenant.to_owned() }
+        Placement { tenant: tenant.to_owned(), ..Default::default() }
     }
 }
 
@@ -259,6 +266,8 @@ pub fn validate_spec(spec: &Spec) -> Result<(), FieldError> {
         "process" => process::validate(spec),
         #[cfg(feature = "docker")]
         "docker" => docker::validate(spec),
+        #[cfg(feature = "ovh")]
+        "ovh" => ovh::validate(spec),
         "sim" => Ok(()),
         other => Err(FieldError {
             field: "spec.provider".into(),

@@ -33,6 +33,7 @@ pub mod choose;
 pub mod client;
 #[cfg(feature = "ovh-fake")]
 pub mod fake;
+mod unconfigured;
 
 use std::time::Duration;
 
@@ -46,6 +47,7 @@ use sha1::Digest;
 
 use crate::{Instance, InstanceStatus, Placement, Provider, ProviderError};
 pub use client::Credentials;
+pub use unconfigured::Unconfigured;
 
 const PROVIDER: &str = "ovh";
 

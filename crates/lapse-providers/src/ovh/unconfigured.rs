@@ -30,7 +30,10 @@ impl Provider for Unconfigured {
     }
 
     fn validate(&self, _spec: &Spec) -> Result<(), FieldError> {
-        Err(FieldError { field: "spec.provider".into(), message: format!("the ovh provider is unavailable: {}", self.reason) })
+        Err(FieldError {
+            field: "spec.provider".into(),
+            message: format!("the ovh provider is unavailable: {}", self.reason),
+        })
     }
 
     async fn health(&self) -> Result<String, ProviderError> {

@@ -269,3 +269,80 @@ fn specs_the_provider_cannot_honour_are_refused() {
     assert_eq!(field(Spec { cloud: Some(subnet), ..vm(1.0, 1024) }), "spec.cloud.subnet");
     assert!(lapse_providers::validate_spec(&vm(1.0, 1024)).is_ok());
 }
+
+#[tokio::test]
+async fn a_create_is_these_calls_with_the_seeds_key_when_no_key_is_given() {
+    let fake = fake().await;
+    fake.state()
+        .ssh_keys
+        .push(serde_json::json!({"id": "key-seed", "name": "firecracker-host", "publicKey": "ssh-ed25519 AAAA x"}));
+    let p = provider(&fake);
+    p.ensure_running("calls", &Placement::default(), &vm(1.0, 1024)).await.unwrap();
+    let lines: Vec<String> = fake.state().requests.iter().map(|(l, _)| l.clone()).collect();
+    assert_eq!(creates(&fake).len(), 1);
+    let instance = fake.state().instances.keys().next().unwrap().clone();
+    let project = "/cloud/project/proj-1";
+    assert_eq!(
+        lines,
+        [
+            "GET /auth/time".to_owned(),
+            format!("GET {project}/instance"),
+            format!("GET {project}/flavor?region=GRA9"),
+            format!("GET {project}/image?region=GRA9"),
+            format!("GET {project}/sshkey"),
+            format!("POST {project}/instance"),
+            format!("GET {project}/instance/{instance}"),
+            format!("GET {project}/instance/{instance}"),
+        ]
+    );
+    assert_eq!(creates(&fake)[0]["sshKeyId"], "key-seed");
+}
+
+#[tokio::test]
+async fn a_timestamp_in_local_time_is_refused_by_the_fake() {
+    // The fake's clock runs 2 h ahead, as a drifted host's would be behind: the signature is
+    // right but the time is not, so only a client that asks /auth/time gets in.
+    let fake = fake().await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let url = format!("{}/cloud/project/proj-1/instance", fake.url);
+    let response = reqwest::Client::new()
+        .get(&url)
+        .header("X-Ovh-Application", "app-key-1")
+        .header("X-Ovh-Consumer", CONSUMER)
+        .header("X-Ovh-Timestamp", now.to_string())
+        .header("X-Ovh-Signature", signature(SECRET, CONSUMER, "GET", &url, "", now))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("Query out of time"));
+    assert_eq!(fake.state().refused, 1);
+}
+
+#[tokio::test]
+async fn instances_mid_transition_are_retried_not_forced() {
+    let fake = fake().await;
+    let p = provider(&fake);
+    let put = |status: &str| {
+        let name = "lapse-ctl1-busy";
+        fake.state().instances.insert(
+            "i-busy".into(),
+            serde_json::json!({"id": "i-busy", "name": name, "status": status, "region": "GRA9"}),
+        );
+    };
+    put("REBOOT");
+    let err = p.stop("busy", Duration::from_secs(1)).await.unwrap_err();
+    assert!(err.is_retryable() && err.to_string().contains("REBOOT"), "{err}");
+    assert_eq!(p.inspect("busy").await.unwrap().unwrap().status, InstanceStatus::Pending);
+    put("DELETING");
+    assert_eq!(p.inspect("busy").await.unwrap().unwrap().status, InstanceStatus::ShuttingDown);
+    let err = p.ensure_running("busy", &Placement::default(), &vm(1.0, 1024)).await.unwrap_err();
+    assert!(err.is_retryable() && err.to_string().contains("DELETING"), "{err}");
+    assert!(creates(&fake).is_empty(), "no second instance beside one being deleted");
+    put("SHUTOFF");
+    assert_eq!(
+        p.ensure_running("busy", &Placement::default(), &vm(1.0, 1024)).await.unwrap().status,
+        InstanceStatus::Running
+    );
+    assert!(creates(&fake).is_empty(), "a stopped instance is started, not replaced");
+}

@@ -204,3 +204,21 @@ impl ServerConfig {
         self.concurrency.get(provider).copied().unwrap_or(self.default_concurrency).max(1)
     }
 }
+
+#[cfg(test)]
+mod ovh_setting_tests {
+    use super::OvhSetting;
+
+    #[test]
+    fn debug_never_shows_the_ovh_secret_or_consumer_key() {
+        let setting = OvhSetting {
+            application_key: Some("app".into()),
+            application_secret: Some("very-secret".into()),
+            consumer_key: Some("consumer-123".into()),
+            ..Default::default()
+        };
+        let text = format!("{setting:?}");
+        assert!(text.contains("app") && text.contains("<set>"), "{text}");
+        assert!(!text.contains("very-secret") && !text.contains("consumer-123"), "{text}");
+    }
+}

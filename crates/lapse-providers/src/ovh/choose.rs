@@ -104,8 +104,14 @@ pub fn user_data(own: Option<&str>, expires_at: Option<Millis>, on_expiry: OnExp
         (Some(own), None) => own.to_owned(),
         (own, Some(script)) => {
             let mut doc = format!("Content-Type: multipart/mixed; boundary=\"{BOUNDARY}\"\nMIME-Version: 1.0\n\n");
-            if let Some(own) = own {
-                doc.push_str(&part(content_type_of(own), own));
+            match own {
+                // A MIME document of the user's own: its headers are the part's (cloud-init
+                // walks nested multiparts).
+                Some(own) if own.trim_start().to_lowercase().starts_with("content-type: multipart/") => {
+                    doc.push_str(&format!("--{BOUNDARY}\n{}\n", own.trim().trim_end_matches('\n')));
+                }
+                Some(own) => doc.push_str(&part(content_type_of(own), own)),
+                None => {}
             }
             doc.push_str(&part("text/x-shellscript", &script));
             doc.push_str(&format!("--{BOUNDARY}--\n"));
@@ -126,8 +132,14 @@ fn part(content_type: &str, body: &str) -> String {
 /// The cloud-init content type of the user's own part, by its first line.
 fn content_type_of(own: &str) -> &'static str {
     let first = own.lines().next().unwrap_or("");
-    if first.starts_with("#cloud-config") {
+    if first.starts_with("#cloud-config-archive") {
+        "text/cloud-config-archive"
+    } else if first.starts_with("#cloud-config") {
         "text/cloud-config"
+    } else if first.starts_with("#cloud-boothook") {
+        "text/cloud-boothook"
+    } else if first.starts_with("#part-handler") {
+        "text/part-handler"
     } else if first.starts_with("#!") {
         "text/x-shellscript"
     } else if first.starts_with("#include") {
@@ -202,5 +214,10 @@ mod tests {
         assert!(both.contains("runcmd: [ls]"));
         assert!(both.contains(&format!("at={}", 1_700_000_000 + BACKSTOP_GRACE_MINUTES * 60)));
         assert!(both.contains("shutdown -P"));
+        let archive = decode(user_data(Some("#cloud-config-archive\n- a\n"), Some(0), OnExpiry::Delete).unwrap());
+        assert!(archive.contains("Content-Type: text/cloud-config-archive"), "{archive}");
+        let mime = "Content-Type: multipart/mixed; boundary=\"u\"\nMIME-Version: 1.0\n\n--u\nContent-Type: text/x-shellscript\n\n#!/bin/sh\n--u--\n";
+        let nested = decode(user_data(Some(mime), Some(0), OnExpiry::Stop).unwrap());
+        assert!(nested.contains(&format!("--{BOUNDARY}\nContent-Type: multipart/mixed; boundary=\"u\"")), "{nested}");
     }
 }

@@ -22,7 +22,10 @@
 //!   one, the seed's existing `firecracker-host` or `github-gg-vm-key`, else none.
 //! - **Polling**: `ensure_running` waits for `ACTIVE` (every `poll_interval`, at most
 //!   `poll_timeout`); `ERROR`, or no `ACTIVE` in time, removes the half-made instance and fails
-//!   (retryable, so the reconciler makes a fresh one). `stop` waits for `SHUTOFF` the same way.
+//!   (retryable, so the reconciler makes a fresh one). An instance found in `ERROR` is removed
+//!   the same way; one found `SHUTOFF` is started (`SHELVED` unshelved); one being deleted
+//!   fails retryably until it is gone. `stop` waits for `SHUTOFF` the same way, and fails
+//!   retryably on an instance mid-transition (OVH refuses to stop it then).
 //! - **Backstop**: with an expiry in the [`Placement`], user data arms the guest's own
 //!   power-off at expires-at plus [`choose::BACKSTOP_GRACE_MINUTES`] ([`choose::user_data`]).
 //!   OVH still bills a `SHUTOFF` instance: only the control plane's delete ends the cost.
@@ -355,7 +358,19 @@ impl Provider for OvhProvider {
                     };
                     return Err(self.discard(&found.id, error).await);
                 }
-                _ => (found.id, true),
+                status if choose::status_of(status) == InstanceStatus::ShuttingDown => {
+                    return Err(ProviderError::Failed {
+                        provider: PROVIDER,
+                        op: "ensure_running",
+                        message: format!("instance {} is {status}; a new one is made once it is gone", found.id),
+                    });
+                }
+                // Still being built (a create whose answer was lost): adopted, and removed if
+                // it never comes up; any other state (a reboot, a resize) is only waited for.
+                status => {
+                    let building = matches!(status, "BUILD" | "BUILDING");
+                    (found.id, building)
+                }
             },
             None => (self.create(environment_id, placement, spec).await?, true),
         };
@@ -370,7 +385,15 @@ impl Provider for OvhProvider {
         let Some(found) = self.find(environment_id).await? else { return Ok(()) };
         match choose::status_of(&found.status) {
             InstanceStatus::Stopped | InstanceStatus::ShuttingDown => return Ok(()),
-            _ => self.power(&found.id, "stop").await?,
+            InstanceStatus::Running => self.power(&found.id, "stop").await?,
+            // OVH refuses a stop mid-transition; the retry comes once it has settled.
+            InstanceStatus::Pending | InstanceStatus::Stopping => {
+                return Err(ProviderError::Failed {
+                    provider: PROVIDER,
+                    op: "stop",
+                    message: format!("instance {} is {}; stopped once it settles", found.id, found.status),
+                });
+            }
         }
         self.wait_for(&found.id, "SHUTOFF").await.map(|_| ())
     }

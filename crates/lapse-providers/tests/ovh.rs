@@ -48,12 +48,7 @@ fn vm(vcpu: f64, mem_mb: u64) -> Spec {
 
 /// The bodies of the `POST .../instance` calls the fake saw.
 fn creates(fake: &Fake) -> Vec<Value> {
-    let st = fake.state();
-    st.requests
-        .iter()
-        .filter(|(line, _)| line == "POST /cloud/project/proj-1/instance")
-        .map(|(_, body)| serde_json::from_str(body).unwrap())
-        .collect()
+    fake.create_bodies()
 }
 
 #[test]

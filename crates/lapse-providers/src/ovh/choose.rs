@@ -67,7 +67,11 @@ pub fn image_for<'a>(images: &'a [Image], wanted: Option<&str>) -> Option<&'a Im
     }
 }
 
-/// What an OVH instance status (`cloud.instance.InstanceStatusEnum`) means to Lapse.
+/// What an OVH instance status (`cloud.instance.InstanceStatusEnum`: ACTIVE, BUILD, BUILDING,
+/// DELETED, DELETING, ERROR, HARD_REBOOT, MIGRATING, PASSWORD, PAUSED, REBOOT, REBUILD, RESCUE,
+/// RESCUED, RESCUING, RESIZE, RESIZED, RESUMING, REVERT_RESIZE, SHELVED, SHELVED_OFFLOADED,
+/// SHELVING, SHUTOFF, SNAPSHOTTING, SOFT_DELETED, STOPPED, SUSPENDED, UNKNOWN, UNRESCUING,
+/// UNSHELVING, VERIFY_RESIZE) means to Lapse.
 ///
 /// The seed maps `ACTIVE` → running, `SHUTOFF` → stopped and everything else to error; Lapse
 /// keeps the first two and sorts the rest: states on the way up are `Pending`, on the way
@@ -77,11 +81,10 @@ pub fn image_for<'a>(images: &'a [Image], wanted: Option<&str>) -> Option<&'a Im
 pub fn status_of(ovh: &str) -> InstanceStatus {
     match ovh {
         "ACTIVE" => InstanceStatus::Running,
-        "BUILD" | "BUILDING" | "REBOOT" | "HARD_REBOOT" | "REBUILD" | "RESIZE" | "VERIFY_RESIZE" | "REVERT_RESIZE"
-        | "MIGRATING" | "PASSWORD" | "RESCUING" | "UNRESCUING" | "UNSHELVING" | "RESUMING" | "SNAPSHOTTING" => {
-            InstanceStatus::Pending
-        }
-        "SHELVING" | "STOPPING" => InstanceStatus::Stopping,
+        "BUILD" | "BUILDING" | "REBOOT" | "HARD_REBOOT" | "REBUILD" | "RESIZE" | "RESIZED" | "VERIFY_RESIZE"
+        | "REVERT_RESIZE" | "MIGRATING" | "PASSWORD" | "RESCUING" | "UNRESCUING" | "UNSHELVING" | "RESUMING"
+        | "SNAPSHOTTING" => InstanceStatus::Pending,
+        "SHELVING" => InstanceStatus::Stopping,
         "DELETING" | "DELETED" | "SOFT_DELETED" => InstanceStatus::ShuttingDown,
         _ => InstanceStatus::Stopped,
     }
@@ -186,6 +189,31 @@ mod tests {
         // 4097 MiB needs 5 GB; d2-4 is unavailable: b2-7 (9) before c2-7 (same, later) and d2-8.
         assert_eq!(flavour_for(&list, 2, 4097).map(|f| f.name.as_str()), Some("b2-7"));
         assert_eq!(flavour_for(&list, 64, 1024), None);
+    }
+
+    #[test]
+    fn every_status_of_the_schema_maps() {
+        use InstanceStatus::*;
+        let expect = [
+            ("ACTIVE", Running),
+            ("SHUTOFF", Stopped),
+            ("STOPPED", Stopped),
+            ("BUILD", Pending),
+            ("BUILDING", Pending),
+            ("REBOOT", Pending),
+            ("RESIZED", Pending),
+            ("UNSHELVING", Pending),
+            ("SHELVING", Stopping),
+            ("DELETING", ShuttingDown),
+            ("SOFT_DELETED", ShuttingDown),
+            ("ERROR", Stopped),
+            ("SHELVED_OFFLOADED", Stopped),
+            ("UNKNOWN", Stopped),
+            ("not-in-the-schema", Stopped),
+        ];
+        for (ovh, lapse) in expect {
+            assert_eq!(status_of(ovh), lapse, "{ovh}");
+        }
     }
 
     #[test]

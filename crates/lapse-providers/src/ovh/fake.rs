@@ -1,9 +1,15 @@
 //! A local stand-in for the OVH API, for tests (feature `ovh-fake`). No OVH emulator exists.
 //!
-//! It follows OVH's published schema, `https://eu.api.ovh.com/1.0/cloud.json` (as kept in
-//! UrielCh/api-ovh-node `code/gen/models/ovh-eu/cloud.ts`), for the operations the provider
-//! uses, and refuses anything else the way OVH does: an undescribed path (404), an
-//! undescribed method (405), a missing required or an undescribed body field (400).
+//! It follows OVH's published schema, `https://eu.api.ovh.com/1.0/cloud.json`, as kept in
+//! UrielCh/api-ovh-node@edbd42e `code/gen/models/ovh-api/cloud.ts`, for the operations the
+//! provider uses: their paths and methods, the body of `cloud.ProjectInstanceCreation`
+//! (required `flavorId`, `name`, `region`; optional `autobackup`, `groupId`, `imageId`,
+//! `monthlyBilling`, `networks`, `sshKeyId`, `userData`, `volumeId`) and of
+//! `cloud.ProjectSshkeyCreation` (required `name`, `publicKey`; optional `region`), and the
+//! answer shapes `cloud.instance.Instance` (lists) and `cloud.instance.InstanceDetail` (one
+//! instance: flavour, image and key as objects). It refuses anything else the way OVH does:
+//! an undescribed path (404), an undescribed method (405), a missing required or an
+//! undescribed body field (400). Query parameters are not checked.
 //!
 //! **Every signed request's signature is checked** (the `ovh` package's algorithm, see
 //! [`super::client`]): wrong application key 403, wrong consumer key 403, a timestamp more
@@ -303,12 +309,15 @@ fn answer(
             st.next_id += 1;
             let id = format!("0000-inst-{}", st.next_id);
             let n = st.next_id;
+            // `cloud.instance.Instance` (the list's shape); answers use `detail` of it.
             let instance = json!({
                 "id": id, "name": input["name"], "status": "BUILD", "region": input["region"],
-                "flavorId": input["flavorId"], "imageId": input["imageId"], "sshKeyId": input.get("sshKeyId"),
-                "monthlyBilling": input.get("monthlyBilling"), "userData": input.get("userData"),
-                "created": "2026-12-01T00:00:00Z", "planCode": "fake.consumption",
-                "ipAddresses": [{"ip": format!("192.0.2.{}", n % 250 + 1), "type": "public", "version": 4}],
+                "flavorId": input["flavorId"], "imageId": input.get("imageId").cloned().unwrap_or(Value::Null),
+                "sshKeyId": input.get("sshKeyId").cloned().unwrap_or(Value::Null),
+                "monthlyBilling": Value::Null, "created": "2026-12-01T00:00:00Z", "planCode": "fake.consumption",
+                "operationIds": [], "currentMonthOutgoingTraffic": Value::Null,
+                "ipAddresses": [{"ip": format!("192.0.2.{}", n % 250 + 1), "type": "public", "version": 4,
+                                 "networkId": "net-public", "gatewayIp": Value::Null}],
             });
             let mut instance = instance;
             if std::mem::take(&mut st.error_next_build) {
@@ -319,23 +328,25 @@ fn answer(
                 st.lose_next_create = false;
                 return error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "connection lost");
             }
-            axum::Json(instance).into_response()
+            axum::Json(detail(st, &instance)).into_response()
         }
         (_, rest) => {
             let looks_needed = st.build_looks;
-            let seen = st.looks.entry(instance_id.clone()).or_insert(0);
+            let mut looked = st.looks.get(&instance_id).copied().unwrap_or(0);
             let Some(instance) = st.instances.get_mut(&instance_id) else {
                 return error(StatusCode::NOT_FOUND, "NOT_FOUND", format!("Instance {instance_id} not found"));
             };
             match (method, rest) {
                 ("GET", _) => {
                     if instance["status"] == "BUILD" {
-                        *seen += 1;
-                        if *seen > looks_needed {
+                        looked += 1;
+                        if looked > looks_needed {
                             instance["status"] = json!("ACTIVE");
                         }
                     }
-                    axum::Json(instance.clone()).into_response()
+                    let instance = instance.clone();
+                    st.looks.insert(instance_id, looked);
+                    axum::Json(detail(st, &instance)).into_response()
                 }
                 ("POST", r) if r.ends_with("/start") || r.ends_with("/unshelve") => {
                     instance["status"] = json!("ACTIVE");
@@ -351,5 +362,31 @@ fn answer(
                 }
             }
         }
+    }
+}
+
+/// `cloud.instance.InstanceDetail` of a stored `cloud.instance.Instance`: the flavour, image
+/// and SSH key as objects in place of their ids.
+fn detail(st: &FakeState, instance: &Value) -> Value {
+    let mut out = instance.clone();
+    let find = |list: &[Value], id: &Value| list.iter().find(|v| v["id"] == *id).cloned().unwrap_or(Value::Null);
+    if let Value::Object(fields) = &mut out {
+        let flavour = fields.remove("flavorId").unwrap_or(Value::Null);
+        let image = fields.remove("imageId").unwrap_or(Value::Null);
+        let key = fields.remove("sshKeyId").unwrap_or(Value::Null);
+        fields.insert("flavor".into(), find(&st.flavours, &flavour));
+        fields.insert("image".into(), find(&st.images, &image));
+        fields.insert("sshKey".into(), find(&st.ssh_keys, &key));
+        fields.insert("rescuePassword".into(), Value::Null);
+    }
+    out
+}
+
+impl Fake {
+    /// The bodies of every `POST /cloud/project/{p}/instance` the fake was sent.
+    pub fn create_bodies(&self) -> Vec<Value> {
+        let line = format!("POST /cloud/project/{}/instance", self.project);
+        let st = self.state();
+        st.requests.iter().filter(|(l, _)| *l == line).filter_map(|(_, body)| serde_json::from_str(body).ok()).collect()
     }
 }

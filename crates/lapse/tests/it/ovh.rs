@@ -61,8 +61,10 @@ async fn an_ovh_environment_runs_stops_at_expiry_and_is_deleted() {
     let name = format!("lapse-{}-{id}", server.controller_id);
     let made = instance_named(&fake, &name).expect("the instance is named after the controller and environment");
     assert_eq!(made["flavorId"], "f-b2-7", "the seed's flavour choice");
-    assert_eq!(made["monthlyBilling"], false);
-    assert!(made["userData"].as_str().is_some_and(|d| !d.is_empty()), "user data with the backstop: {made}");
+    let bodies = fake.create_bodies();
+    assert_eq!(bodies.len(), 1);
+    assert_eq!(bodies[0]["monthlyBilling"], false);
+    assert!(bodies[0]["userData"].as_str().is_some_and(|d| !d.is_empty()), "user data with the backstop: {bodies:?}");
     assert_eq!(fake.state().refused, 0, "every request was signed right");
 
     let stopped = server.wait_state(&id, "stopped", secs(30)).await;

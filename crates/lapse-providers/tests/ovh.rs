@@ -81,6 +81,7 @@ async fn every_request_is_signed_at_server_time_and_a_wrong_secret_is_refused() 
         assert!(st.requests.len() >= 5, "{:?}", st.requests);
         // The fake's clock is 2 h ahead: without /auth/time every call would be refused.
         assert_eq!(st.refused, 0);
+        assert_eq!(st.undescribed, 0, "every request is one the schema describes");
     }
 
     let wrong = Credentials { application_secret: "not-the-secret".into(), ..credentials() };
@@ -162,6 +163,12 @@ async fn create_poll_stop_start_delete() {
     assert_eq!(creates(&fake).len(), 1);
     let lines: Vec<String> = fake.state().requests.iter().map(|(l, _)| l.clone()).collect();
     assert!(lines.iter().any(|l| l.ends_with("/stop")) && lines.iter().any(|l| l.ends_with("/start")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("DELETE ")), "{lines:?}");
+    let (undescribed, refused) = {
+        let st = fake.state();
+        (st.undescribed, st.refused)
+    };
+    assert_eq!((undescribed, refused), (0, 0), "every request described and signed");
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {
@@ -218,6 +225,7 @@ async fn failures_are_sorted_and_a_half_made_instance_is_removed() {
     let err = slow.ensure_running("env-slow", &Placement::default(), &vm(1.0, 1024)).await.unwrap_err();
     assert!(err.to_string().contains("BUILD"), "{err}");
     assert!(fake.state().instances.is_empty());
+    assert_eq!(fake.state().undescribed, 0);
 }
 
 #[tokio::test]
@@ -235,6 +243,7 @@ async fn an_ssh_key_is_imported_once_and_reused() {
     drop(st);
     let made = creates(&fake);
     assert!(made.iter().all(|b| b["sshKeyId"] == key_id), "{made:?}");
+    assert_eq!(fake.state().undescribed, 0, "the key import is a described call");
 }
 
 #[tokio::test]
@@ -253,6 +262,7 @@ async fn the_fake_refuses_what_the_schema_does_not_describe() {
     let err = c.call::<Value>(reqwest::Method::POST, "/cloud/project/proj-1/instance", Some(&extra)).await.unwrap_err();
     assert!(err.to_string().contains("not described parameters: (tags)"), "{err}");
     assert!(fake.state().instances.is_empty());
+    assert_eq!(fake.state().undescribed, 4);
 }
 
 #[test]

@@ -51,6 +51,8 @@ pub struct FakeState {
     pub requests: Vec<(String, String)>,
     /// Requests refused for their signature or credentials.
     pub refused: u32,
+    /// Requests refused as the schema does not describe them (path, method, body fields).
+    pub undescribed: u32,
     next_id: u64,
 }
 
@@ -201,9 +203,11 @@ async fn handle(State(s): State<Shared>, method: Method, uri: Uri, headers: Head
 
     let described: Vec<_> = OPERATIONS.iter().filter_map(|op| matches(op.1, path).map(|v| (op, v))).collect();
     if described.is_empty() {
+        st.undescribed += 1;
         return error(StatusCode::NOT_FOUND, "NOT_FOUND", "Got an invalid (or empty) URL");
     }
     let Some((op, vars)) = described.into_iter().find(|(op, _)| op.0 == method.as_str()) else {
+        st.undescribed += 1;
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
             "METHOD_NOT_ALLOWED",
@@ -248,11 +252,15 @@ async fn handle(State(s): State<Shared>, method: Method, uri: Uri, headers: Head
     } else {
         match serde_json::from_slice(&body) {
             Ok(v @ Value::Object(_)) => v,
-            _ => return error(StatusCode::BAD_REQUEST, "INVALID_BODY", "Body is not a JSON object"),
+            _ => {
+                st.undescribed += 1;
+                return error(StatusCode::BAD_REQUEST, "INVALID_BODY", "Body is not a JSON object");
+            }
         }
     };
     if let Value::Object(fields) = &input {
         if let Some(extra) = fields.keys().find(|k| !op.3.contains(&k.as_str())) {
+            st.undescribed += 1;
             return error(
                 StatusCode::BAD_REQUEST,
                 "INVALID_PARAMETER",
@@ -260,6 +268,7 @@ async fn handle(State(s): State<Shared>, method: Method, uri: Uri, headers: Head
             );
         }
         if let Some(missing) = op.2.iter().find(|k| !fields.contains_key(**k)) {
+            st.undescribed += 1;
             return error(StatusCode::BAD_REQUEST, "MISSING_PARAMETER", format!("Missing parameter: {missing}"));
         }
     }

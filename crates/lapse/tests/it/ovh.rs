@@ -57,7 +57,9 @@ async fn an_ovh_environment_runs_stops_at_expiry_and_is_deleted() {
             "user_data": "#cloud-config\npackages: [git]\n"}, "ttl": "4s"}))
         .await;
     let id = env["id"].as_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
     let running = server.wait_state(&id, "running", secs(30)).await;
+    eprintln!("ovh (fake, 20 ms polls): create to running in {:?}", started.elapsed());
     let name = format!("lapse-{}-{id}", server.controller_id);
     let made = instance_named(&fake, &name).expect("the instance is named after the controller and environment");
     assert_eq!(made["flavorId"], "f-b2-7", "the seed's flavour choice");
@@ -68,12 +70,15 @@ async fn an_ovh_environment_runs_stops_at_expiry_and_is_deleted() {
     assert_eq!(fake.state().refused, 0, "every request was signed right");
 
     let stopped = server.wait_state(&id, "stopped", secs(30)).await;
+    eprintln!("ovh (fake): create to stopped at the 4 s expiry in {:?}", started.elapsed());
     assert_eq!(instance_named(&fake, &name).unwrap()["status"], "SHUTOFF");
 
     server.request(Method::DELETE, &format!("/v1/environments/{id}"), None).await;
     server.wait_state(&id, "deleted", secs(30)).await;
     assert!(instance_named(&fake, &name).is_none(), "the instance is deleted");
     assert_eq!(fake.state().instances.len(), 0);
+    assert_eq!(fake.state().undescribed, 0, "every request the server made is one the schema describes");
+    assert_eq!(fake.state().refused, 0);
 
     let (_, events) = server.get("/v1/events").await;
     for (what, text) in [

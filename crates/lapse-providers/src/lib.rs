@@ -27,6 +27,8 @@ use lapse_core::wire::{ExecResult, LogsView};
 
 #[cfg(feature = "docker")]
 pub mod docker;
+#[cfg(feature = "ovh")]
+pub mod ovh;
 pub mod process;
 #[cfg(feature = "scaleway")]
 pub mod scaleway;
@@ -87,7 +89,7 @@ pub struct Placement {
     /// When the lease ends, if it does: cloud providers arm a backstop (a shutdown the VM
     /// performs itself at this time plus a grace) so a lease holds while Lapse is down.
     pub expires_at: Option<lapse_core::Millis>,
-    /// What the lease's end does (the backstop powers the VM off either way).
+    /// What the lease's end does (the backstop can only power off; deleting needs the API).
     pub on_expiry: lapse_core::model::OnExpiry,
 }
 
@@ -275,6 +277,8 @@ pub fn validate_spec(spec: &Spec) -> Result<(), FieldError> {
         "process" => process::validate(spec),
         #[cfg(feature = "docker")]
         "docker" => docker::validate(spec),
+        #[cfg(feature = "ovh")]
+        "ovh" => ovh::validate(spec),
         "sim" => Ok(()),
         #[cfg(feature = "scaleway")]
         "scaleway" => scaleway::validate(spec),

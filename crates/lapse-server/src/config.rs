@@ -34,6 +34,38 @@ pub enum DockerSetting {
     Off,
 }
 
+/// The ovh provider's settings: the seed's `OVH_*` variables. The provider is on when
+/// `application_key` is given; with another value missing it is listed as unavailable with
+/// the reason. `Debug` never shows the secret or the consumer key.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct OvhSetting {
+    /// `ovh-eu` (the default), `ovh-ca`, `ovh-us`, ... or a base URL.
+    pub endpoint: Option<String>,
+    pub application_key: Option<String>,
+    pub application_secret: Option<String>,
+    pub consumer_key: Option<String>,
+    pub project_id: Option<String>,
+    /// Default `GRA9`.
+    pub region: Option<String>,
+    /// How often a create or a stop looks at the instance (default 5 s, the seed's).
+    pub poll_interval: Option<Duration>,
+}
+
+impl std::fmt::Debug for OvhSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |v: &Option<String>| v.as_ref().map(|_| "<set>");
+        f.debug_struct("OvhSetting")
+            .field("endpoint", &self.endpoint)
+            .field("application_key", &self.application_key)
+            .field("application_secret", &shown(&self.application_secret))
+            .field("consumer_key", &shown(&self.consumer_key))
+            .field("project_id", &self.project_id)
+            .field("region", &self.region)
+            .field("poll_interval", &self.poll_interval)
+            .finish()
+    }
+}
+
 /// What the drift sweep does with a resource that carries our label but no record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OrphanPolicy {
@@ -74,6 +106,8 @@ pub struct ServerConfig {
     #[cfg(feature = "scaleway")]
     pub scaleway: Option<Result<lapse_providers::scaleway::ScalewayConfig, String>>,
     pub orphans: OrphanPolicy,
+    /// The ovh provider (off unless an application key is given).
+    pub ovh: OvhSetting,
     /// The `sim` provider and its behaviour; off unless given.
     pub sim: Option<lapse_providers::sim::SimConfig>,
     /// A declarative TOML file of environments and pools, applied at start and on change.
@@ -153,6 +187,7 @@ impl ServerConfig {
             #[cfg(feature = "scaleway")]
             scaleway: None,
             orphans: OrphanPolicy::Remove,
+            ovh: OvhSetting::default(),
             sim: None,
             config_file: None,
             config_poll: Duration::from_secs(1),
@@ -173,5 +208,23 @@ impl ServerConfig {
 
     pub fn concurrency_of(&self, provider: &str) -> usize {
         self.concurrency.get(provider).copied().unwrap_or(self.default_concurrency).max(1)
+    }
+}
+
+#[cfg(test)]
+mod ovh_setting_tests {
+    use super::OvhSetting;
+
+    #[test]
+    fn debug_never_shows_the_ovh_secret_or_consumer_key() {
+        let setting = OvhSetting {
+            application_key: Some("app".into()),
+            application_secret: Some("very-secret".into()),
+            consumer_key: Some("consumer-123".into()),
+            ..Default::default()
+        };
+        let text = format!("{setting:?}");
+        assert!(text.contains("app") && text.contains("<set>"), "{text}");
+        assert!(!text.contains("very-secret") && !text.contains("consumer-123"), "{text}");
     }
 }

@@ -118,6 +118,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     providers.insert(process.clone());
     add_docker(&config, &controller_id, &mut providers).await;
     add_scaleway(&config, &controller_id, &mut providers);
+    add_ovh(&config, &controller_id, &mut providers).await;
     if let Some(sim) = config.sim {
         tracing::warn!("the sim provider is on: its environments are simulated");
         providers.insert(Arc::new(lapse_providers::sim::SimProvider::new(sim)));
@@ -407,5 +408,63 @@ fn add_scaleway(config: &ServerConfig, controller_id: &str, providers: &mut Prov
     {
         let _ = (config, controller_id, providers);
         tracing::info!("scaleway provider not built in (feature `scaleway`)");
+    }
+}
+
+/// The ovh provider, when `OVH_APPLICATION_KEY` is given: working when the rest is there,
+/// else listed unavailable with the missing variables named (never a value).
+async fn add_ovh(config: &ServerConfig, controller_id: &str, providers: &mut ProviderSet) {
+    let setting = &config.ovh;
+    if setting.application_key.as_deref().is_none_or(str::is_empty) {
+        return;
+    }
+    #[cfg(feature = "ovh")]
+    {
+        use lapse_providers::Provider;
+        use lapse_providers::ovh::{Credentials, OvhConfig, OvhProvider, Unconfigured};
+        let given = |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty()).map(str::to_owned);
+        let missing: Vec<&str> = [
+            ("OVH_APPLICATION_SECRET", &setting.application_secret),
+            ("OVH_CONSUMER_KEY", &setting.consumer_key),
+            ("OVH_PROJECT_ID", &setting.project_id),
+        ]
+        .into_iter()
+        .filter(|(_, v)| given(v).is_none())
+        .map(|(name, _)| name)
+        .collect();
+        let made = if missing.is_empty() {
+            let credentials = Credentials {
+                application_key: given(&setting.application_key).unwrap_or_default(),
+                application_secret: given(&setting.application_secret).unwrap_or_default(),
+                consumer_key: given(&setting.consumer_key).unwrap_or_default(),
+            };
+            let endpoint = given(&setting.endpoint).unwrap_or_else(|| "ovh-eu".into());
+            let project = given(&setting.project_id).unwrap_or_default();
+            let mut ovh = OvhConfig::new(&endpoint, credentials, &project, setting.region.as_deref());
+            if let Some(every) = setting.poll_interval {
+                ovh.poll_interval = every.max(std::time::Duration::from_millis(10));
+            }
+            OvhProvider::new(ovh, controller_id).map_err(|e| e.to_string())
+        } else {
+            Err(format!("OVH_APPLICATION_KEY is set but {} not", missing.join(", ")))
+        };
+        match made {
+            Ok(p) => {
+                match p.health().await {
+                    Ok(detail) => tracing::info!(%detail, "ovh provider on"),
+                    Err(e) => tracing::warn!(error = %e, "ovh provider on, but the API does not answer yet"),
+                }
+                providers.insert(Arc::new(p));
+            }
+            Err(reason) => {
+                tracing::error!(%reason, "ovh provider unavailable");
+                providers.insert(Arc::new(Unconfigured { reason }));
+            }
+        }
+    }
+    #[cfg(not(feature = "ovh"))]
+    {
+        let _ = (controller_id, providers);
+        tracing::warn!("OVH_APPLICATION_KEY is set but the ovh provider is not built in (feature `ovh`)");
     }
 }

@@ -215,6 +215,30 @@ pub struct ServeArgs {
     pub log_json: bool,
     #[command(flatten)]
     pub docker_conventions: DockerConventionArgs,
+    #[command(flatten)]
+    pub ovh: OvhArgs,
+}
+
+/// The ovh provider: on when an application key is given. The application secret and the
+/// consumer key are read from `OVH_APPLICATION_SECRET` and `OVH_CONSUMER_KEY` only, never
+/// from flags (which `ps` shows).
+#[derive(Args, Debug)]
+pub struct OvhArgs {
+    /// OVH API endpoint: ovh-eu (default), ovh-ca, ovh-us, ... or a base URL.
+    #[arg(long, env = "OVH_ENDPOINT", help_heading = "OVH provider")]
+    pub ovh_endpoint: Option<String>,
+    /// OVH application key; turns the ovh provider on.
+    #[arg(long, env = "OVH_APPLICATION_KEY", help_heading = "OVH provider")]
+    pub ovh_application_key: Option<String>,
+    /// The Public Cloud project (service name) the ovh provider makes instances in.
+    #[arg(long, env = "OVH_PROJECT_ID", help_heading = "OVH provider")]
+    pub ovh_project_id: Option<String>,
+    /// Region when a spec gives no cloud.zone (default GRA9).
+    #[arg(long, env = "OVH_REGION", help_heading = "OVH provider")]
+    pub ovh_region: Option<String>,
+    /// How often a create or stop looks at the instance (default 5s).
+    #[arg(long, env = "OVH_POLL_INTERVAL", value_parser = parse_duration, help_heading = "OVH provider")]
+    pub ovh_poll_interval: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -266,6 +290,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         endpoint => DockerSetting::Endpoint(endpoint.to_owned()),
     };
     config.docker_conventions = args.docker_conventions.conventions()?;
+    config.ovh = lapse_server::config::OvhSetting {
+        endpoint: args.ovh.ovh_endpoint.clone(),
+        application_key: args.ovh.ovh_application_key.clone(),
+        application_secret: std::env::var("OVH_APPLICATION_SECRET").ok(),
+        consumer_key: std::env::var("OVH_CONSUMER_KEY").ok(),
+        project_id: args.ovh.ovh_project_id.clone(),
+        region: args.ovh.ovh_region.clone(),
+        poll_interval: args.ovh.ovh_poll_interval,
+    };
     if let Some(sim) = &args.sim {
         config.sim = Some(lapse_providers_sim(sim)?);
     }

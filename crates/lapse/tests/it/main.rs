@@ -15,6 +15,7 @@ mod harness;
 mod isolation;
 mod lifecycles;
 mod limits;
+mod ovh;
 mod pools;
 mod redis_server;
 mod retry;

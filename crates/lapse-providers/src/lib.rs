@@ -9,7 +9,8 @@
 //! process environment markers), so [`Provider::list`] finds everything this control plane
 //! made, whether or not the store knows of it.
 //!
-//! Backends: [`process`] (always there), [`docker`] (feature `docker`, on by default).
+//! Backends: [`process`] (always there), [`docker`] (feature `docker`, on by default), [`aws`]
+//! (EC2, feature `aws`, on by default).
 //!
 //! **Output is bounded.** `exec` output and `logs` are read into a [`CappedOutput`] (the
 //! last [`MAX_OUTPUT_BYTES`] of each stream, with a marker saying how much was cut), never
@@ -24,6 +25,8 @@ use lapse_core::model::{Endpoint, Spec};
 use lapse_core::validate::FieldError;
 use lapse_core::wire::{ExecResult, LogsView};
 
+#[cfg(feature = "aws")]
+pub mod aws;
 #[cfg(feature = "docker")]
 pub mod docker;
 pub mod process;
@@ -81,11 +84,21 @@ pub struct Instance {
 pub struct Placement {
     /// The tenant's name; empty for an environment of no tenant.
     pub tenant: String,
+    /// When the lease ends (unix milliseconds), if it does: cloud providers tag the VM with it
+    /// and arm the VM's own shutdown backstop for it.
+    pub expires_at: Option<lapse_core::Millis>,
+    /// What expiry does: a cloud VM's backstop terminates it (`delete`) or stops it (`stop`).
+    pub on_expiry: lapse_core::model::OnExpiry,
 }
 
 impl Placement {
     pub fn of_tenant(tenant: &str) -> Self {
-        Placement { tenant: tenant.to_owned() }
+        Placement { tenant: tenant.to_owned(), ..Default::default() }
+    }
+
+    /// Whose the environment is and how its lease ends.
+    pub fn of_environment(env: &lapse_core::model::Environment) -> Self {
+        Placement { tenant: env.tenant.clone(), expires_at: env.expires_at, on_expiry: env.on_expiry }
     }
 }
 
@@ -260,6 +273,8 @@ pub fn validate_spec(spec: &Spec) -> Result<(), FieldError> {
         #[cfg(feature = "docker")]
         "docker" => docker::validate(spec),
         "sim" => Ok(()),
+        #[cfg(feature = "aws")]
+        "aws" => aws::validate(spec),
         other => Err(FieldError {
             field: "spec.provider".into(),
             message: format!("unknown provider {other:?}; known: process, docker, sim"),

@@ -320,7 +320,7 @@ impl Reconciler {
         let env = &env;
         let grace = cx.config.stop_grace;
         let started = std::time::Instant::now();
-        let placement = Placement::of_tenant(&env.tenant);
+        let placement = Placement::of_environment(env);
         let result: Result<Option<Instance>, ProviderError> = match planned {
             Plan::Provision => provider.ensure_running(&env.id, &placement, &env.spec).await.map(Some),
             Plan::Replace => match provider.delete(&env.id, grace).await {

@@ -41,10 +41,17 @@ pub fn is_openssh_key(s: &str) -> bool {
     use base64::Engine;
     let mut words = s.split_whitespace();
     let (Some(kind), Some(body)) = (words.next(), words.next()) else { return false };
-    matches!(kind, "ssh-rsa" | "ssh-ed25519" | "ecdsa-sha2-nistp256" | "ecdsa-sha2-nistp384" | "ecdsa-sha2-nistp521")
-        && s.len() <= 16 * 1024
-        && !s.contains('\n')
-        && base64::engine::general_purpose::STANDARD.decode(body).is_ok_and(|b| b.len() > 4)
+    let known = matches!(
+        kind,
+        "ssh-rsa" | "ssh-ed25519" | "ecdsa-sha2-nistp256" | "ecdsa-sha2-nistp384" | "ecdsa-sha2-nistp521"
+    );
+    if !known || s.len() > 16 * 1024 || s.contains('\n') {
+        return false;
+    }
+    // The blob starts with its own type, length-prefixed: `ssh-ed25519 AAAA...` names itself.
+    let Ok(blob) = base64::engine::general_purpose::STANDARD.decode(body) else { return false };
+    let Some(len) = blob.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize) else { return false };
+    blob.get(4..4 + len) == Some(kind.as_bytes()) && blob.len() > 4 + len
 }
 
 /// Refuses what EC2 would refuse, naming the field.
@@ -205,7 +212,10 @@ mod tests {
         for bad in ["", "us-east-1", "useast1a", "us-east-a", "US-EAST-1A", "us--1a"] {
             assert!(!is_zone(bad), "{bad}");
         }
-        assert!(is_openssh_key("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq me@host"));
+        assert!(is_openssh_key(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEBgADPnDiIQn0qOOAF8KTqypgMP7s21Sj6xqDT34zZI me@host"
+        ));
+        assert!(!is_openssh_key("ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIEBgADPnDiIQn0qOOAF8KTqypgMP7s21Sj6xqDT34zZI"));
         assert!(!is_openssh_key("-----BEGIN RSA PUBLIC KEY-----"));
         assert!(!is_openssh_key("ssh-ed25519 !!!notbase64"));
     }

@@ -181,14 +181,19 @@ impl AwsProvider {
         let tags = tags(&self.controller_id, environment_id, placement);
         let spec_of =
             |kind: ResourceType| TagSpecification::builder().resource_type(kind).set_tags(Some(tags.clone())).build();
-        let mut ebs = EbsBlockDevice::builder().delete_on_termination(true);
-        if let Some(gb) = spec.resources.as_ref().and_then(|r| r.disk_gb) {
-            // Checked by `validate`: 1..=16384 fits an i32.
-            ebs = ebs.volume_size(i32::try_from(gb).unwrap_or(i32::MAX));
-        }
-        if let Some(t) = &cloud.disk_type {
-            ebs = ebs.volume_type(VolumeType::from(t.as_str()));
-        }
+        // The root volume is the AMI's unless the spec sizes or types it.
+        let disk_gb = spec.resources.as_ref().and_then(|r| r.disk_gb);
+        let root = (disk_gb.is_some() || cloud.disk_type.is_some()).then(|| {
+            let mut ebs = EbsBlockDevice::builder().delete_on_termination(true);
+            if let Some(gb) = disk_gb {
+                // Checked by `validate`: 1..=16384 fits an i32.
+                ebs = ebs.volume_size(i32::try_from(gb).unwrap_or(i32::MAX));
+            }
+            if let Some(t) = &cloud.disk_type {
+                ebs = ebs.volume_type(VolumeType::from(t.as_str()));
+            }
+            BlockDeviceMapping::builder().device_name(root_device).ebs(ebs.build()).build()
+        });
         let mut run = client
             .run_instances()
             .image_id(ami)
@@ -197,7 +202,7 @@ impl AwsProvider {
             .max_count(1)
             .client_token(client_token(&self.controller_id, environment_id, generation))
             .instance_initiated_shutdown_behavior(shutdown)
-            .block_device_mappings(BlockDeviceMapping::builder().device_name(root_device).ebs(ebs.build()).build())
+            .set_block_device_mappings(root.map(|r| vec![r]))
             .tag_specifications(spec_of(ResourceType::Instance))
             .tag_specifications(spec_of(ResourceType::Volume))
             .set_subnet_id(subnet)

@@ -82,31 +82,34 @@ impl AwsProvider {
     /// `region` overrides the environment's. Fails, with the reason, when no region or no
     /// credentials are found.
     pub async fn connect(region: Option<&str>, controller_id: &str) -> Result<Self, ProviderError> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(r) = region {
+            loader = loader.region(aws_config::Region::new(r.to_owned()));
+        }
+        Self::from_loader(loader, controller_id).await
+    }
+
+    /// As [`AwsProvider::connect`], from a prepared loader (tests give an endpoint and static
+    /// credentials this way). Call timeouts are set here.
+    pub async fn from_loader(loader: aws_config::ConfigLoader, controller_id: &str) -> Result<Self, ProviderError> {
         let unavailable = |message: String| ProviderError::Unavailable { provider: NAME, message };
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .operation_timeout(CALL_TIMEOUT)
             .operation_attempt_timeout(CALL_TIMEOUT / 3)
             .connect_timeout(Duration::from_secs(5))
             .build();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts);
-        if let Some(r) = region {
-            loader = loader.region(aws_config::Region::new(r.to_owned()));
-        }
-        let config = loader.load().await;
+        let config = loader.timeout_config(timeouts).load().await;
         let region = config
             .region()
             .map(|r| r.to_string())
             .ok_or_else(|| unavailable("no region: set AWS_REGION (or --aws-region)".into()))?;
-        let credentials = config.credentials_provider().ok_or_else(|| unavailable("no credentials provider".into()))?;
+        let missing = "no AWS credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile)";
+        let credentials = config.credentials_provider().ok_or_else(|| unavailable(missing.into()))?;
         // Only whether credentials were found is kept, never what they are.
-        if let Err(e) = tokio::time::timeout(CALL_TIMEOUT, credentials.provide_credentials())
-            .await
-            .map_err(|_| "timed out".to_owned())
-            .and_then(|r| r.map_err(|e| describe_credentials_error(&e)))
-        {
-            return Err(unavailable(format!(
-                "no AWS credentials: {e} (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile)"
-            )));
+        match tokio::time::timeout(CALL_TIMEOUT, credentials.provide_credentials()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(unavailable(format!("{missing}: {}", describe_credentials_error(&e)))),
+            Err(_) => return Err(unavailable(format!("{missing}: the credentials chain timed out"))),
         }
         Ok(AwsProvider { client: Client::new(&config), region, controller_id: controller_id.to_owned() })
     }
@@ -181,7 +184,11 @@ impl AwsProvider {
     async fn start_stopped(&self, id: &str, placement: &Placement, spec: &Spec) -> Result<(), ProviderError> {
         let deadline = placement.expires_at.map(|ms| ms.div_euclid(1000));
         if let Some(data) = backstop::user_data(deadline, spec.user_data.as_deref()) {
-            let blob = aws_sdk_ec2::primitives::Blob::new(data.into_bytes());
+            // EC2 wants the user data base64-encoded inside the blob (which the SDK encodes
+            // once more on the wire), as RunInstances takes it.
+            use base64::Engine;
+            let encoded = base64::engine::general_purpose::STANDARD.encode(data);
+            let blob = aws_sdk_ec2::primitives::Blob::new(encoded.into_bytes());
             let value = aws_sdk_ec2::types::SecureBlobAttributeValue::builder().value(blob).build();
             self.client
                 .modify_instance_attribute()

@@ -26,6 +26,13 @@ pub struct ServeArgs {
     /// sockets; off if none answers), `off`, or an endpoint such as unix:///run/podman/podman.sock.
     #[arg(long, env = "LAPSE_DOCKER", default_value = "auto")]
     pub docker: String,
+    /// The aws provider (EC2): `auto` (on when a region is given), `on`, `off`. Credentials
+    /// come from the AWS SDK's standard chain; AWS_ENDPOINT_URL is honoured.
+    #[arg(long, env = "LAPSE_AWS", default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub aws: String,
+    /// The aws provider's region.
+    #[arg(long = "aws-region", env = "AWS_REGION")]
+    pub aws_region: Option<String>,
     /// TTL of environments created without one.
     #[arg(long, env = "LAPSE_DEFAULT_TTL", default_value = "1h", value_parser = parse_duration)]
     pub default_ttl: Duration,
@@ -251,6 +258,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         endpoint => DockerSetting::Endpoint(endpoint.to_owned()),
     };
     config.docker_conventions = args.docker_conventions.conventions()?;
+    config.aws = match args.aws.as_str() {
+        "on" => lapse_server::config::AwsSetting::On,
+        "off" => lapse_server::config::AwsSetting::Off,
+        _ => lapse_server::config::AwsSetting::Auto,
+    };
+    config.aws_region = args.aws_region.clone().filter(|r| !r.is_empty());
     if let Some(sim) = &args.sim {
         config.sim = Some(lapse_providers_sim(sim)?);
     }

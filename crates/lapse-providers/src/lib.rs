@@ -9,8 +9,8 @@
 //! process environment markers), so [`Provider::list`] finds everything this control plane
 //! made, whether or not the store knows of it.
 //!
-//! Backends: [`process`] (always there), [`docker`] (feature `docker`, on by default), [`aws`]
-//! (EC2, feature `aws`, on by default).
+//! Backends: [`process`] (always there), [`docker`] (feature `docker`, on by default),
+//! `scaleway` (feature `scaleway`, on by default), [`aws`] (EC2, feature `aws`, on by default).
 //!
 //! **Output is bounded.** `exec` output and `logs` are read into a [`CappedOutput`] (the
 //! last [`MAX_OUTPUT_BYTES`] of each stream, with a marker saying how much was cut), never
@@ -30,6 +30,8 @@ pub mod aws;
 #[cfg(feature = "docker")]
 pub mod docker;
 pub mod process;
+#[cfg(feature = "scaleway")]
+pub mod scaleway;
 pub mod sim;
 
 mod output;
@@ -84,21 +86,16 @@ pub struct Instance {
 pub struct Placement {
     /// The tenant's name; empty for an environment of no tenant.
     pub tenant: String,
-    /// When the lease ends (unix milliseconds), if it does: cloud providers tag the VM with it
-    /// and arm the VM's own shutdown backstop for it.
+    /// When the lease ends, if it does: cloud providers arm a backstop (a shutdown the VM
+    /// performs itself at this time plus a grace) so a lease holds while Lapse is down.
     pub expires_at: Option<lapse_core::Millis>,
-    /// What expiry does: a cloud VM's backstop terminates it (`delete`) or stops it (`stop`).
+    /// What the lease's end does (the backstop powers the VM off either way).
     pub on_expiry: lapse_core::model::OnExpiry,
 }
 
 impl Placement {
     pub fn of_tenant(tenant: &str) -> Self {
         Placement { tenant: tenant.to_owned(), ..Default::default() }
-    }
-
-    /// Whose the environment is and how its lease ends.
-    pub fn of_environment(env: &lapse_core::model::Environment) -> Self {
-        Placement { tenant: env.tenant.clone(), expires_at: env.expires_at, on_expiry: env.on_expiry }
     }
 }
 
@@ -248,6 +245,14 @@ pub fn check_boot(spec: &Spec, provider: &str, boots_kernel: bool) -> Result<(),
     })
 }
 
+/// The providers that make cloud VMs (they take `spec.cloud`; the others run on this host).
+pub const CLOUD_PROVIDERS: [&str; 3] = ["aws", "scaleway", "ovh"];
+
+/// Whether the provider named `name` makes cloud VMs.
+pub fn is_cloud(name: &str) -> bool {
+    CLOUD_PROVIDERS.contains(&name)
+}
+
 /// Refuses `spec.cloud` for a provider that runs on this host (process, docker): its fields
 /// (instance type, zone, SSH keys, ...) would be ignored, and a spec is never silently trimmed.
 pub fn refuse_cloud(spec: &Spec, provider: &str) -> Result<(), FieldError> {
@@ -275,9 +280,11 @@ pub fn validate_spec(spec: &Spec) -> Result<(), FieldError> {
         "sim" => Ok(()),
         #[cfg(feature = "aws")]
         "aws" => aws::validate(spec),
+        #[cfg(feature = "scaleway")]
+        "scaleway" => scaleway::validate(spec),
         other => Err(FieldError {
             field: "spec.provider".into(),
-            message: format!("unknown provider {other:?}; known: process, docker, sim"),
+            message: format!("unknown provider {other:?}; known: process, docker, sim, scaleway, aws"),
         }),
     }
 }

@@ -80,6 +80,10 @@ pub struct ServerConfig {
     /// The docker provider's container conventions (labels, names, ports, restart policy).
     #[cfg(feature = "docker")]
     pub docker_conventions: lapse_providers::docker::conventions::Conventions,
+    /// The scaleway provider: `None` off (no `SCW_SECRET_KEY`), `Some(Err(reason))` asked for
+    /// but unusable (a variable missing), `Some(Ok(..))` on.
+    #[cfg(feature = "scaleway")]
+    pub scaleway: Option<Result<lapse_providers::scaleway::ScalewayConfig, String>>,
     pub orphans: OrphanPolicy,
     /// The aws provider: on, off, or on when `aws_region` is set.
     pub aws: AwsSetting,
@@ -161,6 +165,8 @@ impl ServerConfig {
             docker: DockerSetting::Auto,
             #[cfg(feature = "docker")]
             docker_conventions: Default::default(),
+            #[cfg(feature = "scaleway")]
+            scaleway: None,
             orphans: OrphanPolicy::Remove,
             aws: AwsSetting::Auto,
             aws_region: None,

@@ -118,6 +118,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     providers.insert(process.clone());
     add_docker(&config, &controller_id, &mut providers).await;
     add_aws(&config, &controller_id, &mut providers).await;
+    add_scaleway(&config, &controller_id, &mut providers);
     if let Some(sim) = config.sim {
         tracing::warn!("the sim provider is on: its environments are simulated");
         providers.insert(Arc::new(lapse_providers::sim::SimProvider::new(sim)));
@@ -419,5 +420,30 @@ async fn add_aws(config: &ServerConfig, controller_id: &str, providers: &mut Pro
     {
         let _ = (controller_id, providers);
         tracing::warn!("aws provider not built in (feature `aws`)");
+    }
+}
+
+/// The scaleway provider, when `SCW_SECRET_KEY` asked for it; unavailable (not added, the
+/// reason logged) when a variable is missing. The keys are never logged.
+fn add_scaleway(config: &ServerConfig, controller_id: &str, providers: &mut ProviderSet) {
+    #[cfg(feature = "scaleway")]
+    {
+        use lapse_providers::scaleway::ScalewayProvider;
+        match &config.scaleway {
+            None => tracing::info!("scaleway provider off (SCW_SECRET_KEY unset)"),
+            Some(Err(reason)) => tracing::warn!(reason = %reason, "scaleway provider unavailable"),
+            Some(Ok(cfg)) => match ScalewayProvider::new(cfg.clone(), controller_id) {
+                Ok(p) => {
+                    tracing::info!(zone = %cfg.default_zone, api = %cfg.api_url, "scaleway provider on");
+                    providers.insert(Arc::new(p));
+                }
+                Err(e) => tracing::warn!(reason = %e, "scaleway provider unavailable"),
+            },
+        }
+    }
+    #[cfg(not(feature = "scaleway"))]
+    {
+        let _ = (config, controller_id, providers);
+        tracing::info!("scaleway provider not built in (feature `scaleway`)");
     }
 }

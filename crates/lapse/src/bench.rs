@@ -441,7 +441,11 @@ impl RedisProcess {
     }
 
     async fn connect(address: &str) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        redis::Client::open(format!("redis://{address}"))?.get_multiplexed_async_connection().await
+        redis::Client::open(format!("redis://{address}"))?
+            .get_multiplexed_async_connection_with_config(
+                &redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60))),
+            )
+            .await
     }
 
     async fn push(&self, messages: &[String]) -> anyhow::Result<()> {

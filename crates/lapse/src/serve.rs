@@ -33,6 +33,14 @@ pub struct ServeArgs {
     /// The aws provider's region.
     #[arg(long = "aws-region", env = "AWS_REGION")]
     pub aws_region: Option<String>,
+    /// The scaleway provider (on when SCW_SECRET_KEY is set; SCW_ACCESS_KEY, SCW_ORGANIZATION_ID,
+    /// SCW_PROJECT_ID and SCW_DEFAULT_ZONE then required, SCW_API_URL for tests and proxies):
+    /// how long after a lease's end its server powers itself off (the backstop).
+    #[arg(long, env = "LAPSE_SCALEWAY_BACKSTOP_GRACE", default_value = "10m", value_parser = parse_duration)]
+    pub scaleway_backstop_grace: Duration,
+    /// The scaleway provider: between two looks while a server boots or stops (SWIM: 15s).
+    #[arg(long, env = "LAPSE_SCALEWAY_POLL_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub scaleway_poll_interval: Duration,
     /// TTL of environments created without one.
     #[arg(long, env = "LAPSE_DEFAULT_TTL", default_value = "1h", value_parser = parse_duration)]
     pub default_ttl: Duration,
@@ -252,6 +260,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Orphans::Remove => OrphanPolicy::Remove,
         Orphans::Adopt => OrphanPolicy::Adopt,
     };
+    config.scaleway = lapse_providers::scaleway::ScalewayConfig::from_env().transpose().map(|c| {
+        c.map(|mut c| {
+            c.backstop_grace = args.scaleway_backstop_grace;
+            c.poll_interval = args.scaleway_poll_interval.max(Duration::from_millis(10));
+            c
+        })
+    });
     config.docker = match args.docker.as_str() {
         "auto" => DockerSetting::Auto,
         "off" => DockerSetting::Off,
@@ -305,10 +320,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(url) = &args.redis {
         let provider = match (&args.swim_provider, std::env::var_os("SCW_ACCESS_KEY")) {
             (Some(p), _) => p.clone(),
-            (None, Some(_)) => anyhow::bail!(
-                "SCW_ACCESS_KEY is set, so the SWIM queues would be served by Scaleway, but this build has no \
-                 scaleway provider; set SWIM_PROVIDER (process, docker, sim)"
-            ),
+            // The seed's own provider: the server refuses to start if it is not on (its
+            // SCW_* variables missing), naming the reason.
+            (None, Some(_)) => "scaleway".into(),
             (None, None) => "process".into(),
         };
         let v2 = args.swim_contracts.contains(&lapse_server::compat::swim::ContractName::V2);

@@ -19,6 +19,7 @@ mod limits;
 mod pools;
 mod redis_server;
 mod retry;
+mod scaleway;
 mod schemathesis;
 mod swim;
 mod swim_v2;

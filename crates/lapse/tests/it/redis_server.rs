@@ -59,7 +59,12 @@ impl RedisServer {
     }
 
     pub async fn conn(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        redis::Client::open(format!("redis://{}", self.address()))?.get_multiplexed_async_connection().await
+        // The client's default 500 ms response timeout is too short for a 10 MiB push on a busy
+        // machine; tests wait for answers as long as they need to.
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(std::time::Duration::from_secs(60)));
+        redis::Client::open(format!("redis://{}", self.address()))?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
     }
 
     pub async fn lpush(&self, key: &str, messages: &[String]) {

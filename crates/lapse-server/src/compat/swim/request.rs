@@ -246,11 +246,21 @@ pub fn provision(req: &ProvisionRequest, cfg: &SwimConfig, max_ttl: Duration) ->
     .map(|t| t.to_ascii_uppercase());
     let security_group = first_set([Some(req.security_group_name.as_str()), cfg.default_security_group.as_deref()]);
     let mut spec = Spec { provider: cfg.provider.clone(), user_data: content, ..Default::default() };
-    if let Some(name) = &instance {
-        spec.resources = Some(instance_type(name)?);
-    }
-    if let Some(cmd) = cfg.default_cmd.as_deref().filter(|c| !c.is_empty()) {
-        spec.cmd = vec!["/bin/sh".into(), "-c".into(), cmd.to_owned()];
+    if lapse_providers::is_cloud(&spec.provider) {
+        // A cloud server, as the seed makes it: the commercial type and the security group go
+        // to the cloud, which checks them; no local command.
+        spec.cloud = Some(lapse_core::model::CloudSpec {
+            instance_type: instance.clone(),
+            security_group: security_group.clone(),
+            ..Default::default()
+        });
+    } else {
+        if let Some(name) = &instance {
+            spec.resources = Some(instance_type(name)?);
+        }
+        if let Some(cmd) = cfg.default_cmd.as_deref().filter(|c| !c.is_empty()) {
+            spec.cmd = vec!["/bin/sh".into(), "-c".into(), cmd.to_owned()];
+        }
     }
     // Local processes have no image: the request's is kept as a label only.
     if spec.provider != "process" {

@@ -53,7 +53,8 @@ impl Monitor {
             None => format!("redis://127.0.0.1:{port}"),
         };
         let redis = redis::Client::open(url).unwrap();
-        let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(std::time::Duration::from_secs(60)));
+        let mut conn = redis.get_multiplexed_async_connection_with_config(&config).await.unwrap();
         eventually(secs(10), "redis-cli MONITOR to record", async || {
             let _: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
             monitor.lines.lock().unwrap().iter().any(|l| l.first().is_some_and(|c| c == "PING")).then_some(())

@@ -1,0 +1,274 @@
+//! The scaleway provider against a local fake of the Instance API v1 that follows the
+//! published schema (see `scaleway_fake`). Not the real cloud.
+#![cfg(feature = "scaleway")]
+
+mod scaleway_fake;
+
+use std::time::Duration;
+
+use lapse_core::model::{CloudSpec, Spec};
+use lapse_providers::scaleway::{ScalewayConfig, ScalewayProvider, USER_DATA_KEY, controller_tag, environment_tag};
+use lapse_providers::{InstanceStatus, Placement, Provider, ProviderError};
+use scaleway_fake::{Fake, ORGANIZATION, PROJECT};
+
+const SECRET: &str = "scw-secret-5f3a9c1e-dont-leak";
+const CONTROLLER: &str = "ctl0000000000000000000000000000a";
+
+fn config(fake: &Fake) -> ScalewayConfig {
+    let mut cfg = ScalewayConfig::new("SCWACCESSKEY0000", SECRET, ORGANIZATION, PROJECT, "fr-par-1");
+    cfg.api_url = fake.url.clone();
+    cfg.poll_interval = Duration::from_millis(5);
+    cfg.settle_timeout = Duration::from_secs(5);
+    cfg.retry_pause = Duration::from_millis(5);
+    cfg.page_size = 2;
+    cfg
+}
+
+async fn setup() -> (Fake, ScalewayProvider) {
+    let fake = Fake::start(SECRET).await;
+    let p = ScalewayProvider::new(config(&fake), CONTROLLER).unwrap();
+    (fake, p)
+}
+
+fn spec() -> Spec {
+    Spec {
+        provider: "scaleway".into(),
+        image: Some("ubuntu_jammy".into()),
+        user_data: Some("#cloud-config\npackages: [git]\n".into()),
+        cloud: Some(CloudSpec {
+            instance_type: Some("DEV1-S".into()),
+            security_group: Some("swim-sg".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn placement() -> Placement {
+    Placement { tenant: "acme".into(), expires_at: Some(1_800_000_000_000), ..Default::default() }
+}
+
+fn assert_schema_valid(fake: &Fake) {
+    let log = fake.log();
+    assert!(!log.is_empty());
+    for r in &log {
+        assert_eq!(r.rejected, None, "a request the schema does not define: {r:?}");
+        assert!(!r.path.contains(SECRET) && !r.query.contains(SECRET) && !r.body.contains(SECRET));
+    }
+}
+
+fn steps(fake: &Fake) -> Vec<String> {
+    fake.log()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path.rsplit_once("/zones/fr-par-1/").map_or("?", |x| x.1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn create_follows_swims_steps_with_user_data_before_power_on() {
+    let (fake, p) = setup().await;
+    let inst = p.ensure_running("env1", &placement(), &spec()).await.unwrap();
+    assert_eq!(inst.status, InstanceStatus::Running);
+    let servers = fake.servers();
+    assert_eq!(servers.len(), 1);
+    let s = &servers[0];
+    assert_eq!(s.body["commercial_type"], "DEV1-S");
+    assert_eq!(s.body["image"], "ubuntu_jammy");
+    assert_eq!(s.body["dynamic_ip_required"], false);
+    assert_eq!(s.body["project"], PROJECT);
+    let sg = fake.world.lock().unwrap().security_groups.iter().find(|g| g["name"] == "swim-sg").unwrap()["id"].clone();
+    assert_eq!(s.body["security_group"], sg, "the security group found by name in the project");
+    assert!(s.tags.contains(&environment_tag("env1")) && s.tags.contains(&controller_tag(CONTROLLER)));
+    // User data under `cloud-init`, set while the server was still off, with the backstop.
+    let data = &s.user_data[USER_DATA_KEY];
+    assert!(
+        data.contains("packages: [git]") && data.contains("shutdown -P") && data.contains("d=1800000600;"),
+        "{data}"
+    );
+    assert_eq!(s.user_data_set_in_state, ["stopped"]);
+    // The routed IPv6 is the first address and an endpoint host (what SWIM's `ipv6` shows).
+    let v6 = inst.addresses[0];
+    assert!(v6.is_ipv6(), "{:?}", inst.addresses);
+    assert_eq!(inst.endpoints[0].host, v6.to_string());
+    let order = steps(&fake);
+    let pos = |needle: &str| {
+        order.iter().position(|s| s.starts_with(needle)).unwrap_or_else(|| panic!("{needle} in {order:?}"))
+    };
+    assert!(pos("GET security_groups") < pos("POST servers"));
+    assert!(pos("POST servers") < pos("POST ips"));
+    assert!(pos("POST ips") < pos("PATCH servers/"));
+    assert!(pos("PATCH servers/") < pos("POST servers/"), "user data before power-on: {order:?}");
+    assert_schema_valid(&fake);
+}
+
+#[tokio::test]
+async fn a_retry_after_a_crash_finds_the_server_and_makes_no_second() {
+    let (fake, p) = setup().await;
+    p.ensure_running("env1", &placement(), &spec()).await.unwrap();
+    // A new process (the record was never written): the lookup by tag finds it.
+    let again = ScalewayProvider::new(config(&fake), CONTROLLER).unwrap();
+    let inst = again.ensure_running("env1", &placement(), &spec()).await.unwrap();
+    assert_eq!(inst.status, InstanceStatus::Running);
+    assert_eq!(fake.servers().len(), 1);
+    // A crash right after the create (off, no IPv6, no user data): the retry finishes it.
+    fake.add_server("fr-par-1", &[&environment_tag("env2"), &controller_tag(CONTROLLER)], "stopped");
+    let inst = again.ensure_running("env2", &placement(), &spec()).await.unwrap();
+    assert_eq!(inst.status, InstanceStatus::Running);
+    assert_eq!(fake.servers().len(), 2);
+    let s = fake.servers().into_iter().find(|s| s.tags.contains(&environment_tag("env2"))).unwrap();
+    assert!(s.user_data.contains_key(USER_DATA_KEY) && !s.ips.is_empty());
+    assert_schema_valid(&fake);
+}
+
+#[tokio::test]
+async fn stop_powers_off_start_powers_on_delete_removes_server_ips_and_volumes() {
+    let (fake, p) = setup().await;
+    p.ensure_running("env1", &placement(), &spec()).await.unwrap();
+    p.stop("env1", Duration::from_secs(1)).await.unwrap();
+    assert_eq!(p.inspect("env1").await.unwrap().unwrap().status, InstanceStatus::Stopped);
+    assert_eq!(p.ensure_running("env1", &placement(), &spec()).await.unwrap().status, InstanceStatus::Running);
+    p.delete("env1", Duration::from_secs(1)).await.unwrap();
+    assert!(fake.servers().is_empty());
+    {
+        let w = fake.world.lock().unwrap();
+        assert!(w.ips.is_empty() && w.volumes.is_empty(), "ips {:?} volumes {:?}", w.ips, w.volumes);
+        let actions: Vec<String> =
+            w.log.iter().filter(|r| r.path.ends_with("/action")).map(|r| r.body.clone()).collect();
+        assert!(actions.last().unwrap().contains("poweroff"), "delete powers off first: {actions:?}");
+    }
+    p.delete("env1", Duration::from_secs(1)).await.unwrap();
+    p.stop("env1", Duration::from_secs(1)).await.unwrap();
+    assert_eq!(p.inspect("env1").await.unwrap(), None);
+    assert_schema_valid(&fake);
+}
+
+#[tokio::test]
+async fn list_pages_by_the_controller_tag_only() {
+    let (fake, p) = setup().await;
+    for env in ["a", "b", "c"] {
+        fake.add_server("fr-par-1", &[&environment_tag(env), &controller_tag(CONTROLLER)], "running");
+    }
+    fake.add_server("fr-par-1", &[&environment_tag("x"), &controller_tag("someone-else")], "running");
+    fake.add_server("fr-par-1", &["webuser:ann"], "running");
+    let mut envs: Vec<String> = p.list().await.unwrap().into_iter().map(|i| i.environment_id).collect();
+    envs.sort();
+    assert_eq!(envs, ["a", "b", "c"]);
+    let pages = fake.log().iter().filter(|r| r.query.contains("page=")).count();
+    assert!(pages >= 2, "page size 2 over 3 servers takes two pages");
+    assert_schema_valid(&fake);
+}
+
+#[tokio::test]
+async fn throttling_is_retried() {
+    let (fake, p) = setup().await;
+    fake.inject("POST", "/servers", 429, "rate limit exceeded", 2);
+    assert_eq!(p.ensure_running("env1", &placement(), &spec()).await.unwrap().status, InstanceStatus::Running);
+    assert_eq!(fake.servers().len(), 1);
+}
+
+#[tokio::test]
+async fn a_refusal_is_permanent_with_the_apis_message_and_leaves_nothing() {
+    let (fake, p) = setup().await;
+    fake.inject("POST", "/servers", 403, "quota exceeded: DEV1-S", 1);
+    let err = p.ensure_running("env1", &placement(), &spec()).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Permanent { .. }) && !err.is_retryable(), "{err:?}");
+    assert!(err.to_string().contains("quota exceeded: DEV1-S"), "{err}");
+    assert!(fake.servers().is_empty());
+    // No such security group: permanent, before anything is made.
+    let mut s = spec();
+    s.cloud.as_mut().unwrap().security_group = Some("nope".into());
+    let err = p.ensure_running("env2", &placement(), &s).await.unwrap_err();
+    assert!(err.to_string().contains("security group \"nope\" not found"), "{err}");
+    assert!(fake.servers().is_empty());
+}
+
+#[tokio::test]
+async fn a_half_made_server_is_removed() {
+    let (fake, p) = setup().await;
+    fake.inject("POST", "/action", 400, "insufficient capacity in fr-par-1", 1);
+    let err = p.ensure_running("env1", &placement(), &spec()).await.unwrap_err();
+    assert!(err.to_string().contains("insufficient capacity"), "{err}");
+    assert!(fake.servers().is_empty());
+    let w = fake.world.lock().unwrap();
+    assert!(w.ips.is_empty() && w.volumes.is_empty());
+}
+
+#[tokio::test]
+async fn credentials_never_appear_in_errors_or_debug() {
+    let fake = Fake::start("another-token").await;
+    let p = ScalewayProvider::new(config(&fake), CONTROLLER).unwrap();
+    let err = p.health().await.unwrap_err();
+    assert!(err.to_string().contains("authentication is denied"), "{err}");
+    let err = p.ensure_running("env1", &placement(), &spec()).await.unwrap_err();
+    for text in [err.to_string(), format!("{err:?}"), format!("{p:?}"), format!("{:?}", config(&fake))] {
+        assert!(!text.contains(SECRET) && !text.contains("SCWACCESSKEY0000"), "{text}");
+    }
+    // The server saw the key only in the header.
+    assert!(fake.log().iter().all(|r| !r.body.contains(SECRET) && !r.query.contains(SECRET)));
+}
+
+#[tokio::test]
+async fn validate_names_the_field() {
+    let (_fake, p) = setup().await;
+    assert!(p.validate(&spec()).is_ok());
+    let mut s = spec();
+    s.cloud = None;
+    assert_eq!(p.validate(&s).unwrap_err().field, "spec.cloud.instance_type");
+    let mut s = spec();
+    s.image = None;
+    assert_eq!(p.validate(&s).unwrap_err().field, "spec.image");
+    let mut s = spec();
+    s.cloud.as_mut().unwrap().zone = Some("mars-1".into());
+    assert_eq!(p.validate(&s).unwrap_err().field, "spec.cloud.zone");
+    let mut s = spec();
+    s.cmd = vec!["sleep".into()];
+    assert_eq!(p.validate(&s).unwrap_err().field, "spec.cmd");
+    assert_eq!(lapse_providers::validate_spec(&spec()), Ok(()));
+}
+
+#[test]
+fn config_from_the_seeds_variables() {
+    let vars = |pairs: &'static [(&'static str, &'static str)]| {
+        move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    };
+    assert!(ScalewayConfig::from_vars(vars(&[])).unwrap().is_none(), "off without SCW_SECRET_KEY");
+    let err = ScalewayConfig::from_vars(vars(&[("SCW_SECRET_KEY", SECRET)])).unwrap_err();
+    assert!(err.contains("SCW_ACCESS_KEY") && err.contains("SCW_DEFAULT_ZONE") && !err.contains(SECRET), "{err}");
+    let all: &'static [(&'static str, &'static str)] = &[
+        ("SCW_SECRET_KEY", SECRET),
+        ("SCW_ACCESS_KEY", "AK"),
+        ("SCW_ORGANIZATION_ID", ORGANIZATION),
+        ("SCW_PROJECT_ID", PROJECT),
+        ("SCW_DEFAULT_ZONE", "nl-ams-1"),
+        ("SCW_API_URL", "http://127.0.0.1:9"),
+    ];
+    let cfg = ScalewayConfig::from_vars(vars(all)).unwrap().unwrap();
+    assert_eq!((cfg.default_zone.as_str(), cfg.api_url.as_str()), ("nl-ams-1", "http://127.0.0.1:9"));
+    // The real API is https, which this build cannot speak: unavailable, with the reason.
+    let real = ScalewayConfig::new("AK", SECRET, ORGANIZATION, PROJECT, "fr-par-1");
+    let err = ScalewayProvider::new(real, CONTROLLER).unwrap_err();
+    assert!(matches!(err, ProviderError::Unavailable { .. }) && !err.to_string().contains(SECRET), "{err}");
+}
+
+#[tokio::test]
+async fn the_fake_rejects_what_the_schema_does_not_define() {
+    let fake = Fake::start(SECRET).await;
+    let http = reqwest::Client::new();
+    let servers = format!("{}/instance/v1/zones/fr-par-1/servers", fake.url);
+    let no_token = http.get(&servers).send().await.unwrap();
+    assert_eq!(no_token.status(), 401);
+    let unknown_field =
+        serde_json::json!({"name": "a", "commercial_type": "DEV1-S", "image": "i", "project": PROJECT, "colour": 1});
+    let r = http.post(&servers).header("X-Auth-Token", SECRET).json(&unknown_field).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let missing = serde_json::json!({"name": "a", "image": "i", "project": PROJECT});
+    let r = http.post(&servers).header("X-Auth-Token", SECRET).json(&missing).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["type"], "invalid_arguments");
+    let r = http.get(format!("{servers}?colour=red")).header("X-Auth-Token", SECRET).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http.put(&servers).header("X-Auth-Token", SECRET).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(fake.log().iter().filter(|r| r.rejected.is_some()).count(), 5);
+}

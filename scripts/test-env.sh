@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs and starts what Lapse's tests need on a fresh Debian machine of this kind:
 # Podman (with runc) serving the Docker Engine API on a private socket, a local busybox
-# image, redis-server (the tests start their own on private ports) and schemathesis.
+# image, redis-server (the tests start their own on private ports), schemathesis and moto.
 # Idempotent: a second run reuses what is already there.
 # Source it (`. scripts/test-env.sh`) to get DOCKER_HOST, LAPSE_TEST_IMAGE and
-# LAPSE_SCHEMATHESIS exported.
+# LAPSE_SCHEMATHESIS, LAPSE_MOTO_SERVER exported.
 set -euo pipefail
 
 LAPSE_TEST_RUN=${LAPSE_TEST_RUN:-/run/lapse-test}
@@ -66,3 +66,12 @@ if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "4.32.5"; then
   "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==4.32.5"
 fi
 export LAPSE_SCHEMATHESIS="$venv/bin/schemathesis"
+
+# moto (from PyPI): the AWS provider's tests start their own `moto_server` on loopback ports.
+moto_venv=${LAPSE_MOTO_VENV:-/var/cache/lapse-moto-venv}
+if ! "$moto_venv/bin/pip" show moto 2>/dev/null | grep -q "^Version: 5.2.5$" || [ ! -x "$moto_venv/bin/moto_server" ]; then
+  echo "test-env: installing moto into $moto_venv"
+  python3 -m venv "$moto_venv"
+  "$moto_venv/bin/pip" install -q --disable-pip-version-check "moto[server]==5.2.5"
+fi
+export LAPSE_MOTO_SERVER="$moto_venv/bin/moto_server"

@@ -10,7 +10,7 @@
 //! made, whether or not the store knows of it.
 //!
 //! Backends: [`process`] (always there), [`docker`] (feature `docker`, on by default),
-//! `scaleway` (feature `scaleway`, on by default).
+//! `scaleway` (feature `scaleway`, on by default), [`aws`] (EC2, feature `aws`, on by default).
 //!
 //! **Output is bounded.** `exec` output and `logs` are read into a [`CappedOutput`] (the
 //! last [`MAX_OUTPUT_BYTES`] of each stream, with a marker saying how much was cut), never
@@ -25,6 +25,8 @@ use lapse_core::model::{Endpoint, Spec};
 use lapse_core::validate::FieldError;
 use lapse_core::wire::{ExecResult, LogsView};
 
+#[cfg(feature = "aws")]
+pub mod aws;
 #[cfg(feature = "docker")]
 pub mod docker;
 #[cfg(feature = "ovh")]
@@ -280,11 +282,13 @@ pub fn validate_spec(spec: &Spec) -> Result<(), FieldError> {
         #[cfg(feature = "ovh")]
         "ovh" => ovh::validate(spec),
         "sim" => Ok(()),
+        #[cfg(feature = "aws")]
+        "aws" => aws::validate(spec),
         #[cfg(feature = "scaleway")]
         "scaleway" => scaleway::validate(spec),
         other => Err(FieldError {
             field: "spec.provider".into(),
-            message: format!("unknown provider {other:?}; known: process, docker, sim, scaleway"),
+            message: format!("unknown provider {other:?}; known: process, docker, sim, scaleway, aws"),
         }),
     }
 }

@@ -66,6 +66,17 @@ impl std::fmt::Debug for OvhSetting {
     }
 }
 
+/// Whether the aws provider (EC2) is on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AwsSetting {
+    /// On when a region is given (`--aws-region`, `AWS_REGION`).
+    #[default]
+    Auto,
+    /// On (the region from the SDK's chain: `AWS_REGION`, the profile).
+    On,
+    Off,
+}
+
 /// What the drift sweep does with a resource that carries our label but no record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OrphanPolicy {
@@ -108,6 +119,10 @@ pub struct ServerConfig {
     pub orphans: OrphanPolicy,
     /// The ovh provider (off unless an application key is given).
     pub ovh: OvhSetting,
+    /// The aws provider: on, off, or on when `aws_region` is set.
+    pub aws: AwsSetting,
+    /// The aws provider's region (else the SDK's: `AWS_REGION`, the profile).
+    pub aws_region: Option<String>,
     /// The `sim` provider and its behaviour; off unless given.
     pub sim: Option<lapse_providers::sim::SimConfig>,
     /// A declarative TOML file of environments and pools, applied at start and on change.
@@ -188,6 +203,8 @@ impl ServerConfig {
             scaleway: None,
             orphans: OrphanPolicy::Remove,
             ovh: OvhSetting::default(),
+            aws: AwsSetting::Auto,
+            aws_region: None,
             sim: None,
             config_file: None,
             config_poll: Duration::from_secs(1),

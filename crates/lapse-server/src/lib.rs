@@ -117,6 +117,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     let process = Arc::new(process);
     providers.insert(process.clone());
     add_docker(&config, &controller_id, &mut providers).await;
+    add_aws(&config, &controller_id, &mut providers).await;
     add_scaleway(&config, &controller_id, &mut providers);
     add_ovh(&config, &controller_id, &mut providers).await;
     if let Some(sim) = config.sim {
@@ -383,6 +384,43 @@ async fn add_docker(config: &ServerConfig, controller_id: &str, providers: &mut 
     {
         let _ = (setting, controller_id, providers, config);
         tracing::info!("docker provider not built in (feature `docker`)");
+    }
+}
+
+/// The aws provider (EC2): on by `--aws on`, or by a region (`--aws-region`, `AWS_REGION`).
+/// One that cannot connect (no credentials, no region) is listed unavailable with the reason.
+async fn add_aws(config: &ServerConfig, controller_id: &str, providers: &mut ProviderSet) {
+    use crate::config::AwsSetting;
+    let on = match config.aws {
+        AwsSetting::Off => false,
+        AwsSetting::On => true,
+        AwsSetting::Auto => config.aws_region.is_some(),
+    };
+    if !on {
+        return;
+    }
+    #[cfg(feature = "aws")]
+    {
+        use lapse_providers::Provider;
+        use lapse_providers::aws::{AwsProvider, UnavailableAws};
+        match AwsProvider::connect(config.aws_region.as_deref(), controller_id).await {
+            Ok(p) => {
+                match p.health().await {
+                    Ok(detail) => tracing::info!(%detail, "aws provider on"),
+                    Err(e) => tracing::warn!(error = %e, "aws provider on, but EC2 does not answer yet"),
+                }
+                providers.insert(Arc::new(p));
+            }
+            Err(e) => {
+                tracing::warn!(reason = %e, "aws provider unavailable");
+                providers.insert(Arc::new(UnavailableAws::new(e.to_string())));
+            }
+        }
+    }
+    #[cfg(not(feature = "aws"))]
+    {
+        let _ = (controller_id, providers);
+        tracing::warn!("aws provider not built in (feature `aws`)");
     }
 }
 

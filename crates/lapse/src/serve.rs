@@ -26,6 +26,13 @@ pub struct ServeArgs {
     /// sockets; off if none answers), `off`, or an endpoint such as unix:///run/podman/podman.sock.
     #[arg(long, env = "LAPSE_DOCKER", default_value = "auto")]
     pub docker: String,
+    /// The aws provider (EC2): `auto` (on when a region is given), `on`, `off`. Credentials
+    /// come from the AWS SDK's standard chain; AWS_ENDPOINT_URL is honoured.
+    #[arg(long, env = "LAPSE_AWS", default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub aws: String,
+    /// The aws provider's region.
+    #[arg(long = "aws-region", env = "AWS_REGION")]
+    pub aws_region: Option<String>,
     /// The scaleway provider (on when SCW_SECRET_KEY is set; SCW_ACCESS_KEY, SCW_ORGANIZATION_ID,
     /// SCW_PROJECT_ID and SCW_DEFAULT_ZONE then required, SCW_API_URL for tests and proxies):
     /// how long after a lease's end its server powers itself off (the backstop).
@@ -299,6 +306,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         region: args.ovh.ovh_region.clone(),
         poll_interval: args.ovh.ovh_poll_interval,
     };
+    config.aws = match args.aws.as_str() {
+        "on" => lapse_server::config::AwsSetting::On,
+        "off" => lapse_server::config::AwsSetting::Off,
+        _ => lapse_server::config::AwsSetting::Auto,
+    };
+    config.aws_region = args.aws_region.clone().filter(|r| !r.is_empty());
     if let Some(sim) = &args.sim {
         config.sim = Some(lapse_providers_sim(sim)?);
     }

@@ -3,6 +3,7 @@
 
 mod admission;
 mod api;
+mod aws;
 mod cli;
 mod crash;
 mod declare;

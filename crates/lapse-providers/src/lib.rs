@@ -36,6 +36,10 @@ pub mod process;
 pub mod scaleway;
 pub mod sim;
 
+#[cfg(any(feature = "scaleway", feature = "ovh"))]
+pub mod answer;
+#[cfg(any(feature = "aws", feature = "scaleway", feature = "ovh"))]
+pub mod cloud_init;
 mod output;
 pub use output::CappedOutput;
 
@@ -124,7 +128,20 @@ pub enum ProviderError {
     NotFound { provider: &'static str, environment_id: String },
 }
 
+/// Longest failure text an environment's record or event keeps ([`ProviderError::recorded`]).
+pub const MAX_RECORDED_ERROR: usize = 1024;
+
 impl ProviderError {
+    /// The text to record (the environment's `reason`, its events): at most
+    /// [`MAX_RECORDED_ERROR`] characters, marked when cut, whatever a backend answered.
+    pub fn recorded(&self) -> String {
+        let text = self.to_string();
+        match text.char_indices().nth(MAX_RECORDED_ERROR) {
+            Some((at, _)) => format!("{}… (cut)", &text[..at]),
+            None => text,
+        }
+    }
+
     /// Whether a later attempt may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, ProviderError::Unavailable { .. } | ProviderError::Failed { .. })
@@ -327,5 +344,15 @@ mod tests {
         }
         let plain = Spec { provider: "process".into(), cmd: vec!["true".into()], ..Default::default() };
         assert!(validate_spec(&plain).is_ok());
+    }
+
+    #[test]
+    fn recorded_failures_are_bounded() {
+        let short = ProviderError::Permanent { provider: "x", message: "no".into() };
+        assert_eq!(short.recorded(), "x: no");
+        let long = ProviderError::Permanent { provider: "x", message: "é".repeat(5000) };
+        let kept = long.recorded();
+        assert!(kept.ends_with("… (cut)"));
+        assert_eq!(kept.chars().count(), MAX_RECORDED_ERROR + "… (cut)".chars().count());
     }
 }

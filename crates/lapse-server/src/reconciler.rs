@@ -402,16 +402,18 @@ impl Reconciler {
         let now = cx.clock.now();
         let retry = &cx.config.retry;
         let mut gave_up = false;
+        // A backend's text is bounded before it reaches the record and its events.
+        let text = err.recorded();
         cx.store
             .update(&env.id, |e| {
                 e.attempts = e.attempts.saturating_add(1);
-                e.reason = Some(err.to_string());
+                e.reason = Some(text.clone());
                 // Only a provision gives up: a stop or delete that gives up would leak.
                 gave_up = matches!(planned, Plan::Provision | Plan::Replace)
                     && (!err.is_retryable() || e.attempts >= retry.max_attempts);
                 if gave_up {
                     e.next_attempt_at = None;
-                    let message = format!("gave up after {} attempt(s): {err}", e.attempts);
+                    let message = format!("gave up after {} attempt(s): {text}", e.attempts);
                     let event = transition(e, ObservedState::Failed, "reconciler", &message);
                     e.reason = Some(message);
                     return Ok(vec![event]);
@@ -423,11 +425,11 @@ impl Reconciler {
                     "reconciler",
                     step_name(planned),
                     "error",
-                    format!("attempt {} failed, next in {wait} ms: {err}", e.attempts),
+                    format!("attempt {} failed, next in {wait} ms: {text}", e.attempts),
                 )])
             })
             .await?;
-        tracing::warn!(environment = %env.id, provider = provider_name, error = %err, gave_up, "provider call failed");
+        tracing::warn!(environment = %env.id, provider = provider_name, error = %text, gave_up, "provider call failed");
         if gave_up {
             // Remove whatever the failed provision left; the sweep catches what this misses.
             if let Some(provider) = cx.providers.get(provider_name)

@@ -16,9 +16,6 @@
 /// stop comes first when it is up.
 pub const GRACE_SECS: i64 = 15 * 60;
 
-/// The boundary between the parts of the multipart user data.
-const BOUNDARY: &str = "==LAPSE-BACKSTOP-BOUNDARY==";
-
 /// The cloud-config part that arms the backstop for `deadline_unix` (seconds).
 pub fn cloud_config(deadline_unix: i64) -> String {
     let grace = GRACE_SECS;
@@ -33,44 +30,14 @@ pub fn cloud_config(deadline_unix: i64) -> String {
     )
 }
 
-/// The MIME type cloud-init gives a part by its first line.
-fn part_type(user_data: &str) -> &'static str {
-    let first = user_data.lines().next().unwrap_or_default().trim();
-    if first.starts_with("#cloud-config") {
-        "text/cloud-config"
-    } else if first.starts_with("#!") {
-        "text/x-shellscript"
-    } else if first.starts_with("#include") {
-        "text/x-include-url"
-    } else if first.starts_with("#cloud-boothook") {
-        "text/cloud-boothook"
-    } else {
-        // Anything else cloud-init would ignore whole; as plain text it still reaches the VM.
-        "text/plain"
-    }
-}
-
-/// The whole user data: the backstop, then the user's own (if any), as MIME multipart.
+/// The whole user data: the backstop, then the user's own (if any), as MIME multipart
+/// ([`crate::cloud_init`]).
 pub fn user_data(deadline_unix: Option<i64>, own: Option<&str>) -> Option<String> {
-    let mut parts: Vec<(&str, String)> = Vec::new();
-    if let Some(deadline) = deadline_unix {
-        parts.push(("text/cloud-config", cloud_config(deadline)));
+    let own = own.filter(|s| !s.is_empty());
+    match deadline_unix {
+        Some(deadline) => Some(crate::cloud_init::with_backstop("text/cloud-config", &cloud_config(deadline), own)),
+        None => own.map(str::to_owned),
     }
-    if let Some(own) = own.filter(|s| !s.is_empty()) {
-        parts.push((part_type(own), own.to_owned()));
-    }
-    if parts.is_empty() {
-        return None;
-    }
-    let mut out = format!("Content-Type: multipart/mixed; boundary=\"{BOUNDARY}\"\nMIME-Version: 1.0\n\n");
-    for (i, (kind, body)) in parts.iter().enumerate() {
-        out.push_str(&format!(
-            "--{BOUNDARY}\nContent-Type: {kind}; charset=\"utf-8\"\nMIME-Version: 1.0\n\
-             Content-Disposition: attachment; filename=\"part-{i}\"\n\n{body}\n"
-        ));
-    }
-    out.push_str(&format!("--{BOUNDARY}--\n"));
-    Some(out)
 }
 
 #[cfg(test)]
@@ -95,6 +62,6 @@ mod tests {
         assert_eq!(user_data(None, None), None);
         assert_eq!(user_data(None, Some("")), None);
         let own_only = user_data(None, Some("#cloud-config\nruncmd: [ls]\n")).unwrap();
-        assert!(own_only.contains("text/cloud-config") && !own_only.contains("bootcmd"));
+        assert_eq!(own_only, "#cloud-config\nruncmd: [ls]\n", "without a lease the user's data goes as given");
     }
 }

@@ -94,62 +94,16 @@ pub fn status_of(ovh: &str) -> InstanceStatus {
 /// (which keeps the disk and runs hooks) normally comes first.
 pub const BACKSTOP_GRACE_MINUTES: i64 = 10;
 
-const BOUNDARY: &str = "==LAPSE-BACKSTOP-7f3a==";
-
 /// The user data sent to OVH (base64): the spec's own user data and, when the environment
 /// has an expiry, a backstop script that powers the guest off at `expires_at` plus
 /// [`BACKSTOP_GRACE_MINUTES`] even if the control plane is gone; both as parts of one MIME
-/// multipart document (cloud-init runs every part). With neither, `None`.
+/// multipart document ([`crate::cloud_init`]). With neither, `None`.
 pub fn user_data(own: Option<&str>, expires_at: Option<Millis>, on_expiry: OnExpiry) -> Option<String> {
-    let backstop = expires_at.map(|at| backstop_script(at, on_expiry));
-    let text = match (own, backstop) {
-        (None, None) => return None,
-        (Some(own), None) => own.to_owned(),
-        (own, Some(script)) => {
-            let mut doc = format!("Content-Type: multipart/mixed; boundary=\"{BOUNDARY}\"\nMIME-Version: 1.0\n\n");
-            match own {
-                // A MIME document of the user's own: its headers are the part's (cloud-init
-                // walks nested multiparts).
-                Some(own) if own.trim_start().to_lowercase().starts_with("content-type: multipart/") => {
-                    doc.push_str(&format!("--{BOUNDARY}\n{}\n", own.trim().trim_end_matches('\n')));
-                }
-                Some(own) => doc.push_str(&part(content_type_of(own), own)),
-                None => {}
-            }
-            doc.push_str(&part("text/x-shellscript", &script));
-            doc.push_str(&format!("--{BOUNDARY}--\n"));
-            doc
-        }
+    let text = match expires_at {
+        Some(at) => crate::cloud_init::with_backstop("text/x-shellscript", &backstop_script(at, on_expiry), own),
+        None => own?.to_owned(),
     };
     Some(base64::engine::general_purpose::STANDARD.encode(text))
-}
-
-fn part(content_type: &str, body: &str) -> String {
-    format!(
-        "--{BOUNDARY}\nContent-Type: {content_type}; charset=\"utf-8\"\nMIME-Version: 1.0\n\
-         Content-Transfer-Encoding: 7bit\n\n{}\n",
-        body.trim_end_matches('\n')
-    )
-}
-
-/// The cloud-init content type of the user's own part, by its first line.
-fn content_type_of(own: &str) -> &'static str {
-    let first = own.lines().next().unwrap_or("");
-    if first.starts_with("#cloud-config-archive") {
-        "text/cloud-config-archive"
-    } else if first.starts_with("#cloud-config") {
-        "text/cloud-config"
-    } else if first.starts_with("#cloud-boothook") {
-        "text/cloud-boothook"
-    } else if first.starts_with("#part-handler") {
-        "text/part-handler"
-    } else if first.starts_with("#!") {
-        "text/x-shellscript"
-    } else if first.starts_with("#include") {
-        "text/x-include-url"
-    } else {
-        "text/plain"
-    }
 }
 
 /// The script that arms the guest's own shutdown. A guest cannot delete itself (it holds
@@ -246,6 +200,6 @@ mod tests {
         assert!(archive.contains("Content-Type: text/cloud-config-archive"), "{archive}");
         let mime = "Content-Type: multipart/mixed; boundary=\"u\"\nMIME-Version: 1.0\n\n--u\nContent-Type: text/x-shellscript\n\n#!/bin/sh\n--u--\n";
         let nested = decode(user_data(Some(mime), Some(0), OnExpiry::Stop).unwrap());
-        assert!(nested.contains(&format!("--{BOUNDARY}\nContent-Type: multipart/mixed; boundary=\"u\"")), "{nested}");
+        assert!(nested.contains("==\nContent-Type: multipart/mixed; boundary=\"u\""), "{nested}");
     }
 }

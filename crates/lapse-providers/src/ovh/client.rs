@@ -184,9 +184,15 @@ fn transport(op: &str, e: reqwest::Error) -> ProviderError {
 /// Reads an answer: 2xx is decoded (an empty body decodes as `null`), anything else sorted.
 async fn decode<T: DeserializeOwned>(op: &str, response: reqwest::Response) -> Result<T, ProviderError> {
     let status = response.status();
-    let text = response.text().await.map_err(|e| transport(op, e))?;
+    let bytes = crate::answer::body(response).await.map_err(|e| match e {
+        crate::answer::AnswerError::Transport(e) => transport(op, e),
+        too_large => {
+            ProviderError::Failed { provider: PROVIDER, op: "api call", message: format!("{op}: {too_large}") }
+        }
+    })?;
+    let text = String::from_utf8_lossy(&bytes);
     if status.is_success() {
-        let text = if text.trim().is_empty() { "null" } else { text.as_str() };
+        let text = if text.trim().is_empty() { "null" } else { &text };
         return serde_json::from_str(text).map_err(|e| ProviderError::Failed {
             provider: PROVIDER,
             op: "api call",

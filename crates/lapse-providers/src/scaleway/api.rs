@@ -200,7 +200,10 @@ impl Api {
         // secret, but is long and repeated in `path`).
         let resp = req.send().await.map_err(|e| transport(e.without_url().to_string()))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| transport(e.without_url().to_string()))?;
+        let bytes = crate::answer::body(resp).await.map_err(|e| match e {
+            crate::answer::AnswerError::Transport(e) => transport(e.without_url().to_string()),
+            too_large => transport(too_large.to_string()),
+        })?;
         if !status.is_success() {
             let message = serde_json::from_slice::<ErrorBody>(&bytes)
                 .ok()

@@ -156,8 +156,7 @@ impl ScalewayProvider {
                 .map_err(|e| Self::failed("attach ipv6", e))?;
         }
         let data =
-            backstop::user_data(spec.user_data.as_deref(), placement.expires_at, self.cfg.backstop_grace.as_secs())
-                .map_err(|message| ProviderError::Permanent { provider: NAME, message })?;
+            backstop::user_data(spec.user_data.as_deref(), placement.expires_at, self.cfg.backstop_grace.as_secs());
         if let Some(data) = data {
             self.api
                 .set_user_data(zone, &server.id, USER_DATA_KEY, &data)

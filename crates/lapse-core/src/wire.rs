@@ -368,13 +368,39 @@ pub struct EventList {
     pub next: Option<i64>,
 }
 
+/// What a provider can do beyond create, stop and delete.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Capabilities {
+    /// `exec` runs a command inside a running environment.
+    pub exec: bool,
+    /// `logs` returns what the environment printed.
+    pub logs: bool,
+    /// A stop keeps the environment's disk, and a start resumes it.
+    pub stop_keeps_disk: bool,
+    /// It runs cloud VMs (takes `spec.cloud`, is billed by the cloud).
+    pub cloud: bool,
+    /// Its VMs carry the lease backstop: they power off by themselves at the lease's end
+    /// plus a grace, with Lapse down.
+    pub lease_backstop: bool,
+    /// It boots `spec.kernel` and `spec.rootfs`.
+    pub boots_kernel: bool,
+}
+
 /// One provider and whether it can take work.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct ProviderView {
+    /// The name specs use (`spec.provider`).
     pub name: String,
+    /// Its backend: `process`, `docker`, `aws`, `scaleway`, `ovh`, `sim`.
+    pub kind: String,
     pub available: bool,
     /// What it talks to, or why it is unavailable.
     pub detail: String,
+    pub capabilities: Capabilities,
+    /// How often the drift sweep lists it, in seconds.
+    pub sweep_interval_secs: u64,
+    /// Its calls at once.
+    pub concurrency: usize,
 }
 
 /// `GET /v1/providers`.

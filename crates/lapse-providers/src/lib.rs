@@ -27,6 +27,7 @@ use lapse_core::wire::{ExecResult, LogsView};
 
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod configured;
 #[cfg(feature = "docker")]
 pub mod docker;
 #[cfg(feature = "ovh")]
@@ -35,6 +36,7 @@ pub mod process;
 #[cfg(feature = "scaleway")]
 pub mod scaleway;
 pub mod sim;
+pub mod unavailable;
 
 #[cfg(any(feature = "scaleway", feature = "ovh"))]
 pub mod answer;
@@ -152,8 +154,21 @@ impl ProviderError {
 /// answer [`ProviderError::Unsupported`].
 #[async_trait]
 pub trait Provider: Send + Sync {
-    /// The name specs use (`spec.provider`).
+    /// The name specs use (`spec.provider`): the configured name (`aws-eu`), which is the
+    /// kind for a provider configured under its kind's name.
     fn name(&self) -> &'static str;
+
+    /// What backend this is (`process`, `docker`, `aws`, `scaleway`, `ovh`, `sim`): what
+    /// behaviour is decided by (a spec's cloud fields, the SWIM mapping). A backend's own
+    /// `name()` is its kind; [`configured::Configured`] gives it another name.
+    fn kind(&self) -> &'static str {
+        self.name()
+    }
+
+    /// What this provider can do beyond create, stop and delete (shown by `GET /v1/providers`).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { boots_kernel: self.boots_kernel(), cloud: is_cloud(self.kind()), ..Capabilities::default() }
+    }
 
     /// Refuses a spec this provider cannot honour, before anything is stored.
     fn validate(&self, spec: &Spec) -> Result<(), FieldError>;
@@ -213,6 +228,8 @@ pub trait Provider: Send + Sync {
         Err(ProviderError::Unsupported { provider: self.name(), op: "logs" })
     }
 }
+
+pub use lapse_core::wire::Capabilities;
 
 /// The providers a control plane has, by name.
 #[derive(Clone, Default)]
@@ -288,11 +305,18 @@ pub fn refuse_cloud(spec: &Spec, provider: &str) -> Result<(), FieldError> {
 }
 
 /// Checks a spec against what its provider needs, by the provider's name alone (no backend is
-/// contacted): what `lapse check` and config files use before a server runs. The built-in
-/// providers' [`Provider::boots_kernel`] is `false` for all three, as here.
+/// contacted): what `lapse check` and config files use before a server runs. The name is taken
+/// as the kind; see [`validate_spec_as`] for a provider configured under another name.
 pub fn validate_spec(spec: &Spec) -> Result<(), FieldError> {
+    validate_spec_as(spec, &spec.provider)
+}
+
+/// Checks a spec as a provider of `kind` would (`[providers.aws-eu] kind = "aws"` validates
+/// `provider = "aws-eu"` specs as `aws`). The built-in providers' [`Provider::boots_kernel`] is
+/// `false` for all, as here.
+pub fn validate_spec_as(spec: &Spec, kind: &str) -> Result<(), FieldError> {
     check_boot(spec, &spec.provider, false)?;
-    match spec.provider.as_str() {
+    match kind {
         "process" => process::validate(spec),
         #[cfg(feature = "docker")]
         "docker" => docker::validate(spec),
@@ -305,10 +329,27 @@ pub fn validate_spec(spec: &Spec) -> Result<(), FieldError> {
         "scaleway" => scaleway::validate(spec),
         other => Err(FieldError {
             field: "spec.provider".into(),
-            message: format!("unknown provider {other:?}; known: process, docker, sim, scaleway, aws"),
+            message: format!(
+                "unknown provider {other:?}; known: {} (or a name given by a [providers.NAME] table)",
+                BUILT_IN_KINDS.join(", ")
+            ),
         }),
     }
 }
+
+/// The kinds this build has.
+pub const BUILT_IN_KINDS: &[&str] = &[
+    "process",
+    #[cfg(feature = "docker")]
+    "docker",
+    "sim",
+    #[cfg(feature = "aws")]
+    "aws",
+    #[cfg(feature = "scaleway")]
+    "scaleway",
+    #[cfg(feature = "ovh")]
+    "ovh",
+];
 
 /// Keeps the last `lines` lines of `text`.
 pub(crate) fn last_lines(text: &str, lines: usize) -> String {

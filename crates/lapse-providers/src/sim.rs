@@ -189,6 +189,10 @@ impl Provider for SimProvider {
         NAME
     }
 
+    fn capabilities(&self) -> crate::Capabilities {
+        crate::Capabilities { exec: true, logs: true, stop_keeps_disk: true, ..crate::Capabilities::default() }
+    }
+
     fn validate(&self, _spec: &Spec) -> Result<(), FieldError> {
         Ok(())
     }

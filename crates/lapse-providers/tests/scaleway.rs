@@ -244,10 +244,14 @@ fn config_from_the_seeds_variables() {
     ];
     let cfg = ScalewayConfig::from_vars(vars(all)).unwrap().unwrap();
     assert_eq!((cfg.default_zone.as_str(), cfg.api_url.as_str()), ("nl-ams-1", "http://127.0.0.1:9"));
-    // The real API is https, which this build cannot speak: unavailable, with the reason.
+    // The real API is https (TLS is built in); plain http to another machine would send the
+    // secret key in the clear: unavailable, with the reason.
     let real = ScalewayConfig::new("AK", SECRET, ORGANIZATION, PROJECT, "fr-par-1");
-    let err = ScalewayProvider::new(real, CONTROLLER).unwrap_err();
+    assert!(ScalewayProvider::new(real.clone(), CONTROLLER).is_ok());
+    let clear = ScalewayConfig { api_url: "http://192.0.2.7:8080".into(), ..real };
+    let err = ScalewayProvider::new(clear, CONTROLLER).unwrap_err();
     assert!(matches!(err, ProviderError::Unavailable { .. }) && !err.to_string().contains(SECRET), "{err}");
+    assert!(err.to_string().contains("unencrypted"), "{err}");
 }
 
 #[tokio::test]

@@ -820,15 +820,24 @@ impl App {
     }
 
     pub async fn providers(&self) -> Vec<ProviderView> {
-        let mut out = Vec::new();
-        for p in self.cx.providers.iter() {
+        // Asked at once: each health call is bounded, so one slow cloud costs its own deadline
+        // and no more.
+        let asked = self.cx.providers.iter().map(|p| async move {
             let (available, detail) = match p.health().await {
                 Ok(detail) => (true, detail),
                 Err(e) => (false, e.to_string()),
             };
-            out.push(ProviderView { name: p.name().to_owned(), available, detail });
-        }
-        out
+            ProviderView {
+                name: p.name().to_owned(),
+                kind: p.kind().to_owned(),
+                available,
+                detail,
+                capabilities: p.capabilities(),
+                sweep_interval_secs: self.cx.config.sweep_interval.as_secs(),
+                concurrency: self.cx.config.concurrency_of(p.name()),
+            }
+        });
+        futures::future::join_all(asked).await
     }
 }
 

@@ -102,6 +102,10 @@ pub struct ServerConfig {
     pub max_ttl: Duration,
     /// How often the drift sweep compares providers with the store.
     pub sweep_interval: Duration,
+    /// The config file's `[providers]` tables as read at start (a later change is logged).
+    pub provider_tables: BTreeMap<String, crate::providers::ProviderTable>,
+    /// Providers (by name) swept at their own interval (`[providers.NAME] sweep_interval`).
+    pub sweep_intervals: BTreeMap<String, Duration>,
     /// How long a stop waits before forcing.
     pub stop_grace: Duration,
     pub retry: RetryPolicy,
@@ -188,6 +192,8 @@ impl ServerConfig {
             default_ttl: Duration::from_secs(3600),
             max_ttl: Duration::from_secs(30 * 24 * 3600),
             sweep_interval: Duration::from_secs(30),
+            sweep_intervals: BTreeMap::new(),
+            provider_tables: BTreeMap::new(),
             stop_grace: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             concurrency: BTreeMap::from([
@@ -221,6 +227,11 @@ impl ServerConfig {
             prices: Default::default(),
             tiers: BTreeMap::new(),
         }
+    }
+
+    /// How often the drift sweep lists `provider`.
+    pub fn sweep_interval_of(&self, provider: &str) -> Duration {
+        self.sweep_intervals.get(provider).copied().unwrap_or(self.sweep_interval)
     }
 
     pub fn concurrency_of(&self, provider: &str) -> usize {

@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use lapse_providers::ProviderSet;
 use lapse_providers::process::ProcessProvider;
 use lapse_store::Store;
 use tokio::task::JoinHandle;
@@ -33,6 +32,7 @@ pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod pools;
+pub mod providers;
 pub mod reconciler;
 pub mod sweep;
 pub mod timers;
@@ -43,7 +43,6 @@ mod tests;
 pub use config::ServerConfig;
 
 use crate::app::App;
-use crate::config::DockerSetting;
 use crate::context::Context;
 use crate::reconciler::Reconciler;
 
@@ -108,23 +107,6 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     let deferred = deferred::Deferred::open(&journal)
         .with_context(|| format!("opening the deferred-changes journal {}", journal.display()))?;
 
-    let mut providers = ProviderSet::default();
-    let (exits, mut exited) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let process = ProcessProvider::new(config.data_dir.join("process"), &controller_id)
-        .context("setting up the process provider")?
-        .with_helper(std::env::current_exe().context("finding this program (the process provider's helper)")?)
-        .with_exit_notifier(exits);
-    let process = Arc::new(process);
-    providers.insert(process.clone());
-    add_docker(&config, &controller_id, &mut providers).await;
-    add_aws(&config, &controller_id, &mut providers).await;
-    add_scaleway(&config, &controller_id, &mut providers);
-    add_ovh(&config, &controller_id, &mut providers).await;
-    if let Some(sim) = config.sim {
-        tracing::warn!("the sim provider is on: its environments are simulated");
-        providers.insert(Arc::new(lapse_providers::sim::SimProvider::new(sim)));
-    }
-
     let tables = match &config.config_file {
         Some(path) => declare::start_tables(path)?,
         None => declare::StartTables::default(),
@@ -133,6 +115,29 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         config.prices = prices;
     }
     config.tiers = tables.tiers;
+    config.provider_tables = tables.providers.clone();
+    let decls = providers::table::check(&tables.providers).map_err(|errors| {
+        anyhow::anyhow!("config file {}: {}", config.config_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(), errors.join("; "))
+    })?;
+    for decl in &decls {
+        if let Some(n) = decl.concurrency {
+            config.concurrency.insert(decl.name.clone(), n);
+        }
+        if let Some(every) = decl.sweep_interval {
+            config.sweep_intervals.insert(decl.name.clone(), every);
+        }
+    }
+
+    let (exits, mut exited) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let process = ProcessProvider::new(config.data_dir.join("process"), &controller_id)
+        .context("setting up the process provider")?
+        .with_helper(std::env::current_exe().context("finding this program (the process provider's helper)")?)
+        .with_exit_notifier(exits);
+    let process = Arc::new(process);
+    let vars = |name: &str| std::env::var(name).ok();
+    let providers = providers::build(&config, &controller_id, process.clone(), &decls, &vars).await;
+    tracing::info!(providers = ?providers.names(), "providers ready");
+
     let swim_config = config.swim.clone().or_else(|| tables.redis.map(compat::swim::RedisSection::into_config));
     let admin_key = config.admin_key.clone().or_else(|| tables.auth.and_then(|a| a.admin_key));
     let auth = auth::Auth::new(admin_key.as_deref(), config.rate_limit)?
@@ -150,15 +155,16 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         tracing::warn!("no admin key configured: single-tenant mode, no API keys checked, loopback only");
     }
     let swim = match swim_config {
-        Some(cfg) => {
-            if !providers.names().contains(&cfg.provider.as_str()) {
+        Some(mut cfg) => {
+            let Some(provider) = providers.get(&cfg.provider) else {
                 anyhow::bail!(
                     "the SWIM queues' provider {:?} is not on this server (it has: {}); set SWIM_PROVIDER",
                     cfg.provider,
                     providers.names().join(", ")
                 );
-            }
-            if cfg.provider == "process" && cfg.default_cmd.is_none() {
+            };
+            cfg.provider_kind = Some(provider.kind().to_owned());
+            if cfg.kind() == "process" && cfg.default_cmd.is_none() {
                 anyhow::bail!(
                     "the SWIM queues' process environments need a command: set SWIM_PROVISION_DEFAULT_CMD \
                      (or default_cmd in the [redis] table)"
@@ -339,170 +345,4 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std:
             dir.display()
         )
     })
-}
-
-async fn add_docker(config: &ServerConfig, controller_id: &str, providers: &mut ProviderSet) {
-    let setting = &config.docker;
-    #[cfg(feature = "docker")]
-    {
-        use lapse_providers::Provider;
-        use lapse_providers::docker::DockerProvider;
-        let conventions = config.docker_conventions.clone();
-        match setting {
-            DockerSetting::Off => tracing::info!("docker provider off (configured)"),
-            DockerSetting::Auto => match DockerProvider::detect(None, controller_id).await {
-                Ok(p) => {
-                    let p = p.with_conventions(conventions);
-                    // Its answer is in the health detail.
-                    p.probe_disk().await;
-                    tracing::info!(detail = %p.health().await.unwrap_or_default(), "docker provider on");
-                    providers.insert(Arc::new(p));
-                }
-                Err(e) => {
-                    tracing::info!(reason = %e, "docker provider off: no Docker Engine API answered")
-                }
-            },
-            DockerSetting::Endpoint(endpoint) => match DockerProvider::connect(endpoint, controller_id) {
-                Ok(p) => {
-                    let p = p.with_conventions(conventions);
-                    match p.health().await {
-                        Err(e) => {
-                            tracing::warn!(error = %e, "docker provider on, but its endpoint does not answer yet (disk_gb refused)")
-                        }
-                        Ok(_) => {
-                            p.probe_disk().await;
-                            tracing::info!(detail = %p.health().await.unwrap_or_default(), "docker provider on");
-                        }
-                    }
-                    providers.insert(Arc::new(p));
-                }
-                Err(e) => tracing::error!(error = %e, "docker provider off: bad endpoint"),
-            },
-        }
-    }
-    #[cfg(not(feature = "docker"))]
-    {
-        let _ = (setting, controller_id, providers, config);
-        tracing::info!("docker provider not built in (feature `docker`)");
-    }
-}
-
-/// The aws provider (EC2): on by `--aws on`, or by a region (`--aws-region`, `AWS_REGION`).
-/// One that cannot connect (no credentials, no region) is listed unavailable with the reason.
-async fn add_aws(config: &ServerConfig, controller_id: &str, providers: &mut ProviderSet) {
-    use crate::config::AwsSetting;
-    let on = match config.aws {
-        AwsSetting::Off => false,
-        AwsSetting::On => true,
-        AwsSetting::Auto => config.aws_region.is_some(),
-    };
-    if !on {
-        return;
-    }
-    #[cfg(feature = "aws")]
-    {
-        use lapse_providers::Provider;
-        use lapse_providers::aws::{AwsProvider, UnavailableAws};
-        match AwsProvider::connect(config.aws_region.as_deref(), controller_id).await {
-            Ok(p) => {
-                match p.health().await {
-                    Ok(detail) => tracing::info!(%detail, "aws provider on"),
-                    Err(e) => tracing::warn!(error = %e, "aws provider on, but EC2 does not answer yet"),
-                }
-                providers.insert(Arc::new(p));
-            }
-            Err(e) => {
-                tracing::warn!(reason = %e, "aws provider unavailable");
-                providers.insert(Arc::new(UnavailableAws::new(e.to_string())));
-            }
-        }
-    }
-    #[cfg(not(feature = "aws"))]
-    {
-        let _ = (controller_id, providers);
-        tracing::warn!("aws provider not built in (feature `aws`)");
-    }
-}
-
-/// The scaleway provider, when `SCW_SECRET_KEY` asked for it; unavailable (not added, the
-/// reason logged) when a variable is missing. The keys are never logged.
-fn add_scaleway(config: &ServerConfig, controller_id: &str, providers: &mut ProviderSet) {
-    #[cfg(feature = "scaleway")]
-    {
-        use lapse_providers::scaleway::ScalewayProvider;
-        match &config.scaleway {
-            None => tracing::info!("scaleway provider off (SCW_SECRET_KEY unset)"),
-            Some(Err(reason)) => tracing::warn!(reason = %reason, "scaleway provider unavailable"),
-            Some(Ok(cfg)) => match ScalewayProvider::new(cfg.clone(), controller_id) {
-                Ok(p) => {
-                    tracing::info!(zone = %cfg.default_zone, api = %cfg.api_url, "scaleway provider on");
-                    providers.insert(Arc::new(p));
-                }
-                Err(e) => tracing::warn!(reason = %e, "scaleway provider unavailable"),
-            },
-        }
-    }
-    #[cfg(not(feature = "scaleway"))]
-    {
-        let _ = (config, controller_id, providers);
-        tracing::info!("scaleway provider not built in (feature `scaleway`)");
-    }
-}
-
-/// The ovh provider, when `OVH_APPLICATION_KEY` is given: working when the rest is there,
-/// else listed unavailable with the missing variables named (never a value).
-async fn add_ovh(config: &ServerConfig, controller_id: &str, providers: &mut ProviderSet) {
-    let setting = &config.ovh;
-    if setting.application_key.as_deref().is_none_or(str::is_empty) {
-        return;
-    }
-    #[cfg(feature = "ovh")]
-    {
-        use lapse_providers::Provider;
-        use lapse_providers::ovh::{Credentials, OvhConfig, OvhProvider, Unconfigured};
-        let given = |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty()).map(str::to_owned);
-        let missing: Vec<&str> = [
-            ("OVH_APPLICATION_SECRET", &setting.application_secret),
-            ("OVH_CONSUMER_KEY", &setting.consumer_key),
-            ("OVH_PROJECT_ID", &setting.project_id),
-        ]
-        .into_iter()
-        .filter(|(_, v)| given(v).is_none())
-        .map(|(name, _)| name)
-        .collect();
-        let made = if missing.is_empty() {
-            let credentials = Credentials {
-                application_key: given(&setting.application_key).unwrap_or_default(),
-                application_secret: given(&setting.application_secret).unwrap_or_default(),
-                consumer_key: given(&setting.consumer_key).unwrap_or_default(),
-            };
-            let endpoint = given(&setting.endpoint).unwrap_or_else(|| "ovh-eu".into());
-            let project = given(&setting.project_id).unwrap_or_default();
-            let mut ovh = OvhConfig::new(&endpoint, credentials, &project, setting.region.as_deref());
-            if let Some(every) = setting.poll_interval {
-                ovh.poll_interval = every.max(std::time::Duration::from_millis(10));
-            }
-            OvhProvider::new(ovh, controller_id).map_err(|e| e.to_string())
-        } else {
-            Err(format!("OVH_APPLICATION_KEY is set but {} not", missing.join(", ")))
-        };
-        match made {
-            Ok(p) => {
-                match p.health().await {
-                    Ok(detail) => tracing::info!(%detail, "ovh provider on"),
-                    Err(e) => tracing::warn!(error = %e, "ovh provider on, but the API does not answer yet"),
-                }
-                providers.insert(Arc::new(p));
-            }
-            Err(reason) => {
-                tracing::error!(%reason, "ovh provider unavailable");
-                providers.insert(Arc::new(Unconfigured { reason }));
-            }
-        }
-    }
-    #[cfg(not(feature = "ovh"))]
-    {
-        let _ = (controller_id, providers);
-        tracing::warn!("OVH_APPLICATION_KEY is set but the ovh provider is not built in (feature `ovh`)");
-    }
 }

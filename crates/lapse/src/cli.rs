@@ -460,10 +460,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .providers
                     .iter()
                     .map(|p| {
-                        vec![p.name.clone(), if p.available { "up".into() } else { "down".into() }, p.detail.clone()]
+                        vec![
+                            p.name.clone(),
+                            p.kind.clone(),
+                            if p.available { "up".into() } else { "down".into() },
+                            capabilities(&p.capabilities),
+                            p.detail.clone(),
+                        ]
                     })
                     .collect();
-                output::table(&["PROVIDER", "STATUS", "DETAIL"], &rows);
+                output::table(&["PROVIDER", "KIND", "STATUS", "CAN", "DETAIL"], &rows);
             }
         }
         Command::Usage { from, to, tenant } => {
@@ -677,4 +683,20 @@ async fn wait_until_settled(client: &Client, mut env: EnvironmentView, quiet: bo
 fn print_json(value: &impl serde::Serialize) {
     // Serializing the wire types cannot fail.
     println!("{}", serde_json::to_string_pretty(value).expect("wire types serialize"));
+}
+
+/// A provider's capabilities as words (`exec,logs,stop`), `-` for none.
+fn capabilities(c: &lapse_core::wire::Capabilities) -> String {
+    let words: Vec<&str> = [
+        (c.exec, "exec"),
+        (c.logs, "logs"),
+        (c.stop_keeps_disk, "stop"),
+        (c.cloud, "cloud"),
+        (c.lease_backstop, "backstop"),
+        (c.boots_kernel, "kernel"),
+    ]
+    .into_iter()
+    .filter_map(|(has, word)| has.then_some(word))
+    .collect();
+    if words.is_empty() { "-".into() } else { words.join(",") }
 }

@@ -68,6 +68,16 @@ pub const TAG_KEEP: &str = "lapse:keep";
 /// The most one EC2 call (with the SDK's own retries) may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What a `[providers.NAME]` table of kind `aws` may set; each `None` is the standard chain's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AwsOptions {
+    pub region: Option<String>,
+    /// EC2's address (else `AWS_ENDPOINT_URL`, else AWS's own).
+    pub endpoint_url: Option<String>,
+    /// A profile of the shared config files (else `AWS_PROFILE`).
+    pub profile: Option<String>,
+}
+
 /// The EC2 provider of one region.
 pub struct AwsProvider {
     client: Client,
@@ -89,6 +99,22 @@ impl AwsProvider {
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
         if let Some(r) = region {
             loader = loader.region(aws_config::Region::new(r.to_owned()));
+        }
+        Self::from_loader(loader, controller_id).await
+    }
+
+    /// As [`AwsProvider::connect`], with a provider table's settings: each one given
+    /// overrides the standard configuration's.
+    pub async fn connect_with(options: &AwsOptions, controller_id: &str) -> Result<Self, ProviderError> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(r) = &options.region {
+            loader = loader.region(aws_config::Region::new(r.clone()));
+        }
+        if let Some(url) = &options.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        if let Some(profile) = &options.profile {
+            loader = loader.profile_name(profile);
         }
         Self::from_loader(loader, controller_id).await
     }
@@ -229,6 +255,10 @@ fn describe_credentials_error(e: &dyn std::error::Error) -> String {
 impl Provider for AwsProvider {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn capabilities(&self) -> crate::Capabilities {
+        crate::Capabilities { stop_keeps_disk: true, cloud: true, lease_backstop: true, ..crate::Capabilities::default() }
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), FieldError> {

@@ -265,6 +265,10 @@ impl Provider for DockerProvider {
         NAME
     }
 
+    fn capabilities(&self) -> crate::Capabilities {
+        crate::Capabilities { exec: true, logs: true, stop_keeps_disk: true, ..crate::Capabilities::default() }
+    }
+
     fn validate(&self, spec: &Spec) -> Result<(), FieldError> {
         validate(spec)?;
         if spec.resources.as_ref().is_some_and(|r| r.disk_gb.is_some())

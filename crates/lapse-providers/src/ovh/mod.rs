@@ -129,6 +129,7 @@ impl OvhProvider {
                 config.endpoint
             ),
         })?;
+        crate::answer::check_transport(&base).map_err(|message| ProviderError::Unavailable { provider: PROVIDER, message })?;
         let client = client::Client::new(base, config.credentials.clone(), config.call_timeout)?;
         Ok(OvhProvider { client, prefix: format!("lapse-{controller_id}-"), config })
     }
@@ -324,6 +325,10 @@ pub fn validate(spec: &Spec) -> Result<(), FieldError> {
 impl Provider for OvhProvider {
     fn name(&self) -> &'static str {
         PROVIDER
+    }
+
+    fn capabilities(&self) -> crate::Capabilities {
+        crate::Capabilities { stop_keeps_disk: true, cloud: true, lease_backstop: true, ..crate::Capabilities::default() }
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), FieldError> {

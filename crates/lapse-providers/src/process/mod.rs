@@ -546,6 +546,10 @@ impl Provider for ProcessProvider {
         NAME
     }
 
+    fn capabilities(&self) -> crate::Capabilities {
+        crate::Capabilities { exec: true, logs: true, stop_keeps_disk: true, ..crate::Capabilities::default() }
+    }
+
     fn validate(&self, spec: &Spec) -> Result<(), FieldError> {
         validate(spec)?;
         if spec.resources.as_ref().is_some_and(|r| r.vcpu.is_some() || r.mem_mb.is_some())

@@ -77,16 +77,8 @@ pub struct ScalewayProvider {
 
 impl ScalewayProvider {
     pub fn new(cfg: ScalewayConfig, controller_id: &str) -> Result<Self, ProviderError> {
-        if cfg.api_url.starts_with("https://") {
-            // The workspace's reqwest is built without TLS.
-            return Err(ProviderError::Unavailable {
-                provider: NAME,
-                message: format!(
-                    "this build speaks plain HTTP only, so it cannot reach {}; set SCW_API_URL to an http:// proxy",
-                    cfg.api_url
-                ),
-            });
-        }
+        crate::answer::check_transport(&cfg.api_url)
+            .map_err(|message| ProviderError::Unavailable { provider: NAME, message })?;
         let api = Api::new(&cfg.api_url, &cfg.secret_key, cfg.call_timeout, cfg.retries, cfg.retry_pause);
         let zones = Mutex::new(BTreeSet::from([cfg.default_zone.clone()]));
         Ok(ScalewayProvider { cfg, api, controller_id: controller_id.to_owned(), zones })
@@ -267,6 +259,10 @@ pub fn status_of(state: &str) -> InstanceStatus {
 impl Provider for ScalewayProvider {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn capabilities(&self) -> crate::Capabilities {
+        crate::Capabilities { stop_keeps_disk: true, cloud: true, lease_backstop: true, ..crate::Capabilities::default() }
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), FieldError> {

@@ -55,6 +55,9 @@ struct ConfigFile {
     /// Quota tiers by name (adding to, or replacing, `free` and `pro`); read at start only.
     #[serde(default)]
     tiers: BTreeMap<String, lapse_core::wire::QuotaInput>,
+    /// Providers by name (see [`crate::providers::table`]); read at start only.
+    #[serde(default)]
+    providers: BTreeMap<String, crate::providers::ProviderTable>,
 }
 
 /// The config file's `[auth]` table.
@@ -72,6 +75,7 @@ pub struct StartTables {
     pub auth: Option<AuthSection>,
     pub prices: Option<lapse_core::cost::Prices>,
     pub tiers: BTreeMap<String, lapse_core::wire::QuotaInput>,
+    pub providers: BTreeMap<String, crate::providers::ProviderTable>,
 }
 
 fn service() -> Lifecycle {
@@ -133,6 +137,8 @@ pub struct Declared {
     /// Environments the file no longer declares are kept, not deleted (a seed `.exs` file,
     /// as the seed keeps them, unless the server runs with `--config-delete-removed`).
     pub keep_removed: bool,
+    /// The file's `[providers]` tables (applied at start only: a change is logged).
+    pub providers: BTreeMap<String, crate::providers::ProviderTable>,
 }
 
 /// The 1-based line of byte `offset` (clamped to the text).
@@ -154,7 +160,11 @@ fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
 pub fn parse(text: &str, max_ttl: Duration) -> Result<Declared, Vec<ConfigError>> {
     let file: ConfigFile = toml::from_str(text).map_err(|e| vec![syntax_error(text, &e)])?;
     let mut errors = Vec::new();
-    let mut declared = Declared { allow_mass_removal: file.allow_mass_removal, ..Declared::default() };
+    let mut declared = Declared {
+        allow_mass_removal: file.allow_mass_removal,
+        providers: file.providers.clone(),
+        ..Declared::default()
+    };
     let mut ids = BTreeSet::new();
     let mut pool_names = BTreeSet::new();
     let mut check = |line: usize, result: Result<(), String>| {
@@ -163,6 +173,12 @@ pub fn parse(text: &str, max_ttl: Duration) -> Result<Declared, Vec<ConfigError>
         }
     };
     let field = |r: Result<(), validate::FieldError>, what: &str| r.map_err(|e| format!("{what}: {e}"));
+    // A spec naming a provider of the file's `[providers]` is checked as its kind.
+    let kinds = crate::providers::table::kinds(&file.providers);
+    let provider_check = |spec: &lapse_core::model::Spec| {
+        let kind = kinds.get(&spec.provider).copied().unwrap_or(spec.provider.as_str());
+        validate::spec(spec).and_then(|()| lapse_providers::validate_spec_as(spec, kind))
+    };
 
     for item in &file.environments {
         let line = line_of(text, item.span().start);
@@ -176,7 +192,7 @@ pub fn parse(text: &str, max_ttl: Duration) -> Result<Declared, Vec<ConfigError>
             check(line, field(validate::tenant("tenant", t), &what));
         }
         check(line, field(validate::labels(&env.labels), &what));
-        check(line, field(validate::spec(&env.spec).and_then(|()| lapse_providers::validate_spec(&env.spec)), &what));
+        check(line, field(provider_check(&env.spec), &what));
         if !ids.insert(env.id.clone()) {
             check(line, Err(format!("{what} is declared twice")));
         }
@@ -212,7 +228,7 @@ pub fn parse(text: &str, max_ttl: Duration) -> Result<Declared, Vec<ConfigError>
         let pool = item.get_ref();
         let what = format!("pool {:?}", pool.name);
         check(line, field(validate::name("name", &pool.name), &what));
-        check(line, field(validate::spec(&pool.spec).and_then(|()| lapse_providers::validate_spec(&pool.spec)), &what));
+        check(line, field(provider_check(&pool.spec), &what));
         check(line, pool_size(pool.min, pool.max, &what));
         if let Some(v) = &pool.version {
             check(line, field(validate::name("version", v), &what));
@@ -240,5 +256,11 @@ pub fn start_tables(path: &Path) -> anyhow::Result<StartTables> {
     for name in file.tiers.keys() {
         validate::name("tier", name).map_err(|e| anyhow::anyhow!("config file {}: [tiers] {e}", path.display()))?;
     }
-    Ok(StartTables { redis: file.redis, auth: file.auth, prices: file.prices, tiers: file.tiers })
+    Ok(StartTables {
+        redis: file.redis,
+        auth: file.auth,
+        prices: file.prices,
+        tiers: file.tiers,
+        providers: file.providers,
+    })
 }

@@ -205,7 +205,7 @@ fn declared() -> impl Strategy<Value = Declared> {
             })
         });
         let pools = warm.chain(declared_pools).collect();
-        Declared { environments, pools, allow_mass_removal, keep_removed: false }
+        Declared { environments, pools, allow_mass_removal, keep_removed: false, ..Default::default() }
     })
 }
 

@@ -56,6 +56,12 @@ async fn check_and_apply(app: &App, path: &Path, text: &str) -> Result<(), Refus
         delete_removed: config.config_delete_removed,
     };
     let declared = parse_file(path, text, &options).map_err(Refusal::Invalid)?;
+    if !super::is_exs(path) && declared.providers != config.provider_tables {
+        tracing::warn!(
+            file = %path.display(),
+            "the config file's [providers] tables changed: they are read at start only; restart to apply them"
+        );
+    }
     let held = held(app).await.map_err(|e| Refusal::Apply(e.to_string()))?;
     // A file that keeps what leaves it removes nothing.
     guard::check_removal(&held, &declared, allowed || declared.allow_mass_removal || declared.keep_removed)?;

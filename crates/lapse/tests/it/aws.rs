@@ -14,13 +14,13 @@ use crate::harness::{Server, eventually, secs};
 const SECRET: &str = "it-SECRET-key-never-in-the-api-9f8e7d6c5b4a";
 const ACCESS: &str = "AKIDLAPSEITTEST00001";
 
-struct Moto {
+pub(crate) struct Moto {
     child: tokio::process::Child,
-    endpoint: String,
+    pub(crate) endpoint: String,
 }
 
 impl Moto {
-    async fn start() -> Moto {
+    pub(crate) async fn start() -> Moto {
         let program = std::env::var("LAPSE_MOTO_SERVER")
             .expect("LAPSE_MOTO_SERVER is set by scripts/test-env.sh (moto's server program)");
         // A free loopback port: bound, read and released (moto binds it again at once).
@@ -41,7 +41,7 @@ impl Moto {
     }
 
     /// The variables a server needs to reach this moto with the test's credentials.
-    fn envs(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn envs(&self) -> Vec<(&'static str, String)> {
         vec![
             ("AWS_REGION", "us-east-1".into()),
             ("AWS_ENDPOINT_URL", self.endpoint.clone()),

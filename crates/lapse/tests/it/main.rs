@@ -18,6 +18,7 @@ mod lifecycles;
 mod limits;
 mod ovh;
 mod pools;
+mod providers;
 mod redis_server;
 mod retry;
 mod scaleway;

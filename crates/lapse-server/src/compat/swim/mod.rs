@@ -119,6 +119,9 @@ pub struct SwimConfig {
     pub prefix: String,
     /// The provider that serves the requests.
     pub provider: String,
+    /// That provider's kind (what the mapping follows), set at start from the provider; the
+    /// name is taken as the kind until then.
+    pub provider_kind: Option<String>,
     /// `SWIM_PROVISION_DEFAULT_IMAGE_ID`: the `ImageID` of a request that leaves it empty
     /// (the image of `docker` labs; a label only for `process`).
     pub default_image: Option<String>,
@@ -153,12 +156,18 @@ pub struct SwimConfig {
 }
 
 impl SwimConfig {
+    /// The kind of the provider that serves the requests.
+    pub fn kind(&self) -> &str {
+        self.provider_kind.as_deref().unwrap_or(&self.provider)
+    }
+
     pub fn new(url: &str) -> SwimConfig {
         SwimConfig {
             url: url.to_owned(),
             password: None,
             prefix: "swim:".into(),
             provider: "process".into(),
+            provider_kind: None,
             default_image: None,
             default_instance_type: None,
             default_security_group: None,

@@ -246,7 +246,7 @@ pub fn provision(req: &ProvisionRequest, cfg: &SwimConfig, max_ttl: Duration) ->
     .map(|t| t.to_ascii_uppercase());
     let security_group = first_set([Some(req.security_group_name.as_str()), cfg.default_security_group.as_deref()]);
     let mut spec = Spec { provider: cfg.provider.clone(), user_data: content, ..Default::default() };
-    if lapse_providers::is_cloud(&spec.provider) {
+    if lapse_providers::is_cloud(cfg.kind()) {
         // A cloud server, as the seed makes it: the commercial type and the security group go
         // to the cloud, which checks them; no local command.
         spec.cloud = Some(lapse_core::model::CloudSpec {
@@ -263,7 +263,7 @@ pub fn provision(req: &ProvisionRequest, cfg: &SwimConfig, max_ttl: Duration) ->
         }
     }
     // Local processes have no image: the request's is kept as a label only.
-    if spec.provider != "process" {
+    if cfg.kind() != "process" {
         spec.image = image.clone();
     }
     let mut labels = BTreeMap::from([(LAB_LABEL.to_owned(), req.lab_id.to_string())]);

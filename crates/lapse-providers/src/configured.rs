@@ -1,0 +1,223 @@
+//! A provider as configured: a backend of some *kind* (`aws`, `docker`, ...) under the *name*
+//! specs use (`aws-eu`), with a deadline on every call.
+//!
+//! [`Configured`] wraps any [`Provider`]: `name()` is the configured name, `kind()` the
+//! backend's, and every call is bounded by [`CallTimeouts`], so a cloud that never answers
+//! costs a failed (and retried) step, never a stuck reconciler, sweep or request. A call cut
+//! by its deadline is abandoned, as a crash would abandon it; every provider operation is
+//! idempotent, so the retry finishes it.
+//!
+//! Names are interned once (`&'static str`, as [`Provider::name`] returns): providers are
+//! built at start from the flags and the config file, so their number is bounded.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lapse_core::model::Spec;
+use lapse_core::validate::FieldError;
+use lapse_core::wire::{ExecResult, LogsView};
+
+use crate::{Capabilities, Instance, Placement, Provider, ProviderError};
+
+/// How long each kind of call may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallTimeouts {
+    /// `ensure_running`, `stop`, `delete` (a cloud create waits for the VM to boot); a stop's
+    /// or delete's grace is added.
+    pub change: Duration,
+    /// `inspect`, `list` (every page), `logs`, `collect_garbage`; an exec's own timeout is
+    /// added to it.
+    pub read: Duration,
+    /// `health` (the providers' page asks every provider at once).
+    pub health: Duration,
+}
+
+impl Default for CallTimeouts {
+    fn default() -> Self {
+        CallTimeouts {
+            change: Duration::from_secs(15 * 60),
+            read: Duration::from_secs(120),
+            health: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A provider under its configured name, each call bounded by a deadline.
+pub struct Configured {
+    name: &'static str,
+    inner: Arc<dyn Provider>,
+    timeouts: CallTimeouts,
+}
+
+impl Configured {
+    pub fn new(name: &str, inner: Arc<dyn Provider>, timeouts: CallTimeouts) -> Self {
+        Configured { name: intern(name), inner, timeouts }
+    }
+
+    async fn within<T>(
+        &self,
+        op: &'static str,
+        limit: Duration,
+        call: impl Future<Output = Result<T, ProviderError>>,
+    ) -> Result<T, ProviderError> {
+        match tokio::time::timeout(limit, call).await {
+            Ok(result) => result,
+            Err(_) => Err(ProviderError::Failed {
+                provider: self.inner.kind(),
+                op,
+                message: format!("no answer within {} s; abandoned, to be retried", limit.as_secs_f64()),
+            }),
+        }
+    }
+}
+
+/// `name` as a `&'static str`, leaked once per distinct name.
+fn intern(name: &str) -> &'static str {
+    static NAMES: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+    let mut names = NAMES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(known) = names.get(name) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.insert(leaked);
+    leaked
+}
+
+#[async_trait]
+impl Provider for Configured {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), FieldError> {
+        self.inner.validate(spec)
+    }
+
+    fn boots_kernel(&self) -> bool {
+        self.inner.boots_kernel()
+    }
+
+    async fn health(&self) -> Result<String, ProviderError> {
+        self.within("health", self.timeouts.health, self.inner.health()).await
+    }
+
+    async fn ensure_running(
+        &self,
+        environment_id: &str,
+        placement: &Placement,
+        spec: &Spec,
+    ) -> Result<Instance, ProviderError> {
+        self.within("create or start", self.timeouts.change, self.inner.ensure_running(environment_id, placement, spec))
+            .await
+    }
+
+    async fn stop(&self, environment_id: &str, grace: Duration) -> Result<(), ProviderError> {
+        self.within("stop", self.timeouts.change + grace, self.inner.stop(environment_id, grace)).await
+    }
+
+    async fn delete(&self, environment_id: &str, grace: Duration) -> Result<(), ProviderError> {
+        self.within("delete", self.timeouts.change + grace, self.inner.delete(environment_id, grace)).await
+    }
+
+    async fn inspect(&self, environment_id: &str) -> Result<Option<Instance>, ProviderError> {
+        self.within("inspect", self.timeouts.read, self.inner.inspect(environment_id)).await
+    }
+
+    async fn list(&self) -> Result<Vec<Instance>, ProviderError> {
+        self.within("list", self.timeouts.read, self.inner.list()).await
+    }
+
+    async fn exec(
+        &self,
+        environment_id: &str,
+        spec: &Spec,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecResult, ProviderError> {
+        self.within("exec", self.timeouts.read + timeout, self.inner.exec(environment_id, spec, cmd, timeout)).await
+    }
+
+    async fn collect_garbage(&self) -> Result<usize, ProviderError> {
+        self.within("collect garbage", self.timeouts.read, self.inner.collect_garbage()).await
+    }
+
+    async fn logs(&self, environment_id: &str, tail_lines: usize) -> Result<LogsView, ProviderError> {
+        self.within("logs", self.timeouts.read, self.inner.logs(environment_id, tail_lines)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{SimConfig, SimProvider};
+
+    /// Answers nothing, ever.
+    struct Silent;
+
+    #[async_trait]
+    impl Provider for Silent {
+        fn name(&self) -> &'static str {
+            "silent"
+        }
+        fn validate(&self, _spec: &Spec) -> Result<(), FieldError> {
+            Ok(())
+        }
+        async fn health(&self) -> Result<String, ProviderError> {
+            std::future::pending().await
+        }
+        async fn ensure_running(&self, _: &str, _: &Placement, _: &Spec) -> Result<Instance, ProviderError> {
+            std::future::pending().await
+        }
+        async fn stop(&self, _: &str, _: Duration) -> Result<(), ProviderError> {
+            std::future::pending().await
+        }
+        async fn delete(&self, _: &str, _: Duration) -> Result<(), ProviderError> {
+            std::future::pending().await
+        }
+        async fn inspect(&self, _: &str) -> Result<Option<Instance>, ProviderError> {
+            std::future::pending().await
+        }
+        async fn list(&self) -> Result<Vec<Instance>, ProviderError> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_never_answers_fails_at_its_deadline_and_may_be_retried() {
+        let timeouts = CallTimeouts::default();
+        let p = Configured::new("quiet-one", Arc::new(Silent), timeouts);
+        let started = tokio::time::Instant::now();
+        let e = p.list().await.unwrap_err();
+        assert_eq!(started.elapsed(), timeouts.read);
+        assert!(e.is_retryable(), "{e}");
+        assert!(e.to_string().contains("list") && e.to_string().contains("no answer within 120 s"), "{e}");
+        let started = tokio::time::Instant::now();
+        p.stop("e1", Duration::from_secs(10)).await.unwrap_err();
+        assert_eq!(started.elapsed(), timeouts.change + Duration::from_secs(10));
+        let started = tokio::time::Instant::now();
+        p.health().await.unwrap_err();
+        assert_eq!(started.elapsed(), timeouts.health);
+    }
+
+    #[tokio::test]
+    async fn the_configured_name_is_the_name_and_the_backend_is_the_kind() {
+        let sim = Arc::new(SimProvider::new(SimConfig::default()));
+        let p = Configured::new("sim-b", sim, CallTimeouts::default());
+        assert_eq!((p.name(), p.kind()), ("sim-b", "sim"));
+        assert!(p.health().await.is_ok());
+        // Interned once: the same name is the same string.
+        let again = Configured::new("sim-b", Arc::new(Silent), CallTimeouts::default());
+        assert!(std::ptr::eq(p.name(), again.name()));
+    }
+}

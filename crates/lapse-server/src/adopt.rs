@@ -143,7 +143,8 @@ impl App {
         let checked = self.check_adopt(&req)?;
         let provider = checked.provider;
         let _serial = ADOPTING.lock().await;
-        let query = ForeignQuery { ids: req.instances.iter().map(|i| i.provider_ref.clone()).collect(), tagged: req.discover };
+        let query =
+            ForeignQuery { ids: req.instances.iter().map(|i| i.provider_ref.clone()).collect(), tagged: req.discover };
         let found: BTreeMap<String, Foreign> =
             provider.find_foreign(&query).await?.into_iter().map(|f| (f.provider_ref.clone(), f)).collect();
         let mut report = AdoptReport { dry_run: req.dry_run, ..Default::default() };
@@ -174,6 +175,8 @@ impl App {
     }
 
     fn check_adopt<'a>(&'a self, req: &AdoptRequest) -> Result<Checked<'a>, AppError> {
+        let ports = Spec { provider: req.provider.clone(), ports: req.ports.clone(), ..Default::default() };
+        lapse_core::validate::spec(&ports).map_err(|e| invalid(e.field.trim_start_matches("spec."), e.message))?;
         let provider = self
             .cx
             .providers
@@ -185,8 +188,6 @@ impl App {
         if req.instances.is_empty() && !req.discover {
             return Err(invalid("instances", "name at least one resource, or set discover"));
         }
-        let ports = Spec { provider: req.provider.clone(), ports: req.ports.clone(), ..Default::default() };
-        lapse_core::validate::spec(&ports).map_err(|e| invalid(e.field.trim_start_matches("spec."), e.message))?;
         let owner = req.owner.clone().unwrap_or_else(|| "instance-manager".into());
         lapse_core::validate::owner(&owner)?;
         let mut expiries = Vec::with_capacity(req.instances.len());
@@ -200,7 +201,8 @@ impl App {
             if let Some(name) = &i.name {
                 lapse_core::validate::name(&format!("instances[{n}].name"), name)?;
             }
-            lapse_core::validate::labels(&i.labels).map_err(|e| invalid(format!("instances[{n}].{}", e.field), e.message))?;
+            lapse_core::validate::labels(&i.labels)
+                .map_err(|e| invalid(format!("instances[{n}].{}", e.field), e.message))?;
             expiries.push(match &i.expires_at {
                 Some(t) => Some(parse_time(&format!("instances[{n}].expires_at"), t)?),
                 None => None,
@@ -238,8 +240,7 @@ impl App {
         }
         let id = lapse_core::model::new_environment_id();
         let env = self.adoptee(&id, req, checked, asked, foreign, expires_at, running, now);
-        let placement =
-            Placement { tenant: String::new(), expires_at: Some(expires_at), on_expiry: req.on_expiry };
+        let placement = Placement { tenant: String::new(), expires_at: Some(expires_at), on_expiry: req.on_expiry };
         let instance = provider.adopt(&id, pref, &placement, &env.spec).await.map_err(|e| match e {
             ProviderError::NotFound { .. } => format!("no such {} resource", provider.name()),
             other => other.recorded(),
@@ -276,7 +277,11 @@ impl App {
         running: bool,
         now: Millis,
     ) -> Environment {
-        let cloud = CloudSpec { instance_type: foreign.instance_type.clone(), zone: foreign.zone.clone(), ..Default::default() };
+        let cloud = CloudSpec {
+            instance_type: foreign.instance_type.clone(),
+            zone: foreign.zone.clone(),
+            ..Default::default()
+        };
         let mut spec =
             Spec { provider: req.provider.clone(), cloud: Some(cloud), ports: req.ports.clone(), ..Default::default() };
         // What the cloud reports may be outside what a spec may say; the record keeps the rest.
@@ -308,14 +313,21 @@ impl App {
 
     /// The live environment that already holds `pref`: one adopted before, or the one its
     /// tags name.
-    async fn adopted_as(&self, provider: &str, pref: &str, tagged: Option<&str>) -> Result<Option<Environment>, String> {
+    async fn adopted_as(
+        &self,
+        provider: &str,
+        pref: &str,
+        tagged: Option<&str>,
+    ) -> Result<Option<Environment>, String> {
         let filter = ListFilter {
             provider: Some(provider.to_owned()),
             labels: vec![(LABEL_REF.to_owned(), pref.to_owned())],
             ..Default::default()
         };
         let listed = self.cx.store.list(&filter).await.map_err(|e| format!("store: {e}"))?;
-        if let Some(e) = listed.into_iter().find(|e| e.observed != ObservedState::Deleted && e.desired != DesiredState::Deleted) {
+        if let Some(e) =
+            listed.into_iter().find(|e| e.observed != ObservedState::Deleted && e.desired != DesiredState::Deleted)
+        {
             return Ok(Some(e));
         }
         let Some(tagged) = tagged else { return Ok(None) };
@@ -324,6 +336,18 @@ impl App {
     }
 }
 
-fn view(pref: &str, environment_id: Option<String>, expires_at: Option<Millis>, state: String, already: bool) -> AdoptedView {
-    AdoptedView { provider_ref: pref.to_owned(), environment_id, expires_at: expires_at.map(format_millis), state, already }
+fn view(
+    pref: &str,
+    environment_id: Option<String>,
+    expires_at: Option<Millis>,
+    state: String,
+    already: bool,
+) -> AdoptedView {
+    AdoptedView {
+        provider_ref: pref.to_owned(),
+        environment_id,
+        expires_at: expires_at.map(format_millis),
+        state,
+        already,
+    }
 }

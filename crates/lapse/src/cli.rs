@@ -483,7 +483,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (id, seed) = id.get();
             match (&by, seed || seed_output) {
                 (Some(DurationInput::Text(t)), true) => {
-                    let d = lapse_core::duration::parse_duration(t).map_err(|e| anyhow::anyhow!("invalid duration: {e}"))?;
+                    let d = lapse_core::duration::parse_duration(t)
+                        .map_err(|e| anyhow::anyhow!("invalid duration: {e}"))?;
                     crate::instance_manager::extend(&client, id, d, json).await?;
                 }
                 _ => {

@@ -419,9 +419,8 @@ fn lapse_providers_sim(text: &str) -> anyhow::Result<lapse_server::config::SimCo
 }
 
 fn init_logging(json: bool, default: Option<&str>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LAPSE_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(default.unwrap_or("info,sqlx=warn,tower_http=warn"))
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LAPSE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default.unwrap_or("info,sqlx=warn,tower_http=warn")));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     if json {

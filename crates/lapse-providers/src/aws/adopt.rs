@@ -165,8 +165,11 @@ impl AwsProvider {
                 );
             }
         }
-        let keys: &[&str] =
-            if keep { &[TAG_ADOPTING] } else { &[TAG_ADOPTING, TAG_ENVIRONMENT, TAG_CONTROLLER, TAG_TENANT, TAG_EXPIRES] };
+        let keys: &[&str] = if keep {
+            &[TAG_ADOPTING]
+        } else {
+            &[TAG_ADOPTING, TAG_ENVIRONMENT, TAG_CONTROLLER, TAG_TENANT, TAG_EXPIRES]
+        };
         let tags: Vec<Tag> = keys.iter().map(|k| Tag::builder().key(*k).build()).collect();
         self.client
             .delete_tags()

@@ -31,6 +31,9 @@
 //!   stopping → Stopping, stopped → Stopped, shutting-down → ShuttingDown, terminated → gone.
 //! - **`lapse:keep`**: an instance tagged `lapse:keep` is left out of [`Provider::list`], so
 //!   the sweep never removes it (`inspect` still reports it).
+//! - **Adoption** ([`adopt`]): an instance made elsewhere (instance-manager's) is found by
+//!   id or by `ManagedBy=instance-manager`, tagged as an environment's, and held out of `list`
+//!   by `lapse:adopting` until its record exists.
 //! - Every call has a timeout ([`CALL_TIMEOUT`]); throttling and unreachable endpoints are
 //!   retryable, EC2's refusals (capacity, quota, bad parameter) permanent with its message.
 
@@ -355,7 +358,12 @@ impl Provider for AwsProvider {
         self.adopt_instance(environment_id, provider_ref, placement, &spec.ports).await
     }
 
-    async fn finish_adoption(&self, _environment_id: &str, provider_ref: &str, keep: bool) -> Result<(), ProviderError> {
+    async fn finish_adoption(
+        &self,
+        _environment_id: &str,
+        provider_ref: &str,
+        keep: bool,
+    ) -> Result<(), ProviderError> {
         self.end_adoption(provider_ref, keep).await
     }
 }

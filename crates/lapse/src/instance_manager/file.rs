@@ -90,9 +90,8 @@ fn go_time<'de, D: Deserializer<'de>>(d: D, field: &str) -> Result<Option<i64>, 
     let text = Option::<String>::deserialize(d)?;
     let Some(text) = text else { return Ok(None) };
     let shown: String = text.chars().take(64).collect();
-    let t = chrono::DateTime::parse_from_rfc3339(&text).map_err(|e| {
-        serde::de::Error::custom(format!("{field}: {shown:?} is not an RFC 3339 time ({e})"))
-    })?;
+    let t = chrono::DateTime::parse_from_rfc3339(&text)
+        .map_err(|e| serde::de::Error::custom(format!("{field}: {shown:?} is not an RFC 3339 time ({e})")))?;
     if t.timestamp() <= -62_135_596_800 {
         return Ok(None);
     }
@@ -133,7 +132,9 @@ pub fn parse(path: &str, bytes: &[u8]) -> Result<Vec<SeedEntry>, FileError> {
         };
         if !lapse_server::adopt::is_provider_ref(&i.id) || !i.id.starts_with("i-") {
             let id: String = i.id.chars().take(64).collect();
-            return Err(invalid(format!("instances.{shown_key:?}.instance.id: {id:?} is not an EC2 instance id (i-...)")));
+            return Err(invalid(format!(
+                "instances.{shown_key:?}.instance.id: {id:?} is not an EC2 instance id (i-...)"
+            )));
         }
         // Go's own `ExpiresAt = LaunchTime + Duration`, when the expiry itself is unset.
         let expires = i.expires_at.or_else(|| Some(i.launch_time? + i.duration.checked_div(1_000_000)?));

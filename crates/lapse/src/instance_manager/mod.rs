@@ -31,7 +31,7 @@ mod output;
 mod verbs;
 
 pub use import::{ImportArgs, run_import};
-pub use verbs::{create, extend, list, resolve, show, status, stop, sync, terminate};
+pub use verbs::{CreateInput, create, extend, list, resolve, show, status, stop, sync, terminate};
 
 /// The seed's `create` flags that Lapse's `create` lacked (`cmd/main.go`).
 #[derive(clap::Args, Debug, Default, Clone)]

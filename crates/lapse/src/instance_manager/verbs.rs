@@ -14,10 +14,36 @@ use crate::client::Client;
 
 /// The seed's instance types (`internal/utils/validators.go`).
 pub const SEED_INSTANCE_TYPES: [&str; 30] = [
-    "t2.nano", "t2.micro", "t2.small", "t2.medium", "t2.large", "t2.xlarge", "t2.2xlarge", "t3.nano", "t3.micro",
-    "t3.small", "t3.medium", "t3.large", "t3.xlarge", "t3.2xlarge", "m5.large", "m5.xlarge", "m5.2xlarge",
-    "m5.4xlarge", "m5.8xlarge", "m5.12xlarge", "m5.16xlarge", "m5.24xlarge", "c5.large", "c5.xlarge", "c5.2xlarge",
-    "c5.4xlarge", "c5.9xlarge", "c5.12xlarge", "c5.18xlarge", "c5.24xlarge",
+    "t2.nano",
+    "t2.micro",
+    "t2.small",
+    "t2.medium",
+    "t2.large",
+    "t2.xlarge",
+    "t2.2xlarge",
+    "t3.nano",
+    "t3.micro",
+    "t3.small",
+    "t3.medium",
+    "t3.large",
+    "t3.xlarge",
+    "t3.2xlarge",
+    "m5.large",
+    "m5.xlarge",
+    "m5.2xlarge",
+    "m5.4xlarge",
+    "m5.8xlarge",
+    "m5.12xlarge",
+    "m5.16xlarge",
+    "m5.24xlarge",
+    "c5.large",
+    "c5.xlarge",
+    "c5.2xlarge",
+    "c5.4xlarge",
+    "c5.9xlarge",
+    "c5.12xlarge",
+    "c5.18xlarge",
+    "c5.24xlarge",
 ];
 
 /// Largest public key file read.
@@ -105,7 +131,8 @@ pub async fn create(client: &Client, seed: SeedCreateFlags, input: CreateInput, 
 
 /// Reads an OpenSSH public key file as the seed's `ValidatePublicKeyPath` would accept it.
 fn read_public_key(path: &std::path::Path) -> anyhow::Result<String> {
-    let meta = std::fs::metadata(path).with_context(|| format!("public key file does not exist: {}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("public key file does not exist: {}", path.display()))?;
     if !meta.is_file() || meta.len() > MAX_KEY_BYTES {
         bail!("{} is not a public key file (at most {MAX_KEY_BYTES} bytes)", path.display());
     }
@@ -133,7 +160,12 @@ async fn wait_for_instance(client: &Client, mut env: EnvironmentView, quiet: boo
             return Ok(env);
         }
         if started.elapsed() > CREATE_WAIT {
-            bail!("environment {} still has no instance after {} (see `lapse status {}`)", env.id, out::duration(CREATE_WAIT), env.id);
+            bail!(
+                "environment {} still has no instance after {} (see `lapse status {}`)",
+                env.id,
+                out::duration(CREATE_WAIT),
+                env.id
+            );
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         env = client.get(&crate::cli::env_path(&env.id, "")).await?;
@@ -269,10 +301,9 @@ pub async fn extend(client: &Client, id: &str, by: Duration, json: bool) -> anyh
     let by_ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
     let now = lapse_core::now_millis();
     let req = match previous.as_deref().and_then(out::millis) {
-        Some(at) if at > now => ExtendRequest {
-            by: None,
-            until: Some(lapse_core::format_millis(at.saturating_add(by_ms))),
-        },
+        Some(at) if at > now => {
+            ExtendRequest { by: None, until: Some(lapse_core::format_millis(at.saturating_add(by_ms))) }
+        }
         _ => ExtendRequest { by: Some(DurationInput::Text(format!("{}ms", by_ms.max(1)))), until: None },
     };
     let was_stopped = env.state == ObservedState::Stopped;
@@ -328,9 +359,11 @@ pub async fn show(client: &Client, id: Option<&str>, json: bool) -> anyhow::Resu
 fn detailed(env: &EnvironmentView) {
     let cloud = env.spec.cloud.clone().unwrap_or_default();
     let id = out::instance_id(env);
-    let key_name = env.labels.get("instance-manager.key-name").cloned().or_else(|| {
-        cloud.ssh_public_keys.first().map(|k| lapse_providers::aws::key_pair_name(k))
-    });
+    let key_name = env
+        .labels
+        .get("instance-manager.key-name")
+        .cloned()
+        .or_else(|| cloud.ssh_public_keys.first().map(|k| lapse_providers::aws::key_pair_name(k)));
     println!("🆔 Instance ID: {id}");
     println!("💻 Instance Type: {}", cloud.instance_type.unwrap_or_default());
     println!("📍 Availability Zone: {}", cloud.zone.unwrap_or_default());

@@ -95,7 +95,13 @@ fn text(b: &[u8]) -> String {
 }
 
 fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "exit {:?}\nstdout:\n{}\nstderr:\n{}", out.status, text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     text(&out.stdout)
 }
 
@@ -140,13 +146,25 @@ async fn instance_manager_readme_commands_work_against_lapse_serve() {
     let out = lapse(
         &server,
         &[
-            "create", "--provider", "aws", "--instance-type", "t2.micro", "--duration", "2h", "--public-key", key,
-            "--availability-zone", "us-east-1a",
+            "create",
+            "--provider",
+            "aws",
+            "--instance-type",
+            "t2.micro",
+            "--duration",
+            "2h",
+            "--public-key",
+            key,
+            "--availability-zone",
+            "us-east-1a",
         ],
     )
     .await;
     let stdout = ok(&out);
-    assert!(stdout.starts_with("Creating instance with configuration:\n  Instance Type: t2.micro\n  Duration: 2h\n"), "{stdout}");
+    assert!(
+        stdout.starts_with("Creating instance with configuration:\n  Instance Type: t2.micro\n  Duration: 2h\n"),
+        "{stdout}"
+    );
     assert!(stdout.contains("  Availability Zone: us-east-1a\n\nCreating instance...\n"), "{stdout}");
     assert!(stdout.contains("\nInstance created successfully!\n"), "{stdout}");
     let id = field(&stdout, "Instance ID:");
@@ -165,14 +183,20 @@ async fn instance_manager_readme_commands_work_against_lapse_serve() {
 
     // status, with the seed's flag and its lines.
     let stdout = ok(&lapse(&server, &["status", "--instance-id", &id]).await);
-    assert!(stdout.starts_with(&format!("Instance Status:\n  ID: {id}\n  State: running\n  Ready: true\n")), "{stdout}");
+    assert!(
+        stdout.starts_with(&format!("Instance Status:\n  ID: {id}\n  State: running\n  Ready: true\n")),
+        "{stdout}"
+    );
     let stdout = ok(&lapse(&server, &["status", "-i", &id, "--json"]).await);
     let view: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(view["provider_ref"], id.as_str());
 
     // list, as instance-manager (a symlink): the seed's lines; as lapse: Lapse's table.
     let stdout = ok(&run_as(&seed_bin, &server, &["list"]).await);
-    assert!(stdout.starts_with(&format!("Managed Instances:\n\nInstance ID: {id}\n  Type: t2.micro\n  State: running\n")), "{stdout}");
+    assert!(
+        stdout.starts_with(&format!("Managed Instances:\n\nInstance ID: {id}\n  Type: t2.micro\n  State: running\n")),
+        "{stdout}"
+    );
     assert!(stdout.contains("  Duration: 2h\n") && stdout.contains("  Availability Zone: us-east-1a\n"), "{stdout}");
     assert!(stdout.contains("  Time Remaining: 1h59m") || stdout.contains("  Time Remaining: 2h"), "{stdout}");
     let table = ok(&lapse(&server, &["list"]).await);
@@ -191,23 +215,40 @@ async fn instance_manager_readme_commands_work_against_lapse_serve() {
 
     // show and sync.
     let stdout = ok(&lapse(&server, &["show", "--instance-id", &id]).await);
-    assert!(stdout.starts_with(&format!("=== Instance Communication Details ===\n\n🆔 Instance ID: {id}\n💻 Instance Type: t2.micro\n")), "{stdout}");
-    assert!(stdout.contains(&format!("🔑 Key Name: {key_name}\n")) && stdout.contains("👤 Username: ec2-user\n"), "{stdout}");
+    assert!(
+        stdout.starts_with(&format!(
+            "=== Instance Communication Details ===\n\n🆔 Instance ID: {id}\n💻 Instance Type: t2.micro\n"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("🔑 Key Name: {key_name}\n")) && stdout.contains("👤 Username: ec2-user\n"),
+        "{stdout}"
+    );
     let stdout = ok(&lapse(&server, &["show"]).await);
     assert!(stdout.starts_with("=== All Stored Instances (1 total) ===\n\nInstance 1:\n"), "{stdout}");
     let stdout = ok(&lapse(&server, &["sync"]).await);
-    assert!(stdout.contains(&format!("Instance {id} synced: PublicIP=")) && stdout.ends_with("Sync completed for all instances.\n"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("Instance {id} synced: PublicIP="))
+            && stdout.ends_with("Sync completed for all instances.\n"),
+        "{stdout}"
+    );
 
     // The seed's short flags, and terminate.
-    let out = lapse(&server, &["create", "-P", "aws", "-t", "t2.nano", "-d", "30m", "-k", key, "-z", "us-east-1b"]).await;
+    let out =
+        lapse(&server, &["create", "-P", "aws", "-t", "t2.nano", "-d", "30m", "-k", key, "-z", "us-east-1b"]).await;
     let stdout = ok(&out);
     let second = field(&stdout, "Instance ID:");
     assert!(stdout.contains("  Duration: 30m\n"), "{stdout}");
     assert_eq!(ec2_instance(&ec2, &second).await.placement().and_then(|p| p.availability_zone()), Some("us-east-1b"));
     let stdout = ok(&lapse(&server, &["terminate", "--instance-id", &second]).await);
-    assert_eq!(stdout, format!("Terminating instance {second}...\nInstance {second} has been terminated and removed from storage.\n"));
+    assert_eq!(
+        stdout,
+        format!("Terminating instance {second}...\nInstance {second} has been terminated and removed from storage.\n")
+    );
     eventually(secs(30), "the second instance terminated", async || {
-        matches!(ec2_state(&ec2, &second).await, InstanceStateName::Terminated | InstanceStateName::ShuttingDown).then_some(())
+        matches!(ec2_state(&ec2, &second).await, InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
+            .then_some(())
     })
     .await;
 
@@ -215,7 +256,8 @@ async fn instance_manager_readme_commands_work_against_lapse_serve() {
     let stdout = ok(&lapse(&server, &["stop", "--instance-id", &id]).await);
     assert_eq!(stdout, format!("Stopping instance {id}...\nInstance {id} has been stopped.\n"));
     eventually(secs(30), "the instance terminated", async || {
-        matches!(ec2_state(&ec2, &id).await, InstanceStateName::Terminated | InstanceStateName::ShuttingDown).then_some(())
+        matches!(ec2_state(&ec2, &id).await, InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
+            .then_some(())
     })
     .await;
     let stdout = ok(&run_as(&seed_bin, &server, &["list"]).await);
@@ -253,7 +295,9 @@ async fn seed_instance(ec2: &AwsProvider, duration: &str, tagged: bool) -> Strin
         .instance_type(InstanceType::T2Nano)
         .min_count(1)
         .max_count(1)
-        .tag_specifications(TagSpecification::builder().resource_type(ResourceType::Instance).set_tags(Some(tags)).build())
+        .tag_specifications(
+            TagSpecification::builder().resource_type(ResourceType::Instance).set_tags(Some(tags)).build(),
+        )
         .send()
         .await
         .unwrap();
@@ -335,7 +379,8 @@ async fn import_adopts_the_seeds_instances_with_their_expiry_once() {
     // The expired one is stopped by expiry, as any lease.
     server.wait_state(&env_of(&expired), "stopped", secs(30)).await;
     eventually(secs(30), "the expired instance stopped", async || {
-        matches!(ec2_state(&ec2, &expired).await, InstanceStateName::Stopped | InstanceStateName::Stopping).then_some(())
+        matches!(ec2_state(&ec2, &expired).await, InstanceStateName::Stopped | InstanceStateName::Stopping)
+            .then_some(())
     })
     .await;
 
@@ -349,7 +394,11 @@ async fn import_adopts_the_seeds_instances_with_their_expiry_once() {
     // Hostile files: refused with the line or field, nothing adopted.
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("bad.json", b"{\"instances\": {\n  \"i-1\": {,\n}}".to_vec(), "bad.json:2:"),
-        ("date.json", seed_file(&[(&untagged, "tomorrow-ish")]).into_bytes(), "expires_at: \"tomorrow-ish\" is not an RFC 3339 time"),
+        (
+            "date.json",
+            seed_file(&[(&untagged, "tomorrow-ish")]).into_bytes(),
+            "expires_at: \"tomorrow-ish\" is not an RFC 3339 time",
+        ),
         ("id.json", seed_file(&[("i-../../etc", &in_2h)]).into_bytes(), "is not an EC2 instance id"),
     ];
     for (name, bytes, why) in cases {
@@ -370,7 +419,10 @@ async fn import_adopts_the_seeds_instances_with_their_expiry_once() {
     let too_many: Vec<Value> = (0..1001).map(|n| json!({"provider_ref": format!("i-{n:017x}")})).collect();
     for (body, field_name) in [
         (json!({"provider": "aws", "instances": [{"provider_ref": "../x"}]}), "instances[0].provider_ref"),
-        (json!({"provider": "aws", "instances": [{"provider_ref": "i-1", "expires_at": "soon"}]}), "instances[0].expires_at"),
+        (
+            json!({"provider": "aws", "instances": [{"provider_ref": "i-1", "expires_at": "soon"}]}),
+            "instances[0].expires_at",
+        ),
         (json!({"provider": "nope", "discover": true}), "provider"),
         (json!({"provider": "aws"}), "instances"),
         (json!({"provider": "aws", "instances": too_many}), "instances"),

@@ -55,7 +55,7 @@ enum Command {
     /// Create an environment; the command to run follows `--`.
     ///
     /// Example: lapse create --provider docker --image localhost/busybox --ttl 30m --on-expiry stop -- sleep 1000
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List environments.
     #[command(alias = "ls")]
     List {

@@ -145,8 +145,13 @@ impl App {
         let _serial = ADOPTING.lock().await;
         let query =
             ForeignQuery { ids: req.instances.iter().map(|i| i.provider_ref.clone()).collect(), tagged: req.discover };
-        let found: BTreeMap<String, Foreign> =
-            provider.find_foreign(&query).await?.into_iter().map(|f| (f.provider_ref.clone(), f)).collect();
+        let found: BTreeMap<String, Foreign> = match provider.find_foreign(&query).await {
+            Ok(found) => found.into_iter().map(|f| (f.provider_ref.clone(), f)).collect(),
+            Err(ProviderError::Unsupported { .. }) => {
+                return Err(invalid("provider", format!("the {} provider cannot adopt resources", provider.name())));
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut report = AdoptReport { dry_run: req.dry_run, ..Default::default() };
         // The named ones first, in their order; then the discovered ones.
         let mut order: Vec<(Option<&AdoptInstance>, Option<Millis>, String)> = Vec::new();

@@ -391,6 +391,20 @@ async fn import_adopts_the_seeds_instances_with_their_expiry_once() {
     assert_eq!(server.env(&env_of(&listed)).await["state"], "running");
     assert_eq!(ec2_state(&ec2, &listed).await, InstanceStateName::Running);
 
+    // Two adoptions of one new instance at once adopt it once.
+    let raced = seed_instance(&ec2, "1h0m0s", false).await;
+    let body = json!({"provider": "aws", "instances": [{"provider_ref": raced}]});
+    let (a, b) = tokio::join!(server.post("/v1/admin/adopt", body.clone()), server.post("/v1/admin/adopt", body));
+    let fresh = [a, b]
+        .iter()
+        .map(|(status, r)| {
+            assert_eq!(*status, StatusCode::OK, "{r}");
+            r["adopted"].as_array().unwrap().iter().filter(|x| x["already"] == false).count()
+        })
+        .sum::<usize>();
+    assert_eq!(fresh, 1);
+    assert_eq!(server.count_environments().await, 4);
+
     // Hostile files: refused with the line or field, nothing adopted.
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("bad.json", b"{\"instances\": {\n  \"i-1\": {,\n}}".to_vec(), "bad.json:2:"),
@@ -412,7 +426,7 @@ async fn import_adopts_the_seeds_instances_with_their_expiry_once() {
     std::fs::File::create(&huge).unwrap().set_len(17 * 1024 * 1024).unwrap();
     let out = lapse(&server, &["import", "instance-manager", huge.to_str().unwrap()]).await;
     assert!(!out.status.success() && text(&out.stderr).contains("larger than"), "{}", text(&out.stderr));
-    assert_eq!(server.count_environments().await, 3);
+    assert_eq!(server.count_environments().await, 4);
     assert!(tag(&ec2_instance(&ec2, &untagged).await, TAG_ENVIRONMENT).is_none());
 
     // The route refuses bad requests with a 400 naming the field.
@@ -424,6 +438,7 @@ async fn import_adopts_the_seeds_instances_with_their_expiry_once() {
             "instances[0].expires_at",
         ),
         (json!({"provider": "nope", "discover": true}), "provider"),
+        (json!({"provider": "process", "discover": true}), "cannot adopt"),
         (json!({"provider": "aws"}), "instances"),
         (json!({"provider": "aws", "instances": too_many}), "instances"),
         (json!({"provider": "aws", "discover": true, "surprise": 1}), "surprise"),
@@ -432,5 +447,34 @@ async fn import_adopts_the_seeds_instances_with_their_expiry_once() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
         assert!(answer["error"]["message"].to_string().contains(field_name), "{field_name}: {answer}");
     }
-    assert_eq!(server.count_environments().await, 3);
+    assert_eq!(server.count_environments().await, 4);
+    assert!(!server.log().contains(SECRET), "the secret key is in the server's log");
+}
+
+#[tokio::test]
+async fn service_runs_the_server_with_the_seeds_log_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log = std::fs::File::create(dir.path().join("stderr")).unwrap();
+    let out = std::fs::File::create(dir.path().join("stdout")).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lapse"))
+        .args(["service", "--log-level", "debug", "--aws", "off", "--docker", "off"])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir", dir.path().join("data").to_str().unwrap()])
+        .env_remove("LAPSE_LOG")
+        .stdout(out)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    eventually(secs(30), "the service answers", async || {
+        reqwest::get(&url).await.ok().filter(|r| r.status().is_success())
+    })
+    .await;
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    let stdout = std::fs::read_to_string(dir.path().join("stdout")).unwrap();
+    assert!(stdout.starts_with("Instance Manager service started (log level: debug)\n"), "{stdout}");
+    let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    assert!(stderr.contains("DEBUG"), "--log-level debug logs debug lines: {stderr}");
 }

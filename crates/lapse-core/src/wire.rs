@@ -268,6 +268,9 @@ pub struct EnvironmentView {
     /// Where the spec's user data (cloud-init) is inside the environment, once provisioned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data_path: Option<String>,
+    /// The provider's own id of its resource (an EC2 instance id, a container id), once made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_ref: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -297,6 +300,7 @@ impl From<&Environment> for EnvironmentView {
             source: e.source.clone(),
             job_id: e.job_id.clone(),
             user_data_path: e.user_data_path.clone(),
+            provider_ref: e.provider_ref.clone(),
             created_at: format_millis(e.created_at),
             updated_at: format_millis(e.updated_at),
         }

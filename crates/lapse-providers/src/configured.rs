@@ -20,7 +20,7 @@ use lapse_core::model::Spec;
 use lapse_core::validate::FieldError;
 use lapse_core::wire::{ExecResult, LogsView};
 
-use crate::{Capabilities, Instance, Placement, Provider, ProviderError};
+use crate::{Capabilities, Foreign, ForeignQuery, Instance, Placement, Provider, ProviderError};
 
 /// How long each kind of call may take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,6 +154,29 @@ impl Provider for Configured {
 
     async fn logs(&self, environment_id: &str, tail_lines: usize) -> Result<LogsView, ProviderError> {
         self.within("logs", self.timeouts.read, self.inner.logs(environment_id, tail_lines)).await
+    }
+
+    async fn find_foreign(&self, query: &ForeignQuery) -> Result<Vec<Foreign>, ProviderError> {
+        self.within("find", self.timeouts.read, self.inner.find_foreign(query)).await
+    }
+
+    async fn adopt(
+        &self,
+        environment_id: &str,
+        provider_ref: &str,
+        placement: &Placement,
+        spec: &Spec,
+    ) -> Result<Instance, ProviderError> {
+        self.within("adopt", self.timeouts.change, self.inner.adopt(environment_id, provider_ref, placement, spec)).await
+    }
+
+    async fn finish_adoption(&self, environment_id: &str, provider_ref: &str, keep: bool) -> Result<(), ProviderError> {
+        self.within(
+            "finish adoption",
+            self.timeouts.change,
+            self.inner.finish_adoption(environment_id, provider_ref, keep),
+        )
+        .await
     }
 }
 

@@ -222,6 +222,37 @@ pub trait Provider: Send + Sync {
         Ok(0)
     }
 
+    /// Looks up resources this control plane did not make (see [`ForeignQuery`]); ids that
+    /// do not exist are simply absent from the answer. Reads only.
+    async fn find_foreign(&self, query: &ForeignQuery) -> Result<Vec<Foreign>, ProviderError> {
+        let _ = query;
+        Err(ProviderError::Unsupported { provider: self.name(), op: "adopt" })
+    }
+
+    /// Marks the resource `provider_ref` as environment `environment_id`'s (the same marks
+    /// `ensure_running` puts on what it makes), **held** out of [`Provider::list`] until
+    /// [`Provider::finish_adoption`], so the drift sweep cannot take it for an orphan before
+    /// its record is written; the answer's endpoints are those of `spec.ports`. `NotFound`
+    /// when it does not exist; `Permanent` when it is gone
+    /// or belongs to another environment or control plane.
+    async fn adopt(
+        &self,
+        environment_id: &str,
+        provider_ref: &str,
+        placement: &Placement,
+        spec: &Spec,
+    ) -> Result<Instance, ProviderError> {
+        let _ = (environment_id, provider_ref, placement, spec);
+        Err(ProviderError::Unsupported { provider: self.name(), op: "adopt" })
+    }
+
+    /// Ends an adoption: `keep` releases the hold (the record is written); otherwise every
+    /// mark [`Provider::adopt`] put is removed again (the record could not be written).
+    async fn finish_adoption(&self, environment_id: &str, provider_ref: &str, keep: bool) -> Result<(), ProviderError> {
+        let _ = (environment_id, provider_ref, keep);
+        Err(ProviderError::Unsupported { provider: self.name(), op: "adopt" })
+    }
+
     /// The last `tail_lines` lines of what the environment printed.
     async fn logs(&self, environment_id: &str, tail_lines: usize) -> Result<LogsView, ProviderError> {
         let _ = (environment_id, tail_lines);
@@ -230,6 +261,35 @@ pub trait Provider: Send + Sync {
 }
 
 pub use lapse_core::wire::Capabilities;
+
+/// A resource another tool made (or this control plane made for another environment), as
+/// [`Provider::find_foreign`] reports it: what adopting it needs to know.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Foreign {
+    /// The provider's own id (an EC2 instance id).
+    pub provider_ref: String,
+    /// `None` when it is gone for good (a terminated instance).
+    pub status: Option<InstanceStatus>,
+    /// The environment of *this* control plane it already belongs to, if any.
+    pub environment_id: Option<String>,
+    pub instance_type: Option<String>,
+    pub zone: Option<String>,
+    /// When it was launched (ms since the epoch).
+    pub launched_at: Option<lapse_core::Millis>,
+    /// The lease its maker recorded on it (instance-manager's `Duration` tag), if readable.
+    pub lease: Option<Duration>,
+    pub key_name: Option<String>,
+    pub addresses: Vec<std::net::IpAddr>,
+}
+
+/// Which foreign resources [`Provider::find_foreign`] looks for: those with these ids, plus,
+/// when `tagged`, every live one the seed's tool marked as its own (aws:
+/// `ManagedBy=instance-manager`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ForeignQuery {
+    pub ids: Vec<String>,
+    pub tagged: bool,
+}
 
 /// The providers a control plane has, by name.
 #[derive(Clone, Default)]

@@ -19,6 +19,7 @@ use lapse_store::Store;
 use tokio::task::JoinHandle;
 
 pub mod admission;
+pub mod adopt;
 pub mod app;
 pub mod auth;
 pub mod clock;

@@ -22,6 +22,14 @@ use crate::serve::{self, ServeArgs};
 /// their lease runs out.
 ///
 /// `lapse serve` runs the control plane; every other verb talks to one at --url.
+///
+/// For users of instance-manager (bdanp/instance-manager): its commands work unchanged.
+/// `create` with --public-key/-k, --instance-type/-t or --availability-zone/-z is its create
+/// (provider aws, -P as its --provider); --instance-id/-i on status, stop, extend, terminate,
+/// show and sync is its verb, with its output; `service` is its service (runs the server,
+/// which enforces expiry); `import instance-manager` adopts its instances. Its `stop`
+/// terminates, and so does `stop -i`. Run as `instance-manager` (a symlink), every verb
+/// prints its output, `list` included.
 #[derive(Parser, Debug)]
 #[command(name = "lapse", version, propagate_version = true, args_override_self = true)]
 pub struct Cli {
@@ -34,6 +42,8 @@ pub struct Cli {
     /// The API key (or the admin key) to present, when the server requires keys.
     #[arg(long, global = true, env = "LAPSE_KEY", hide_env_values = true)]
     key: Option<String>,
+    #[command(flatten)]
+    seed_log: crate::instance_manager::SeedLogFlags,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,7 +55,7 @@ enum Command {
     /// Create an environment; the command to run follows `--`.
     ///
     /// Example: lapse create --provider docker --image localhost/busybox --ttl 30m --on-expiry stop -- sleep 1000
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List environments.
     #[command(alias = "ls")]
     List {
@@ -62,7 +72,7 @@ enum Command {
         #[arg(long)]
         limit: Option<usize>,
     },
-    /// Show one environment.
+    /// Show one environment (with -i: instance-manager's status of an EC2 instance).
     Status(IdArg),
     /// Move an environment's expiry; one stopped by its expiry starts again.
     Extend {
@@ -77,7 +87,8 @@ enum Command {
         #[arg(long)]
         until: Option<String>,
     },
-    /// Stop an environment (it can be started again).
+    /// Stop an environment (it can be started again). With -i, instance-manager's stop, which
+    /// TERMINATES the instance as the seed's did.
     Stop(IdArg),
     /// Start a stopped or failed environment.
     Start(IdArg),
@@ -153,6 +164,20 @@ enum Command {
         /// A pool's name; all pools when absent.
         name: Option<String>,
     },
+    /// instance-manager's terminate: delete the instance's environment (TerminateInstances).
+    Terminate(IdArg),
+    /// instance-manager's show: the details of one instance (-i) or of every aws environment.
+    Show(OptionalIdArg),
+    /// instance-manager's sync: the state and IPs the server holds (its sweep keeps them in
+    /// step with EC2), of one instance (-i) or all.
+    Sync(OptionalIdArg),
+    /// instance-manager's service: runs the server (`lapse serve` with these flags), which
+    /// enforces expiry; --log-level and --verbose set its logging (LAPSE_LOG wins), and
+    /// AWS_REGION defaults to us-east-1 as the seed's.
+    Service(Box<ServeArgs>),
+    /// Import another tool's environments into the server (admin key).
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// Measure a `lapse serve` started for the purpose and print every figure of one run:
     /// create latency, docker create-to-running, expiry lateness, warm claims under 200
     /// clients, sim create throughput, pool refill rate, and 100,000 leases (memory, restart
@@ -162,16 +187,49 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct IdArg {
-    /// Environment id (as `lapse list` shows it).
-    #[arg(value_name = "ID")]
-    id: String,
+    /// Environment id (as `lapse list` shows it), or an EC2 instance id.
+    #[arg(value_name = "ID", required_unless_present = "instance_id", conflicts_with = "instance_id")]
+    id: Option<String>,
+    /// instance-manager's --instance-id: the EC2 instance id (or an environment id); the
+    /// verb then behaves and prints as instance-manager's.
+    #[arg(long = "instance-id", short = 'i', value_name = "ID")]
+    instance_id: Option<String>,
+}
+
+impl IdArg {
+    /// The id given, and whether it came as the seed's `-i`.
+    fn get(&self) -> (&str, bool) {
+        match (&self.instance_id, &self.id) {
+            (Some(i), _) => (i, true),
+            (None, Some(id)) => (id, false),
+            // clap requires one of the two.
+            (None, None) => ("", false),
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct OptionalIdArg {
+    /// instance-manager's --instance-id (default: all).
+    #[arg(long = "instance-id", short = 'i', value_name = "ID")]
+    instance_id: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum ImportCommand {
+    /// Adopt instance-manager's instances (its instances.json, and those tagged
+    /// ManagedBy=instance-manager in the server's region) as environments with their expiry.
+    InstanceManager(crate::instance_manager::ImportArgs),
 }
 
 #[derive(clap::Args, Debug)]
 struct CreateArgs {
-    /// Provider: process (local processes) or docker (containers).
-    #[arg(long, short = 'p', default_value = "process")]
-    provider: String,
+    /// Provider: process (local processes), docker (containers), aws, ... Default: process,
+    /// or aws with instance-manager's flags (-P is its --provider).
+    #[arg(long, short = 'p', short_alias = 'P')]
+    provider: Option<String>,
+    #[command(flatten)]
+    seed: crate::instance_manager::SeedCreateFlags,
     /// Image (docker).
     #[arg(long)]
     image: Option<String>,
@@ -293,7 +351,7 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-fn env_path(id: &str, rest: &str) -> String {
+pub(crate) fn env_path(id: &str, rest: &str) -> String {
     // Ids are hex; anything else is sent escaped and the server answers 404.
     let id: String = id
         .chars()
@@ -307,6 +365,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         serve::run(*args).await?;
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Service(mut args) = cli.command {
+        args.log_filter = Some(cli.seed_log.filter());
+        if args.aws_region.is_none() {
+            args.aws_region = Some("us-east-1".into());
+        }
+        println!("Instance Manager service started (log level: {})", cli.seed_log.log_level);
+        println!("Monitoring instance lifecycle, TTL changes, and state management...");
+        println!("Press Ctrl+C to stop the service.");
+        serve::run(*args).await?;
+        println!("Service stopped.");
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Command::Bench(args) = cli.command {
         crate::bench::run(args, cli.json).await?;
         return Ok(ExitCode::SUCCESS);
@@ -316,6 +386,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let client = Client::new(&cli.url, cli.key.clone())?;
     let json = cli.json;
+    let seed_output = crate::instance_manager::invoked_as_seed();
     let show = |env: &EnvironmentView| {
         if json {
             print_json(env);
@@ -324,7 +395,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     };
     match cli.command {
-        Command::Serve(_) | Command::Bench(_) | Command::Check { .. } => unreachable!("handled above"),
+        Command::Serve(_) | Command::Service(_) | Command::Bench(_) | Command::Check { .. } => {
+            unreachable!("handled above")
+        }
+        Command::Create(args) if args.seed.given() || seed_output => {
+            let input = crate::instance_manager::CreateInput {
+                provider: args.provider,
+                image: args.image,
+                owner: args.owner,
+                name: args.name,
+                labels: args.labels.into_iter().collect(),
+                ttl_text: args.ttl.as_ref().and_then(|t| match t {
+                    DurationInput::Text(t) => lapse_core::duration::parse_duration(t).ok(),
+                    _ => None,
+                }),
+                ttl: args.ttl,
+                on_expiry: if args.on_expiry == "delete" { OnExpiry::Delete } else { OnExpiry::Stop },
+                has_cmd: !args.cmd.is_empty(),
+            };
+            crate::instance_manager::create(&client, args.seed, input, json).await?;
+        }
         Command::Create(args) => {
             let resources = (args.vcpu.is_some() || args.mem_mb.is_some()).then_some(Resources {
                 vcpu: args.vcpu,
@@ -336,7 +426,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 owner: args.owner,
                 labels: args.labels.into_iter().collect(),
                 spec: Spec {
-                    provider: args.provider,
+                    provider: args.provider.unwrap_or_else(|| "process".into()),
                     image: args.image,
                     cmd: args.cmd,
                     env: args.env.into_iter().collect::<BTreeMap<_, _>>(),
@@ -365,6 +455,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::List { .. } if seed_output => crate::instance_manager::list(&client, json).await?,
         Command::List { owner, state, labels, limit } => {
             let mut query: Vec<(&str, String)> = Vec::new();
             if let Some(o) = owner {
@@ -383,17 +474,56 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 output::environments(&list.environments);
             }
         }
-        Command::Status(IdArg { id }) => show(&client.get(&env_path(&id, "")).await?),
+        Command::Status(id) => match id.get() {
+            (id, true) => crate::instance_manager::status(&client, id, json).await?,
+            (id, false) if seed_output => crate::instance_manager::status(&client, id, json).await?,
+            (id, false) => show(&client.get(&env_path(&env_id(&client, id).await?, "")).await?),
+        },
         Command::Extend { id, by, until } => {
-            let req = ExtendRequest { by, until };
-            show(&client.post(&env_path(&id.id, "/extend"), &req).await?);
+            let (id, seed) = id.get();
+            match (&by, seed || seed_output) {
+                (Some(DurationInput::Text(t)), true) => {
+                    let d = lapse_core::duration::parse_duration(t)
+                        .map_err(|e| anyhow::anyhow!("invalid duration: {e}"))?;
+                    crate::instance_manager::extend(&client, id, d, json).await?;
+                }
+                _ => {
+                    let id = env_id(&client, id).await?;
+                    let req = ExtendRequest { by, until };
+                    show(&client.post(&env_path(&id, "/extend"), &req).await?);
+                }
+            }
         }
-        Command::Stop(IdArg { id }) => show(&client.post(&env_path(&id, "/stop"), &()).await?),
-        Command::Start(IdArg { id }) => show(&client.post(&env_path(&id, "/start"), &()).await?),
-        Command::Delete(IdArg { id }) => show(&client.call(Method::DELETE, &env_path(&id, ""), None::<&()>).await?),
+        Command::Stop(id) => match id.get() {
+            (id, true) => crate::instance_manager::stop(&client, id, json).await?,
+            (id, false) if seed_output => crate::instance_manager::stop(&client, id, json).await?,
+            (id, false) => {
+                let id = env_id(&client, id).await?;
+                show(&client.post(&env_path(&id, "/stop"), &()).await?)
+            }
+        },
+        Command::Terminate(id) => crate::instance_manager::terminate(&client, id.get().0, json).await?,
+        Command::Show(OptionalIdArg { instance_id }) => {
+            crate::instance_manager::show(&client, instance_id.as_deref(), json).await?
+        }
+        Command::Sync(OptionalIdArg { instance_id }) => {
+            crate::instance_manager::sync(&client, instance_id.as_deref(), json).await?
+        }
+        Command::Import(ImportCommand::InstanceManager(args)) => {
+            crate::instance_manager::run_import(&client, args, json).await?
+        }
+        Command::Start(id) => {
+            let id = env_id(&client, id.get().0).await?;
+            show(&client.post(&env_path(&id, "/start"), &()).await?)
+        }
+        Command::Delete(id) => {
+            let id = env_id(&client, id.get().0).await?;
+            show(&client.call(Method::DELETE, &env_path(&id, ""), None::<&()>).await?)
+        }
         Command::Exec { id, timeout, cmd } => {
             let req = ExecRequest { cmd, timeout };
-            let result: ExecResult = client.post(&env_path(&id.id, "/exec"), &req).await?;
+            let id = env_id(&client, id.get().0).await?;
+            let result: ExecResult = client.post(&env_path(&id, "/exec"), &req).await?;
             if json {
                 print_json(&result);
             } else {
@@ -409,7 +539,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
         Command::Logs { id, tail } => {
-            let logs: LogsView = client.get(&env_path(&id.id, &format!("/logs?tail={tail}"))).await?;
+            let id = env_id(&client, id.get().0).await?;
+            let logs: LogsView = client.get(&env_path(&id, &format!("/logs?tail={tail}"))).await?;
             if json {
                 print_json(&logs);
             } else {
@@ -590,6 +721,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The environment id an id names: itself, or for an EC2 instance id (`i-...`) the
+/// environment whose provider ref it is.
+async fn env_id(client: &Client, id: &str) -> anyhow::Result<String> {
+    if !id.starts_with("i-") {
+        return Ok(id.to_owned());
+    }
+    Ok(crate::instance_manager::resolve(client, id).await?.id)
+}
+
 fn check(file: &std::path::Path, max_ttl: &str, vms_provider: &str, json: bool) -> anyhow::Result<ExitCode> {
     let max_ttl = lapse_core::duration::parse_duration(max_ttl).map_err(|e| anyhow::anyhow!("--max-ttl: {e}"))?;
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
@@ -628,7 +768,7 @@ fn check(file: &std::path::Path, max_ttl: &str, vms_provider: &str, json: bool) 
 }
 
 /// Every page of `GET /v1/environments` with `query`, following the cursors, up to `limit`.
-async fn list_all(
+pub(crate) async fn list_all(
     client: &Client,
     query: Vec<(&str, String)>,
     limit: Option<usize>,
@@ -680,7 +820,7 @@ async fn wait_until_settled(client: &Client, mut env: EnvironmentView, quiet: bo
     }
 }
 
-fn print_json(value: &impl serde::Serialize) {
+pub(crate) fn print_json(value: &impl serde::Serialize) {
     // Serializing the wire types cannot fail.
     println!("{}", serde_json::to_string_pretty(value).expect("wire types serialize"));
 }

@@ -224,6 +224,9 @@ pub struct ServeArgs {
     pub docker_conventions: DockerConventionArgs,
     #[command(flatten)]
     pub ovh: OvhArgs,
+    /// The log filter when LAPSE_LOG is unset (`lapse service`'s --log-level); not a flag.
+    #[arg(skip)]
+    pub log_filter: Option<String>,
 }
 
 /// The ovh provider: on when an application key is given. The application secret and the
@@ -268,7 +271,7 @@ fn parse_pair(s: &str) -> Result<(String, usize), String> {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(args.log_json);
+    init_logging(args.log_json, args.log_filter.as_deref());
     let mut config = ServerConfig::new(&args.data_dir);
     config.listen = args.listen;
     config.seed_listen = args.seed_listen;
@@ -415,9 +418,9 @@ fn lapse_providers_sim(text: &str) -> anyhow::Result<lapse_server::config::SimCo
     lapse_server::config::SimConfig::parse(text).map_err(|e| anyhow::anyhow!("--sim: {e}"))
 }
 
-fn init_logging(json: bool) {
+fn init_logging(json: bool, default: Option<&str>) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LAPSE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default.unwrap_or("info,sqlx=warn,tower_http=warn")));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     if json {

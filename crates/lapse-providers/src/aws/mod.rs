@@ -31,14 +31,19 @@
 //!   stopping → Stopping, stopped → Stopped, shutting-down → ShuttingDown, terminated → gone.
 //! - **`lapse:keep`**: an instance tagged `lapse:keep` is left out of [`Provider::list`], so
 //!   the sweep never removes it (`inspect` still reports it).
+//! - **Adoption** ([`adopt`]): an instance made elsewhere (instance-manager's) is found by
+//!   id or by `ManagedBy=instance-manager`, tagged as an environment's, and held out of `list`
+//!   by `lapse:adopting` until its record exists.
 //! - Every call has a timeout ([`CALL_TIMEOUT`]); throttling and unreachable endpoints are
 //!   retryable, EC2's refusals (capacity, quota, bad parameter) permanent with its message.
 
+mod adopt;
 mod backstop;
 mod check;
 mod launch;
 mod unavailable;
 
+pub use adopt::{SEED_DURATION_TAG, SEED_TAG, TAG_ADOPTING};
 pub use backstop::{GRACE_SECS, user_data as backstop_user_data};
 pub use check::{is_instance_type, is_openssh_key, is_zone, validate};
 pub use launch::{DEFAULT_AMI_NAME, DEFAULT_INSTANCE_TYPE, client_token, key_pair_name};
@@ -57,7 +62,7 @@ use lapse_core::model::Spec;
 use lapse_core::validate::FieldError;
 
 use self::check::NAME;
-use crate::{Instance, Placement, Provider, ProviderError};
+use crate::{Foreign, ForeignQuery, Instance, Placement, Provider, ProviderError};
 
 pub const TAG_ENVIRONMENT: &str = "lapse:environment";
 pub const TAG_CONTROLLER: &str = "lapse:controller";
@@ -362,6 +367,33 @@ impl Provider for AwsProvider {
             .set_values(Some(["pending", "running", "stopping", "stopped", "shutting-down"].map(String::from).to_vec()))
             .build();
         let all = self.describe(vec![live]).await?;
-        Ok(all.iter().filter(|i| check::tag(i, TAG_KEEP).is_none()).filter_map(|i| Self::to_instance(i, &[])).collect())
+        Ok(all
+            .iter()
+            .filter(|i| check::tag(i, TAG_KEEP).is_none() && !adopt::is_adopting(i))
+            .filter_map(|i| Self::to_instance(i, &[]))
+            .collect())
+    }
+
+    async fn find_foreign(&self, query: &ForeignQuery) -> Result<Vec<Foreign>, ProviderError> {
+        self.foreign(query).await
+    }
+
+    async fn adopt(
+        &self,
+        environment_id: &str,
+        provider_ref: &str,
+        placement: &Placement,
+        spec: &Spec,
+    ) -> Result<Instance, ProviderError> {
+        self.adopt_instance(environment_id, provider_ref, placement, &spec.ports).await
+    }
+
+    async fn finish_adoption(
+        &self,
+        _environment_id: &str,
+        provider_ref: &str,
+        keep: bool,
+    ) -> Result<(), ProviderError> {
+        self.end_adoption(provider_ref, keep).await
     }
 }

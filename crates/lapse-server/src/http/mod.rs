@@ -24,6 +24,7 @@ use crate::app::{App, AppError};
 pub use extract::ApiPath;
 
 pub mod admin;
+pub mod adopt;
 pub mod environments;
 pub mod extract;
 pub mod listener;
@@ -42,6 +43,7 @@ pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30)
 pub fn router(app: App) -> Router {
     let lapse = Router::new()
         .merge(admin::router())
+        .merge(adopt::router())
         .merge(environments::router())
         .merge(pools::router())
         .merge(crate::compat::github_gg::router())

@@ -218,7 +218,7 @@ mod tests {
             ("[providers.o]\nkind = \"ovh\"\nconsumer_key = \"ck\"\n", "consumer_key_env"),
             ("[providers.p2]\nkind = \"process\"\n", "built in, once"),
             ("[providers.a]\nkind = \"aws\"\nsweep_interval = \"5\"\n", "sweep_interval"),
-            ("[providers.a]\nkind = \"aws\"\ncall_timeout = \"0s\"\n", "above zero"),
+            ("[providers.a]\nkind = \"aws\"\ncall_timeout = \"0s\"\n", "call_timeout"),
             ("[providers.a]\nkind = \"aws\"\nconcurrency = 0\n", "at least 1"),
             ("[providers.s]\nkind = \"scaleway\"\nsecret_key_env = \"A B\"\n", "not a variable name"),
             ("[providers.\"Bad Name\"]\nkind = \"aws\"\n", "[providers.Bad Name]"),

@@ -13,6 +13,7 @@ mod fc;
 mod full_disk;
 mod github_gg;
 mod harness;
+mod instance_manager;
 mod isolation;
 mod lifecycles;
 mod limits;

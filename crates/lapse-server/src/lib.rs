@@ -405,6 +405,7 @@ async fn add_aws(config: &ServerConfig, controller_id: &str, providers: &mut Pro
         use lapse_providers::aws::{AwsProvider, UnavailableAws};
         match AwsProvider::connect(config.aws_region.as_deref(), controller_id).await {
             Ok(p) => {
+                let p = p.with_seed_tags(config.aws_seed_tags);
                 match p.health().await {
                     Ok(detail) => tracing::info!(%detail, "aws provider on"),
                     Err(e) => tracing::warn!(error = %e, "aws provider on, but EC2 does not answer yet"),

@@ -84,7 +84,7 @@ mod tests {
         let answer = times.time("DescribeInstances", async { 7 }).await;
         assert_eq!(answer, 7);
         let snap = times.snapshot();
-        assert_eq!(snap.iter().map(|t| t.op).collect::<Vec<_>>(), ["DescribeInstances", "RunInstances"]);
+        assert_eq!(snap.iter().map(|t| t.op.as_str()).collect::<Vec<_>>(), ["DescribeInstances", "RunInstances"]);
         let run = &snap[1];
         assert_eq!(run.count, 2);
         assert_eq!(run.total, Duration::from_millis(20_003));

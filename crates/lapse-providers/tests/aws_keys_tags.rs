@@ -172,7 +172,8 @@ async fn two_environments_importing_one_key_at_once_share_one_key_pair() {
     let pairs = p.client().describe_key_pairs().send().await.unwrap();
     let names: Vec<&str> = pairs.key_pairs().iter().filter_map(|k| k.key_name()).collect();
     assert_eq!(names, [key_pair_name(KEY).as_str()], "one key pair for one key");
-    let out = p.client().describe_instances().instance_ids(&ra.provider_ref).instance_ids(&rb.provider_ref).send().await;
+    let out =
+        p.client().describe_instances().instance_ids(&ra.provider_ref).instance_ids(&rb.provider_ref).send().await;
     let keys: Vec<String> = out
         .unwrap()
         .reservations()

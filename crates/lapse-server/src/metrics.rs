@@ -125,10 +125,8 @@ impl Metrics {
     /// The text exposition, with the providers' call histograms.
     pub fn encode_with(&self, providers: &[std::sync::Arc<dyn lapse_providers::Provider>]) -> String {
         use prometheus_client::encoding::text;
-        let calls: Vec<(String, lapse_providers::calls::CallTime)> = providers
-            .iter()
-            .flat_map(|p| p.call_times().into_iter().map(move |t| (p.name().to_owned(), t)))
-            .collect();
+        let calls: Vec<(String, lapse_providers::calls::CallTime)> =
+            providers.iter().flat_map(|p| p.call_times().into_iter().map(move |t| (p.name().to_owned(), t))).collect();
         let mut per_scrape = Registry::with_prefix("lapse");
         per_scrape.register_collector(Box::new(ProviderCalls(calls)));
         let mut out = String::new();

@@ -425,7 +425,11 @@ pub async fn run(args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
 }
 
 /// The cloud section ([`cloud`]), when built with the `aws` feature.
-async fn cloud_section(args: &BenchArgs, json_out: bool, report: &mut serde_json::Map<String, Value>) -> anyhow::Result<()> {
+async fn cloud_section(
+    args: &BenchArgs,
+    json_out: bool,
+    report: &mut serde_json::Map<String, Value>,
+) -> anyhow::Result<()> {
     let say = |line: String| {
         if !json_out {
             eprintln!("{line}");

@@ -148,7 +148,10 @@ pub fn validate_labels(labels: &std::collections::BTreeMap<String, String>, seed
     if own + extra > MAX_TAGS {
         return Err(field(
             "labels",
-            format!("EC2 takes {MAX_TAGS} tags per instance and the provider sets {own}: at most {} labels", MAX_TAGS - own),
+            format!(
+                "EC2 takes {MAX_TAGS} tags per instance and the provider sets {own}: at most {} labels",
+                MAX_TAGS - own
+            ),
         ));
     }
     Ok(())

@@ -80,7 +80,9 @@ pub(super) async fn ensure(client: &Client, public_key: &str) -> Result<(String,
 async fn existing(client: &Client, name: &str) -> Result<Option<Option<String>>, ProviderError> {
     let described = client.describe_key_pairs().key_names(name).include_public_key(true).send().await;
     match described {
-        Ok(out) => Ok(out.key_pairs().iter().find(|k| k.key_name() == Some(name)).map(|k| k.public_key().map(str::to_owned))),
+        Ok(out) => {
+            Ok(out.key_pairs().iter().find(|k| k.key_name() == Some(name)).map(|k| k.public_key().map(str::to_owned)))
+        }
         Err(e) => match check::error("DescribeKeyPairs", e) {
             ProviderError::Permanent { message, .. } if message.contains("InvalidKeyPair.NotFound") => Ok(None),
             other => Err(other),

@@ -122,8 +122,10 @@ async fn the_bench_cloud_section_reports_overhead_and_a_sweep() {
     let create = &report["aws_create"];
     assert_eq!(create["creates"], 2, "{report}");
     assert!(create["sdk_total_s"].as_f64().unwrap() > 0.0, "{report}");
+    // A share of the wall time (two creates are too few to hold it to the 2% goal).
     let overhead = create["overhead_percent"].as_f64().unwrap();
-    assert!((0.0..100.0).contains(&overhead), "{report}");
+    assert!(overhead.is_finite() && overhead < 100.0, "{report}");
+    assert!(create["sdk_calls_per_create"].as_f64().unwrap() >= 4.0, "{report}");
     let sweep = &report["aws_sweep"];
     assert_eq!(sweep["instances"], 20, "{report}");
     assert_eq!(sweep["orphans_removed"], 10, "{report}");

@@ -288,13 +288,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Orphans::Remove => OrphanPolicy::Remove,
         Orphans::Adopt => OrphanPolicy::Adopt,
     };
-    config.scaleway = lapse_providers::scaleway::ScalewayConfig::from_env().transpose().map(|c| {
-        c.map(|mut c| {
-            c.backstop_grace = args.scaleway_backstop_grace;
-            c.poll_interval = args.scaleway_poll_interval.max(Duration::from_millis(10));
-            c
-        })
-    });
+    // Built without the scaleway feature, the server says so at start (`add_scaleway`).
+    #[cfg(feature = "scaleway")]
+    {
+        config.scaleway = lapse_providers::scaleway::ScalewayConfig::from_env().transpose().map(|c| {
+            c.map(|mut c| {
+                c.backstop_grace = args.scaleway_backstop_grace;
+                c.poll_interval = args.scaleway_poll_interval.max(Duration::from_millis(10));
+                c
+            })
+        });
+    }
     config.docker = match args.docker.as_str() {
         "auto" => DockerSetting::Auto,
         "off" => DockerSetting::Off,

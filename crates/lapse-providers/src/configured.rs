@@ -108,6 +108,14 @@ impl Provider for Configured {
         self.inner.boots_kernel()
     }
 
+    fn validate_labels(&self, labels: &std::collections::BTreeMap<String, String>) -> Result<(), FieldError> {
+        self.inner.validate_labels(labels)
+    }
+
+    fn call_times(&self) -> Vec<crate::calls::CallTime> {
+        self.inner.call_times()
+    }
+
     async fn health(&self) -> Result<String, ProviderError> {
         self.within("health", self.timeouts.health, self.inner.health()).await
     }

@@ -40,6 +40,7 @@ pub mod unavailable;
 
 #[cfg(any(feature = "scaleway", feature = "ovh"))]
 pub mod answer;
+pub mod calls;
 #[cfg(any(feature = "aws", feature = "scaleway", feature = "ovh"))]
 pub mod cloud_init;
 mod output;
@@ -99,6 +100,9 @@ pub struct Placement {
     pub expires_at: Option<lapse_core::Millis>,
     /// What the lease's end does (the backstop can only power off; deleting needs the API).
     pub on_expiry: lapse_core::model::OnExpiry,
+    /// The environment's labels: a cloud provider puts them on the VM as tags
+    /// ([`Provider::validate_labels`] refuses those it cannot carry).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Placement {
@@ -172,6 +176,19 @@ pub trait Provider: Send + Sync {
 
     /// Refuses a spec this provider cannot honour, before anything is stored.
     fn validate(&self, spec: &Spec) -> Result<(), FieldError>;
+
+    /// Refuses labels this provider cannot carry with the resource (a cloud's tag limits), so
+    /// none is dropped silently; the field is `labels` or `labels.KEY`. Default: any.
+    fn validate_labels(&self, labels: &BTreeMap<String, String>) -> Result<(), FieldError> {
+        let _ = labels;
+        Ok(())
+    }
+
+    /// Time spent inside this provider's calls to its backend, per operation, since it was
+    /// made ([`calls::CallTimes`]); empty for a provider that does not count them.
+    fn call_times(&self) -> Vec<calls::CallTime> {
+        Vec::new()
+    }
 
     /// Whether this provider boots a guest kernel and root filesystem (`spec.kernel`,
     /// `spec.rootfs`). None of today's does; a VM provider will. See [`check_boot`].

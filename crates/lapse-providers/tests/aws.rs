@@ -81,7 +81,7 @@ fn spec() -> Spec {
 }
 
 fn placement(on_expiry: OnExpiry) -> Placement {
-    Placement { tenant: "acme".into(), expires_at: Some(1_900_000_000_000), on_expiry }
+    Placement { tenant: "acme".into(), expires_at: Some(1_900_000_000_000), on_expiry, ..Default::default() }
 }
 
 async fn attribute(

@@ -137,7 +137,12 @@ async fn create_poll_stop_start_delete() {
     let fake = fake().await;
     fake.state().build_looks = 3;
     let p = provider(&fake);
-    let placement = Placement { tenant: "acme".into(), expires_at: Some(1_800_000_000_000), on_expiry: OnExpiry::Stop };
+    let placement = Placement {
+        tenant: "acme".into(),
+        expires_at: Some(1_800_000_000_000),
+        on_expiry: OnExpiry::Stop,
+        ..Default::default()
+    };
     let spec = Spec { user_data: Some("#cloud-config\npackages: [htop]\n".into()), ..vm(1.0, 1024) };
     let up = p.ensure_running("env-1", &placement, &spec).await.unwrap();
     assert_eq!(up.status, InstanceStatus::Running);

@@ -115,6 +115,7 @@ pub async fn admit(cx: &Context, env: &mut Environment, who: &Principal, guard: 
     }
     if guard != HostGuard::Existing {
         provider.validate(&env.spec)?;
+        provider.validate_labels(&env.labels)?;
     }
     if guard == HostGuard::Check
         && let Some(why) = crate::host::refusal(&env.spec.provider, &cx.config)

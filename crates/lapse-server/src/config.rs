@@ -127,6 +127,8 @@ pub struct ServerConfig {
     pub aws: AwsSetting,
     /// The aws provider's region (else the SDK's: `AWS_REGION`, the profile).
     pub aws_region: Option<String>,
+    /// aws instances also carry instance-manager's `Name`/`ManagedBy`/`Duration` tags.
+    pub aws_seed_tags: bool,
     /// The `sim` provider and its behaviour; off unless given.
     pub sim: Option<lapse_providers::sim::SimConfig>,
     /// A declarative TOML file of environments and pools, applied at start and on change.
@@ -211,6 +213,7 @@ impl ServerConfig {
             ovh: OvhSetting::default(),
             aws: AwsSetting::Auto,
             aws_region: None,
+            aws_seed_tags: false,
             sim: None,
             config_file: None,
             config_poll: Duration::from_secs(1),

@@ -1,4 +1,8 @@
 //! Prometheus metrics, served at `/metrics` in the text format.
+//!
+//! Beside the registry's own, `lapse_provider_call_seconds{provider,op}` is a histogram of the
+//! time inside each provider's calls to its backend (`Provider::call_times`, read at each
+//! scrape from the providers' own counters).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -115,10 +119,59 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
+        self.encode_with(&[])
+    }
+
+    /// The text exposition, with the providers' call histograms.
+    pub fn encode_with(&self, providers: &[std::sync::Arc<dyn lapse_providers::Provider>]) -> String {
+        use prometheus_client::encoding::text;
+        let calls: Vec<(String, lapse_providers::calls::CallTime)> =
+            providers.iter().flat_map(|p| p.call_times().into_iter().map(move |t| (p.name().to_owned(), t))).collect();
+        let mut per_scrape = Registry::with_prefix("lapse");
+        per_scrape.register_collector(Box::new(ProviderCalls(calls)));
         let mut out = String::new();
         // Writing into a String cannot fail.
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encoding into a String");
+        text::encode_registry(&mut out, &self.registry).expect("encoding into a String");
+        text::encode_registry(&mut out, &per_scrape).expect("encoding into a String");
+        text::encode_eof(&mut out).expect("encoding into a String");
         out
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    provider: String,
+    op: String,
+}
+
+/// One scrape's snapshot of the providers' call times, encoded as one histogram family.
+#[derive(Debug)]
+struct ProviderCalls(Vec<(String, lapse_providers::calls::CallTime)>);
+
+impl prometheus_client::collector::Collector for ProviderCalls {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use lapse_providers::calls::BUCKETS;
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let mut family = encoder.encode_descriptor(
+            "provider_call_seconds",
+            "Time inside provider calls to their backends (SDK send() and its retries), by provider and operation",
+            None,
+            prometheus_client::metrics::MetricType::Histogram,
+        )?;
+        for (provider, t) in &self.0 {
+            let labels = CallLabels { provider: provider.clone(), op: t.op.clone() };
+            let bounds = BUCKETS.iter().copied().chain([f64::INFINITY]);
+            let buckets: Vec<(f64, u64)> = bounds.zip(t.buckets.iter().copied()).collect();
+            family.encode_family(&labels)?.encode_histogram::<CallLabels>(
+                t.total.as_secs_f64(),
+                t.count,
+                &buckets,
+                None,
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -320,7 +320,12 @@ impl Reconciler {
         let env = &env;
         let grace = cx.config.stop_grace;
         let started = std::time::Instant::now();
-        let placement = Placement { tenant: env.tenant.clone(), expires_at: env.expires_at, on_expiry: env.on_expiry };
+        let placement = Placement {
+            tenant: env.tenant.clone(),
+            expires_at: env.expires_at,
+            on_expiry: env.on_expiry,
+            labels: env.labels.clone(),
+        };
         let result: Result<Option<Instance>, ProviderError> = match planned {
             Plan::Provision => provider.ensure_running(&env.id, &placement, &env.spec).await.map(Some),
             Plan::Replace => match provider.delete(&env.id, grace).await {

@@ -7,7 +7,9 @@
 //! throughput and pool refill rate with the `sim` provider at zero latency; and the scale run:
 //! many leases with TTLs spread over minutes (server RSS, restart time, expiry lateness); the
 //! SWIM Redis queues (requests per second into desired state; lost and duplicated requests
-//! across a `kill -9` of the server mid-run).
+//! across a `kill -9` of the server mid-run); and the cloud section against moto ([`cloud`]:
+//! control-plane time per aws create against the time inside EC2 calls, and a sweep over
+//! 1,000 instances).
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -19,6 +21,9 @@ use clap::Args;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[cfg(feature = "aws")]
+mod cloud;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -64,6 +69,17 @@ pub struct BenchArgs {
     /// Run only the SWIM queue section.
     #[arg(long)]
     swim_only: bool,
+    /// aws environments created through the API against moto, one after another, for the
+    /// control-plane overhead figure (0 to skip; needs moto: `LAPSE_MOTO_SERVER` or
+    /// `moto_server` on the PATH).
+    #[arg(long, default_value_t = 20)]
+    cloud_creates: usize,
+    /// Instances in moto for the sweep figure, half of them orphans (0 to skip).
+    #[arg(long, default_value_t = 1_000)]
+    cloud_sweep: usize,
+    /// Run only the cloud section.
+    #[arg(long)]
+    cloud_only: bool,
 }
 
 /// A `lapse serve` child process.
@@ -244,6 +260,11 @@ pub async fn run(args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
         swim(&args, json_out, &mut report).await?;
         return print_report(report, json_out);
     }
+    if args.cloud_only {
+        let mut report = serde_json::Map::new();
+        cloud_section(&args, json_out, &mut report).await?;
+        return print_report(report, json_out);
+    }
     let dir = tempfile::tempdir().context("a temporary data dir")?;
     let mut server = Arc::new(ServerProcess::start(dir.path()).await?);
     let mut report = serde_json::Map::new();
@@ -399,7 +420,31 @@ pub async fn run(args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
     if args.swim > 0 {
         swim(&args, json_out, &mut report).await?;
     }
+    cloud_section(&args, json_out, &mut report).await?;
     print_report(report, json_out)
+}
+
+/// The cloud section ([`cloud`]), when built with the `aws` feature.
+async fn cloud_section(
+    args: &BenchArgs,
+    json_out: bool,
+    report: &mut serde_json::Map<String, Value>,
+) -> anyhow::Result<()> {
+    let say = |line: String| {
+        if !json_out {
+            eprintln!("{line}");
+        }
+    };
+    #[cfg(feature = "aws")]
+    if args.cloud_creates > 0 || args.cloud_sweep > 0 {
+        cloud::run(args.cloud_creates, args.cloud_sweep, &say, report).await?;
+    }
+    #[cfg(not(feature = "aws"))]
+    {
+        let _ = (args, report);
+        say("cloud: skipped (built without the aws feature)".into());
+    }
+    Ok(())
 }
 
 fn print_report(report: serde_json::Map<String, Value>, json_out: bool) -> anyhow::Result<()> {

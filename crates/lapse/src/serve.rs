@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// The aws provider's region.
     #[arg(long = "aws-region", env = "AWS_REGION")]
     pub aws_region: Option<String>,
+    /// Also tag aws instances as instance-manager does (`Name` and `ManagedBy`
+    /// `instance-manager`, `Duration` the lease), so the seed's tools find them.
+    #[arg(long = "aws-seed-tags", env = "LAPSE_AWS_SEED_TAGS")]
+    pub aws_seed_tags: bool,
     /// The scaleway provider (on when SCW_SECRET_KEY is set; SCW_ACCESS_KEY, SCW_ORGANIZATION_ID,
     /// SCW_PROJECT_ID and SCW_DEFAULT_ZONE then required, SCW_API_URL for tests and proxies):
     /// how long after a lease's end its server powers itself off (the backstop).
@@ -287,13 +291,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Orphans::Remove => OrphanPolicy::Remove,
         Orphans::Adopt => OrphanPolicy::Adopt,
     };
-    config.scaleway = lapse_providers::scaleway::ScalewayConfig::from_env().transpose().map(|c| {
-        c.map(|mut c| {
-            c.backstop_grace = args.scaleway_backstop_grace;
-            c.poll_interval = args.scaleway_poll_interval.max(Duration::from_millis(10));
-            c
-        })
-    });
+    // Built without the scaleway feature, the server says so at start (`add_scaleway`).
+    #[cfg(feature = "scaleway")]
+    {
+        config.scaleway = lapse_providers::scaleway::ScalewayConfig::from_env().transpose().map(|c| {
+            c.map(|mut c| {
+                c.backstop_grace = args.scaleway_backstop_grace;
+                c.poll_interval = args.scaleway_poll_interval.max(Duration::from_millis(10));
+                c
+            })
+        });
+    }
     config.docker = match args.docker.as_str() {
         "auto" => DockerSetting::Auto,
         "off" => DockerSetting::Off,
@@ -315,6 +323,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         _ => lapse_server::config::AwsSetting::Auto,
     };
     config.aws_region = args.aws_region.clone().filter(|r| !r.is_empty());
+    config.aws_seed_tags = args.aws_seed_tags;
     if let Some(sim) = &args.sim {
         config.sim = Some(lapse_providers_sim(sim)?);
     }

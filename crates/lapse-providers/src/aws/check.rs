@@ -114,6 +114,49 @@ pub fn validate(spec: &Spec) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// EC2's limit of tags on one resource.
+pub const MAX_TAGS: usize = 50;
+
+/// Refuses labels EC2 could not carry as tags beside the provider's own, naming the label:
+/// at most [`MAX_TAGS`] tags in all (Lapse's four `lapse:*`, `Name`, and with `seed_tags`
+/// `ManagedBy` and `Duration`); keys of 1 to 128 characters, values of 256 at most; no key
+/// under `aws:` (EC2's, in any case) or `lapse:` (the provider's); and, with `seed_tags`, no
+/// `ManagedBy` or `Duration` label (instance-manager's). A `Name` label is taken as the
+/// instance's name.
+pub fn validate_labels(labels: &std::collections::BTreeMap<String, String>, seed_tags: bool) -> Result<(), FieldError> {
+    let seed_keys: &[&str] = if seed_tags { &["ManagedBy", "Duration"] } else { &[] };
+    for (k, v) in labels {
+        let at = format!("labels.{k}");
+        if k.is_empty() || k.chars().count() > 128 {
+            return Err(field(&at, "an EC2 tag key is 1 to 128 characters"));
+        }
+        if v.chars().count() > 256 {
+            return Err(field(&at, "an EC2 tag value is at most 256 characters"));
+        }
+        if k.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("aws:")) {
+            return Err(field(&at, "EC2 keeps tag keys starting with aws: for itself"));
+        }
+        if k.starts_with("lapse:") {
+            return Err(field(&at, "tag keys starting with lapse: are the provider's own"));
+        }
+        if seed_keys.contains(&k.as_str()) {
+            return Err(field(&at, format!("{k} is instance-manager's tag, set by the provider (--aws-seed-tags)")));
+        }
+    }
+    let own = 5 + seed_keys.len();
+    let extra = labels.keys().filter(|k| k.as_str() != "Name").count();
+    if own + extra > MAX_TAGS {
+        return Err(field(
+            "labels",
+            format!(
+                "EC2 takes {MAX_TAGS} tags per instance and the provider sets {own}: at most {} labels",
+                MAX_TAGS - own
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// EC2's state as Lapse's; `None` for `terminated` (gone).
 pub fn status(state: Option<&InstanceStateName>) -> Option<InstanceStatus> {
     match state? {
@@ -218,6 +261,29 @@ mod tests {
         assert!(!is_openssh_key("ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIEBgADPnDiIQn0qOOAF8KTqypgMP7s21Sj6xqDT34zZI"));
         assert!(!is_openssh_key("-----BEGIN RSA PUBLIC KEY-----"));
         assert!(!is_openssh_key("ssh-ed25519 !!!notbase64"));
+    }
+
+    #[test]
+    fn labels_within_ec2s_tag_limits() {
+        let of = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let refused = |pairs: &[(&str, &str)], seed| validate_labels(&of(pairs), seed).map_err(|e| e.field);
+        assert_eq!(refused(&[("team", "infra"), ("Name", "web")], false), Ok(()));
+        assert_eq!(refused(&[("ManagedBy", "me")], false), Ok(()));
+        assert_eq!(refused(&[("ManagedBy", "me")], true), Err("labels.ManagedBy".into()));
+        assert_eq!(refused(&[("Duration", "1h")], true), Err("labels.Duration".into()));
+        assert_eq!(refused(&[("AWS:x", "v")], false), Err("labels.AWS:x".into()));
+        assert_eq!(refused(&[("lapse:keep", "v")], false), Err("labels.lapse:keep".into()));
+        let long_key = "k".repeat(129);
+        assert_eq!(refused(&[(&long_key, "v")], false), Err(format!("labels.{long_key}")));
+        let long_value = "é".repeat(257);
+        assert_eq!(refused(&[("k", &long_value)], false), Err("labels.k".into()));
+        assert_eq!(refused(&[("k", &"é".repeat(256))], false), Ok(()));
+        let keys: Vec<String> = (0..46).map(|i| format!("l{i}")).collect();
+        let many: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "v")).collect();
+        assert_eq!(refused(&many[..45], false), Ok(()), "50 tags in all");
+        assert_eq!(refused(&many, false), Err("labels".into()));
+        assert_eq!(refused(&many[..43], true), Ok(()));
+        assert_eq!(refused(&many[..44], true), Err("labels".into()));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Creating an instance: the AMI, subnet and key pair choices (as instance-manager makes
-//! them), the tags, the backstop, and the idempotency token.
+//! them), the tags, the backstop, and the idempotency token. Key pairs are [`super::keys`]'.
 
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::types::{
@@ -11,7 +11,7 @@ use lapse_core::model::{OnExpiry, Spec};
 use sha2::{Digest, Sha256};
 
 use super::check::{self, NAME};
-use super::{AwsProvider, TAG_CONTROLLER, TAG_ENVIRONMENT, TAG_EXPIRES, TAG_TENANT, backstop};
+use super::{AwsProvider, TAG_CONTROLLER, TAG_ENVIRONMENT, TAG_EXPIRES, TAG_TENANT, backstop, keys};
 use crate::{Placement, ProviderError};
 
 /// instance-manager's default size.
@@ -36,14 +36,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The key pair's name for a public key: by the hash of the key's type and body (the comment
-/// does not count), so the same key is imported once.
-pub fn key_pair_name(public_key: &str) -> String {
-    let canonical: Vec<&str> = public_key.split_whitespace().take(2).collect();
-    let digest = Sha256::digest(canonical.join(" ").as_bytes());
-    format!("lapse-{}", hex(&digest[..8]))
-}
-
 /// RFC 3339 in UTC, whole seconds.
 pub fn rfc3339(millis: i64) -> String {
     chrono_free_rfc3339(millis.div_euclid(1000))
@@ -64,18 +56,53 @@ fn chrono_free_rfc3339(secs: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-/// The tags of the instance and its volumes.
-pub fn tags(controller: &str, environment_id: &str, placement: &Placement) -> Vec<Tag> {
-    let mut tags = vec![
-        (TAG_ENVIRONMENT, environment_id.to_owned()),
-        (TAG_CONTROLLER, controller.to_owned()),
-        (TAG_TENANT, placement.tenant.clone()),
-        ("Name", format!("lapse-{environment_id}")),
+/// instance-manager's `ManagedBy` and `Name` value (its `pkg/aws/provider.go`).
+pub const SEED_MANAGED_BY: &str = "instance-manager";
+
+/// The tags of the instance and its volumes, each key once: Lapse's four (`lapse:expires-at`
+/// when the lease ends), `Name` (`lapse-<id>`), with seed tags instance-manager's `Name`,
+/// `ManagedBy` and `Duration` (the lease from `since_ms`, so that its reader's launch time
+/// plus `Duration` is the lease's end), then the user's labels (a `Name` label is the name).
+/// [`super::validate_labels`] has refused labels that would clash or pass EC2's limits.
+pub fn tags(controller: &str, environment_id: &str, placement: &Placement, seed: Option<i64>) -> Vec<Tag> {
+    let mut tags: Vec<(String, String)> = vec![
+        (TAG_ENVIRONMENT.into(), environment_id.to_owned()),
+        (TAG_CONTROLLER.into(), controller.to_owned()),
+        (TAG_TENANT.into(), placement.tenant.clone()),
     ];
     if let Some(at) = placement.expires_at {
-        tags.push((TAG_EXPIRES, rfc3339(at)));
+        tags.push((TAG_EXPIRES.into(), rfc3339(at)));
+    }
+    match seed {
+        None => tags.push(("Name".into(), format!("lapse-{environment_id}"))),
+        Some(since_ms) => {
+            tags.push(("Name".into(), SEED_MANAGED_BY.into()));
+            tags.push(("ManagedBy".into(), SEED_MANAGED_BY.into()));
+            if let Some(at) = placement.expires_at {
+                tags.push(("Duration".into(), go_duration((at - since_ms).div_euclid(1000))));
+            }
+        }
+    }
+    for (k, v) in &placement.labels {
+        match tags.iter_mut().find(|(key, _)| key == k) {
+            Some(slot) => slot.1 = v.clone(),
+            None => tags.push((k.clone(), v.clone())),
+        }
     }
     tags.into_iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
+}
+
+/// A whole number of seconds as Go's `time.Duration.String()` writes it (`1h0m0s`, `2m30s`,
+/// `45s`, `0s`), which instance-manager parses back with `time.ParseDuration`. A lease
+/// already over is `0s`.
+pub fn go_duration(secs: i64) -> String {
+    let secs = secs.max(0);
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s}s"),
+        _ => format!("{h}h{m}m{s}s"),
+    }
 }
 
 /// The subnet instance-manager would pick: the AZ's default subnet, else any available one
@@ -130,28 +157,6 @@ async fn image(client: &Client, wanted: Option<&str>) -> Result<(String, String)
     }
 }
 
-/// Imports the key (by content hash); `Some(name)` when this call made it (so a failed
-/// create removes it again), with the name either way.
-async fn key_pair(client: &Client, public_key: &str) -> Result<(String, bool), ProviderError> {
-    let name = key_pair_name(public_key);
-    let imported = client
-        .import_key_pair()
-        .key_name(&name)
-        .public_key_material(aws_sdk_ec2::primitives::Blob::new(public_key.trim().as_bytes()))
-        .send()
-        .await;
-    match imported {
-        Ok(_) => Ok((name, true)),
-        Err(e) => match check::error("ImportKeyPair", e) {
-            ProviderError::Permanent { message, .. } if message.contains("Duplicate") => Ok((name, false)),
-            ProviderError::Permanent { message, .. } => {
-                Err(permanent(format!("spec.cloud.ssh_public_keys: {message}")))
-            }
-            other => Err(other),
-        },
-    }
-}
-
 impl AwsProvider {
     /// RunInstances for a new environment (the caller found none).
     pub(super) async fn launch(
@@ -169,7 +174,7 @@ impl AwsProvider {
             None => subnet(client, cloud.zone.as_deref()).await?,
         };
         let key = match cloud.ssh_public_keys.first() {
-            Some(k) => Some(key_pair(client, k).await?),
+            Some(k) => Some(keys::ensure(client, k).await?),
             None => None,
         };
         let deadline = placement.expires_at.map(|ms| ms.div_euclid(1000));
@@ -178,7 +183,7 @@ impl AwsProvider {
             OnExpiry::Delete => ShutdownBehavior::Terminate,
             OnExpiry::Stop => ShutdownBehavior::Stop,
         };
-        let tags = tags(&self.controller_id, environment_id, placement);
+        let tags = tags(&self.controller_id, environment_id, placement, self.seed_since(lapse_core::now_millis()));
         let spec_of =
             |kind: ResourceType| TagSpecification::builder().resource_type(kind).set_tags(Some(tags.clone())).build();
         // The root volume is the AMI's unless the spec sizes or types it.
@@ -224,11 +229,18 @@ impl AwsProvider {
             }),
             Err(e) => {
                 let err = check::error("RunInstances", e);
-                // A key pair imported for this create alone is removed again.
-                if let (Some((name, true)), false) = (&key, err.is_retryable())
-                    && let Err(e) = client.delete_key_pair().key_name(name).send().await
-                {
-                    tracing::warn!(key = %name, error = %check::error("DeleteKeyPair", e), "could not remove the key pair of a failed create");
+                let Some((name, imported)) = &key else { return Err(err) };
+                if err.to_string().contains("InvalidKeyPair.NotFound") {
+                    // Removed after this create imported or found it (another create failed
+                    // meanwhile, see `keys`): the next attempt imports it again.
+                    return Err(ProviderError::Failed {
+                        provider: NAME,
+                        op: "RunInstances",
+                        message: format!("key pair {name} was removed meanwhile; retrying"),
+                    });
+                }
+                if !err.is_retryable() {
+                    keys::release(client, name, *imported).await;
                 }
                 Err(err)
             }
@@ -247,9 +259,40 @@ mod tests {
         assert_eq!(t, client_token("ctl", "env", 0));
         assert_ne!(t, client_token("ctl", "env", 1));
         assert_ne!(t, client_token("ctl2", "env", 0));
-        assert_eq!(key_pair_name("ssh-ed25519 AAAA a@b"), key_pair_name("ssh-ed25519 AAAA other"));
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_764_547_200_000), "2025-12-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn go_durations_as_instance_manager_parses_them() {
+        for (secs, text) in [(0, "0s"), (45, "45s"), (90, "1m30s"), (3600, "1h0m0s"), (9000, "2h30m0s"), (-5, "0s")] {
+            assert_eq!(go_duration(secs), text);
+        }
+    }
+
+    fn tag_map(tags: &[Tag]) -> std::collections::BTreeMap<String, String> {
+        tags.iter().map(|t| (t.key().unwrap_or("").to_owned(), t.value().unwrap_or("").to_owned())).collect()
+    }
+
+    #[test]
+    fn tags_carry_labels_and_the_seeds_when_asked() {
+        let labels = [("team".to_owned(), "infra".to_owned()), ("Name".to_owned(), "mine".to_owned())];
+        let placement = Placement {
+            tenant: "acme".into(),
+            expires_at: Some(7_200_000),
+            labels: labels.into_iter().collect(),
+            ..Default::default()
+        };
+        let plain = tag_map(&tags("ctl", "env", &placement, None));
+        assert_eq!(plain["team"], "infra");
+        assert_eq!(plain["Name"], "mine", "the user's Name label names the instance");
+        assert_eq!(plain["lapse:expires-at"], "1970-01-01T02:00:00Z");
+        assert!(!plain.contains_key("ManagedBy"));
+        let seed = tag_map(&tags("ctl", "env", &Placement { labels: Default::default(), ..placement }, Some(0)));
+        assert_eq!(seed["ManagedBy"], "instance-manager");
+        assert_eq!(seed["Name"], "instance-manager");
+        assert_eq!(seed["Duration"], "2h0m0s");
+        assert_eq!(seed.len(), 7);
     }
 }

@@ -34,23 +34,30 @@
 //! - **Adoption** ([`adopt`]): an instance made elsewhere (instance-manager's) is found by
 //!   id or by `ManagedBy=instance-manager`, tagged as an environment's, and held out of `list`
 //!   by `lapse:adopting` until its record exists.
+//! - Key pairs are shared by content hash and imported race-free ([`keys`]).
+//! - The time inside every EC2 call is counted per operation ([`Provider::call_times`]).
 //! - Every call has a timeout ([`CALL_TIMEOUT`]); throttling and unreachable endpoints are
 //!   retryable, EC2's refusals (capacity, quota, bad parameter) permanent with its message.
 
 mod adopt;
 mod backstop;
 mod check;
+mod keys;
 mod launch;
+mod timing;
 mod unavailable;
 
 pub use adopt::{SEED_DURATION_TAG, SEED_TAG, TAG_ADOPTING};
 pub use backstop::{GRACE_SECS, user_data as backstop_user_data};
-pub use check::{is_instance_type, is_openssh_key, is_zone, validate};
-pub use launch::{DEFAULT_AMI_NAME, DEFAULT_INSTANCE_TYPE, client_token, key_pair_name};
+pub use check::{MAX_TAGS, is_instance_type, is_openssh_key, is_zone, validate, validate_labels};
+pub use keys::key_pair_name;
+pub use launch::{DEFAULT_AMI_NAME, DEFAULT_INSTANCE_TYPE, SEED_MANAGED_BY, client_token, go_duration};
 pub use unavailable::UnavailableAws;
 /// The SDK crates, for callers (tests) that talk to EC2 beside the provider.
 pub use {aws_config as sdk_config, aws_sdk_ec2 as sdk};
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -62,6 +69,7 @@ use lapse_core::model::Spec;
 use lapse_core::validate::FieldError;
 
 use self::check::NAME;
+use crate::calls::{CallTime, CallTimes};
 use crate::{Foreign, ForeignQuery, Instance, Placement, Provider, ProviderError};
 
 pub const TAG_ENVIRONMENT: &str = "lapse:environment";
@@ -88,6 +96,10 @@ pub struct AwsProvider {
     client: Client,
     region: String,
     controller_id: String,
+    /// Whether instances also carry instance-manager's `Name`, `ManagedBy`, `Duration`.
+    seed_tags: bool,
+    /// Time inside each EC2 call, counted by the client's [`timing::Timing`] interceptor.
+    calls: Arc<CallTimes>,
 }
 
 impl std::fmt::Debug for AwsProvider {
@@ -146,7 +158,25 @@ impl AwsProvider {
             Ok(Err(e)) => return Err(unavailable(format!("{missing}: {}", describe_credentials_error(&e)))),
             Err(_) => return Err(unavailable(format!("{missing}: the credentials chain timed out"))),
         }
-        Ok(AwsProvider { client: Client::new(&config), region, controller_id: controller_id.to_owned() })
+        let calls = Arc::new(CallTimes::new());
+        let client = Client::from_conf(
+            aws_sdk_ec2::config::Builder::from(&config).interceptor(timing::Timing(calls.clone())).build(),
+        );
+        Ok(AwsProvider { client, region, controller_id: controller_id.to_owned(), seed_tags: false, calls })
+    }
+
+    /// Also tags instances (and volumes) as instance-manager does: `Name` and `ManagedBy`
+    /// `instance-manager`, `Duration` the lease as a Go duration (`lapse serve --aws-seed-tags`),
+    /// so the seed's `list` and anything filtering on `tag:ManagedBy` find them. Labels named
+    /// `ManagedBy` or `Duration` are then refused.
+    pub fn with_seed_tags(mut self, on: bool) -> Self {
+        self.seed_tags = on;
+        self
+    }
+
+    /// `since` for [`launch::tags`]: the seed's `Duration` counts from it, when seed tags are on.
+    fn seed_since(&self, since_ms: i64) -> Option<i64> {
+        self.seed_tags.then_some(since_ms)
     }
 
     /// The region this provider works in.
@@ -233,15 +263,31 @@ impl AwsProvider {
                 .await
                 .map_err(|e| check::error("ModifyInstanceAttribute", e))?;
         }
-        self.retag_expiry(id, placement).await?;
+        self.retag_expiry(id, placement, lapse_core::now_millis()).await?;
         self.client.start_instances().instance_ids(id).send().await.map_err(|e| check::error("StartInstances", e))?;
         Ok(())
     }
 
-    async fn retag_expiry(&self, id: &str, placement: &Placement) -> Result<(), ProviderError> {
-        let Some(at) = placement.expires_at else { return Ok(()) };
-        let tag = Tag::builder().key(TAG_EXPIRES).value(launch::rfc3339(at)).build();
-        self.client.create_tags().resources(id).tags(tag).send().await.map_err(|e| check::error("CreateTags", e))?;
+    /// Rewrites the tags that follow the lease (`lapse:expires-at`, the seed's `Duration`
+    /// counted from `since_ms`, the instance's launch) and the labels, on the instance.
+    async fn retag_expiry(&self, id: &str, placement: &Placement, since_ms: i64) -> Result<(), ProviderError> {
+        if placement.expires_at.is_none() && placement.labels.is_empty() {
+            return Ok(());
+        }
+        let tags: Vec<Tag> = launch::tags(&self.controller_id, "", placement, self.seed_since(since_ms))
+            .into_iter()
+            .filter(|t| {
+                let k = t.key().unwrap_or_default();
+                k == TAG_EXPIRES || k == "Duration" || placement.labels.contains_key(k)
+            })
+            .collect();
+        self.client
+            .create_tags()
+            .resources(id)
+            .set_tags(Some(tags))
+            .send()
+            .await
+            .map_err(|e| check::error("CreateTags", e))?;
         Ok(())
     }
 }
@@ -268,6 +314,14 @@ impl Provider for AwsProvider {
 
     fn validate(&self, spec: &Spec) -> Result<(), FieldError> {
         check::validate(spec)
+    }
+
+    fn validate_labels(&self, labels: &BTreeMap<String, String>) -> Result<(), FieldError> {
+        check::validate_labels(labels, self.seed_tags)
+    }
+
+    fn call_times(&self) -> Vec<CallTime> {
+        self.calls.snapshot()
     }
 
     async fn health(&self) -> Result<String, ProviderError> {
@@ -301,7 +355,10 @@ impl Provider for AwsProvider {
                             message: format!("instance {id} is on its way down; retrying later"),
                         });
                     }
-                    _ => self.retag_expiry(&id, placement).await?,
+                    _ => {
+                        let launched = i.launch_time().map_or_else(lapse_core::now_millis, |t| t.secs() * 1000);
+                        self.retag_expiry(&id, placement, launched).await?
+                    }
                 }
                 id
             }

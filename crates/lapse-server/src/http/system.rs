@@ -48,7 +48,8 @@ pub async fn metrics(State(app): State<App>) -> Result<impl IntoResponse, ApiErr
     let counts =
         app.cx.store.count_by_provider_and_state().await.map_err(|e| ApiError::from(crate::app::AppError::Store(e)))?;
     app.cx.metrics.set_environment_counts(&counts);
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.cx.metrics.encode()))
+    let providers: Vec<_> = app.cx.providers.iter().cloned().collect();
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.cx.metrics.encode_with(&providers)))
 }
 
 /// The providers of this server and whether each answers now.

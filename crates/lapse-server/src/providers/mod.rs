@@ -99,7 +99,7 @@ async fn declared(
             };
             docker(config, &setting, controller_id, name).await
         }
-        "aws" => Some(aws(t.region.clone(), t.endpoint_url.clone(), t.profile.clone(), controller_id, name).await),
+        "aws" => Some(aws(config, t.region.clone(), t.endpoint_url.clone(), t.profile.clone(), controller_id, name).await),
         "scaleway" => Some(scaleway(declared_scaleway(config, t, vars), controller_id, name)),
         "ovh" => {
             let base = &config.ovh;
@@ -206,6 +206,7 @@ async fn implicit_aws(config: &ServerConfig, controller_id: &str) -> Option<Arc<
 /// An aws provider (EC2). One that cannot connect (no credentials, no region) is listed
 /// unavailable with the reason.
 async fn aws(
+    config: &ServerConfig,
     region: Option<String>,
     endpoint_url: Option<String>,
     profile: Option<String>,
@@ -218,6 +219,7 @@ async fn aws(
         let options = AwsOptions { region, endpoint_url, profile };
         match AwsProvider::connect_with(&options, controller_id).await {
             Ok(p) => {
+                let p = p.with_seed_tags(config.aws_seed_tags);
                 match p.health().await {
                     Ok(detail) => tracing::info!(provider = name, %detail, "aws provider on"),
                     Err(e) => tracing::warn!(provider = name, error = %e, "aws provider on, but EC2 does not answer yet"),
@@ -232,7 +234,7 @@ async fn aws(
     }
     #[cfg(not(feature = "aws"))]
     {
-        let _ = (region, endpoint_url, profile, controller_id);
+        let _ = (config, region, endpoint_url, profile, controller_id);
         unavailable("aws", name, "the aws provider is not built in (feature `aws`)")
     }
 }

@@ -4,6 +4,7 @@
 mod admission;
 mod api;
 mod aws;
+mod aws_tags;
 mod cli;
 mod crash;
 mod declare;

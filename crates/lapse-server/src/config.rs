@@ -102,6 +102,9 @@ pub struct ServerConfig {
     pub max_ttl: Duration,
     /// How often the drift sweep compares providers with the store.
     pub sweep_interval: Duration,
+    /// A provider's own sweep interval, by provider name (`--sweep-interval-of NAME=DURATION`,
+    /// `[providers.NAME] sweep_interval`); others use `sweep_interval`.
+    pub sweep_intervals: BTreeMap<String, Duration>,
     /// How long a stop waits before forcing.
     pub stop_grace: Duration,
     pub retry: RetryPolicy,
@@ -188,6 +191,7 @@ impl ServerConfig {
             default_ttl: Duration::from_secs(3600),
             max_ttl: Duration::from_secs(30 * 24 * 3600),
             sweep_interval: Duration::from_secs(30),
+            sweep_intervals: BTreeMap::new(),
             stop_grace: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             concurrency: BTreeMap::from([
@@ -221,6 +225,16 @@ impl ServerConfig {
             prices: Default::default(),
             tiers: BTreeMap::new(),
         }
+    }
+
+    /// How often provider `name` is swept (never zero: at least a millisecond).
+    pub fn sweep_interval_of(&self, name: &str) -> Duration {
+        self.sweep_intervals.get(name).copied().unwrap_or(self.sweep_interval).max(Duration::from_millis(1))
+    }
+
+    /// The longest sweep interval of any provider (what `/readyz` allows the sweep).
+    pub fn longest_sweep_interval(&self) -> Duration {
+        self.sweep_intervals.values().copied().fold(self.sweep_interval, Duration::max)
     }
 
     pub fn concurrency_of(&self, provider: &str) -> usize {

@@ -29,8 +29,8 @@
 //! - `stop` is StopInstances (the disk stays), `delete` TerminateInstances; both succeed when
 //!   the instance is gone. EC2 states map as pending → Pending, running → Running,
 //!   stopping → Stopping, stopped → Stopped, shutting-down → ShuttingDown, terminated → gone.
-//! - **`lapse:keep`**: an instance tagged `lapse:keep` is left out of [`Provider::list`], so
-//!   the sweep never removes it (`inspect` still reports it).
+//! - **`lapse:keep`**: an instance tagged `lapse:keep` is listed with [`Instance::keep`] set;
+//!   the sweep's rule (never touch a kept resource) does the rest.
 //! - Every call has a timeout ([`CALL_TIMEOUT`]); throttling and unreachable endpoints are
 //!   retryable, EC2's refusals (capacity, quota, bad parameter) permanent with its message.
 
@@ -182,6 +182,7 @@ impl AwsProvider {
                 .and_then(|r| r.message())
                 .filter(|_| state(i) == Some(&InstanceStateName::Stopped))
                 .map(str::to_owned),
+            keep: check::tag(i, TAG_KEEP).is_some(),
         })
     }
 
@@ -229,6 +230,10 @@ fn describe_credentials_error(e: &dyn std::error::Error) -> String {
 impl Provider for AwsProvider {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn default_instance_type(&self) -> Option<&'static str> {
+        Some(DEFAULT_INSTANCE_TYPE)
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), FieldError> {
@@ -332,6 +337,6 @@ impl Provider for AwsProvider {
             .set_values(Some(["pending", "running", "stopping", "stopped", "shutting-down"].map(String::from).to_vec()))
             .build();
         let all = self.describe(vec![live]).await?;
-        Ok(all.iter().filter(|i| check::tag(i, TAG_KEEP).is_none()).filter_map(|i| Self::to_instance(i, &[])).collect())
+        Ok(all.iter().filter_map(|i| Self::to_instance(i, &[])).collect())
     }
 }

@@ -310,7 +310,8 @@ mod tests {
             default: Some(0.01),
             instance_types: BTreeMap::from([("t2.nano".to_owned(), 0.0058), ("t2.micro".to_owned(), 0.0116)]),
         };
-        let prices = Prices { vcpu_hour: 1.0, clouds: BTreeMap::from([("aws".to_owned(), table)]), ..Default::default() };
+        let prices =
+            Prices { vcpu_hour: 1.0, clouds: BTreeMap::from([("aws".to_owned(), table)]), ..Default::default() };
         let of = |t: Option<&str>| Spec {
             provider: "aws".into(),
             cloud: Some(CloudSpec { instance_type: t.map(str::to_owned), ..Default::default() }),

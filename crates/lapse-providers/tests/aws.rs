@@ -265,7 +265,8 @@ async fn list_filters_by_controller_and_marks_kept_instances() {
     other.ensure_running(&c, &Placement::default(), &plain).await.unwrap();
     let keep = Tag::builder().key(TAG_KEEP).value("true").build();
     p.client().create_tags().resources(&ib.provider_ref).tags(keep).send().await.unwrap();
-    let mut listed: Vec<(String, bool)> = p.list().await.unwrap().into_iter().map(|i| (i.provider_ref, i.keep)).collect();
+    let mut listed: Vec<(String, bool)> =
+        p.list().await.unwrap().into_iter().map(|i| (i.provider_ref, i.keep)).collect();
     listed.sort();
     let mut expected = vec![(ia.provider_ref, false), (ib.provider_ref, true)];
     expected.sort();

@@ -173,7 +173,8 @@ async fn throttling_waits_as_long_as_retry_after_says_then_succeeds() {
     fake.throttle("POST", "/servers", 2, 1);
     assert_eq!(p.ensure_running("env1", &placement(), &spec()).await.unwrap().status, InstanceStatus::Running);
     assert_eq!(fake.servers().len(), 1, "one server, made by the third attempt");
-    let creates: Vec<_> = fake.log().into_iter().filter(|r| r.method == "POST" && r.path.ends_with("/servers")).collect();
+    let creates: Vec<_> =
+        fake.log().into_iter().filter(|r| r.method == "POST" && r.path.ends_with("/servers")).collect();
     assert_eq!(creates.iter().map(|r| r.status).collect::<Vec<_>>(), [429, 429, 201]);
     for pair in creates.windows(2) {
         let waited = pair[1].at - pair[0].at;
@@ -187,7 +188,8 @@ async fn a_server_tagged_lapse_keep_is_listed_as_kept() {
     let (fake, p) = setup().await;
     fake.add_server("fr-par-1", &[&environment_tag("k"), &controller_tag(CONTROLLER), "lapse:keep"], "running");
     fake.add_server("fr-par-1", &[&environment_tag("o"), &controller_tag(CONTROLLER)], "running");
-    let mut listed: Vec<(String, bool)> = p.list().await.unwrap().into_iter().map(|i| (i.environment_id, i.keep)).collect();
+    let mut listed: Vec<(String, bool)> =
+        p.list().await.unwrap().into_iter().map(|i| (i.environment_id, i.keep)).collect();
     listed.sort();
     assert_eq!(listed, [("k".to_owned(), true), ("o".to_owned(), false)]);
 }

@@ -241,7 +241,13 @@ impl Api {
                 .ok()
                 .and_then(|b| b.message)
                 .unwrap_or_else(|| String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned());
-            return Err(ApiError::Status { method, path: path.to_owned(), status: status.as_u16(), message, retry_after });
+            return Err(ApiError::Status {
+                method,
+                path: path.to_owned(),
+                status: status.as_u16(),
+                message,
+                retry_after,
+            });
         }
         if bytes.is_empty() {
             return Ok(None);

@@ -247,7 +247,8 @@ fn route(
     if !known_zones.contains(&zone.as_str()) {
         return reject(invalid("zone", "unknown zone"));
     }
-    let fault = w.faults.iter_mut().find(|f| f.times > 0 && f.method == method.as_str() && path.contains(&f.path_contains));
+    let fault =
+        w.faults.iter_mut().find(|f| f.times > 0 && f.method == method.as_str() && path.contains(&f.path_contains));
     if let Some(f) = fault {
         f.times -= 1;
         let (status, message, retry_after) = (f.status, f.message.clone(), f.retry_after);

@@ -6,8 +6,8 @@
 //! still as it was planned on ([`Basis`]) — otherwise the action is dropped (`done: false`).
 //! [`Action::Keep`] and [`Action::Transitional`] do nothing.
 
-use lapse_core::state::backoff_millis;
 use lapse_core::model::ObservedState;
+use lapse_core::state::backoff_millis;
 use lapse_providers::Provider;
 use lapse_store::NewEvent;
 

@@ -213,7 +213,13 @@ pub async fn check_one(
 /// The corrected record, by lifecycle: services and daemons restart after `backoff` ms; a
 /// job records its exit and is retried after a failure while it has retries; a lease is
 /// recorded stopped.
-pub(crate) fn correct(e: &mut Environment, drift: Drift, why: Option<&str>, now: Millis, backoff: Millis) -> Vec<NewEvent> {
+pub(crate) fn correct(
+    e: &mut Environment,
+    drift: Drift,
+    why: Option<&str>,
+    now: Millis,
+    backoff: Millis,
+) -> Vec<NewEvent> {
     let code = match drift {
         Drift::Vanished { .. } if e.desired == DesiredState::Running => {
             e.reason = Some("the resource vanished outside Lapse; provisioning it again".into());

@@ -58,8 +58,8 @@ async fn a_cloud_environment_accrues_at_its_instance_types_price() {
     let usage = h.app.usage(None, from, h.cx().clock.now()).await.expect("usage");
     let of = |id: &str| usage.environments.iter().find(|e| e.id == id).cloned().expect("in the usage");
     assert_eq!(of(&big).hourly, 2.0, "its type's price");
-    assert!((of(&big).cost - 2.0).abs() < 1e-6, "{:?}", of(&big));
+    assert!((of(&big).cost - 2.0).abs() < 1e-3, "{:?}", of(&big));
     assert_eq!(of(&other).hourly, 0.5, "a type the table lacks costs the table's default");
     let tenant = usage.tenants.iter().find(|t| t.tenant.is_empty()).expect("the operator's usage");
-    assert!((tenant.cost - 2.5).abs() < 1e-6, "{tenant:?}");
+    assert!((tenant.cost - 2.5).abs() < 1e-3, "{tenant:?}");
 }

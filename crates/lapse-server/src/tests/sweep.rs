@@ -202,7 +202,8 @@ async fn a_dry_run_plans_what_the_sweep_then_does_and_changes_nothing() {
     assert_eq!(applied, plan, "one code path: the dry run's plan is the real sweep's");
     let outcomes = outcomes.expect("a real sweep has outcomes");
     for (p, o) in applied.actions.iter().zip(&outcomes) {
-        let expect = if matches!(p.action.word(), "keep" | "transitional") { Outcome::LeftAlone } else { Outcome::Done };
+        let expect =
+            if matches!(p.action.word(), "keep" | "transitional") { Outcome::LeftAlone } else { Outcome::Done };
         assert_eq!(*o, expect, "{p:?}");
     }
     assert!(!held.holds(&orphan), "the orphan is removed");

@@ -44,7 +44,12 @@ async fn labelled_container(server: &Server, id: &str, extra: &[(&str, &str)]) -
 
 fn action_of<'a>(view: &'a Value, id: &str) -> &'a Value {
     let docker = view["providers"].as_array().unwrap().iter().find(|p| p["provider"] == "docker").unwrap();
-    docker["actions"].as_array().unwrap().iter().find(|a| a["environment_id"] == id).unwrap_or_else(|| panic!("{id} in {view}"))
+    docker["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["environment_id"] == id)
+        .unwrap_or_else(|| panic!("{id} in {view}"))
 }
 
 #[tokio::test]

@@ -665,3 +665,54 @@ pub struct LoopHealth {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_tick_ms_ago: Option<u64>,
 }
+
+/// `POST /v1/admin/sweep`: run one drift sweep now, or only plan it (`dry_run`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SweepRequest {
+    /// Compute every correction and change nothing (no store write, no provider call but
+    /// `list` and `inspect`).
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Only this provider (by name); every provider when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+}
+
+/// What one sweep planned (and, unless a dry run, did), per provider.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SweepView {
+    pub dry_run: bool,
+    pub providers: Vec<ProviderSweep>,
+}
+
+/// One provider's part of a sweep.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ProviderSweep {
+    pub provider: String,
+    /// Why this provider could not be swept (its `list` failed); its actions are then empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub actions: Vec<SweepAction>,
+}
+
+/// One correction of a sweep, or one resource it leaves alone on purpose.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SweepAction {
+    pub environment_id: String,
+    /// The provider's id of the resource, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_ref: Option<String>,
+    /// `remove_orphan`, `adopt_orphan`, `provision_again` (vanished, desired running),
+    /// `mark_failed` (vanished while stopped), `record_exit`, `keep` (marked `lapse:keep`,
+    /// left alone) or `transitional` (between two states, left alone).
+    pub action: String,
+    /// Why, in words.
+    pub detail: String,
+    /// In a real sweep: whether it was done (`false`: the row moved on meanwhile, or the
+    /// provider call failed, see `error`). Absent in a dry run and for what is left alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

@@ -116,6 +116,10 @@ impl Provider for Configured {
         self.inner.call_times()
     }
 
+    fn default_instance_type(&self) -> Option<&'static str> {
+        self.inner.default_instance_type()
+    }
+
     async fn health(&self) -> Result<String, ProviderError> {
         self.within("health", self.timeouts.health, self.inner.health()).await
     }

@@ -87,6 +87,15 @@ pub struct Instance {
     pub user_data_path: Option<String>,
     /// Why its command ended, beyond the exit code, when the provider knows (the OOM killer).
     pub exit_reason: Option<String>,
+    /// Marked `lapse:keep` by its owner (an EC2 or Scaleway tag, a Docker label `lapse:keep`
+    /// or `lapse.keep`): the drift sweep never touches it ([`is_keep_mark`]).
+    pub keep: bool,
+}
+
+/// The mark that keeps a resource (or an environment's record, as the label `lapse.keep`)
+/// out of the drift sweep's corrections: `lapse:keep` or `lapse.keep`.
+pub fn is_keep_mark(key: &str) -> bool {
+    matches!(key, "lapse:keep" | "lapse.keep")
 }
 
 /// Whom an environment belongs to: what a provider needs beyond the spec to place it (the
@@ -194,6 +203,12 @@ pub trait Provider: Send + Sync {
     /// `spec.rootfs`). None of today's does; a VM provider will. See [`check_boot`].
     fn boots_kernel(&self) -> bool {
         false
+    }
+
+    /// The instance type a cloud environment gets when its spec names none (aws: the seed's
+    /// `t2.nano`); prices per instance type use it. `None` for providers without types.
+    fn default_instance_type(&self) -> Option<&'static str> {
+        None
     }
 
     /// Whether the backend answers; `Ok` carries what it is (version, socket).

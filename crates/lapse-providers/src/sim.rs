@@ -142,6 +142,7 @@ impl SimProvider {
             user_data_path: None,
             addresses: vec![],
             exit_reason: None,
+            keep: false,
             endpoints: if i.running {
                 i.ports
                     .iter()

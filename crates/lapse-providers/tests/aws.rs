@@ -254,7 +254,7 @@ async fn stop_then_start_rearms_the_backstop_then_delete_terminates() {
 }
 
 #[tokio::test]
-async fn list_filters_by_controller_and_leaves_kept_instances_out() {
+async fn list_filters_by_controller_and_marks_kept_instances() {
     let moto = Moto::start().await;
     let p = moto.provider("ctl-e").await;
     let other = moto.provider("ctl-other").await;
@@ -265,9 +265,13 @@ async fn list_filters_by_controller_and_leaves_kept_instances_out() {
     other.ensure_running(&c, &Placement::default(), &plain).await.unwrap();
     let keep = Tag::builder().key(TAG_KEEP).value("true").build();
     p.client().create_tags().resources(&ib.provider_ref).tags(keep).send().await.unwrap();
-    let listed: Vec<String> = p.list().await.unwrap().into_iter().map(|i| i.provider_ref).collect();
-    assert_eq!(listed, vec![ia.provider_ref]);
-    assert!(p.inspect(&b).await.unwrap().is_some(), "a kept instance is still inspected");
+    let mut listed: Vec<(String, bool)> =
+        p.list().await.unwrap().into_iter().map(|i| (i.provider_ref, i.keep)).collect();
+    listed.sort();
+    let mut expected = vec![(ia.provider_ref, false), (ib.provider_ref, true)];
+    expected.sort();
+    assert_eq!(listed, expected, "the other controller's instance is not listed; the kept one is marked");
+    assert!(p.inspect(&b).await.unwrap().is_some_and(|i| i.keep), "a kept instance is inspected, marked");
 }
 
 #[tokio::test]

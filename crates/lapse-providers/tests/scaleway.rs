@@ -167,6 +167,44 @@ async fn throttling_is_retried() {
 }
 
 #[tokio::test]
+async fn throttling_waits_as_long_as_retry_after_says_then_succeeds() {
+    let (fake, p) = setup().await;
+    // The growing pause is 5 ms here; the API asks for a second, twice.
+    fake.throttle("POST", "/servers", 2, 1);
+    assert_eq!(p.ensure_running("env1", &placement(), &spec()).await.unwrap().status, InstanceStatus::Running);
+    assert_eq!(fake.servers().len(), 1, "one server, made by the third attempt");
+    let creates: Vec<_> =
+        fake.log().into_iter().filter(|r| r.method == "POST" && r.path.ends_with("/servers")).collect();
+    assert_eq!(creates.iter().map(|r| r.status).collect::<Vec<_>>(), [429, 429, 201]);
+    for pair in creates.windows(2) {
+        let waited = pair[1].at - pair[0].at;
+        assert!(waited >= Duration::from_millis(950), "waited {waited:?} after a Retry-After of 1 s");
+    }
+    assert_schema_valid(&fake);
+}
+
+#[tokio::test]
+async fn a_server_tagged_lapse_keep_is_listed_as_kept() {
+    let (fake, p) = setup().await;
+    fake.add_server("fr-par-1", &[&environment_tag("k"), &controller_tag(CONTROLLER), "lapse:keep"], "running");
+    fake.add_server("fr-par-1", &[&environment_tag("o"), &controller_tag(CONTROLLER)], "running");
+    let mut listed: Vec<(String, bool)> =
+        p.list().await.unwrap().into_iter().map(|i| (i.environment_id, i.keep)).collect();
+    listed.sort();
+    assert_eq!(listed, [("k".to_owned(), true), ("o".to_owned(), false)]);
+}
+
+#[test]
+fn retry_after_is_read_in_seconds_and_bounded_by_the_pause_cap() {
+    use lapse_providers::scaleway::{MAX_PAUSE, retry_after};
+    assert_eq!(retry_after("3"), Some(Duration::from_secs(3)));
+    assert_eq!(retry_after(" 0 "), Some(Duration::ZERO));
+    assert_eq!(retry_after("soon"), None);
+    assert_eq!(retry_after("-1"), None);
+    assert!(MAX_PAUSE <= Duration::from_secs(60));
+}
+
+#[tokio::test]
 async fn a_refusal_is_permanent_with_the_apis_message_and_leaves_nothing() {
     let (fake, p) = setup().await;
     fake.inject("POST", "/servers", 403, "quota exceeded: DEV1-S", 1);

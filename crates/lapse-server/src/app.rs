@@ -186,7 +186,8 @@ impl App {
                     continue;
                 }
                 let env = &row.env;
-                let cost = prices.cost(&env.spec, &env.labels, &accrued);
+                let default_type = self.cx.providers.get(&env.spec.provider).and_then(|p| p.default_instance_type());
+                let cost = prices.cost(&env.spec, &env.labels, default_type, &accrued);
                 let t = tenants.entry(payer.to_owned()).or_insert_with(|| TenantUsage {
                     tenant: payer.to_owned(),
                     environments: 0,
@@ -199,7 +200,7 @@ impl App {
                 t.stopped_hours += accrued.stopped_hours();
                 t.cost += cost;
                 environments.push(EnvironmentUsage {
-                    hourly: prices.hourly(&env.spec, &env.labels),
+                    hourly: prices.hourly(&env.spec, &env.labels, default_type),
                     id: env.id.clone(),
                     tenant: payer.to_owned(),
                     owner: env.owner.clone(),
@@ -833,7 +834,7 @@ impl App {
                 available,
                 detail,
                 capabilities: p.capabilities(),
-                sweep_interval_secs: self.cx.config.sweep_interval.as_secs(),
+                sweep_interval_secs: self.cx.config.sweep_interval_of(p.name()).as_secs(),
                 concurrency: self.cx.config.concurrency_of(p.name()),
             }
         });

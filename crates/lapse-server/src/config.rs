@@ -104,7 +104,8 @@ pub struct ServerConfig {
     pub sweep_interval: Duration,
     /// The config file's `[providers]` tables as read at start (a later change is logged).
     pub provider_tables: BTreeMap<String, crate::providers::ProviderTable>,
-    /// Providers (by name) swept at their own interval (`[providers.NAME] sweep_interval`).
+    /// A provider's own sweep interval, by provider name (`--sweep-interval-of NAME=DURATION`,
+    /// `[providers.NAME] sweep_interval`); others use `sweep_interval`.
     pub sweep_intervals: BTreeMap<String, Duration>,
     /// How long a stop waits before forcing.
     pub stop_grace: Duration,
@@ -232,9 +233,14 @@ impl ServerConfig {
         }
     }
 
-    /// How often the drift sweep lists `provider`.
-    pub fn sweep_interval_of(&self, provider: &str) -> Duration {
-        self.sweep_intervals.get(provider).copied().unwrap_or(self.sweep_interval)
+    /// How often provider `name` is swept (never zero: at least a millisecond).
+    pub fn sweep_interval_of(&self, name: &str) -> Duration {
+        self.sweep_intervals.get(name).copied().unwrap_or(self.sweep_interval).max(Duration::from_millis(1))
+    }
+
+    /// The longest sweep interval of any provider (what `/readyz` allows the sweep).
+    pub fn longest_sweep_interval(&self) -> Duration {
+        self.sweep_intervals.values().copied().fold(self.sweep_interval, Duration::max)
     }
 
     pub fn concurrency_of(&self, provider: &str) -> usize {

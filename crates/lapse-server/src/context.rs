@@ -33,6 +33,8 @@ pub struct Context {
     pub config_status: std::sync::Mutex<Option<lapse_core::wire::ConfigStatus>>,
     /// Stops and deletes recorded while the store could not write (see [`crate::deferred`]).
     pub deferred: crate::deferred::Deferred,
+    /// Keeps two sweeps of one provider from running at once.
+    pub sweeps: crate::sweep::SweepLocks,
 }
 
 impl Context {
@@ -61,6 +63,7 @@ impl Context {
             swim_v2: None,
             auth,
             deferred,
+            sweeps: Default::default(),
         }
     }
 

@@ -7,7 +7,7 @@
 //!
 //! | loop | ticks | not ready when |
 //! |---|---|---|
-//! | `sweep` | every `sweep_interval` | no tick for 3 intervals + 30 s |
+//! | `sweep` | every `sweep_interval` (per provider) | no tick for 3 of the longest intervals + 30 s |
 //! | `pools` | at least every second | no tick for 30 s |
 //! | `swim:<queue>` | at least every second (`BLMOVE` waits 1 s) | no tick for 60 s (Redis down, a stuck batch) |
 //! | `swim_v2:<queue>`, `swim_v2:expiry` | every second; every 5 s | no tick for 60 s |
@@ -60,7 +60,7 @@ pub enum Expect {
 
 /// The loops this server runs, and how each is judged.
 pub fn expected(app: &App) -> Vec<(String, Expect)> {
-    let sweep = app.cx.config.sweep_interval;
+    let sweep = app.cx.config.longest_sweep_interval();
     let mut loops = vec![
         ("reconciler".to_owned(), Expect::WhileBusy(Duration::from_secs(120))),
         ("timers".to_owned(), Expect::Started),

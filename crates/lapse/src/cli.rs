@@ -159,6 +159,18 @@ enum Command {
         #[arg(long, default_value = "process")]
         vms_provider: String,
     },
+    /// Run one drift sweep now and say what it corrected, per provider (admin key). With
+    /// --dry-run, only say what it would correct: orphans to remove or adopt, vanished and
+    /// exited environments, resources kept by `lapse:keep` or left alone while transitional;
+    /// nothing is changed.
+    Sweep {
+        /// Plan the sweep and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only this provider.
+        #[arg(long)]
+        provider: Option<String>,
+    },
     /// Warm pools: list them, or show one.
     Pools {
         /// A pool's name; all pools when absent.
@@ -582,6 +594,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         },
+        Command::Sweep { dry_run, provider } => {
+            let req = lapse_core::wire::SweepRequest { dry_run, provider };
+            let view: lapse_core::wire::SweepView = client.post("/v1/admin/sweep", &req).await?;
+            if json {
+                print_json(&view);
+            } else {
+                print_sweep(&view);
+            }
+        }
         Command::Providers => {
             let list: ProviderList = client.get("/v1/providers").await?;
             if json {
@@ -839,4 +860,40 @@ fn capabilities(c: &lapse_core::wire::Capabilities) -> String {
     .filter_map(|(has, word)| has.then_some(word))
     .collect();
     if words.is_empty() { "-".into() } else { words.join(",") }
+}
+
+/// A sweep's plan (and outcome) per provider, as tables.
+fn print_sweep(view: &lapse_core::wire::SweepView) {
+    let verb = if view.dry_run { "would" } else { "did" };
+    for p in &view.providers {
+        if let Some(e) = &p.error {
+            println!("{}: not swept: {e}", p.provider);
+            continue;
+        }
+        let changes = p.actions.iter().filter(|a| !matches!(a.action.as_str(), "keep" | "transitional")).count();
+        println!("{}: {verb} make {changes} correction(s)", p.provider);
+        if p.actions.is_empty() {
+            continue;
+        }
+        let rows: Vec<Vec<String>> = p
+            .actions
+            .iter()
+            .map(|a| {
+                let done = match (a.done, &a.error) {
+                    (Some(true), _) => "done".to_owned(),
+                    (Some(false), Some(e)) => format!("not done: {e}"),
+                    (Some(false), None) => "not done".to_owned(),
+                    (None, _) => "-".to_owned(),
+                };
+                vec![
+                    a.action.clone(),
+                    a.environment_id.clone(),
+                    a.provider_ref.clone().unwrap_or_default(),
+                    a.detail.clone(),
+                    done,
+                ]
+            })
+            .collect();
+        output::table(&["ACTION", "ENVIRONMENT", "RESOURCE", "DETAIL", "RESULT"], &rows);
+    }
 }

@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// How often the drift sweep compares providers with the store.
     #[arg(long, env = "LAPSE_SWEEP_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub sweep_interval: Duration,
+    /// One provider's own sweep interval, `NAME=DURATION` (repeatable): a slow cloud swept
+    /// less often than the local providers.
+    #[arg(long = "sweep-interval-of", value_name = "NAME=DURATION", value_parser = parse_sweep_interval_of)]
+    pub sweep_interval_of: Vec<(String, Duration)>,
     /// How long a stop waits for an environment to exit before killing it.
     #[arg(long, env = "LAPSE_STOP_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub stop_grace: Duration,
@@ -265,6 +269,22 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     lapse_core::duration::parse_duration(s).map_err(|e| e.to_string())
 }
 
+/// `NAME=DURATION`, a provider's name and a positive duration.
+fn parse_sweep_interval_of(s: &str) -> Result<(String, Duration), String> {
+    let (name, every) = s.split_once('=').ok_or_else(|| format!("{s:?} is not NAME=DURATION"))?;
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !name_ok {
+        return Err(format!("{name:?} is not a provider name"));
+    }
+    let every = parse_duration(every)?;
+    if every.is_zero() {
+        return Err("a sweep interval must be longer than zero".into());
+    }
+    Ok((name.to_owned(), every))
+}
+
 fn parse_pair(s: &str) -> Result<(String, usize), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not NAME=N"))?;
     let n = v.parse::<usize>().map_err(|_| format!("{v:?} is not a number"))?;
@@ -282,6 +302,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.default_ttl = args.default_ttl;
     config.max_ttl = args.max_ttl;
     config.sweep_interval = args.sweep_interval;
+    config.sweep_intervals.extend(args.sweep_interval_of);
     config.stop_grace = args.stop_grace;
     config.retry.max_attempts = args.max_attempts.max(1);
     config.retry.base = args.retry_base;

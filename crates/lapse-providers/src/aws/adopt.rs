@@ -149,6 +149,7 @@ impl AwsProvider {
             exit_code: None,
             user_data_path: None,
             exit_reason: None,
+            keep: check::tag(i, super::TAG_KEEP).is_some(),
         })
     }
 

@@ -290,6 +290,11 @@ mod tests {
     fn errors_classified() {
         assert!(classify("run", "RequestLimitExceeded", "slow down").is_retryable());
         assert!(!classify("run", "InsufficientInstanceCapacity", "none left").is_retryable());
+        // Throttling backs off; capacity and quota refusals end the provision with EC2's text.
+        assert!(classify("describe", "Throttling", "Rate exceeded").is_retryable());
+        let vcpu = classify("run", "VcpuLimitExceeded", "You have requested more vCPU capacity");
+        assert!(matches!(vcpu, ProviderError::Permanent { .. }), "{vcpu:?}");
+        assert!(vcpu.recorded().contains("You have requested more vCPU capacity"), "{vcpu}");
         assert!(!classify("run", "InvalidParameterValue", "bad").is_retryable());
         assert!(matches!(classify("run", "AuthFailure", "x"), ProviderError::Unavailable { .. }));
         assert!(classify("run", "InstanceLimitExceeded", "quota").to_string().contains("quota"));

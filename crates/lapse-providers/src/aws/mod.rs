@@ -29,8 +29,8 @@
 //! - `stop` is StopInstances (the disk stays), `delete` TerminateInstances; both succeed when
 //!   the instance is gone. EC2 states map as pending → Pending, running → Running,
 //!   stopping → Stopping, stopped → Stopped, shutting-down → ShuttingDown, terminated → gone.
-//! - **`lapse:keep`**: an instance tagged `lapse:keep` is left out of [`Provider::list`], so
-//!   the sweep never removes it (`inspect` still reports it).
+//! - **`lapse:keep`**: an instance tagged `lapse:keep` is listed with [`Instance::keep`] set;
+//!   the sweep's rule (never touch a kept resource) does the rest.
 //! - **Adoption** ([`adopt`]): an instance made elsewhere (instance-manager's) is found by
 //!   id or by `ManagedBy=instance-manager`, tagged as an environment's, and held out of `list`
 //!   by `lapse:adopting` until its record exists.
@@ -243,6 +243,7 @@ impl AwsProvider {
                 .and_then(|r| r.message())
                 .filter(|_| state(i) == Some(&InstanceStateName::Stopped))
                 .map(str::to_owned),
+            keep: check::tag(i, TAG_KEEP).is_some(),
         })
     }
 
@@ -310,6 +311,10 @@ impl Provider for AwsProvider {
 
     fn capabilities(&self) -> crate::Capabilities {
         crate::Capabilities { stop_keeps_disk: true, cloud: true, lease_backstop: true, ..crate::Capabilities::default() }
+    }
+
+    fn default_instance_type(&self) -> Option<&'static str> {
+        Some(DEFAULT_INSTANCE_TYPE)
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), FieldError> {
@@ -426,7 +431,7 @@ impl Provider for AwsProvider {
         let all = self.describe(vec![live]).await?;
         Ok(all
             .iter()
-            .filter(|i| check::tag(i, TAG_KEEP).is_none() && !adopt::is_adopting(i))
+            .filter(|i| !adopt::is_adopting(i))
             .filter_map(|i| Self::to_instance(i, &[]))
             .collect())
     }

@@ -189,6 +189,7 @@ impl DockerProvider {
                 .as_ref()
                 .filter(|s| !running && s.oom_killed == Some(true))
                 .map(|_| "killed by the OOM killer".to_owned()),
+            keep: labels.keys().any(|k| crate::is_keep_mark(k)),
         })
     }
 
@@ -455,6 +456,7 @@ impl Provider for DockerProvider {
                 let running =
                     c.state.map(|s| matches!(s.to_string().as_str(), "running" | "restarting")).unwrap_or(false);
                 Some(Instance {
+                    keep: labels.keys().any(|k| crate::is_keep_mark(k)),
                     environment_id: labels.get(LABEL_ENVIRONMENT)?.clone(),
                     provider_ref: c.id.unwrap_or_default(),
                     status: if running { InstanceStatus::Running } else { InstanceStatus::Stopped },

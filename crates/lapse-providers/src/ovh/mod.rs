@@ -259,6 +259,8 @@ impl OvhProvider {
             addresses: i.ip_addresses.iter().filter_map(|a| a.ip.parse().ok()).collect(),
             exit_code: None,
             user_data_path: None,
+            // OVH instances carry no tags: nothing marks one `lapse:keep`.
+            keep: false,
             exit_reason: (status == InstanceStatus::Stopped && i.status != "SHUTOFF")
                 .then(|| format!("OVH instance status {}", i.status)),
         }

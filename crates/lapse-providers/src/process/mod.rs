@@ -478,6 +478,7 @@ fn stopped(id: &str, exit: Option<ExitRecord>) -> Instance {
         user_data_path: None,
         addresses: vec![],
         exit_reason: exit.reason,
+        keep: false,
     }
 }
 
@@ -491,6 +492,7 @@ fn running(id: &str, pid: i32, spec_ports: &[u16]) -> Instance {
         user_data_path: None,
         addresses: vec![],
         exit_reason: None,
+        keep: false,
     }
 }
 

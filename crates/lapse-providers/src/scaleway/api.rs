@@ -5,6 +5,9 @@
 //! `X-Auth-Token: <secret key>`; JSON bodies for creates and actions; `text/plain` for user
 //! data. Every call has a timeout; a `429` (and a `5xx`, or no answer) is retried with a
 //! growing pause, a few times; any other `4xx` is permanent and carries the API's `message`.
+//! A `Retry-After` (in seconds) on a throttled or failed answer is honoured:
+//! the pause is the longer of it and the growing one, at most [`MAX_PAUSE`]. Out of stock and
+//! quota answers (`quotas_exceeded`, `out_of_stock`, a `4xx`) are not retried here.
 //!
 //! The secret key lives only in the header: it is never formatted into an error, a log line or
 //! `Debug` output (errors carry the method, the path and the API's message).
@@ -15,12 +18,28 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
+/// The longest pause between two attempts, whatever `Retry-After` asks.
+pub const MAX_PAUSE: Duration = Duration::from_secs(60);
+
+/// A `Retry-After` value in whole seconds (the form the API sends; an HTTP date is ignored,
+/// and the growing pause applies).
+pub fn retry_after(value: &str) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
 /// One failed call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
     /// The API answered with an error status; `message` is the API's own.
     #[error("{method} {path}: {status}: {message}")]
-    Status { method: &'static str, path: String, status: u16, message: String },
+    Status {
+        method: &'static str,
+        path: String,
+        status: u16,
+        message: String,
+        /// How long the API asked us to wait (`Retry-After`), if it did.
+        retry_after: Option<Duration>,
+    },
     /// No answer (connection refused, timeout).
     #[error("{method} {path}: {message}")]
     Transport { method: &'static str, path: String, message: String },
@@ -152,7 +171,13 @@ impl Api {
         if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             Ok(id)
         } else {
-            Err(ApiError::Status { method, path: String::new(), status: 400, message: format!("not an id: {id:?}") })
+            Err(ApiError::Status {
+                method,
+                path: String::new(),
+                status: 400,
+                message: format!("not an id: {id:?}"),
+                retry_after: None,
+            })
         }
     }
 
@@ -168,8 +193,14 @@ impl Api {
             match self.once(method, path, query, &body).await {
                 Err(e) if e.is_retryable() && attempt < self.retries => {
                     attempt += 1;
-                    tracing::debug!(error = %e, attempt, "scaleway: retrying");
-                    tokio::time::sleep(self.retry_pause * 2u32.saturating_pow(attempt - 1)).await;
+                    let growing = self.retry_pause.saturating_mul(2u32.saturating_pow(attempt - 1));
+                    let asked = match &e {
+                        ApiError::Status { retry_after, .. } => retry_after.unwrap_or_default(),
+                        ApiError::Transport { .. } => Duration::ZERO,
+                    };
+                    let pause = growing.max(asked).min(MAX_PAUSE);
+                    tracing::debug!(error = %e, attempt, ?pause, "scaleway: retrying");
+                    tokio::time::sleep(pause).await;
                 }
                 other => return other,
             }
@@ -200,6 +231,7 @@ impl Api {
         // secret, but is long and repeated in `path`).
         let resp = req.send().await.map_err(|e| transport(e.without_url().to_string()))?;
         let status = resp.status();
+        let retry_after = resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| retry_after(v.to_str().ok()?));
         let bytes = crate::answer::body(resp).await.map_err(|e| match e {
             crate::answer::AnswerError::Transport(e) => transport(e.without_url().to_string()),
             too_large => transport(too_large.to_string()),
@@ -209,7 +241,13 @@ impl Api {
                 .ok()
                 .and_then(|b| b.message)
                 .unwrap_or_else(|| String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned());
-            return Err(ApiError::Status { method, path: path.to_owned(), status: status.as_u16(), message });
+            return Err(ApiError::Status {
+                method,
+                path: path.to_owned(),
+                status: status.as_u16(),
+                message,
+                retry_after,
+            });
         }
         if bytes.is_empty() {
             return Ok(None);

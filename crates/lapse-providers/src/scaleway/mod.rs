@@ -34,7 +34,7 @@ pub mod backstop;
 mod config;
 mod validate;
 
-pub use api::ApiError;
+pub use api::{ApiError, MAX_PAUSE, retry_after};
 pub use config::{DEFAULT_API_URL, ScalewayConfig};
 pub use validate::{valid_zone, validate};
 
@@ -241,6 +241,7 @@ impl ScalewayProvider {
             exit_code: None,
             user_data_path: None,
             exit_reason: None,
+            keep: s.tags.iter().any(|t| crate::is_keep_mark(t.split_once('=').map_or(t.as_str(), |(k, _)| k))),
         }
     }
 }

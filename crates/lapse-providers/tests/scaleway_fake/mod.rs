@@ -42,6 +42,8 @@ pub struct Recorded {
     pub status: u16,
     /// Why the schema check refused it, if it did.
     pub rejected: Option<String>,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 #[derive(Clone, Debug)]
@@ -64,6 +66,8 @@ struct Fault {
     status: u16,
     message: String,
     times: usize,
+    /// Seconds to send in `Retry-After` with the fault's answer.
+    retry_after: Option<u64>,
 }
 
 #[derive(Default)]
@@ -75,6 +79,8 @@ pub struct World {
     pub security_groups: Vec<Value>,
     pub log: Vec<Recorded>,
     faults: Vec<Fault>,
+    /// The `Retry-After` of the answer being made (set by a throttling fault).
+    retry_after: Option<u64>,
     next: u64,
 }
 
@@ -115,6 +121,20 @@ impl Fake {
             status,
             message: message.into(),
             times,
+            retry_after: None,
+        });
+    }
+
+    /// Makes the next `times` requests matching `method` and `path_contains` answer `429`
+    /// with `Retry-After: <retry_after_secs>`, as the API does when it throttles.
+    pub fn throttle(&self, method: &str, path_contains: &str, times: usize, retry_after_secs: u64) {
+        self.world.lock().unwrap().faults.push(Fault {
+            method: method.into(),
+            path_contains: path_contains.into(),
+            status: 429,
+            message: "rate limit exceeded".into(),
+            times,
+            retry_after: Some(retry_after_secs),
         });
     }
 
@@ -169,6 +189,7 @@ fn handle(world: &Arc<Mutex<World>>, method: Method, uri: Uri, headers: HeaderMa
     let text = String::from_utf8_lossy(&body).into_owned();
     let (status, answer, rejected) =
         route(&mut w, &method, uri.path(), &query, &headers, content_type.as_deref(), &text);
+    let retry_after = w.retry_after.take();
     w.log.push(Recorded {
         method: method.to_string(),
         path: uri.path().to_owned(),
@@ -177,12 +198,17 @@ fn handle(world: &Arc<Mutex<World>>, method: Method, uri: Uri, headers: HeaderMa
         body: text,
         status,
         rejected,
+        at: std::time::Instant::now(),
     });
     let code = StatusCode::from_u16(status).unwrap();
-    match answer {
+    let mut response = match answer {
         Value::Null => code.into_response(),
         v => (code, axum::Json(v)).into_response(),
+    };
+    if let Some(secs) = retry_after {
+        response.headers_mut().insert("retry-after", secs.to_string().parse().unwrap());
     }
+    response
 }
 
 type Answer = (u16, Value, Option<String>);
@@ -221,12 +247,14 @@ fn route(
     if !known_zones.contains(&zone.as_str()) {
         return reject(invalid("zone", "unknown zone"));
     }
-    for f in w.faults.iter_mut() {
-        if f.times > 0 && f.method == method.as_str() && path.contains(&f.path_contains) {
-            f.times -= 1;
-            let kind = if f.status == 429 { "too_many_requests" } else { "invalid_request_error" };
-            return ok(f.status, json!({"message": f.message, "type": kind}));
-        }
+    let fault =
+        w.faults.iter_mut().find(|f| f.times > 0 && f.method == method.as_str() && path.contains(&f.path_contains));
+    if let Some(f) = fault {
+        f.times -= 1;
+        let (status, message, retry_after) = (f.status, f.message.clone(), f.retry_after);
+        w.retry_after = retry_after;
+        let kind = if status == 429 { "too_many_requests" } else { "invalid_request_error" };
+        return ok(status, json!({"message": message, "type": kind}));
     }
     let q: Vec<(String, String)> = url_pairs(query);
     let m = method.as_str();

@@ -264,3 +264,39 @@ pub fn start_tables(path: &Path) -> anyhow::Result<StartTables> {
         providers: file.providers,
     })
 }
+
+#[cfg(test)]
+mod price_tests {
+    /// `[prices]` as the server reads it at start: the error, if any.
+    fn check(toml_text: &str) -> Result<lapse_core::cost::Prices, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("lapse.toml");
+        std::fs::write(&path, toml_text).map_err(|e| e.to_string())?;
+        super::start_tables(&path).map(|t| t.prices.unwrap_or_default()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn prices_per_provider_and_instance_type_with_a_default() {
+        let prices = check("[prices]\nvcpu_hour = 1\n[prices.aws]\n\"t2.nano\" = 0.0058\ndefault = 0.01\n").unwrap();
+        let aws = &prices.clouds["aws"];
+        assert_eq!((aws.instance_types["t2.nano"], aws.default), (0.0058, Some(0.01)));
+        assert_eq!(prices.vcpu_hour, 1.0);
+    }
+
+    #[test]
+    fn a_bad_price_is_an_error_naming_its_key() {
+        for (text, key) in [
+            ("[prices.aws]\n\"t2.nano\" = -1\n", "prices.aws.t2.nano"),
+            ("[prices.aws]\n\"t2.nano\" = nan\n", "prices.aws.t2.nano"),
+            ("[prices.aws]\ndefault = inf\n", "prices.aws.default"),
+            ("[prices.aws]\n\"t2.nano\" = \"cheap\"\n", "prices.aws.t2.nano"),
+            ("[prices.aws.deep]\nx = 1\n", "prices.aws.deep"),
+            ("[prices]\ntypo = 1\n", "prices.typo"),
+            ("[prices]\nvcpu_hour = -0.5\n", "prices.vcpu_hour"),
+            ("[prices.instance_types]\n\"DEV1-S\" = nan\n", "prices.instance_types.DEV1-S"),
+        ] {
+            let err = check(text).unwrap_err();
+            assert!(err.contains(key), "{text:?}: {err}");
+        }
+    }
+}

@@ -31,7 +31,7 @@ pub mod listener;
 pub mod openapi;
 pub mod page;
 pub mod pools;
-
+pub mod sweep;
 pub mod system;
 
 /// Largest request body accepted.
@@ -46,6 +46,7 @@ pub fn router(app: App) -> Router {
         .merge(adopt::router())
         .merge(environments::router())
         .merge(pools::router())
+        .merge(sweep::router())
         .merge(crate::compat::github_gg::router())
         .merge(system::router())
         .fallback(not_found)

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, adopt, environments, pools, system};
+use super::{admin, adopt, environments, pools, sweep, system};
 use crate::compat::fc as seed;
 use crate::compat::github_gg as gg;
 
@@ -17,7 +17,7 @@ use crate::compat::github_gg as gg;
         environments::stop, environments::start, environments::delete, environments::exec, environments::logs,
         pools::list, pools::show, pools::put, pools::delete, seed::create_vm, seed::show_vm, seed::delete_vm, seed::stats,
         gg::get_my_vm, gg::provision_my_vm, gg::start_my_vm, gg::stop_my_vm, gg::destroy_my_vm, gg::execute_code,
-        admin::create_tenant, admin::list_tenants, admin::update_tenant, admin::create_key, admin::create_scoped_key, admin::revoke_key, admin::whoami, adopt::adopt,
+        admin::create_tenant, admin::list_tenants, admin::update_tenant, admin::create_key, admin::create_scoped_key, admin::revoke_key, admin::whoami, adopt::adopt, sweep::sweep,
         system::healthz, system::readyz, system::metrics, system::providers, system::status, system::queues, system::usage, system::events, system::openapi,
     ),
     tags((name = "environments", description = "Leased environments"), (name = "pools", description = "Warm pools"), (name = "seed", description = "The Firecracker control plane's API, for users migrating from it"), (name = "github.gg", description = "github.gg's personal-VM procedures: one VM per user, exec of a shell string"), (name = "system", description = "Health, metrics, audit trail, queues"), (name = "admin", description = "Tenants and API keys"))

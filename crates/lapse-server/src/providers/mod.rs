@@ -200,7 +200,7 @@ async fn implicit_aws(config: &ServerConfig, controller_id: &str) -> Option<Arc<
     if !on {
         return None;
     }
-    Some(aws(config.aws_region.clone(), None, None, controller_id, "aws").await)
+    Some(aws(config, config.aws_region.clone(), None, None, controller_id, "aws").await)
 }
 
 /// An aws provider (EC2). One that cannot connect (no credentials, no region) is listed

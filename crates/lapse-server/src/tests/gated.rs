@@ -102,6 +102,7 @@ impl Provider for Gated {
             user_data_path: None,
             addresses: vec![],
             exit_reason: None,
+            keep: false,
         })
     }
 

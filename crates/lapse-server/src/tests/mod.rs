@@ -32,7 +32,9 @@ use crate::reconciler::Reconciler;
 
 mod expiry_burst;
 pub(crate) mod gated;
+mod prices;
 mod replace_in_flight;
+mod sweep;
 
 /// How long, in real time, a test waits for something before it fails.
 const REAL_TIMEOUT: Duration = Duration::from_secs(120);

@@ -1,5 +1,6 @@
 //! The drift sweep: compares what each provider holds under this control plane's label with
-//! what the store says, every `sweep_interval`.
+//! what the store says, each provider on its own interval (`sweep_interval_of(name)`), so a
+//! slow cloud's `list` never delays another provider's sweep.
 //!
 //! - **Orphans** (a labelled resource with no record, or whose record is deleted or failed):
 //!   removed, or adopted as a new record if so configured. Nothing runs untracked.
@@ -7,24 +8,35 @@
 //!   is provisioned again; desired `stopped` is marked `failed` (its disk is gone).
 //! - **Exited** (a record `running` whose resource no longer runs): recorded as stopped, with
 //!   the reason, so the user sees it and can `start` it.
+//! - **Kept** (a resource marked `lapse:keep`, or a record labelled `lapse.keep`): never
+//!   touched. **Transitional** (pending, stopping, shutting down): left alone until it settles.
+//!
+//! A sweep is two halves with one value between them: [`plan::plan`] reads (`list`, `inspect`,
+//! the store) and returns a [`plan::Plan`]; [`apply::apply`] carries it out. A dry run
+//! (`POST /v1/admin/sweep`, `lapse sweep --dry-run`) stops after the first half, so it shows
+//! exactly what a real sweep would do and changes nothing. Sweeps of one provider never
+//! overlap (the loop's and the admin route's take the same lock).
 //!
 //! Environments with a step queued or running are skipped: the reconciler owns them. Each
 //! correction re-reads the row in its transaction and is dropped if the row moved on.
+
+pub mod apply;
+pub mod plan;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use lapse_core::Millis;
 use lapse_core::model::{DesiredState, Environment, Lifecycle, NO_TENANT, ObservedState, Spec};
-use lapse_core::state::backoff_millis;
+use lapse_core::wire::{ProviderSweep, SweepAction};
 use lapse_providers::{Instance, InstanceStatus, Provider};
 use lapse_store::{NewEvent, StoreError};
 
+pub use self::apply::Outcome;
+pub use self::plan::{Action, Drift, Plan, Planned};
 use crate::admission::{self, HostGuard, Principal};
 use crate::app::AppError;
-use crate::config::OrphanPolicy;
 use crate::context::Context;
-use crate::metrics::ProviderLabels;
 use crate::reconciler::{Reconciler, transition};
 
 /// What one sweep of one provider did.
@@ -36,25 +48,74 @@ pub struct SweepReport {
     pub exited: usize,
 }
 
-/// Sweeps every provider every `sweep_interval`, for ever.
+impl SweepReport {
+    fn of(plan: &Plan, outcomes: &[Outcome]) -> SweepReport {
+        let mut report = SweepReport::default();
+        for (planned, outcome) in plan.actions.iter().zip(outcomes) {
+            if *outcome != Outcome::Done {
+                continue;
+            }
+            match &planned.action {
+                Action::RemoveOrphan { .. } => report.orphans_removed += 1,
+                Action::AdoptOrphan { .. } => report.orphans_adopted += 1,
+                Action::Correct { drift: Drift::Vanished { .. }, .. } => report.vanished += 1,
+                Action::Correct { drift: Drift::Exited(_), .. } => report.exited += 1,
+                Action::Keep | Action::Transitional { .. } => {}
+            }
+        }
+        report
+    }
+}
+
+/// One lock per provider name, so that two sweeps of one provider never run at once.
+#[derive(Debug, Default)]
+pub struct SweepLocks(std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl SweepLocks {
+    fn of(&self, provider: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(provider.to_owned()).or_default().clone()
+    }
+}
+
+/// Sweeps every provider, each on its own interval, for ever. Each provider has its own
+/// task; they end with this future (a `JoinSet` aborts them when dropped).
 pub async fn run(cx: Arc<Context>, reconciler: Reconciler) {
+    let mut loops = tokio::task::JoinSet::new();
+    for provider in cx.providers.iter() {
+        loops.spawn(run_one(cx.clone(), reconciler.clone(), provider.clone()));
+    }
+    while loops.join_next().await.is_some() {}
+    // No provider: nothing to sweep, but the loop's heartbeat still says it is alive.
     let mut tick = tokio::time::interval(cx.config.sweep_interval);
+    loop {
+        tick.tick().await;
+        crate::health::tick("sweep");
+    }
+}
+
+async fn run_one(cx: Arc<Context>, reconciler: Reconciler, provider: Arc<dyn Provider>) {
+    let mut tick = tokio::time::interval(cx.config.sweep_interval_of(provider.name()));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         crate::health::tick("sweep");
-        sweep_all(&cx, &reconciler).await;
+        match sweep(&cx, &reconciler, provider.as_ref()).await {
+            Ok(report) if report != SweepReport::default() => {
+                tracing::info!(provider = provider.name(), ?report, "sweep corrected drift");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(provider = provider.name(), error = %e, "sweep skipped this provider"),
+        }
     }
 }
 
+/// Sweeps every provider once, one after the other.
 pub async fn sweep_all(cx: &Arc<Context>, reconciler: &Reconciler) -> BTreeMap<&'static str, SweepReport> {
     let mut reports = BTreeMap::new();
     for provider in cx.providers.iter() {
         match sweep(cx, reconciler, provider.as_ref()).await {
             Ok(report) => {
-                if report != SweepReport::default() {
-                    tracing::info!(provider = provider.name(), ?report, "sweep corrected drift");
-                }
                 reports.insert(provider.name(), report);
             }
             Err(e) => {
@@ -76,148 +137,95 @@ pub enum SweepError {
     MovedOn,
 }
 
+/// One sweep of one provider: plan, then apply.
 pub async fn sweep(cx: &Context, reconciler: &Reconciler, provider: &dyn Provider) -> Result<SweepReport, SweepError> {
-    let name = provider.name();
-    let labels = ProviderLabels { provider: name.to_owned() };
-    // Read the provider first: a record written after this read is not mistaken for missing
-    // below, because its row is re-read before anything is changed.
-    let instances: BTreeMap<String, Instance> =
-        provider.list().await?.into_iter().map(|i| (i.environment_id.clone(), i)).collect();
-    // What outlived its environment's leader, and networks no container uses.
-    if let Err(e) = provider.collect_garbage().await {
-        tracing::warn!(provider = name, error = %e, "collecting leftovers failed; the next sweep retries");
-    }
-    let records = cx.store.sweep_view(name).await?;
-    let mut report = SweepReport::default();
+    let (plan, outcomes) = sweep_now(cx, reconciler, provider, false).await?;
+    Ok(SweepReport::of(&plan, &outcomes.unwrap_or_default()))
+}
 
-    for (id, instance) in &instances {
-        if reconciler.is_busy(id) {
-            continue;
-        }
-        let keep = match records.get(id) {
-            Some(r) => r.observed != ObservedState::Failed,
-            None => false,
-        };
-        if keep {
-            continue;
-        }
-        // Re-read: the record may have been written after the view was taken.
-        let current = cx.store.get(id).await?;
-        match &current {
-            Some(e) if !matches!(e.observed, ObservedState::Failed | ObservedState::Deleted) => {
-                continue;
+/// One sweep of one provider under its lock: the plan and, unless `dry_run`, its outcomes.
+pub async fn sweep_now(
+    cx: &Context,
+    reconciler: &Reconciler,
+    provider: &dyn Provider,
+    dry_run: bool,
+) -> Result<(Plan, Option<Vec<Outcome>>), SweepError> {
+    let lock = cx.sweeps.of(provider.name());
+    let _held = lock.lock().await;
+    let plan = plan::plan(cx, reconciler, provider).await?;
+    if dry_run {
+        return Ok((plan, None));
+    }
+    let outcomes = apply::apply(cx, reconciler, provider, &plan).await;
+    Ok((plan, Some(outcomes)))
+}
+
+/// One provider's sweep as the API shows it.
+pub fn view(provider: &str, swept: Result<(Plan, Option<Vec<Outcome>>), SweepError>) -> ProviderSweep {
+    let (plan, outcomes) = match swept {
+        Ok(done) => done,
+        Err(e) => return ProviderSweep { provider: provider.to_owned(), error: Some(e.to_string()), actions: vec![] },
+    };
+    let actions = plan
+        .actions
+        .iter()
+        .enumerate()
+        .map(|(n, p)| {
+            let outcome = outcomes.as_ref().and_then(|o| o.get(n));
+            SweepAction {
+                environment_id: p.environment_id.clone(),
+                provider_ref: p.provider_ref.clone(),
+                action: p.action.word().to_owned(),
+                detail: p.action.detail(),
+                done: match outcome {
+                    None | Some(Outcome::LeftAlone) => None,
+                    Some(o) => Some(*o == Outcome::Done),
+                },
+                error: match outcome {
+                    Some(Outcome::Failed(e)) => Some(e.clone()),
+                    Some(Outcome::Dropped) => Some("the environment changed since the plan; left alone".into()),
+                    _ => None,
+                },
             }
-            _ => {}
-        }
-        let unknown = current.is_none();
-        if unknown && cx.config.orphans == OrphanPolicy::Adopt && lapse_core::model::is_environment_id(id) {
-            adopt(cx, name, instance).await?;
-            reconciler.enqueue(id);
-            report.orphans_adopted += 1;
-            continue;
-        }
-        provider.delete(id, cx.config.stop_grace).await?;
-        let why = if unknown { "unknown to the store" } else { "its environment is failed or deleted" };
-        cx.store
-            .append_event(NewEvent::new(
-                id,
-                "sweep",
-                "remove_orphan",
-                "ok",
-                format!("removed {name} resource {}: {why}", instance.provider_ref),
-            ))
-            .await?;
-        cx.metrics.sweep_orphans_removed.get_or_create(&labels).inc();
-        tracing::warn!(environment = %id, provider = name, why, "removed an orphaned resource");
-        report.orphans_removed += 1;
-    }
-
-    for (id, record) in &records {
-        let stable = matches!(record.observed, ObservedState::Running | ObservedState::Stopped);
-        let seen = instances.get(id).map(|i| i.status);
-        if seen.is_some_and(InstanceStatus::is_transitional) {
-            continue;
-        }
-        let agrees = matches!(
-            (record.observed, seen),
-            (ObservedState::Running, Some(InstanceStatus::Running)) | (ObservedState::Stopped, Some(_))
-        );
-        if !stable || agrees {
-            continue;
-        }
-        match check_one(cx, reconciler, provider, id).await? {
-            Some(Drift::Vanished) => report.vanished += 1,
-            Some(Drift::Exited(_)) => report.exited += 1,
-            None => {}
-        }
-    }
-    Ok(report)
+        })
+        .collect();
+    ProviderSweep { provider: provider.to_owned(), error: None, actions }
 }
 
 /// Compares one environment's record with its resource and corrects the record. Used by the
-/// sweep and when a provider reports an exit. Environments the reconciler is working on, and
-/// records that change meanwhile, are left alone.
+/// sweep and when a provider reports an exit. Environments the reconciler is working on, kept
+/// ones, and records that change meanwhile, are left alone.
 pub async fn check_one(
     cx: &Context,
     reconciler: &Reconciler,
     provider: &dyn Provider,
     id: &str,
 ) -> Result<Option<Drift>, SweepError> {
-    if reconciler.is_busy(id) {
-        return Ok(None);
+    let Some(planned) = plan::plan_one(cx, reconciler, provider, id).await? else { return Ok(None) };
+    let Action::Correct { drift, .. } = planned.action else { return Ok(None) };
+    match apply::apply_one(cx, reconciler, provider, &planned).await {
+        Ok(Outcome::Done) => Ok(Some(drift)),
+        Ok(_) | Err(SweepError::MovedOn) => Ok(None),
+        Err(e) => Err(e),
     }
-    let Some(record) = cx.store.get(id).await? else { return Ok(None) };
-    if record.spec.provider != provider.name()
-        || !matches!(record.observed, ObservedState::Running | ObservedState::Stopped)
-    {
-        return Ok(None);
-    }
-    let instance = provider.inspect(id).await?;
-    let why = instance.as_ref().and_then(|i| i.exit_reason.clone());
-    let drift = match (record.observed, instance.as_ref().map(|i| i.status)) {
-        (_, None) => Drift::Vanished,
-        (ObservedState::Running, Some(InstanceStatus::Stopped)) => Drift::Exited(instance.and_then(|i| i.exit_code)),
-        _ => return Ok(None),
-    };
-    let (now, retry) = (cx.clock.now(), &cx.config.retry);
-    let corrected = cx
-        .store
-        .update(id, |e| {
-            if e.observed != record.observed || e.updated_at != record.updated_at || reconciler.is_busy(id) {
-                return Err(SweepError::MovedOn);
-            }
-            let backoff = backoff_millis(e.restarts + 1, retry.base.as_millis() as i64, retry.cap.as_millis() as i64);
-            Ok(correct(e, drift, why.as_deref(), now, backoff))
-        })
-        .await;
-    match corrected {
-        Ok(Some(_)) => {}
-        Ok(None) | Err(SweepError::MovedOn) => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    cx.metrics.sweep_drift_corrected.get_or_create(&ProviderLabels { provider: provider.name().to_owned() }).inc();
-    reconciler.enqueue(id);
-    Ok(Some(drift))
-}
-
-/// How a resource differs from its record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Drift {
-    Vanished,
-    /// It stopped on its own, with this exit code if the provider knows it.
-    Exited(Option<i64>),
 }
 
 /// The corrected record, by lifecycle: services and daemons restart after `backoff` ms; a
 /// job records its exit and is retried after a failure while it has retries; a lease is
 /// recorded stopped.
-fn correct(e: &mut Environment, drift: Drift, why: Option<&str>, now: Millis, backoff: Millis) -> Vec<NewEvent> {
+pub(crate) fn correct(
+    e: &mut Environment,
+    drift: Drift,
+    why: Option<&str>,
+    now: Millis,
+    backoff: Millis,
+) -> Vec<NewEvent> {
     let code = match drift {
-        Drift::Vanished if e.desired == DesiredState::Running => {
+        Drift::Vanished { .. } if e.desired == DesiredState::Running => {
             e.reason = Some("the resource vanished outside Lapse; provisioning it again".into());
             return vec![transition(e, ObservedState::Provisioning, "sweep", "resource vanished; provisioning again")];
         }
-        Drift::Vanished => {
+        Drift::Vanished { .. } => {
             e.reason = Some("the resource vanished outside Lapse while stopped".into());
             return vec![transition(e, ObservedState::Failed, "sweep", "resource vanished while stopped")];
         }
@@ -252,7 +260,7 @@ fn correct(e: &mut Environment, drift: Drift, why: Option<&str>, now: Millis, ba
     vec![transition(e, ObservedState::Stopped, "sweep", &message)]
 }
 
-async fn adopt(cx: &Context, provider: &str, instance: &Instance) -> Result<(), StoreError> {
+pub(crate) async fn adopt(cx: &Context, provider: &str, instance: &Instance) -> Result<(), StoreError> {
     let now = cx.clock.now();
     let running = instance.status == InstanceStatus::Running;
     let spec = Spec { provider: provider.to_owned(), ..Default::default() };

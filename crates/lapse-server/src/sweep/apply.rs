@@ -1,0 +1,141 @@
+//! The sweep's second half: carries out a [`Plan`], one action at a time.
+//!
+//! Every action is re-checked against the world first, since time passed since it was
+//! planned: an orphan is removed (or adopted) only if its row is still missing, failed or
+//! deleted and the reconciler is not working on it; a record is corrected only if its row is
+//! still as it was planned on ([`Basis`]) — otherwise the action is dropped (`done: false`).
+//! [`Action::Keep`] and [`Action::Transitional`] do nothing.
+
+use lapse_core::model::ObservedState;
+use lapse_core::state::backoff_millis;
+use lapse_providers::Provider;
+use lapse_store::NewEvent;
+
+use super::plan::{Action, Basis, Drift, Plan, Planned};
+use super::{SweepError, adopt, correct};
+use crate::context::Context;
+use crate::metrics::ProviderLabels;
+use crate::reconciler::Reconciler;
+
+/// What became of one planned action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// Dropped: the row moved on, or the reconciler took the environment, since the plan.
+    Dropped,
+    /// Left alone on purpose (kept, transitional).
+    LeftAlone,
+    /// The provider or the store failed; the next sweep tries again.
+    Failed(String),
+}
+
+/// Applies `plan` to `provider`; one outcome per action, in the plan's order. A failure of one
+/// action does not stop the others.
+pub async fn apply(cx: &Context, reconciler: &Reconciler, provider: &dyn Provider, plan: &Plan) -> Vec<Outcome> {
+    // What outlived its environment's leader, and networks no container uses: a change, so
+    // only in a real sweep.
+    if let Err(e) = provider.collect_garbage().await {
+        tracing::warn!(provider = provider.name(), error = %e, "collecting leftovers failed; the next sweep retries");
+    }
+    let mut outcomes = Vec::with_capacity(plan.actions.len());
+    for planned in &plan.actions {
+        let outcome = match apply_one(cx, reconciler, provider, planned).await {
+            Ok(outcome) => outcome,
+            Err(SweepError::MovedOn) => Outcome::Dropped,
+            Err(e) => {
+                tracing::warn!(environment = %planned.environment_id, provider = provider.name(), error = %e,
+                    "a sweep correction failed; the next sweep retries");
+                Outcome::Failed(e.to_string())
+            }
+        };
+        outcomes.push(outcome);
+    }
+    outcomes
+}
+
+/// Applies one planned action (also the exit watcher's path, through [`super::check_one`]).
+pub async fn apply_one(
+    cx: &Context,
+    reconciler: &Reconciler,
+    provider: &dyn Provider,
+    planned: &Planned,
+) -> Result<Outcome, SweepError> {
+    let id = planned.environment_id.as_str();
+    let name = provider.name();
+    let labels = ProviderLabels { provider: name.to_owned() };
+    match &planned.action {
+        Action::Keep | Action::Transitional { .. } => Ok(Outcome::LeftAlone),
+        Action::RemoveOrphan { why } => {
+            if reconciler.is_busy(id) || !still_orphan(cx, id).await? {
+                return Ok(Outcome::Dropped);
+            }
+            provider.delete(id, cx.config.stop_grace).await?;
+            let provider_ref = planned.provider_ref.as_deref().unwrap_or("?");
+            cx.store
+                .append_event(NewEvent::new(
+                    id,
+                    "sweep",
+                    "remove_orphan",
+                    "ok",
+                    format!("removed {name} resource {provider_ref}: {}", why.text()),
+                ))
+                .await?;
+            cx.metrics.sweep_orphans_removed.get_or_create(&labels).inc();
+            tracing::warn!(environment = %id, provider = name, why = why.text(), "removed an orphaned resource");
+            Ok(Outcome::Done)
+        }
+        Action::AdoptOrphan { instance } => {
+            if reconciler.is_busy(id) || cx.store.get(id).await?.is_some() {
+                return Ok(Outcome::Dropped);
+            }
+            adopt(cx, name, instance).await?;
+            reconciler.enqueue(id);
+            Ok(Outcome::Done)
+        }
+        Action::Correct { drift, seen, exit_reason } => {
+            correct_record(cx, reconciler, id, *drift, *seen, exit_reason.as_deref()).await?;
+            cx.metrics.sweep_drift_corrected.get_or_create(&labels).inc();
+            reconciler.enqueue(id);
+            Ok(Outcome::Done)
+        }
+    }
+}
+
+/// Whether `id` has no record, or a failed or deleted one not marked kept.
+async fn still_orphan(cx: &Context, id: &str) -> Result<bool, SweepError> {
+    Ok(match cx.store.get(id).await? {
+        None => true,
+        Some(e) => {
+            matches!(e.observed, ObservedState::Failed | ObservedState::Deleted) && !super::plan::record_kept(&e)
+        }
+    })
+}
+
+async fn correct_record(
+    cx: &Context,
+    reconciler: &Reconciler,
+    id: &str,
+    drift: Drift,
+    seen: Basis,
+    why: Option<&str>,
+) -> Result<(), SweepError> {
+    let (now, retry) = (cx.clock.now(), &cx.config.retry);
+    let corrected = cx
+        .store
+        .update(id, |e| {
+            if e.observed != seen.observed
+                || e.updated_at != seen.updated_at
+                || reconciler.is_busy(id)
+                || super::plan::record_kept(e)
+            {
+                return Err(SweepError::MovedOn);
+            }
+            let backoff = backoff_millis(e.restarts + 1, retry.base.as_millis() as i64, retry.cap.as_millis() as i64);
+            Ok(correct(e, drift, why, now, backoff))
+        })
+        .await?;
+    match corrected {
+        Some(_) => Ok(()),
+        None => Err(SweepError::MovedOn),
+    }
+}

@@ -34,6 +34,7 @@ pub mod http;
 pub mod metrics;
 pub mod pools;
 pub mod reconciler;
+pub mod rearm;
 pub mod sweep;
 pub mod timers;
 
@@ -405,6 +406,7 @@ async fn add_aws(config: &ServerConfig, controller_id: &str, providers: &mut Pro
         use lapse_providers::aws::{AwsProvider, UnavailableAws};
         match AwsProvider::connect(config.aws_region.as_deref(), controller_id).await {
             Ok(p) => {
+                let p = p.with_ssh(ssh_config(config));
                 match p.health().await {
                     Ok(detail) => tracing::info!(%detail, "aws provider on"),
                     Err(e) => tracing::warn!(error = %e, "aws provider on, but EC2 does not answer yet"),
@@ -424,6 +426,18 @@ async fn add_aws(config: &ServerConfig, controller_id: &str, providers: &mut Pro
     }
 }
 
+/// How the cloud providers reach their VMs over SSH: keys under `<data dir>/ssh`, the rest
+/// from `LAPSE_SSH_PORT`, `LAPSE_SSH_USER`, `LAPSE_SSH_DEADLINE_FILE` (a bad value is logged
+/// and the defaults kept).
+#[cfg(any(feature = "aws", feature = "scaleway", feature = "ovh"))]
+fn ssh_config(config: &ServerConfig) -> lapse_providers::ssh::SshConfig {
+    let dir = config.data_dir.join("ssh");
+    lapse_providers::ssh::SshConfig::from_env(&dir).unwrap_or_else(|reason| {
+        tracing::warn!(%reason, "SSH settings refused; using the defaults");
+        lapse_providers::ssh::SshConfig::in_dir(dir)
+    })
+}
+
 /// The scaleway provider, when `SCW_SECRET_KEY` asked for it; unavailable (not added, the
 /// reason logged) when a variable is missing. The keys are never logged.
 fn add_scaleway(config: &ServerConfig, controller_id: &str, providers: &mut ProviderSet) {
@@ -435,6 +449,7 @@ fn add_scaleway(config: &ServerConfig, controller_id: &str, providers: &mut Prov
             Some(Err(reason)) => tracing::warn!(reason = %reason, "scaleway provider unavailable"),
             Some(Ok(cfg)) => match ScalewayProvider::new(cfg.clone(), controller_id) {
                 Ok(p) => {
+                    let p = p.with_ssh(ssh_config(config));
                     tracing::info!(zone = %cfg.default_zone, api = %cfg.api_url, "scaleway provider on");
                     providers.insert(Arc::new(p));
                 }
@@ -482,7 +497,7 @@ async fn add_ovh(config: &ServerConfig, controller_id: &str, providers: &mut Pro
             if let Some(every) = setting.poll_interval {
                 ovh.poll_interval = every.max(std::time::Duration::from_millis(10));
             }
-            OvhProvider::new(ovh, controller_id).map_err(|e| e.to_string())
+            OvhProvider::new(ovh, controller_id).map(|p| p.with_ssh(ssh_config(config))).map_err(|e| e.to_string())
         } else {
             Err(format!("OVH_APPLICATION_KEY is set but {} not", missing.join(", ")))
         };

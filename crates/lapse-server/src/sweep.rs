@@ -142,6 +142,10 @@ pub async fn sweep(cx: &Context, reconciler: &Reconciler, provider: &dyn Provide
             (record.observed, seen),
             (ObservedState::Running, Some(InstanceStatus::Running)) | (ObservedState::Stopped, Some(_))
         );
+        if agrees && record.observed == ObservedState::Running && reconciler.backstop_unknown(id) {
+            // After a restart: its step arms the VM's own backstop again (`crate::rearm`).
+            reconciler.enqueue(id);
+        }
         if !stable || agrees {
             continue;
         }

@@ -19,9 +19,6 @@ use crate::{Placement, ProviderError};
 /// (`SshConfig::user`).
 pub const DEFAULT_USER: &str = "ec2-user";
 
-/// The longest moving the deadline over SSH may take.
-pub const REARM_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The address to reach an instance at: its public IPv4, else an IPv6.
 pub fn ssh_address(i: &Ec2Instance) -> Option<IpAddr> {
     let ipv6 = i.network_interfaces().iter().flat_map(|n| n.ipv6_addresses()).filter_map(|a| a.ipv6_address());
@@ -98,7 +95,7 @@ impl AwsProvider {
         let target = self.target(environment_id, address);
         let line =
             crate::cloud_init::rearm_command(&self.ssh.deadline_file, expires_at.div_euclid(1000), target.user == "root");
-        let done = ssh::run_line(&self.keys, &self.ssh, &target, &line, REARM_TIMEOUT)
+        let done = ssh::run_line(&self.keys, &self.ssh, &target, &line, self.ssh.rearm_timeout)
             .await
             .map_err(|e| e.into_provider(NAME, "rearm"))?;
         match done.exit_code {

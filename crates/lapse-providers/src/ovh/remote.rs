@@ -14,9 +14,6 @@ use crate::{Placement, ProviderError};
 /// The login on OVH's Ubuntu images (the default image).
 pub const DEFAULT_USER: &str = "ubuntu";
 
-/// The longest moving the deadline over SSH may take.
-pub const REARM_TIMEOUT: Duration = Duration::from_secs(30);
-
 fn ssh_address(i: &OvhInstance) -> Option<IpAddr> {
     let all: Vec<IpAddr> = i.ip_addresses.iter().filter_map(|a| a.ip.parse().ok()).collect();
     all.iter().find(|a| a.is_ipv4()).or_else(|| all.first()).copied()
@@ -71,7 +68,7 @@ impl OvhProvider {
         let user = self.ssh.user_or(DEFAULT_USER);
         let target = ssh::Target { environment_id, address, port: self.ssh.port, user };
         let line = crate::cloud_init::rearm_command(&self.ssh.deadline_file, expires_at.div_euclid(1000), user == "root");
-        let done = ssh::run_line(&self.keys, &self.ssh, &target, &line, REARM_TIMEOUT)
+        let done = ssh::run_line(&self.keys, &self.ssh, &target, &line, self.ssh.rearm_timeout)
             .await
             .map_err(|e| e.into_provider(PROVIDER, "rearm"))?;
         match done.exit_code {

@@ -14,9 +14,6 @@ use crate::{Placement, ProviderError, ssh};
 /// The login on Scaleway's images.
 pub const DEFAULT_USER: &str = "root";
 
-/// The longest moving the deadline over SSH may take.
-pub const REARM_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The address to reach a server at: a public IPv4, else an IPv6.
 pub fn ssh_address(server: &Server) -> Option<IpAddr> {
     let addresses: Vec<IpAddr> =
@@ -85,7 +82,7 @@ impl ScalewayProvider {
         let user = self.ssh.user_or(DEFAULT_USER);
         let target = ssh::Target { environment_id, address, port: self.ssh.port, user };
         let line = crate::cloud_init::rearm_command(&self.ssh.deadline_file, expires_at.div_euclid(1000), user == "root");
-        let done = ssh::run_line(&self.keys, &self.ssh, &target, &line, REARM_TIMEOUT)
+        let done = ssh::run_line(&self.keys, &self.ssh, &target, &line, self.ssh.rearm_timeout)
             .await
             .map_err(|e| e.into_provider(NAME, "rearm"))?;
         match done.exit_code {

@@ -60,6 +60,8 @@ pub struct SshConfig {
     pub deadline_file: String,
     /// Most bytes kept of each of stdout and stderr.
     pub max_output: usize,
+    /// The longest moving a running guest's deadline (`rearm`) may take over SSH.
+    pub rearm_timeout: Duration,
 }
 
 impl Default for SshConfig {
@@ -72,6 +74,7 @@ impl Default for SshConfig {
             retry_pause: Duration::from_secs(2),
             deadline_file: DEFAULT_DEADLINE_FILE.to_owned(),
             max_output: crate::MAX_OUTPUT_BYTES,
+            rearm_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -32,6 +32,7 @@ use crate::reconciler::Reconciler;
 
 mod expiry_burst;
 pub(crate) mod gated;
+mod rearm;
 mod replace_in_flight;
 
 /// How long, in real time, a test waits for something before it fails.

@@ -143,9 +143,8 @@ pub fn backstop_loop(b: &Backstop<'_>) -> String {
 /// than root.
 pub fn rearm_command(deadline_file: &str, expires_at: i64, as_root: bool) -> String {
     let dir = deadline_file.rsplit_once('/').map(|(d, _)| d).filter(|d| !d.is_empty()).unwrap_or("/");
-    let script = format!(
-        "mkdir -p {dir} && echo {expires_at} > {deadline_file}.tmp && mv {deadline_file}.tmp {deadline_file}"
-    );
+    let script =
+        format!("mkdir -p {dir} && echo {expires_at} > {deadline_file}.tmp && mv {deadline_file}.tmp {deadline_file}");
     let quoted = crate::ssh::quote::word(&script);
     if as_root { format!("sh -c {quoted}") } else { format!("sudo -n sh -c {quoted}") }
 }
@@ -209,7 +208,13 @@ mod tests {
     use super::*;
 
     fn backstop(file: &str) -> Backstop<'_> {
-        Backstop { expires_at: 1_900_000_000, grace_secs: 600, deadline_file: file, metadata: Metadata::None, power_off: "shutdown -P now" }
+        Backstop {
+            expires_at: 1_900_000_000,
+            grace_secs: 600,
+            deadline_file: file,
+            metadata: Metadata::None,
+            power_off: "shutdown -P now",
+        }
     }
 
     #[test]
@@ -233,7 +238,10 @@ mod tests {
     fn nothing_of_lapse_leaves_the_users_data_as_given() {
         assert_eq!(user_data(None, &[], None), None);
         assert_eq!(user_data(None, &[], Some("  ")), None);
-        assert_eq!(user_data(None, &[], Some("#cloud-config\nruncmd: [ls]\n")).unwrap(), "#cloud-config\nruncmd: [ls]\n");
+        assert_eq!(
+            user_data(None, &[], Some("#cloud-config\nruncmd: [ls]\n")).unwrap(),
+            "#cloud-config\nruncmd: [ls]\n"
+        );
         let keys_only = user_data(None, &["ssh-ed25519 AAAA".into()], None).unwrap();
         assert!(keys_only.contains("ssh_authorized_keys") && !keys_only.contains("bootcmd"));
     }
@@ -269,8 +277,15 @@ mod tests {
         let file = format!("{}/lapse/expires-at", dir.path().display());
         let off = dir.path().join("off");
         let power_off = format!("touch {}", off.display());
-        let now = i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()).unwrap();
-        let mut b = Backstop { expires_at: now + 3600, grace_secs: 60, deadline_file: &file, metadata: Metadata::None, power_off: &power_off };
+        let now = i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs())
+            .unwrap();
+        let mut b = Backstop {
+            expires_at: now + 3600,
+            grace_secs: 60,
+            deadline_file: &file,
+            metadata: Metadata::None,
+            power_off: &power_off,
+        };
         assert!(sh(&backstop_boot(&b)).status.success());
         assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), (now + 3600).to_string());
         // A boot with older user data (AWS keeps the launch's) leaves a moved deadline alone.

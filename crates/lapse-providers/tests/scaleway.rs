@@ -319,7 +319,8 @@ async fn exec_and_rearm_over_ssh_on_a_server_at_a_local_sshd() {
     // cloud-init's part, played by the test: the key in the user data lets Lapse in.
     sshd.authorize(&keys[0]);
 
-    let cmd: Vec<String> = ["sh", "-c", "echo \"$0 $1\"; echo e >&2; exit 7", "a b", "$(x);'"].map(String::from).to_vec();
+    let cmd: Vec<String> =
+        ["sh", "-c", "echo \"$0 $1\"; echo e >&2; exit 7", "a b", "$(x);'"].map(String::from).to_vec();
     let r = p.exec("env1", &spec, &cmd, Duration::from_secs(20)).await.unwrap();
     assert_eq!((r.stdout.as_str(), r.stderr.as_str(), r.exit_code), ("a b $(x);'\n", "e\n", Some(7)));
 

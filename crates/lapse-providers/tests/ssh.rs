@@ -33,7 +33,12 @@ fn setup() -> Setup {
 
 impl Setup {
     fn target(&self) -> Target<'_> {
-        Target { environment_id: ENV, address: IpAddr::V4(Ipv4Addr::LOCALHOST), port: self.sshd.port, user: &self.sshd.user }
+        Target {
+            environment_id: ENV,
+            address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: self.sshd.port,
+            user: &self.sshd.user,
+        }
     }
 
     async fn run(&self, argv: &[&str], timeout: Duration) -> Result<lapse_core::wire::ExecResult, SshError> {
@@ -54,7 +59,8 @@ async fn exec_returns_stdout_stderr_and_the_exit_code() {
 #[tokio::test]
 async fn hostile_argv_reaches_the_program_verbatim() {
     let s = setup();
-    let words = ["two words", "it's", "\"dq\"", "a;b", "$(touch /tmp/lapse-pwned)", "`id`", "", "new\nline", "*", "\\", "é"];
+    let words =
+        ["two words", "it's", "\"dq\"", "a;b", "$(touch /tmp/lapse-pwned)", "`id`", "", "new\nline", "*", "\\", "é"];
     let mut argv = vec!["printf", "[%s]\\n"];
     argv.extend(words);
     let r = s.run(&argv, Duration::from_secs(20)).await.unwrap();
@@ -67,7 +73,8 @@ async fn hostile_argv_reaches_the_program_verbatim() {
 async fn output_over_the_cap_is_cut_with_the_marker() {
     let mut s = setup();
     s.cfg.max_output = 1000;
-    let r = s.run(&["sh", "-c", "head -c 300000 /dev/zero | tr '\\0' x; echo END"], Duration::from_secs(30)).await.unwrap();
+    let r =
+        s.run(&["sh", "-c", "head -c 300000 /dev/zero | tr '\\0' x; echo END"], Duration::from_secs(30)).await.unwrap();
     assert_eq!(r.exit_code, Some(0));
     assert!(r.stdout.starts_with("[lapse: output truncated: "), "{}", &r.stdout[..80]);
     assert!(r.stdout.ends_with("xEND\n"));
@@ -151,5 +158,8 @@ async fn the_private_key_appears_in_no_error() {
     }
     // An environment without a key says so.
     let other = Target { environment_id: "no-key-env", ..s.target() };
-    assert!(matches!(exec(&s.keys, &s.cfg, &other, &["true".into()], Duration::from_secs(2)).await, Err(SshError::NoKey(_))));
+    assert!(matches!(
+        exec(&s.keys, &s.cfg, &other, &["true".into()], Duration::from_secs(2)).await,
+        Err(SshError::NoKey(_))
+    ));
 }

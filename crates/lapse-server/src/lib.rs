@@ -33,8 +33,8 @@ pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod pools;
-pub mod reconciler;
 pub mod rearm;
+pub mod reconciler;
 pub mod sweep;
 pub mod timers;
 

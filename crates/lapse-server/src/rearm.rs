@@ -84,7 +84,13 @@ pub async fn rearm(cx: &Context, armed: &Armed, env: &Environment) {
         Ok(()) => {
             armed.set(&env.id, env.expires_at);
             if before > 0 {
-                let event = NewEvent::new(&env.id, "reconciler", "rearm", "ok", format!("backstop moved after {before} failure(s)"));
+                let event = NewEvent::new(
+                    &env.id,
+                    "reconciler",
+                    "rearm",
+                    "ok",
+                    format!("backstop moved after {before} failure(s)"),
+                );
                 if let Err(e) = cx.store.append_event(event).await {
                     tracing::warn!(environment = %env.id, error = %e, "could not record a rearm");
                 }

@@ -16,7 +16,12 @@ pub const GRACE_SECS: i64 = 15 * 60;
 
 /// The whole user data: the user's own (if any), then Lapse's part (the SSH keys, and the
 /// backstop for `deadline_unix`, the lease's end in seconds), as MIME multipart.
-pub fn user_data(deadline_unix: Option<i64>, own: Option<&str>, ssh_keys: &[String], deadline_file: &str) -> Option<String> {
+pub fn user_data(
+    deadline_unix: Option<i64>,
+    own: Option<&str>,
+    ssh_keys: &[String],
+    deadline_file: &str,
+) -> Option<String> {
     let backstop = deadline_unix.map(|expires_at| Backstop {
         expires_at,
         grace_secs: GRACE_SECS,

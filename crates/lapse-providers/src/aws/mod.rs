@@ -47,8 +47,8 @@ mod unavailable;
 
 pub use backstop::{GRACE_SECS, user_data as backstop_user_data};
 pub use check::{is_instance_type, is_openssh_key, is_zone, validate};
-pub use remote::DEFAULT_USER;
 pub use launch::{DEFAULT_AMI_NAME, DEFAULT_INSTANCE_TYPE, client_token, key_pair_name};
+pub use remote::DEFAULT_USER;
 pub use unavailable::UnavailableAws;
 /// The SDK crates, for callers (tests) that talk to EC2 beside the provider.
 pub use {aws_config as sdk_config, aws_sdk_ec2 as sdk};

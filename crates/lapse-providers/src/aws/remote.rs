@@ -74,7 +74,10 @@ impl AwsProvider {
         let Some(address) = ssh_address(&i) else {
             return Err(ProviderError::Permanent {
                 provider: NAME,
-                message: format!("instance {} has no public address to reach over SSH", i.instance_id().unwrap_or_default()),
+                message: format!(
+                    "instance {} has no public address to reach over SSH",
+                    i.instance_id().unwrap_or_default()
+                ),
             });
         };
         ssh::exec(&self.keys, &self.ssh, &self.target(environment_id, address), cmd, timeout)
@@ -85,7 +88,11 @@ impl AwsProvider {
     /// Moves a running instance's deadline: the tag (read through IMDS where tags are
     /// exposed), then the deadline file over SSH (when keys are kept and it has an address).
     /// A stopped instance is left alone: its start rewrites the user data.
-    pub(super) async fn rearm_instance(&self, environment_id: &str, placement: &Placement) -> Result<(), ProviderError> {
+    pub(super) async fn rearm_instance(
+        &self,
+        environment_id: &str,
+        placement: &Placement,
+    ) -> Result<(), ProviderError> {
         let Some(expires_at) = placement.expires_at else { return Ok(()) };
         let (live, _) = self.live(environment_id).await?;
         let Some(i) = live.filter(|i| state(i) == Some(&InstanceStateName::Running)) else { return Ok(()) };
@@ -93,8 +100,11 @@ impl AwsProvider {
         self.retag_expiry(&id, placement).await?;
         let Some(address) = ssh_address(&i).filter(|_| self.keys.is_enabled()) else { return Ok(()) };
         let target = self.target(environment_id, address);
-        let line =
-            crate::cloud_init::rearm_command(&self.ssh.deadline_file, expires_at.div_euclid(1000), target.user == "root");
+        let line = crate::cloud_init::rearm_command(
+            &self.ssh.deadline_file,
+            expires_at.div_euclid(1000),
+            target.user == "root",
+        );
         let done = ssh::run_line(&self.keys, &self.ssh, &target, &line, self.ssh.rearm_timeout)
             .await
             .map_err(|e| e.into_provider(NAME, "rearm"))?;

@@ -101,7 +101,12 @@ pub const BACKSTOP_GRACE_MINUTES: i64 = 10;
 /// moves it by writing that file over SSH). A guest cannot delete itself (it holds no API
 /// credentials), so `on_expiry: delete` also powers off; the control plane deletes. With
 /// nothing of Lapse's and no user data, `None`.
-pub fn user_data(own: Option<&str>, expires_at: Option<Millis>, ssh_keys: &[String], deadline_file: &str) -> Option<String> {
+pub fn user_data(
+    own: Option<&str>,
+    expires_at: Option<Millis>,
+    ssh_keys: &[String],
+    deadline_file: &str,
+) -> Option<String> {
     let backstop = expires_at.map(|at| Backstop {
         expires_at: at.div_euclid(1000),
         grace_secs: BACKSTOP_GRACE_MINUTES * 60,
@@ -182,7 +187,8 @@ mod tests {
         let file = crate::ssh::DEFAULT_DEADLINE_FILE;
         assert_eq!(user_data(None, None, &[], file), None);
         assert_eq!(decode(user_data(Some("#cloud-config\n"), None, &[], file).unwrap()), "#cloud-config\n");
-        let both = decode(user_data(Some("#cloud-config\nruncmd: [ls]\n"), Some(1_700_000_000_000), &[], file).unwrap());
+        let both =
+            decode(user_data(Some("#cloud-config\nruncmd: [ls]\n"), Some(1_700_000_000_000), &[], file).unwrap());
         assert!(both.starts_with("Content-Type: multipart/mixed"));
         assert!(both.contains("Content-Type: text/cloud-config"));
         assert!(both.contains("runcmd: [ls]"));

@@ -58,7 +58,11 @@ impl OvhProvider {
 
     /// Writes the new deadline into a running instance's file. One that is not running (or
     /// made without a key) is left alone.
-    pub(super) async fn rearm_instance(&self, environment_id: &str, placement: &Placement) -> Result<(), ProviderError> {
+    pub(super) async fn rearm_instance(
+        &self,
+        environment_id: &str,
+        placement: &Placement,
+    ) -> Result<(), ProviderError> {
         let Some(expires_at) = placement.expires_at else { return Ok(()) };
         if !self.keys.is_enabled() {
             return Ok(());
@@ -67,7 +71,8 @@ impl OvhProvider {
         let Some(address) = ssh_address(&found).filter(|_| found.status == "ACTIVE") else { return Ok(()) };
         let user = self.ssh.user_or(DEFAULT_USER);
         let target = ssh::Target { environment_id, address, port: self.ssh.port, user };
-        let line = crate::cloud_init::rearm_command(&self.ssh.deadline_file, expires_at.div_euclid(1000), user == "root");
+        let line =
+            crate::cloud_init::rearm_command(&self.ssh.deadline_file, expires_at.div_euclid(1000), user == "root");
         let done = ssh::run_line(&self.keys, &self.ssh, &target, &line, self.ssh.rearm_timeout)
             .await
             .map_err(|e| e.into_provider(PROVIDER, "rearm"))?;

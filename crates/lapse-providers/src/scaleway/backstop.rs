@@ -67,7 +67,13 @@ mod tests {
     /// The guest's reading of `/conf` finds the tag, quoted or not.
     #[test]
     fn the_metadata_tag_is_read_from_conf() {
-        let b = Backstop { expires_at: 0, grace_secs: 0, deadline_file: "/f", metadata: Metadata::ScalewayConf, power_off: "" };
+        let b = Backstop {
+            expires_at: 0,
+            grace_secs: 0,
+            deadline_file: "/f",
+            metadata: Metadata::ScalewayConf,
+            power_off: "",
+        };
         let script = cloud_init::backstop_loop(&b);
         let pipeline = script.lines().find(|l| l.contains("169.254.42.42")).unwrap();
         let parse = pipeline
@@ -75,7 +81,10 @@ mod tests {
             .replace("m=$(", "")
             .trim_end_matches(')')
             .to_owned();
-        for conf in ["TAGS=2\nTAGS_0=lapse:environment=e\nTAGS_1=lapse:expires-at=1700000000\n", "TAGS_1='lapse:expires-at=1700000000'\n"] {
+        for conf in [
+            "TAGS=2\nTAGS_0=lapse:environment=e\nTAGS_1=lapse:expires-at=1700000000\n",
+            "TAGS_1='lapse:expires-at=1700000000'\n",
+        ] {
             let out = std::process::Command::new("sh")
                 .arg("-c")
                 .arg(&parse)

@@ -50,12 +50,7 @@ impl ScalewayProvider {
         timeout: Duration,
     ) -> Result<ExecResult, ProviderError> {
         let (_, _, address) = self.reachable(environment_id).await?;
-        let target = ssh::Target {
-            environment_id,
-            address,
-            port: self.ssh.port,
-            user: self.ssh.user_or(DEFAULT_USER),
-        };
+        let target = ssh::Target { environment_id, address, port: self.ssh.port, user: self.ssh.user_or(DEFAULT_USER) };
         ssh::exec(&self.keys, &self.ssh, &target, cmd, timeout).await.map_err(|e| e.into_provider(NAME, "exec"))
     }
 
@@ -81,7 +76,8 @@ impl ScalewayProvider {
         let Some(address) = ssh_address(&server) else { return Ok(()) };
         let user = self.ssh.user_or(DEFAULT_USER);
         let target = ssh::Target { environment_id, address, port: self.ssh.port, user };
-        let line = crate::cloud_init::rearm_command(&self.ssh.deadline_file, expires_at.div_euclid(1000), user == "root");
+        let line =
+            crate::cloud_init::rearm_command(&self.ssh.deadline_file, expires_at.div_euclid(1000), user == "root");
         let done = ssh::run_line(&self.keys, &self.ssh, &target, &line, self.ssh.rearm_timeout)
             .await
             .map_err(|e| e.into_provider(NAME, "rearm"))?;

@@ -176,14 +176,19 @@ async fn run(
     };
     match tokio::time::timeout_at(deadline, collect).await {
         Ok(Ok(_channel)) => match exit_code {
-            Some(code) => {
-                Ok(ExecResult { exit_code: Some(code), stdout: stdout.into_text(), stderr: stderr.into_text(), timed_out: false })
-            }
+            Some(code) => Ok(ExecResult {
+                exit_code: Some(code),
+                stdout: stdout.into_text(),
+                stderr: stderr.into_text(),
+                timed_out: false,
+            }),
             None => Err(SshError::Closed { address: target.address() }),
         },
         Ok(Err(e)) => Err(e),
         // Abandoned: dropping the channel and the session ends the remote command's session.
-        Err(_) => Ok(ExecResult { exit_code: None, stdout: stdout.into_text(), stderr: stderr.into_text(), timed_out: true }),
+        Err(_) => {
+            Ok(ExecResult { exit_code: None, stdout: stdout.into_text(), stderr: stderr.into_text(), timed_out: true })
+        }
     }
 }
 

@@ -50,7 +50,10 @@ impl KeyStore {
         let text = key.to_openssh(LineEnding::LF).map_err(|_| SshError::KeyGeneration)?;
         if !write_new(&path, text.as_bytes())? {
             // Another provision of the same environment wrote first: its key is the one.
-            return self.load(environment_id)?.ok_or(SshError::NoKey(environment_id.to_owned())).and_then(|k| public_line(&k));
+            return self
+                .load(environment_id)?
+                .ok_or(SshError::NoKey(environment_id.to_owned()))
+                .and_then(|k| public_line(&k));
         }
         public_line(&key)
     }

@@ -564,8 +564,10 @@ fn create_server(w: &mut World, zone: &str, body: &str) -> Answer {
     if let Some(address) = w.public_ipv4.clone() {
         let ip_id = w.id();
         w.ips.insert(ip_id.clone(), zone.into());
-        ips.push(json!({"id": ip_id, "address": address, "family": "inet", "provisioning_mode": "dhcp", "dynamic": false,
-            "tags": [], "state": "attached", "gateway": null, "netmask": "32", "ipam_id": ""}));
+        ips.push(
+            json!({"id": ip_id, "address": address, "family": "inet", "provisioning_mode": "dhcp", "dynamic": false,
+            "tags": [], "state": "attached", "gateway": null, "netmask": "32", "ipam_id": ""}),
+        );
     }
     let s = FakeServer {
         id,

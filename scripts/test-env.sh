@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what Lapse's tests need on a fresh Debian machine of this kind:
 # Podman (with runc) serving the Docker Engine API on a private socket, a local busybox
-# image, redis-server (the tests start their own on private ports), schemathesis and moto.
+# image, openssh-server (the SSH tests run their own sshd), redis-server (the tests start their own on private ports), schemathesis and moto.
 # Idempotent: a second run reuses what is already there.
 # Source it (`. scripts/test-env.sh`) to get DOCKER_HOST, LAPSE_TEST_IMAGE and
 # LAPSE_SCHEMATHESIS, LAPSE_MOTO_SERVER exported.
@@ -16,6 +16,9 @@ command -v podman >/dev/null || need+=(podman)
 command -v runc >/dev/null || need+=(runc)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v redis-server >/dev/null || need+=(redis-server)
+# The SSH exec tests start their own unprivileged sshd on loopback (never the system one).
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh-keygen >/dev/null || need+=(openssh-client)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test-env: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -168,6 +168,10 @@ impl Provider for Configured {
         self.within("logs", self.timeouts.read, self.inner.logs(environment_id, tail_lines)).await
     }
 
+    async fn rearm(&self, environment_id: &str, placement: &Placement) -> Result<(), ProviderError> {
+        self.within("rearm", self.timeouts.change, self.inner.rearm(environment_id, placement)).await
+    }
+
     async fn find_foreign(&self, query: &ForeignQuery) -> Result<Vec<Foreign>, ProviderError> {
         self.within("find", self.timeouts.read, self.inner.find_foreign(query)).await
     }
@@ -179,7 +183,8 @@ impl Provider for Configured {
         placement: &Placement,
         spec: &Spec,
     ) -> Result<Instance, ProviderError> {
-        self.within("adopt", self.timeouts.change, self.inner.adopt(environment_id, provider_ref, placement, spec)).await
+        self.within("adopt", self.timeouts.change, self.inner.adopt(environment_id, provider_ref, placement, spec))
+            .await
     }
 
     async fn finish_adoption(&self, environment_id: &str, provider_ref: &str, keep: bool) -> Result<(), ProviderError> {

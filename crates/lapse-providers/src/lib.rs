@@ -36,6 +36,8 @@ pub mod process;
 #[cfg(feature = "scaleway")]
 pub mod scaleway;
 pub mod sim;
+#[cfg(feature = "ssh")]
+pub mod ssh;
 pub mod unavailable;
 
 #[cfg(any(feature = "scaleway", feature = "ovh"))]
@@ -245,6 +247,16 @@ pub trait Provider: Send + Sync {
     ) -> Result<ExecResult, ProviderError> {
         let _ = (environment_id, spec, cmd, timeout);
         Err(ProviderError::Unsupported { provider: self.name(), op: "exec" })
+    }
+
+    /// Moves a **running** VM's own lease backstop to `placement.expires_at` (after an
+    /// `extend`): cloud providers update what the guest reads (its `lapse:expires-at` tag
+    /// where the cloud has tags, the deadline file over SSH). Idempotent; the server calls it
+    /// again until it succeeds. The default does nothing: a local environment has no
+    /// backstop of its own.
+    async fn rearm(&self, environment_id: &str, placement: &Placement) -> Result<(), ProviderError> {
+        let _ = (environment_id, placement);
+        Ok(())
     }
 
     /// Removes what no environment needs any more and `list` does not report: processes left

@@ -82,7 +82,10 @@ async fn create_follows_swims_steps_with_user_data_before_power_on() {
     // User data under `cloud-init`, set while the server was still off, with the backstop.
     let data = &s.user_data[USER_DATA_KEY];
     assert!(
-        data.contains("packages: [git]") && data.contains("shutdown -P") && data.contains("d=1800000600;"),
+        data.contains("packages: [git]")
+            && data.contains("shutdown -P")
+            && data.contains("if [ 1800000000 -gt")
+            && data.contains("g=600"),
         "{data}"
     );
     assert_eq!(s.user_data_set_in_state, ["stopped"]);
@@ -313,4 +316,94 @@ async fn the_fake_rejects_what_the_schema_does_not_define() {
     let r = http.put(&servers).header("X-Auth-Token", SECRET).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(fake.log().iter().filter(|r| r.rejected.is_some()).count(), 5);
+}
+
+/// The SSH key in the user data the fake received, as cloud-init would install it.
+fn authorized_keys_in(user_data: &str) -> Vec<String> {
+    let after = user_data.split("ssh_authorized_keys:\n").nth(1).unwrap_or_default();
+    after
+        .lines()
+        .take_while(|l| l.starts_with("  - "))
+        .map(|l| serde_json::from_str::<String>(l.trim_start_matches("  - ")).unwrap())
+        .collect()
+}
+
+/// A Scaleway server whose address is a local sshd: the key goes in through the user data,
+/// `exec` runs there, `rearm` moves the tag and the deadline file, `delete` forgets the key.
+#[tokio::test]
+async fn exec_and_rearm_over_ssh_on_a_server_at_a_local_sshd() {
+    use lapse_providers::ssh::SshConfig;
+    use lapse_providers::ssh::testing::TestSshd;
+    let sshd = TestSshd::start();
+    let fake = Fake::start(SECRET).await;
+    fake.give_public_ipv4("127.0.0.1");
+    let dir = tempfile::tempdir().unwrap();
+    let deadline_file = format!("{}/guest/expires-at", dir.path().display());
+    let mut ssh = SshConfig::in_dir(dir.path().join("keys"));
+    ssh.port = sshd.port;
+    ssh.user = Some(sshd.user.clone());
+    ssh.retry_pause = Duration::from_millis(50);
+    ssh.deadline_file = deadline_file.clone();
+    let p = ScalewayProvider::new(config(&fake), CONTROLLER).unwrap().with_ssh(ssh.clone());
+    let mut spec = spec();
+    spec.cloud.as_mut().unwrap().ssh_public_keys = vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUser user@laptop".into()];
+    p.ensure_running("env1", &placement(), &spec).await.unwrap();
+
+    let data = fake.servers()[0].user_data[USER_DATA_KEY].clone();
+    let keys = authorized_keys_in(&data);
+    assert_eq!(keys.len(), 2, "Lapse's key and the user's: {data}");
+    assert!(keys[0].starts_with("ssh-ed25519 ") && keys[1].ends_with("user@laptop"));
+    assert!(data.contains(&deadline_file) && data.contains("169.254.42.42/conf"), "the shared backstop: {data}");
+    let private = std::fs::read_to_string(dir.path().join("keys/env1.key")).unwrap();
+    let body: String = private.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(!data.contains(&body[..40]), "the private key is not in the user data");
+    assert!(fake.servers()[0].tags.contains(&"lapse:expires-at=1800000000".to_owned()));
+    // cloud-init's part, played by the test: the key in the user data lets Lapse in.
+    sshd.authorize(&keys[0]);
+
+    let cmd: Vec<String> =
+        ["sh", "-c", "echo \"$0 $1\"; echo e >&2; exit 7", "a b", "$(x);'"].map(String::from).to_vec();
+    let r = p.exec("env1", &spec, &cmd, Duration::from_secs(20)).await.unwrap();
+    assert_eq!((r.stdout.as_str(), r.stderr.as_str(), r.exit_code), ("a b $(x);'\n", "e\n", Some(7)));
+
+    // A provider made again on the same directory (a restarted server) uses the same key.
+    let again = ScalewayProvider::new(config(&fake), CONTROLLER).unwrap().with_ssh(ssh.clone());
+    let r = again.exec("env1", &spec, &["true".into()], Duration::from_secs(20)).await.unwrap();
+    assert_eq!(r.exit_code, Some(0));
+
+    // Extend of the running server: the tag and the guest's file move.
+    let later = Placement { expires_at: Some(1_900_000_000_000), ..placement() };
+    again.rearm("env1", &later).await.unwrap();
+    let tags = fake.servers()[0].tags.clone();
+    assert!(tags.contains(&"lapse:expires-at=1900000000".to_owned()), "{tags:?}");
+    assert!(!tags.contains(&"lapse:expires-at=1800000000".to_owned()), "{tags:?}");
+    assert!(tags.contains(&environment_tag("env1")) && tags.contains(&controller_tag(CONTROLLER)));
+    assert_eq!(std::fs::read_to_string(&deadline_file).unwrap(), "1900000000\n");
+    assert_schema_valid(&fake);
+
+    again.delete("env1", Duration::ZERO).await.unwrap();
+    assert!(!dir.path().join("keys/env1.key").exists(), "the key goes with the environment");
+    assert!(!dir.path().join("keys/env1.host").exists());
+}
+
+/// A rearm that cannot reach the guest fails retryably (the server retries it) after the tag
+/// moved, and says why without key material.
+#[tokio::test]
+async fn a_rearm_that_cannot_reach_the_guest_is_retryable() {
+    use lapse_providers::ssh::SshConfig;
+    let fake = Fake::start(SECRET).await;
+    fake.give_public_ipv4("127.0.0.1");
+    let dir = tempfile::tempdir().unwrap();
+    let mut ssh = SshConfig::in_dir(dir.path());
+    ssh.port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    ssh.retry_pause = Duration::from_millis(50);
+    ssh.connect_timeout = Duration::from_millis(200);
+    ssh.rearm_timeout = Duration::from_secs(1);
+    let p = ScalewayProvider::new(config(&fake), CONTROLLER).unwrap().with_ssh(ssh);
+    p.ensure_running("env1", &placement(), &spec()).await.unwrap();
+    let later = Placement { expires_at: Some(1_900_000_000_000), ..placement() };
+    let err = tokio::time::timeout(Duration::from_secs(10), p.rearm("env1", &later)).await.unwrap().unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(fake.servers()[0].tags.contains(&"lapse:expires-at=1900000000".to_owned()));
+    assert!(!err.to_string().contains("PRIVATE KEY"));
 }

@@ -245,7 +245,12 @@ impl App {
         }
         let id = lapse_core::model::new_environment_id();
         let env = self.adoptee(&id, req, checked, asked, foreign, expires_at, running, now);
-        let placement = Placement { tenant: String::new(), expires_at: Some(expires_at), on_expiry: req.on_expiry, ..Default::default() };
+        let placement = Placement {
+            tenant: String::new(),
+            expires_at: Some(expires_at),
+            on_expiry: req.on_expiry,
+            ..Default::default()
+        };
         let instance = provider.adopt(&id, pref, &placement, &env.spec).await.map_err(|e| match e {
             ProviderError::NotFound { .. } => format!("no such {} resource", provider.name()),
             other => other.recorded(),

@@ -34,6 +34,7 @@ pub mod http;
 pub mod metrics;
 pub mod pools;
 pub mod providers;
+pub mod rearm;
 pub mod reconciler;
 pub mod sweep;
 pub mod timers;
@@ -118,7 +119,11 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     config.tiers = tables.tiers;
     config.provider_tables = tables.providers.clone();
     let decls = providers::table::check(&tables.providers).map_err(|errors| {
-        anyhow::anyhow!("config file {}: {}", config.config_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(), errors.join("; "))
+        anyhow::anyhow!(
+            "config file {}: {}",
+            config.config_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            errors.join("; ")
+        )
     })?;
     for decl in &decls {
         if let Some(n) = decl.concurrency {

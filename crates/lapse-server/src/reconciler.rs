@@ -40,6 +40,8 @@ struct Inner {
     wake: Notify,
     slots: HashMap<String, Arc<Semaphore>>,
     steps: Arc<Semaphore>,
+    /// The deadline each running VM's own backstop holds ([`crate::rearm`]).
+    armed: crate::rearm::Armed,
 }
 
 #[derive(Default)]
@@ -74,6 +76,7 @@ impl Reconciler {
                 wake: Notify::new(),
                 slots,
                 steps: Arc::new(Semaphore::new(MAX_STEPS_IN_FLIGHT)),
+                armed: crate::rearm::Armed::default(),
             }),
         }
     }
@@ -100,6 +103,12 @@ impl Reconciler {
             q.queued.contains(id) || q.running.contains(id)
         };
         busy || self.inner.cx.deferred.contains(id)
+    }
+
+    /// Whether nothing is known of the backstop of `id`'s VM in this process (after a
+    /// restart): the sweep enqueues such a running environment so its step arms it.
+    pub fn backstop_unknown(&self, id: &str) -> bool {
+        self.inner.armed.unknown(id)
     }
 
     /// Queued plus running steps.
@@ -164,6 +173,11 @@ impl Reconciler {
         }
         let now = cx.clock.now();
         let planned = plan(&env, now);
+        // A running VM whose lease moved (extend) has its own backstop moved; a failure is an
+        // event and a timer, never a failed step.
+        if matches!(planned, Plan::Converged | Plan::WaitUntil(_)) && self.inner.armed.moved(&env) {
+            crate::rearm::rearm(cx, &self.inner.armed, &env).await;
+        }
         let outcome = match planned {
             Plan::Converged => return,
             Plan::WaitUntil(at) => {
@@ -344,6 +358,12 @@ impl Reconciler {
                     Plan::Stop => ObservedState::Stopped,
                     _ => ObservedState::Deleted,
                 };
+                match planned {
+                    // The VM booted with this deadline in its user data.
+                    Plan::Provision | Plan::Replace => self.inner.armed.set(&env.id, env.expires_at),
+                    Plan::Delete => self.inner.armed.forget(&env.id),
+                    _ => {}
+                }
                 let provisioned_hash = env.spec.hash();
                 let recorded = cx
                     .store

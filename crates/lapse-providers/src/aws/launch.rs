@@ -11,7 +11,7 @@ use lapse_core::model::{OnExpiry, Spec};
 use sha2::{Digest, Sha256};
 
 use super::check::{self, NAME};
-use super::{AwsProvider, TAG_CONTROLLER, TAG_ENVIRONMENT, TAG_EXPIRES, TAG_TENANT, backstop, keys};
+use super::{AwsProvider, TAG_CONTROLLER, TAG_ENVIRONMENT, TAG_EXPIRES, TAG_TENANT, keys};
 use crate::{Placement, ProviderError};
 
 /// instance-manager's default size.
@@ -177,8 +177,7 @@ impl AwsProvider {
             Some(k) => Some(keys::ensure(client, k).await?),
             None => None,
         };
-        let deadline = placement.expires_at.map(|ms| ms.div_euclid(1000));
-        let user_data = backstop::user_data(deadline, spec.user_data.as_deref());
+        let user_data = self.user_data(environment_id, placement, spec)?;
         let shutdown = match placement.on_expiry {
             OnExpiry::Delete => ShutdownBehavior::Terminate,
             OnExpiry::Stop => ShutdownBehavior::Stop,

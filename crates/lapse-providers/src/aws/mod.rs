@@ -26,6 +26,11 @@
 //!   started again (`extend` of a stopped lease). Moving the deadline of a *running* VM is
 //!   not done: `ensure_running` on a running instance rewrites its `lapse:expires-at` tag,
 //!   which the guest reads when the account exposes tags in instance metadata.
+//! - **SSH**: with a key directory ([`AwsProvider::with_ssh`]) each environment gets its own
+//!   key ([`crate::ssh`]), put in through cloud-init beside `cloud.ssh_public_keys`; `exec`
+//!   runs over SSH as [`DEFAULT_USER`] (or `SshConfig::user`) on the public IPv4, else the
+//!   IPv6; `rearm` (after `extend` of a running instance) retags `lapse:expires-at` and
+//!   writes the guest's deadline file over SSH; `delete` forgets the keys.
 //! - `stop` is StopInstances (the disk stays), `delete` TerminateInstances; both succeed when
 //!   the instance is gone. EC2 states map as pending → Pending, running → Running,
 //!   stopping → Stopping, stopped → Stopped, shutting-down → ShuttingDown, terminated → gone.
@@ -44,6 +49,7 @@ mod backstop;
 mod check;
 mod keys;
 mod launch;
+mod remote;
 mod timing;
 mod unavailable;
 
@@ -52,6 +58,7 @@ pub use backstop::{GRACE_SECS, user_data as backstop_user_data};
 pub use check::{MAX_TAGS, is_instance_type, is_openssh_key, is_zone, validate, validate_labels};
 pub use keys::key_pair_name;
 pub use launch::{DEFAULT_AMI_NAME, DEFAULT_INSTANCE_TYPE, SEED_MANAGED_BY, client_token, go_duration};
+pub use remote::DEFAULT_USER;
 pub use unavailable::UnavailableAws;
 /// The SDK crates, for callers (tests) that talk to EC2 beside the provider.
 pub use {aws_config as sdk_config, aws_sdk_ec2 as sdk};
@@ -70,6 +77,7 @@ use lapse_core::validate::FieldError;
 
 use self::check::NAME;
 use crate::calls::{CallTime, CallTimes};
+use crate::ssh::{KeyStore, SshConfig};
 use crate::{Foreign, ForeignQuery, Instance, Placement, Provider, ProviderError};
 
 pub const TAG_ENVIRONMENT: &str = "lapse:environment";
@@ -100,6 +108,8 @@ pub struct AwsProvider {
     seed_tags: bool,
     /// Time inside each EC2 call, counted by the client's [`timing::Timing`] interceptor.
     calls: Arc<CallTimes>,
+    ssh: SshConfig,
+    keys: KeyStore,
 }
 
 impl std::fmt::Debug for AwsProvider {
@@ -162,7 +172,8 @@ impl AwsProvider {
         let client = Client::from_conf(
             aws_sdk_ec2::config::Builder::from(&config).interceptor(timing::Timing(calls.clone())).build(),
         );
-        Ok(AwsProvider { client, region, controller_id: controller_id.to_owned(), seed_tags: false, calls })
+        let (ssh, keys) = (SshConfig::default(), KeyStore::new(None));
+        Ok(AwsProvider { client, region, controller_id: controller_id.to_owned(), seed_tags: false, calls, ssh, keys })
     }
 
     /// Also tags instances (and volumes) as instance-manager does: `Name` and `ManagedBy`
@@ -247,9 +258,14 @@ impl AwsProvider {
         })
     }
 
-    async fn start_stopped(&self, id: &str, placement: &Placement, spec: &Spec) -> Result<(), ProviderError> {
-        let deadline = placement.expires_at.map(|ms| ms.div_euclid(1000));
-        if let Some(data) = backstop::user_data(deadline, spec.user_data.as_deref()) {
+    async fn start_stopped(
+        &self,
+        environment_id: &str,
+        id: &str,
+        placement: &Placement,
+        spec: &Spec,
+    ) -> Result<(), ProviderError> {
+        if let Some(data) = self.user_data(environment_id, placement, spec)? {
             // EC2 wants the user data base64-encoded inside the blob (which the SDK encodes
             // once more on the wire), as RunInstances takes it.
             use base64::Engine;
@@ -310,7 +326,12 @@ impl Provider for AwsProvider {
     }
 
     fn capabilities(&self) -> crate::Capabilities {
-        crate::Capabilities { stop_keeps_disk: true, cloud: true, lease_backstop: true, ..crate::Capabilities::default() }
+        crate::Capabilities {
+            stop_keeps_disk: true,
+            cloud: true,
+            lease_backstop: true,
+            ..crate::Capabilities::default()
+        }
     }
 
     fn default_instance_type(&self) -> Option<&'static str> {
@@ -352,7 +373,9 @@ impl Provider for AwsProvider {
             Some(i) => {
                 let id = i.instance_id().unwrap_or_default().to_owned();
                 match state(&i) {
-                    Some(InstanceStateName::Stopped) => self.start_stopped(&id, placement, spec).await?,
+                    Some(InstanceStateName::Stopped) => {
+                        self.start_stopped(environment_id, &id, placement, spec).await?
+                    }
                     Some(InstanceStateName::Stopping | InstanceStateName::ShuttingDown) => {
                         return Err(ProviderError::Failed {
                             provider: NAME,
@@ -406,16 +429,30 @@ impl Provider for AwsProvider {
             .filter(|i| !matches!(state(i), Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)))
             .filter_map(|i| i.instance_id().map(str::to_owned))
             .collect();
-        if ids.is_empty() {
-            return Ok(());
+        if !ids.is_empty() {
+            match self.client.terminate_instances().set_instance_ids(Some(ids)).send().await {
+                Ok(_) => {}
+                Err(e) => match check::error("TerminateInstances", e) {
+                    ProviderError::Failed { message, .. } if message.starts_with("InvalidInstanceID.NotFound") => {}
+                    other => return Err(other),
+                },
+            }
         }
-        match self.client.terminate_instances().set_instance_ids(Some(ids)).send().await {
-            Ok(_) => Ok(()),
-            Err(e) => match check::error("TerminateInstances", e) {
-                ProviderError::Failed { message, .. } if message.starts_with("InvalidInstanceID.NotFound") => Ok(()),
-                other => Err(other),
-            },
-        }
+        self.keys.remove(environment_id).map_err(|e| e.into_provider(NAME, "forget the SSH key"))
+    }
+
+    async fn exec(
+        &self,
+        environment_id: &str,
+        _spec: &Spec,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<lapse_core::wire::ExecResult, ProviderError> {
+        self.exec_ssh(environment_id, cmd, timeout).await
+    }
+
+    async fn rearm(&self, environment_id: &str, placement: &Placement) -> Result<(), ProviderError> {
+        self.rearm_instance(environment_id, placement).await
     }
 
     async fn inspect(&self, environment_id: &str) -> Result<Option<Instance>, ProviderError> {
@@ -429,11 +466,7 @@ impl Provider for AwsProvider {
             .set_values(Some(["pending", "running", "stopping", "stopped", "shutting-down"].map(String::from).to_vec()))
             .build();
         let all = self.describe(vec![live]).await?;
-        Ok(all
-            .iter()
-            .filter(|i| !adopt::is_adopting(i))
-            .filter_map(|i| Self::to_instance(i, &[]))
-            .collect())
+        Ok(all.iter().filter(|i| !adopt::is_adopting(i)).filter_map(|i| Self::to_instance(i, &[])).collect())
     }
 
     async fn find_foreign(&self, query: &ForeignQuery) -> Result<Vec<Foreign>, ProviderError> {

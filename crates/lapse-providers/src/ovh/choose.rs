@@ -3,10 +3,10 @@
 
 use base64::Engine;
 use lapse_core::Millis;
-use lapse_core::model::OnExpiry;
 use serde::Deserialize;
 
 use crate::InstanceStatus;
+use crate::cloud_init::{Backstop, Metadata};
 
 /// `cloud.flavor.Flavor`, the fields the choice reads (`ram` in GB, as OVH gives it).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -94,31 +94,28 @@ pub fn status_of(ovh: &str) -> InstanceStatus {
 /// (which keeps the disk and runs hooks) normally comes first.
 pub const BACKSTOP_GRACE_MINUTES: i64 = 10;
 
-/// The user data sent to OVH (base64): the spec's own user data and, when the environment
-/// has an expiry, a backstop script that powers the guest off at `expires_at` plus
-/// [`BACKSTOP_GRACE_MINUTES`] even if the control plane is gone; both as parts of one MIME
-/// multipart document ([`crate::cloud_init`]). With neither, `None`.
-pub fn user_data(own: Option<&str>, expires_at: Option<Millis>, on_expiry: OnExpiry) -> Option<String> {
-    let text = match expires_at {
-        Some(at) => crate::cloud_init::with_backstop("text/x-shellscript", &backstop_script(at, on_expiry), own),
-        None => own?.to_owned(),
-    };
+/// The user data sent to OVH (base64): the spec's own user data, then Lapse's part
+/// ([`crate::cloud_init`]): the SSH keys, and with an expiry the shared backstop, which powers
+/// the guest off at `expires_at` plus [`BACKSTOP_GRACE_MINUTES`] even if the control plane is
+/// gone, reading its deadline from `deadline_file` (OVH's metadata has no tags, so `extend`
+/// moves it by writing that file over SSH). A guest cannot delete itself (it holds no API
+/// credentials), so `on_expiry: delete` also powers off; the control plane deletes. With
+/// nothing of Lapse's and no user data, `None`.
+pub fn user_data(
+    own: Option<&str>,
+    expires_at: Option<Millis>,
+    ssh_keys: &[String],
+    deadline_file: &str,
+) -> Option<String> {
+    let backstop = expires_at.map(|at| Backstop {
+        expires_at: at.div_euclid(1000),
+        grace_secs: BACKSTOP_GRACE_MINUTES * 60,
+        deadline_file,
+        metadata: Metadata::None,
+        power_off: "shutdown -P now",
+    });
+    let text = crate::cloud_init::user_data(backstop.as_ref(), ssh_keys, own)?;
     Some(base64::engine::general_purpose::STANDARD.encode(text))
-}
-
-/// The script that arms the guest's own shutdown. A guest cannot delete itself (it holds
-/// no API credentials), so `on_expiry: delete` also powers off; the control plane deletes.
-fn backstop_script(expires_at: Millis, on_expiry: OnExpiry) -> String {
-    let at = expires_at.div_euclid(1000) + BACKSTOP_GRACE_MINUTES * 60;
-    let then = match on_expiry {
-        OnExpiry::Stop => "stop",
-        OnExpiry::Delete => "delete",
-    };
-    format!(
-        "#!/bin/sh\n# lapse backstop: power off at expires-at + {BACKSTOP_GRACE_MINUTES} min (on expiry: {then})\n\
-         at={at}\nnow=$(date +%s)\nmins=$(( (at - now + 59) / 60 ))\n[ \"$mins\" -lt 1 ] && mins=1\n\
-         shutdown -P +\"$mins\" 'lapse: lease expired'\n"
-    )
 }
 
 #[cfg(test)]
@@ -187,19 +184,22 @@ mod tests {
     fn user_data_carries_the_backstop_beside_the_users_part() {
         let decode =
             |s: String| String::from_utf8(base64::engine::general_purpose::STANDARD.decode(s).unwrap()).unwrap();
-        assert_eq!(user_data(None, None, OnExpiry::Stop), None);
-        assert_eq!(decode(user_data(Some("#cloud-config\n"), None, OnExpiry::Stop).unwrap()), "#cloud-config\n");
+        let file = crate::ssh::DEFAULT_DEADLINE_FILE;
+        assert_eq!(user_data(None, None, &[], file), None);
+        assert_eq!(decode(user_data(Some("#cloud-config\n"), None, &[], file).unwrap()), "#cloud-config\n");
         let both =
-            decode(user_data(Some("#cloud-config\nruncmd: [ls]\n"), Some(1_700_000_000_000), OnExpiry::Stop).unwrap());
+            decode(user_data(Some("#cloud-config\nruncmd: [ls]\n"), Some(1_700_000_000_000), &[], file).unwrap());
         assert!(both.starts_with("Content-Type: multipart/mixed"));
         assert!(both.contains("Content-Type: text/cloud-config"));
         assert!(both.contains("runcmd: [ls]"));
-        assert!(both.contains(&format!("at={}", 1_700_000_000 + BACKSTOP_GRACE_MINUTES * 60)));
-        assert!(both.contains("shutdown -P"));
-        let archive = decode(user_data(Some("#cloud-config-archive\n- a\n"), Some(0), OnExpiry::Delete).unwrap());
+        assert!(both.contains("if [ 1700000000 -gt") && both.contains(&format!("g={}", BACKSTOP_GRACE_MINUTES * 60)));
+        assert!(both.contains("shutdown -P now") && !both.contains("169.254"));
+        let keyed = decode(user_data(None, None, &["ssh-ed25519 AAAA".into()], file).unwrap());
+        assert!(keyed.contains("ssh_authorized_keys"));
+        let archive = decode(user_data(Some("#cloud-config-archive\n- a\n"), Some(0), &[], file).unwrap());
         assert!(archive.contains("Content-Type: text/cloud-config-archive"), "{archive}");
         let mime = "Content-Type: multipart/mixed; boundary=\"u\"\nMIME-Version: 1.0\n\n--u\nContent-Type: text/x-shellscript\n\n#!/bin/sh\n--u--\n";
-        let nested = decode(user_data(Some(mime), Some(0), OnExpiry::Stop).unwrap());
+        let nested = decode(user_data(Some(mime), Some(0), &[], file).unwrap());
         assert!(nested.contains("==\nContent-Type: multipart/mixed; boundary=\"u\""), "{nested}");
     }
 }

@@ -29,6 +29,11 @@
 //! - **Backstop**: with an expiry in the [`Placement`], user data arms the guest's own
 //!   power-off at expires-at plus [`choose::BACKSTOP_GRACE_MINUTES`] ([`choose::user_data`]).
 //!   OVH still bills a `SHUTOFF` instance: only the control plane's delete ends the cost.
+//! - **SSH**: with a key directory ([`OvhProvider::with_ssh`]) each environment gets its own
+//!   key ([`crate::ssh`]), put in through cloud-init; `exec` runs over SSH as
+//!   [`remote::DEFAULT_USER`] (or `SshConfig::user`) on the public IPv4, else the IPv6;
+//!   `rearm` (after `extend`) writes the guest's deadline file over SSH (OVH has no tags);
+//!   `delete` forgets the keys.
 //! - Every call has a timeout; errors follow [`client`]'s rules; credentials never appear in
 //!   an error, a log line or a `Debug`.
 
@@ -36,6 +41,7 @@ pub mod choose;
 pub mod client;
 #[cfg(feature = "ovh-fake")]
 pub mod fake;
+pub mod remote;
 mod unconfigured;
 
 use std::time::Duration;
@@ -48,6 +54,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sha1::Digest;
 
+use crate::ssh::{KeyStore, SshConfig};
 use crate::{Instance, InstanceStatus, Placement, Provider, ProviderError};
 pub use client::Credentials;
 pub use unconfigured::Unconfigured;
@@ -93,6 +100,8 @@ pub struct OvhProvider {
     client: client::Client,
     config: OvhConfig,
     prefix: String,
+    ssh: SshConfig,
+    keys: KeyStore,
 }
 
 /// `cloud.instance.Instance`, the fields the provider reads.
@@ -129,9 +138,11 @@ impl OvhProvider {
                 config.endpoint
             ),
         })?;
-        crate::answer::check_transport(&base).map_err(|message| ProviderError::Unavailable { provider: PROVIDER, message })?;
+        crate::answer::check_transport(&base)
+            .map_err(|message| ProviderError::Unavailable { provider: PROVIDER, message })?;
         let client = client::Client::new(base, config.credentials.clone(), config.call_timeout)?;
-        Ok(OvhProvider { client, prefix: format!("lapse-{controller_id}-"), config })
+        let (ssh, keys) = (SshConfig::default(), KeyStore::new(None));
+        Ok(OvhProvider { client, prefix: format!("lapse-{controller_id}-"), config, ssh, keys })
     }
 
     fn project(&self) -> String {
@@ -225,7 +236,13 @@ impl OvhProvider {
         if let Some(key) = ssh_key {
             body["sshKeyId"] = json!(key);
         }
-        if let Some(data) = choose::user_data(spec.user_data.as_deref(), placement.expires_at, placement.on_expiry) {
+        let mut keys = Vec::new();
+        if self.keys.is_enabled() {
+            keys.push(self.keys.ensure(environment_id).map_err(|e| e.into_provider(PROVIDER, "make the SSH key"))?);
+        }
+        keys.extend(cloud.ssh_public_keys.iter().cloned());
+        let own = spec.user_data.as_deref();
+        if let Some(data) = choose::user_data(own, placement.expires_at, &keys, &self.ssh.deadline_file) {
             body["userData"] = json!(data);
         }
         let made: OvhInstance = self.client.call(Method::POST, &format!("{project}/instance"), Some(&body)).await?;
@@ -330,7 +347,12 @@ impl Provider for OvhProvider {
     }
 
     fn capabilities(&self) -> crate::Capabilities {
-        crate::Capabilities { stop_keeps_disk: true, cloud: true, lease_backstop: true, ..crate::Capabilities::default() }
+        crate::Capabilities {
+            stop_keeps_disk: true,
+            cloud: true,
+            lease_backstop: true,
+            ..crate::Capabilities::default()
+        }
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), FieldError> {
@@ -406,10 +428,24 @@ impl Provider for OvhProvider {
     }
 
     async fn delete(&self, environment_id: &str, _grace: Duration) -> Result<(), ProviderError> {
-        match self.find(environment_id).await? {
-            Some(found) => self.remove(&found.id).await,
-            None => Ok(()),
+        if let Some(found) = self.find(environment_id).await? {
+            self.remove(&found.id).await?;
         }
+        self.keys.remove(environment_id).map_err(|e| e.into_provider(PROVIDER, "forget the SSH key"))
+    }
+
+    async fn exec(
+        &self,
+        environment_id: &str,
+        _spec: &Spec,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<lapse_core::wire::ExecResult, ProviderError> {
+        self.exec_ssh(environment_id, cmd, timeout).await
+    }
+
+    async fn rearm(&self, environment_id: &str, placement: &Placement) -> Result<(), ProviderError> {
+        self.rearm_instance(environment_id, placement).await
     }
 
     async fn inspect(&self, environment_id: &str) -> Result<Option<Instance>, ProviderError> {

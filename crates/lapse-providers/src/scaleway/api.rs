@@ -330,6 +330,14 @@ impl Api {
         self.call("PATCH", &path, &[], Body::Text(content.to_owned())).await.map(|_| ())
     }
 
+    /// `PATCH /servers/{id} {tags}` (`UpdateServerRequest`): the server's whole tag list.
+    pub async fn set_tags(&self, zone: &str, id: &str, tags: &[String]) -> Result<(), ApiError> {
+        let id = Self::checked("PATCH", id)?;
+        let path = Self::zone_path(zone, &format!("servers/{id}"));
+        let body = serde_json::json!({ "tags": tags });
+        self.call("PATCH", &path, &[], Body::Json(body)).await.map(|_| ())
+    }
+
     /// `POST /servers/{id}/action {action}` (`poweron`, `poweroff`).
     pub async fn action(&self, zone: &str, id: &str, action: &str) -> Result<(), ApiError> {
         let id = Self::checked("POST", id)?;

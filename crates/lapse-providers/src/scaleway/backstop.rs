@@ -1,33 +1,40 @@
-//! The lease backstop: user data that powers the server off by itself at `expires_at` plus a
-//! grace period, so a server outlives its lease by at most the grace even when Lapse is down.
-//!
-//! The result is a cloud-init MIME multipart (`multipart/mixed`): first the backstop, a
-//! `text/cloud-config` whose `bootcmd` (run on **every** boot, so a restarted server re-arms it)
-//! schedules `shutdown -P` at the deadline, or powers off at once when the deadline has passed;
-//! then the user's own user data as its own part, unchanged (its type told by its first line:
-//! `#cloud-config`, `#!`, `#include`, `#cloud-boothook`, or a MIME document of its own, which
-//! cloud-init reads as a nested part). Without an expiry the user data goes as given.
+//! The lease backstop on Scaleway: the shared one ([`crate::cloud_init`]), reading its
+//! deadline from the server's `lapse:expires-at=<Unix seconds>` tag through the metadata API
+//! (`http://169.254.42.42/conf`) and from the deadline file, and powering off with
+//! `shutdown -P` at the lease's end plus the grace; with the SSH keys in the same part.
 //!
 //! Note: an in-guest power-off leaves a Scaleway server `stopped in place` (the slot is kept),
 //! not deleted; the sweep (or `delete`) removes it once Lapse runs again.
 
 use lapse_core::Millis;
 
-/// The user data to upload: the backstop (when there is an expiry) and the user's, as one
-/// multipart document ([`crate::cloud_init`]).
-pub fn user_data(user: Option<&str>, expires_at: Option<Millis>, grace_secs: u64) -> Option<String> {
-    let Some(expires_at) = expires_at else { return user.map(str::to_owned) };
-    let deadline = expires_at.div_euclid(1000).saturating_add(i64::try_from(grace_secs).unwrap_or(i64::MAX));
-    Some(crate::cloud_init::with_backstop("text/cloud-config", &backstop_cloud_config(deadline), user))
+use crate::cloud_init::{self, Backstop, Metadata};
+
+/// The tag prefix that carries the lease's end (Unix seconds) for the guest to read.
+pub const EXPIRES_TAG: &str = "lapse:expires-at=";
+
+/// The tag for a lease ending at `expires_at`.
+pub fn expires_tag(expires_at: Millis) -> String {
+    format!("{EXPIRES_TAG}{}", expires_at.div_euclid(1000))
 }
 
-/// The backstop alone: a `bootcmd` that arms `shutdown -P` for `deadline` (Unix seconds).
-pub fn backstop_cloud_config(deadline: i64) -> String {
-    format!(
-        "#cloud-config\n# lapse backstop: power off at the lease's end plus the grace, even if Lapse is down\n\
-         bootcmd:\n  - [ sh, -c, 'd={deadline}; n=$(date +%s); m=$(( (d - n + 59) / 60 )); \
-         if [ \"$m\" -le 0 ]; then shutdown -P now; else shutdown -P +$m; fi' ]\n"
-    )
+/// The user data to upload: the user's own, then Lapse's part (the keys, and the backstop
+/// when there is an expiry), as one multipart document. With neither, the user's as given.
+pub fn user_data(
+    user: Option<&str>,
+    expires_at: Option<Millis>,
+    grace_secs: u64,
+    ssh_keys: &[String],
+    deadline_file: &str,
+) -> Option<String> {
+    let backstop = expires_at.map(|at| Backstop {
+        expires_at: at.div_euclid(1000),
+        grace_secs: i64::try_from(grace_secs).unwrap_or(i64::MAX),
+        deadline_file,
+        metadata: Metadata::ScalewayConf,
+        power_off: "shutdown -P now",
+    });
+    cloud_init::user_data(backstop.as_ref(), ssh_keys, user)
 }
 
 #[cfg(test)]
@@ -35,17 +42,62 @@ mod tests {
     use super::*;
 
     #[test]
-    fn no_expiry_keeps_user_data() {
-        assert_eq!(user_data(Some("#!/bin/sh\n"), None, 60).as_deref(), Some("#!/bin/sh\n"));
-        assert_eq!(user_data(None, None, 60), None);
+    fn no_expiry_no_keys_keeps_user_data() {
+        assert_eq!(user_data(Some("#!/bin/sh\n"), None, 60, &[], "/f").as_deref(), Some("#!/bin/sh\n"));
+        assert_eq!(user_data(None, None, 60, &[], "/f"), None);
     }
 
     #[test]
-    fn expiry_arms_a_shutdown_and_keeps_the_users_part() {
-        let out = user_data(Some("#cloud-config\npackages: [git]\n"), Some(1_800_000_000_000), 600).unwrap();
+    fn expiry_arms_the_shared_backstop_and_keeps_the_users_part() {
+        let out = user_data(
+            Some("#cloud-config\npackages: [git]\n"),
+            Some(1_800_000_000_000),
+            600,
+            &["ssh-ed25519 AAAA lapse".into()],
+            "/var/lib/lapse/expires-at",
+        )
+        .unwrap();
         assert!(out.starts_with("Content-Type: multipart/mixed"));
-        assert!(out.contains("d=1800000600;"), "{out}");
-        assert!(out.contains("shutdown -P"));
-        assert!(out.contains("packages: [git]"));
+        assert!(out.contains("if [ 1800000000 -gt"), "{out}");
+        assert!(out.contains("g=600") && out.contains("shutdown -P now") && out.contains("169.254.42.42/conf"));
+        assert!(out.contains("packages: [git]") && out.contains("\"ssh-ed25519 AAAA lapse\""));
+        assert_eq!(expires_tag(1_800_000_000_999), "lapse:expires-at=1800000000");
+    }
+
+    /// The guest's reading of `/conf` finds the tag, quoted or not.
+    #[test]
+    fn the_metadata_tag_is_read_from_conf() {
+        let b = Backstop {
+            expires_at: 0,
+            grace_secs: 0,
+            deadline_file: "/f",
+            metadata: Metadata::ScalewayConf,
+            power_off: "",
+        };
+        let script = cloud_init::backstop_loop(&b);
+        let pipeline = script.lines().find(|l| l.contains("169.254.42.42")).unwrap();
+        let parse = pipeline
+            .replace("curl -sf -m 5 http://169.254.42.42/conf 2>/dev/null", "cat")
+            .replace("m=$(", "")
+            .trim_end_matches(')')
+            .to_owned();
+        for conf in [
+            "TAGS=2\nTAGS_0=lapse:environment=e\nTAGS_1=lapse:expires-at=1700000000\n",
+            "TAGS_1='lapse:expires-at=1700000000'\n",
+        ] {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&parse)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .and_then(|mut c| {
+                    use std::io::Write;
+                    c.stdin.take().unwrap().write_all(conf.as_bytes())?;
+                    c.wait_with_output()
+                })
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1700000000", "{conf:?} {parse}");
+        }
     }
 }

@@ -14,8 +14,11 @@
 //!    `SCW_DEFAULT_ZONE`), `dynamic_ip_required: false`, tags `lapse:environment=<id>` and
 //!    `lapse:controller=<controller id>`;
 //! 4. attaches a routed IPv6 (`POST /ips {type: routed_ipv6}`) unless it has one;
-//! 5. uploads the user data under the key `cloud-init` **before power-on**, with the lease
-//!    backstop ([`backstop`]) when the placement carries an expiry;
+//! 5. uploads the user data under the key `cloud-init` **before power-on**: the user's own,
+//!    then Lapse's part ([`crate::cloud_init`]) with the environment's SSH key
+//!    ([`crate::ssh::KeyStore`], when a key directory is configured), the spec's
+//!    `cloud.ssh_public_keys`, and the lease backstop ([`backstop`]) when the placement carries
+//!    an expiry (also tagged `lapse:expires-at=<Unix seconds>` for the guest to read);
 //! 6. powers it on and polls until it runs (bounded by `settle_timeout`).
 //!
 //! A failure after the create removes the half-made server (and its IPs and volumes).
@@ -26,12 +29,17 @@
 //! (the routed IPv6 first), and each address is an endpoint on port 22 (then `spec.ports`
 //! are not known to `inspect`), so SWIM's `ipv6` field shows the IPv6.
 //!
+//! `exec` runs over SSH ([`crate::ssh`]) as `root` (or `SshConfig::user`) on the public IPv4,
+//! else the IPv6; `rearm` (after `extend`) retags the expiry and writes the guest's deadline
+//! file over SSH ([`remote`]). `delete` also forgets the environment's keys.
+//!
 //! `list` pages (`page`, `per_page`) through the servers tagged with the controller's tag, in
 //! the default zone and every zone this process has created in.
 
 mod api;
 pub mod backstop;
 mod config;
+mod remote;
 mod validate;
 
 pub use api::{ApiError, MAX_PAUSE, retry_after};
@@ -47,6 +55,7 @@ use async_trait::async_trait;
 use lapse_core::model::{Endpoint, Spec};
 use lapse_core::validate::FieldError;
 
+use crate::ssh::{KeyStore, SshConfig};
 use crate::{Instance, InstanceStatus, Placement, Provider, ProviderError};
 use api::{Api, Server};
 
@@ -73,6 +82,8 @@ pub struct ScalewayProvider {
     controller_id: String,
     /// Zones to look in: the default one and every one a server was made in.
     zones: Mutex<BTreeSet<String>>,
+    ssh: SshConfig,
+    keys: KeyStore,
 }
 
 impl ScalewayProvider {
@@ -81,7 +92,26 @@ impl ScalewayProvider {
             .map_err(|message| ProviderError::Unavailable { provider: NAME, message })?;
         let api = Api::new(&cfg.api_url, &cfg.secret_key, cfg.call_timeout, cfg.retries, cfg.retry_pause);
         let zones = Mutex::new(BTreeSet::from([cfg.default_zone.clone()]));
-        Ok(ScalewayProvider { cfg, api, controller_id: controller_id.to_owned(), zones })
+        let ssh = SshConfig::default();
+        let keys = KeyStore::new(None);
+        Ok(ScalewayProvider { cfg, api, controller_id: controller_id.to_owned(), zones, ssh, keys })
+    }
+
+    /// With SSH: keys kept in `ssh.key_dir` (none without one), `exec` and `rearm` over SSH.
+    pub fn with_ssh(mut self, ssh: SshConfig) -> Self {
+        self.keys = KeyStore::new(ssh.key_dir.clone());
+        self.ssh = ssh;
+        self
+    }
+
+    /// The SSH keys to let in: Lapse's for the environment (made now if needed) and the spec's.
+    fn ssh_keys(&self, environment_id: &str, spec: &Spec) -> Result<Vec<String>, ProviderError> {
+        let mut keys = Vec::new();
+        if self.keys.is_enabled() {
+            keys.push(self.keys.ensure(environment_id).map_err(|e| e.into_provider(NAME, "make the SSH key"))?);
+        }
+        keys.extend(spec.cloud.iter().flat_map(|c| c.ssh_public_keys.iter().cloned()));
+        Ok(keys)
     }
 
     fn zones(&self) -> Vec<String> {
@@ -136,6 +166,7 @@ impl ScalewayProvider {
     /// Steps 4-6 on a server that exists and is off: IPv6, user data, power-on, wait.
     async fn boot(
         &self,
+        environment_id: &str,
         zone: &str,
         server: &Server,
         placement: &Placement,
@@ -147,8 +178,23 @@ impl ScalewayProvider {
                 .await
                 .map_err(|e| Self::failed("attach ipv6", e))?;
         }
-        let data =
-            backstop::user_data(spec.user_data.as_deref(), placement.expires_at, self.cfg.backstop_grace.as_secs());
+        if let Some(at) = placement.expires_at {
+            let tag = backstop::expires_tag(at);
+            if !server.tags.contains(&tag) {
+                let mut tags: Vec<String> =
+                    server.tags.iter().filter(|t| !t.starts_with(backstop::EXPIRES_TAG)).cloned().collect();
+                tags.push(tag);
+                self.api.set_tags(zone, &server.id, &tags).await.map_err(|e| Self::failed("retag expiry", e))?;
+            }
+        }
+        let keys = self.ssh_keys(environment_id, spec)?;
+        let data = backstop::user_data(
+            spec.user_data.as_deref(),
+            placement.expires_at,
+            self.cfg.backstop_grace.as_secs(),
+            &keys,
+            &self.ssh.deadline_file,
+        );
         if let Some(data) = data {
             self.api
                 .set_user_data(zone, &server.id, USER_DATA_KEY, &data)
@@ -159,7 +205,13 @@ impl ScalewayProvider {
         self.settle(zone, &server.id, &["running"], "boot").await
     }
 
-    async fn create(&self, environment_id: &str, zone: &str, spec: &Spec) -> Result<Server, ProviderError> {
+    async fn create(
+        &self,
+        environment_id: &str,
+        zone: &str,
+        placement: &Placement,
+        spec: &Spec,
+    ) -> Result<Server, ProviderError> {
         let cloud = spec.cloud.clone().unwrap_or_default();
         let mut body = serde_json::json!({
             "name": format!("lapse-{environment_id}"),
@@ -169,6 +221,9 @@ impl ScalewayProvider {
             "dynamic_ip_required": false,
             "tags": [environment_tag(environment_id), controller_tag(&self.controller_id)],
         });
+        if let (Some(at), Some(tags)) = (placement.expires_at, body["tags"].as_array_mut()) {
+            tags.push(serde_json::Value::String(backstop::expires_tag(at)));
+        }
         if let Some(name) = &cloud.security_group {
             let groups = self
                 .api
@@ -263,7 +318,12 @@ impl Provider for ScalewayProvider {
     }
 
     fn capabilities(&self) -> crate::Capabilities {
-        crate::Capabilities { stop_keeps_disk: true, cloud: true, lease_backstop: true, ..crate::Capabilities::default() }
+        crate::Capabilities {
+            stop_keeps_disk: true,
+            cloud: true,
+            lease_backstop: true,
+            ..crate::Capabilities::default()
+        }
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), FieldError> {
@@ -295,13 +355,13 @@ impl Provider for ScalewayProvider {
                 "starting" => self.settle(&zone, &server.id, &["running"], "boot").await?,
                 _ => {
                     let off = self.power_off(&zone, &server).await?;
-                    self.boot(&zone, &off, placement, spec).await?
+                    self.boot(environment_id, &zone, &off, placement, spec).await?
                 }
             };
             return Ok(self.instance(environment_id, &zone, &server));
         }
-        let server = self.create(environment_id, &zone, spec).await?;
-        match self.boot(&zone, &server, placement, spec).await {
+        let server = self.create(environment_id, &zone, placement, spec).await?;
+        match self.boot(environment_id, &zone, &server, placement, spec).await {
             Ok(s) => Ok(self.instance(environment_id, &zone, &s)),
             Err(e) => {
                 // A half-made server is removed; the error said what failed.
@@ -322,10 +382,24 @@ impl Provider for ScalewayProvider {
     }
 
     async fn delete(&self, environment_id: &str, _grace: Duration) -> Result<(), ProviderError> {
-        match self.find(environment_id).await? {
-            Some((zone, server)) => self.remove(&zone, &server).await,
-            None => Ok(()),
+        if let Some((zone, server)) = self.find(environment_id).await? {
+            self.remove(&zone, &server).await?;
         }
+        self.keys.remove(environment_id).map_err(|e| e.into_provider(NAME, "forget the SSH key"))
+    }
+
+    async fn exec(
+        &self,
+        environment_id: &str,
+        _spec: &Spec,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<lapse_core::wire::ExecResult, ProviderError> {
+        self.exec_ssh(environment_id, cmd, timeout).await
+    }
+
+    async fn rearm(&self, environment_id: &str, placement: &Placement) -> Result<(), ProviderError> {
+        self.rearm_server(environment_id, placement).await
     }
 
     async fn inspect(&self, environment_id: &str) -> Result<Option<Instance>, ProviderError> {

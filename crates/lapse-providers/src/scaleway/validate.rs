@@ -41,8 +41,19 @@ pub fn validate(spec: &Spec) -> Result<(), FieldError> {
     if cloud.subnet.is_some() {
         return err("spec.cloud.subnet", unsupported);
     }
-    if !cloud.ssh_public_keys.is_empty() {
-        return err("spec.cloud.ssh_public_keys", unsupported);
+    // Put in through cloud-init's `ssh_authorized_keys`: one OpenSSH line each.
+    let one_line_key = |k: &String| {
+        let k = k.trim();
+        k.len() <= 16 * 1024
+            && !k.contains(['\n', '\r', '\0'])
+            && ["ssh-", "ecdsa-", "sk-"].iter().any(|p| k.starts_with(p))
+            && k.split_whitespace().count() >= 2
+    };
+    if cloud.ssh_public_keys.len() > 32 || !cloud.ssh_public_keys.iter().all(one_line_key) {
+        return err(
+            "spec.cloud.ssh_public_keys",
+            "give at most 32 public keys, each one OpenSSH line (`ssh-ed25519 AAAA... comment`)",
+        );
     }
     if cloud.disk_type.is_some() {
         return err("spec.cloud.disk_type", unsupported);

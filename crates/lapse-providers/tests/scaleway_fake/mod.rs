@@ -78,6 +78,9 @@ pub struct World {
     pub volumes: BTreeMap<String, String>,
     pub security_groups: Vec<Value>,
     pub log: Vec<Recorded>,
+    /// When set, every server created gets a public IPv4 of this address (a test points it
+    /// at a local sshd with `127.0.0.1`).
+    pub public_ipv4: Option<String>,
     faults: Vec<Fault>,
     /// The `Retry-After` of the answer being made (set by a throttling fault).
     retry_after: Option<u64>,
@@ -111,6 +114,11 @@ impl Fake {
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Fake { url, world }
+    }
+
+    /// Servers created from now on get a public IPv4 `address`.
+    pub fn give_public_ipv4(&self, address: &str) {
+        self.world.lock().unwrap().public_ipv4 = Some(address.to_owned());
     }
 
     /// Makes the next `times` requests matching `method` and `path_contains` fail.
@@ -301,6 +309,42 @@ fn route(
                     ok(400, json!({"message": "server should be running", "type": "invalid_request_error"}))
                 }
                 _ => ok(400, json!({"message": "action not served by the fake", "type": "invalid_request_error"})),
+            })
+        }
+        ("PATCH", ["servers", id]) => {
+            // `UpdateServerRequest`'s body fields.
+            let allowed = [
+                "name",
+                "boot_type",
+                "tags",
+                "volumes",
+                "dynamic_ip_required",
+                "routed_ip_enabled",
+                "public_ips",
+                "enable_ipv6",
+                "protected",
+                "security_group",
+                "placement_group",
+                "private_nics",
+                "commercial_type",
+                "admin_password_encryption_ssh_key_id",
+            ];
+            let v = match json_object(body, &allowed, &[]) {
+                Ok(v) => v,
+                Err(e) => return reject(e),
+            };
+            let tags: Option<Vec<String>> = match v.get("tags") {
+                None => None,
+                Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
+                    Some(a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                }
+                Some(_) => return reject(invalid("tags", "an array of strings")),
+            };
+            with_server(w, &zone, id, move |s| {
+                if let Some(tags) = tags {
+                    s.tags = tags;
+                }
+                ok(200, json!({"server": server_json(s)}))
             })
         }
         ("PATCH", ["servers", id, "user_data", key]) => {
@@ -544,6 +588,15 @@ fn create_server(w: &mut World, zone: &str, body: &str) -> Answer {
     let id = w.id();
     let volume = w.id();
     w.volumes.insert(volume.clone(), zone.into());
+    let mut ips = vec![];
+    if let Some(address) = w.public_ipv4.clone() {
+        let ip_id = w.id();
+        w.ips.insert(ip_id.clone(), zone.into());
+        ips.push(
+            json!({"id": ip_id, "address": address, "family": "inet", "provisioning_mode": "dhcp", "dynamic": false,
+            "tags": [], "state": "attached", "gateway": null, "netmask": "32", "ipam_id": ""}),
+        );
+    }
     let s = FakeServer {
         id,
         zone: zone.into(),
@@ -551,7 +604,7 @@ fn create_server(w: &mut World, zone: &str, body: &str) -> Answer {
         state: "stopped".into(),
         tags,
         user_data: BTreeMap::new(),
-        ips: vec![],
+        ips,
         volume,
         user_data_set_in_state: vec![],
     };

@@ -60,7 +60,7 @@ pub async fn build(
         built.push(("scaleway".into(), p));
     }
     if !by_name.contains_key("ovh")
-        && let Some(p) = ovh(&config.ovh, controller_id, "ovh").await
+        && let Some(p) = ovh(config, &config.ovh, controller_id, "ovh").await
     {
         built.push(("ovh".into(), p));
     }
@@ -99,8 +99,10 @@ async fn declared(
             };
             docker(config, &setting, controller_id, name).await
         }
-        "aws" => Some(aws(config, t.region.clone(), t.endpoint_url.clone(), t.profile.clone(), controller_id, name).await),
-        "scaleway" => Some(scaleway(declared_scaleway(config, t, vars), controller_id, name)),
+        "aws" => {
+            Some(aws(config, t.region.clone(), t.endpoint_url.clone(), t.profile.clone(), controller_id, name).await)
+        }
+        "scaleway" => Some(scaleway(config, declared_scaleway(config, t, vars), controller_id, name)),
         "ovh" => {
             let base = &config.ovh;
             let secret = |var: &Option<String>, default: &str| vars(var.as_deref().unwrap_or(default));
@@ -113,9 +115,11 @@ async fn declared(
                 region: t.region.clone().or_else(|| base.region.clone()),
                 poll_interval: base.poll_interval,
             };
-            match ovh(&setting, controller_id, name).await {
+            match ovh(config, &setting, controller_id, name).await {
                 Some(p) => Some(p),
-                None => Some(unavailable("ovh", name, "no application key: set application_key or OVH_APPLICATION_KEY")),
+                None => {
+                    Some(unavailable("ovh", name, "no application key: set application_key or OVH_APPLICATION_KEY"))
+                }
             }
         }
         other => {
@@ -219,10 +223,12 @@ async fn aws(
         let options = AwsOptions { region, endpoint_url, profile };
         match AwsProvider::connect_with(&options, controller_id).await {
             Ok(p) => {
-                let p = p.with_seed_tags(config.aws_seed_tags);
+                let p = p.with_seed_tags(config.aws_seed_tags).with_ssh(ssh_config(config));
                 match p.health().await {
                     Ok(detail) => tracing::info!(provider = name, %detail, "aws provider on"),
-                    Err(e) => tracing::warn!(provider = name, error = %e, "aws provider on, but EC2 does not answer yet"),
+                    Err(e) => {
+                        tracing::warn!(provider = name, error = %e, "aws provider on, but EC2 does not answer yet")
+                    }
                 }
                 Arc::new(p)
             }
@@ -244,7 +250,7 @@ fn implicit_scaleway(config: &ServerConfig, controller_id: &str) -> Option<Arc<d
     #[cfg(feature = "scaleway")]
     {
         let setting = config.scaleway.clone()?;
-        Some(scaleway(setting, controller_id, "scaleway"))
+        Some(scaleway(config, setting, controller_id, "scaleway"))
     }
     #[cfg(not(feature = "scaleway"))]
     {
@@ -295,14 +301,16 @@ fn declared_scaleway(config: &ServerConfig, t: &ProviderTable, vars: Vars<'_>) -
 }
 
 /// A scaleway provider, or one listed unavailable with the reason (the keys never logged).
-fn scaleway(setting: ScalewaySetting, controller_id: &str, name: &str) -> Arc<dyn Provider> {
+fn scaleway(config: &ServerConfig, setting: ScalewaySetting, controller_id: &str, name: &str) -> Arc<dyn Provider> {
     #[cfg(feature = "scaleway")]
     {
         use lapse_providers::scaleway::ScalewayProvider;
         match setting.and_then(|cfg| {
             let zone = cfg.default_zone.clone();
             let api = cfg.api_url.clone();
-            ScalewayProvider::new(cfg, controller_id).map(|p| (p, zone, api)).map_err(|e| e.to_string())
+            ScalewayProvider::new(cfg, controller_id)
+                .map(|p| (p.with_ssh(ssh_config(config)), zone, api))
+                .map_err(|e| e.to_string())
         }) {
             Ok((p, zone, api)) => {
                 tracing::info!(provider = name, %zone, %api, "scaleway provider on");
@@ -313,14 +321,19 @@ fn scaleway(setting: ScalewaySetting, controller_id: &str, name: &str) -> Arc<dy
     }
     #[cfg(not(feature = "scaleway"))]
     {
-        let _ = (setting, controller_id);
+        let _ = (config, setting, controller_id);
         unavailable("scaleway", name, "the scaleway provider is not built in (feature `scaleway`)")
     }
 }
 
 /// An ovh provider, when an application key is given: working when the rest is there, else
 /// listed unavailable with the missing variables named (never a value). `None` without a key.
-async fn ovh(setting: &crate::config::OvhSetting, controller_id: &str, name: &str) -> Option<Arc<dyn Provider>> {
+async fn ovh(
+    config: &ServerConfig,
+    setting: &crate::config::OvhSetting,
+    controller_id: &str,
+    name: &str,
+) -> Option<Arc<dyn Provider>> {
     if setting.application_key.as_deref().is_none_or(str::is_empty) {
         return None;
     }
@@ -349,7 +362,7 @@ async fn ovh(setting: &crate::config::OvhSetting, controller_id: &str, name: &st
             if let Some(every) = setting.poll_interval {
                 ovh.poll_interval = every.max(std::time::Duration::from_millis(10));
             }
-            OvhProvider::new(ovh, controller_id).map_err(|e| e.to_string())
+            OvhProvider::new(ovh, controller_id).map(|p| p.with_ssh(ssh_config(config))).map_err(|e| e.to_string())
         } else {
             Err(format!("OVH_APPLICATION_KEY is set but {} not", missing.join(", ")))
         };
@@ -357,7 +370,9 @@ async fn ovh(setting: &crate::config::OvhSetting, controller_id: &str, name: &st
             Ok(p) => {
                 match p.health().await {
                     Ok(detail) => tracing::info!(provider = name, %detail, "ovh provider on"),
-                    Err(e) => tracing::warn!(provider = name, error = %e, "ovh provider on, but the API does not answer yet"),
+                    Err(e) => {
+                        tracing::warn!(provider = name, error = %e, "ovh provider on, but the API does not answer yet")
+                    }
                 }
                 Some(Arc::new(p))
             }
@@ -366,9 +381,25 @@ async fn ovh(setting: &crate::config::OvhSetting, controller_id: &str, name: &st
     }
     #[cfg(not(feature = "ovh"))]
     {
-        let _ = controller_id;
-        Some(unavailable("ovh", name, "OVH_APPLICATION_KEY is set but the ovh provider is not built in (feature `ovh`)"))
+        let _ = (config, controller_id);
+        Some(unavailable(
+            "ovh",
+            name,
+            "OVH_APPLICATION_KEY is set but the ovh provider is not built in (feature `ovh`)",
+        ))
     }
+}
+
+/// How the cloud providers reach their VMs over SSH: keys under `<data dir>/ssh`, the rest
+/// from `LAPSE_SSH_PORT`, `LAPSE_SSH_USER`, `LAPSE_SSH_DEADLINE_FILE` (a bad value is logged
+/// and the defaults kept).
+#[cfg(any(feature = "aws", feature = "scaleway", feature = "ovh"))]
+fn ssh_config(config: &ServerConfig) -> lapse_providers::ssh::SshConfig {
+    let dir = config.data_dir.join("ssh");
+    lapse_providers::ssh::SshConfig::from_env(&dir).unwrap_or_else(|reason| {
+        tracing::warn!(%reason, "SSH settings refused; using the defaults");
+        lapse_providers::ssh::SshConfig::in_dir(dir)
+    })
 }
 
 #[cfg(test)]

@@ -229,7 +229,8 @@ mod tests {
             assert!(errors[0].starts_with("[providers."), "{errors:?}");
         }
         // A secret's value is never echoed back.
-        let errors = check(&tables("[providers.s]\nkind = \"scaleway\"\nsecret_key = \"SCW-very-secret\"\n")).unwrap_err();
+        let errors =
+            check(&tables("[providers.s]\nkind = \"scaleway\"\nsecret_key = \"SCW-very-secret\"\n")).unwrap_err();
         assert!(!errors[0].contains("SCW-very-secret"), "{errors:?}");
     }
 

@@ -157,6 +157,15 @@ pub async fn sweep_now(
         return Ok((plan, None));
     }
     let outcomes = apply::apply(cx, reconciler, provider, &plan).await;
+    if provider.capabilities().lease_backstop {
+        // After a restart: each running VM's step arms its own backstop again (`crate::rearm`),
+        // so a crash between an extend's commit and its rearm still ends in a rearm.
+        for (id, record) in cx.store.sweep_view(provider.name()).await? {
+            if record.observed == lapse_core::model::ObservedState::Running && reconciler.backstop_unknown(&id) {
+                reconciler.enqueue(&id);
+            }
+        }
+    }
     Ok((plan, Some(outcomes)))
 }
 

@@ -33,6 +33,7 @@ use crate::reconciler::Reconciler;
 mod expiry_burst;
 pub(crate) mod gated;
 mod prices;
+mod rearm;
 mod replace_in_flight;
 mod sweep;
 

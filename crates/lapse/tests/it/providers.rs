@@ -86,8 +86,14 @@ async fn two_aws_providers_side_by_side_each_in_its_region() {
     for id in &ids {
         server.wait_state(id, "running", secs(30)).await;
     }
-    assert_eq!((instances_in(&moto, "eu-west-1", &ids[0]).await, instances_in(&moto, "us-east-1", &ids[0]).await), (1, 0));
-    assert_eq!((instances_in(&moto, "eu-west-1", &ids[1]).await, instances_in(&moto, "us-east-1", &ids[1]).await), (0, 1));
+    assert_eq!(
+        (instances_in(&moto, "eu-west-1", &ids[0]).await, instances_in(&moto, "us-east-1", &ids[0]).await),
+        (1, 0)
+    );
+    assert_eq!(
+        (instances_in(&moto, "eu-west-1", &ids[1]).await, instances_in(&moto, "us-east-1", &ids[1]).await),
+        (0, 1)
+    );
     // A spec that names no provider of this server is a 400 naming the field.
     let (status, refused) =
         server.post("/v1/environments", json!({"owner": "ada", "spec": {"provider": "aws"}, "ttl": "1h"})).await;

@@ -138,7 +138,10 @@ async fn create_sets_tags_user_data_backstop_and_disk() {
     let data = user_data(&p, &env_instance(&p, &env).await).await;
     assert!(data.starts_with("Content-Type: multipart/mixed"), "{data}");
     assert!(data.contains("echo users-own-script"));
-    assert!(data.contains("bootcmd") && data.contains("shutdown -h now") && data.contains("d=1900000000"));
+    assert!(
+        data.contains("bootcmd") && data.contains("shutdown -h now") && data.contains("echo 1900000000 >"),
+        "{data}"
+    );
     let behaviour =
         attribute(&p, i.instance_id().unwrap(), InstanceAttributeName::InstanceInitiatedShutdownBehavior).await;
     assert_eq!(behaviour.instance_initiated_shutdown_behavior().and_then(|v| v.value()), Some("terminate"));
@@ -244,7 +247,7 @@ async fn stop_then_start_rearms_the_backstop_then_delete_terminates() {
     let started = started.expect("the instance started again");
     assert_eq!(started.provider_ref, inst.provider_ref);
     assert!(matches!(started.status, InstanceStatus::Running | InstanceStatus::Pending));
-    assert!(user_data(&p, &inst.provider_ref).await.contains("d=1900000600"), "the new deadline is armed");
+    assert!(user_data(&p, &inst.provider_ref).await.contains("echo 1900000600 >"), "the new deadline is armed");
 
     p.delete(&env, Duration::from_secs(1)).await.unwrap();
     assert_eq!(p.inspect(&env).await.unwrap(), None, "terminated is gone");

@@ -152,7 +152,7 @@ async fn create_poll_stop_start_delete() {
     let data = creates(&fake)[0]["userData"].as_str().unwrap().to_owned();
     let text = String::from_utf8(base64_decode(&data)).unwrap();
     assert!(text.contains("packages: [htop]") && text.contains("shutdown -P"), "{text}");
-    assert!(text.contains(&format!("at={}", 1_800_000_000 + 600)), "{text}");
+    assert!(text.contains("echo 1800000000 >") && text.contains("expires-at + 600s"), "{text}");
 
     // Again: the same instance, nothing new made.
     assert_eq!(p.ensure_running("env-1", &placement, &spec).await.unwrap().provider_ref, up.provider_ref);

@@ -41,7 +41,7 @@ pub async fn build(
     let mut built: Vec<(String, Arc<dyn Provider>)> = vec![("process".into(), process)];
     if let Some(sim) = &config.sim {
         tracing::warn!("the sim provider is on: its environments are simulated");
-        built.push(("sim".into(), Arc::new(lapse_providers::sim::SimProvider::new(sim.clone()))));
+        built.push(("sim".into(), Arc::new(lapse_providers::sim::SimProvider::new(*sim))));
     }
     // The implicit ones, unless a table of the same name replaces them.
     if !by_name.contains_key("docker")

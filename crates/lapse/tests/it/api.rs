@@ -569,6 +569,7 @@ async fn openapi_describes_every_route() {
         "post /v1/admin/tenants/{name}/keys",
         "delete /v1/admin/keys/{id}",
         "post /v1/admin/adopt",
+        "post /v1/admin/sweep",
         "post /v1/environments",
         "post /v1/environments/{id}/exec",
         "post /v1/environments/{id}/extend",

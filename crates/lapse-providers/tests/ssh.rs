@@ -150,7 +150,9 @@ async fn the_private_key_appears_in_no_error() {
     let private = std::fs::read_to_string(s.cfg.key_dir.as_ref().unwrap().join(format!("{ENV}.key"))).unwrap();
     let body: String = private.lines().filter(|l| !l.starts_with("-----")).collect();
     let wrong_user = Target { user: "nobody-here", ..s.target() };
-    let err = exec(&s.keys, &s.cfg, &wrong_user, &["true".into()], Duration::from_secs(2)).await.unwrap_err();
+    // A refused login is retried until the timeout (the key may not be in place yet); 6 s leaves
+    // a freshly started sshd on a busy machine time to answer at all.
+    let err = exec(&s.keys, &s.cfg, &wrong_user, &["true".into()], Duration::from_secs(6)).await.unwrap_err();
     let text = format!("{err} {err:?} {:?}", s.keys);
     assert!(text.contains("refused"), "{text}");
     for chunk in body.as_bytes().chunks(16) {

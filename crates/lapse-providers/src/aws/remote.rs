@@ -101,25 +101,6 @@ impl AwsProvider {
         self.retag_expiry(&id, placement, launched).await?;
         let Some(address) = ssh_address(&i).filter(|_| self.keys.is_enabled()) else { return Ok(()) };
         let target = self.target(environment_id, address);
-        let line = crate::cloud_init::rearm_command(
-            &self.ssh.deadline_file,
-            expires_at.div_euclid(1000),
-            target.user == "root",
-        );
-        let done = ssh::run_line(&self.keys, &self.ssh, &target, &line, self.ssh.rearm_timeout)
-            .await
-            .map_err(|e| e.into_provider(NAME, "rearm"))?;
-        match done.exit_code {
-            Some(0) => Ok(()),
-            code => Err(ProviderError::Failed {
-                provider: NAME,
-                op: "rearm",
-                message: format!(
-                    "writing the deadline file ended with {}: {}",
-                    code.map_or("a timeout".into(), |c| format!("exit {c}")),
-                    done.stderr.trim()
-                ),
-            }),
-        }
+        ssh::write_deadline(&self.keys, &self.ssh, &target, expires_at, NAME).await
     }
 }

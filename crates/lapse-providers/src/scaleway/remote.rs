@@ -76,22 +76,6 @@ impl ScalewayProvider {
         let Some(address) = ssh_address(&server) else { return Ok(()) };
         let user = self.ssh.user_or(DEFAULT_USER);
         let target = ssh::Target { environment_id, address, port: self.ssh.port, user };
-        let line =
-            crate::cloud_init::rearm_command(&self.ssh.deadline_file, expires_at.div_euclid(1000), user == "root");
-        let done = ssh::run_line(&self.keys, &self.ssh, &target, &line, self.ssh.rearm_timeout)
-            .await
-            .map_err(|e| e.into_provider(NAME, "rearm"))?;
-        match done.exit_code {
-            Some(0) => Ok(()),
-            code => Err(ProviderError::Failed {
-                provider: NAME,
-                op: "rearm",
-                message: format!(
-                    "writing the deadline file ended with {}: {}",
-                    code.map_or("a timeout".into(), |c| format!("exit {c}")),
-                    done.stderr.trim()
-                ),
-            }),
-        }
+        ssh::write_deadline(&self.keys, &self.ssh, &target, expires_at, NAME).await
     }
 }

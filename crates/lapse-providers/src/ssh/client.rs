@@ -235,3 +235,29 @@ impl client::Handler for HostCheck {
         Ok(ok)
     }
 }
+
+/// Moves a running guest's lease deadline: writes `expires_at` (ms) to the deadline file over
+/// SSH ([`crate::cloud_init::rearm_command`]). Every cloud's `rearm` ends here.
+pub async fn write_deadline(
+    keys: &KeyStore,
+    cfg: &SshConfig,
+    target: &Target<'_>,
+    expires_at: lapse_core::Millis,
+    provider: &'static str,
+) -> Result<(), crate::ProviderError> {
+    let line = crate::cloud_init::rearm_command(&cfg.deadline_file, expires_at.div_euclid(1000), target.user == "root");
+    let done =
+        run_line(keys, cfg, target, &line, cfg.rearm_timeout).await.map_err(|e| e.into_provider(provider, "rearm"))?;
+    match done.exit_code {
+        Some(0) => Ok(()),
+        code => Err(crate::ProviderError::Failed {
+            provider,
+            op: "rearm",
+            message: format!(
+                "writing the deadline file ended with {}: {}",
+                code.map_or("a timeout".into(), |c| format!("exit {c}")),
+                done.stderr.trim()
+            ),
+        }),
+    }
+}

@@ -32,7 +32,7 @@ pub mod quote;
 #[cfg(feature = "ssh-testing")]
 pub mod testing;
 
-pub use client::{Target, exec, run_line};
+pub use client::{Target, exec, run_line, write_deadline};
 pub use keys::KeyStore;
 
 use std::path::PathBuf;

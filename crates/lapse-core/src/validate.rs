@@ -102,6 +102,14 @@ pub fn label_selector(selector: &str) -> Result<(String, String), FieldError> {
     }
 }
 
+/// A Unix login name as SSH takes it: up to 32 of `a-z`, `0-9`, `_`, `-`, `.`, starting with
+/// a letter or `_` (so it cannot be read as an option or hold shell or YAML syntax).
+pub fn is_unix_user(user: &str) -> bool {
+    user.len() <= 32
+        && user.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && user.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.'))
+}
+
 /// What holds for every spec, whatever its provider. Providers add their own checks.
 pub fn spec(spec: &Spec) -> Result<(), FieldError> {
     let provider = &spec.provider;

@@ -30,6 +30,20 @@ pub fn check_transport(url: &str) -> Result<(), String> {
 /// Largest answer body read from a cloud API (a page of a list is far smaller).
 pub const MAX_ANSWER_BYTES: usize = 16 << 20;
 
+/// The longest pause between two attempts of a cloud call, whatever `Retry-After` asks.
+pub const MAX_PAUSE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A `Retry-After` value in whole seconds (the form the clouds send; an HTTP date is ignored,
+/// and the caller's growing pause applies).
+pub fn retry_after(value: &str) -> Option<std::time::Duration> {
+    value.trim().parse::<u64>().ok().map(std::time::Duration::from_secs)
+}
+
+/// The `Retry-After` of an answer, if it has a usable one.
+pub fn retry_after_of(resp: &reqwest::Response) -> Option<std::time::Duration> {
+    resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| retry_after(v.to_str().ok()?))
+}
+
 /// Why an answer's body could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum AnswerError {

@@ -6,57 +6,18 @@
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
-use aws_sdk_ec2::config::Credentials;
 use aws_sdk_ec2::types::{Filter, InstanceAttributeName, ResourceType, Tag, TagSpecification};
 use lapse_core::model::{CloudSpec, OnExpiry, Resources, Spec};
+use lapse_providers::aws::moto::MotoServer;
 use lapse_providers::aws::{AwsProvider, TAG_CONTROLLER, TAG_ENVIRONMENT, TAG_KEEP};
 use lapse_providers::{InstanceStatus, Placement, Provider, ProviderError};
 
 const SECRET: &str = "lapse-test-SECRET-never-shown-0123456789";
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEBgADPnDiIQn0qOOAF8KTqypgMP7s21Sj6xqDT34zZI me@host";
 
-/// A moto server of its own, stopped when dropped.
-pub struct Moto {
-    child: tokio::process::Child,
-    pub endpoint: String,
-}
-
-impl Moto {
-    pub async fn start() -> Moto {
-        let program = std::env::var("LAPSE_MOTO_SERVER")
-            .expect("LAPSE_MOTO_SERVER is set by scripts/test-env.sh (moto's server program)");
-        // A free loopback port: bound, read and released (moto binds it again at once).
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = tokio::process::Command::new(program)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("moto_server starts");
-        let endpoint = format!("http://127.0.0.1:{port}");
-        for _ in 0..300 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return Moto { child, endpoint };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("moto_server did not listen on {endpoint}");
-    }
-
-    pub async fn provider(&self, controller: &str) -> AwsProvider {
-        let loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .endpoint_url(&self.endpoint)
-            .credentials_provider(Credentials::new("AKIDLAPSETEST", SECRET, None, None, "test"));
-        AwsProvider::from_loader(loader, controller).await.expect("the provider connects to moto")
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
+/// A moto server of this test's own.
+async fn moto() -> MotoServer {
+    MotoServer::start("AKIDLAPSETEST", SECRET).await.expect("moto starts (LAPSE_MOTO_SERVER)")
 }
 
 fn id() -> String {
@@ -112,8 +73,8 @@ async fn instances_of(p: &AwsProvider, env: &str) -> Vec<aws_sdk_ec2::types::Ins
 
 #[tokio::test]
 async fn create_sets_tags_user_data_backstop_and_disk() {
-    let moto = Moto::start().await;
-    let p = moto.provider("ctl-a").await;
+    let moto = moto().await;
+    let p = moto.provider("ctl-a").await.unwrap();
     let env = id();
     let inst = p.ensure_running(&env, &placement(OnExpiry::Delete), &spec()).await.unwrap();
     assert_eq!(inst.environment_id, env);
@@ -166,8 +127,8 @@ async fn env_instance(p: &AwsProvider, env: &str) -> String {
 
 #[tokio::test]
 async fn on_expiry_stop_launches_with_stop_behaviour_and_default_ami() {
-    let moto = Moto::start().await;
-    let p = moto.provider("ctl-b").await;
+    let moto = moto().await;
+    let p = moto.provider("ctl-b").await.unwrap();
     let env = id();
     let plain = Spec { provider: "aws".into(), ..Default::default() };
     let inst = p.ensure_running(&env, &placement(OnExpiry::Stop), &plain).await.unwrap();
@@ -185,8 +146,8 @@ async fn on_expiry_stop_launches_with_stop_behaviour_and_default_ami() {
 
 #[tokio::test]
 async fn ensure_running_is_idempotent_and_survives_a_lost_answer() {
-    let moto = Moto::start().await;
-    let p = moto.provider("ctl-c").await;
+    let moto = moto().await;
+    let p = moto.provider("ctl-c").await.unwrap();
     let env = id();
     let first = p.ensure_running(&env, &placement(OnExpiry::Stop), &spec()).await.unwrap();
     let again = p.ensure_running(&env, &placement(OnExpiry::Stop), &spec()).await.unwrap();
@@ -221,8 +182,8 @@ async fn ensure_running_is_idempotent_and_survives_a_lost_answer() {
 
 #[tokio::test]
 async fn stop_then_start_rearms_the_backstop_then_delete_terminates() {
-    let moto = Moto::start().await;
-    let p = moto.provider("ctl-d").await;
+    let moto = moto().await;
+    let p = moto.provider("ctl-d").await.unwrap();
     let env = id();
     let inst = p.ensure_running(&env, &placement(OnExpiry::Stop), &spec()).await.unwrap();
     p.stop(&env, Duration::from_secs(1)).await.unwrap();
@@ -258,9 +219,9 @@ async fn stop_then_start_rearms_the_backstop_then_delete_terminates() {
 
 #[tokio::test]
 async fn list_filters_by_controller_and_marks_kept_instances() {
-    let moto = Moto::start().await;
-    let p = moto.provider("ctl-e").await;
-    let other = moto.provider("ctl-other").await;
+    let moto = moto().await;
+    let p = moto.provider("ctl-e").await.unwrap();
+    let other = moto.provider("ctl-other").await.unwrap();
     let (a, b, c) = (id(), id(), id());
     let plain = Spec { provider: "aws".into(), ..Default::default() };
     let ia = p.ensure_running(&a, &Placement::default(), &plain).await.unwrap();
@@ -279,8 +240,8 @@ async fn list_filters_by_controller_and_marks_kept_instances() {
 
 #[tokio::test]
 async fn refusals_name_the_field_and_leave_nothing() {
-    let moto = Moto::start().await;
-    let p = moto.provider("ctl-f").await;
+    let moto = moto().await;
+    let p = moto.provider("ctl-f").await.unwrap();
     let with = |f: fn(&mut Spec)| {
         let mut s = spec();
         f(&mut s);
@@ -332,15 +293,15 @@ async fn refusals_name_the_field_and_leave_nothing() {
 
 #[tokio::test]
 async fn health_answers_and_missing_credentials_make_it_unavailable() {
-    let moto = Moto::start().await;
-    let p = moto.provider("ctl-g").await;
+    let moto = moto().await;
+    let p = moto.provider("ctl-g").await.unwrap();
     let health = p.health().await.unwrap();
     assert!(health.contains("us-east-1"), "{health}");
     assert!(!health.contains(SECRET));
 
     let no_credentials = aws_config::defaults(BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(&moto.endpoint)
+        .endpoint_url(moto.endpoint())
         .no_credentials();
     let err = AwsProvider::from_loader(no_credentials, "ctl-g").await.unwrap_err();
     assert!(matches!(err, ProviderError::Unavailable { .. }), "{err:?}");

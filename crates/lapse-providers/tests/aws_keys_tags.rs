@@ -5,10 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
-use aws_sdk_ec2::config::Credentials;
 use aws_sdk_ec2::types::Filter;
 use lapse_core::model::{CloudSpec, OnExpiry, Spec};
+use lapse_providers::aws::moto::MotoServer;
 use lapse_providers::aws::{AwsProvider, key_pair_name};
 use lapse_providers::{Placement, Provider, ProviderError};
 
@@ -16,47 +15,9 @@ const SECRET: &str = "lapse-test-SECRET-never-shown-tags-0123";
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEBgADPnDiIQn0qOOAF8KTqypgMP7s21Sj6xqDT34zZI me@host";
 const OTHER_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOmBzZTbQUI6M36xiFzul3EJ6WsQtl6GG4cGiEl6G3kv other@host";
 
-/// A moto server of its own, stopped when dropped.
-struct Moto {
-    child: tokio::process::Child,
-    endpoint: String,
-}
-
-impl Moto {
-    async fn start() -> Moto {
-        let program = std::env::var("LAPSE_MOTO_SERVER")
-            .expect("LAPSE_MOTO_SERVER is set by scripts/test-env.sh (moto's server program)");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = tokio::process::Command::new(program)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("moto_server starts");
-        let endpoint = format!("http://127.0.0.1:{port}");
-        for _ in 0..300 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return Moto { child, endpoint };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("moto_server did not listen on {endpoint}");
-    }
-
-    async fn provider(&self, controller: &str) -> AwsProvider {
-        let loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .endpoint_url(&self.endpoint)
-            .credentials_provider(Credentials::new("AKIDLAPSETEST", SECRET, None, None, "test"));
-        AwsProvider::from_loader(loader, controller).await.expect("the provider connects to moto")
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
+/// A moto server of this test's own.
+async fn moto() -> MotoServer {
+    MotoServer::start("AKIDLAPSETEST", SECRET).await.expect("moto starts (LAPSE_MOTO_SERVER)")
 }
 
 fn spec_with(key: &str) -> Spec {
@@ -97,7 +58,7 @@ async fn tags_of(p: &AwsProvider, instance: &str) -> (BTreeMap<String, String>, 
 
 #[tokio::test]
 async fn instance_and_volumes_carry_the_users_labels_and_the_seeds_tags_when_asked() {
-    let moto = Moto::start().await;
+    let moto = moto().await;
     let now = lapse_core::now_millis();
     let placement = Placement {
         tenant: "acme".into(),
@@ -106,7 +67,7 @@ async fn instance_and_volumes_carry_the_users_labels_and_the_seeds_tags_when_ask
         labels: labels(&[("team", "infra"), ("app.example.com/tier", "web")]),
     };
 
-    let plain = moto.provider("ctl-tags").await;
+    let plain = moto.provider("ctl-tags").await.unwrap();
     let env = lapse_core::model::new_environment_id();
     let inst = plain.ensure_running(&env, &placement, &spec_with(KEY)).await.unwrap();
     let (tags, volumes) = tags_of(&plain, &inst.provider_ref).await;
@@ -119,7 +80,7 @@ async fn instance_and_volumes_carry_the_users_labels_and_the_seeds_tags_when_ask
         assert!(!t.contains_key("ManagedBy"), "no seed tags unless asked: {t:?}");
     }
 
-    let seeded = moto.provider("ctl-seed").await.with_seed_tags(true);
+    let seeded = moto.provider("ctl-seed").await.unwrap().with_seed_tags(true);
     let env = lapse_core::model::new_environment_id();
     let inst = seeded.ensure_running(&env, &placement, &spec_with(KEY)).await.unwrap();
     let (tags, volumes) = tags_of(&seeded, &inst.provider_ref).await;
@@ -145,9 +106,9 @@ async fn instance_and_volumes_carry_the_users_labels_and_the_seeds_tags_when_ask
 
 #[tokio::test]
 async fn labels_ec2_cannot_carry_are_refused_naming_the_field() {
-    let moto = Moto::start().await;
-    let plain = moto.provider("ctl-limits").await;
-    let seeded = moto.provider("ctl-limits").await.with_seed_tags(true);
+    let moto = moto().await;
+    let plain = moto.provider("ctl-limits").await.unwrap();
+    let seeded = moto.provider("ctl-limits").await.unwrap().with_seed_tags(true);
     let many: BTreeMap<String, String> = (0..46).map(|i| (format!("l{i}"), "v".to_owned())).collect();
     assert_eq!(plain.validate_labels(&many).unwrap_err().field, "labels");
     let fits: BTreeMap<String, String> = many.into_iter().take(45).collect();
@@ -161,8 +122,8 @@ async fn labels_ec2_cannot_carry_are_refused_naming_the_field() {
 
 #[tokio::test]
 async fn two_environments_importing_one_key_at_once_share_one_key_pair() {
-    let moto = Moto::start().await;
-    let p = moto.provider("ctl-keys").await;
+    let moto = moto().await;
+    let p = moto.provider("ctl-keys").await.unwrap();
     let placement = Placement::of_tenant("acme");
     let (a, b) = (lapse_core::model::new_environment_id(), lapse_core::model::new_environment_id());
     let (spec_a, spec_b) = (spec_with(KEY), spec_with(KEY));
@@ -186,8 +147,8 @@ async fn two_environments_importing_one_key_at_once_share_one_key_pair() {
 
 #[tokio::test]
 async fn a_key_pair_of_that_name_with_another_key_is_refused_and_kept() {
-    let moto = Moto::start().await;
-    let p = moto.provider("ctl-clash").await;
+    let moto = moto().await;
+    let p = moto.provider("ctl-clash").await.unwrap();
     // Someone put another key under the name Lapse gives KEY.
     p.client()
         .import_key_pair()
@@ -208,8 +169,8 @@ async fn a_key_pair_of_that_name_with_another_key_is_refused_and_kept() {
 
 #[tokio::test]
 async fn a_failed_create_keeps_a_key_pair_that_an_instance_uses() {
-    let moto = Moto::start().await;
-    let p = moto.provider("ctl-keep").await;
+    let moto = moto().await;
+    let p = moto.provider("ctl-keep").await.unwrap();
     let placement = Placement::of_tenant("acme");
     let a = lapse_core::model::new_environment_id();
     p.ensure_running(&a, &placement, &spec_with(KEY)).await.unwrap();
@@ -233,8 +194,8 @@ async fn a_failed_create_keeps_a_key_pair_that_an_instance_uses() {
 
 #[tokio::test]
 async fn the_time_inside_ec2_calls_is_counted_per_operation() {
-    let moto = Moto::start().await;
-    let p = moto.provider("ctl-time").await;
+    let moto = moto().await;
+    let p = moto.provider("ctl-time").await.unwrap();
     let before: u64 = p.call_times().iter().map(|t| t.count).sum();
     p.ensure_running(&lapse_core::model::new_environment_id(), &Placement::default(), &spec_with(KEY)).await.unwrap();
     let times = p.call_times();

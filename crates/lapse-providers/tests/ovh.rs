@@ -212,9 +212,19 @@ async fn list_finds_this_controllers_orphans_only() {
 async fn failures_are_sorted_and_a_half_made_instance_is_removed() {
     let fake = fake().await;
     let p = provider(&fake);
+    // One 429 is waited out (its Retry-After: 1 s) and the call tried again.
+    p.list().await.unwrap(); // the API's time asked once, before counting
     fake.state().fail_next = 1;
+    let started = std::time::Instant::now();
+    let seen = fake.state().requests.len();
+    assert!(p.list().await.is_ok());
+    assert!(started.elapsed() >= Duration::from_millis(950), "the Retry-After was honoured: {:?}", started.elapsed());
+    assert_eq!(fake.state().requests.len() - seen, 2, "one throttled call, one that went through");
+    // Throttled on every attempt: a retryable failure with the API's status.
+    fake.state().fail_next = 3;
     let err = p.list().await.unwrap_err();
     assert!(err.is_retryable() && err.to_string().contains("429"), "{err}");
+    assert_eq!(fake.state().fail_next, 0, "three attempts in all");
 
     fake.state().error_next_build = true;
     let err = p.ensure_running("env-err", &Placement::default(), &vm(1.0, 1024)).await.unwrap_err();

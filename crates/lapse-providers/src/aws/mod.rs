@@ -49,6 +49,7 @@ mod backstop;
 mod check;
 mod keys;
 mod launch;
+pub mod moto;
 mod remote;
 mod timing;
 mod unavailable;

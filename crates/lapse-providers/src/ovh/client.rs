@@ -10,7 +10,10 @@
 //! **Time**: the timestamp is the API's clock, not ours. The first call asks `GET /auth/time`
 //! (unsigned) and keeps the offset; every later timestamp is local time plus that offset.
 //!
-//! **Failures**: 429 and 5xx, a timeout or a broken connection are [`ProviderError::Failed`]
+//! **Throttling**: a 429 is tried again, up to [`THROTTLE_ATTEMPTS`] in all, after the
+//! answer's `Retry-After` (capped at [`crate::answer::MAX_PAUSE`]) or a doubling pause.
+//!
+//! **Failures**: 429 (after those attempts) and 5xx, a timeout or a broken connection are [`ProviderError::Failed`]
 //! (retryable); any other 4xx is [`ProviderError::Permanent`] carrying the API's own
 //! `message`. The secrets are never put in an error, a log line or a `Debug` output.
 
@@ -23,6 +26,11 @@ use tokio::sync::OnceCell;
 use crate::ProviderError;
 
 const PROVIDER: &str = "ovh";
+
+/// Attempts of a call the API throttles (429) before its failure is returned.
+const THROTTLE_ATTEMPTS: u32 = 3;
+/// The first pause after a 429 without `Retry-After`; it doubles.
+const THROTTLE_PAUSE: Duration = Duration::from_millis(500);
 
 /// What the client needs to reach and sign for an OVH account.
 #[derive(Clone, PartialEq, Eq)]
@@ -142,35 +150,59 @@ impl Client {
         body: Option<&serde_json::Value>,
     ) -> Result<Option<T>, ProviderError> {
         let op = format!("{method} {}", path_and_query.split('?').next().unwrap_or(path_and_query));
-        let timestamp = now_secs() + self.time_offset().await?;
         let url = format!("{}{path_and_query}", self.base);
         let body = match body {
             Some(value) => value.to_string(),
             None => String::new(),
         };
+        let mut attempt = 0u32;
+        let response = loop {
+            let response = self.send_signed(method.clone(), &url, &body, &op).await?;
+            // 429: the API did nothing, so any call may be repeated; a 5xx is left to the
+            // caller (a create may have happened: the reconciler looks it up by name first).
+            if response.status() != reqwest::StatusCode::TOO_MANY_REQUESTS || attempt + 1 >= THROTTLE_ATTEMPTS {
+                break response;
+            }
+            attempt += 1;
+            let growing = THROTTLE_PAUSE.saturating_mul(2u32.saturating_pow(attempt - 1));
+            let pause = crate::answer::retry_after_of(&response).unwrap_or(growing).min(crate::answer::MAX_PAUSE);
+            tracing::debug!(%op, attempt, ?pause, "ovh: throttled, retrying");
+            tokio::time::sleep(pause).await;
+        };
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        decode(&op, response).await.map(Some)
+    }
+
+    /// One signed request, at the API's time.
+    async fn send_signed(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: &str,
+        op: &str,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let timestamp = now_secs() + self.time_offset().await?;
         let sig = signature(
             &self.credentials.application_secret,
             &self.credentials.consumer_key,
             method.as_str(),
-            &url,
-            &body,
+            url,
+            body,
             timestamp,
         );
         let mut request = self
             .http
-            .request(method, &url)
+            .request(method, url)
             .header("X-Ovh-Application", &self.credentials.application_key)
             .header("X-Ovh-Consumer", &self.credentials.consumer_key)
             .header("X-Ovh-Timestamp", timestamp.to_string())
             .header("X-Ovh-Signature", sig);
         if !body.is_empty() {
-            request = request.header("Content-Type", "application/json").body(body);
+            request = request.header("Content-Type", "application/json").body(body.to_owned());
         }
-        let response = request.send().await.map_err(|e| transport(&op, e))?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        decode(&op, response).await.map(Some)
+        request.send().await.map_err(|e| transport(op, e))
     }
 }
 

@@ -19,7 +19,7 @@
 //!
 //! Instances go `BUILD` → `ACTIVE` after `build_looks` reads, `stop` → `SHUTOFF`, `start` →
 //! `ACTIVE`, `DELETE` removes them. Knobs: `lose_next_create` (create, then answer 503),
-//! `fail_next` (answer the next calls 429), `error_next_build` (the next instance goes to `ERROR`).
+//! `fail_next` (answer the next calls 429 with `Retry-After: 1`), `error_next_build` (the next instance goes to `ERROR`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -47,6 +47,9 @@ pub struct FakeState {
     /// The next instance made goes to `ERROR` instead of `ACTIVE`.
     pub error_next_build: bool,
     pub fail_next: u32,
+    /// The IPv4 every instance made from now on reports (default: `192.0.2.<n>`, a
+    /// documentation address); a test with an sshd on loopback sets `127.0.0.1`.
+    pub address: Option<String>,
     /// Every request seen: `METHOD path?query` and its body.
     pub requests: Vec<(String, String)>,
     /// Requests refused for their signature or credentials.
@@ -274,7 +277,9 @@ async fn handle(State(s): State<Shared>, method: Method, uri: Uri, headers: Head
     }
     if st.fail_next > 0 {
         st.fail_next -= 1;
-        return error(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS", "Too many requests, retry later");
+        let mut throttled = error(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS", "Too many requests, retry later");
+        throttled.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        return throttled;
     }
     let region = uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("region="))).map(str::to_owned);
     answer(&mut st, method.as_str(), op.1, &vars, input, region)
@@ -318,6 +323,7 @@ fn answer(
             st.next_id += 1;
             let id = format!("0000-inst-{}", st.next_id);
             let n = st.next_id;
+            let ip = st.address.clone().unwrap_or_else(|| format!("192.0.2.{}", n % 250 + 1));
             // `cloud.instance.Instance` (the list's shape); answers use `detail` of it.
             let instance = json!({
                 "id": id, "name": input["name"], "status": "BUILD", "region": input["region"],
@@ -325,7 +331,7 @@ fn answer(
                 "sshKeyId": input.get("sshKeyId").cloned().unwrap_or(Value::Null),
                 "monthlyBilling": Value::Null, "created": "2026-12-01T00:00:00Z", "planCode": "fake.consumption",
                 "operationIds": [], "currentMonthOutgoingTraffic": Value::Null,
-                "ipAddresses": [{"ip": format!("192.0.2.{}", n % 250 + 1), "type": "public", "version": 4,
+                "ipAddresses": [{"ip": ip, "type": "public", "version": 4,
                                  "networkId": "net-public", "gatewayIp": Value::Null}],
             });
             let mut instance = instance;

@@ -18,14 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-/// The longest pause between two attempts, whatever `Retry-After` asks.
-pub const MAX_PAUSE: Duration = Duration::from_secs(60);
-
-/// A `Retry-After` value in whole seconds (the form the API sends; an HTTP date is ignored,
-/// and the growing pause applies).
-pub fn retry_after(value: &str) -> Option<Duration> {
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
+pub use crate::answer::{MAX_PAUSE, retry_after};
 
 /// One failed call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

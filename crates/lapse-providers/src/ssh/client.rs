@@ -75,6 +75,7 @@ async fn connect(
     timeout: Duration,
 ) -> Result<client::Handle<HostCheck>, SshError> {
     let mut last = String::from("no attempt fitted in the time");
+    let mut answered = false;
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -84,7 +85,12 @@ async fn connect(
         match tokio::time::timeout(budget, attempt(keys, target, key)).await {
             Ok(Ok(session)) => return Ok(session),
             Ok(Err(Attempt::Fatal(e))) => return Err(e),
-            Ok(Err(Attempt::Retry(why))) => last = why,
+            Ok(Err(Attempt::Retry(why))) => {
+                last = why;
+                answered = true;
+            }
+            // An attempt cut short by the overall deadline says less than an answer before it.
+            Err(_) if answered && budget < cfg.connect_timeout => {}
             Err(_) => last = format!("no answer within {budget:?}"),
         }
         let pause = cfg.retry_pause.min(deadline.saturating_duration_since(Instant::now()));

@@ -98,7 +98,7 @@ impl SshConfig {
                 .ok_or_else(|| format!("LAPSE_SSH_PORT {port:?} is not a port (1-65535)"))?;
         }
         if let Some(user) = get("LAPSE_SSH_USER") {
-            if !valid_user(&user) {
+            if !lapse_core::validate::is_unix_user(&user) {
                 return Err(format!("LAPSE_SSH_USER {user:?} is not a user name"));
             }
             cfg.user = Some(user);
@@ -117,17 +117,22 @@ impl SshConfig {
         Self::from_vars(key_dir, |k| std::env::var(k).ok())
     }
 
+    /// This config with a provider's own user and port (its `[providers.NAME]` table's
+    /// `ssh_user`, `ssh_port`) over the server-wide ones.
+    pub fn with_overrides(mut self, user: Option<&str>, port: Option<u16>) -> Self {
+        if let Some(user) = user {
+            self.user = Some(user.to_owned());
+        }
+        if let Some(port) = port {
+            self.port = port;
+        }
+        self
+    }
+
     /// The user to log in as on a cloud whose images default to `default_user`.
     pub fn user_or<'a>(&'a self, default_user: &'a str) -> &'a str {
         self.user.as_deref().unwrap_or(default_user)
     }
-}
-
-/// A POSIX user name (what `useradd` takes).
-fn valid_user(user: &str) -> bool {
-    user.len() <= 32
-        && user.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && user.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.'))
 }
 
 /// An absolute path that is safe inside a shell script and a YAML scalar unquoted.

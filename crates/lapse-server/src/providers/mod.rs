@@ -60,7 +60,7 @@ pub async fn build(
         built.push(("scaleway".into(), p));
     }
     if !by_name.contains_key("ovh")
-        && let Some(p) = ovh(config, &config.ovh, controller_id, "ovh").await
+        && let Some(p) = ovh(config, &config.ovh, controller_id, "ovh", SshOwn::default()).await
     {
         built.push(("ovh".into(), p));
     }
@@ -100,9 +100,10 @@ async fn declared(
             docker(config, &setting, controller_id, name).await
         }
         "aws" => {
-            Some(aws(config, t.region.clone(), t.endpoint_url.clone(), t.profile.clone(), controller_id, name).await)
+            let regional = (t.region.clone(), t.endpoint_url.clone(), t.profile.clone());
+            Some(aws(config, regional, controller_id, name, SshOwn::of(t)).await)
         }
-        "scaleway" => Some(scaleway(config, declared_scaleway(config, t, vars), controller_id, name)),
+        "scaleway" => Some(scaleway(config, declared_scaleway(config, t, vars), controller_id, name, SshOwn::of(t))),
         "ovh" => {
             let base = &config.ovh;
             let secret = |var: &Option<String>, default: &str| vars(var.as_deref().unwrap_or(default));
@@ -115,7 +116,7 @@ async fn declared(
                 region: t.region.clone().or_else(|| base.region.clone()),
                 poll_interval: base.poll_interval,
             };
-            match ovh(config, &setting, controller_id, name).await {
+            match ovh(config, &setting, controller_id, name, SshOwn::of(t)).await {
                 Some(p) => Some(p),
                 None => {
                     Some(unavailable("ovh", name, "no application key: set application_key or OVH_APPLICATION_KEY"))
@@ -204,18 +205,20 @@ async fn implicit_aws(config: &ServerConfig, controller_id: &str) -> Option<Arc<
     if !on {
         return None;
     }
-    Some(aws(config, config.aws_region.clone(), None, None, controller_id, "aws").await)
+    Some(aws(config, (config.aws_region.clone(), None, None), controller_id, "aws", SshOwn::default()).await)
 }
 
 /// An aws provider (EC2). One that cannot connect (no credentials, no region) is listed
 /// unavailable with the reason.
+/// `(region, endpoint_url, profile)`.
+type Regional = (Option<String>, Option<String>, Option<String>);
+
 async fn aws(
     config: &ServerConfig,
-    region: Option<String>,
-    endpoint_url: Option<String>,
-    profile: Option<String>,
+    (region, endpoint_url, profile): Regional,
     controller_id: &str,
     name: &str,
+    ssh: SshOwn<'_>,
 ) -> Arc<dyn Provider> {
     #[cfg(feature = "aws")]
     {
@@ -223,7 +226,7 @@ async fn aws(
         let options = AwsOptions { region, endpoint_url, profile };
         match AwsProvider::connect_with(&options, controller_id).await {
             Ok(p) => {
-                let p = p.with_seed_tags(config.aws_seed_tags).with_ssh(ssh_config(config));
+                let p = p.with_seed_tags(config.aws_seed_tags).with_ssh(ssh_config(config, ssh));
                 match p.health().await {
                     Ok(detail) => tracing::info!(provider = name, %detail, "aws provider on"),
                     Err(e) => {
@@ -240,7 +243,7 @@ async fn aws(
     }
     #[cfg(not(feature = "aws"))]
     {
-        let _ = (config, region, endpoint_url, profile, controller_id);
+        let _ = (config, region, endpoint_url, profile, controller_id, ssh);
         unavailable("aws", name, "the aws provider is not built in (feature `aws`)")
     }
 }
@@ -250,7 +253,7 @@ fn implicit_scaleway(config: &ServerConfig, controller_id: &str) -> Option<Arc<d
     #[cfg(feature = "scaleway")]
     {
         let setting = config.scaleway.clone()?;
-        Some(scaleway(config, setting, controller_id, "scaleway"))
+        Some(scaleway(config, setting, controller_id, "scaleway", SshOwn::default()))
     }
     #[cfg(not(feature = "scaleway"))]
     {
@@ -301,7 +304,13 @@ fn declared_scaleway(config: &ServerConfig, t: &ProviderTable, vars: Vars<'_>) -
 }
 
 /// A scaleway provider, or one listed unavailable with the reason (the keys never logged).
-fn scaleway(config: &ServerConfig, setting: ScalewaySetting, controller_id: &str, name: &str) -> Arc<dyn Provider> {
+fn scaleway(
+    config: &ServerConfig,
+    setting: ScalewaySetting,
+    controller_id: &str,
+    name: &str,
+    ssh: SshOwn<'_>,
+) -> Arc<dyn Provider> {
     #[cfg(feature = "scaleway")]
     {
         use lapse_providers::scaleway::ScalewayProvider;
@@ -309,7 +318,7 @@ fn scaleway(config: &ServerConfig, setting: ScalewaySetting, controller_id: &str
             let zone = cfg.default_zone.clone();
             let api = cfg.api_url.clone();
             ScalewayProvider::new(cfg, controller_id)
-                .map(|p| (p.with_ssh(ssh_config(config)), zone, api))
+                .map(|p| (p.with_ssh(ssh_config(config, ssh)), zone, api))
                 .map_err(|e| e.to_string())
         }) {
             Ok((p, zone, api)) => {
@@ -321,7 +330,7 @@ fn scaleway(config: &ServerConfig, setting: ScalewaySetting, controller_id: &str
     }
     #[cfg(not(feature = "scaleway"))]
     {
-        let _ = (config, setting, controller_id);
+        let _ = (config, setting, controller_id, ssh);
         unavailable("scaleway", name, "the scaleway provider is not built in (feature `scaleway`)")
     }
 }
@@ -333,6 +342,7 @@ async fn ovh(
     setting: &crate::config::OvhSetting,
     controller_id: &str,
     name: &str,
+    ssh: SshOwn<'_>,
 ) -> Option<Arc<dyn Provider>> {
     if setting.application_key.as_deref().is_none_or(str::is_empty) {
         return None;
@@ -362,7 +372,7 @@ async fn ovh(
             if let Some(every) = setting.poll_interval {
                 ovh.poll_interval = every.max(std::time::Duration::from_millis(10));
             }
-            OvhProvider::new(ovh, controller_id).map(|p| p.with_ssh(ssh_config(config))).map_err(|e| e.to_string())
+            OvhProvider::new(ovh, controller_id).map(|p| p.with_ssh(ssh_config(config, ssh))).map_err(|e| e.to_string())
         } else {
             Err(format!("OVH_APPLICATION_KEY is set but {} not", missing.join(", ")))
         };
@@ -381,7 +391,7 @@ async fn ovh(
     }
     #[cfg(not(feature = "ovh"))]
     {
-        let _ = (config, controller_id);
+        let _ = (config, controller_id, ssh);
         Some(unavailable(
             "ovh",
             name,
@@ -392,14 +402,30 @@ async fn ovh(
 
 /// How the cloud providers reach their VMs over SSH: keys under `<data dir>/ssh`, the rest
 /// from `LAPSE_SSH_PORT`, `LAPSE_SSH_USER`, `LAPSE_SSH_DEADLINE_FILE` (a bad value is logged
-/// and the defaults kept).
+/// and the defaults kept), under the table's own user and port.
 #[cfg(any(feature = "aws", feature = "scaleway", feature = "ovh"))]
-fn ssh_config(config: &ServerConfig) -> lapse_providers::ssh::SshConfig {
+fn ssh_config(config: &ServerConfig, own: SshOwn<'_>) -> lapse_providers::ssh::SshConfig {
     let dir = config.data_dir.join("ssh");
-    lapse_providers::ssh::SshConfig::from_env(&dir).unwrap_or_else(|reason| {
+    let cfg = lapse_providers::ssh::SshConfig::from_env(&dir).unwrap_or_else(|reason| {
         tracing::warn!(%reason, "SSH settings refused; using the defaults");
         lapse_providers::ssh::SshConfig::in_dir(dir)
-    })
+    });
+    cfg.with_overrides(own.user, own.port)
+}
+
+/// A table's own `ssh_user` and `ssh_port` (checked by [`table::check`]); none for the
+/// implicit providers.
+#[derive(Clone, Copy, Debug, Default)]
+#[cfg_attr(not(any(feature = "aws", feature = "scaleway", feature = "ovh")), allow(dead_code))]
+struct SshOwn<'a> {
+    user: Option<&'a str>,
+    port: Option<u16>,
+}
+
+impl<'a> SshOwn<'a> {
+    fn of(t: &'a ProviderTable) -> Self {
+        SshOwn { user: t.ssh_user.as_deref(), port: t.ssh_port }
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,9 @@
 //! - `ovh`: `endpoint`, `region`, `project_id`, `application_key`, and the names of the
 //!   variables holding the secrets: `application_secret_env` (default `OVH_APPLICATION_SECRET`),
 //!   `consumer_key_env` (default `OVH_CONSUMER_KEY`).
+//! - `aws`, `scaleway`, `ovh` also: `ssh_user` and `ssh_port`, how `exec` and `extend` reach
+//!   their VMs over SSH (default: `LAPSE_SSH_USER`, else the cloud's image user; `LAPSE_SSH_PORT`,
+//!   else 22).
 //! - `docker`: `endpoint` (`unix:///…`, `tcp://…`; default: `DOCKER_HOST`, then the usual sockets).
 //! - `process`, `sim`: built in, once each; their tables take only the common keys.
 //!
@@ -62,6 +65,9 @@ pub struct ProviderTable {
     pub application_key: Option<String>,
     pub application_secret_env: Option<String>,
     pub consumer_key_env: Option<String>,
+    // aws, scaleway, ovh
+    pub ssh_user: Option<String>,
+    pub ssh_port: Option<u16>,
     // Refused with a pointer to the `_env` form: a secret in the file.
     secret_key: Option<toml::Value>,
     application_secret: Option<toml::Value>,
@@ -115,9 +121,27 @@ fn check_one(name: &str, t: &ProviderTable) -> Result<ProviderDecl, String> {
         }
     }
     let own: &[&str] = match kind {
-        "aws" => &["region", "endpoint_url", "profile"],
-        "scaleway" => &["zone", "project_id", "organization_id", "api_url", "access_key", "secret_key_env"],
-        "ovh" => &["endpoint", "region", "project_id", "application_key", "application_secret_env", "consumer_key_env"],
+        "aws" => &["region", "endpoint_url", "profile", "ssh_user", "ssh_port"],
+        "scaleway" => &[
+            "zone",
+            "project_id",
+            "organization_id",
+            "api_url",
+            "access_key",
+            "secret_key_env",
+            "ssh_user",
+            "ssh_port",
+        ],
+        "ovh" => &[
+            "endpoint",
+            "region",
+            "project_id",
+            "application_key",
+            "application_secret_env",
+            "consumer_key_env",
+            "ssh_user",
+            "ssh_port",
+        ],
         "docker" => &["endpoint"],
         _ => &[],
     };
@@ -140,6 +164,12 @@ fn check_one(name: &str, t: &ProviderTable) -> Result<ProviderDecl, String> {
             })
             .transpose()
     };
+    if let Some(user) = t.ssh_user.as_deref().filter(|u| !lapse_core::validate::is_unix_user(u)) {
+        return Err(format!("ssh_user {user:?} is not a user name (a-z, 0-9, _, -, ., at most 32)"));
+    }
+    if t.ssh_port == Some(0) {
+        return Err("ssh_port must be a port (1-65535)".into());
+    }
     if t.concurrency == Some(0) {
         return Err("concurrency must be at least 1".into());
     }
@@ -155,7 +185,7 @@ fn check_one(name: &str, t: &ProviderTable) -> Result<ProviderDecl, String> {
 }
 
 /// Each kind-specific key and whether the table sets it.
-fn set_keys(t: &ProviderTable) -> [(&'static str, bool); 14] {
+fn set_keys(t: &ProviderTable) -> [(&'static str, bool); 16] {
     [
         ("region", t.region.is_some()),
         ("endpoint_url", t.endpoint_url.is_some()),
@@ -170,6 +200,8 @@ fn set_keys(t: &ProviderTable) -> [(&'static str, bool); 14] {
         ("application_key", t.application_key.is_some()),
         ("application_secret_env", t.application_secret_env.is_some()),
         ("consumer_key_env", t.consumer_key_env.is_some()),
+        ("ssh_user", t.ssh_user.is_some()),
+        ("ssh_port", t.ssh_port.is_some()),
         ("kind", false),
     ]
 }
@@ -219,6 +251,9 @@ mod tests {
             ("[providers.p2]\nkind = \"process\"\n", "built in, once"),
             ("[providers.a]\nkind = \"aws\"\nsweep_interval = \"5\"\n", "sweep_interval"),
             ("[providers.a]\nkind = \"aws\"\ncall_timeout = \"0s\"\n", "call_timeout"),
+            ("[providers.a]\nkind = \"aws\"\nssh_user = \"-oProxyCommand=x\"\n", "ssh_user"),
+            ("[providers.a]\nkind = \"ovh\"\nssh_port = 0\n", "ssh_port"),
+            ("[providers.a]\nkind = \"docker\"\nssh_user = \"admin\"\n", "ssh_user"),
             ("[providers.a]\nkind = \"aws\"\nconcurrency = 0\n", "at least 1"),
             ("[providers.s]\nkind = \"scaleway\"\nsecret_key_env = \"A B\"\n", "not a variable name"),
             ("[providers.\"Bad Name\"]\nkind = \"aws\"\n", "[providers.Bad Name]"),

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use lapse_core::model::{Environment, ObservedState, Spec};
+use lapse_providers::aws::moto::MotoServer;
 use lapse_providers::aws::sdk;
 use lapse_providers::aws::sdk::types::{ResourceType, Tag, TagSpecification};
 use serde_json::{Value, json};
@@ -30,57 +31,11 @@ use super::ServerProcess;
 
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEBgADPnDiIQn0qOOAF8KTqypgMP7s21Sj6xqDT34zZI bench@lapse";
 
-/// A moto server of its own on a free loopback port, stopped when dropped.
-struct MotoProcess {
-    _child: tokio::process::Child,
-    endpoint: String,
-}
-
-impl MotoProcess {
-    async fn start() -> anyhow::Result<MotoProcess> {
-        let program = std::env::var("LAPSE_MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = tokio::process::Command::new(&program)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {program} (set LAPSE_MOTO_SERVER; `scripts/test` installs moto)"))?;
-        let endpoint = format!("http://127.0.0.1:{port}");
-        for _ in 0..300 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return Ok(MotoProcess { _child: child, endpoint });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("{program} did not listen on {endpoint}")
-    }
-
-    /// What `lapse serve` needs to use it.
-    fn server_env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("LAPSE_AWS", "on".into()),
-            ("AWS_REGION", "us-east-1".into()),
-            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
-            ("AWS_ACCESS_KEY_ID", "AKIDLAPSEBENCH".into()),
-            ("AWS_SECRET_ACCESS_KEY", "lapse-bench-secret".into()),
-            // The SDK's chains never leave loopback.
-            ("AWS_EC2_METADATA_DISABLED", "true".into()),
-        ]
-    }
-
-    async fn client(&self) -> sdk::Client {
-        let credentials = sdk::config::Credentials::new("AKIDLAPSEBENCH", "lapse-bench-secret", None, None, "bench");
-        let config =
-            lapse_providers::aws::sdk_config::defaults(lapse_providers::aws::sdk_config::BehaviorVersion::latest())
-                .region(sdk::config::Region::new("us-east-1"))
-                .endpoint_url(&self.endpoint)
-                .credentials_provider(credentials)
-                .load()
-                .await;
-        sdk::Client::new(&config)
-    }
+/// What `lapse serve` needs to use `moto` through the `aws` provider.
+fn server_env(moto: &MotoServer) -> Vec<(&'static str, String)> {
+    let mut envs = moto.envs();
+    envs.push(("LAPSE_AWS", "on".into()));
+    envs
 }
 
 /// Calls and seconds inside `provider`'s backend calls, summed over operations (`op` is
@@ -133,7 +88,7 @@ pub async fn run(
     say: &dyn Fn(String),
     report: &mut serde_json::Map<String, Value>,
 ) -> anyhow::Result<()> {
-    let moto = match MotoProcess::start().await {
+    let moto = match MotoServer::start("AKIDLAPSEBENCH", "lapse-bench-secret").await {
         Ok(m) => m,
         Err(e) => {
             say(format!("cloud: skipped ({e:#})"));
@@ -151,9 +106,9 @@ pub async fn run(
     Ok(())
 }
 
-async fn create_overhead(moto: &MotoProcess, n: usize) -> anyhow::Result<Value> {
+async fn create_overhead(moto: &MotoServer, n: usize) -> anyhow::Result<Value> {
     let dir = tempfile::tempdir()?;
-    let server = ServerProcess::start_with(dir.path(), &moto.server_env()).await?;
+    let server = ServerProcess::start_with(dir.path(), &server_env(moto)).await?;
     let spec = json!({"provider": "aws", "cloud": {"instance_type": "t2.nano", "ssh_public_keys": [KEY]}});
     let body = json!({"owner": "bench", "spec": spec, "ttl": "1h"});
     // One create not counted: the SDK's connections, the key pair's import and the server's
@@ -209,11 +164,11 @@ async fn create_overhead(moto: &MotoProcess, n: usize) -> anyhow::Result<Value> 
     }))
 }
 
-async fn sweep(moto: &MotoProcess, n: usize) -> anyhow::Result<Value> {
+async fn sweep(moto: &MotoServer, n: usize) -> anyhow::Result<Value> {
     let dir = tempfile::tempdir()?;
     let store = lapse_store::Store::open(&dir.path().join("lapse.db")).await?;
     let controller = store.controller_id().await?;
-    let client = moto.client().await;
+    let client = moto.ec2().await;
     let t = Instant::now();
     let images = client.describe_images().owners("amazon").send().await.context("DescribeImages")?;
     let ami = images.images().iter().find_map(|i| i.image_id()).context("moto has no amazon image")?.to_owned();
@@ -277,7 +232,7 @@ async fn sweep(moto: &MotoProcess, n: usize) -> anyhow::Result<Value> {
     let setup = t.elapsed().as_secs_f64();
 
     let orphans = n - n / 2;
-    let server = ServerProcess::start_with(dir.path(), &moto.server_env()).await?;
+    let server = ServerProcess::start_with(dir.path(), &server_env(moto)).await?;
     let (started, serving_at) = (Instant::now(), lapse_core::now_millis());
     let deadline = started + Duration::from_secs(600);
     // Past the deadline the figures so far are reported, marked incomplete.

@@ -2,9 +2,9 @@
 //! loopback port; `LAPSE_MOTO_SERVER` comes from `scripts/test-env.sh`). The instance
 //! metadata service is turned off, so the SDK's chains never leave loopback.
 
-use lapse_providers::aws::sdk::config::Credentials;
+use lapse_providers::aws::moto::MotoServer;
 use lapse_providers::aws::sdk::types::{Filter, InstanceStateName, Tag};
-use lapse_providers::aws::{AwsProvider, TAG_ENVIRONMENT, TAG_KEEP, sdk_config};
+use lapse_providers::aws::{AwsProvider, TAG_ENVIRONMENT, TAG_KEEP};
 use lapse_providers::{Placement, Provider};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -14,57 +14,9 @@ use crate::harness::{Server, eventually, secs};
 const SECRET: &str = "it-SECRET-key-never-in-the-api-9f8e7d6c5b4a";
 const ACCESS: &str = "AKIDLAPSEITTEST00001";
 
-pub(crate) struct Moto {
-    child: tokio::process::Child,
-    pub(crate) endpoint: String,
-}
-
-impl Moto {
-    pub(crate) async fn start() -> Moto {
-        let program = std::env::var("LAPSE_MOTO_SERVER")
-            .expect("LAPSE_MOTO_SERVER is set by scripts/test-env.sh (moto's server program)");
-        // A free loopback port: bound, read and released (moto binds it again at once).
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = tokio::process::Command::new(program)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("moto_server starts");
-        let endpoint = format!("http://127.0.0.1:{port}");
-        eventually(secs(15), "moto listening", async || {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
-        })
-        .await;
-        Moto { child, endpoint }
-    }
-
-    /// The variables a server needs to reach this moto with the test's credentials.
-    pub(crate) fn envs(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("AWS_REGION", "us-east-1".into()),
-            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
-            ("AWS_ACCESS_KEY_ID", ACCESS.into()),
-            ("AWS_SECRET_ACCESS_KEY", SECRET.into()),
-            ("AWS_EC2_METADATA_DISABLED", "true".into()),
-        ]
-    }
-
-    /// A provider of `controller` on this moto (the test's own view of EC2).
-    async fn provider(&self, controller: &str) -> AwsProvider {
-        let loader = sdk_config::defaults(sdk_config::BehaviorVersion::latest())
-            .region(sdk_config::Region::new("us-east-1"))
-            .endpoint_url(&self.endpoint)
-            .credentials_provider(Credentials::new(ACCESS, SECRET, None, None, "test"));
-        AwsProvider::from_loader(loader, controller).await.expect("the provider connects to moto")
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
+/// A moto server of this test's own.
+pub(crate) async fn moto() -> MotoServer {
+    MotoServer::start(ACCESS, SECRET).await.expect("moto starts (LAPSE_MOTO_SERVER)")
 }
 
 async fn start_server(dir: &std::path::Path, envs: &[(&'static str, String)]) -> Server {
@@ -92,10 +44,10 @@ fn no_secret(what: &str, v: &impl std::fmt::Display) {
 
 #[tokio::test]
 async fn aws_environment_life_expiry_extend_delete_and_no_credentials_shown() {
-    let moto = Moto::start().await;
+    let moto = moto().await;
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path(), &moto.envs()).await;
-    let ec2 = moto.provider(&server.controller_id).await;
+    let ec2 = moto.provider(&server.controller_id).await.unwrap();
 
     let (status, providers) = server.get("/v1/providers").await;
     assert_eq!(status, StatusCode::OK);
@@ -154,11 +106,11 @@ async fn aws_environment_life_expiry_extend_delete_and_no_credentials_shown() {
 
 #[tokio::test]
 async fn the_sweep_terminates_an_unrecorded_instance_but_never_a_kept_one() {
-    let moto = Moto::start().await;
+    let moto = moto().await;
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path(), &moto.envs()).await;
     // Instances with this server's controller tag that no record knows.
-    let ec2 = moto.provider(&server.controller_id).await;
+    let ec2 = moto.provider(&server.controller_id).await.unwrap();
     let plain = lapse_core::model::Spec { provider: "aws".into(), ..Default::default() };
     let (orphan, kept) = (lapse_core::model::new_environment_id(), lapse_core::model::new_environment_id());
     ec2.ensure_running(&kept, &Placement::default(), &plain).await.unwrap();

@@ -4,65 +4,29 @@
 
 use std::collections::BTreeMap;
 
-use lapse_providers::aws::sdk;
+use lapse_providers::aws::TAG_ENVIRONMENT;
+use lapse_providers::aws::moto::MotoServer;
 use lapse_providers::aws::sdk::types::Filter;
-use lapse_providers::aws::{TAG_ENVIRONMENT, sdk_config};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{Server, eventually, secs};
+use crate::harness::{Server, secs};
 
 const SECRET: &str = "it-SECRET-tags-never-in-the-api-1a2b3c4d";
 const ACCESS: &str = "AKIDLAPSEITTAGS00001";
 
-struct Moto {
-    child: tokio::process::Child,
-    endpoint: String,
-}
-
-impl Moto {
-    async fn start() -> Moto {
-        let program = std::env::var("LAPSE_MOTO_SERVER")
-            .expect("LAPSE_MOTO_SERVER is set by scripts/test-env.sh (moto's server program)");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = tokio::process::Command::new(program)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("moto_server starts");
-        eventually(secs(15), "moto listening", async || {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
-        })
-        .await;
-        Moto { child, endpoint: format!("http://127.0.0.1:{port}") }
-    }
-
-    async fn client(&self) -> sdk::Client {
-        let config = sdk_config::defaults(sdk_config::BehaviorVersion::latest())
-            .region(sdk_config::Region::new("us-east-1"))
-            .endpoint_url(&self.endpoint)
-            .credentials_provider(sdk::config::Credentials::new(ACCESS, SECRET, None, None, "test"))
-            .load()
-            .await;
-        sdk::Client::new(&config)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
+/// A moto server of this test's own.
+async fn moto() -> MotoServer {
+    MotoServer::start(ACCESS, SECRET).await.expect("moto starts (LAPSE_MOTO_SERVER)")
 }
 
 #[tokio::test]
 async fn labels_become_tags_with_the_seeds_and_what_ec2_cannot_carry_is_a_400() {
-    let moto = Moto::start().await;
+    let moto = moto().await;
     let dir = tempfile::tempdir().unwrap();
     let envs = [
         ("AWS_REGION", "us-east-1"),
-        ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
+        ("AWS_ENDPOINT_URL", moto.endpoint()),
         ("AWS_ACCESS_KEY_ID", ACCESS),
         ("AWS_SECRET_ACCESS_KEY", SECRET),
         ("AWS_EC2_METADATA_DISABLED", "true"),
@@ -84,7 +48,7 @@ async fn labels_become_tags_with_the_seeds_and_what_ec2_cannot_carry_is_a_400() 
     let id = env["id"].as_str().unwrap().to_owned();
     server.wait_state(&id, "running", secs(30)).await;
     let out = moto
-        .client()
+        .ec2()
         .await
         .describe_instances()
         .filters(Filter::builder().name(format!("tag:{TAG_ENVIRONMENT}")).values(&id).build())

@@ -4,9 +4,9 @@
 
 use std::process::Output;
 
-use lapse_providers::aws::sdk::config::Credentials;
+use lapse_providers::aws::moto::MotoServer;
 use lapse_providers::aws::sdk::types::{InstanceStateName, InstanceType, ResourceType, Tag, TagSpecification};
-use lapse_providers::aws::{AwsProvider, TAG_ADOPTING, TAG_CONTROLLER, TAG_ENVIRONMENT, sdk_config};
+use lapse_providers::aws::{AwsProvider, TAG_ADOPTING, TAG_CONTROLLER, TAG_ENVIRONMENT};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -16,55 +16,12 @@ const SECRET: &str = "im-SECRET-key-never-shown-0a1b2c3d4e5f6789";
 const ACCESS: &str = "AKIDLAPSEIMTEST00001";
 const PUBLIC_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f test@lapse";
 
-struct Moto {
-    child: tokio::process::Child,
-    endpoint: String,
+/// A moto server of this test's own.
+async fn moto() -> MotoServer {
+    MotoServer::start(ACCESS, SECRET).await.expect("moto starts (LAPSE_MOTO_SERVER)")
 }
 
-impl Moto {
-    async fn start() -> Moto {
-        let program = std::env::var("LAPSE_MOTO_SERVER").expect("LAPSE_MOTO_SERVER is set by scripts/test-env.sh");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = tokio::process::Command::new(program)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("moto_server starts");
-        eventually(secs(15), "moto listening", async || {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
-        })
-        .await;
-        Moto { child, endpoint: format!("http://127.0.0.1:{port}") }
-    }
-
-    fn envs(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("AWS_REGION", "us-east-1".into()),
-            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
-            ("AWS_ACCESS_KEY_ID", ACCESS.into()),
-            ("AWS_SECRET_ACCESS_KEY", SECRET.into()),
-            ("AWS_EC2_METADATA_DISABLED", "true".into()),
-        ]
-    }
-
-    async fn ec2(&self) -> AwsProvider {
-        let loader = sdk_config::defaults(sdk_config::BehaviorVersion::latest())
-            .region(sdk_config::Region::new("us-east-1"))
-            .endpoint_url(&self.endpoint)
-            .credentials_provider(Credentials::new(ACCESS, SECRET, None, None, "test"));
-        AwsProvider::from_loader(loader, "the-test").await.expect("the provider connects to moto")
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
-async fn start_server(dir: &std::path::Path, moto: &Moto) -> Server {
+async fn start_server(dir: &std::path::Path, moto: &MotoServer) -> Server {
     let envs = moto.envs();
     let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     Server::start_with_env(dir, &[], &envs).await
@@ -132,10 +89,10 @@ fn secs_of(rfc3339: &str) -> i64 {
 
 #[tokio::test]
 async fn instance_manager_readme_commands_work_against_lapse_serve() {
-    let moto = Moto::start().await;
+    let moto = moto().await;
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path(), &moto).await;
-    let ec2 = moto.ec2().await;
+    let ec2 = moto.provider("the-test").await.unwrap();
     let key = dir.path().join("id_ed25519.pub");
     std::fs::write(&key, format!("{PUBLIC_KEY}\n")).unwrap();
     let key = key.to_str().unwrap();
@@ -327,10 +284,10 @@ fn seed_file(entries: &[(&str, &str)]) -> String {
 
 #[tokio::test]
 async fn import_adopts_the_seeds_instances_with_their_expiry_once() {
-    let moto = Moto::start().await;
+    let moto = moto().await;
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path(), &moto).await;
-    let ec2 = moto.ec2().await;
+    let ec2 = moto.provider("the-test").await.unwrap();
 
     let listed = seed_instance(&ec2, "2h0m0s", true).await;
     let expired = seed_instance(&ec2, "1m0s", true).await;

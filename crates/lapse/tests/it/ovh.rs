@@ -129,3 +129,65 @@ async fn a_half_configured_ovh_provider_is_unavailable_and_says_why() {
     assert_no_secret("/v1/providers", &providers.to_string());
     assert_no_secret("the server log", &server.log());
 }
+
+#[tokio::test]
+async fn exec_and_extend_reach_an_ovh_vm_over_ssh_through_the_api() {
+    let sshd = lapse_providers::ssh::testing::TestSshd::start();
+    let fake = fake().await;
+    fake.state().address = Some("127.0.0.1".into());
+    let dir = tempfile::tempdir().unwrap();
+    let deadline = dir.path().join("expires-at");
+    // The table's own SSH user and port (not LAPSE_SSH_*): how this provider's VMs are reached.
+    let config = dir.path().join("lapse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[providers.ovh-gra]\nkind = \"ovh\"\nendpoint = \"{}\"\nproject_id = \"it-project\"\n\
+             application_key = \"it-app-key\"\nssh_user = \"{}\"\nssh_port = {}\n",
+            fake.url, sshd.user, sshd.port
+        ),
+    )
+    .unwrap();
+    let envs = [
+        ("OVH_APPLICATION_SECRET", SECRET),
+        ("OVH_CONSUMER_KEY", CONSUMER),
+        ("OVH_POLL_INTERVAL", "20ms"),
+        ("LAPSE_SSH_DEADLINE_FILE", deadline.to_str().unwrap()),
+    ];
+    let server = Server::start_with_env(dir.path(), &["--config", config.to_str().unwrap()], &envs).await;
+    let env = server.create(json!({"owner": "ada", "spec": {"provider": "ovh-gra"}, "ttl": "1h"})).await;
+    let id = env["id"].as_str().unwrap().to_owned();
+    server.wait_state(&id, "running", secs(30)).await;
+    // The environment's own key, made by the server under its data dir (and put in the VM's
+    // cloud-init): the guest's sshd is told to let it in.
+    let keys = lapse_providers::ssh::KeyStore::new(Some(dir.path().join("ssh")));
+    sshd.authorize(&keys.ensure(&id).unwrap());
+
+    // A hostile argument reaches the program as one word; the exit code and both streams return.
+    let (status, out) = server
+        .post(
+            &format!("/v1/environments/{id}/exec"),
+            json!({"cmd": ["sh", "-c", "printf '%s' \"$1\"; echo err >&2; exit 4", "sh", "a b; $(rm -rf /) 'q'"],
+                   "timeout": "20s"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(
+        (out["stdout"].as_str(), out["stderr"].as_str(), out["exit_code"].as_i64()),
+        (Some("a b; $(rm -rf /) 'q'"), Some("err\n"), Some(4)),
+        "{out}"
+    );
+
+    // Extend moves the running VM's backstop: the deadline file holds the new expiry.
+    let (status, extended) = server.post(&format!("/v1/environments/{id}/extend"), json!({"by": "2h"})).await;
+    assert!(status.is_success(), "{status} {extended}");
+    let want = chrono::DateTime::parse_from_rfc3339(extended["expires_at"].as_str().unwrap()).unwrap().timestamp();
+    let armed = eventually(secs(30), "the deadline file written over SSH", async || {
+        std::fs::read_to_string(&deadline).ok().and_then(|t| t.trim().parse::<i64>().ok())
+    })
+    .await;
+    assert_eq!(armed, want, "the deadline file holds the extended expiry in Unix seconds");
+    let logged = server.log();
+    assert_no_secret("the server log", &logged);
+    assert!(!logged.contains("PRIVATE KEY"), "no private key in the log");
+}

@@ -2,25 +2,19 @@
 //! providers side by side on one moto, each in its own region, each listed with its kind and
 //! capabilities; a spec names one and its instance is made in that one's region.
 
-use lapse_providers::aws::sdk::config::Credentials;
+use lapse_providers::aws::TAG_ENVIRONMENT;
 use lapse_providers::aws::sdk::types::Filter;
-use lapse_providers::aws::{TAG_ENVIRONMENT, sdk_config};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::aws::Moto;
+use lapse_providers::aws::moto::MotoServer;
+
+use crate::aws::moto;
 use crate::harness::{Server, secs};
 
 /// The instances of environment `env` in `region` of this moto.
-async fn instances_in(moto: &Moto, region: &str, env: &str) -> usize {
-    let (access, secret) = keys(moto);
-    let config = sdk_config::defaults(sdk_config::BehaviorVersion::latest())
-        .region(sdk_config::Region::new(region.to_owned()))
-        .endpoint_url(&moto.endpoint)
-        .credentials_provider(Credentials::new(access, secret, None, None, "test"))
-        .load()
-        .await;
-    let ec2 = lapse_providers::aws::sdk::Client::new(&config);
+async fn instances_in(moto: &MotoServer, region: &str, env: &str) -> usize {
+    let ec2 = lapse_providers::aws::sdk::Client::new(&moto.loader(region).load().await);
     let out = ec2
         .describe_instances()
         .filters(Filter::builder().name(format!("tag:{TAG_ENVIRONMENT}")).values(env).build())
@@ -30,19 +24,13 @@ async fn instances_in(moto: &Moto, region: &str, env: &str) -> usize {
     out.reservations().iter().map(|r| r.instances().len()).sum()
 }
 
-fn keys(moto: &Moto) -> (String, String) {
-    let envs = moto.envs();
-    let get = |k: &str| envs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()).unwrap();
-    (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY"))
-}
-
 fn provider<'a>(list: &'a Value, name: &str) -> &'a Value {
     list["providers"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("{name}: {list}"))
 }
 
 #[tokio::test]
 async fn two_aws_providers_side_by_side_each_in_its_region() {
-    let moto = Moto::start().await;
+    let moto = moto().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("lapse.toml");
     std::fs::write(
@@ -51,7 +39,7 @@ async fn two_aws_providers_side_by_side_each_in_its_region() {
             "[providers.aws-eu]\nkind = \"aws\"\nregion = \"eu-west-1\"\nendpoint_url = \"{0}\"\nsweep_interval = \"7m\"\n\
              concurrency = 3\n\
              [providers.aws-us]\nkind = \"aws\"\nregion = \"us-east-1\"\nendpoint_url = \"{0}\"\n",
-            moto.endpoint
+            moto.endpoint()
         ),
     )
     .unwrap();

@@ -102,6 +102,24 @@ pub fn label_selector(selector: &str) -> Result<(String, String), FieldError> {
     }
 }
 
+/// An OpenSSH one-line public key: `TYPE BASE64 [comment]` of a type EC2 imports.
+pub fn is_openssh_key(s: &str) -> bool {
+    use base64::Engine;
+    let mut words = s.split_whitespace();
+    let (Some(kind), Some(body)) = (words.next(), words.next()) else { return false };
+    let known = matches!(
+        kind,
+        "ssh-rsa" | "ssh-ed25519" | "ecdsa-sha2-nistp256" | "ecdsa-sha2-nistp384" | "ecdsa-sha2-nistp521"
+    );
+    if !known || s.len() > 16 * 1024 || s.contains('\n') {
+        return false;
+    }
+    // The blob starts with its own type, length-prefixed: `ssh-ed25519 AAAA...` names itself.
+    let Ok(blob) = base64::engine::general_purpose::STANDARD.decode(body) else { return false };
+    let Some(len) = blob.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize) else { return false };
+    blob.get(4..4 + len) == Some(kind.as_bytes()) && blob.len() > 4 + len
+}
+
 /// A Unix login name as SSH takes it: up to 32 of `a-z`, `0-9`, `_`, `-`, `.`, starting with
 /// a letter or `_` (so it cannot be read as an option or hold shell or YAML syntax).
 pub fn is_unix_user(user: &str) -> bool {

@@ -65,11 +65,16 @@ impl Configured {
     ) -> Result<T, ProviderError> {
         match tokio::time::timeout(limit, call).await {
             Ok(result) => result,
-            Err(_) => Err(ProviderError::Failed {
-                provider: self.inner.kind(),
-                op,
-                message: format!("no answer within {} s; abandoned, to be retried", limit.as_secs_f64()),
-            }),
+            Err(_) => Err(self.late(op, limit)),
+        }
+    }
+
+    /// The failure of a call abandoned at its deadline.
+    fn late(&self, op: &'static str, limit: Duration) -> ProviderError {
+        ProviderError::Failed {
+            provider: self.inner.kind(),
+            op,
+            message: format!("no answer within {} s; abandoned, to be retried", limit.as_secs_f64()),
         }
     }
 }
@@ -140,6 +145,17 @@ impl Provider for Configured {
 
     async fn delete(&self, environment_id: &str, grace: Duration) -> Result<(), ProviderError> {
         self.within("delete", self.timeouts.change + grace, self.inner.delete(environment_id, grace)).await
+    }
+
+    async fn remove_orphans(&self, environment_ids: &[String], grace: Duration) -> Vec<Result<(), ProviderError>> {
+        let work = self.inner.remove_orphans(environment_ids, grace);
+        match tokio::time::timeout(self.timeouts.change + grace, work).await {
+            Ok(results) => results,
+            Err(_) => {
+                let late = self.late("remove_orphans", self.timeouts.change + grace);
+                environment_ids.iter().map(|_| Err(late.clone())).collect()
+            }
+        }
     }
 
     async fn inspect(&self, environment_id: &str) -> Result<Option<Instance>, ProviderError> {

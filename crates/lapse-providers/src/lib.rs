@@ -259,6 +259,18 @@ pub trait Provider: Send + Sync {
         Ok(())
     }
 
+    /// Removes the resources of several environments the sweep found orphaned (each
+    /// re-checked by the caller): one result per id, in order. The default deletes them one
+    /// by one; a cloud overrides it to remove many in a few calls (the sweep of a thousand
+    /// instances is otherwise a thousand round trips).
+    async fn remove_orphans(&self, environment_ids: &[String], grace: Duration) -> Vec<Result<(), ProviderError>> {
+        let mut out = Vec::with_capacity(environment_ids.len());
+        for id in environment_ids {
+            out.push(self.delete(id, grace).await);
+        }
+        out
+    }
+
     /// Removes what no environment needs any more and `list` does not report: processes left
     /// in a stopped environment's cgroup, a tenant's network with no container. The sweep
     /// calls it each round; it returns how many things it removed.

@@ -307,3 +307,34 @@ async fn health_answers_and_missing_credentials_make_it_unavailable() {
     assert!(matches!(err, ProviderError::Unavailable { .. }), "{err:?}");
     assert!(err.to_string().contains("credentials"), "{err}");
 }
+
+#[tokio::test]
+async fn orphans_are_removed_in_a_batch_and_one_gone_instance_stops_none() {
+    let moto = moto().await;
+    let p = moto.provider("ctl-batch").await.unwrap();
+    let other = moto.provider("ctl-batch-other").await.unwrap();
+    let plain = Spec { provider: "aws".into(), ..Default::default() };
+    let ids: Vec<String> = (0..5).map(|_| id()).collect();
+    for env in &ids {
+        p.ensure_running(env, &Placement::default(), &plain).await.unwrap();
+    }
+    // Another controller's instance under one of the same environment ids is never touched.
+    other.ensure_running(&ids[0], &Placement::default(), &plain).await.unwrap();
+    // One is already gone (terminated behind the sweep's back); one id has nothing at all.
+    let gone = env_instance(&p, &ids[4]).await;
+    p.client().terminate_instances().instance_ids(&gone).send().await.unwrap();
+    let mut asked = ids.clone();
+    asked.push(id());
+    let before = terminate_calls(&p);
+
+    let results = p.remove_orphans(&asked, Duration::ZERO).await;
+    assert_eq!(results.len(), asked.len());
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(terminate_calls(&p) - before, 1, "one TerminateInstances for the whole batch");
+    assert!(p.list().await.unwrap().is_empty(), "every orphan of this controller is terminated");
+    assert_eq!(other.list().await.unwrap().len(), 1, "the other controller's instance runs on");
+}
+
+fn terminate_calls(p: &AwsProvider) -> u64 {
+    p.call_times().iter().filter(|c| c.op == "TerminateInstances").map(|c| c.count).sum()
+}

@@ -50,6 +50,7 @@ mod check;
 mod keys;
 mod launch;
 pub mod moto;
+mod orphans;
 mod remote;
 mod timing;
 mod unavailable;
@@ -59,6 +60,7 @@ pub use backstop::{GRACE_SECS, user_data as backstop_user_data};
 pub use check::{MAX_TAGS, is_instance_type, is_openssh_key, is_zone, validate, validate_labels};
 pub use keys::key_pair_name;
 pub use launch::{DEFAULT_AMI_NAME, DEFAULT_INSTANCE_TYPE, SEED_MANAGED_BY, client_token, go_duration};
+pub use orphans::FILTER_VALUES as ORPHAN_BATCH;
 pub use remote::DEFAULT_USER;
 pub use unavailable::UnavailableAws;
 /// The SDK crates, for callers (tests) that talk to EC2 beside the provider.
@@ -440,6 +442,10 @@ impl Provider for AwsProvider {
             }
         }
         self.keys.remove(environment_id).map_err(|e| e.into_provider(NAME, "forget the SSH key"))
+    }
+
+    async fn remove_orphans(&self, environment_ids: &[String], _grace: Duration) -> Vec<Result<(), ProviderError>> {
+        self.remove_many(environment_ids).await
     }
 
     async fn exec(

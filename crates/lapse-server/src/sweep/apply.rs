@@ -4,7 +4,9 @@
 //! planned: an orphan is removed (or adopted) only if its row is still missing, failed or
 //! deleted and the reconciler is not working on it; a record is corrected only if its row is
 //! still as it was planned on ([`Basis`]) — otherwise the action is dropped (`done: false`).
-//! [`Action::Keep`] and [`Action::Transitional`] do nothing.
+//! [`Action::Keep`] and [`Action::Transitional`] do nothing. The orphans that pass their
+//! re-check are removed together, by one [`Provider::remove_orphans`] call (a cloud removes a
+//! thousand in a few API calls).
 
 use lapse_core::model::ObservedState;
 use lapse_core::state::backoff_millis;
@@ -38,19 +40,72 @@ pub async fn apply(cx: &Context, reconciler: &Reconciler, provider: &dyn Provide
         tracing::warn!(provider = provider.name(), error = %e, "collecting leftovers failed; the next sweep retries");
     }
     let mut outcomes = Vec::with_capacity(plan.actions.len());
-    for planned in &plan.actions {
-        let outcome = match apply_one(cx, reconciler, provider, planned).await {
-            Ok(outcome) => outcome,
-            Err(SweepError::MovedOn) => Outcome::Dropped,
-            Err(e) => {
-                tracing::warn!(environment = %planned.environment_id, provider = provider.name(), error = %e,
-                    "a sweep correction failed; the next sweep retries");
-                Outcome::Failed(e.to_string())
-            }
+    // Orphans still orphaned are removed together, in one call (a cloud does it in a few).
+    let mut removals: Vec<(usize, &Planned)> = Vec::new();
+    for (at, planned) in plan.actions.iter().enumerate() {
+        let outcome = match &planned.action {
+            Action::RemoveOrphan { .. } => match removable(cx, reconciler, &planned.environment_id).await {
+                Ok(true) => {
+                    removals.push((at, planned));
+                    Outcome::Dropped // replaced below by the removal's outcome
+                }
+                Ok(false) => Outcome::Dropped,
+                Err(e) => failed(provider, planned, e),
+            },
+            _ => match apply_one(cx, reconciler, provider, planned).await {
+                Ok(outcome) => outcome,
+                Err(SweepError::MovedOn) => Outcome::Dropped,
+                Err(e) => failed(provider, planned, e),
+            },
         };
         outcomes.push(outcome);
     }
+    if !removals.is_empty() {
+        let ids: Vec<String> = removals.iter().map(|(_, p)| p.environment_id.clone()).collect();
+        let results = provider.remove_orphans(&ids, cx.config.stop_grace).await;
+        for ((at, planned), result) in removals.into_iter().zip(results) {
+            outcomes[at] = match result {
+                Ok(()) => match removed(cx, provider.name(), planned).await {
+                    Ok(()) => Outcome::Done,
+                    Err(e) => failed(provider, planned, e),
+                },
+                Err(e) => failed(provider, planned, e.into()),
+            };
+        }
+    }
     outcomes
+}
+
+fn failed(provider: &dyn Provider, planned: &Planned, e: SweepError) -> Outcome {
+    tracing::warn!(environment = %planned.environment_id, provider = provider.name(), error = %e,
+        "a sweep correction failed; the next sweep retries");
+    Outcome::Failed(e.to_string())
+}
+
+/// Whether an orphan may still be removed: the reconciler is not on it and its row is still
+/// missing, failed or deleted.
+async fn removable(cx: &Context, reconciler: &Reconciler, id: &str) -> Result<bool, SweepError> {
+    Ok(!reconciler.is_busy(id) && still_orphan(cx, id).await?)
+}
+
+/// Records a removed orphan: its event, the metric, a log line.
+async fn removed(cx: &Context, name: &str, planned: &Planned) -> Result<(), SweepError> {
+    let Action::RemoveOrphan { why } = &planned.action else { return Ok(()) };
+    let id = planned.environment_id.as_str();
+    let provider_ref = planned.provider_ref.as_deref().unwrap_or("?");
+    cx.store
+        .append_event(NewEvent::new(
+            id,
+            "sweep",
+            "remove_orphan",
+            "ok",
+            format!("removed {name} resource {provider_ref}: {}", why.text()),
+        ))
+        .await?;
+    let labels = ProviderLabels { provider: name.to_owned() };
+    cx.metrics.sweep_orphans_removed.get_or_create(&labels).inc();
+    tracing::warn!(environment = %id, provider = name, why = why.text(), "removed an orphaned resource");
+    Ok(())
 }
 
 /// Applies one planned action (also the exit watcher's path, through [`super::check_one`]).
@@ -65,23 +120,12 @@ pub async fn apply_one(
     let labels = ProviderLabels { provider: name.to_owned() };
     match &planned.action {
         Action::Keep | Action::Transitional { .. } => Ok(Outcome::LeftAlone),
-        Action::RemoveOrphan { why } => {
-            if reconciler.is_busy(id) || !still_orphan(cx, id).await? {
+        Action::RemoveOrphan { .. } => {
+            if !removable(cx, reconciler, id).await? {
                 return Ok(Outcome::Dropped);
             }
             provider.delete(id, cx.config.stop_grace).await?;
-            let provider_ref = planned.provider_ref.as_deref().unwrap_or("?");
-            cx.store
-                .append_event(NewEvent::new(
-                    id,
-                    "sweep",
-                    "remove_orphan",
-                    "ok",
-                    format!("removed {name} resource {provider_ref}: {}", why.text()),
-                ))
-                .await?;
-            cx.metrics.sweep_orphans_removed.get_or_create(&labels).inc();
-            tracing::warn!(environment = %id, provider = name, why = why.text(), "removed an orphaned resource");
+            removed(cx, name, planned).await?;
             Ok(Outcome::Done)
         }
         Action::AdoptOrphan { instance } => {

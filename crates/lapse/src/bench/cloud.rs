@@ -258,7 +258,7 @@ async fn sweep(moto: &MotoServer, n: usize) -> anyhow::Result<Value> {
         Some(at) if at > serving_at => (at - serving_at) as f64 / 1000.0,
         _ => started.elapsed().as_secs_f64(),
     };
-    // The list's pages: DescribeInstances calls beyond the one each orphan's delete makes.
+    // The list's pages: DescribeInstances calls beyond the one per batch of orphans removed.
     let (describes, _) = call_totals(&text, "aws", Some("DescribeInstances"));
     let (terminates, _) = call_totals(&text, "aws", Some("TerminateInstances"));
     let (sdk_calls, sdk_secs) = call_totals(&text, "aws", None);
@@ -271,7 +271,8 @@ async fn sweep(moto: &MotoServer, n: usize) -> anyhow::Result<Value> {
         "seconds": seconds,
         "instances_per_second": n as f64 / seconds,
         "orphans_removed_per_second": removed as f64 / seconds,
-        "list_pages": describes.saturating_sub(removed as u64),
+        "list_pages": describes.saturating_sub(removed.div_ceil(lapse_providers::aws::ORPHAN_BATCH) as u64),
+        "describe_calls": describes,
         "terminate_calls": terminates,
         "sdk_calls": sdk_calls,
         "sdk_seconds": sdk_secs,

@@ -138,7 +138,7 @@ fn read_public_key(path: &std::path::Path) -> anyhow::Result<String> {
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let key = text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default().trim().to_owned();
-    if !lapse_providers::aws::is_openssh_key(&key) {
+    if !lapse_core::validate::is_openssh_key(&key) {
         bail!("{} does not hold an OpenSSH public key (ssh-ed25519 AAAA... or ssh-rsa AAAA...)", path.display());
     }
     Ok(key)
@@ -359,11 +359,7 @@ pub async fn show(client: &Client, id: Option<&str>, json: bool) -> anyhow::Resu
 fn detailed(env: &EnvironmentView) {
     let cloud = env.spec.cloud.clone().unwrap_or_default();
     let id = out::instance_id(env);
-    let key_name = env
-        .labels
-        .get("instance-manager.key-name")
-        .cloned()
-        .or_else(|| cloud.ssh_public_keys.first().map(|k| lapse_providers::aws::key_pair_name(k)));
+    let key_name = env.labels.get("instance-manager.key-name").cloned().or_else(|| key_pair_name(&cloud));
     println!("🆔 Instance ID: {id}");
     println!("💻 Instance Type: {}", cloud.instance_type.unwrap_or_default());
     println!("📍 Availability Zone: {}", cloud.zone.unwrap_or_default());
@@ -452,4 +448,16 @@ mod tests {
         assert!(!seed_zone_ok("us-east-1"));
         assert!(!seed_zone_ok(""));
     }
+}
+
+/// The EC2 key pair the aws provider imported the spec's first key under.
+#[cfg(feature = "aws")]
+fn key_pair_name(cloud: &lapse_core::model::CloudSpec) -> Option<String> {
+    cloud.ssh_public_keys.first().map(|k| lapse_providers::aws::key_pair_name(k))
+}
+
+/// Without the aws provider no key pair was imported.
+#[cfg(not(feature = "aws"))]
+fn key_pair_name(_cloud: &lapse_core::model::CloudSpec) -> Option<String> {
+    None
 }

@@ -128,8 +128,11 @@ async fn the_sweep_terminates_an_unrecorded_instance_but_never_a_kept_one() {
     assert_eq!(ec2_state(&ec2, &kept).await, Some(InstanceStateName::Running));
     let (status, _) = server.get(&format!("/v1/environments/{kept}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let events = server.events_of(&orphan).await;
-    assert!(events.iter().any(|e| e["action"] == "remove_orphan"), "{events:?}");
+    // Recorded once the sweep's batch returns, a moment after EC2 reports the termination.
+    eventually(secs(20), "the remove_orphan event", async || {
+        server.events_of(&orphan).await.iter().any(|e| e["action"] == "remove_orphan").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

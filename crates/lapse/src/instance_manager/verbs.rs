@@ -436,6 +436,18 @@ pub async fn sync(client: &Client, id: Option<&str>, json: bool) -> anyhow::Resu
     Ok(())
 }
 
+/// The EC2 key pair the aws provider imported the spec's first key under.
+#[cfg(feature = "aws")]
+fn key_pair_name(cloud: &lapse_core::model::CloudSpec) -> Option<String> {
+    cloud.ssh_public_keys.first().map(|k| lapse_providers::aws::key_pair_name(k))
+}
+
+/// Without the aws provider no key pair was imported.
+#[cfg(not(feature = "aws"))]
+fn key_pair_name(_cloud: &lapse_core::model::CloudSpec) -> Option<String> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,16 +460,4 @@ mod tests {
         assert!(!seed_zone_ok("us-east-1"));
         assert!(!seed_zone_ok(""));
     }
-}
-
-/// The EC2 key pair the aws provider imported the spec's first key under.
-#[cfg(feature = "aws")]
-fn key_pair_name(cloud: &lapse_core::model::CloudSpec) -> Option<String> {
-    cloud.ssh_public_keys.first().map(|k| lapse_providers::aws::key_pair_name(k))
-}
-
-/// Without the aws provider no key pair was imported.
-#[cfg(not(feature = "aws"))]
-fn key_pair_name(_cloud: &lapse_core::model::CloudSpec) -> Option<String> {
-    None
 }

@@ -10,6 +10,7 @@
 //! Times are milliseconds since the Unix epoch ([`Millis`]) everywhere inside Lapse; the wire
 //! types show them as RFC 3339.
 
+pub mod claim;
 pub mod cost;
 pub mod duration;
 pub mod model;

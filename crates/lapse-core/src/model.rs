@@ -357,6 +357,8 @@ pub struct Pool {
     pub lifecycle: Lifecycle,
     /// `api` or `config`.
     pub source: String,
+    /// How a claim hands its parameters to a member ([`crate::claim`]).
+    pub on_claim: Option<crate::claim::ClaimHook>,
     pub created_at: Millis,
     pub updated_at: Millis,
 }

@@ -100,6 +100,10 @@ pub struct CreateEnvironment {
     /// Jobs: how many times a failed run (non-zero exit) is retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
+    /// Per-claim data for a warm member of a pool with an `on_claim` hook (variables,
+    /// files); a cold start gets `env` in its spec's environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<crate::claim::ClaimParams>,
 }
 
 /// `PUT /v1/pools/{name}`: keep `min` to `max` environments of `spec` warm.
@@ -118,6 +122,10 @@ pub struct PutPool {
     /// The lifecycle claimed members get unless the claim names one.
     #[serde(default)]
     pub lifecycle: Lifecycle,
+    /// How a claim's `params` reach a member: `{"exec": [...]}` or `{"file": "/path"}`, then
+    /// `ready` until it exits 0, within `timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_claim: Option<crate::claim::ClaimHook>,
 }
 
 /// A pool as the API shows it.
@@ -137,6 +145,8 @@ pub struct PoolView {
     pub warm: u32,
     /// Members on their way (pending, provisioning).
     pub starting: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_claim: Option<crate::claim::ClaimHook>,
 }
 
 /// `GET /v1/pools`.

@@ -22,6 +22,7 @@ pub mod admission;
 pub mod adopt;
 pub mod app;
 pub mod auth;
+pub mod claim_hook;
 pub mod clock;
 pub mod compat;
 pub mod config;

@@ -32,6 +32,15 @@ pub struct RoundReport {
 }
 
 pub async fn run(cx: Arc<Context>, reconciler: Reconciler) {
+    // Members claimed by a server that died during their claim hook never reached the caller.
+    match crate::claim_hook::recycle_pending(&cx).await {
+        Ok(ids) => {
+            for id in &ids {
+                reconciler.enqueue(id);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not look for unfinished claim hooks; the next start retries"),
+    }
     loop {
         crate::health::tick("pools");
         let woken = cx.pool_wake.notified();

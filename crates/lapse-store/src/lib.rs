@@ -296,9 +296,10 @@ impl Store {
             let usage = usage(&mut tx, tenant).await?;
             quota.admit(&usage, &env.spec).map_err(StoreError::Refused)?;
         }
+        // The closure sees which pool the member leaves; then it is no longer the pool's.
+        let events = claim(&mut env);
         env.pool = None;
         env.pool_version = None;
-        let events = claim(&mut env);
         env.updated_at = now_millis();
         write_row(&mut tx, &env).await?;
         for event in &events {
@@ -313,10 +314,11 @@ impl Store {
     pub async fn put_pool(&self, pool: &Pool, event: NewEvent) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await.op("put pool")?;
         sqlx::query(
-            "INSERT INTO pools (name, spec, spec_hash, min, max, version, lifecycle, source, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, \
+            "INSERT INTO pools (name, spec, spec_hash, min, max, version, lifecycle, source, on_claim, created_at, \
+             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, \
              spec_hash = excluded.spec_hash, min = excluded.min, max = excluded.max, version = excluded.version, \
-             lifecycle = excluded.lifecycle, source = excluded.source, updated_at = excluded.updated_at",
+             lifecycle = excluded.lifecycle, source = excluded.source, on_claim = excluded.on_claim, \
+             updated_at = excluded.updated_at",
         )
         .bind(&pool.name)
         .bind(json(&pool.spec))
@@ -326,6 +328,7 @@ impl Store {
         .bind(&pool.version)
         .bind(pool.lifecycle.as_str())
         .bind(&pool.source)
+        .bind(pool.on_claim.as_ref().map(json))
         .bind(pool.created_at)
         .bind(pool.updated_at)
         .execute(&mut *tx)
@@ -338,7 +341,8 @@ impl Store {
 
     pub async fn get_pool(&self, name: &str) -> Result<Option<Pool>, StoreError> {
         let row = sqlx::query(
-            "SELECT name, spec, min, max, version, lifecycle, source, created_at, updated_at FROM pools WHERE name = ?",
+            "SELECT name, spec, min, max, version, lifecycle, source, on_claim, created_at, updated_at FROM pools \
+             WHERE name = ?",
         )
         .bind(name)
         .fetch_optional(&self.reader)
@@ -349,7 +353,8 @@ impl Store {
 
     pub async fn list_pools(&self) -> Result<Vec<Pool>, StoreError> {
         let rows = sqlx::query(
-            "SELECT name, spec, min, max, version, lifecycle, source, created_at, updated_at FROM pools ORDER BY name",
+            "SELECT name, spec, min, max, version, lifecycle, source, on_claim, created_at, updated_at FROM pools \
+             ORDER BY name",
         )
         .fetch_all(&self.reader)
         .await
@@ -773,6 +778,10 @@ fn pool_from_row(r: &SqliteRow) -> Result<Pool, StoreError> {
         version: r.get("version"),
         lifecycle: parse_column(&name, "lifecycle", r.get("lifecycle"))?,
         source: r.get("source"),
+        on_claim: r
+            .get::<Option<String>, _>("on_claim")
+            .map(|text| json_column(&name, "on_claim", &text))
+            .transpose()?,
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
         name,

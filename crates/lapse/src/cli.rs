@@ -257,6 +257,14 @@ struct CreateArgs {
     /// Environment variable KEY=VALUE (repeatable).
     #[arg(long = "env", short = 'e', value_parser = key_value)]
     env: Vec<(String, String)>,
+    /// A claim parameter KEY=VALUE for a warm member's pool hook (`on_claim`); a cold start
+    /// gets it as an environment variable (repeatable).
+    #[arg(long = "param", value_parser = key_value)]
+    params: Vec<(String, String)>,
+    /// A file for the warm member: GUEST_PATH=LOCAL_FILE, written by the pool's hook
+    /// (repeatable; at most 64 KiB in all).
+    #[arg(long = "param-file", value_parser = key_value)]
+    param_files: Vec<(String, String)>,
     /// Virtual CPUs (docker), fractions allowed.
     #[arg(long)]
     vcpu: Option<f64>,
@@ -330,6 +338,26 @@ enum KeyCommand {
     },
     /// Revoke a key by its id: it is refused from now on.
     Revoke { id: String },
+}
+
+/// `--param` and `--param-file` as the create's `params` (none when neither is given).
+fn claim_params(
+    env: Vec<(String, String)>,
+    files: Vec<(String, String)>,
+) -> anyhow::Result<Option<lapse_core::claim::ClaimParams>> {
+    if env.is_empty() && files.is_empty() {
+        return Ok(None);
+    }
+    let mut params = lapse_core::claim::ClaimParams { env: env.into_iter().collect(), ..Default::default() };
+    for (guest, local) in files {
+        let meta = std::fs::metadata(&local).with_context(|| format!("--param-file {guest}={local}"))?;
+        if meta.len() > lapse_core::claim::MAX_PARAM_BYTES as u64 {
+            anyhow::bail!("--param-file {local}: {} bytes; at most {}", meta.len(), lapse_core::claim::MAX_PARAM_BYTES);
+        }
+        let text = std::fs::read_to_string(&local).with_context(|| format!("reading --param-file {local}"))?;
+        params.files.insert(guest, text);
+    }
+    Ok(Some(params))
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -457,6 +485,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 on_expiry: if args.on_expiry == "delete" { OnExpiry::Delete } else { OnExpiry::Stop },
                 lifecycle: args.lifecycle.parse().map_err(|e| anyhow::anyhow!("{e}"))?,
                 max_retries: args.max_retries,
+                params: claim_params(args.params, args.param_files)?,
             };
             let mut env: EnvironmentView = client.post("/v1/environments", &req).await?;
             if args.wait {

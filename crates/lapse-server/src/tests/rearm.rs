@@ -79,6 +79,7 @@ async fn start(fail: usize) -> (Arc<Rearming>, Harness, String) {
         on_expiry: OnExpiry::Stop,
         lifecycle: Lifecycle::Lease,
         max_retries: None,
+        params: None,
     };
     let id = h.app.create(req, &Caller::Open).await.expect("creating a lease").env.id;
     h.settle().await;

@@ -138,6 +138,7 @@ async fn concurrent_claims_never_share_a_member() {
         version: "1".into(),
         lifecycle: Lifecycle::Lease,
         source: "api".into(),
+        on_claim: None,
         created_at: 0,
         updated_at: 0,
     };

@@ -112,6 +112,7 @@ pub async fn create(client: &Client, seed: SeedCreateFlags, input: CreateInput, 
         on_expiry: input.on_expiry,
         lifecycle: Default::default(),
         max_retries: None,
+        params: None,
     };
     let env: EnvironmentView =
         client.post("/v1/environments", &req).await.map_err(|e| anyhow::anyhow!("failed to create instance: {e:#}"))?;

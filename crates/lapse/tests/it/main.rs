@@ -5,6 +5,7 @@ mod admission;
 mod api;
 mod aws;
 mod aws_tags;
+mod claim_hook;
 mod cli;
 mod crash;
 mod declare;

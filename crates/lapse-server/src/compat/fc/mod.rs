@@ -152,6 +152,7 @@ pub async fn create_vm(
             max: pool.max,
             version: None,
             lifecycle: mapped.lifecycle,
+            on_claim: None,
         };
         app.put_pool(&format!("vms-{}", mapped.spec.hash()), put, "vms").await?;
     }

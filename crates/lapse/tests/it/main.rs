@@ -21,6 +21,7 @@ mod limits;
 mod ovh;
 mod pools;
 mod providers;
+mod proxy;
 mod redis_server;
 mod retry;
 mod scaleway;

@@ -28,7 +28,9 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192));
+        // Room above the head limit, so an oversized head still gets the JSON 431 of
+        // `Proxy::serve` rather than hyper's bare one.
+        .max_buf_size(limits.max_header_bytes.max(8192) + 16 * 1024);
     let builder = Arc::new(builder);
     loop {
         let permit = tokio::select! {

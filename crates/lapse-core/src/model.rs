@@ -498,7 +498,13 @@ mod tests {
         let mut same = routed.clone();
         same.routes.insert("web".into(), Route::Port(8080));
         assert_eq!(same.hash(), routed.hash(), "{{ port }} is the port alone");
-        for bad in [r#"{"code": 0x}"#, r#"{"code": -1}"#, r#"{"code": 70000}"#, r#"{"code": {"port": 1, "x": 1}}"#, r#"{"code": "80"}"#] {
+        for bad in [
+            r#"{"code": 0x}"#,
+            r#"{"code": -1}"#,
+            r#"{"code": 70000}"#,
+            r#"{"code": {"port": 1, "x": 1}}"#,
+            r#"{"code": "80"}"#,
+        ] {
             let text = format!(r#"{{"provider": "process", "routes": {bad}}}"#);
             assert!(serde_json::from_str::<Spec>(&text).is_err(), "{bad}");
         }

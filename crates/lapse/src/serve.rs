@@ -609,7 +609,9 @@ impl ProxyArgs {
         }
         if self.proxy_max_connections == 0 || self.proxy_max_streams == 0 || self.proxy_max_streams_per_environment == 0
         {
-            anyhow::bail!("--proxy-max-connections, --proxy-max-streams and --proxy-max-streams-per-environment must be at least 1");
+            anyhow::bail!(
+                "--proxy-max-connections, --proxy-max-streams and --proxy-max-streams-per-environment must be at least 1"
+            );
         }
         c.connect_timeout = self.proxy_connect_timeout;
         c.idle_timeout = self.proxy_idle_timeout;

@@ -91,10 +91,8 @@ pub async fn authorize(
     }
     let mut failure = None;
     if auth.enabled()
-        && let Some(token) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(crate::auth::bearer_token)
+        && let Some(token) =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::auth::bearer_token)
     {
         match key_caller(proxy, token).await {
             Ok(caller) => return Ok(Granted { caller, session: None, drop_authorization: true }),
@@ -165,13 +163,17 @@ async fn session_caller(proxy: &Proxy, value: &str, routed: &Routed, now: i64) -
         TokenError::Expired => expired(),
         TokenError::Invalid => ProxyError::Unauthorized("the session cookie is not valid".into()),
     })?;
-    if token.kind != Kind::Session || token.environment_id != routed.environment_id || !opens(&token.scope, &routed.target)
+    if token.kind != Kind::Session
+        || token.environment_id != routed.environment_id
+        || !opens(&token.scope, &routed.target)
     {
         return Err(ProxyError::Unauthorized("the session cookie is for another route".into()));
     }
     let keys_on = proxy.app.cx.auth.enabled();
     match token.principal {
-        Principal::Open if keys_on => Err(ProxyError::Unauthorized("the session was made before keys were required".into())),
+        Principal::Open if keys_on => {
+            Err(ProxyError::Unauthorized("the session was made before keys were required".into()))
+        }
         Principal::Open => Ok(Caller::Open),
         Principal::Admin | Principal::Link => Ok(if keys_on { Caller::Admin } else { Caller::Open }),
         Principal::Key(id) => {

@@ -163,9 +163,13 @@ fn backend_error(e: hyper_util::client::legacy::Error) -> ProxyError {
         cause = c.source();
     }
     if e.is_connect() {
-        ProxyError::BackendUnavailable("the environment's port refused the connection or did not accept it in time".into())
+        ProxyError::BackendUnavailable(
+            "the environment's port refused the connection or did not accept it in time".into(),
+        )
     } else {
-        ProxyError::BackendUnavailable("the environment's port closed the connection or answered something not HTTP".into())
+        ProxyError::BackendUnavailable(
+            "the environment's port closed the connection or answered something not HTTP".into(),
+        )
     }
 }
 

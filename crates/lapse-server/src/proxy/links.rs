@@ -93,14 +93,22 @@ pub async fn create_link(
         (None, Some(route)) if env.spec.routes.contains_key(&route) => {
             (Scope::Route(route.clone()), format!("/{route}/{id}/"))
         }
-        (None, Some(route)) => return Err(ApiError::bad_request(format!("route: environment {id} has no route {route:?}"))),
+        (None, Some(route)) => {
+            return Err(ApiError::bad_request(format!("route: environment {id} has no route {route:?}")));
+        }
         _ => return Err(ApiError::bad_request("give exactly one of port and route")),
     };
     let now = app.cx.clock.now();
     let expires_at: Millis = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
     let token = Token { kind: Kind::Link, environment_id: id.clone(), scope, expires_at, principal: Principal::Link };
     let signed = issuer.signer.sign(&token);
-    let event = NewEvent::new(&id, &caller.actor(), "link_created", "ok", format!("{path} until {}", format_millis(expires_at)));
+    let event = NewEvent::new(
+        &id,
+        &caller.actor(),
+        "link_created",
+        "ok",
+        format!("{path} until {}", format_millis(expires_at)),
+    );
     app.cx.store.append_event(event).await.map_err(AppError::Store)?;
     let url = format!("{}{path}?lapse_link={signed}", issuer.base_url);
     Ok((StatusCode::CREATED, Json(LinkView { url, expires_at: format_millis(expires_at) })))

@@ -26,6 +26,7 @@
 //!   `lapse serve` wires a no-op until idle stop consumes it.
 
 pub mod access;
+pub mod cache;
 pub mod forward;
 pub mod limits;
 pub mod links;
@@ -46,7 +47,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use lapse_core::model::ObservedState;
 use lapse_core::wire::{ErrorBody, ErrorDetail};
 
-use crate::app::{App, AppError};
+use crate::app::App;
 use route::{RouteError, Routed, Target};
 
 /// Where proxied activity is reported (idle stop). Called on the request path: it must be
@@ -152,7 +153,9 @@ impl ProxyError {
             ProxyError::LinkExpired => (StatusCode::FORBIDDEN, "link_expired"),
             ProxyError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ProxyError::NotRunning(_) => (StatusCode::CONFLICT, "not_running"),
-            ProxyError::Limit(limits::LimitError::Environment(_)) => (StatusCode::TOO_MANY_REQUESTS, "too_many_streams"),
+            ProxyError::Limit(limits::LimitError::Environment(_)) => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_streams")
+            }
             ProxyError::Limit(limits::LimitError::Total(_)) => (StatusCode::SERVICE_UNAVAILABLE, "proxy_busy"),
             ProxyError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ProxyError::HeadersTooLarge(_) => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large"),
@@ -194,6 +197,7 @@ pub struct Proxy {
     pub signer: Arc<token::Signer>,
     pub streams: Arc<limits::Streams>,
     pub activity: Arc<limits::Throttle>,
+    envs: Arc<cache::EnvCache>,
     forwarder: forward::Forwarder,
     secure_cookies: bool,
 }
@@ -231,6 +235,7 @@ pub async fn start(
         streams: limits::Streams::new(config.max_streams, config.max_streams_per_environment),
         activity: Arc::new(limits::Throttle::new(activity)),
         secure_cookies: base_url.starts_with("https://"),
+        envs: cache::EnvCache::follow(&app.cx.store),
         signer,
         config,
         app,
@@ -262,7 +267,9 @@ impl Proxy {
         let path = req.uri().path().to_owned();
         let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
         let routed = match (host, &self.config.domain) {
-            (Some(host), Some(domain)) => route::parse_host(host, domain, &path).unwrap_or_else(|| route::parse_path(&path)),
+            (Some(host), Some(domain)) => {
+                route::parse_host(host, domain, &path).unwrap_or_else(|| route::parse_path(&path))
+            }
             _ => route::parse_path(&path),
         }?;
         let (query, key_param, link_param) = route::split_query(req.uri().query());
@@ -302,11 +309,16 @@ impl Proxy {
     /// The recorded endpoint of the request's port, and whether its prefix is stripped.
     async fn backend(&self, routed: &Routed, caller: &crate::auth::Caller) -> Result<(SocketAddr, bool), ProxyError> {
         let id = &routed.environment_id;
-        let env = match self.app.get(id, caller).await {
-            Ok(env) => env,
-            Err(AppError::NotFound(_)) => return Err(ProxyError::NotFound(format!("no environment {id}"))),
-            Err(_) => return Err(ProxyError::StoreUnavailable),
+        // As `App::get` reads it (another tenant's is not there), from the exact cache.
+        let env = self.envs.get(&self.app.cx.store, id).await.map_err(|_| ProxyError::StoreUnavailable)?;
+        let Some(mut env) = env.filter(|e| caller.sees(&e.tenant)) else {
+            return Err(ProxyError::NotFound(format!("no environment {id}")));
         };
+        if let Some(intent) = self.app.cx.deferred.get(id) {
+            let mut overlaid = (*env).clone();
+            intent.overlay(&mut overlaid);
+            env = Arc::new(overlaid);
+        }
         let (port, strip) = match &routed.target {
             Target::Port(p) => (*p, true),
             Target::Route(name) => match env.spec.routes.get(name) {

@@ -211,7 +211,10 @@ mod tests {
     #[test]
     fn paths_choose_their_route() {
         let r = parse_path(&format!("/e/{ID}/8080/a/b?x")).unwrap();
-        assert_eq!((r.target.clone(), r.prefix.as_str(), r.rest.as_str()), (Target::Port(8080), &*format!("/e/{ID}/8080"), "/a/b?x"));
+        assert_eq!(
+            (r.target.clone(), r.prefix.as_str(), r.rest.as_str()),
+            (Target::Port(8080), &*format!("/e/{ID}/8080"), "/a/b?x")
+        );
         assert_eq!(r.forwarded_path(true), "/a/b?x");
         assert_eq!(r.cookie_path(), format!("/e/{ID}"));
         let r = parse_path(&format!("/code/{ID}/static/x.js")).unwrap();
@@ -253,14 +256,37 @@ mod tests {
     #[test]
     fn tricks_cannot_leave_the_route() {
         for rest in [
-            "/../x", "/a/../../x", "/..", "/.", "/a/./b", "/%2e%2e/x", "/%2E%2e/x", "/.%2e/x", "/%2e/x", "/a%2fb", "/a%2Fb",
-            "/a%5cb", "/a\\b", "//evil.example/x", "/a//b", "/a%00b", "/a%0d%0aX:1", "/a%zz", "/a%2",
+            "/../x",
+            "/a/../../x",
+            "/..",
+            "/.",
+            "/a/./b",
+            "/%2e%2e/x",
+            "/%2E%2e/x",
+            "/.%2e/x",
+            "/%2e/x",
+            "/a%2fb",
+            "/a%2Fb",
+            "/a%5cb",
+            "/a\\b",
+            "//evil.example/x",
+            "/a//b",
+            "/a%00b",
+            "/a%0d%0aX:1",
+            "/a%zz",
+            "/a%2",
         ] {
             let path = format!("/e/{ID}/8080{rest}");
             assert!(matches!(parse_path(&path), Err(RouteError::BadPath(_))), "{path}");
             let path = format!("/code/{ID}{rest}");
             assert!(matches!(parse_path(&path), Err(RouteError::BadPath(_))), "{path}");
-            assert!(matches!(parse_host(&format!("{ID}-code.ide.test"), "ide.test", rest), Some(Err(RouteError::BadPath(_)))), "{rest}");
+            assert!(
+                matches!(
+                    parse_host(&format!("{ID}-code.ide.test"), "ide.test", rest),
+                    Some(Err(RouteError::BadPath(_)))
+                ),
+                "{rest}"
+            );
         }
         for fine in ["/a/b/", "/a..b", "/...", "/%41", "/a.b/c", "/a%20b"] {
             assert!(parse_path(&format!("/e/{ID}/8080{fine}")).is_ok(), "{fine}");
@@ -270,7 +296,10 @@ mod tests {
     #[test]
     fn hosts_choose_their_route() {
         let r = parse_host(&format!("{ID}-code.ide.test:8443"), "ide.test", "/x?y").unwrap().unwrap();
-        assert_eq!((r.target.clone(), r.prefix.as_str(), r.forwarded_path(false), r.cookie_path()), (Target::Route("code".into()), "", "/x?y".into(), "/".into()));
+        assert_eq!(
+            (r.target.clone(), r.prefix.as_str(), r.forwarded_path(false), r.cookie_path()),
+            (Target::Route("code".into()), "", "/x?y".into(), "/".into())
+        );
         let r = parse_host(&format!("{ID}-8080.IDE.test"), "ide.test", "/").unwrap().unwrap();
         assert_eq!(r.target, Target::Port(8080));
         assert!(parse_host("ide.test", "ide.test", "/").is_none());

@@ -19,9 +19,10 @@ use super::limits::{Moved, StreamPermit};
 
 /// Whether the request asks to become a WebSocket.
 pub fn is_websocket(headers: &HeaderMap) -> bool {
-    let upgrade = headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
-        v.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket"))
-    });
+    let upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket")));
     let connection = headers
         .get_all(header::CONNECTION)
         .iter()

@@ -174,7 +174,10 @@ async fn http_streams_and_websockets_reach_a_process_environment() {
     let (_, seen) = json_of(p.get(&format!("/keep/{id}/static/x.js")).send().await.unwrap()).await;
     assert_eq!(seen["path"], format!("/keep/{id}/static/x.js"));
     let resp = p.get(&format!("/code/{id}")).send().await.unwrap();
-    assert_eq!((resp.status(), resp.headers()["location"].to_str().unwrap()), (StatusCode::PERMANENT_REDIRECT, &*format!("/code/{id}/")));
+    assert_eq!(
+        (resp.status(), resp.headers()["location"].to_str().unwrap()),
+        (StatusCode::PERMANENT_REDIRECT, &*format!("/code/{id}/"))
+    );
 
     // POST bodies go through both ways, large ones too.
     let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
@@ -289,15 +292,23 @@ async fn keys_cookies_and_signed_links_guard_the_proxy() {
     }
     assert!(!set.contains(&acme), "the cookie is a session, not the key: {set}");
     let cookie = cookie_of(&resp);
-    let (status, seen) =
-        json_of(p.get(&path).header("cookie", &cookie).header("authorization", "Basic YXBwOm93bg==").send().await.unwrap())
-            .await;
+    let (status, seen) = json_of(
+        p.get(&path).header("cookie", &cookie).header("authorization", "Basic YXBwOm93bg==").send().await.unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{seen}");
     assert_eq!(seen["headers"]["authorization"], "Basic YXBwOm93bg==");
     assert!(seen["headers"].get("cookie").is_none(), "{seen}");
     // A session is for its environment only, and ends with its key.
     let other_port = free_port();
-    let got = refusal(p.get(&format!("/e/0192f0a1b2c3d4e5f60718293a4b5c6d/{other_port}/")).header("cookie", &cookie).send().await.unwrap()).await;
+    let got = refusal(
+        p.get(&format!("/e/0192f0a1b2c3d4e5f60718293a4b5c6d/{other_port}/"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(got.0, StatusCode::UNAUTHORIZED);
     let (status, _) = p.server.request(Method::DELETE, &format!("/v1/admin/keys/{key_id}"), None).await;
     assert_eq!(status, StatusCode::OK);
@@ -305,13 +316,25 @@ async fn keys_cookies_and_signed_links_guard_the_proxy() {
     assert_eq!(got.0, StatusCode::UNAUTHORIZED, "a revoked key's session ends");
 
     // Signed links: made by whoever sees the environment, for one port or route.
-    let (status, body) = p.server.request_as(Some(&other), Method::POST, &format!("/v1/environments/{id}/links"), Some(json!({"port": port}))).await;
+    let (status, body) = p
+        .server
+        .request_as(Some(&other), Method::POST, &format!("/v1/environments/{id}/links"), Some(json!({"port": port})))
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    for bad in [json!({}), json!({"port": port, "route": "code"}), json!({"port": other_port}), json!({"route": "nope"}), json!({"port": port, "ttl": "25h"}), json!({"port": port, "ttl": 0}), json!({"port": port, "extra": 1})] {
+    for bad in [
+        json!({}),
+        json!({"port": port, "route": "code"}),
+        json!({"port": other_port}),
+        json!({"route": "nope"}),
+        json!({"port": port, "ttl": "25h"}),
+        json!({"port": port, "ttl": 0}),
+        json!({"port": port, "extra": 1}),
+    ] {
         let (status, body) = p.server.post(&format!("/v1/environments/{id}/links"), bad.clone()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
     }
-    let (status, link) = p.server.post(&format!("/v1/environments/{id}/links"), json!({"route": "code", "ttl": "10m"})).await;
+    let (status, link) =
+        p.server.post(&format!("/v1/environments/{id}/links"), json!({"route": "code", "ttl": "10m"})).await;
     assert_eq!(status, StatusCode::CREATED, "{link}");
     let url = link["url"].as_str().unwrap().to_owned();
     assert!(url.starts_with(&format!("{}/code/{id}/?lapse_link=", p.proxy)), "{url}");
@@ -323,10 +346,12 @@ async fn keys_cookies_and_signed_links_guard_the_proxy() {
     assert_eq!(resp.headers()["location"], format!("/code/{id}/"));
     let cookie = cookie_of(&resp);
     assert!(resp.headers()["set-cookie"].to_str().unwrap().contains(&format!("Path=/code/{id}")));
-    let (status, seen) = json_of(p.get(&format!("/code/{id}/inside")).header("cookie", &cookie).send().await.unwrap()).await;
+    let (status, seen) =
+        json_of(p.get(&format!("/code/{id}/inside")).header("cookie", &cookie).send().await.unwrap()).await;
     assert_eq!((status, seen["path"].as_str()), (StatusCode::OK, Some("/inside")));
     // The link and its session open that route only.
-    let got = refusal(p.get(&format!("/e/{id}/{port}/?{}", url.split_once('?').unwrap().1)).send().await.unwrap()).await;
+    let got =
+        refusal(p.get(&format!("/e/{id}/{port}/?{}", url.split_once('?').unwrap().1)).send().await.unwrap()).await;
     assert_eq!((got.0, got.1.as_str()), (StatusCode::FORBIDDEN, "link_invalid"));
     let got = refusal(p.get(&path).header("cookie", &cookie).send().await.unwrap()).await;
     assert_eq!(got.0, StatusCode::UNAUTHORIZED);
@@ -337,7 +362,10 @@ async fn keys_cookies_and_signed_links_guard_the_proxy() {
         let got = refusal(p.http.get(&bad).send().await.unwrap()).await;
         assert_eq!((got.0, got.1.as_str()), (StatusCode::FORBIDDEN, "link_invalid"), "{bad}");
     }
-    let longer = url.replace(&format!(".{}.", expires.timestamp_millis()), &format!(".{}.", expires.timestamp_millis() + 3_600_000));
+    let longer = url.replace(
+        &format!(".{}.", expires.timestamp_millis()),
+        &format!(".{}.", expires.timestamp_millis() + 3_600_000),
+    );
     assert_ne!(longer, url);
     let got = refusal(p.http.get(&longer).send().await.unwrap()).await;
     assert_eq!((got.0, got.1.as_str()), (StatusCode::FORBIDDEN, "link_invalid"), "a later expiry is a forgery");
@@ -391,7 +419,8 @@ async fn a_stalled_backend_cannot_hold_the_proxy() {
     assert!(rest.is_err(), "the stalled stream ends with an error, not a clean end: {rest:?}");
     let _ = p.get(&format!("/e/{id}/{port}/release")).send().await;
     // Oversized heads are refused, as JSON while they fit the buffer.
-    let got = refusal(p.get(&format!("/e/{id}/{port}/")).header("x-big", "x".repeat(70_000)).send().await.unwrap()).await;
+    let got =
+        refusal(p.get(&format!("/e/{id}/{port}/")).header("x-big", "x".repeat(70_000)).send().await.unwrap()).await;
     assert_eq!(got.0, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
 }
 

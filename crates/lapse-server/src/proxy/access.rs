@@ -41,8 +41,31 @@ pub struct Granted {
     pub drop_authorization: bool,
 }
 
-/// Decides whether the request may reach `routed`.
+/// Decides whether the request may reach `routed`. `Authorization` holding a valid Lapse key
+/// is never forwarded, whichever credential granted the request.
 pub async fn authorize(
+    proxy: &Proxy,
+    headers: &HeaderMap,
+    routed: &Routed,
+    key_param: Option<&str>,
+    link_param: Option<&str>,
+    peer: std::net::IpAddr,
+) -> Result<Granted, ProxyError> {
+    let mut granted = decide(proxy, headers, routed, key_param, link_param, peer).await?;
+    if !granted.drop_authorization
+        && proxy.app.cx.auth.enabled()
+        && let Some(token) = bearer(headers)
+    {
+        granted.drop_authorization = key_caller(proxy, token).await.is_ok();
+    }
+    Ok(granted)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::auth::bearer_token)
+}
+
+async fn decide(
     proxy: &Proxy,
     headers: &HeaderMap,
     routed: &Routed,
@@ -91,8 +114,7 @@ pub async fn authorize(
     }
     let mut failure = None;
     if auth.enabled()
-        && let Some(token) =
-            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::auth::bearer_token)
+        && let Some(token) = bearer(headers)
     {
         match key_caller(proxy, token).await {
             Ok(caller) => return Ok(Granted { caller, session: None, drop_authorization: true }),

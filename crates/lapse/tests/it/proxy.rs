@@ -84,9 +84,10 @@ async fn refusal(resp: reqwest::Response) -> (StatusCode, String) {
 async fn raw(addr: &str, request: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(request.as_bytes()).await.unwrap();
-    let mut out = vec![0u8; 4096];
-    let n = tokio::time::timeout(secs(10), s.read(&mut out)).await.expect("an answer").unwrap();
-    String::from_utf8_lossy(&out[..n]).into_owned()
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(secs(10), s.read_to_end(&mut out)).await;
+    assert!(read.is_ok() || !out.is_empty(), "an answer to {request:?}");
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Opens a WebSocket at `path`, sends each message as a text frame and returns the echoes.
@@ -128,9 +129,17 @@ async fn websocket(addr: &str, path: &str, extra: &str, messages: &[&str]) -> Ve
 #[tokio::test]
 async fn http_streams_and_websockets_reach_a_process_environment() {
     let dir = tempfile::tempdir().unwrap();
-    let p = start(dir.path(), &[], &[]).await;
+    let p = start(dir.path(), &["--proxy-domain", "ide.test"], &[]).await;
     let (id, port) = p.running_backend(None).await;
     let addr = p.proxy.trim_start_matches("http://").to_owned();
+
+    // Host routing: `<id>-<route>.<domain>` and `<id>-<port>.<domain>`, the whole path forwarded.
+    for host in [format!("{id}-code.ide.test"), format!("{id}-{port}.IDE.test:8443")] {
+        let answer = raw(&addr, &format!("GET /x/y?z=1 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")).await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.contains(r#""path": "/x/y?z=1""#), "{host}: {answer}");
+    }
+    let answer = raw(&addr, &format!("GET / HTTP/1.1\r\nHost: {id}-web.ide.test\r\nConnection: close\r\n\r\n")).await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "no route web: {answer}");
 
     // GET: the path after the route, the query, X-Forwarded-*, and no Lapse credentials.
     let resp = p
@@ -225,8 +234,8 @@ async fn http_streams_and_websockets_reach_a_process_environment() {
     }
     // Absolute-form targets and CONNECT never pick a host.
     for line in [
-        format!("GET http://127.0.0.1:{other}/e/{id}/{port}/ HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
-        format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"),
+        format!("GET http://127.0.0.1:{other}/e/{id}/{port}/ HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+        format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"),
     ] {
         let answer = raw(&addr, &line).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{line:?}: {answer}");
@@ -281,6 +290,11 @@ async fn keys_cookies_and_signed_links_guard_the_proxy() {
         assert_eq!(status, StatusCode::OK, "{seen}");
         assert!(seen["headers"].get("authorization").is_none(), "{seen}");
     }
+    // A Lapse key in Authorization is never forwarded, whichever credential granted.
+    let (status, seen) =
+        json_of(p.get(&path).header("x-lapse-key", &acme).bearer_auth(ADMIN).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(seen["headers"].get("authorization").is_none(), "{seen}");
     // An Authorization that is not a Lapse key is the app's own: forwarded when a cookie
     // grants the request.
     let resp = p.get(&format!("{path}?lapse_key={acme}")).send().await.unwrap();

@@ -92,6 +92,34 @@ async fn raw(addr: &str, request: &str) -> String {
 
 /// Opens a WebSocket at `path`, sends each message as a text frame and returns the echoes.
 async fn websocket(addr: &str, path: &str, extra: &str, messages: &[&str]) -> Vec<String> {
+    let mut s = open_websocket(addr, path, extra).await;
+    let mut echoes = Vec::new();
+    for (opcode, message) in messages.iter().map(|m| (0x81u8, *m)).chain([(0x88u8, "")]) {
+        let echo = frame(&mut s, opcode, message).await;
+        if opcode == 0x81 {
+            echoes.push(echo);
+        }
+    }
+    echoes
+}
+
+/// Sends one masked frame and reads the echo's payload.
+async fn frame(s: &mut tokio::net::TcpStream, opcode: u8, message: &str) -> String {
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![opcode, 0x80 | message.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(message.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&frame).await.unwrap();
+    let mut head = [0u8; 2];
+    tokio::time::timeout(secs(10), s.read_exact(&mut head)).await.expect("an echo").unwrap();
+    assert_eq!(head[0], opcode, "the frame's opcode comes back");
+    let mut payload = vec![0u8; usize::from(head[1] & 0x7f)];
+    s.read_exact(&mut payload).await.unwrap();
+    String::from_utf8(payload).unwrap()
+}
+
+/// A WebSocket at `path`, upgraded.
+async fn open_websocket(addr: &str, path: &str, extra: &str) -> tokio::net::TcpStream {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -107,23 +135,7 @@ async fn websocket(addr: &str, path: &str, extra: &str, messages: &[&str]) -> Ve
     let answer = String::from_utf8_lossy(&answer).into_owned();
     assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
     assert!(answer.to_ascii_lowercase().contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="), "{answer}");
-    let mask = [1u8, 2, 3, 4];
-    let mut echoes = Vec::new();
-    for (opcode, message) in messages.iter().map(|m| (0x81u8, *m)).chain([(0x88u8, "")]) {
-        let mut frame = vec![opcode, 0x80 | message.len() as u8];
-        frame.extend_from_slice(&mask);
-        frame.extend(message.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        s.write_all(&frame).await.unwrap();
-        let mut head = [0u8; 2];
-        tokio::time::timeout(secs(10), s.read_exact(&mut head)).await.expect("an echo").unwrap();
-        assert_eq!(head[0], opcode, "the frame's opcode comes back");
-        let mut payload = vec![0u8; usize::from(head[1] & 0x7f)];
-        s.read_exact(&mut payload).await.unwrap();
-        if opcode == 0x81 {
-            echoes.push(String::from_utf8(payload).unwrap());
-        }
-    }
-    echoes
+    s
 }
 
 #[tokio::test]
@@ -435,6 +447,19 @@ async fn a_stalled_backend_cannot_hold_the_proxy() {
     let rest = tokio::time::timeout(secs(20), stream.chunk()).await.expect("cut within the idle timeout");
     assert!(rest.is_err(), "the stalled stream ends with an error, not a clean end: {rest:?}");
     let _ = p.get(&format!("/e/{id}/{port}/release")).send().await;
+    // A WebSocket silent both ways for the idle timeout is closed; one in use is not.
+    let addr = p.proxy.trim_start_matches("http://").to_owned();
+    let mut ws = open_websocket(&addr, &format!("/e/{id}/{port}/ws"), "").await;
+    // In use for longer than the idle timeout, a frame a second: kept.
+    for i in 0..5 {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert_eq!(frame(&mut ws, 0x81, &format!("keep {i}")).await, format!("keep {i}"));
+    }
+    let quiet = std::time::Instant::now();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(secs(20), ws.read(&mut byte)).await.expect("closed by the proxy");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(quiet.elapsed() >= std::time::Duration::from_millis(2500), "{:?}", quiet.elapsed());
     // Oversized heads are refused, as JSON while they fit the buffer.
     let got =
         refusal(p.get(&format!("/e/{id}/{port}/")).header("x-big", "x".repeat(70_000)).send().await.unwrap()).await;

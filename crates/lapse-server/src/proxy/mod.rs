@@ -26,6 +26,8 @@
 //!   `lapse serve` wires a no-op until idle stop consumes it.
 
 pub mod access;
+#[cfg(test)]
+mod activity_tests;
 pub mod cache;
 pub mod forward;
 pub mod limits;

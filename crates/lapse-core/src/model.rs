@@ -207,6 +207,83 @@ pub struct Spec {
     /// A root filesystem image for that kernel (the seed's `rootfs`); as `kernel`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rootfs: Option<String>,
+    /// Named routes of the proxy: `code = 8080` serves `/code/<id>/...` from port 8080 (each
+    /// port must be in `ports`), the prefix stripped unless `{ port, strip_prefix = false }`.
+    /// Absent from the hash when empty, so specs without routes hash as before.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub routes: BTreeMap<String, Route>,
+}
+
+/// A named route of the proxy (see [`Spec::routes`]): a port (`code = 8080`, the route's
+/// prefix stripped), or a table `{ port = 8080, strip_prefix = false }` to keep the prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Route {
+    /// The port; the prefix `/<route>/<id>` is stripped.
+    Port(u16),
+    Table(RouteTable),
+}
+
+/// A route with its options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTable {
+    /// One of the spec's `ports`.
+    pub port: u16,
+    /// Whether `/<route>/<id>` is taken off the path before it is forwarded (default `true`).
+    #[serde(default = "strip_by_default")]
+    pub strip_prefix: bool,
+}
+
+fn strip_by_default() -> bool {
+    true
+}
+
+impl Route {
+    /// The environment's port it forwards to.
+    pub fn port(&self) -> u16 {
+        match self {
+            Route::Port(p) => *p,
+            Route::Table(t) => t.port,
+        }
+    }
+
+    /// Whether the route's prefix is taken off the forwarded path.
+    pub fn strip_prefix(&self) -> bool {
+        match self {
+            Route::Port(_) => true,
+            Route::Table(t) => t.strip_prefix,
+        }
+    }
+
+    /// The shortest form that means the same (`{ port = 8080 }` is `8080`).
+    pub fn canonical(self) -> Route {
+        if self.strip_prefix() { Route::Port(self.port()) } else { self }
+    }
+}
+
+impl<'de> Deserialize<'de> for Route {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Route, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Route;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port (1 to 65535) or a table { port, strip_prefix }")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Route, E> {
+                u16::try_from(v).map(Route::Port).map_err(|_| E::custom(format!("{v} is not a port (1 to 65535)")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Route, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(format!("{v} is not a port (1 to 65535)")))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Route, A::Error> {
+                RouteTable::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Route::Table)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// A way in: a port of the environment reachable at `host:port`.
@@ -331,6 +408,9 @@ impl Spec {
         if spec.cloud.as_ref().is_some_and(CloudSpec::is_empty) {
             spec.cloud = None;
         }
+        for route in spec.routes.values_mut() {
+            *route = route.canonical();
+        }
         spec
     }
 
@@ -399,6 +479,37 @@ mod tests {
         let one_point_oh: Spec =
             serde_json::from_str(r#"{"provider": "docker", "image": "x", "resources": {"vcpu": 1.0}}"#).unwrap();
         assert_eq!(one.hash(), one_point_oh.hash());
+    }
+
+    #[test]
+    fn routes_read_both_forms_and_leave_old_hashes_alone() {
+        let plain: Spec = serde_json::from_str(
+            r#"{"provider": "process", "cmd": ["sleep", "1"], "env": {"A": "1"}, "resources": {"vcpu": 2, "mem_mb": 512}}"#,
+        )
+        .unwrap();
+        assert_eq!(plain.hash(), "9fc07d35548f796f", "no routes: the pinned hash");
+        assert!(!serde_json::to_string(&plain).unwrap().contains("routes"));
+        let routed: Spec = serde_json::from_str(
+            r#"{"provider": "process", "cmd": ["x"], "ports": [8080, 6080],
+                "routes": {"code": 8080, "vnc": {"port": 6080, "strip_prefix": false}, "web": {"port": 8080}}}"#,
+        )
+        .unwrap();
+        assert_eq!(routed.routes["code"], Route::Port(8080));
+        assert_eq!(routed.routes["vnc"], Route::Table(RouteTable { port: 6080, strip_prefix: false }));
+        assert!(!routed.routes["vnc"].strip_prefix() && routed.routes["web"].strip_prefix());
+        let mut same = routed.clone();
+        same.routes.insert("web".into(), Route::Port(8080));
+        assert_eq!(same.hash(), routed.hash(), "{{ port }} is the port alone");
+        for bad in [
+            r#"{"code": 0x}"#,
+            r#"{"code": -1}"#,
+            r#"{"code": 70000}"#,
+            r#"{"code": {"port": 1, "x": 1}}"#,
+            r#"{"code": "80"}"#,
+        ] {
+            let text = format!(r#"{{"provider": "process", "routes": {bad}}}"#);
+            assert!(serde_json::from_str::<Spec>(&text).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -185,6 +185,40 @@ pub fn spec(spec: &Spec) -> Result<(), FieldError> {
     if let Some(c) = &spec.cloud {
         cloud(c)?;
     }
+    routes(spec)?;
+    Ok(())
+}
+
+/// Most named routes a spec may have.
+pub const MAX_ROUTES: usize = 16;
+
+/// Route names the proxy keeps for itself (`/e/<id>/<port>`) or that would read as the API's.
+pub const RESERVED_ROUTES: &[&str] = &["e", "v1", "api"];
+
+/// A route name: `[a-z][a-z0-9-]{0,31}`, not reserved.
+pub fn is_route_name(name: &str) -> bool {
+    name.len() <= 32
+        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !RESERVED_ROUTES.contains(&name)
+}
+
+/// Named routes: valid names, each to one of the spec's ports.
+fn routes(spec: &Spec) -> Result<(), FieldError> {
+    if spec.routes.len() > MAX_ROUTES {
+        return fail("spec.routes", format!("at most {MAX_ROUTES} routes"));
+    }
+    for (name, route) in &spec.routes {
+        if !is_route_name(name) {
+            return fail(
+                format!("spec.routes.{name}"),
+                "route names are 1 to 32 of a-z, 0-9 and '-', starting with a letter, and not e, v1 or api",
+            );
+        }
+        if !spec.ports.contains(&route.port()) {
+            return fail(format!("spec.routes.{name}"), format!("port {} is not in spec.ports", route.port()));
+        }
+    }
     Ok(())
 }
 
@@ -315,6 +349,19 @@ mod tests {
         refused(|s| s.resources = Some(Resources { mem_mb: Some(1), ..Default::default() }), "spec.resources.mem_mb");
         refused(|s| s.ports = vec![0], "spec.ports");
         refused(|s| s.ports = vec![80, 80], "spec.ports");
+        let route = |name: &str, port: u16| {
+            let name = name.to_owned();
+            move |s: &mut Spec| {
+                s.ports = vec![8080];
+                s.routes.insert(name, crate::model::Route::Port(port));
+            }
+        };
+        assert_eq!(spec_with(route("code", 8080)), Ok(()));
+        assert_eq!(spec_with(route("a-1", 8080)), Ok(()));
+        for bad in ["e", "v1", "api", "Code", "1code", "-x", "", "co_de", "c.d", &"x".repeat(33)] {
+            assert_eq!(spec_with(route(bad, 8080)).unwrap_err().field, format!("spec.routes.{bad}"), "{bad:?}");
+        }
+        assert!(spec_with(route("code", 9090)).unwrap_err().message.contains("not in spec.ports"));
     }
 
     #[test]

@@ -94,6 +94,8 @@ pub struct ServerConfig {
     /// keys, as the seed does (`--seed-listen`): whoever reaches it can do what the seed's
     /// users could (create and delete VMs of any tenant).
     pub seed_listen: Option<SocketAddr>,
+    /// The routing proxy (`--proxy-listen` and the other `--proxy-*` flags); off when `None`.
+    pub proxy: Option<crate::proxy::ProxyConfig>,
     /// SQLite database and the process provider's directories live here.
     pub data_dir: PathBuf,
     /// TTL of an environment created without one.
@@ -191,6 +193,7 @@ impl ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             seed_listen: None,
+            proxy: None,
             data_dir: data_dir.into(),
             default_ttl: Duration::from_secs(3600),
             max_ttl: Duration::from_secs(30 * 24 * 3600),

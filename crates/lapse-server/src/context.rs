@@ -35,6 +35,8 @@ pub struct Context {
     pub deferred: crate::deferred::Deferred,
     /// Keeps two sweeps of one provider from running at once.
     pub sweeps: crate::sweep::SweepLocks,
+    /// The routing proxy's link signer and address, once it listens (`--proxy-listen`).
+    pub proxy_links: std::sync::OnceLock<std::sync::Arc<crate::proxy::LinkIssuer>>,
 }
 
 impl Context {
@@ -64,6 +66,7 @@ impl Context {
             auth,
             deferred,
             sweeps: Default::default(),
+            proxy_links: Default::default(),
         }
     }
 

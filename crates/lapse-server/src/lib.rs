@@ -35,6 +35,7 @@ pub mod http;
 pub mod metrics;
 pub mod pools;
 pub mod providers;
+pub mod proxy;
 pub mod rearm;
 pub mod reconciler;
 pub mod sweep;
@@ -54,6 +55,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The seed's own listener (`--seed-listen`), when there is one.
     pub seed_addr: Option<SocketAddr>,
+    /// The routing proxy's listener (`--proxy-listen`), when there is one.
+    pub proxy_addr: Option<SocketAddr>,
     pub app: App,
     shutdown: tokio::sync::watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
@@ -332,9 +335,25 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         }
         None => None,
     };
+    let proxy_addr = match cx.config.proxy.clone() {
+        Some(proxy) => {
+            if !cx.auth.enabled() && !proxy.listen.ip().is_loopback() {
+                anyhow::bail!(
+                    "refusing to serve the proxy on {}: no admin key is configured, so anyone who reaches it could \
+                     reach every environment. Set an admin key, or listen on loopback",
+                    proxy.listen
+                );
+            }
+            // Idle stop consumes the activity; until then it goes nowhere.
+            let started = proxy::start(app.clone(), proxy, Arc::new(proxy::NoActivity), stopped.clone()).await?;
+            background.push(started.task);
+            Some(started.addr)
+        }
+        None => None,
+    };
     let http = tokio::spawn(http::listener::serve(listener, router, limits, stopped));
     tracing::info!(%addr, data_dir = %cx.config.data_dir.display(), "lapse is serving");
-    Ok(Running { addr, seed_addr, app, shutdown, http, background, _lock: lock })
+    Ok(Running { addr, seed_addr, proxy_addr, app, shutdown, http, background, _lock: lock })
 }
 
 /// One server per data dir: two reconcilers on one store would fight over every environment.

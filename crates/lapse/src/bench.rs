@@ -9,7 +9,8 @@
 //! SWIM Redis queues (requests per second into desired state; lost and duplicated requests
 //! across a `kill -9` of the server mid-run); and the cloud section against moto ([`cloud`]:
 //! control-plane time per aws create against the time inside EC2 calls, and a sweep over
-//! 1,000 instances).
+//! 1,000 instances); and the routing proxy ([`proxy`]: requests per second and the latency
+//! it adds against a direct connection to the same backend).
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[cfg(feature = "aws")]
 mod cloud;
+mod proxy;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -80,6 +82,16 @@ pub struct BenchArgs {
     /// Run only the cloud section.
     #[arg(long)]
     cloud_only: bool,
+    /// Requests for each of the proxy's figures (latency one at a time, throughput by
+    /// `proxy_clients`), direct and through the proxy (0 to skip).
+    #[arg(long, default_value_t = 5_000)]
+    proxy_requests: usize,
+    /// Clients at once for the proxy's throughput figure.
+    #[arg(long, default_value_t = 32)]
+    proxy_clients: usize,
+    /// Run only the proxy section.
+    #[arg(long)]
+    proxy_only: bool,
 }
 
 /// A `lapse serve` child process.
@@ -265,6 +277,11 @@ pub async fn run(args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
         cloud_section(&args, json_out, &mut report).await?;
         return print_report(report, json_out);
     }
+    if args.proxy_only {
+        let mut report = serde_json::Map::new();
+        proxy_section(&args, json_out, &mut report).await?;
+        return print_report(report, json_out);
+    }
     let dir = tempfile::tempdir().context("a temporary data dir")?;
     let mut server = Arc::new(ServerProcess::start(dir.path()).await?);
     let mut report = serde_json::Map::new();
@@ -421,7 +438,25 @@ pub async fn run(args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
         swim(&args, json_out, &mut report).await?;
     }
     cloud_section(&args, json_out, &mut report).await?;
+    proxy_section(&args, json_out, &mut report).await?;
     print_report(report, json_out)
+}
+
+/// The routing proxy's section ([`proxy`]).
+async fn proxy_section(
+    args: &BenchArgs,
+    json_out: bool,
+    report: &mut serde_json::Map<String, Value>,
+) -> anyhow::Result<()> {
+    let say = |line: String| {
+        if !json_out {
+            eprintln!("{line}");
+        }
+    };
+    if args.proxy_requests > 0 {
+        proxy::run(args.proxy_requests, args.proxy_clients, &say, report).await?;
+    }
+    Ok(())
 }
 
 /// The cloud section ([`cloud`]), when built with the `aws` feature.

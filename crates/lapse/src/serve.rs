@@ -232,6 +232,8 @@ pub struct ServeArgs {
     pub docker_conventions: DockerConventionArgs,
     #[command(flatten)]
     pub ovh: OvhArgs,
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
     /// The log filter when LAPSE_LOG is unset (`lapse service`'s --log-level); not a flag.
     #[arg(skip)]
     pub log_filter: Option<String>,
@@ -383,6 +385,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         header_timeout: args.http_header_timeout,
         idle_timeout: args.http_idle_timeout,
     };
+    config.proxy = args.proxy.config()?;
     if let Some(url) = &args.redis {
         let provider = match (&args.swim_provider, std::env::var_os("SCW_ACCESS_KEY")) {
             (Some(p), _) => p.clone(),
@@ -539,5 +542,82 @@ impl DockerConventionArgs {
             c.set_restart(policy)?;
         }
         Ok(c)
+    }
+}
+
+/// The routing proxy: `/e/<id>/<port>/...` and the spec's named routes, on a listener of its own.
+#[derive(Args, Debug, Default)]
+pub struct ProxyArgs {
+    /// Serve the routing proxy on this address (e.g. 127.0.0.1:7071); off unless given.
+    #[arg(long, env = "LAPSE_PROXY_LISTEN", help_heading = "Routing proxy")]
+    pub proxy_listen: Option<SocketAddr>,
+    /// Also route by host: `<id>-<route>.<DOMAIN>` (and `<id>-<port>.<DOMAIN>`).
+    #[arg(long, env = "LAPSE_PROXY_DOMAIN", help_heading = "Routing proxy")]
+    pub proxy_domain: Option<String>,
+    /// The proxy's URL as users reach it, for signed links (default http://<proxy address>);
+    /// an https URL makes its cookies Secure.
+    #[arg(long, env = "LAPSE_PROXY_PUBLIC_URL", help_heading = "Routing proxy")]
+    pub proxy_public_url: Option<String>,
+    /// Longest wait for a connection to an environment's port.
+    #[arg(long, env = "LAPSE_PROXY_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration, help_heading = "Routing proxy")]
+    pub proxy_connect_timeout: Duration,
+    /// A stream (request, response, WebSocket) on which no byte moves for this long is closed.
+    #[arg(long, env = "LAPSE_PROXY_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_duration, help_heading = "Routing proxy")]
+    pub proxy_idle_timeout: Duration,
+    /// Client connections served at once by the proxy.
+    #[arg(long, env = "LAPSE_PROXY_MAX_CONNECTIONS", default_value_t = 1024, help_heading = "Routing proxy")]
+    pub proxy_max_connections: usize,
+    /// Proxied requests and WebSockets open at once, in all.
+    #[arg(long, env = "LAPSE_PROXY_MAX_STREAMS", default_value_t = 1024, help_heading = "Routing proxy")]
+    pub proxy_max_streams: usize,
+    /// Proxied requests and WebSockets open at once per environment.
+    #[arg(long, env = "LAPSE_PROXY_MAX_STREAMS_PER_ENVIRONMENT", default_value_t = 64, help_heading = "Routing proxy")]
+    pub proxy_max_streams_per_environment: usize,
+}
+
+impl ProxyArgs {
+    fn config(&self) -> anyhow::Result<Option<lapse_server::proxy::ProxyConfig>> {
+        let Some(listen) = self.proxy_listen else {
+            if self.proxy_domain.is_some() || self.proxy_public_url.is_some() {
+                anyhow::bail!("--proxy-domain and --proxy-public-url need --proxy-listen");
+            }
+            return Ok(None);
+        };
+        let mut c = lapse_server::proxy::ProxyConfig::new(listen);
+        if let Some(domain) = &self.proxy_domain {
+            let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+            let valid = !domain.is_empty()
+                && domain.len() <= 253
+                && domain.split('.').all(|l| {
+                    !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !valid {
+                anyhow::bail!("--proxy-domain {domain:?} is not a domain name");
+            }
+            c.domain = Some(domain);
+        }
+        if let Some(url) = &self.proxy_public_url {
+            let ok = (url.starts_with("http://") || url.starts_with("https://"))
+                && !url.contains(|c: char| c.is_whitespace() || c.is_control() || c == '?' || c == '#');
+            if !ok {
+                anyhow::bail!("--proxy-public-url must be an http:// or https:// URL without query or fragment");
+            }
+            c.public_url = Some(url.trim_end_matches('/').to_owned());
+        }
+        if self.proxy_connect_timeout.is_zero() || self.proxy_idle_timeout.is_zero() {
+            anyhow::bail!("--proxy-connect-timeout and --proxy-idle-timeout must be more than 0");
+        }
+        if self.proxy_max_connections == 0 || self.proxy_max_streams == 0 || self.proxy_max_streams_per_environment == 0
+        {
+            anyhow::bail!(
+                "--proxy-max-connections, --proxy-max-streams and --proxy-max-streams-per-environment must be at least 1"
+            );
+        }
+        c.connect_timeout = self.proxy_connect_timeout;
+        c.idle_timeout = self.proxy_idle_timeout;
+        c.max_connections = self.proxy_max_connections;
+        c.max_streams = self.proxy_max_streams;
+        c.max_streams_per_environment = self.proxy_max_streams_per_environment;
+        Ok(Some(c))
     }
 }

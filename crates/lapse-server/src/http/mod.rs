@@ -45,6 +45,7 @@ pub fn router(app: App) -> Router {
         .merge(admin::router())
         .merge(adopt::router())
         .merge(environments::router())
+        .merge(crate::proxy::links::router())
         .merge(pools::router())
         .merge(sweep::router())
         .merge(crate::compat::github_gg::router())

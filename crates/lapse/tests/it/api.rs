@@ -573,6 +573,7 @@ async fn openapi_describes_every_route() {
         "post /v1/environments",
         "post /v1/environments/{id}/exec",
         "post /v1/environments/{id}/extend",
+        "post /v1/environments/{id}/links",
         "post /v1/environments/{id}/start",
         "post /v1/environments/{id}/stop",
         "get /v1/pools",

@@ -22,6 +22,7 @@ mod limits;
 mod ovh;
 mod pools;
 mod providers;
+mod proxy;
 mod redis_server;
 mod retry;
 mod scaleway;

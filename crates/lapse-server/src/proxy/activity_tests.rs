@@ -64,6 +64,7 @@ async fn proxied_requests_are_reported_as_activity_once_a_second() {
         on_expiry: OnExpiry::Stop,
         lifecycle: Lifecycle::Lease,
         max_retries: None,
+        params: None,
     };
     let id = h.app.create(req, &Caller::Open).await.expect("creating").env.id;
     h.settle().await;

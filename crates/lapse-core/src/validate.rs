@@ -167,6 +167,9 @@ pub fn spec(spec: &Spec) -> Result<(), FieldError> {
     if let Some(c) = &spec.cloud {
         cloud(c)?;
     }
+    if let Some(h) = &spec.health {
+        h.resolve(spec)?;
+    }
     Ok(())
 }
 

@@ -115,6 +115,7 @@ impl App {
             (None, Lifecycle::Service | Lifecycle::Daemon) => None,
             (None, _) => Some(self.cx.config.default_ttl),
         };
+        let idle_timeout = crate::activity::idle_timeout(&self.cx, req.idle_timeout.as_ref())?;
         if req.max_retries.is_some() && req.lifecycle != Lifecycle::Job {
             return Err(invalid("max_retries", "only jobs are retried; set lifecycle to \"job\""));
         }
@@ -137,6 +138,8 @@ impl App {
         env.on_expiry = if req.lifecycle == Lifecycle::Job { OnExpiry::Delete } else { req.on_expiry };
         env.lifecycle = req.lifecycle;
         env.max_retries = req.max_retries.unwrap_or(0);
+        env.idle_timeout = idle_timeout;
+        env.on_idle = req.on_idle;
         env.tenant = who.tenant.clone();
         admission::admit(&self.cx, &mut env, &who, HostGuard::Check).await?;
         self.place(env, &who).await
@@ -244,6 +247,10 @@ impl App {
                     e.job_id = wanted.job_id.clone();
                     e.source = wanted.source.clone();
                     e.seed_spec = wanted.seed_spec.clone();
+                    // Claimed: its idle window starts now, not when the pool made it.
+                    e.idle_timeout = wanted.idle_timeout;
+                    e.on_idle = wanted.on_idle;
+                    e.last_active_at = Some(wanted.created_at);
                     let message = format!("claimed from pool {pool} for {}, ttl {ttl_text}", wanted.owner);
                     vec![NewEvent::new(&e.id, actor, "claim", "ok", message)]
                 })
@@ -543,6 +550,7 @@ impl App {
         if let Some(intent) = self.cx.deferred.get(id) {
             intent.overlay(&mut env);
         }
+        self.cx.activity.overlay(&mut env);
         Ok(env)
     }
 
@@ -552,6 +560,9 @@ impl App {
             filter.tenant = Some(tenant.to_owned());
         }
         let mut envs = self.cx.store.list(&filter).await?;
+        for env in &mut envs {
+            self.cx.activity.overlay(env);
+        }
         if !self.cx.deferred.is_empty() {
             for env in &mut envs {
                 if let Some(intent) = self.cx.deferred.get(&env.id) {
@@ -774,7 +785,10 @@ impl App {
         };
         let env = self.running(id, caller).await?;
         let provider = self.provider_of(&env)?;
+        // An exec through the API is activity (its start, and its end below).
+        self.cx.activity.touch(&env.id);
         let result = provider.exec(&env.id, &env.spec, &req.cmd, timeout).await?;
+        self.cx.activity.touch(&env.id);
         self.cx
             .store
             .append_event(NewEvent::new(
@@ -889,7 +903,9 @@ fn pool_view(pool: Pool, members: &[Environment]) -> PoolView {
     let (mut warm, mut starting) = (0, 0);
     for m in current {
         match m.observed {
-            ObservedState::Running => warm += 1,
+            // A member whose probe has not passed yet is still starting: it cannot be claimed.
+            ObservedState::Running if m.is_ready() => warm += 1,
+            ObservedState::Running => starting += 1,
             ObservedState::Pending | ObservedState::Provisioning => starting += 1,
             _ => {}
         }

@@ -35,6 +35,8 @@ pub struct Context {
     pub deferred: crate::deferred::Deferred,
     /// Keeps two sweeps of one provider from running at once.
     pub sweeps: crate::sweep::SweepLocks,
+    /// The latest activity of environments, not yet in the store (see [`crate::activity`]).
+    pub activity: crate::activity::Activity,
 }
 
 impl Context {
@@ -48,11 +50,12 @@ impl Context {
         swim: Option<std::sync::Arc<crate::compat::swim::Swim>>,
         deferred: crate::deferred::Deferred,
     ) -> Context {
+        let clock = Clock::new();
         Context {
             store,
             providers,
             timers: Timers::default(),
-            clock: Clock::new(),
+            clock,
             metrics: Metrics::new(),
             config,
             controller_id,
@@ -64,6 +67,7 @@ impl Context {
             auth,
             deferred,
             sweeps: Default::default(),
+            activity: crate::activity::Activity::new(clock),
         }
     }
 

@@ -18,6 +18,7 @@ use lapse_providers::process::ProcessProvider;
 use lapse_store::Store;
 use tokio::task::JoinHandle;
 
+pub mod activity;
 pub mod admission;
 pub mod adopt;
 pub mod app;
@@ -33,6 +34,7 @@ pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod pools;
+pub mod probe;
 pub mod providers;
 pub mod rearm;
 pub mod reconciler;
@@ -86,6 +88,10 @@ impl Running {
         for task in self.background.drain(..) {
             task.abort();
             let _ = task.await;
+        }
+        // Activity held in memory is written before the store closes.
+        if let Err(e) = self.app.cx.activity.flush(&self.app.cx).await {
+            tracing::warn!(error = %e, "writing the last activity failed");
         }
         self.app.cx.store.close().await;
     }
@@ -216,6 +222,9 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     for (id, at) in &expiries {
         cx.timers.schedule(*at, id);
     }
+    for (id, at) in cx.store.idle_deadlines().await? {
+        cx.timers.schedule(at, &id);
+    }
     let unconverged = cx.store.unconverged_ids().await?;
     for id in &unconverged {
         reconciler.enqueue(id);
@@ -250,6 +259,8 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     background.push(tokio::spawn(sweep::run(cx.clone(), reconciler.clone())));
     background.push(tokio::spawn(deferred::run(cx.clone(), reconciler.clone())));
     background.push(tokio::spawn(pools::run(cx.clone(), reconciler.clone())));
+    background.push(tokio::spawn(activity::run_flusher(cx.clone())));
+    background.push(tokio::spawn(probe::run(cx.clone(), reconciler.clone())));
     background.push(tokio::spawn({
         let (cx, r) = (cx.clone(), reconciler.clone());
         // A process this server started exited: look at it now, not at the next sweep.

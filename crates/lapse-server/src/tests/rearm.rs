@@ -79,6 +79,8 @@ async fn start(fail: usize) -> (Arc<Rearming>, Harness, String) {
         on_expiry: OnExpiry::Stop,
         lifecycle: Lifecycle::Lease,
         max_retries: None,
+        idle_timeout: None,
+        on_idle: Default::default(),
     };
     let id = h.app.create(req, &Caller::Open).await.expect("creating a lease").env.id;
     h.settle().await;

@@ -88,6 +88,8 @@ pub async fn get_or_create(
         // nothing enforced); a tenant's longest TTL still bounds it.
         lifecycle: Lifecycle::Service,
         max_retries: None,
+        idle_timeout: None,
+        on_idle: Default::default(),
     };
     let created = app.create(request, caller).await?;
     if let Some(why) = unenforced {

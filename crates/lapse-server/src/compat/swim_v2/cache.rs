@@ -70,10 +70,11 @@ impl ServerState {
                 other => ("stopping", other.as_str().to_owned()),
             }
         };
-        let available = status == "running";
+        // Running and, if its spec has a health probe, healthy (exactly `running` without one).
+        let available = status == "running" && env.is_ready();
         Some(ServerState {
             user: ssh_username.to_owned(),
-            address: if available { address(env) } else { String::new() },
+            address: if status == "running" { address(env) } else { String::new() },
             status,
             available,
             cloud_status,

@@ -162,15 +162,21 @@ pub async fn run_flusher(cx: Arc<Context>) {
 /// Shortest `idle_timeout` a create may ask for.
 pub const MIN_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A create's `idle_timeout` in ms: 1 s to the server's longest TTL.
-pub fn idle_timeout(cx: &Context, given: Option<&DurationInput>) -> Result<Option<Millis>, AppError> {
-    let Some(given) = given else { return Ok(None) };
-    let field = |message: String| AppError::Invalid(FieldError { field: "idle_timeout".into(), message });
-    let d = given.to_duration(cx.config.max_ttl).map_err(|e| field(e.to_string()))?;
+/// An `idle_timeout` in ms: 1 s to `max_ttl` (the API's and config files' rule).
+pub fn idle_millis(given: &DurationInput, max_ttl: std::time::Duration) -> Result<Millis, String> {
+    let d = given.to_duration(max_ttl).map_err(|e| e.to_string())?;
     if d < MIN_IDLE_TIMEOUT {
-        return Err(field("must be at least 1s".into()));
+        return Err("must be at least 1s".into());
     }
-    Ok(Some(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+    Ok(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A create's `idle_timeout` in ms, refused by its field name.
+pub fn idle_timeout(cx: &Context, given: Option<&DurationInput>) -> Result<Option<Millis>, AppError> {
+    given
+        .map(|g| idle_millis(g, cx.config.max_ttl))
+        .transpose()
+        .map_err(|message| AppError::Invalid(FieldError { field: "idle_timeout".into(), message }))
 }
 
 impl App {

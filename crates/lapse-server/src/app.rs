@@ -323,6 +323,7 @@ impl App {
                         ("lifecycle", e.lifecycle != job.lifecycle),
                         ("on_expiry", e.on_expiry != on_expiry),
                         ("max_retries", e.max_retries != job.max_retries),
+                        ("idle_timeout", e.idle_timeout != job.idle_timeout || e.on_idle != job.on_idle),
                         ("labels", e.labels != job.labels),
                         ("seed spec", e.seed_spec != job.seed_spec),
                     ] {
@@ -335,6 +336,8 @@ impl App {
                     e.lifecycle = job.lifecycle;
                     e.on_expiry = on_expiry;
                     e.max_retries = job.max_retries;
+                    e.idle_timeout = job.idle_timeout;
+                    e.on_idle = job.on_idle;
                     e.labels = job.labels.clone();
                     e.source = job.source.clone();
                     e.seed_spec = job.seed_spec.clone();
@@ -354,6 +357,8 @@ impl App {
         env.job_id = Some(job.job_id);
         env.lifecycle = job.lifecycle;
         env.max_retries = job.max_retries;
+        env.idle_timeout = job.idle_timeout;
+        env.on_idle = job.on_idle;
         env.labels = job.labels;
         env.expires_at = job.ttl.map(|t| now + t.as_millis() as i64);
         env.on_expiry = if job.lifecycle == Lifecycle::Job { OnExpiry::Delete } else { job.on_expiry };
@@ -373,6 +378,9 @@ impl App {
             // As `create` does: a job is deleted at its TTL, whatever `on_expiry` says.
             let on_expiry = if decl.lifecycle == Lifecycle::Job { OnExpiry::Delete } else { decl.on_expiry };
             let max_retries = decl.max_retries.unwrap_or(0);
+            // Checked by `declare::parse`: an unreadable one never gets here.
+            let idle_timeout =
+                decl.idle_timeout.as_ref().and_then(|d| crate::activity::idle_millis(d, self.cx.config.max_ttl).ok());
             let existing = self.cx.store.get_by_job(&decl.id).await?;
             // Every declared field counts: an edit of any of them is applied.
             let unchanged = existing.as_ref().is_some_and(|e| {
@@ -384,6 +392,8 @@ impl App {
                     && e.name == decl.name
                     && e.on_expiry == on_expiry
                     && e.max_retries == max_retries
+                    && e.idle_timeout == idle_timeout
+                    && e.on_idle == decl.on_idle
                     && e.expires_at == ttl.map(|t| e.created_at + t.as_millis() as i64)
                     && e.seed_spec == decl.seed_spec
                     && e.observed != ObservedState::Failed
@@ -401,6 +411,8 @@ impl App {
                 labels: decl.labels.clone(),
                 ttl: *ttl,
                 on_expiry,
+                idle_timeout,
+                on_idle: decl.on_idle,
                 source: "config".into(),
                 seed_spec: decl.seed_spec.clone(),
                 make_tenant: false,
@@ -869,6 +881,9 @@ pub struct Job {
     /// Counted from the environment's creation.
     pub ttl: Option<Duration>,
     pub on_expiry: OnExpiry,
+    /// Stop (or delete, `on_idle`) after this long without activity (ms).
+    pub idle_timeout: Option<Millis>,
+    pub on_idle: lapse_core::model::OnIdle,
     pub source: String,
     /// The seed's own spec as given (JSON text), kept on the environment; `None` elsewhere.
     pub seed_spec: Option<String>,

@@ -178,3 +178,27 @@ async fn a_thousand_touches_are_one_store_write() {
     let events_after = h.cx().store.events(&lapse_store::EventFilter { limit: 10_000, ..Default::default() }).await;
     assert_eq!(events_before.unwrap().len(), events_after.unwrap().len(), "no event per touch");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_member_is_never_idle_and_a_claimed_one_counts_from_its_claim() {
+    let (p, h) = start().await;
+    let spec = probed::spec_with_port(80, 1);
+    let pool = lapse_core::wire::PutPool { spec, min: 1, max: None, version: None, lifecycle: Lifecycle::Lease };
+    h.app.put_pool("warm", pool, "test").await.expect("putting the pool");
+    crate::pools::round(h.cx(), &h.app.reconciler).await.expect("a pool round");
+    h.settle().await;
+    let member = h.cx().store.pool_members().await.expect("members")[0].id.clone();
+    assert_eq!(h.env(&member).await.observed, ObservedState::Running);
+    // Unclaimed for an hour: nothing happens to it.
+    advance(&h, Duration::from_secs(3_600)).await;
+    assert_eq!(h.env(&member).await.desired, DesiredState::Running);
+    // Claimed with a 60 s idle timeout: the window starts at the claim, not at its making.
+    let claimed = h.app.create(request("60s", OnIdle::Stop), &Caller::Open).await.expect("claiming");
+    assert!(claimed.claimed && claimed.env.id == member);
+    h.settle().await;
+    advance(&h, Duration::from_secs(59)).await;
+    assert_eq!(h.env(&member).await.desired, DesiredState::Running);
+    advance(&h, Duration::from_secs(1)).await;
+    reaches(&h, &member, ObservedState::Stopped).await;
+    assert_eq!(p.count("stop", &member), 1);
+}

@@ -16,7 +16,7 @@
 //!   are dropped (and counted) until the next flush; ids already held still move.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -65,9 +65,7 @@ impl Activity {
     }
 
     fn shard(&self, id: &str) -> &Mutex<HashMap<String, Millis>> {
-        let mut h = self.inner.hasher.build_hasher();
-        id.hash(&mut h);
-        &self.inner.shards[(h.finish() as usize) % SHARDS]
+        &self.inner.shards[(self.inner.hasher.hash_one(id) as usize) % SHARDS]
     }
 
     /// Records activity of environment `id` now.

@@ -148,3 +148,25 @@ async fn bad_health_bodies_are_400_naming_the_field_and_change_nothing() {
     }
     assert_eq!(server.count_environments().await, 0);
 }
+
+#[tokio::test]
+async fn after_a_crash_the_idle_timer_is_rebuilt_from_the_flushed_activity() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &["--activity-flush", "200ms"]).await;
+    let body = json!({"owner": "ada", "ttl": "10m", "idle_timeout": "5s",
+                      "spec": {"provider": "process", "cmd": ["sleep", "600"]}});
+    let id = server.create(body).await["id"].as_str().unwrap().to_owned();
+    server.wait_state(&id, "running", secs(10)).await;
+    let (status, _) = server.post(&format!("/v1/environments/{id}/activity"), json!({})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let touched = server.env(&id).await["last_active_at"].clone();
+    // Flushed within a few flush intervals; then a crash (kill -9) and a restart.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    server.restart().await;
+    let after = server.env(&id).await;
+    assert_eq!(after["last_active_at"], touched, "the flushed activity survived the crash: {after}");
+    assert_eq!(after["state"], "running");
+    // Nothing but the rebuilt timer can stop it now: it is converged and nobody touches it.
+    let stopped = server.wait_state(&id, "stopped", secs(15)).await;
+    assert!(stopped["idled_at"].is_string(), "{stopped}");
+}

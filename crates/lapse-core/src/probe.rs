@@ -233,6 +233,18 @@ mod tests {
     }
 
     #[test]
+    fn an_absent_probe_keeps_the_hash_and_a_probe_changes_it() {
+        // The spec pinned in `model`'s tests, from before probes existed.
+        let mut a: Spec = serde_json::from_str(
+            r#"{"provider": "process", "cmd": ["sleep", "1"], "env": {"A": "1"}, "resources": {"vcpu": 2, "mem_mb": 512}}"#,
+        )
+        .unwrap();
+        assert_eq!(a.hash(), "9fc07d35548f796f");
+        a.health = Some(HealthCheck { cmd: vec!["true".into()], ..Default::default() });
+        assert_ne!(a.hash(), "9fc07d35548f796f");
+    }
+
+    #[test]
     fn every_bad_field_is_named() {
         assert_eq!(refused(serde_json::json!({"tcp": 9999})), "spec.health.tcp");
         assert_eq!(refused(serde_json::json!({"http": {"port": 1}})), "spec.health.http.port");

@@ -258,7 +258,7 @@ impl Reconciler {
     /// a touch that came after the plan keeps it running.
     async fn idle(&self, env: &Environment, target: DesiredState, now: Millis) -> Result<(), StepError> {
         let cx = &self.inner.cx;
-        let updated = cx
+        let updated = match cx
             .store
             .update(&env.id, |e| {
                 cx.activity.overlay(e);
@@ -284,7 +284,16 @@ impl Reconciler {
                     ),
                 )])
             })
-            .await?;
+            .await
+        {
+            // The disk is full: an idle environment still stops, as an expired one does.
+            Err(StepError::Store(e)) if e.is_unwritable() => {
+                self.defer(env, target, None, "idle", "idle")?;
+                tracing::warn!(environment = %env.id, to = %target, "idle while the store cannot write; acting on it anyway");
+                return Ok(());
+            }
+            other => other?,
+        };
         if let Some(e) = updated {
             tracing::info!(environment = %e.id, to = %target, "idle timeout");
         }

@@ -4,6 +4,7 @@
 //! - [`state`]: which observed-state transitions are allowed, and [`state::plan`], the pure
 //!   decision of what the reconciler's next step for one environment is.
 //! - [`duration`]: TTLs as users write them (`"30m"`, `"2 hours"`; the CLI's bare number is hours).
+//! - [`probe`]: health probes of a spec and the rule of readiness.
 //! - [`validate`]: limits on every user-supplied field.
 //! - [`wire`]: the JSON shapes of the HTTP API, shared by the server and the CLI.
 //!
@@ -14,6 +15,7 @@ pub mod claim;
 pub mod cost;
 pub mod duration;
 pub mod model;
+pub mod probe;
 pub mod quota;
 pub mod state;
 pub mod validate;

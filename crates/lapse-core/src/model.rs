@@ -42,6 +42,29 @@ pub enum OnExpiry {
     Delete,
 }
 
+/// What happens when an environment has had no activity for its `idle_timeout`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnIdle {
+    /// Stop it; `start` runs it again, with a fresh idle window.
+    #[default]
+    Stop,
+    /// Delete it.
+    Delete,
+}
+
+/// What an environment's health probe (`spec.health`) last made of it, while it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Running, and the probe has not yet passed `healthy_after` times in a row.
+    Starting,
+    /// The probe passed `healthy_after` times in a row: ready.
+    Healthy,
+    /// The probe failed `unhealthy_after` times in a row: not ready.
+    Unhealthy,
+}
+
 /// How an environment lives.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -97,6 +120,8 @@ str_enum!(ObservedState {
     Deleted => "deleted", Failed => "failed",
 });
 str_enum!(OnExpiry { Stop => "stop", Delete => "delete" });
+str_enum!(OnIdle { Stop => "stop", Delete => "delete" });
+str_enum!(Health { Starting => "starting", Healthy => "healthy", Unhealthy => "unhealthy" });
 str_enum!(Lifecycle { Lease => "lease", Service => "service", Daemon => "daemon", Job => "job" });
 
 impl ObservedState {
@@ -212,6 +237,10 @@ pub struct Spec {
     /// Absent from the hash when empty, so specs without routes hash as before.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub routes: BTreeMap<String, Route>,
+    /// A health probe (see [`crate::probe`]): the environment is ready only once it passes.
+    /// Absent from the hash when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::probe::HealthCheck>,
 }
 
 /// A named route of the proxy (see [`Spec::routes`]): a port (`code = 8080`, the route's
@@ -350,6 +379,20 @@ pub struct Environment {
     /// The seed's own spec as it was given (fc_ex_cp's `/vms` and `desired_vms.exs`), JSON
     /// text of an object, kept verbatim for the seed's views; `None` for everything else.
     pub seed_spec: Option<String>,
+    /// Stop or delete it after this long without activity (see `lapse_server::activity`).
+    pub idle_timeout: Option<Millis>,
+    pub on_idle: OnIdle,
+    /// The latest activity the store holds (the server's memory may hold a later one).
+    pub last_active_at: Option<Millis>,
+    /// When the idle timeout stopped or deleted it (cleared when it runs again).
+    pub idled_at: Option<Millis>,
+    /// Its probe's verdict while it runs; `None` without a probe (and while not running).
+    pub health: Option<Health>,
+    /// When it last became healthy (ready), while it is.
+    pub ready_at: Option<Millis>,
+    /// A probe found this running service unhealthy: the reconciler restarts it (stop, then
+    /// start).
+    pub restart_requested: bool,
 }
 
 /// The tenant of an environment that belongs to no tenant: the operator's, the queues', an
@@ -391,7 +434,19 @@ impl Environment {
             finished_at: None,
             user_data_path: None,
             seed_spec: None,
+            idle_timeout: None,
+            on_idle: OnIdle::Stop,
+            last_active_at: None,
+            idled_at: None,
+            health: None,
+            ready_at: None,
+            restart_requested: false,
         }
+    }
+
+    /// Whether it is ready for use: running and, if its spec has a probe, healthy.
+    pub fn is_ready(&self) -> bool {
+        self.observed == ObservedState::Running && (self.spec.health.is_none() || self.health == Some(Health::Healthy))
     }
 }
 

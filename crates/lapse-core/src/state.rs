@@ -13,7 +13,7 @@
 //! the reconciler is idempotent because this function is.
 
 use crate::Millis;
-use crate::model::{DesiredState, Environment, ObservedState, OnExpiry};
+use crate::model::{DesiredState, Environment, ObservedState, OnExpiry, OnIdle};
 
 /// Whether the observed state may move from `from` to `to`.
 pub fn can_transition(from: ObservedState, to: ObservedState) -> bool {
@@ -37,6 +37,10 @@ pub enum Plan {
     Converged,
     /// The lease ran out: set the desired state to this and record the expiry.
     Expire(DesiredState),
+    /// No activity for its `idle_timeout`: set the desired state to this and record why.
+    Idle(DesiredState),
+    /// A probe found the running service unhealthy: stop it, then start it. Provider calls.
+    Restart,
     /// A failed attempt's back-off runs until then; do nothing before.
     WaitUntil(Millis),
     /// Make the resource run: create it, or start it if it exists. Provider call.
@@ -56,8 +60,25 @@ pub enum Plan {
 impl Plan {
     /// Whether this step calls a provider (and so takes a concurrency slot and may fail).
     pub fn calls_provider(self) -> bool {
-        matches!(self, Plan::Provision | Plan::Replace | Plan::Stop | Plan::Delete)
+        matches!(self, Plan::Provision | Plan::Replace | Plan::Restart | Plan::Stop | Plan::Delete)
     }
+}
+
+/// When `env` counts as idle: its latest activity (or, before any, its creation) plus its
+/// `idle_timeout`, while it is wanted and seen running and is no pool's unclaimed member.
+/// `last_active_at` is set when it starts running, so a start gives a fresh window.
+pub fn idle_deadline(env: &Environment) -> Option<Millis> {
+    let timeout = env.idle_timeout?;
+    let live = env.desired == DesiredState::Running && env.observed == ObservedState::Running;
+    if !live || env.pool.is_some() {
+        return None;
+    }
+    Some(env.last_active_at.unwrap_or(env.created_at).max(env.created_at).saturating_add(timeout))
+}
+
+/// Whether `env` has been idle for its `idle_timeout` at `now`.
+pub fn idle_due(env: &Environment, now: Millis) -> bool {
+    idle_deadline(env).is_some_and(|at| at <= now)
 }
 
 /// Whether the lease of `env` has run out at `now` and has not been acted on yet.
@@ -76,12 +97,19 @@ pub fn plan(env: &Environment, now: Millis) -> Plan {
             OnExpiry::Delete => D::Deleted,
         });
     }
+    if idle_due(env, now) {
+        return Plan::Idle(match env.on_idle {
+            OnIdle::Stop => D::Stopped,
+            OnIdle::Delete => D::Deleted,
+        });
+    }
     let step = match (env.desired, env.observed) {
         (_, O::Deleted) => Plan::Converged,
         (D::Deleted, O::Pending) => Plan::MarkDeleted,
         (D::Deleted, _) => Plan::Delete,
         (_, O::Failed) => Plan::Converged,
         (D::Running, O::Running | O::Provisioning | O::Stopping | O::Stopped) if env.replace => Plan::Replace,
+        (D::Running, O::Running) if env.restart_requested => Plan::Restart,
         (D::Running, O::Running) | (D::Stopped, O::Stopped) => Plan::Converged,
         (D::Running, O::Pending | O::Provisioning | O::Stopping | O::Stopped) => Plan::Provision,
         (D::Stopped, O::Pending) => Plan::MarkStopped,
@@ -105,7 +133,7 @@ pub fn backoff_millis(attempts: u32, base: Millis, cap: Millis) -> Millis {
 /// The state the observed state becomes while `plan`'s provider call runs.
 pub fn in_progress_state(plan: Plan) -> Option<ObservedState> {
     match plan {
-        Plan::Provision | Plan::Replace => Some(ObservedState::Provisioning),
+        Plan::Provision | Plan::Replace | Plan::Restart => Some(ObservedState::Provisioning),
         Plan::Stop => Some(ObservedState::Stopping),
         Plan::Delete => Some(ObservedState::Deleting),
         _ => None,
@@ -231,6 +259,44 @@ mod tests {
         let mut gone = env(DesiredState::Deleted, Deleted);
         gone.expires_at = Some(0);
         assert_eq!(plan(&gone, 1), Plan::Converged);
+    }
+
+    #[test]
+    fn idle_comes_after_expiry_and_only_while_running_unpooled() {
+        let mut e = env(DesiredState::Running, Running);
+        e.expires_at = None;
+        e.idle_timeout = Some(1_000);
+        assert_eq!(idle_deadline(&e), Some(1_000));
+        assert_eq!(plan(&e, 999), Plan::Converged);
+        assert_eq!(plan(&e, 1_000), Plan::Idle(DesiredState::Stopped));
+        e.on_idle = OnIdle::Delete;
+        assert_eq!(plan(&e, 1_000), Plan::Idle(DesiredState::Deleted));
+        // Activity moves the deadline.
+        e.last_active_at = Some(5_000);
+        assert_eq!(plan(&e, 5_999), Plan::Converged);
+        assert_eq!(plan(&e, 6_000), Plan::Idle(DesiredState::Deleted));
+        // A lease that ran out comes first.
+        e.expires_at = Some(6_000);
+        assert_eq!(plan(&e, 6_000), Plan::Expire(DesiredState::Stopped));
+        e.expires_at = None;
+        // A pool member waiting to be claimed is never idle; nor is what is not running.
+        e.pool = Some("p".into());
+        assert_eq!(plan(&e, 100_000), Plan::Converged);
+        e.pool = None;
+        for observed in [Pending, Provisioning, Stopping, Stopped, Failed] {
+            e.observed = observed;
+            assert!(!matches!(plan(&e, 100_000), Plan::Idle(_)), "{observed}");
+        }
+    }
+
+    #[test]
+    fn a_requested_restart_is_a_provider_step_of_a_running_service() {
+        let mut e = env(DesiredState::Running, Running);
+        e.restart_requested = true;
+        assert_eq!(plan(&e, 0), Plan::Restart);
+        assert_eq!(in_progress_state(Plan::Restart), Some(Provisioning));
+        e.desired = DesiredState::Stopped;
+        assert_eq!(plan(&e, 0), Plan::Stop);
     }
 
     #[test]

@@ -185,6 +185,9 @@ pub fn spec(spec: &Spec) -> Result<(), FieldError> {
     if let Some(c) = &spec.cloud {
         cloud(c)?;
     }
+    if let Some(h) = &spec.health {
+        h.resolve(spec)?;
+    }
     routes(spec)?;
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::model::{DesiredState, Endpoint, Environment, Lifecycle, ObservedState, OnExpiry, Spec};
+use crate::model::{DesiredState, Endpoint, Environment, Health, Lifecycle, ObservedState, OnExpiry, OnIdle, Spec};
 use crate::{Millis, format_millis};
 
 /// A duration. A JSON **number** is whole seconds (`90`). A **string** must carry its unit,
@@ -104,6 +104,17 @@ pub struct CreateEnvironment {
     /// files); a cold start gets `env` in its spec's environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<crate::claim::ClaimParams>,
+    /// Stop (or delete, see `on_idle`) the environment after this long without activity
+    /// (`POST .../activity`, `exec`, proxied requests); at least 1 s. None by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<DurationInput>,
+    /// What `idle_timeout` does: `stop` (default) or `delete`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub on_idle: OnIdle,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// `PUT /v1/pools/{name}`: keep `min` to `max` environments of `spec` warm.
@@ -281,6 +292,26 @@ pub struct EnvironmentView {
     /// The provider's own id of its resource (an EC2 instance id, a container id), once made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider_ref: Option<String>,
+    /// How long without activity stops (or deletes) it, if it has an idle timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub on_idle: OnIdle,
+    /// Its latest activity (a touch not yet written to the store included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_active_at: Option<String>,
+    /// When its idle timeout stopped or deleted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idled_at: Option<String>,
+    /// While it runs with a probe (`spec.health`): `starting`, `healthy` or `unhealthy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    /// Running and, if it has a probe, healthy.
+    #[serde(default)]
+    pub ready: bool,
+    /// When it last became healthy, while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -311,6 +342,15 @@ impl From<&Environment> for EnvironmentView {
             job_id: e.job_id.clone(),
             user_data_path: e.user_data_path.clone(),
             provider_ref: e.provider_ref.clone(),
+            idle_timeout: e
+                .idle_timeout
+                .map(|ms| crate::duration::format_duration(std::time::Duration::from_millis(ms.max(0) as u64))),
+            on_idle: e.on_idle,
+            last_active_at: e.last_active_at.map(format_millis),
+            idled_at: e.idled_at.map(format_millis),
+            health: e.health.filter(|_| e.observed == ObservedState::Running),
+            ready: e.is_ready(),
+            ready_at: e.ready_at.filter(|_| e.observed == ObservedState::Running).map(format_millis),
             created_at: format_millis(e.created_at),
             updated_at: format_millis(e.updated_at),
         }

@@ -115,6 +115,7 @@ impl App {
             (None, Lifecycle::Service | Lifecycle::Daemon) => None,
             (None, _) => Some(self.cx.config.default_ttl),
         };
+        let idle_timeout = crate::activity::idle_timeout(&self.cx, req.idle_timeout.as_ref())?;
         if req.max_retries.is_some() && req.lifecycle != Lifecycle::Job {
             return Err(invalid("max_retries", "only jobs are retried; set lifecycle to \"job\""));
         }
@@ -141,6 +142,8 @@ impl App {
         env.on_expiry = if req.lifecycle == Lifecycle::Job { OnExpiry::Delete } else { req.on_expiry };
         env.lifecycle = req.lifecycle;
         env.max_retries = req.max_retries.unwrap_or(0);
+        env.idle_timeout = idle_timeout;
+        env.on_idle = req.on_idle;
         env.tenant = who.tenant.clone();
         admission::admit(&self.cx, &mut env, &who, HostGuard::Check).await?;
         match params {
@@ -318,6 +321,10 @@ impl App {
                 e.job_id = wanted.job_id.clone();
                 e.source = wanted.source.clone();
                 e.seed_spec = wanted.seed_spec.clone();
+                // Claimed: its idle window starts now, not when the pool made it.
+                e.idle_timeout = wanted.idle_timeout;
+                e.on_idle = wanted.on_idle;
+                e.last_active_at = Some(wanted.created_at);
                 let message = format!("claimed from pool {pool} for {}, ttl {ttl_text}", wanted.owner);
                 vec![NewEvent::new(&e.id, actor, "claim", "ok", message)]
             })
@@ -397,6 +404,7 @@ impl App {
                         ("lifecycle", e.lifecycle != job.lifecycle),
                         ("on_expiry", e.on_expiry != on_expiry),
                         ("max_retries", e.max_retries != job.max_retries),
+                        ("idle_timeout", e.idle_timeout != job.idle_timeout || e.on_idle != job.on_idle),
                         ("labels", e.labels != job.labels),
                         ("seed spec", e.seed_spec != job.seed_spec),
                     ] {
@@ -409,6 +417,8 @@ impl App {
                     e.lifecycle = job.lifecycle;
                     e.on_expiry = on_expiry;
                     e.max_retries = job.max_retries;
+                    e.idle_timeout = job.idle_timeout;
+                    e.on_idle = job.on_idle;
                     e.labels = job.labels.clone();
                     e.source = job.source.clone();
                     e.seed_spec = job.seed_spec.clone();
@@ -428,6 +438,8 @@ impl App {
         env.job_id = Some(job.job_id);
         env.lifecycle = job.lifecycle;
         env.max_retries = job.max_retries;
+        env.idle_timeout = job.idle_timeout;
+        env.on_idle = job.on_idle;
         env.labels = job.labels;
         env.expires_at = job.ttl.map(|t| now + t.as_millis() as i64);
         env.on_expiry = if job.lifecycle == Lifecycle::Job { OnExpiry::Delete } else { job.on_expiry };
@@ -447,6 +459,9 @@ impl App {
             // As `create` does: a job is deleted at its TTL, whatever `on_expiry` says.
             let on_expiry = if decl.lifecycle == Lifecycle::Job { OnExpiry::Delete } else { decl.on_expiry };
             let max_retries = decl.max_retries.unwrap_or(0);
+            // Checked by `declare::parse`: an unreadable one never gets here.
+            let idle_timeout =
+                decl.idle_timeout.as_ref().and_then(|d| crate::activity::idle_millis(d, self.cx.config.max_ttl).ok());
             let existing = self.cx.store.get_by_job(&decl.id).await?;
             // Every declared field counts: an edit of any of them is applied.
             let unchanged = existing.as_ref().is_some_and(|e| {
@@ -458,6 +473,8 @@ impl App {
                     && e.name == decl.name
                     && e.on_expiry == on_expiry
                     && e.max_retries == max_retries
+                    && e.idle_timeout == idle_timeout
+                    && e.on_idle == decl.on_idle
                     && e.expires_at == ttl.map(|t| e.created_at + t.as_millis() as i64)
                     && e.seed_spec == decl.seed_spec
                     && e.observed != ObservedState::Failed
@@ -475,6 +492,8 @@ impl App {
                 labels: decl.labels.clone(),
                 ttl: *ttl,
                 on_expiry,
+                idle_timeout,
+                on_idle: decl.on_idle,
                 source: "config".into(),
                 seed_spec: decl.seed_spec.clone(),
                 make_tenant: false,
@@ -629,6 +648,7 @@ impl App {
         if let Some(intent) = self.cx.deferred.get(id) {
             intent.overlay(&mut env);
         }
+        self.cx.activity.overlay(&mut env);
         Ok(env)
     }
 
@@ -638,6 +658,9 @@ impl App {
             filter.tenant = Some(tenant.to_owned());
         }
         let mut envs = self.cx.store.list(&filter).await?;
+        for env in &mut envs {
+            self.cx.activity.overlay(env);
+        }
         if !self.cx.deferred.is_empty() {
             for env in &mut envs {
                 if let Some(intent) = self.cx.deferred.get(&env.id) {
@@ -860,7 +883,10 @@ impl App {
         };
         let env = self.running(id, caller).await?;
         let provider = self.provider_of(&env)?;
+        // An exec through the API is activity (its start, and its end below).
+        self.cx.activity.touch(&env.id);
         let result = provider.exec(&env.id, &env.spec, &req.cmd, timeout).await?;
+        self.cx.activity.touch(&env.id);
         self.cx
             .store
             .append_event(NewEvent::new(
@@ -941,6 +967,9 @@ pub struct Job {
     /// Counted from the environment's creation.
     pub ttl: Option<Duration>,
     pub on_expiry: OnExpiry,
+    /// Stop (or delete, `on_idle`) after this long without activity (ms).
+    pub idle_timeout: Option<Millis>,
+    pub on_idle: lapse_core::model::OnIdle,
     pub source: String,
     /// The seed's own spec as given (JSON text), kept on the environment; `None` elsewhere.
     pub seed_spec: Option<String>,
@@ -985,7 +1014,9 @@ fn pool_view(pool: Pool, members: &[Environment]) -> PoolView {
     let (mut warm, mut starting) = (0, 0);
     for m in current {
         match m.observed {
-            ObservedState::Running => warm += 1,
+            // A member whose probe has not passed yet is still starting: it cannot be claimed.
+            ObservedState::Running if m.is_ready() => warm += 1,
+            ObservedState::Running => starting += 1,
             ObservedState::Pending | ObservedState::Provisioning => starting += 1,
             _ => {}
         }

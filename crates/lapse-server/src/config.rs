@@ -166,6 +166,10 @@ pub struct ServerConfig {
     pub prices: lapse_core::cost::Prices,
     /// Quota tiers from the config file, beside the built-in `free`, `pro` and `unlimited`.
     pub tiers: BTreeMap<String, lapse_core::wire::QuotaInput>,
+    /// How often touched environments' activity is written to the store (one batch each).
+    pub activity_flush: Duration,
+    /// Probes running at once, across all environments.
+    pub probe_concurrency: usize,
 }
 
 impl ServerConfig {
@@ -233,6 +237,8 @@ impl ServerConfig {
             connections: Default::default(),
             prices: Default::default(),
             tiers: BTreeMap::new(),
+            activity_flush: Duration::from_secs(5),
+            probe_concurrency: 64,
         }
     }
 

@@ -37,6 +37,8 @@ pub struct Context {
     pub sweeps: crate::sweep::SweepLocks,
     /// The routing proxy's link signer and address, once it listens (`--proxy-listen`).
     pub proxy_links: std::sync::OnceLock<std::sync::Arc<crate::proxy::LinkIssuer>>,
+    /// The latest activity of environments, not yet in the store (see [`crate::activity`]).
+    pub activity: crate::activity::Activity,
 }
 
 impl Context {
@@ -50,11 +52,12 @@ impl Context {
         swim: Option<std::sync::Arc<crate::compat::swim::Swim>>,
         deferred: crate::deferred::Deferred,
     ) -> Context {
+        let clock = Clock::new();
         Context {
             store,
             providers,
             timers: Timers::default(),
-            clock: Clock::new(),
+            clock,
             metrics: Metrics::new(),
             config,
             controller_id,
@@ -67,6 +70,7 @@ impl Context {
             deferred,
             sweeps: Default::default(),
             proxy_links: Default::default(),
+            activity: crate::activity::Activity::new(clock),
         }
     }
 

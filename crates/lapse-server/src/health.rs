@@ -9,6 +9,8 @@
 //! |---|---|---|
 //! | `sweep` | every `sweep_interval` (per provider) | no tick for 3 of the longest intervals + 30 s |
 //! | `pools` | at least every second | no tick for 30 s |
+//! | `probes` | every 250 ms (after reading the probed environments) | no tick for 30 s |
+//! | `activity` | every `activity_flush` (5 s) | no tick for 3 flush intervals + 30 s |
 //! | `swim:<queue>` | at least every second (`BLMOVE` waits 1 s) | no tick for 60 s (Redis down, a stuck batch) |
 //! | `swim_v2:<queue>`, `swim_v2:expiry` | every second; every 5 s | no tick for 60 s |
 //! | `reconciler` | at each step it starts | never ticked, or work waiting and no step started for 120 s |
@@ -66,6 +68,8 @@ pub fn expected(app: &App) -> Vec<(String, Expect)> {
         ("timers".to_owned(), Expect::Started),
         ("sweep".to_owned(), Expect::Within(sweep * 3 + Duration::from_secs(30))),
         ("pools".to_owned(), Expect::Within(Duration::from_secs(30))),
+        ("probes".to_owned(), Expect::Within(Duration::from_secs(30))),
+        ("activity".to_owned(), Expect::Within(app.cx.config.activity_flush * 3 + Duration::from_secs(30))),
     ];
     if let Some(swim) = &app.cx.swim {
         for queue in &swim.queues {

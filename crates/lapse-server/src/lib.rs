@@ -18,6 +18,7 @@ use lapse_providers::process::ProcessProvider;
 use lapse_store::Store;
 use tokio::task::JoinHandle;
 
+pub mod activity;
 pub mod admission;
 pub mod adopt;
 pub mod app;
@@ -34,6 +35,7 @@ pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod pools;
+pub mod probe;
 pub mod providers;
 pub mod proxy;
 pub mod rearm;
@@ -90,6 +92,10 @@ impl Running {
         for task in self.background.drain(..) {
             task.abort();
             let _ = task.await;
+        }
+        // Activity held in memory is written before the store closes.
+        if let Err(e) = self.app.cx.activity.flush(&self.app.cx).await {
+            tracing::warn!(error = %e, "writing the last activity failed");
         }
         self.app.cx.store.close().await;
     }
@@ -220,6 +226,9 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     for (id, at) in &expiries {
         cx.timers.schedule(*at, id);
     }
+    for (id, at) in cx.store.idle_deadlines().await? {
+        cx.timers.schedule(at, &id);
+    }
     let unconverged = cx.store.unconverged_ids().await?;
     for id in &unconverged {
         reconciler.enqueue(id);
@@ -254,6 +263,8 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     background.push(tokio::spawn(sweep::run(cx.clone(), reconciler.clone())));
     background.push(tokio::spawn(deferred::run(cx.clone(), reconciler.clone())));
     background.push(tokio::spawn(pools::run(cx.clone(), reconciler.clone())));
+    background.push(tokio::spawn(activity::run_flusher(cx.clone())));
+    background.push(tokio::spawn(probe::run(cx.clone(), reconciler.clone())));
     background.push(tokio::spawn({
         let (cx, r) = (cx.clone(), reconciler.clone());
         // A process this server started exited: look at it now, not at the next sweep.
@@ -345,7 +356,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
                 );
             }
             // Idle stop consumes the activity; until then it goes nowhere.
-            let started = proxy::start(app.clone(), proxy, Arc::new(proxy::NoActivity), stopped.clone()).await?;
+            let started = proxy::start(app.clone(), proxy, Arc::new(app.cx.activity.clone()), stopped.clone()).await?;
             background.push(started.task);
             Some(started.addr)
         }

@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex};
 
 use lapse_core::Millis;
 use lapse_core::model::{DesiredState, Environment, ObservedState};
-use lapse_core::state::{Plan, backoff_millis, can_transition, in_progress_state, lease_expired, plan};
+use lapse_core::state::{
+    Plan, backoff_millis, can_transition, idle_deadline, idle_due, in_progress_state, lease_expired, plan,
+};
 use lapse_providers::{Instance, Placement, ProviderError};
 use lapse_store::{NewEvent, StoreError};
 use tokio::sync::{Notify, Semaphore};
@@ -171,6 +173,8 @@ impl Reconciler {
         if let Some(intent) = cx.deferred.get(id) {
             intent.overlay(&mut env);
         }
+        // A touch not yet flushed counts: the idle deadline is planned from the latest one.
+        cx.activity.overlay(&mut env);
         let now = cx.clock.now();
         let planned = plan(&env, now);
         // A running VM whose lease moved (extend) has its own backstop moved; a failure is an
@@ -179,15 +183,25 @@ impl Reconciler {
             crate::rearm::rearm(cx, &self.inner.armed, &env).await;
         }
         let outcome = match planned {
-            Plan::Converged => return,
+            Plan::Converged => {
+                // The idle timer: when it fires, this step looks again (activity may have
+                // moved the deadline meanwhile).
+                if let Some(at) = idle_deadline(&env) {
+                    cx.timers.schedule(at, id);
+                }
+                return;
+            }
             Plan::WaitUntil(at) => {
                 cx.timers.schedule(at, id);
                 return;
             }
             Plan::Expire(target) => self.expire(&env, target, now).await,
+            Plan::Idle(target) => self.idle(&env, target, now).await,
             Plan::MarkStopped => self.mark(&env, planned, ObservedState::Stopped).await,
             Plan::MarkDeleted => self.mark(&env, planned, ObservedState::Deleted).await,
-            Plan::Provision | Plan::Replace | Plan::Stop | Plan::Delete => self.call_provider(&env, planned, now).await,
+            Plan::Provision | Plan::Replace | Plan::Restart | Plan::Stop | Plan::Delete => {
+                self.call_provider(&env, planned, now).await
+            }
         };
         match outcome {
             // Look again: the next step (or `Converged`) follows from the new state.
@@ -235,6 +249,53 @@ impl Reconciler {
             let lateness = (now - e.expires_at.unwrap_or(now)).max(0) as f64 / 1000.0;
             cx.metrics.expiry_lateness.observe(lateness);
             tracing::info!(environment = %e.id, to = %target, lateness_s = lateness, "lease expired");
+        }
+        Ok(())
+    }
+
+    /// No activity for its `idle_timeout`: desired `stopped` (or `deleted`, `on_idle`), with
+    /// the event that says so. The transaction re-checks with the latest touch in memory, so
+    /// a touch that came after the plan keeps it running.
+    async fn idle(&self, env: &Environment, target: DesiredState, now: Millis) -> Result<(), StepError> {
+        let cx = &self.inner.cx;
+        let updated = match cx
+            .store
+            .update(&env.id, |e| {
+                cx.activity.overlay(e);
+                if !idle_due(e, now) || lease_expired(e, now) {
+                    return Err(StepError::Stale);
+                }
+                let since = e.last_active_at.unwrap_or(e.created_at).max(e.created_at);
+                let was = e.desired;
+                e.desired = target;
+                e.idled_at = Some(now);
+                e.restart_on_extend = false;
+                let quiet = std::time::Duration::from_millis(u64::try_from(now - since).unwrap_or(0));
+                let timeout = std::time::Duration::from_millis(u64::try_from(e.idle_timeout.unwrap_or(0)).unwrap_or(0));
+                Ok(vec![NewEvent::new(
+                    &e.id,
+                    "idle",
+                    "idle",
+                    target.as_str(),
+                    format!(
+                        "idle: no activity for {} (idle_timeout {}); desired {was} -> {target}",
+                        lapse_core::duration::format_duration(quiet),
+                        lapse_core::duration::format_duration(timeout),
+                    ),
+                )])
+            })
+            .await
+        {
+            // The disk is full: an idle environment still stops, as an expired one does.
+            Err(StepError::Store(e)) if e.is_unwritable() => {
+                self.defer(env, target, None, "idle", "idle")?;
+                tracing::warn!(environment = %env.id, to = %target, "idle while the store cannot write; acting on it anyway");
+                return Ok(());
+            }
+            other => other?,
+        };
+        if let Some(e) = updated {
+            tracing::info!(environment = %e.id, to = %target, "idle timeout");
         }
         Ok(())
     }
@@ -346,6 +407,11 @@ impl Reconciler {
                 Ok(()) => provider.ensure_running(&env.id, &placement, &env.spec).await.map(Some),
                 Err(e) => Err(e),
             },
+            // A probe found the service unhealthy: stop it and start it again (its disk stays).
+            Plan::Restart => match provider.stop(&env.id, grace).await {
+                Ok(()) => provider.ensure_running(&env.id, &placement, &env.spec).await.map(Some),
+                Err(e) => Err(e),
+            },
             Plan::Stop => provider.stop(&env.id, grace).await.map(|()| None),
             Plan::Delete => provider.delete(&env.id, grace).await.map(|()| None),
             _ => unreachable!("call_provider is only called for provider steps"),
@@ -354,13 +420,13 @@ impl Reconciler {
         match result {
             Ok(instance) => {
                 let reached = match planned {
-                    Plan::Provision | Plan::Replace => ObservedState::Running,
+                    Plan::Provision | Plan::Replace | Plan::Restart => ObservedState::Running,
                     Plan::Stop => ObservedState::Stopped,
                     _ => ObservedState::Deleted,
                 };
                 match planned {
                     // The VM booted with this deadline in its user data.
-                    Plan::Provision | Plan::Replace => self.inner.armed.set(&env.id, env.expires_at),
+                    Plan::Provision | Plan::Replace | Plan::Restart => self.inner.armed.set(&env.id, env.expires_at),
                     Plan::Delete => self.inner.armed.forget(&env.id),
                     _ => {}
                 }
@@ -386,8 +452,20 @@ impl Reconciler {
                             e.replace = e.spec.hash() != provisioned_hash;
                             e.exit_code = None;
                             e.finished_at = None;
+                            // Running (again): a fresh idle window, and a probe starts over.
+                            let at = cx.clock.now();
+                            e.last_active_at = Some(e.last_active_at.map_or(at, |t| t.max(at)));
+                            e.idled_at = None;
+                            e.health = e.spec.health.as_ref().map(|_| lapse_core::model::Health::Starting);
+                            e.ready_at = None;
+                            if e.restart_requested {
+                                e.restarts = e.restarts.saturating_add(1);
+                            }
+                            e.restart_requested = false;
                         } else {
                             e.endpoints.clear();
+                            e.health = None;
+                            e.ready_at = None;
                         }
                         e.attempts = 0;
                         e.next_attempt_at = None;
@@ -434,7 +512,7 @@ impl Reconciler {
                 e.attempts = e.attempts.saturating_add(1);
                 e.reason = Some(text.clone());
                 // Only a provision gives up: a stop or delete that gives up would leak.
-                gave_up = matches!(planned, Plan::Provision | Plan::Replace)
+                gave_up = matches!(planned, Plan::Provision | Plan::Replace | Plan::Restart)
                     && (!err.is_retryable() || e.attempts >= retry.max_attempts);
                 if gave_up {
                     e.next_attempt_at = None;
@@ -482,6 +560,8 @@ fn step_name(plan: Plan) -> &'static str {
     match plan {
         Plan::Provision => "provision",
         Plan::Replace => "replace",
+        Plan::Restart => "restart",
+        Plan::Idle(_) => "idle",
         Plan::Stop => "stop",
         Plan::Delete => "delete",
         Plan::MarkStopped => "mark_stopped",

@@ -26,6 +26,7 @@ use writer::Writer;
 
 // Queue receipts and counters (`queues`); tenants, keys, quota usage and accrual (`tenants`).
 mod accrual;
+mod activity;
 mod labs;
 mod queues;
 mod tenants;
@@ -179,6 +180,8 @@ pub struct Store {
     reader: SqlitePool,
     /// Every committed environment row, for whoever mirrors them (the SWIM cache keys).
     changes: tokio::sync::broadcast::Sender<Arc<Environment>>,
+    /// Activity batches written ([`Store::record_activity`]).
+    activity_batches: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How many committed rows a slow [`Store::subscribe`]r may fall behind before it is told it
@@ -188,7 +191,8 @@ const CHANGE_BUFFER: usize = 8192;
 const ENV_COLUMNS: &str = "id, name, tenant, owner, labels, spec, provider, lifecycle, desired, observed, reason, \
      provider_ref, endpoints, expires_at, on_expiry, expired_at, restart_on_extend, attempts, next_attempt_at, \
      created_at, updated_at, spec_hash, pool, pool_version, source, replace_resource, restarts, max_retries, exit_code, \
-     finished_at, job_id, user_data_path, seed_spec";
+     finished_at, job_id, user_data_path, seed_spec, idle_timeout, on_idle, last_active_at, idled_at, health, ready_at, \
+     restart_requested";
 
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and applies migrations.
@@ -216,7 +220,7 @@ impl Store {
             .await
             .op("open")?;
         let (changes, _) = tokio::sync::broadcast::channel(CHANGE_BUFFER);
-        Ok(Store { writer: Writer::new(writer), reader, changes })
+        Ok(Store { writer: Writer::new(writer), reader, changes, activity_batches: Default::default() })
     }
 
     /// This control plane's id: made once, kept for the life of the store. Providers label
@@ -255,7 +259,7 @@ impl Store {
     /// Inserts environments and events in one transaction (a pool's refill, a batch).
     pub async fn insert_many(&self, envs: &[Environment], events: &[NewEvent]) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await.op("insert")?;
-        // SQLite binds at most 32766 parameters; 32 columns a row.
+        // SQLite binds at most 32766 parameters; 40 columns a row.
         for chunk in envs.chunks(500) {
             let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO environments ({ENV_COLUMNS}) "));
             q.push_values(chunk, bind_environment);
@@ -283,7 +287,8 @@ impl Store {
         let mut tx = self.writer.begin().await.op("claim")?;
         let row = sqlx::query(&format!(
             "SELECT {ENV_COLUMNS} FROM environments e WHERE e.pool IS NOT NULL AND e.observed = 'running' \
-             AND e.desired = 'running' AND e.replace_resource = 0 AND e.spec_hash = ? AND EXISTS (SELECT 1 FROM pools p \
+             AND e.desired = 'running' AND e.replace_resource = 0 AND (e.health IS NULL OR e.health = 'healthy') \
+             AND e.spec_hash = ? AND EXISTS (SELECT 1 FROM pools p \
              WHERE p.name = e.pool AND p.spec_hash = e.spec_hash AND p.version = e.pool_version) LIMIT 1"
         ))
         .bind(spec_hash)
@@ -755,7 +760,14 @@ fn bind_environment<'q>(mut b: sqlx::query_builder::Separated<'_, 'q, Sqlite, &'
         .push_bind(e.finished_at)
         .push_bind(&e.job_id)
         .push_bind(&e.user_data_path)
-        .push_bind(&e.seed_spec);
+        .push_bind(&e.seed_spec)
+        .push_bind(e.idle_timeout)
+        .push_bind(e.on_idle.as_str())
+        .push_bind(e.last_active_at)
+        .push_bind(e.idled_at)
+        .push_bind(e.health.map(|h| h.as_str()))
+        .push_bind(e.ready_at)
+        .push_bind(e.restart_requested);
 }
 
 fn parse_column<T: FromStr>(id: &str, column: &'static str, text: String) -> Result<T, StoreError>
@@ -821,6 +833,13 @@ fn environment_from_row(r: &SqliteRow) -> Result<Environment, StoreError> {
         job_id: r.get("job_id"),
         user_data_path: r.get("user_data_path"),
         seed_spec: r.get("seed_spec"),
+        idle_timeout: r.get("idle_timeout"),
+        on_idle: parse_column(&id, "on_idle", r.get("on_idle"))?,
+        last_active_at: r.get("last_active_at"),
+        idled_at: r.get("idled_at"),
+        health: r.get::<Option<String>, _>("health").map(|h| parse_column(&id, "health", h)).transpose()?,
+        ready_at: r.get("ready_at"),
+        restart_requested: r.get("restart_requested"),
         id,
     })
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use lapse_core::model::{ObservedState, OnExpiry, Resources, Spec};
+use lapse_core::model::{ObservedState, OnExpiry, OnIdle, Resources, Spec};
 use lapse_core::wire::{
     CreateEnvironment, DurationInput, EnvironmentList, EnvironmentView, EventList, ExecRequest, ExecResult,
     ExtendRequest, LogsView, PoolList, PoolView, ProviderList,
@@ -288,6 +288,12 @@ struct CreateArgs {
     /// Jobs: retries after a non-zero exit.
     #[arg(long)]
     max_retries: Option<u32>,
+    /// Stop (or delete, --on-idle) it after this long without activity: 10m, 1h.
+    #[arg(long, value_parser = text_duration)]
+    idle_timeout: Option<DurationInput>,
+    /// What --idle-timeout does.
+    #[arg(long, value_parser = ["stop", "delete"], default_value = "stop")]
+    on_idle: String,
     /// Wait until it runs (or fails), showing progress.
     #[arg(long)]
     wait: bool,
@@ -486,6 +492,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 lifecycle: args.lifecycle.parse().map_err(|e| anyhow::anyhow!("{e}"))?,
                 max_retries: args.max_retries,
                 params: claim_params(args.params, args.param_files)?,
+                idle_timeout: args.idle_timeout,
+                on_idle: if args.on_idle == "delete" { OnIdle::Delete } else { OnIdle::Stop },
             };
             let mut env: EnvironmentView = client.post("/v1/environments", &req).await?;
             if args.wait {

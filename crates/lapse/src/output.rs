@@ -83,6 +83,18 @@ pub fn environment(e: &EnvironmentView) {
     if let Some(at) = &e.expired_at {
         rows.push(("expired", at.clone()));
     }
+    if let Some(idle) = &e.idle_timeout {
+        rows.push(("idle", format!("{idle}, then {}", e.on_idle)));
+    }
+    if let Some(at) = &e.last_active_at {
+        rows.push(("active", format!("{at} ({})", relative(at))));
+    }
+    if let Some(at) = &e.idled_at {
+        rows.push(("idled", at.clone()));
+    }
+    if let Some(h) = e.health {
+        rows.push(("health", format!("{h}{}", if e.ready { " (ready)" } else { "" })));
+    }
     for (k, v) in rows.into_iter().filter(|(_, v)| !v.is_empty()) {
         println!("{:<10} {v}", format!("{k}:"));
     }

@@ -88,6 +88,14 @@ pub struct ServeArgs {
     /// over two checks (or at once when a new file is renamed into place).
     #[arg(long, env = "LAPSE_CONFIG_POLL", default_value = "1s", value_parser = parse_duration)]
     pub config_poll: Duration,
+    /// How often activity (proxied requests, exec, `POST .../activity`) is written to the
+    /// store, all touched environments in one transaction. Activity is counted at once; this
+    /// only bounds what a crash can lose.
+    #[arg(long, env = "LAPSE_ACTIVITY_FLUSH", default_value = "5s", value_parser = parse_duration)]
+    pub activity_flush: Duration,
+    /// Health probes running at once, across all environments.
+    #[arg(long, env = "LAPSE_PROBE_CONCURRENCY", default_value_t = 64)]
+    pub probe_concurrency: usize,
     /// Apply a --config file even when it is empty or would remove more than half of the
     /// environments and pools it declared (otherwise refused, unless the file itself says
     /// `allow_mass_removal = true`).
@@ -352,6 +360,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.config_file = args.config;
     config.config_poll = args.config_poll.max(Duration::from_millis(10));
+    config.activity_flush = args.activity_flush.max(Duration::from_millis(10));
+    config.probe_concurrency = args.probe_concurrency.max(1);
     config.config_allow_removal = args.config_allow_removal;
     config.config_delete_removed = args.config_delete_removed;
     config.vms_provider = args.vms_provider;

@@ -13,6 +13,8 @@
 //! ttl = "2h"               # optional; counted from creation, so re-applying never extends it
 //! on_expiry = "stop"       # stop (default) | delete; a job is always deleted at its TTL
 //! max_retries = 3          # lifecycle "job" only: retries of a non-zero exit
+//! idle_timeout = "30m"     # optional: stop (or delete, on_idle) after this long without activity
+//! on_idle = "stop"         # stop (default) | delete
 //! spec = { provider = "process", cmd = ["/app/bin/server"], env = { MIX_ENV = "prod" } }
 //! warm_pool = { min = 2, max = 5 }   # optional: a pool of this spec named after the id
 //!

@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use lapse_core::model::{Lifecycle, OnExpiry, Spec};
+use lapse_core::model::{Lifecycle, OnExpiry, OnIdle, Spec};
 use lapse_core::validate;
 use lapse_core::wire::{DurationInput, WarmPool};
 use serde::Deserialize;
@@ -100,6 +100,11 @@ pub struct EnvDecl {
     pub on_expiry: OnExpiry,
     #[serde(default)]
     pub max_retries: Option<u32>,
+    /// Stop (or delete, `on_idle`) after this long without activity.
+    #[serde(default)]
+    pub idle_timeout: Option<DurationInput>,
+    #[serde(default)]
+    pub on_idle: OnIdle,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub spec: Spec,
@@ -209,6 +214,11 @@ pub fn parse(text: &str, max_ttl: Duration) -> Result<Declared, Vec<ConfigError>
             },
             None => None,
         };
+        if let Some(idle) = &env.idle_timeout
+            && let Err(e) = crate::activity::idle_millis(idle, max_ttl)
+        {
+            check(line, Err(format!("{what}: idle_timeout: {e}")));
+        }
         if let Some(w) = env.warm_pool {
             check(line, pool_size(w.min, w.max, &format!("{what}: warm_pool")));
             declared.pools.push(PoolDecl {

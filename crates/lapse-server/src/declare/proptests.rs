@@ -167,6 +167,8 @@ fn environment(i: usize) -> impl Strategy<Value = (EnvDecl, Option<Duration>)> {
                 ttl: ttl.as_ref().map(|(input, _)| input.clone()),
                 on_expiry: if delete { OnExpiry::Delete } else { OnExpiry::Stop },
                 max_retries: retries.filter(|_| lifecycle == Lifecycle::Job),
+                idle_timeout: None,
+                on_idle: Default::default(),
                 labels,
                 spec,
                 warm_pool,

@@ -103,3 +103,28 @@ fn a_name_and_the_mass_removal_flag() {
     let errors = parse("[[environment]]\nid = \"a\"\nspec = { provider = \"sim\" }\nallow_mass_removal = true\n", MAX);
     assert!(errors.is_err(), "the flag is top-level: after a table it belongs to the table");
 }
+
+#[test]
+fn idle_timeouts_and_health_probes_in_a_file() {
+    let text = r#"
+[[environment]]
+id = "ide"
+idle_timeout = "30m"
+on_idle = "delete"
+spec = { provider = "process", cmd = ["x"], ports = [8080], health = { http = { port = 8080, path = "/" } } }
+"#;
+    let d = parse(text, MAX).unwrap();
+    let decl = &d.environments[0].0;
+    assert_eq!(decl.on_idle, lapse_core::model::OnIdle::Delete);
+    assert_eq!(crate::activity::idle_millis(decl.idle_timeout.as_ref().unwrap(), MAX), Ok(1_800_000));
+    assert!(decl.spec.health.is_some());
+    let bad = r#"
+[[environment]]
+id = "ide"
+idle_timeout = "10ms"
+spec = { provider = "process", cmd = ["x"], ports = [8080], health = { tcp = 9 } }
+"#;
+    let errors = parse(bad, MAX).unwrap_err().iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
+    assert!(errors.contains("idle_timeout: must be at least 1s"), "{errors}");
+    assert!(errors.contains("spec.health.tcp"), "{errors}");
+}

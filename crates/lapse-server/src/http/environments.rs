@@ -26,6 +26,7 @@ pub fn router() -> Router<App> {
         .route("/v1/environments/{id}/start", post(start))
         .route("/v1/environments/{id}/exec", post(exec))
         .route("/v1/environments/{id}/logs", get(logs))
+        .route("/v1/environments/{id}/activity", post(super::activity::activity))
 }
 
 /// Create an environment: `201` with a running environment when a warm pool member of the same

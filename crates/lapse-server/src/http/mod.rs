@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use crate::app::{App, AppError};
 pub use extract::ApiPath;
 
+pub mod activity;
 pub mod admin;
 pub mod adopt;
 pub mod environments;

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, adopt, environments, pools, sweep, system};
+use super::{activity, admin, adopt, environments, pools, sweep, system};
 use crate::compat::fc as seed;
 use crate::compat::github_gg as gg;
 
@@ -15,7 +15,7 @@ use crate::compat::github_gg as gg;
     paths(
         environments::create, environments::list, environments::show, environments::extend,
         environments::stop, environments::start, environments::delete, environments::exec, environments::logs,
-        crate::proxy::links::create_link,
+        crate::proxy::links::create_link, activity::activity,
         pools::list, pools::show, pools::put, pools::delete, seed::create_vm, seed::show_vm, seed::delete_vm, seed::stats,
         gg::get_my_vm, gg::provision_my_vm, gg::start_my_vm, gg::stop_my_vm, gg::destroy_my_vm, gg::execute_code,
         admin::create_tenant, admin::list_tenants, admin::update_tenant, admin::create_key, admin::create_scoped_key, admin::revoke_key, admin::whoami, adopt::adopt, sweep::sweep,

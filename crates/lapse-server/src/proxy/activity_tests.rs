@@ -65,6 +65,8 @@ async fn proxied_requests_are_reported_as_activity_once_a_second() {
         lifecycle: Lifecycle::Lease,
         max_retries: None,
         params: None,
+        idle_timeout: None,
+        on_idle: Default::default(),
     };
     let id = h.app.create(req, &Caller::Open).await.expect("creating").env.id;
     h.settle().await;

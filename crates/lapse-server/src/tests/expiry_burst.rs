@@ -63,6 +63,8 @@ async fn two_thousand_leases_ending_in_one_second_expire_within_a_second_of_expi
             lifecycle: Lifecycle::Lease,
             max_retries: None,
             params: None,
+            idle_timeout: None,
+            on_idle: Default::default(),
         };
         let created = h.app.create(req, &Caller::Open).await.expect("creating a lease");
         assert_eq!(created.env.expires_at, Some(t0 + ttl_ms));

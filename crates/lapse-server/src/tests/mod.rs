@@ -32,7 +32,10 @@ use crate::reconciler::Reconciler;
 
 mod expiry_burst;
 pub(crate) mod gated;
+mod health;
+mod idle;
 mod prices;
+pub(crate) mod probed;
 mod rearm;
 mod replace_in_flight;
 mod sweep;

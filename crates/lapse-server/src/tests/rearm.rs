@@ -80,6 +80,8 @@ async fn start(fail: usize) -> (Arc<Rearming>, Harness, String) {
         lifecycle: Lifecycle::Lease,
         max_retries: None,
         params: None,
+        idle_timeout: None,
+        on_idle: Default::default(),
     };
     let id = h.app.create(req, &Caller::Open).await.expect("creating a lease").env.id;
     h.settle().await;

@@ -26,6 +26,8 @@ fn job(job_id: &str, cmd: &str) -> Job {
         labels: Default::default(),
         ttl: None,
         on_expiry: OnExpiry::Stop,
+        idle_timeout: None,
+        on_idle: Default::default(),
         source: "test".into(),
         seed_spec: None,
         make_tenant: false,

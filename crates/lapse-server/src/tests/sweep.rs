@@ -135,6 +135,8 @@ fn job(job_id: &str, provider: &str, labels: &[(&str, &str)]) -> Job {
         labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         ttl: None,
         on_expiry: OnExpiry::Stop,
+        idle_timeout: None,
+        on_idle: Default::default(),
         source: "test".into(),
         seed_spec: None,
         make_tenant: false,

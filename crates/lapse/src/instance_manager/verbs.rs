@@ -113,6 +113,8 @@ pub async fn create(client: &Client, seed: SeedCreateFlags, input: CreateInput, 
         lifecycle: Default::default(),
         max_retries: None,
         params: None,
+        idle_timeout: None,
+        on_idle: Default::default(),
     };
     let env: EnvironmentView =
         client.post("/v1/environments", &req).await.map_err(|e| anyhow::anyhow!("failed to create instance: {e:#}"))?;

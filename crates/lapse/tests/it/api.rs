@@ -572,6 +572,7 @@ async fn openapi_describes_every_route() {
         "post /v1/admin/sweep",
         "post /v1/environments",
         "post /v1/environments/{id}/exec",
+        "post /v1/environments/{id}/activity",
         "post /v1/environments/{id}/extend",
         "post /v1/environments/{id}/links",
         "post /v1/environments/{id}/start",

@@ -186,7 +186,7 @@ async fn readyz_names_what_is_not_ready() {
     };
     assert_eq!((ready["ready"].as_bool(), ready["store_writable"].as_bool()), (Some(true), Some(true)), "{ready}");
     let names: Vec<&str> = ready["loops"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["reconciler", "timers", "sweep", "pools"]);
+    assert_eq!(names, ["reconciler", "timers", "sweep", "pools", "probes", "activity"]);
     let (status, body) = server.request_as(None, reqwest::Method::GET, "/healthz", None).await;
     assert_eq!((status, body), (StatusCode::OK, Value::String("ok\n".into())));
 

@@ -15,6 +15,7 @@ mod fc;
 mod full_disk;
 mod github_gg;
 mod harness;
+mod idle_health;
 mod instance_manager;
 mod isolation;
 mod lifecycles;

@@ -500,3 +500,35 @@ impl Drop for RemoveOnDrop {
         crate::harness::remove_containers_of(&self.0);
     }
 }
+
+#[tokio::test]
+async fn idle_stop_waits_while_a_websocket_is_in_use_and_fires_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = start(dir.path(), &["--activity-flush", "1s"], &[]).await;
+    let port = free_port();
+    let mut body = backend(port);
+    body["idle_timeout"] = json!("3s");
+    let (status, env) = p.server.post("/v1/environments", body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{env}");
+    let id = env["id"].as_str().unwrap().to_owned();
+    p.server.wait_state(&id, "running", secs(30)).await;
+    let addr = p.proxy.trim_start_matches("http://").to_owned();
+    eventually(secs(30), "the backend answers through the proxy", async || {
+        (p.get(&format!("/e/{id}/{port}/ready")).send().await.ok()?.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    let mut ws = open_websocket(&addr, &format!("/code/{id}/ws"), "").await;
+    // Only WebSocket frames through the proxy, one a second, for twice the idle timeout.
+    for i in 0..6 {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert_eq!(frame(&mut ws, 0x81, &format!("still here {i}")).await, format!("still here {i}"));
+        assert_eq!(p.server.env(&id).await["state"], "running", "in use through the proxy: not idle");
+    }
+    drop(ws);
+    let quiet = std::time::Instant::now();
+    let stopped = p.server.wait_state(&id, "stopped", secs(30)).await;
+    assert!(quiet.elapsed() >= std::time::Duration::from_millis(2000), "not before the timeout: {:?}", quiet.elapsed());
+    assert!(stopped["idled_at"].is_string(), "{stopped}");
+    let events = p.server.events_of(&id).await;
+    assert!(events.iter().any(|e| e["action"] == "idle"), "{events:?}");
+}

@@ -140,6 +140,8 @@ pub async fn create_vm(
         labels: BTreeMap::new(),
         ttl: None,
         on_expiry: Default::default(),
+        idle_timeout: None,
+        on_idle: Default::default(),
         source: "vms".into(),
         seed_spec: Some(mapped.seed_spec),
         make_tenant: seed_listener.is_some(),

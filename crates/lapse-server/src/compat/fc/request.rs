@@ -194,7 +194,7 @@ pub fn map_spec(seed: &Map<String, Value>, default_provider: &str) -> Result<Map
         kernel: string(seed, "kernel")?,
         rootfs: string(seed, "rootfs")?,
         cloud: None,
-        routes: Default::default(),
+        ..Default::default()
     };
     Ok(Mapped { spec, lifecycle, warm_pool, resources_given, seed_spec })
 }

@@ -89,6 +89,8 @@ pub async fn get_or_create(
         lifecycle: Lifecycle::Service,
         max_retries: None,
         params: None,
+        idle_timeout: None,
+        on_idle: Default::default(),
     };
     let created = app.create(request, caller).await?;
     if let Some(why) = unenforced {

@@ -70,10 +70,11 @@ impl ServerState {
                 other => ("stopping", other.as_str().to_owned()),
             }
         };
-        let available = status == "running";
+        // Running and, if its spec has a health probe, healthy (exactly `running` without one).
+        let available = status == "running" && env.is_ready();
         Some(ServerState {
             user: ssh_username.to_owned(),
-            address: if available { address(env) } else { String::new() },
+            address: if status == "running" { address(env) } else { String::new() },
             status,
             available,
             cloud_status,
@@ -226,5 +227,26 @@ mod tests {
             ServerState::of_user(&[lab('c', "1", ObservedState::Pending, DesiredState::Running)], "s").unwrap();
         assert_eq!((pending.status, pending.cloud_status.as_str(), pending.address.as_str()), ("provisioning", "", ""));
         assert_eq!(ServerState::of_user(&[lab('d', "1", ObservedState::Failed, DesiredState::Running)], "s"), None);
+    }
+
+    #[test]
+    fn available_waits_for_a_probe_to_pass_and_is_unchanged_without_one() {
+        use lapse_core::model::Health;
+        let mut probed = lab('b', "7", ObservedState::Running, DesiredState::Running);
+        probed.spec.ports = vec![22];
+        probed.spec.health = Some(lapse_core::probe::HealthCheck { tcp: Some(22), ..Default::default() });
+        for (health, available) in [
+            (None, false),
+            (Some(Health::Starting), false),
+            (Some(Health::Unhealthy), false),
+            (Some(Health::Healthy), true),
+        ] {
+            probed.health = health;
+            let state = ServerState::of_user(std::slice::from_ref(&probed), "s").unwrap();
+            assert_eq!((state.status, state.available), ("running", available), "{health:?}");
+        }
+        // Without a probe, exactly as before: available while running.
+        let plain = lab('c', "1", ObservedState::Running, DesiredState::Running);
+        assert!(ServerState::of_user(&[plain], "s").unwrap().available);
     }
 }

@@ -120,6 +120,8 @@ fn entry_decl(entry: &Term, default_provider: &str) -> Result<EnvDecl, ConfigErr
         ttl: None,
         on_expiry: OnExpiry::Stop,
         max_retries: None,
+        idle_timeout: None,
+        on_idle: Default::default(),
         labels: Default::default(),
         spec: mapped.spec,
         warm_pool: mapped.warm_pool,

@@ -1,0 +1,80 @@
+//! Activity and probes: the store's side of idle stop and health.
+//!
+//! **Activity reaches the store in batches.** The server keeps the latest activity of each
+//! environment in memory and a flusher hands every touched id to
+//! [`Store::record_activity`] every few seconds: one transaction for the whole batch, one
+//! statement per id, never a write per request. Such a write only moves `last_active_at`
+//! forward (`MAX`), touches no other column (not `updated_at`: activity is not a change of
+//! the environment) and records no event; it is not published on the change feed either,
+//! since no mirror shows it.
+
+use std::sync::atomic::Ordering;
+
+use lapse_core::Millis;
+use lapse_core::model::Environment;
+use sqlx::Row;
+
+use crate::{ENV_COLUMNS, Op, Store, StoreError, environment_from_row};
+
+/// Ids a batch statement carries at most (SQLite's bound-parameter limit is far above).
+const CHUNK: usize = 400;
+
+impl Store {
+    /// Moves `last_active_at` of each `(id, at)` forward to `at` (never back), in one
+    /// transaction; ids that are not (or no longer) there are skipped. Returns how many rows
+    /// moved.
+    pub async fn record_activity(&self, touched: &[(String, Millis)]) -> Result<u64, StoreError> {
+        if touched.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.writer.begin().await.op("record activity")?;
+        let mut moved = 0;
+        for chunk in touched.chunks(CHUNK) {
+            // `UPDATE ... FROM (VALUES ...)`: one statement per chunk.
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "UPDATE environments SET last_active_at = MAX(COALESCE(environments.last_active_at, 0), t.at) \
+                 FROM (",
+            );
+            let mut first = true;
+            for (id, at) in chunk {
+                q.push(if first { "SELECT " } else { " UNION ALL SELECT " });
+                first = false;
+                q.push_bind(id).push(" AS id, ").push_bind(*at).push(" AS at");
+            }
+            q.push(") AS t WHERE environments.id = t.id AND environments.observed != 'deleted'");
+            moved += q.build().execute(&mut *tx).await.op("record activity")?.rows_affected();
+        }
+        tx.commit().await.op("record activity")?;
+        self.activity_batches.fetch_add(1, Ordering::Relaxed);
+        Ok(moved)
+    }
+
+    /// How many activity batches this store wrote (each one transaction).
+    pub fn activity_batches(&self) -> u64 {
+        self.activity_batches.load(Ordering::Relaxed)
+    }
+
+    /// Running environments with a probe (`health` set): the prober's round.
+    pub async fn probed(&self) -> Result<Vec<Environment>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ENV_COLUMNS} FROM environments WHERE health IS NOT NULL AND observed = 'running' ORDER BY id"
+        ))
+        .fetch_all(&self.reader)
+        .await
+        .op("probed")?;
+        rows.iter().map(environment_from_row).collect()
+    }
+
+    /// `(id, idle deadline)` of every running environment with an idle timeout that is no
+    /// pool's: the idle timers at start.
+    pub async fn idle_deadlines(&self) -> Result<Vec<(String, Millis)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, MAX(COALESCE(last_active_at, created_at), created_at) + idle_timeout FROM environments \
+             WHERE idle_timeout IS NOT NULL AND desired = 'running' AND observed = 'running' AND pool IS NULL",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .op("idle deadlines")?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}

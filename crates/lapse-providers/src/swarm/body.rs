@@ -125,14 +125,16 @@ impl SwarmProvider {
         match docker.create_service(body, None).await {
             Ok(_) => Ok(Created::Exists),
             Err(e) if status_of(&e) == Some(409) => Ok(Created::Exists),
-            Err(e) if matches!(status_of(&e), Some(400 | 404)) && e.to_string().contains("network") => {
+            // Engine 20.10 answers a missing network with a 500 ("network X not found").
+            Err(e) if e.to_string().contains("network") && e.to_string().contains("not found") => {
                 Ok(Created::NetworkGone)
             }
             // The engine refused the spec (an image reference, an env entry it cannot take):
             // retrying cannot help.
-            Err(e) if matches!(status_of(&e), Some(400 | 404)) => {
-                Err(ProviderError::Permanent { provider: NAME, message: format!("the engine refused the service: {e}") })
-            }
+            Err(e) if matches!(status_of(&e), Some(400 | 404)) => Err(ProviderError::Permanent {
+                provider: NAME,
+                message: format!("the engine refused the service: {e}"),
+            }),
             Err(e) => Err(classify("create", e)),
         }
     }

@@ -184,7 +184,10 @@ impl SwarmProvider {
         let options = ListServicesOptionsBuilder::default().filters(&filters).build();
         let listed = docker.list_services(Some(options)).await.map_err(|e| classify("list", e))?;
         // Filters are the engine's; check the labels ourselves before acting on them.
-        Ok(listed.into_iter().filter(|s| self.ours(s.spec.as_ref().and_then(|s| s.labels.as_ref()), environment_id)).collect())
+        Ok(listed
+            .into_iter()
+            .filter(|s| self.ours(s.spec.as_ref().and_then(|s| s.labels.as_ref()), environment_id))
+            .collect())
     }
 
     /// The tasks of `service` (all: `None` lists every task of the swarm).
@@ -308,7 +311,8 @@ impl Provider for SwarmProvider {
             provider: NAME,
             message: format!("{} did not answer {what} in 3 s", self.endpoint),
         };
-        let docker = tokio::time::timeout(Duration::from_secs(3), self.client()).await.map_err(|_| timeout("a version"))??;
+        let docker =
+            tokio::time::timeout(Duration::from_secs(3), self.client()).await.map_err(|_| timeout("a version"))??;
         let info = tokio::time::timeout(Duration::from_secs(3), docker.info())
             .await
             .map_err(|_| timeout("info"))?
@@ -373,7 +377,12 @@ impl Provider for SwarmProvider {
         if seen.status == InstanceStatus::Running {
             return self.instance(&service, seen).await;
         }
-        let before: HashSet<String> = tasks.iter().filter_map(|t| t.id.clone()).collect();
+        // Tasks that ended before this start say nothing about it.
+        let before: HashSet<String> = tasks
+            .iter()
+            .filter(|t| tasks::is_terminal(t.status.as_ref().and_then(|s| s.state)))
+            .filter_map(|t| t.id.clone())
+            .collect();
         if tasks::replicas(&service) == Some(0) {
             self.scale(environment_id, 1, None).await?;
         } else if seen.status == InstanceStatus::Stopped {
@@ -392,10 +401,7 @@ impl Provider for SwarmProvider {
             }
         }
         // Stopped once its task has gone down (the engine kills it after the grace).
-        if let Some(id) = service.id.as_deref() {
-            self.wait_containers_gone(id, grace + Duration::from_secs(15)).await?;
-        }
-        Ok(())
+        self.wait_stopped(environment_id, grace + Duration::from_secs(15)).await
     }
 
     async fn delete(&self, environment_id: &str, grace: Duration) -> Result<(), ProviderError> {

@@ -24,6 +24,8 @@ use bollard::query_parameters::{ListNetworksOptionsBuilder, ListServicesOptions}
 use super::{LABEL_CONTROLLER, LABEL_TENANT, classify, status_of};
 use crate::ProviderError;
 
+/// Tries at removing a network whose last service just went.
+const REMOVE_ATTEMPTS: usize = 8;
 /// How long a network just made is kept even without services.
 const GRACE: Duration = Duration::from_secs(60);
 
@@ -102,14 +104,22 @@ impl Networks {
             Ok(_) => {}
             Err(_) => return false,
         }
-        // The engine refuses while a service names it or a container is still attached.
-        match docker.remove_network(name).await {
-            Ok(()) => {
-                self.recent.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
-                true
+        // The engine refuses while a service names it or a container is still attached (a
+        // task's endpoint outlives its container briefly): a few tries, then the sweep's.
+        for attempt in 0..REMOVE_ATTEMPTS {
+            match docker.remove_network(name).await {
+                Ok(()) => {
+                    self.recent.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+                    return true;
+                }
+                Err(e) if status_of(&e) == Some(404) => return true,
+                Err(e) if attempt + 1 == REMOVE_ATTEMPTS => {
+                    tracing::debug!(network = %name, error = %e, "network not removed yet; the sweep will");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
             }
-            Err(e) => status_of(&e) == Some(404),
         }
+        false
     }
 
     /// Removes every overlay network of this controller that no service uses.
@@ -136,8 +146,7 @@ impl Networks {
 
 /// The networks (ids and names, as services name them) any service of the swarm uses.
 async fn used_networks(docker: &Docker) -> Result<HashSet<String>, ProviderError> {
-    let services =
-        docker.list_services(None::<ListServicesOptions>).await.map_err(|e| classify("list services", e))?;
+    let services = docker.list_services(None::<ListServicesOptions>).await.map_err(|e| classify("list services", e))?;
     Ok(services
         .into_iter()
         .filter_map(|s| s.spec)

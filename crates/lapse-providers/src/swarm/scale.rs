@@ -15,6 +15,12 @@ use super::tasks::{self, Observed};
 use super::{NAME, SwarmProvider, body, classify, status_of};
 use crate::{Instance, InstanceStatus, ProviderError};
 
+/// Whether a task's error says the runtime refused the spec (an environment variable with a
+/// NUL, a command that does not exist): the same spec fails the same way again.
+fn refused_by_runtime(why: &str) -> bool {
+    why.contains("OCI runtime create failed")
+}
+
 /// Tries an update this often when it races another.
 const UPDATE_ATTEMPTS: usize = 4;
 
@@ -107,7 +113,8 @@ impl SwarmProvider {
                 });
             };
             let all = self.tasks_of(&service).await?;
-            let new: Vec<_> = all.iter().filter(|t| t.id.as_ref().is_none_or(|id| !before.contains(id))).cloned().collect();
+            let new: Vec<_> =
+                all.iter().filter(|t| t.id.as_ref().is_none_or(|id| !before.contains(id))).cloned().collect();
             let seen = tasks::observe(&service, &new);
             match seen.status {
                 InstanceStatus::Running => return self.instance(&service, seen).await,
@@ -131,10 +138,11 @@ impl SwarmProvider {
 
     async fn ended_at_start(&self, service: &Service, seen: Observed) -> Result<Instance, ProviderError> {
         let name = service.spec.as_ref().and_then(|s| s.name.clone()).unwrap_or_default();
-        if let Some(why) = &seen.rejected {
-            let permanent = ["No such image", "invalid reference", "not found", "manifest unknown", "pull access denied"]
-                .iter()
-                .any(|m| why.contains(m));
+        if let Some(why) = seen.rejected.as_ref().or(seen.exit_reason.as_ref().filter(|r| refused_by_runtime(r))) {
+            let permanent = refused_by_runtime(why)
+                || ["No such image", "invalid", "not found", "manifest unknown", "pull access denied"]
+                    .iter()
+                    .any(|m| why.contains(m));
             let message = format!("service {name}: the task was refused: {why}");
             return Err(if permanent {
                 ProviderError::Permanent { provider: NAME, message }
@@ -158,11 +166,26 @@ impl SwarmProvider {
         }
     }
 
-    /// Waits, up to `within`, until no container of the service runs on this node.
+    /// Waits, up to `within`, until the service's tasks are down (or it is gone); past that
+    /// the engine finishes the stop on its own (the instance is `Stopping` meanwhile).
+    pub(super) async fn wait_stopped(&self, environment_id: &str, within: Duration) -> Result<(), ProviderError> {
+        let deadline = Instant::now() + within;
+        loop {
+            let Some(service) = self.find(environment_id).await? else { return Ok(()) };
+            if self.observe(&service).await?.status == InstanceStatus::Stopped || Instant::now() >= deadline {
+                return Ok(());
+            }
+            tokio::time::sleep(self.timing.poll).await;
+        }
+    }
+
+    /// Waits, up to `within`, until no container of the service is left on this node (its
+    /// network can go once none is attached).
     pub(super) async fn wait_containers_gone(&self, service_id: &str, within: Duration) -> Result<bool, ProviderError> {
         let docker = self.client().await?;
-        let filters = std::collections::HashMap::from([("label", vec![format!("com.docker.swarm.service.id={service_id}")])]);
-        let options = ListContainersOptionsBuilder::default().filters(&filters).build();
+        let filters =
+            std::collections::HashMap::from([("label", vec![format!("com.docker.swarm.service.id={service_id}")])]);
+        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
         let deadline = Instant::now() + within;
         loop {
             let running = docker.list_containers(Some(options.clone())).await.map_err(|e| classify("list", e))?;

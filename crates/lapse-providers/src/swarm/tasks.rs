@@ -63,9 +63,8 @@ pub fn observe(service: &Service, tasks: &[Task]) -> Observed {
         exit_reason: None,
         rejected: None,
     };
-    if let Some(running) = live
-        .iter()
-        .find(|t| state(t) == Some(TaskState::RUNNING) && t.desired_state == Some(TaskState::RUNNING))
+    if let Some(running) =
+        live.iter().find(|t| state(t) == Some(TaskState::RUNNING) && t.desired_state == Some(TaskState::RUNNING))
     {
         let container_id = running.status.as_ref().and_then(|s| s.container_status.as_ref()?.container_id.clone());
         return Observed { status: InstanceStatus::Running, container_id, ..nothing };
@@ -107,9 +106,7 @@ fn ended(last: Option<&Task>) -> Observed {
 
 #[cfg(test)]
 mod tests {
-    use bollard::models::{
-        ContainerStatus, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, TaskStatus,
-    };
+    use bollard::models::{ContainerStatus, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, TaskStatus};
 
     use super::*;
 

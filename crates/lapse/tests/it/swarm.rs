@@ -179,3 +179,29 @@ async fn the_sweep_removes_an_orphan_service_and_keeps_a_kept_one() {
     assert!(docker.inspect_service(&format!("lapse-{orphan}"), None).await.is_err(), "the orphan is removed");
     assert_eq!(replicas(&docker, &kept).await, Some(1), "the kept service is untouched");
 }
+
+#[tokio::test]
+async fn what_swarm_cannot_run_is_a_400_or_a_failed_environment_with_the_engines_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--swarm-endpoint", &host()]).await;
+    let _cleanup = RemoveServicesOnDrop(server.controller_id.clone());
+    for (spec, field) in [
+        (json!({"provider": "swarm", "cmd": ["true"]}), "spec.image"),
+        (json!({"provider": "swarm", "image": image(), "resources": {"disk_gb": 5}}), "spec.resources.disk_gb"),
+        (json!({"provider": "swarm", "image": image(), "user_data": "#cloud-config\n"}), "spec.user_data"),
+    ] {
+        let (status, body) = server.post("/v1/environments", json!({"owner": "ada", "spec": spec})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap_or_default().contains(field), "{body}");
+    }
+    assert_eq!(server.count_environments().await, 0, "a refused create changes nothing");
+
+    // An image the engine does not have: failed for good, with the engine's words.
+    let env = server
+        .create(
+            json!({"owner": "ada", "spec": {"provider": "swarm", "image": "localhost/no-such-image:1"}, "ttl": "10m"}),
+        )
+        .await;
+    let failed = server.wait_state(env["id"].as_str().unwrap(), "failed", secs(60)).await;
+    assert!(failed["reason"].as_str().unwrap_or_default().contains("No such image"), "{failed}");
+}

@@ -171,7 +171,9 @@ async fn service_life_with_limits_labels_endpoints_exec_logs_stop_start_delete()
     assert_eq!(again.provider_ref, up.provider_ref);
 
     // Stop scales to zero; start scales back to one (a new task from the image).
+    let stopping = std::time::Instant::now();
     p.stop(&id, Duration::from_secs(2)).await.unwrap();
+    eprintln!("swarm: stop (scale to 0, task down) in {:?}", stopping.elapsed());
     let service = docker.inspect_service(&format!("lapse-{id}"), None).await.unwrap();
     assert_eq!(service.spec.unwrap().mode.unwrap().replicated.unwrap().replicas, Some(0));
     assert_eq!(p.inspect(&id).await.unwrap().map(|i| i.status), Some(InstanceStatus::Stopped));
@@ -179,7 +181,9 @@ async fn service_life_with_limits_labels_endpoints_exec_logs_stop_start_delete()
         p.exec(&id, &spec, &sh("true"), Duration::from_secs(5)).await,
         Err(ProviderError::NotFound { .. })
     ));
+    let starting = std::time::Instant::now();
     let back = p.ensure_running(&id, &Placement::of_tenant("acme"), &spec).await.unwrap();
+    eprintln!("swarm: start (scale to 1, task running) in {:?}", starting.elapsed());
     assert_eq!((back.status, back.provider_ref.as_str()), (InstanceStatus::Running, up.provider_ref.as_str()));
     let service = docker.inspect_service(&format!("lapse-{id}"), None).await.unwrap();
     assert_eq!(service.spec.unwrap().mode.unwrap().replicated.unwrap().replicas, Some(1));
@@ -196,7 +200,9 @@ async fn service_life_with_limits_labels_endpoints_exec_logs_stop_start_delete()
         [(id.as_str(), InstanceStatus::Running)]
     );
 
+    let deleting = std::time::Instant::now();
     p.delete(&id, Duration::from_secs(2)).await.unwrap();
+    eprintln!("swarm: delete (service, containers and network gone) in {:?}", deleting.elapsed());
     assert!(docker.inspect_service(&format!("lapse-{id}"), None).await.is_err(), "the service is removed");
     assert_eq!(p.inspect(&id).await.unwrap(), None);
     p.delete(&id, Duration::from_secs(2)).await.expect("deleting what is gone succeeds");

@@ -29,8 +29,9 @@
 //!   containers (`enable_icc=false`), so this adds no path between tenants. It holds for a
 //!   task on **this** node: on a multi-node swarm the control plane must run on the node (or
 //!   join the overlay) to reach a task elsewhere; such a task is reported without endpoints.
-//! - `stop` scales to zero replicas; `ensure_running` scales back to one, or forces a new task
-//!   when the last one ended. **A service's disk is its image**: a new task starts from the
+//! - `stop` scales to zero replicas (and stops the task's container within the stop's grace:
+//!   a running task keeps the grace it was made with); `ensure_running` scales back to one, or
+//!   forces a new task when the last one ended. **A service's disk is its image**: a new task starts from the
 //!   image, so what the old one wrote is gone (`stop_keeps_disk` is false).
 //! - `delete` removes the service, waits for its containers to go, then its tenant's network
 //!   if no service names it any more; the sweep's `collect_garbage` removes what is left.
@@ -400,7 +401,10 @@ impl Provider for SwarmProvider {
                 Err(e) => return Err(e),
             }
         }
-        // Stopped once its task has gone down (the engine kills it after the grace).
+        if let Some(id) = service.id.as_deref() {
+            self.hurry(id, grace).await?;
+        }
+        // Stopped once its task has gone down.
         self.wait_stopped(environment_id, grace + Duration::from_secs(15)).await
     }
 
@@ -426,7 +430,8 @@ impl Provider for SwarmProvider {
                 Err(e) if status_of(&e) == Some(404) => {}
                 Err(e) => return Err(classify("delete", e)),
             }
-            // Its containers go after it; the network can go once they are gone.
+            // Its containers go after it (within the grace); the network once they are gone.
+            self.hurry(id, grace).await?;
             self.wait_containers_gone(id, grace + Duration::from_secs(15)).await?;
         }
         networks.dedup();

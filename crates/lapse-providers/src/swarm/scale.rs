@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use bollard::models::{Service, ServiceSpec};
-use bollard::query_parameters::{ListContainersOptionsBuilder, UpdateServiceOptions};
+use bollard::query_parameters::{ListContainersOptionsBuilder, StopContainerOptionsBuilder, UpdateServiceOptions};
 
 use super::tasks::{self, Observed};
 use super::{NAME, SwarmProvider, body, classify, status_of};
@@ -177,6 +177,28 @@ impl SwarmProvider {
             }
             tokio::time::sleep(self.timing.poll).await;
         }
+    }
+
+    /// Stops the service's containers on this node within `grace` (SIGTERM, then SIGKILL),
+    /// once Swarm no longer wants them (scaled to zero, or removed): a running task keeps the
+    /// stop grace it was made with, so this is what makes a stop's own grace hold. Swarm does
+    /// not restart a task it meant to shut down.
+    pub(super) async fn hurry(&self, service_id: &str, grace: Duration) -> Result<(), ProviderError> {
+        let docker = self.client().await?;
+        let filters =
+            std::collections::HashMap::from([("label", vec![format!("com.docker.swarm.service.id={service_id}")])]);
+        let options = ListContainersOptionsBuilder::default().filters(&filters).build();
+        let running = docker.list_containers(Some(options)).await.map_err(|e| classify("list", e))?;
+        let seconds = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+        for id in running.into_iter().filter_map(|c| c.id) {
+            let options = StopContainerOptionsBuilder::default().t(seconds).build();
+            match docker.stop_container(&id, Some(options)).await {
+                Ok(()) => {}
+                Err(e) if matches!(status_of(&e), Some(304 | 404)) => {}
+                Err(e) => return Err(classify("stop", e)),
+            }
+        }
+        Ok(())
     }
 
     /// Waits, up to `within`, until no container of the service is left on this node (its

@@ -10,7 +10,8 @@
 //! made, whether or not the store knows of it.
 //!
 //! Backends: [`process`] (always there), [`docker`] (feature `docker`, on by default),
-//! `scaleway` (feature `scaleway`, on by default), [`aws`] (EC2, feature `aws`, on by default).
+//! `scaleway` (feature `scaleway`, on by default), [`aws`] (EC2, feature `aws`, on by default),
+//! `swarm` (Docker Swarm services, feature `swarm`, on by default).
 //!
 //! **Output is bounded.** `exec` output and `logs` are read into a [`CappedOutput`] (the
 //! last [`MAX_OUTPUT_BYTES`] of each stream, with a marker saying how much was cut), never
@@ -38,6 +39,8 @@ pub mod scaleway;
 pub mod sim;
 #[cfg(feature = "ssh")]
 pub mod ssh;
+#[cfg(feature = "swarm")]
+pub mod swarm;
 pub mod unavailable;
 
 #[cfg(any(feature = "scaleway", feature = "ovh"))]
@@ -114,6 +117,9 @@ pub struct Placement {
     /// The environment's labels: a cloud provider puts them on the VM as tags
     /// ([`Provider::validate_labels`] refuses those it cannot carry).
     pub labels: BTreeMap<String, String>,
+    /// How the environment lives: the swarm provider's restart policy follows it (on-failure
+    /// for a service or daemon, none for a lease or job).
+    pub lifecycle: lapse_core::model::Lifecycle,
 }
 
 impl Placement {
@@ -443,6 +449,8 @@ pub fn validate_spec_as(spec: &Spec, kind: &str) -> Result<(), FieldError> {
         "aws" => aws::validate(spec),
         #[cfg(feature = "scaleway")]
         "scaleway" => scaleway::validate(spec),
+        #[cfg(feature = "swarm")]
+        "swarm" => swarm::validate(spec),
         other => Err(FieldError {
             field: "spec.provider".into(),
             message: format!(
@@ -465,6 +473,8 @@ pub const BUILT_IN_KINDS: &[&str] = &[
     "scaleway",
     #[cfg(feature = "ovh")]
     "ovh",
+    #[cfg(feature = "swarm")]
+    "swarm",
 ];
 
 /// Keeps the last `lines` lines of `text`.

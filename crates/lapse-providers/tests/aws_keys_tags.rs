@@ -65,6 +65,7 @@ async fn instance_and_volumes_carry_the_users_labels_and_the_seeds_tags_when_ask
         expires_at: Some(now + 2 * 3_600_000),
         on_expiry: OnExpiry::Stop,
         labels: labels(&[("team", "infra"), ("app.example.com/tier", "web")]),
+        ..Default::default()
     };
 
     let plain = moto.provider("ctl-tags").await.unwrap();

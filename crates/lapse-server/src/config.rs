@@ -116,6 +116,9 @@ pub struct ServerConfig {
     pub concurrency: BTreeMap<String, usize>,
     pub default_concurrency: usize,
     pub docker: DockerSetting,
+    /// The swarm provider's Engine API (a Swarm manager: `unix:///…`, `tcp://…`); off unless
+    /// given (`--swarm-endpoint`, `LAPSE_SWARM_HOST`).
+    pub swarm: Option<String>,
     /// The docker provider's container conventions (labels, names, ports, restart policy).
     #[cfg(feature = "docker")]
     pub docker_conventions: lapse_providers::docker::conventions::Conventions,
@@ -213,6 +216,7 @@ impl ServerConfig {
             ]),
             default_concurrency: 8,
             docker: DockerSetting::Auto,
+            swarm: None,
             #[cfg(feature = "docker")]
             docker_conventions: Default::default(),
             #[cfg(feature = "scaleway")]

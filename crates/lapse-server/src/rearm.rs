@@ -83,6 +83,7 @@ pub async fn rearm(cx: &Context, armed: &Armed, env: &Environment) {
         expires_at: env.expires_at,
         on_expiry: env.on_expiry,
         labels: env.labels.clone(),
+        lifecycle: env.lifecycle,
     };
     let before = armed.failures(&env.id);
     match provider.rearm(&env.id, &placement).await {

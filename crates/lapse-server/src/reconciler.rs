@@ -400,6 +400,7 @@ impl Reconciler {
             expires_at: env.expires_at,
             on_expiry: env.on_expiry,
             labels: env.labels.clone(),
+            lifecycle: env.lifecycle,
         };
         let result: Result<Option<Instance>, ProviderError> = match planned {
             Plan::Provision => provider.ensure_running(&env.id, &placement, &env.spec).await.map(Some),

@@ -26,6 +26,10 @@ pub struct ServeArgs {
     /// sockets; off if none answers), `off`, or an endpoint such as unix:///run/podman/podman.sock.
     #[arg(long, env = "LAPSE_DOCKER", default_value = "auto")]
     pub docker: String,
+    /// The swarm provider (environments as Docker Swarm services): the Engine API of a Swarm
+    /// manager, e.g. unix:///run/lapse-test/docker.sock. Off unless given.
+    #[arg(long = "swarm-endpoint", env = "LAPSE_SWARM_HOST")]
+    pub swarm_endpoint: Option<String>,
     /// The aws provider (EC2): `auto` (on when a region is given), `on`, `off`. Credentials
     /// come from the AWS SDK's standard chain; AWS_ENDPOINT_URL is honoured.
     #[arg(long, env = "LAPSE_AWS", default_value = "auto", value_parser = ["auto", "on", "off"])]
@@ -339,6 +343,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         endpoint => DockerSetting::Endpoint(endpoint.to_owned()),
     };
     config.docker_conventions = args.docker_conventions.conventions()?;
+    config.swarm = args.swarm_endpoint.clone().filter(|e| !e.is_empty());
     config.ovh = lapse_server::config::OvhSetting {
         endpoint: args.ovh.ovh_endpoint.clone(),
         application_key: args.ovh.ovh_application_key.clone(),

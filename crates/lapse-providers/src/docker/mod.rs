@@ -453,6 +453,10 @@ impl Provider for DockerProvider {
                 if labels.get(LABEL_CONTROLLER) != Some(&self.controller_id) {
                     return None;
                 }
+                // A Swarm task's container is the swarm provider's (on an engine both use).
+                if labels.contains_key("com.docker.swarm.service.id") {
+                    return None;
+                }
                 let running =
                     c.state.map(|s| matches!(s.to_string().as_str(), "running" | "restarting")).unwrap_or(false);
                 Some(Instance {

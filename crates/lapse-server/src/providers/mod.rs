@@ -7,13 +7,15 @@
 //!   side by side (`[providers.aws-eu]`, `[providers.aws-us]`).
 //! - Without tables, the seeds' variables alone give each cloud's provider under its kind's
 //!   name, as before: `AWS_REGION` the `aws` one, `SCW_*` the `scaleway` one, `OVH_*` the
-//!   `ovh` one, a Docker Engine the `docker` one. A table named like a kind replaces that one;
+//!   `ovh` one, a Docker Engine the `docker` one, `--swarm-endpoint` (`LAPSE_SWARM_HOST`) the
+//!   `swarm` one. A table named like a kind replaces that one;
 //!   its unset keys fall back to the same variables.
 //! - A provider asked for but not usable (no credentials, a variable missing) is still listed,
 //!   unavailable, with the reason (never a credential), and refuses specs naming it.
 //! - Every provider is wrapped in [`Configured`]: its configured name, and a deadline on every
 //!   call (`create_timeout`, `call_timeout`).
 
+mod swarm;
 pub mod table;
 
 use std::collections::BTreeMap;
@@ -48,6 +50,11 @@ pub async fn build(
         && let Some(p) = docker(config, &config.docker, controller_id, "docker").await
     {
         built.push(("docker".into(), p));
+    }
+    if !by_name.contains_key("swarm")
+        && let Some(endpoint) = &config.swarm
+    {
+        built.push(("swarm".into(), swarm::build(endpoint, controller_id, "swarm").await));
     }
     if !by_name.contains_key("aws")
         && let Some(p) = implicit_aws(config, controller_id).await
@@ -99,6 +106,10 @@ async fn declared(
             };
             docker(config, &setting, controller_id, name).await
         }
+        "swarm" => match t.endpoint.as_ref().or(config.swarm.as_ref()) {
+            Some(endpoint) => Some(swarm::build(endpoint, controller_id, name).await),
+            None => Some(unavailable("swarm", name, "no endpoint: set endpoint, --swarm-endpoint or LAPSE_SWARM_HOST")),
+        },
         "aws" => {
             let regional = (t.region.clone(), t.endpoint_url.clone(), t.profile.clone());
             Some(aws(config, regional, controller_id, name, SshOwn::of(t)).await)

@@ -23,6 +23,8 @@
 //!   their VMs over SSH (default: `LAPSE_SSH_USER`, else the cloud's image user; `LAPSE_SSH_PORT`,
 //!   else 22).
 //! - `docker`: `endpoint` (`unix:///…`, `tcp://…`; default: `DOCKER_HOST`, then the usual sockets).
+//! - `swarm`: `endpoint`, a Swarm manager's Engine API (default: `--swarm-endpoint`,
+//!   `LAPSE_SWARM_HOST`; listed unavailable without one).
 //! - `process`, `sim`: built in, once each; their tables take only the common keys.
 //!
 //! Secrets are never written in the file (a config file is read by more people than its
@@ -35,7 +37,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// The kinds of provider this server knows.
-pub const KINDS: [&str; 6] = ["process", "docker", "aws", "scaleway", "ovh", "sim"];
+pub const KINDS: [&str; 7] = ["process", "docker", "swarm", "aws", "scaleway", "ovh", "sim"];
 
 /// Kinds a server has one of, built in.
 const SINGLE: [&str; 2] = ["process", "sim"];
@@ -142,7 +144,7 @@ fn check_one(name: &str, t: &ProviderTable) -> Result<ProviderDecl, String> {
             "ssh_user",
             "ssh_port",
         ],
-        "docker" => &["endpoint"],
+        "docker" | "swarm" => &["endpoint"],
         _ => &[],
     };
     for (key, set) in set_keys(t) {

@@ -112,3 +112,41 @@ async fn a_table_gives_its_deadlines_to_every_call() {
     }
     assert_eq!(started.elapsed(), std::time::Duration::from_secs(1));
 }
+
+#[cfg(feature = "swarm")]
+#[tokio::test]
+async fn swarm_is_off_unless_an_endpoint_is_given_by_flag_or_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = quiet_config(dir.path());
+    let none = |_: &str| None;
+    assert!(build(&config, "ctl", process(), &[], &none).await.get("swarm").is_none(), "off by default");
+
+    // The flag's endpoint; one that does not answer keeps the provider listed, saying why.
+    config.swarm = Some("tcp://127.0.0.1:9".into());
+    let set = build(&config, "ctl", process(), &[], &none).await;
+    let swarm = set.get("swarm").expect("the flag's swarm provider");
+    assert_eq!(swarm.kind(), "swarm");
+    assert!(matches!(swarm.health().await, Err(lapse_providers::ProviderError::Unavailable { .. })));
+
+    // A table of the kind, with its own endpoint or the flag's; without either, unavailable.
+    let tables = decls(
+        "[providers.swarm-b]\nkind = \"swarm\"\nendpoint = \"unix:///nonexistent/docker.sock\"\n\
+         [providers.swarm-c]\nkind = \"swarm\"\n",
+    );
+    let set = build(&config, "ctl", process(), &tables, &none).await;
+    assert_eq!((set.get("swarm-b").unwrap().kind(), set.get("swarm-c").unwrap().kind()), ("swarm", "swarm"));
+    let reason = set.get("swarm-b").unwrap().health().await.unwrap_err().to_string();
+    assert!(reason.contains("nonexistent"), "{reason}");
+    config.swarm = None;
+    let set = build(&config, "ctl", process(), &tables, &none).await;
+    let reason = set.get("swarm-c").unwrap().health().await.unwrap_err().to_string();
+    assert!(reason.contains("no endpoint"), "{reason}");
+    let bad = table::check(
+        &toml::from_str::<BTreeMap<String, BTreeMap<String, ProviderTable>>>(
+            "[providers.s]\nkind = \"swarm\"\nregion = \"x\"\n",
+        )
+        .unwrap()["providers"],
+    )
+    .unwrap_err();
+    assert!(bad[0].contains("region is not a setting of a swarm provider"), "{bad:?}");
+}

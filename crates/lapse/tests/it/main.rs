@@ -28,6 +28,7 @@ mod redis_server;
 mod retry;
 mod scaleway;
 mod schemathesis;
+mod swarm;
 mod sweep;
 mod swim;
 mod swim_v2;

@@ -1,0 +1,207 @@
+//! The swarm provider through `lapse serve`, against a real one-node Swarm (the private
+//! dockerd `scripts/test-env.sh` starts; `LAPSE_SWARM_HOST` names it): an environment's
+//! life (limits, labels, endpoint, exec, logs, stop to zero replicas, start, delete) and the
+//! sweep removing an orphan service but not a kept one.
+
+use std::time::Instant;
+
+use bollard::Docker;
+use lapse_providers::swarm::SwarmProvider;
+use lapse_providers::{Placement, Provider};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::docker::image;
+use crate::harness::{Server, eventually, secs};
+
+fn host() -> String {
+    std::env::var("LAPSE_SWARM_HOST").expect(
+        "LAPSE_SWARM_HOST is not set: the swarm tests need a Docker Engine in Swarm mode; \
+         `. scripts/test-env.sh` starts one and sets it",
+    )
+}
+
+async fn engine() -> Docker {
+    Docker::connect_with_unix(&host(), 60, bollard::API_DEFAULT_VERSION)
+        .expect("connecting to the swarm's engine")
+        .negotiate_version()
+        .await
+        .expect("the swarm's engine answers")
+}
+
+/// Removes every service of this controller when dropped (and then its networks).
+struct RemoveServicesOnDrop(String);
+
+impl Drop for RemoveServicesOnDrop {
+    fn drop(&mut self) {
+        let filter = format!("label=lapse.controller={}", self.0);
+        let docker =
+            |args: &[&str]| {
+                std::process::Command::new("docker").env("DOCKER_HOST", host()).args(args).output().ok().map(|o| {
+                    String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_owned).collect::<Vec<_>>()
+                })
+            };
+        for kind in ["service", "network"] {
+            if let Some(ids) = docker(&[kind, "ls", "-q", "--filter", &filter]).filter(|i| !i.is_empty()) {
+                let mut args = vec![kind, "rm"];
+                args.extend(ids.iter().map(String::as_str));
+                docker(&args);
+                std::thread::sleep(std::time::Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn replicas(docker: &Docker, id: &str) -> Option<i64> {
+    let service = docker.inspect_service(&format!("lapse-{id}"), None).await.ok()?;
+    service.spec?.mode?.replicated?.replicas
+}
+
+async fn fetch(host: &str, port: u64, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connect = tokio::net::TcpStream::connect((host, port as u16));
+    let mut s = tokio::time::timeout(secs(2), connect).await.ok()?.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).await.ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok()?;
+    body.contains("served").then_some(body)
+}
+
+#[tokio::test]
+async fn swarm_service_life_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--swarm-endpoint", &host()]).await;
+    let _cleanup = RemoveServicesOnDrop(server.controller_id.clone());
+    let (_, providers) = server.get("/v1/providers").await;
+    let view = providers["providers"].as_array().unwrap().iter().find(|p| p["name"] == "swarm").cloned();
+    assert_eq!(view.as_ref().map(|p| p["available"].clone()), Some(json!(true)), "swarm provider up: {providers}");
+
+    let started = Instant::now();
+    let env = server
+        .create(json!({"owner": "ada", "lifecycle": "service", "spec": {"provider": "swarm", "image": image(),
+            "cmd": ["sh", "-c", "echo served > /tmp/index.html; echo up; exec httpd -f -p 8080 -h /tmp"],
+            "resources": {"vcpu": 0.5, "mem_mb": 64}, "ports": [8080]}, "ttl": "10m"}))
+        .await;
+    let id = env["id"].as_str().unwrap().to_owned();
+    let running = server.wait_state(&id, "running", secs(60)).await;
+    eprintln!("swarm: create to running through the API in {:?}", started.elapsed());
+
+    let docker = engine().await;
+    let service = docker.inspect_service(&format!("lapse-{id}"), None).await.unwrap();
+    assert_eq!(running["provider_ref"].as_str(), service.id.as_deref(), "{running}");
+    let spec = service.spec.unwrap();
+    let labels = spec.labels.unwrap();
+    assert_eq!(labels.get("lapse.environment"), Some(&id));
+    assert_eq!(labels.get("lapse.controller"), Some(&server.controller_id));
+    let task = spec.task_template.unwrap();
+    let limits = task.resources.unwrap().limits.unwrap();
+    assert_eq!((limits.nano_cpus, limits.memory_bytes), (Some(500_000_000), Some(64 * 1024 * 1024)));
+    let restart = task.restart_policy.unwrap();
+    assert_eq!(
+        restart.condition.map(|c| c.to_string()).as_deref(),
+        Some("on-failure"),
+        "a service restarts on failure"
+    );
+
+    let endpoints = running["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 1, "{running}");
+    let (host, port) = (endpoints[0]["host"].as_str().unwrap().to_owned(), endpoints[0]["port"].as_u64().unwrap());
+    assert_eq!((endpoints[0]["container_port"].as_u64(), port), (Some(8080), 8080));
+    eventually(secs(30), "the endpoint to answer", async || fetch(&host, port, "/index.html").await).await;
+
+    let (status, out) =
+        server.post(&format!("/v1/environments/{id}/exec"), json!({"cmd": ["sh", "-c", "echo hi; exit 4"]})).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!((out["exit_code"].as_i64(), out["stdout"].as_str()), (Some(4), Some("hi\n")));
+    let logs: Value = eventually(secs(30), "the logs", async || {
+        let (status, logs) = server.get(&format!("/v1/environments/{id}/logs")).await;
+        (status == StatusCode::OK && logs["stdout"].as_str().is_some_and(|s| s.contains("up"))).then_some(logs)
+    })
+    .await;
+    assert!(logs["stdout"].as_str().unwrap().contains("up"), "{logs}");
+
+    // Stop scales to zero; start back to one.
+    let (status, _) = server.post(&format!("/v1/environments/{id}/stop"), json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let stopped = server.wait_state(&id, "stopped", secs(60)).await;
+    assert_eq!(stopped["endpoints"], json!([]));
+    assert_eq!(replicas(&docker, &id).await, Some(0));
+    server.post(&format!("/v1/environments/{id}/start"), json!({})).await;
+    let again = server.wait_state(&id, "running", secs(60)).await;
+    assert_eq!(replicas(&docker, &id).await, Some(1));
+    let host = again["endpoints"][0]["host"].as_str().unwrap().to_owned();
+    eventually(secs(30), "the restarted endpoint to answer", async || fetch(&host, 8080, "/index.html").await).await;
+
+    server.request(Method::DELETE, &format!("/v1/environments/{id}"), None).await;
+    server.wait_state(&id, "deleted", secs(60)).await;
+    assert!(docker.inspect_service(&format!("lapse-{id}"), None).await.is_err(), "the service is removed");
+}
+
+#[tokio::test]
+async fn the_sweep_removes_an_orphan_service_and_keeps_a_kept_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // The periodic sweep of swarm runs once at start and not again during the test.
+    let server = Server::start(dir.path(), &["--swarm-endpoint", &host(), "--sweep-interval-of", "swarm=1h"]).await;
+    let _cleanup = RemoveServicesOnDrop(server.controller_id.clone());
+    // Services under this server's labels that no record knows (a crash after the create).
+    let ours = SwarmProvider::connect(&host(), &server.controller_id).unwrap();
+    let (orphan, kept) = (lapse_core::model::new_environment_id(), lapse_core::model::new_environment_id());
+    let spec = lapse_core::model::Spec {
+        provider: "swarm".into(),
+        image: Some(image()),
+        cmd: vec!["sleep".into(), "600".into()],
+        ..Default::default()
+    };
+    for id in [&orphan, &kept] {
+        ours.ensure_running(id, &Placement::of_tenant(""), &spec).await.unwrap();
+    }
+    let marked = std::process::Command::new("docker")
+        .env("DOCKER_HOST", host())
+        .args(["service", "update", "-d", "--label-add", "lapse.keep=true", &format!("lapse-{kept}")])
+        .output()
+        .unwrap();
+    assert!(marked.status.success(), "{}", String::from_utf8_lossy(&marked.stderr));
+
+    let (status, plan) = server.post("/v1/admin/sweep", json!({"dry_run": true, "provider": "swarm"})).await;
+    assert_eq!(status, StatusCode::OK, "{plan}");
+    let action = |view: &Value, id: &str| {
+        let swarm = view["providers"].as_array().unwrap().iter().find(|p| p["provider"] == "swarm").cloned().unwrap();
+        swarm["actions"].as_array().unwrap().iter().find(|a| a["environment_id"] == id).cloned().unwrap_or_default()
+    };
+    assert_eq!(action(&plan, &orphan)["action"], "remove_orphan", "{plan}");
+    assert_eq!(action(&plan, &kept)["action"], "keep", "{plan}");
+    let docker = engine().await;
+    assert_eq!(replicas(&docker, &orphan).await, Some(1), "the dry run changed nothing");
+
+    let (status, done) = server.post("/v1/admin/sweep", json!({"provider": "swarm"})).await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(action(&done, &orphan)["done"], true, "{done}");
+    assert!(docker.inspect_service(&format!("lapse-{orphan}"), None).await.is_err(), "the orphan is removed");
+    assert_eq!(replicas(&docker, &kept).await, Some(1), "the kept service is untouched");
+}
+
+#[tokio::test]
+async fn what_swarm_cannot_run_is_a_400_or_a_failed_environment_with_the_engines_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--swarm-endpoint", &host()]).await;
+    let _cleanup = RemoveServicesOnDrop(server.controller_id.clone());
+    for (spec, field) in [
+        (json!({"provider": "swarm", "cmd": ["true"]}), "spec.image"),
+        (json!({"provider": "swarm", "image": image(), "resources": {"disk_gb": 5}}), "spec.resources.disk_gb"),
+        (json!({"provider": "swarm", "image": image(), "user_data": "#cloud-config\n"}), "spec.user_data"),
+    ] {
+        let (status, body) = server.post("/v1/environments", json!({"owner": "ada", "spec": spec})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap_or_default().contains(field), "{body}");
+    }
+    assert_eq!(server.count_environments().await, 0, "a refused create changes nothing");
+
+    // An image the engine does not have: failed for good, with the engine's words.
+    let env = server
+        .create(
+            json!({"owner": "ada", "spec": {"provider": "swarm", "image": "localhost/no-such-image:1"}, "ttl": "10m"}),
+        )
+        .await;
+    let failed = server.wait_state(env["id"].as_str().unwrap(), "failed", secs(60)).await;
+    assert!(failed["reason"].as_str().unwrap_or_default().contains("No such image"), "{failed}");
+}

@@ -103,12 +103,21 @@ async fn a_full_disk_refuses_writes_yet_stops_deletes_and_expiries_happen_and_no
     let acknowledged = server.create(sim_env()).await["id"].as_str().unwrap().to_owned();
     server.wait_state(&acknowledged, "running", secs(10)).await;
     let filler = server
-        .create(process_env(&["sh", "-c", "dd if=/dev/zero of=$PWD/fill bs=64k 2>/dev/null; sleep 600"]))
+        .create(process_env(&[
+            "sh",
+            "-c",
+            "until [ -e \"$HOME/go\" ]; do sleep 0.05; done; dd if=/dev/zero of=$HOME/fill bs=64k 2>/dev/null; sleep 600",
+        ]))
         .await["id"]
         .as_str()
         .unwrap()
         .to_owned();
     server.wait_state(&filler, "running", secs(20)).await;
+    // It fills the disk only once its running state is recorded (else that write would fail).
+    let (status, out) = server
+        .post(&format!("/v1/environments/{filler}/exec"), json!({"cmd": ["sh", "-c", "touch \"$HOME/go\""]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{out}");
     let our_filler = fs.fill();
 
     // Full: a create is refused with the store's own code, and nothing is acknowledged.

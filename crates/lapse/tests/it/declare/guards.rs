@@ -55,9 +55,11 @@ async fn refusal(server: &Server) -> String {
     }
 }
 
-/// The environment `id` is still there, desired running, and nothing asked to delete it.
+/// The environment `id` is still there, desired running, and nothing asked to delete it. (It
+/// may be provisioning a moment after a restart: the sim provider forgets its resources, so
+/// the first sweep provisions them again.)
 async fn untouched(server: &Server, id: &str) {
-    let env = server.env(id).await;
+    let env = server.wait_for(id, secs(10), "running", |e| e["state"] == "running").await;
     assert_eq!((env["desired_state"].as_str(), env["state"].as_str()), (Some("running"), Some("running")), "{env}");
     let deletes: Vec<Value> = server.events_of(id).await.into_iter().filter(|e| e["action"] == "delete").collect();
     assert!(deletes.is_empty(), "{id} was asked to be deleted: {deletes:?}");

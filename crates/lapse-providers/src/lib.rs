@@ -31,6 +31,8 @@ pub mod aws;
 pub mod configured;
 #[cfg(feature = "docker")]
 pub mod docker;
+#[cfg(any(feature = "docker", feature = "swarm"))]
+mod engine;
 #[cfg(feature = "ovh")]
 pub mod ovh;
 pub mod process;

@@ -5,57 +5,15 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bollard::Docker;
 use bollard::models::TaskSpecRestartPolicyConditionEnum;
 use bollard::query_parameters::{ListContainersOptionsBuilder, ListServicesOptionsBuilder};
 use lapse_core::model::{Lifecycle, Resources, Spec};
 use lapse_providers::swarm::SwarmProvider;
+use lapse_providers::swarm::testing::{Cleanup, engine, host};
 use lapse_providers::{InstanceStatus, Placement, Provider, ProviderError};
 
 fn image() -> String {
     std::env::var("LAPSE_TEST_IMAGE").expect("LAPSE_TEST_IMAGE is set by scripts/test (a local busybox image)")
-}
-
-fn host() -> String {
-    std::env::var("LAPSE_SWARM_HOST").expect(
-        "LAPSE_SWARM_HOST is not set: the swarm tests need a Docker Engine in Swarm mode; \
-         `. scripts/test-env.sh` starts one and sets it",
-    )
-}
-
-/// A client of the swarm's engine, its API version agreed.
-async fn engine() -> Docker {
-    Docker::connect_with_unix(&host(), 60, bollard::API_DEFAULT_VERSION)
-        .expect("connecting to the swarm's engine")
-        .negotiate_version()
-        .await
-        .expect("the swarm's engine answers")
-}
-
-/// Removes every service and network of this controller when dropped.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let filter = format!("label=lapse.controller={}", self.0);
-        let docker =
-            |args: &[&str]| {
-                std::process::Command::new("docker").env("DOCKER_HOST", host()).args(args).output().ok().map(|o| {
-                    String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_owned).collect::<Vec<_>>()
-                })
-            };
-        if let Some(ids) = docker(&["service", "ls", "-q", "--filter", &filter]).filter(|i| !i.is_empty()) {
-            let mut args = vec!["service", "rm"];
-            args.extend(ids.iter().map(String::as_str));
-            docker(&args);
-        }
-        if let Some(ids) = docker(&["network", "ls", "-q", "--filter", &filter]).filter(|i| !i.is_empty()) {
-            std::thread::sleep(Duration::from_secs(2));
-            let mut args = vec!["network", "rm"];
-            args.extend(ids.iter().map(String::as_str));
-            docker(&args);
-        }
-    }
 }
 
 async fn provider() -> (SwarmProvider, Cleanup) {

@@ -29,7 +29,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::container::LogOutput;
-use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::exec::CreateExecOptions;
 use bollard::models::ContainerInspectResponse;
 use bollard::query_parameters::{
     ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
@@ -244,20 +244,10 @@ pub fn validate(spec: &Spec) -> Result<(), FieldError> {
     Ok(())
 }
 
-fn status_of(e: &bollard::errors::Error) -> Option<u16> {
-    match e {
-        bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
-        _ => None,
-    }
-}
+use crate::engine::status_of;
 
 fn classify(op: &'static str, e: bollard::errors::Error) -> ProviderError {
-    match &e {
-        bollard::errors::Error::DockerResponseServerError { status_code, message } => {
-            ProviderError::Failed { provider: NAME, op, message: format!("{status_code}: {message}") }
-        }
-        _ => ProviderError::Unavailable { provider: NAME, message: format!("{op}: {e}") },
-    }
+    crate::engine::classify(NAME, op, e)
 }
 
 #[async_trait]
@@ -495,40 +485,7 @@ impl Provider for DockerProvider {
             Some(404) => ProviderError::NotFound { provider: NAME, environment_id: environment_id.to_owned() },
             _ => classify("exec", e),
         })?;
-        let mut stdout = CappedOutput::new(MAX_OUTPUT_BYTES);
-        let mut stderr = CappedOutput::new(MAX_OUTPUT_BYTES);
-        let collect = async {
-            if let StartExecResults::Attached { mut output, .. } =
-                self.docker.start_exec(&exec.id, None).await.map_err(|e| classify("exec", e))?
-            {
-                while let Some(chunk) = output.next().await {
-                    match chunk.map_err(|e| classify("exec", e))? {
-                        LogOutput::StdOut { message } | LogOutput::Console { message } => stdout.push(&message),
-                        LogOutput::StdErr { message } => stderr.push(&message),
-                        LogOutput::StdIn { .. } => {}
-                    }
-                }
-            }
-            Ok::<_, ProviderError>(())
-        };
-        match tokio::time::timeout(timeout, collect).await {
-            Ok(result) => result?,
-            Err(_) => {
-                return Ok(ExecResult {
-                    exit_code: None,
-                    stdout: stdout.into_text(),
-                    stderr: stderr.into_text(),
-                    timed_out: true,
-                });
-            }
-        }
-        let inspect = self.docker.inspect_exec(&exec.id).await.map_err(|e| classify("exec", e))?;
-        Ok(ExecResult {
-            exit_code: inspect.exit_code,
-            stdout: stdout.into_text(),
-            stderr: stderr.into_text(),
-            timed_out: false,
-        })
+        crate::engine::run_exec(&self.docker, NAME, &exec.id, timeout).await
     }
 
     async fn logs(&self, environment_id: &str, tail_lines: usize) -> Result<LogsView, ProviderError> {

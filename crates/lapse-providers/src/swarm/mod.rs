@@ -59,6 +59,8 @@ pub mod network;
 mod run;
 mod scale;
 pub mod tasks;
+#[cfg(feature = "swarm-testing")]
+pub mod testing;
 
 const NAME: &str = "swarm";
 pub const LABEL_ENVIRONMENT: &str = "lapse.environment";
@@ -277,20 +279,10 @@ pub fn validate(spec: &Spec) -> Result<(), FieldError> {
     crate::refuse_cloud(spec, NAME)
 }
 
-fn status_of(e: &bollard::errors::Error) -> Option<u16> {
-    match e {
-        bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
-        _ => None,
-    }
-}
+use crate::engine::status_of;
 
 fn classify(op: &'static str, e: bollard::errors::Error) -> ProviderError {
-    match &e {
-        bollard::errors::Error::DockerResponseServerError { status_code, message } => {
-            ProviderError::Failed { provider: NAME, op, message: format!("{status_code}: {message}") }
-        }
-        _ => ProviderError::Unavailable { provider: NAME, message: format!("{op}: {e}") },
-    }
+    crate::engine::classify(NAME, op, e)
 }
 
 #[async_trait]

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bollard::container::LogOutput;
-use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::exec::CreateExecOptions;
 use bollard::query_parameters::LogsOptionsBuilder;
 use futures::StreamExt;
 use lapse_core::wire::{ExecResult, LogsView};
@@ -43,37 +43,7 @@ impl SwarmProvider {
             Some(409) => not_found(),
             _ => classify("exec", e),
         })?;
-        let mut stdout = CappedOutput::new(MAX_OUTPUT_BYTES);
-        let mut stderr = CappedOutput::new(MAX_OUTPUT_BYTES);
-        let collect = async {
-            if let StartExecResults::Attached { mut output, .. } =
-                docker.start_exec(&exec.id, None).await.map_err(|e| classify("exec", e))?
-            {
-                while let Some(chunk) = output.next().await {
-                    match chunk.map_err(|e| classify("exec", e))? {
-                        LogOutput::StdOut { message } | LogOutput::Console { message } => stdout.push(&message),
-                        LogOutput::StdErr { message } => stderr.push(&message),
-                        LogOutput::StdIn { .. } => {}
-                    }
-                }
-            }
-            Ok::<_, ProviderError>(())
-        };
-        if tokio::time::timeout(timeout, collect).await.is_err() {
-            return Ok(ExecResult {
-                exit_code: None,
-                stdout: stdout.into_text(),
-                stderr: stderr.into_text(),
-                timed_out: true,
-            });
-        }
-        let inspect = docker.inspect_exec(&exec.id).await.map_err(|e| classify("exec", e))?;
-        Ok(ExecResult {
-            exit_code: inspect.exit_code,
-            stdout: stdout.into_text(),
-            stderr: stderr.into_text(),
-            timed_out: false,
-        })
+        crate::engine::run_exec(docker, NAME, &exec.id, timeout).await
     }
 
     pub(super) async fn logs_of(&self, environment_id: &str, tail_lines: usize) -> Result<LogsView, ProviderError> {

@@ -7,50 +7,13 @@ use std::time::Instant;
 
 use bollard::Docker;
 use lapse_providers::swarm::SwarmProvider;
+use lapse_providers::swarm::testing::{Cleanup, engine, host};
 use lapse_providers::{Placement, Provider};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::docker::image;
 use crate::harness::{Server, eventually, secs};
-
-fn host() -> String {
-    std::env::var("LAPSE_SWARM_HOST").expect(
-        "LAPSE_SWARM_HOST is not set: the swarm tests need a Docker Engine in Swarm mode; \
-         `. scripts/test-env.sh` starts one and sets it",
-    )
-}
-
-async fn engine() -> Docker {
-    Docker::connect_with_unix(&host(), 60, bollard::API_DEFAULT_VERSION)
-        .expect("connecting to the swarm's engine")
-        .negotiate_version()
-        .await
-        .expect("the swarm's engine answers")
-}
-
-/// Removes every service of this controller when dropped (and then its networks).
-struct RemoveServicesOnDrop(String);
-
-impl Drop for RemoveServicesOnDrop {
-    fn drop(&mut self) {
-        let filter = format!("label=lapse.controller={}", self.0);
-        let docker =
-            |args: &[&str]| {
-                std::process::Command::new("docker").env("DOCKER_HOST", host()).args(args).output().ok().map(|o| {
-                    String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_owned).collect::<Vec<_>>()
-                })
-            };
-        for kind in ["service", "network"] {
-            if let Some(ids) = docker(&[kind, "ls", "-q", "--filter", &filter]).filter(|i| !i.is_empty()) {
-                let mut args = vec![kind, "rm"];
-                args.extend(ids.iter().map(String::as_str));
-                docker(&args);
-                std::thread::sleep(std::time::Duration::from_secs(2));
-            }
-        }
-    }
-}
 
 async fn replicas(docker: &Docker, id: &str) -> Option<i64> {
     let service = docker.inspect_service(&format!("lapse-{id}"), None).await.ok()?;
@@ -71,7 +34,7 @@ async fn fetch(host: &str, port: u64, path: &str) -> Option<String> {
 async fn swarm_service_life_through_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--swarm-endpoint", &host()]).await;
-    let _cleanup = RemoveServicesOnDrop(server.controller_id.clone());
+    let _cleanup = Cleanup(server.controller_id.clone());
     let (_, providers) = server.get("/v1/providers").await;
     let view = providers["providers"].as_array().unwrap().iter().find(|p| p["name"] == "swarm").cloned();
     assert_eq!(view.as_ref().map(|p| p["available"].clone()), Some(json!(true)), "swarm provider up: {providers}");
@@ -142,7 +105,7 @@ async fn the_sweep_removes_an_orphan_service_and_keeps_a_kept_one() {
     let dir = tempfile::tempdir().unwrap();
     // The periodic sweep of swarm runs once at start and not again during the test.
     let server = Server::start(dir.path(), &["--swarm-endpoint", &host(), "--sweep-interval-of", "swarm=1h"]).await;
-    let _cleanup = RemoveServicesOnDrop(server.controller_id.clone());
+    let _cleanup = Cleanup(server.controller_id.clone());
     // Services under this server's labels that no record knows (a crash after the create).
     let ours = SwarmProvider::connect(&host(), &server.controller_id).unwrap();
     let (orphan, kept) = (lapse_core::model::new_environment_id(), lapse_core::model::new_environment_id());
@@ -184,7 +147,7 @@ async fn the_sweep_removes_an_orphan_service_and_keeps_a_kept_one() {
 async fn what_swarm_cannot_run_is_a_400_or_a_failed_environment_with_the_engines_reason() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--swarm-endpoint", &host()]).await;
-    let _cleanup = RemoveServicesOnDrop(server.controller_id.clone());
+    let _cleanup = Cleanup(server.controller_id.clone());
     for (spec, field) in [
         (json!({"provider": "swarm", "cmd": ["true"]}), "spec.image"),
         (json!({"provider": "swarm", "image": image(), "resources": {"disk_gb": 5}}), "spec.resources.disk_gb"),

@@ -20,6 +20,7 @@ pub mod quota;
 pub mod state;
 pub mod validate;
 pub mod wire;
+pub mod workspace;
 
 #[cfg(test)]
 mod proptests;

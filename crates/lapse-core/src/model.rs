@@ -241,6 +241,14 @@ pub struct Spec {
     /// Absent from the hash when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<crate::probe::HealthCheck>,
+    /// An S3 workspace synced with a directory of the environment (see [`crate::workspace`]).
+    /// Absent from the hash when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<crate::workspace::Workspace>,
+    /// The program the interactive terminal runs (an absolute path, e.g. `/bin/bash`); without
+    /// it, `/bin/sh`. Absent from the hash when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
 }
 
 /// A named route of the proxy (see [`Spec::routes`]): a port (`code = 8080`, the route's
@@ -393,6 +401,13 @@ pub struct Environment {
     /// A probe found this running service unhealthy: the reconciler restarts it (stop, then
     /// start).
     pub restart_requested: bool,
+    /// Pre-expiry warnings: how long before `expires_at` each fires, in ms (largest first).
+    pub warn_before: Vec<Millis>,
+    /// The marks of `warn_before` already fired for the current lease (cleared when the lease
+    /// moves), so a restart repeats none.
+    pub warned: Vec<Millis>,
+    /// When the last warning of the current lease fired.
+    pub warned_at: Option<Millis>,
 }
 
 /// The tenant of an environment that belongs to no tenant: the operator's, the queues', an
@@ -441,6 +456,9 @@ impl Environment {
             health: None,
             ready_at: None,
             restart_requested: false,
+            warn_before: Vec::new(),
+            warned: Vec::new(),
+            warned_at: None,
         }
     }
 

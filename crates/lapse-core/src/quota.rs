@@ -68,6 +68,8 @@ pub struct Quota {
     /// What a spec that names no resources is charged, and given (so that it is enforced).
     pub default_vcpu: Option<f64>,
     pub default_mem_mb: Option<u64>,
+    /// Pre-expiry warnings of an environment that gives none (`[tiers.X] warn_before`).
+    pub warn_before: Vec<Duration>,
 }
 
 /// What a spec without resources gets under a tier that sets no defaults.
@@ -140,6 +142,9 @@ impl Quota {
         }
         self.default_vcpu = o.default_vcpu.or(self.default_vcpu);
         self.default_mem_mb = o.default_mem_mb.or(self.default_mem_mb);
+        if let Some(w) = &o.warn_before {
+            self.warn_before = w.items().iter().filter_map(|d| d.to_duration(longest).ok()).collect();
+        }
         self
     }
 
@@ -341,5 +346,16 @@ mod tests {
         assert_eq!(QuotaCheck::parse("per_request"), Some(QuotaCheck::PerRequest));
         assert_eq!(QuotaCheck::parse(QuotaCheck::Summed.as_str()), Some(QuotaCheck::Summed));
         assert_eq!(QuotaCheck::parse("Summed"), None);
+    }
+
+    #[test]
+    fn a_tier_may_give_default_warnings() {
+        let input = QuotaInput {
+            warn_before: Some(crate::wire::WarnBefore::One(DurationInput::Text("15m,2m".into()))),
+            ..Default::default()
+        };
+        let tier = Quota::default().with(&input, Duration::from_secs(86_400));
+        assert_eq!(tier.warn_before, vec![Duration::from_secs(900), Duration::from_secs(120)]);
+        assert!(Quota::tier("free").unwrap().warn_before.is_empty());
     }
 }

@@ -31,6 +31,8 @@ pub const MAX_VCPU: f64 = 256.0;
 pub const MAX_MEM_MB: u64 = 4 * 1024 * 1024;
 pub const MAX_DISK_GB: u64 = 64 * 1024;
 pub const MAX_USER_DATA: usize = 64 * 1024;
+/// Longest `spec.shell`.
+pub const MAX_SHELL: usize = 4096;
 /// Longest cloud field (instance type, zone, subnet, security group, disk type).
 pub const MAX_CLOUD_FIELD: usize = 255;
 pub const MAX_SSH_KEYS: usize = 16;
@@ -170,6 +172,11 @@ pub fn spec(spec: &Spec) -> Result<(), FieldError> {
     {
         return fail("spec.user_data", format!("at most {MAX_USER_DATA} bytes, no NUL"));
     }
+    if let Some(shell) = &spec.shell
+        && (!shell.starts_with('/') || shell.len() > MAX_SHELL || shell.chars().any(char::is_control))
+    {
+        return fail("spec.shell", format!("an absolute path of at most {MAX_SHELL} bytes, such as \"/bin/bash\""));
+    }
     if spec.ports.len() > MAX_PORTS {
         return fail("spec.ports", format!("at most {MAX_PORTS} ports"));
     }
@@ -187,6 +194,9 @@ pub fn spec(spec: &Spec) -> Result<(), FieldError> {
     }
     if let Some(h) = &spec.health {
         h.resolve(spec)?;
+    }
+    if let Some(w) = &spec.workspace {
+        w.validate()?;
     }
     routes(spec)?;
     Ok(())
@@ -336,6 +346,10 @@ mod tests {
         refused(|s| s.image = Some("has space".into()), "spec.image");
         refused(|s| s.image = Some("x".repeat(MAX_IMAGE + 1)), "spec.image");
         refused(|s| s.cmd = vec!["a\0b".into()], "spec.cmd");
+        refused(|s| s.shell = Some("bash".into()), "spec.shell");
+        refused(|s| s.shell = Some("/bin/ba\nsh".into()), "spec.shell");
+        refused(|s| s.shell = Some(format!("/{}", "x".repeat(MAX_SHELL))), "spec.shell");
+        assert_eq!(spec_with(|s| s.shell = Some("/bin/bash".into())), Ok(()));
         refused(|s| s.cmd = vec!["".into()], "spec.cmd");
         refused(|s| s.cmd = vec!["x".into(); MAX_CMD_ARGS + 1], "spec.cmd");
         refused(

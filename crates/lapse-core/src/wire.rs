@@ -111,6 +111,34 @@ pub struct CreateEnvironment {
     /// What `idle_timeout` does: `stop` (default) or `delete`.
     #[serde(default, skip_serializing_if = "is_default")]
     pub on_idle: OnIdle,
+    /// Pre-expiry warnings: how long before the lease ends each fires (`["15m", "2m"]`,
+    /// `"15m,2m"`, or seconds); each above zero and below the lease, at most 8. The tier's
+    /// default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warn_before: Option<WarnBefore>,
+}
+
+/// `warn_before` as a request gives it: one duration (text may list several, comma-separated)
+/// or a list of them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum WarnBefore {
+    Many(Vec<DurationInput>),
+    One(DurationInput),
+}
+
+impl WarnBefore {
+    /// The durations as given, commas split.
+    pub fn items(&self) -> Vec<DurationInput> {
+        let split = |d: &DurationInput| match d {
+            DurationInput::Text(t) => t.split(',').map(|p| DurationInput::Text(p.trim().to_owned())).collect(),
+            other => vec![other.clone()],
+        };
+        match self {
+            WarnBefore::One(d) => split(d),
+            WarnBefore::Many(list) => list.iter().flat_map(split).collect(),
+        }
+    }
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -156,6 +184,9 @@ pub struct PoolView {
     pub warm: u32,
     /// Members on their way (pending, provisioning).
     pub starting: u32,
+    /// Members claimed in the last 60 s (counted by this replica since its start).
+    #[serde(default)]
+    pub claims_last_minute: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_claim: Option<crate::claim::ClaimHook>,
 }
@@ -227,6 +258,23 @@ pub struct QueueView {
     pub dead_lettered_since_start: u64,
     /// Batches handled at once.
     pub concurrency: usize,
+    /// The newest dead letters (at most 5), with their reasons; empty while Redis does not
+    /// answer.
+    #[serde(default)]
+    pub recent_dead_letters: Vec<DeadLetterView>,
+}
+
+/// One dead letter as its list in Redis keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeadLetterView {
+    pub reason: String,
+    /// When it was refused (RFC 3339), as recorded.
+    pub at: String,
+    /// The message's first bytes (lossy UTF-8).
+    pub message: String,
+    /// The message's length in bytes; `truncated` when `message` is a prefix of it.
+    pub length: u64,
+    pub truncated: bool,
 }
 
 /// `GET /v1/queues`: the SWIM Redis queues, if this server consumes them.
@@ -312,6 +360,12 @@ pub struct EnvironmentView {
     /// When it last became healthy, while it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_at: Option<String>,
+    /// Pre-expiry warnings, in seconds before `expires_at` (largest first; empty for none).
+    #[serde(default)]
+    pub warn_before: Vec<u64>,
+    /// When the last warning of the current lease fired (`null` before one has).
+    #[serde(default)]
+    pub warned_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -351,6 +405,8 @@ impl From<&Environment> for EnvironmentView {
             health: e.health.filter(|_| e.observed == ObservedState::Running),
             ready: e.is_ready(),
             ready_at: e.ready_at.filter(|_| e.observed == ObservedState::Running).map(format_millis),
+            warn_before: e.warn_before.iter().map(|ms| (*ms).max(0) as u64 / 1000).collect(),
+            warned_at: e.warned_at.map(format_millis),
             created_at: format_millis(e.created_at),
             updated_at: format_millis(e.updated_at),
         }
@@ -438,6 +494,9 @@ pub struct Capabilities {
     pub lease_backstop: bool,
     /// It boots `spec.kernel` and `spec.rootfs`.
     pub boots_kernel: bool,
+    /// An interactive terminal (`GET /v1/environments/{id}/terminal`, a WebSocket).
+    #[serde(default)]
+    pub terminal: bool,
 }
 
 /// One provider and whether it can take work.
@@ -535,6 +594,9 @@ pub struct QuotaInput {
     /// Memory (MB) charged to (and given) a spec that names none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_mem_mb: Option<u64>,
+    /// Pre-expiry warnings of an environment that gives none (`["15m", "2m"]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warn_before: Option<WarnBefore>,
 }
 
 /// `POST /v1/admin/tenants`.

@@ -7,6 +7,12 @@
 //! to a network round trip) and never fails; the figures only grow. A call is counted when it
 //! ends, whatever its outcome (an error answer took the cloud's time too). Only the operation's
 //! name is kept, never a request or an answer.
+//!
+//! Calls may overlap (a launch looks its image and subnet up at once), so the durations' sum
+//! can exceed the wall time they took; [`CallTimes::busy`] is the wall time during which at
+//! least one call was in flight (`lapse_provider_call_busy_seconds_total{provider}`), the
+//! figure to set against a create's wall time. It counts calls bracketed by
+//! [`CallTimes::begin`] and [`CallTimes::end`] (or [`CallTimes::time`]).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -32,6 +38,15 @@ pub struct CallTime {
 #[derive(Debug, Default)]
 pub struct CallTimes {
     by_op: Mutex<BTreeMap<String, CallTime>>,
+    busy: Mutex<Busy>,
+}
+
+/// Calls in flight, since when, and the wall time with at least one in flight.
+#[derive(Debug, Default)]
+struct Busy {
+    in_flight: usize,
+    since: Option<Instant>,
+    total: Duration,
 }
 
 impl CallTimes {
@@ -53,11 +68,40 @@ impl CallTimes {
         entry.buckets[bucket] += 1;
     }
 
+    /// A call starts (for [`CallTimes::busy`]); every `begin` is followed by one `end`.
+    pub fn begin(&self) {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if busy.in_flight == 0 {
+            busy.since = Some(Instant::now());
+        }
+        busy.in_flight += 1;
+    }
+
+    /// A call of `op` that [`CallTimes::begin`] started ends after `took`.
+    pub fn end(&self, op: &str, took: Duration) {
+        self.record(op, took);
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        busy.in_flight = busy.in_flight.saturating_sub(1);
+        if busy.in_flight == 0
+            && let Some(since) = busy.since.take()
+        {
+            busy.total += since.elapsed();
+        }
+    }
+
+    /// The wall time during which at least one call was in flight (so far, including the
+    /// calls in flight now).
+    pub fn busy(&self) -> Duration {
+        let busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        busy.total + busy.since.map_or(Duration::ZERO, |s| s.elapsed())
+    }
+
     /// Runs `call` and counts the time it took under `op`.
     pub async fn time<T>(&self, op: &str, call: impl Future<Output = T>) -> T {
+        self.begin();
         let started = Instant::now();
         let out = call.await;
-        self.record(op, started.elapsed());
+        self.end(op, started.elapsed());
         out
     }
 
@@ -75,6 +119,23 @@ pub fn total(times: &[CallTime]) -> (u64, Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_counts_overlapping_calls_once() {
+        let times = CallTimes::new();
+        times.begin();
+        times.begin();
+        std::thread::sleep(Duration::from_millis(30));
+        times.end("A", Duration::from_millis(30));
+        times.end("B", Duration::from_millis(30));
+        let busy = times.busy();
+        let (_, summed) = total(&times.snapshot());
+        assert_eq!(summed, Duration::from_millis(60));
+        assert!(busy >= Duration::from_millis(30) && busy < Duration::from_millis(55), "{busy:?}");
+        // Idle time between calls is not busy.
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(times.busy(), busy);
+    }
 
     #[tokio::test]
     async fn counts_per_operation_into_buckets() {

@@ -121,6 +121,10 @@ impl Provider for Configured {
         self.inner.call_times()
     }
 
+    fn call_busy(&self) -> Option<Duration> {
+        self.inner.call_busy()
+    }
+
     fn default_instance_type(&self) -> Option<&'static str> {
         self.inner.default_instance_type()
     }
@@ -135,6 +139,10 @@ impl Provider for Configured {
         placement: &Placement,
         spec: &Spec,
     ) -> Result<Instance, ProviderError> {
+        // A variable naming its environment (`${LAPSE_SHORT_ID}`) gets its value here, for
+        // every provider; the spec (and its hash) keeps the placeholder.
+        let expanded = lapse_core::claim::expand_env(&spec.env, environment_id).map(|env| Spec { env, ..spec.clone() });
+        let spec = expanded.as_ref().unwrap_or(spec);
         self.within("create or start", self.timeouts.change, self.inner.ensure_running(environment_id, placement, spec))
             .await
     }
@@ -176,12 +184,48 @@ impl Provider for Configured {
         self.within("exec", self.timeouts.read + timeout, self.inner.exec(environment_id, spec, cmd, timeout)).await
     }
 
+    /// Opening is bounded by `read`; the terminal then lasts as long as its shell.
+    async fn open_terminal(
+        &self,
+        environment_id: &str,
+        spec: &Spec,
+        size: crate::terminal::TermSize,
+    ) -> Result<crate::terminal::Terminal, ProviderError> {
+        self.within("terminal", self.timeouts.read, self.inner.open_terminal(environment_id, spec, size)).await
+    }
+
     async fn collect_garbage(&self) -> Result<usize, ProviderError> {
         self.within("collect garbage", self.timeouts.read, self.inner.collect_garbage()).await
     }
 
     async fn logs(&self, environment_id: &str, tail_lines: usize) -> Result<LogsView, ProviderError> {
         self.within("logs", self.timeouts.read, self.inner.logs(environment_id, tail_lines)).await
+    }
+
+    // No deadline: it follows an event stream for as long as the stream lasts.
+    async fn watch_moves(&self, moved: tokio::sync::mpsc::Sender<crate::Move>) -> Result<(), ProviderError> {
+        self.inner.watch_moves(moved).await
+    }
+
+    /// The stream is returned within `read`; the syncer bounds reading it.
+    async fn get_archive(
+        &self,
+        environment_id: &str,
+        spec: &Spec,
+        dir: &str,
+    ) -> Result<crate::archive::ArchiveStream, ProviderError> {
+        self.within("get_archive", self.timeouts.read, self.inner.get_archive(environment_id, spec, dir)).await
+    }
+
+    /// A whole workspace moves within `change` (15 min by default).
+    async fn put_archive(
+        &self,
+        environment_id: &str,
+        spec: &Spec,
+        dest: &str,
+        tar: crate::archive::ArchiveStream,
+    ) -> Result<(), ProviderError> {
+        self.within("put_archive", self.timeouts.change, self.inner.put_archive(environment_id, spec, dest, tar)).await
     }
 
     async fn rearm(&self, environment_id: &str, placement: &Placement) -> Result<(), ProviderError> {

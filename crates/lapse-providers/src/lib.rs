@@ -33,9 +33,15 @@ pub mod configured;
 pub mod docker;
 #[cfg(any(feature = "docker", feature = "swarm"))]
 mod engine;
+#[cfg(any(feature = "docker", feature = "swarm"))]
+mod engine_archive;
+#[cfg(any(feature = "docker", feature = "swarm"))]
+mod engine_terminal;
 #[cfg(feature = "ovh")]
 pub mod ovh;
 pub mod process;
+#[cfg(feature = "s3")]
+pub mod s3;
 #[cfg(feature = "scaleway")]
 pub mod scaleway;
 pub mod sim;
@@ -43,10 +49,12 @@ pub mod sim;
 pub mod ssh;
 #[cfg(feature = "swarm")]
 pub mod swarm;
+pub mod terminal;
 pub mod unavailable;
 
 #[cfg(any(feature = "scaleway", feature = "ovh"))]
 pub mod answer;
+pub mod archive;
 pub mod calls;
 #[cfg(any(feature = "aws", feature = "scaleway", feature = "ovh"))]
 pub mod cloud_init;
@@ -137,6 +145,10 @@ pub const NOCLOUD_USER_DATA: &str = "/var/lib/cloud/seed/nocloud/user-data";
 /// The variable that names the user-data file inside an environment.
 pub const USER_DATA_ENV: &str = "LAPSE_USER_DATA";
 
+/// The variable that names the file pre-expiry warnings are written to inside a `process` or
+/// `docker` environment (one JSON line: `{"event":"expiring_soon","expires_at","in_seconds"}`).
+pub const NOTICE_ENV: &str = "LAPSE_NOTICE";
+
 /// A provider failure. `Display` says what failed; the backend's text is in `message`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
@@ -209,6 +221,12 @@ pub trait Provider: Send + Sync {
         Vec::new()
     }
 
+    /// The wall time with at least one of those calls in flight ([`calls::CallTimes::busy`]);
+    /// `None` for a provider that does not count them.
+    fn call_busy(&self) -> Option<Duration> {
+        None
+    }
+
     /// Whether this provider boots a guest kernel and root filesystem (`spec.kernel`,
     /// `spec.rootfs`). None of today's does; a VM provider will. See [`check_boot`].
     fn boots_kernel(&self) -> bool {
@@ -255,6 +273,19 @@ pub trait Provider: Send + Sync {
     ) -> Result<ExecResult, ProviderError> {
         let _ = (environment_id, spec, cmd, timeout);
         Err(ProviderError::Unsupported { provider: self.name(), op: "exec" })
+    }
+
+    /// Opens an interactive shell on a pseudo-terminal of `size` inside the running
+    /// environment (see [`terminal`]): the spec's `shell` or `/bin/sh`, where and as whom an
+    /// `exec` runs. `NotFound` without a running resource.
+    async fn open_terminal(
+        &self,
+        environment_id: &str,
+        spec: &Spec,
+        size: terminal::TermSize,
+    ) -> Result<terminal::Terminal, ProviderError> {
+        let _ = (environment_id, spec, size);
+        Err(ProviderError::Unsupported { provider: self.name(), op: "terminals" })
     }
 
     /// Moves a **running** VM's own lease backstop to `placement.expires_at` (after an
@@ -322,9 +353,57 @@ pub trait Provider: Send + Sync {
         let _ = (environment_id, tail_lines);
         Err(ProviderError::Unsupported { provider: self.name(), op: "logs" })
     }
+
+    /// Sends on `moved` each environment whose instance changed on its own (a container the
+    /// engine restarted, which may now have another address: see [`Move`]), until the
+    /// provider's event source ends (an error: the server reconnects, then looks at every
+    /// running environment once, since what happened meanwhile was not seen) or `moved`
+    /// closes (`Ok`). The server inspects each one and records its endpoints. The default
+    /// has no event source: it returns `Ok` at once and the server stops watching.
+    async fn watch_moves(&self, moved: tokio::sync::mpsc::Sender<Move>) -> Result<(), ProviderError> {
+        let _ = moved;
+        Ok(())
+    }
+
+    /// The directory `dir` (absolute, inside the environment) as a tar stream whose entries
+    /// are `<basename of dir>/...`, as the Docker Engine's archive endpoint gives them (S3
+    /// workspaces). Symlinks are never followed out of the environment. `NotFound` without a
+    /// resource; the stream may fail part way.
+    async fn get_archive(
+        &self,
+        environment_id: &str,
+        spec: &Spec,
+        dir: &str,
+    ) -> Result<archive::ArchiveStream, ProviderError> {
+        let _ = (environment_id, spec, dir);
+        Err(ProviderError::Unsupported { provider: self.name(), op: "workspaces (get_archive)" })
+    }
+
+    /// Extracts the tar stream `tar` into the directory `dest` (absolute, existing) inside
+    /// the environment, making the directories its entries name; an entry that would land
+    /// outside `dest` (`..`, an absolute path, through a symlink) is refused.
+    async fn put_archive(
+        &self,
+        environment_id: &str,
+        spec: &Spec,
+        dest: &str,
+        tar: archive::ArchiveStream,
+    ) -> Result<(), ProviderError> {
+        let _ = (environment_id, spec, dest, tar);
+        Err(ProviderError::Unsupported { provider: self.name(), op: "workspaces (put_archive)" })
+    }
 }
 
 pub use lapse_core::wire::Capabilities;
+
+/// An instance that changed on its own, as [`Provider::watch_moves`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Move {
+    pub environment_id: String,
+    /// Its container died: whatever address it had is no longer its (the engine may give it
+    /// to the next container it starts). Otherwise it (re)started: look at it again.
+    pub gone: bool,
+}
 
 /// A resource another tool made (or this control plane made for another environment), as
 /// [`Provider::find_foreign`] reports it: what adopting it needs to know.

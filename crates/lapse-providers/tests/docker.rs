@@ -11,8 +11,18 @@ fn image() -> String {
     std::env::var("LAPSE_TEST_IMAGE").expect("LAPSE_TEST_IMAGE is set by scripts/test (a local busybox image)")
 }
 
+/// The provider, once the engine answers: detection gives up on an engine silent for 3 s, and
+/// Podman under the whole suite's load can be (the server keeps such a provider on; a test
+/// asks again, for up to 30 s).
 async fn provider(controller: &str) -> DockerProvider {
-    DockerProvider::detect(None, controller).await.expect("a Docker Engine API answers (scripts/test starts Podman's)")
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match DockerProvider::detect(None, controller).await {
+            Ok(p) => return p,
+            Err(e) if std::time::Instant::now() < deadline => eprintln!("the engine is slow to answer: {e}"),
+            Err(e) => panic!("a Docker Engine API answers (scripts/test starts Podman's): {e:?}"),
+        }
+    }
 }
 
 fn new_id() -> String {
@@ -197,4 +207,40 @@ async fn tenants_networks_are_isolated() {
     // The sweep's collection removes a network left without containers (its grace over).
     p.delete(&b1, Duration::from_secs(1)).await.unwrap();
     assert!(docker.inspect_network(&format!("{controller}-beta"), None).await.is_err());
+}
+
+/// A tenant's network stays while any of its containers exists, running or not: a stopped
+/// environment starts again after a sibling's delete, and creates racing deletes in one
+/// tenant all start (a created, not yet started, container is not attached to its network).
+#[tokio::test]
+async fn a_tenants_network_outlives_deletes_while_a_container_still_needs_it() {
+    let controller = format!("test-{}", &new_id()[20..]);
+    let p = std::sync::Arc::new(provider(&controller).await);
+    let tenant = Placement::of_tenant("gamma");
+    let (kept, gone) = (new_id(), new_id());
+    p.ensure_running(&kept, &tenant, &sleeper()).await.unwrap();
+    p.ensure_running(&gone, &tenant, &sleeper()).await.unwrap();
+    p.stop(&kept, Duration::from_secs(0)).await.unwrap();
+    p.delete(&gone, Duration::from_secs(1)).await.unwrap();
+    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+    assert!(docker.inspect_network(&format!("{controller}-gamma"), None).await.is_ok(), "the stopped one needs it");
+    let again = p.ensure_running(&kept, &tenant, &sleeper()).await.unwrap();
+    assert_eq!(again.status, InstanceStatus::Running);
+
+    // Each round deletes one environment while another of the tenant is being made.
+    let mut previous = kept;
+    for _ in 0..6 {
+        let next = new_id();
+        let (p1, p2, tenant2) = (p.clone(), p.clone(), tenant.clone());
+        let old = previous.clone();
+        let delete = tokio::spawn(async move { p1.delete(&old, Duration::from_secs(0)).await });
+        let id = next.clone();
+        let create = tokio::spawn(async move { p2.ensure_running(&id, &tenant2, &sleeper()).await });
+        delete.await.unwrap().unwrap();
+        let made = create.await.unwrap().unwrap_or_else(|e| panic!("a create racing a delete failed: {e}"));
+        assert_eq!(made.status, InstanceStatus::Running);
+        previous = next;
+    }
+    p.delete(&previous, Duration::from_secs(0)).await.unwrap();
+    assert!(docker.inspect_network(&format!("{controller}-gamma"), None).await.is_err(), "gone with the last");
 }

@@ -260,3 +260,68 @@ async fn resources_are_refused_only_without_cgroups_and_disk_always() {
     with.resources = Some(Resources { disk_gb: Some(1), ..Default::default() });
     assert_eq!(s.p.validate(&with).unwrap_err().field, "spec.resources.disk_gb");
 }
+
+#[tokio::test]
+async fn a_terminal_runs_the_shell_in_the_sandbox_with_no_descriptor_of_the_server() {
+    use futures::StreamExt;
+    use lapse_providers::terminal::TermSize;
+    use tokio::io::AsyncWriteExt;
+
+    let s = setup();
+    let id = id();
+    let spec = spec(&["sleep", "60"]);
+    run(&s.p, &id, &spec).await;
+    // A descriptor the server holds open (not close-on-exec would leak it).
+    let _held = std::fs::File::open("/etc/hostname").unwrap();
+    let mut t = s.p.open_terminal(&id, &spec, TermSize { cols: 90, rows: 20 }).await.unwrap();
+    t.input
+        .write_all(b"echo tty=$(tty)= term=$TERM= size=$(stty size)=; ls -l /proc/$$/fd; echo uid=$(id -u)=; exit 7\r")
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let collect = async {
+        while let Some(Ok(chunk)) = t.output.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), collect).await.expect("the output ends");
+    let code = tokio::time::timeout(Duration::from_secs(5), t.exited).await.expect("the shell exits");
+    assert_eq!(code, Some(7), "{seen}");
+    assert!(
+        seen.contains("tty=/dev/pts/") && seen.contains("term=xterm-256color=") && seen.contains("size=20 90="),
+        "{seen}"
+    );
+    let uid: u32 =
+        seen.split("uid=").nth(2).and_then(|r| r.split('=').next()).and_then(|u| u.parse().ok()).expect(&seen);
+    assert!(uid >= lapse_providers::process::isolation::UID_BASE, "{seen}");
+    // Every descriptor of the shell is its terminal, or one dash opens itself (a copy of the
+    // terminal, `/dev/null`): none of the server's (sockets, files like the one held above).
+    let targets: Vec<&str> = seen.lines().filter_map(|l| l.split(" -> ").nth(1)).collect();
+    assert!(!targets.is_empty(), "{seen}");
+    for target in targets {
+        let target = target.trim();
+        let own = target.starts_with("/dev/pts/") || target == "/dev/tty" || target == "/dev/null";
+        assert!(own, "a leaked descriptor: {target}\n{seen}");
+    }
+}
+
+/// What `exec` runs holds none of the server's descriptors, even one the server left without
+/// close-on-exec (as a parent process may hand one down).
+#[tokio::test]
+async fn exec_runs_with_no_descriptor_of_the_server() {
+    use std::os::fd::AsRawFd;
+
+    let s = setup();
+    let id = id();
+    let spec = spec(&["sleep", "60"]);
+    run(&s.p, &id, &spec).await;
+    let held = std::fs::File::open("/etc/hostname").unwrap();
+    nix::fcntl::fcntl(&held, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+    let fd = held.as_raw_fd();
+    let cmd: Vec<String> = ["sh", "-c", "ls -l /proc/self/fd/"].iter().map(|s| s.to_string()).collect();
+    let out = s.p.exec(&id, &spec, &cmd, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(out.exit_code, Some(0), "{out:?}");
+    assert!(out.stdout.contains(" -> "), "{out:?}");
+    assert!(!out.stdout.contains("/etc/hostname"), "descriptor {fd} leaked: {}", out.stdout);
+    s.p.delete(&id, Duration::from_secs(1)).await.unwrap();
+}

@@ -140,6 +140,7 @@ pub fn provider_of<'a>(cx: &'a Context, spec: &Spec) -> Result<&'a std::sync::Ar
     })?;
     // `kernel`/`rootfs` only for a provider that boots kernels (a capability).
     lapse_providers::check_boot(spec, provider.name(), provider.boots_kernel())?;
+    crate::workspace::admit(spec, provider.kind(), &cx.config.workspace)?;
     Ok(provider)
 }
 

@@ -27,6 +27,8 @@ use crate::context::Context;
 use crate::reconciler::{Reconciler, transition};
 
 mod place;
+mod terminal;
+mod workspace;
 
 /// Longest an exec may be asked to wait.
 pub const MAX_EXEC_TIMEOUT: Duration = Duration::from_secs(600);
@@ -41,6 +43,8 @@ pub enum AppError {
     NotFound(String),
     #[error("no pool {0}")]
     NoPool(String),
+    #[error("no webhook {0}")]
+    NoWebhook(String),
     #[error("{0}")]
     Conflict(String),
     /// The caller may not do this (a provider its tier does not allow): `403`.
@@ -104,7 +108,34 @@ impl App {
 
     /// Creates an environment: claims a warm pool member with the same spec if there is one
     /// (`claimed` is then true and it already runs), otherwise records a cold one.
+    /// A quota refusal also writes a `quota_refused` event (the webhook of that name); the
+    /// refusal is answered the same whether or not that write succeeds.
     pub async fn create(&self, req: CreateEnvironment, caller: &Caller) -> Result<Created, AppError> {
+        let owner = req.owner.clone();
+        let result = self.create_unrecorded(req, caller).await;
+        if let Err(AppError::Quota(message)) = &result {
+            crate::warnings::record_quota_refusal(self, caller, &owner, message).await;
+        }
+        result
+    }
+
+    async fn create_unrecorded(&self, req: CreateEnvironment, caller: &Caller) -> Result<Created, AppError> {
+        let (env, who, params) = self.admitted_create(req, caller).await?;
+        match params {
+            Some(params) => self.place_with_params(env, &who, &params).await,
+            None => self.place(env, &who).await,
+        }
+    }
+
+    /// Every check of a create before it is placed, in order: the request's fields, the
+    /// caller, the warning marks, admission (spec, provider, labels, host guard, quota). The
+    /// environment it would make, its principal and its claim's parameters. Also the
+    /// benchmark's floor (`http::floor`), which answers without placing.
+    pub(crate) async fn admitted_create(
+        &self,
+        req: CreateEnvironment,
+        caller: &Caller,
+    ) -> Result<(Environment, Principal, Option<lapse_core::claim::ClaimParams>), AppError> {
         if let Some(name) = &req.name {
             validate::name("name", name)?;
         }
@@ -146,11 +177,9 @@ impl App {
         env.idle_timeout = idle_timeout;
         env.on_idle = req.on_idle;
         env.tenant = who.tenant.clone();
+        env.warn_before = crate::warnings::marks(self, req.warn_before.as_ref(), ttl, &who)?;
         admission::admit(&self.cx, &mut env, &who, HostGuard::Check).await?;
-        match params {
-            Some(params) => self.place_with_params(env, &who, &params).await,
-            None => self.place(env, &who).await,
-        }
+        Ok((env, who, params))
     }
 
     /// The principal of an environment the operator makes in `tenant`'s namespace (`/vms`,
@@ -263,6 +292,7 @@ impl App {
                         ("on_expiry", e.on_expiry != on_expiry),
                         ("max_retries", e.max_retries != job.max_retries),
                         ("idle_timeout", e.idle_timeout != job.idle_timeout || e.on_idle != job.on_idle),
+                        ("warn_before", e.warn_before != job.warn_before),
                         ("labels", e.labels != job.labels),
                         ("seed spec", e.seed_spec != job.seed_spec),
                     ] {
@@ -277,6 +307,7 @@ impl App {
                     e.max_retries = job.max_retries;
                     e.idle_timeout = job.idle_timeout;
                     e.on_idle = job.on_idle;
+                    e.warn_before = job.warn_before.clone();
                     e.labels = job.labels.clone();
                     e.source = job.source.clone();
                     e.seed_spec = job.seed_spec.clone();
@@ -298,6 +329,7 @@ impl App {
         env.max_retries = job.max_retries;
         env.idle_timeout = job.idle_timeout;
         env.on_idle = job.on_idle;
+        env.warn_before = job.warn_before;
         env.labels = job.labels;
         env.expires_at = job.ttl.map(|t| now + t.as_millis() as i64);
         env.on_expiry = if job.lifecycle == Lifecycle::Job { OnExpiry::Delete } else { job.on_expiry };
@@ -320,6 +352,12 @@ impl App {
             // Checked by `declare::parse`: an unreadable one never gets here.
             let idle_timeout =
                 decl.idle_timeout.as_ref().and_then(|d| crate::activity::idle_millis(d, self.cx.config.max_ttl).ok());
+            // Checked by `declare::parse` as well.
+            let warn_before = match &decl.warn_before {
+                Some(w) => crate::warnings::check_marks(w, *ttl, self.cx.config.max_ttl)
+                    .map_err(|e| invalid("warn_before", e))?,
+                None => Vec::new(),
+            };
             let existing = self.cx.store.get_by_job(&decl.id).await?;
             // Every declared field counts: an edit of any of them is applied.
             let unchanged = existing.as_ref().is_some_and(|e| {
@@ -333,6 +371,7 @@ impl App {
                     && e.max_retries == max_retries
                     && e.idle_timeout == idle_timeout
                     && e.on_idle == decl.on_idle
+                    && e.warn_before == warn_before
                     && e.expires_at == ttl.map(|t| e.created_at + t.as_millis() as i64)
                     && e.seed_spec == decl.seed_spec
                     && e.observed != ObservedState::Failed
@@ -352,6 +391,7 @@ impl App {
                 on_expiry,
                 idle_timeout,
                 on_idle: decl.on_idle,
+                warn_before,
                 source: "config".into(),
                 seed_spec: decl.seed_spec.clone(),
                 make_tenant: false,
@@ -473,7 +513,7 @@ impl App {
     pub async fn list_pools(&self) -> Result<Vec<PoolView>, AppError> {
         let members = self.cx.store.pool_members().await?;
         let pools = self.cx.store.list_pools().await?;
-        Ok(pools.into_iter().map(|p| pool_view(p, &members)).collect())
+        Ok(pools.into_iter().map(|p| self.with_rate(pool_view(p, &members))).collect())
     }
 
     pub async fn delete_pool(&self, name: &str, actor: &str) -> Result<(), AppError> {
@@ -481,13 +521,19 @@ impl App {
         if !self.cx.store.delete_pool(name, event).await? {
             return Err(AppError::NoPool(name.to_owned()));
         }
+        self.cx.claim_rate.forget(name);
         self.cx.pool_wake.notify_one();
         Ok(())
     }
 
+    fn with_rate(&self, mut view: PoolView) -> PoolView {
+        view.claims_last_minute = self.cx.claim_rate.last_minute(&view.name, self.cx.clock.now());
+        view
+    }
+
     async fn pool_view(&self, pool: Pool) -> Result<PoolView, AppError> {
         let members = self.cx.store.pool_members().await?;
-        Ok(pool_view(pool, &members))
+        Ok(self.with_rate(pool_view(pool, &members)))
     }
 
     /// One environment the caller may see; another tenant's answers exactly like one that
@@ -539,7 +585,7 @@ impl App {
         actor: &str,
         scope: Option<&str>,
         action: &str,
-        change: impl FnOnce(&mut Environment) -> Result<String, AppError>,
+        change: impl FnMut(&mut Environment) -> Result<String, AppError>,
     ) -> Result<Environment, AppError> {
         self.change_admitted(id, actor, scope, None, action, change).await
     }
@@ -553,7 +599,7 @@ impl App {
         scope: Option<&str>,
         limits: Option<(&str, &lapse_core::quota::Quota)>,
         action: &str,
-        change: impl FnOnce(&mut Environment) -> Result<String, AppError>,
+        mut change: impl FnMut(&mut Environment) -> Result<String, AppError>,
     ) -> Result<Environment, AppError> {
         if !is_environment_id(id) {
             return Err(AppError::NotFound(id.to_owned()));
@@ -619,6 +665,11 @@ impl App {
                 q.check_expiry(new_expiry, now).map_err(AppError::Quota)?;
             }
             let restart = e.restart_on_extend && e.expired_at.is_some();
+            // Warnings are of the lease: marks fired for the old expiry are cleared.
+            if e.expires_at != Some(new_expiry) {
+                e.warned.clear();
+                e.warned_at = None;
+            }
             e.expires_at = Some(new_expiry);
             e.expired_at = None;
             if restart {
@@ -828,6 +879,8 @@ pub struct Job {
     /// Stop (or delete, `on_idle`) after this long without activity (ms).
     pub idle_timeout: Option<Millis>,
     pub on_idle: lapse_core::model::OnIdle,
+    /// Pre-expiry warnings (ms before the lease ends, largest first).
+    pub warn_before: Vec<Millis>,
     pub source: String,
     /// The seed's own spec as given (JSON text), kept on the environment; `None` elsewhere.
     pub seed_spec: Option<String>,
@@ -880,6 +933,7 @@ fn pool_view(pool: Pool, members: &[Environment]) -> PoolView {
         source: pool.source,
         warm,
         starting,
+        claims_last_minute: 0,
         on_claim: pool.on_claim,
     }
 }

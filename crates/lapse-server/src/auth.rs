@@ -131,6 +131,13 @@ pub enum AuthError {
     Missing,
     #[error("the API key is not valid (unknown, malformed or revoked)")]
     Invalid,
+    /// A dashboard cookie whose session is gone (expired, signed out, the server restarted,
+    /// or its key revoked).
+    #[error("the dashboard session has ended (expired, signed out, key revoked or server restarted): sign in again")]
+    SessionEnded,
+    /// A dashboard cookie on a request it may not make (no CSRF token, another origin).
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -232,10 +239,24 @@ impl Auth {
         if !constant_time_eq(&sha256(secret.as_bytes()), &stored) || key.revoked_at.is_some() {
             return Err(AuthError::Invalid);
         }
-        Ok(match key.scope {
-            KeyScope::Tenant(tenant) => Caller::Tenant { tenant, key_id: key.id },
-            KeyScope::Metrics => Caller::Metrics { key_id: key.id },
-        })
+        Ok(caller_of(key))
+    }
+
+    /// The caller of the key `id`, whose secret was proven earlier (a dashboard session holds
+    /// only the id): read again from the store, so a revoked or removed key is refused.
+    pub async fn caller_of_key_id(&self, store: &Store, id: &str) -> Result<Caller, AuthError> {
+        let key = store.key(id).await?.ok_or(AuthError::Invalid)?;
+        if key.revoked_at.is_some() {
+            return Err(AuthError::Invalid);
+        }
+        Ok(caller_of(key))
+    }
+}
+
+fn caller_of(key: KeyRecord) -> Caller {
+    match key.scope {
+        KeyScope::Tenant(tenant) => Caller::Tenant { tenant, key_id: key.id },
+        KeyScope::Metrics => Caller::Metrics { key_id: key.id },
     }
 }
 

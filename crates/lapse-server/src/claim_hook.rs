@@ -6,7 +6,10 @@
 //! is recycled (desired `deleted`, an event with the step's exit and stderr) and the create
 //! goes on to the next member or a cold start. A member still marked when the server starts
 //! (it died mid-hook: the caller never got an answer) is recycled by [`recycle_pending`], so
-//! no environment stays half-assigned.
+//! no environment stays half-assigned. The `http` kind ([`http`]) posts to the member's
+//! recorded endpoint instead of running a command.
+
+pub mod http;
 
 use std::time::Instant;
 
@@ -42,6 +45,9 @@ pub async fn deliver(
             Some(0) => {}
             code => return Err(format!("{what}: {}", outcome(code, &done.stderr))),
         }
+    }
+    if let Some(http) = &hook.http {
+        return http::deliver(env, http, params, deadline).await;
     }
     if hook.ready.is_empty() {
         return Ok(());

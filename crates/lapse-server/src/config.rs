@@ -26,7 +26,9 @@ impl Default for RetryPolicy {
 /// Where the docker provider finds its Docker Engine API.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum DockerSetting {
-    /// `DOCKER_HOST`, then the usual sockets; the provider is off when none answers.
+    /// `DOCKER_HOST`, then the usual sockets: the first that answers; when none answers, the
+    /// provider is still on for `DOCKER_HOST` or a socket that exists (an engine slow to
+    /// start), and off when there is neither.
     #[default]
     Auto,
     /// Exactly this endpoint (`unix:///…`, `tcp://…`).
@@ -96,8 +98,12 @@ pub struct ServerConfig {
     pub seed_listen: Option<SocketAddr>,
     /// The routing proxy (`--proxy-listen` and the other `--proxy-*` flags); off when `None`.
     pub proxy: Option<crate::proxy::ProxyConfig>,
+    /// The Classla API on its own listener (`--classla-listen`); off when `None`.
+    pub classla: Option<crate::compat::classla::Settings>,
     /// SQLite database and the process provider's directories live here.
     pub data_dir: PathBuf,
+    /// The SQLite database file (`--database sqlite:PATH`); `None`: `data_dir/lapse.db`.
+    pub database: Option<PathBuf>,
     /// TTL of an environment created without one.
     pub default_ttl: Duration,
     /// Longest TTL or extension a request may ask for.
@@ -173,6 +179,12 @@ pub struct ServerConfig {
     pub activity_flush: Duration,
     /// Probes running at once, across all environments.
     pub probe_concurrency: usize,
+    /// S3 workspaces: allowed endpoints, size limits (see [`crate::workspace`]).
+    pub workspace: crate::workspace::WorkspaceConfig,
+    /// Interactive terminals: how many at once, idle timeout, frame cap (`--terminal-*`).
+    pub terminal: crate::http::terminal::TerminalConfig,
+    /// Webhook deliveries: private addresses, retries, bounds (see [`crate::webhooks`]).
+    pub webhooks: crate::webhooks::WebhookPolicy,
 }
 
 impl ServerConfig {
@@ -201,7 +213,9 @@ impl ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             seed_listen: None,
             proxy: None,
+            classla: None,
             data_dir: data_dir.into(),
+            database: None,
             default_ttl: Duration::from_secs(3600),
             max_ttl: Duration::from_secs(30 * 24 * 3600),
             sweep_interval: Duration::from_secs(30),
@@ -243,6 +257,9 @@ impl ServerConfig {
             tiers: BTreeMap::new(),
             activity_flush: Duration::from_secs(5),
             probe_concurrency: 64,
+            workspace: Default::default(),
+            terminal: Default::default(),
+            webhooks: Default::default(),
         }
     }
 

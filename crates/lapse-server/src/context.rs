@@ -15,6 +15,8 @@ pub struct Context {
     pub timers: Timers,
     pub clock: Clock,
     pub metrics: Metrics,
+    /// Claims per minute, per pool (see [`crate::claim_rate`]).
+    pub claim_rate: crate::claim_rate::ClaimRate,
     pub config: ServerConfig,
     /// Labels every resource this control plane makes.
     pub controller_id: String,
@@ -39,6 +41,17 @@ pub struct Context {
     pub proxy_links: std::sync::OnceLock<std::sync::Arc<crate::proxy::LinkIssuer>>,
     /// The latest activity of environments, not yet in the store (see [`crate::activity`]).
     pub activity: crate::activity::Activity,
+    /// Short names the proxy resolves to environments, and which are open without a key
+    /// (set by the Classla adapter, `compat::classla`, when it runs).
+    pub route_alias: std::sync::OnceLock<std::sync::Arc<dyn crate::proxy::RouteAlias>>,
+    /// S3 workspaces' locks, clients and back-offs (see [`crate::workspace`]).
+    pub workspaces: crate::workspace::Workspaces,
+    /// The dashboard's sessions and live streams (see [`crate::ui`]).
+    pub ui: crate::ui::UiState,
+    /// Terminals open, in total and per environment (see [`crate::http::terminal`]).
+    pub terminals: std::sync::Arc<crate::proxy::limits::Streams>,
+    /// Wakes the webhook worker (see [`crate::webhooks`]).
+    pub webhooks: crate::webhooks::Hub,
 }
 
 impl Context {
@@ -53,12 +66,17 @@ impl Context {
         deferred: crate::deferred::Deferred,
     ) -> Context {
         let clock = Clock::new();
+        let metrics = Metrics::new();
+        metrics.start_at_zero(&providers.names());
+        let terminals =
+            crate::proxy::limits::Streams::new(config.terminal.max_total, config.terminal.max_per_environment);
         Context {
             store,
             providers,
             timers: Timers::default(),
             clock,
-            metrics: Metrics::new(),
+            metrics,
+            claim_rate: Default::default(),
             config,
             controller_id,
             pool_wake: tokio::sync::Notify::new(),
@@ -71,6 +89,11 @@ impl Context {
             sweeps: Default::default(),
             proxy_links: Default::default(),
             activity: crate::activity::Activity::new(clock),
+            route_alias: Default::default(),
+            workspaces: Default::default(),
+            ui: Default::default(),
+            terminals,
+            webhooks: Default::default(),
         }
     }
 

@@ -24,6 +24,7 @@ pub mod adopt;
 pub mod app;
 pub mod auth;
 pub mod claim_hook;
+pub mod claim_rate;
 pub mod clock;
 pub mod compat;
 pub mod config;
@@ -34,6 +35,7 @@ pub mod health;
 pub mod host;
 pub mod http;
 pub mod metrics;
+pub mod moves;
 pub mod pools;
 pub mod probe;
 pub mod providers;
@@ -42,6 +44,10 @@ pub mod rearm;
 pub mod reconciler;
 pub mod sweep;
 pub mod timers;
+pub mod ui;
+pub mod warnings;
+pub mod webhooks;
+pub mod workspace;
 
 #[cfg(test)]
 mod tests;
@@ -59,6 +65,8 @@ pub struct Running {
     pub seed_addr: Option<SocketAddr>,
     /// The routing proxy's listener (`--proxy-listen`), when there is one.
     pub proxy_addr: Option<SocketAddr>,
+    /// The Classla API's listener (`--classla-listen`), when there is one.
+    pub classla_addr: Option<SocketAddr>,
     pub app: App,
     shutdown: tokio::sync::watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
@@ -112,7 +120,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         .canonicalize()
         .with_context(|| format!("resolving the data dir {}", config.data_dir.display()))?;
     let lock = lock_data_dir(&config.data_dir)?;
-    let db = config.data_dir.join("lapse.db");
+    let db = config.database.clone().unwrap_or_else(|| config.data_dir.join("lapse.db"));
     let store = Store::open(&db).await.with_context(|| format!("opening the store at {}", db.display()))?;
     let controller_id = store.controller_id().await?;
     let journal = config.data_dir.join("deferred.journal");
@@ -127,6 +135,12 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         config.prices = prices;
     }
     config.tiers = tables.tiers;
+    if tables.webhooks_policy.as_ref().is_some_and(|p| p.allow_private) {
+        config.webhooks.allow_private = true;
+    }
+    let declared_hooks = webhooks::declared::records(&tables.webhooks, &|k| std::env::var(k).ok())
+        .map_err(|e| anyhow::anyhow!("config file: {e}"))?;
+    store.set_config_webhooks(&declared_hooks).await?;
     config.provider_tables = tables.providers.clone();
     let decls = providers::table::check(&tables.providers).map_err(|errors| {
         anyhow::anyhow!(
@@ -229,6 +243,10 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     for (id, at) in cx.store.idle_deadlines().await? {
         cx.timers.schedule(at, &id);
     }
+    // Running environments with pre-expiry warnings: their step arms the next mark.
+    for id in cx.store.warning_ids().await? {
+        reconciler.enqueue(&id);
+    }
     let unconverged = cx.store.unconverged_ids().await?;
     for id in &unconverged {
         reconciler.enqueue(id);
@@ -261,10 +279,14 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         async move { timers.run(clock, move |id| r.enqueue(&id)).await }
     }));
     background.push(tokio::spawn(sweep::run(cx.clone(), reconciler.clone())));
+    background.push(tokio::spawn(moves::run(cx.clone(), reconciler.clone())));
     background.push(tokio::spawn(deferred::run(cx.clone(), reconciler.clone())));
     background.push(tokio::spawn(pools::run(cx.clone(), reconciler.clone())));
     background.push(tokio::spawn(activity::run_flusher(cx.clone())));
     background.push(tokio::spawn(probe::run(cx.clone(), reconciler.clone())));
+    background.push(tokio::spawn(webhooks::worker::run(cx.clone())));
+    #[cfg(feature = "s3")]
+    background.push(tokio::spawn(workspace::run(cx.clone())));
     background.push(tokio::spawn({
         let (cx, r) = (cx.clone(), reconciler.clone());
         // A process this server started exited: look at it now, not at the next sweep.
@@ -346,6 +368,30 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         }
         None => None,
     };
+    let classla_addr = match cx.config.classla.clone() {
+        Some(settings) => {
+            // `HeadBucket` through the S3 client; a build without it checks names only.
+            #[cfg(feature = "s3")]
+            let check: Arc<dyn compat::classla::bucket::BucketCheck> = Arc::new(compat::classla::bucket::S3Check);
+            #[cfg(not(feature = "s3"))]
+            let check: Arc<dyn compat::classla::bucket::BucketCheck> =
+                Arc::new(compat::classla::bucket::NoCheck::default());
+            let router = compat::classla::start(&app, settings.config, check).await?;
+            let listener = tokio::net::TcpListener::bind(settings.listen)
+                .await
+                .with_context(|| format!("listening on {} (--classla-listen)", settings.listen))?;
+            let classla_addr = listener.local_addr()?;
+            let stopped = stopped.clone();
+            background.push(tokio::spawn(async move {
+                if let Err(e) = http::listener::serve(listener, router, limits, stopped).await {
+                    tracing::error!(error = %e, "the Classla listener failed");
+                }
+            }));
+            tracing::info!(%classla_addr, "serving the Classla API");
+            Some(classla_addr)
+        }
+        None => None,
+    };
     let proxy_addr = match cx.config.proxy.clone() {
         Some(proxy) => {
             if !cx.auth.enabled() && !proxy.listen.ip().is_loopback() {
@@ -364,7 +410,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     };
     let http = tokio::spawn(http::listener::serve(listener, router, limits, stopped));
     tracing::info!(%addr, data_dir = %cx.config.data_dir.display(), "lapse is serving");
-    Ok(Running { addr, seed_addr, proxy_addr, app, shutdown, http, background, _lock: lock })
+    Ok(Running { addr, seed_addr, proxy_addr, classla_addr, app, shutdown, http, background, _lock: lock })
 }
 
 /// One server per data dir: two reconcilers on one store would fight over every environment.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapse_core::model::{DesiredState, Environment, NO_TENANT, ObservedState, Pool, new_environment_id};
-use lapse_store::{NewEvent, StoreError};
+use lapse_store::{MemberState, NewEvent, StoreError};
 
 use crate::admission::{self, HostGuard, Principal};
 use crate::context::Context;
@@ -61,9 +61,9 @@ pub async fn run(cx: Arc<Context>, reconciler: Reconciler) {
 pub async fn round(cx: &Context, reconciler: &Reconciler) -> Result<RoundReport, StoreError> {
     let pools: BTreeMap<String, Pool> = cx.store.list_pools().await?.into_iter().map(|p| (p.name.clone(), p)).collect();
     cx.set_pooled_hashes(pools.values().map(|p| p.spec.hash()));
-    let mut members: BTreeMap<String, Vec<Environment>> = BTreeMap::new();
-    for m in cx.store.pool_members().await? {
-        members.entry(m.pool.clone().unwrap_or_default()).or_default().push(m);
+    let mut members: BTreeMap<String, Vec<MemberState>> = BTreeMap::new();
+    for m in cx.store.pool_member_states().await? {
+        members.entry(m.pool.clone()).or_default().push(m);
     }
     let mut report = RoundReport::default();
     let mut recycle: Vec<(String, &'static str)> = Vec::new();
@@ -82,12 +82,12 @@ pub async fn round(cx: &Context, reconciler: &Reconciler) -> Result<RoundReport,
     let mut events = Vec::new();
     for pool in pools.values() {
         let hash = pool.spec.hash();
-        let mut live: Vec<&Environment> = Vec::new();
+        let mut live: Vec<&MemberState> = Vec::new();
         for m in members.get(&pool.name).map(Vec::as_slice).unwrap_or_default() {
             if m.desired == DesiredState::Deleted {
                 continue;
             }
-            if m.spec.hash() != hash || m.pool_version.as_deref() != Some(pool.version.as_str()) {
+            if m.spec_hash != hash || m.pool_version.as_deref() != Some(pool.version.as_str()) {
                 recycle.push((m.id.clone(), "its pool's spec or version changed"));
             } else if m.observed == ObservedState::Failed {
                 recycle.push((m.id.clone(), "it failed"));

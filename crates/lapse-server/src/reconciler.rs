@@ -13,6 +13,9 @@
 //! - Provider calls are bounded per provider (a semaphore each). Failures are retried with
 //!   exponential back-off (a timer); a provision that keeps failing is marked `failed` and its
 //!   resources removed; stops and deletes are retried until they succeed.
+//! - An environment with an S3 workspace is pushed before its stop, replacement or delete
+//!   ([`crate::workspace::final_push`]); a failed push fails the step like a provider error
+//!   (retried, the error its `reason`), so nothing is removed before its files are saved.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -27,6 +30,7 @@ use lapse_store::{NewEvent, StoreError};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::context::Context;
+use crate::metrics::ProviderLabels;
 
 /// Steps running at once, across all providers (provider semaphores bound each provider).
 const MAX_STEPS_IN_FLIGHT: usize = 256;
@@ -187,6 +191,10 @@ impl Reconciler {
                 // The idle timer: when it fires, this step looks again (activity may have
                 // moved the deadline meanwhile).
                 if let Some(at) = idle_deadline(&env) {
+                    cx.timers.schedule(at, id);
+                }
+                // Pre-expiry warnings due now fire; the next mark is a timer.
+                if let Some(at) = crate::warnings::step(cx, &env).await {
                     cx.timers.schedule(at, id);
                 }
                 return;
@@ -369,7 +377,7 @@ impl Reconciler {
         // Write the intent before the call it describes, and act on the row it wrote: a spec
         // replaced since `env` was read is the one provisioned.
         let doing = in_progress_state(planned).unwrap_or(env.observed);
-        let deferred = cx.deferred.contains(&env.id);
+        let mut deferred = cx.deferred.contains(&env.id);
         let mut intent_unwritten = false;
         let mut env = env.clone();
         if env.observed != doing {
@@ -387,8 +395,18 @@ impl Reconciler {
             {
                 Ok(Some(written)) => env = written,
                 Ok(None) => return Err(StepError::Stale),
-                // A deferred stop or delete goes ahead: its journal entry is the intent.
-                Err(StepError::Store(e)) if deferred && e.is_unwritable() => intent_unwritten = true,
+                // A stop or delete goes ahead while the store cannot write: its journal entry
+                // is the intent (made now if the request itself was written, and the disk
+                // filled before this step).
+                Err(StepError::Store(e)) if e.is_unwritable() && matches!(planned, Plan::Stop | Plan::Delete) => {
+                    if !deferred {
+                        self.defer(&env, env.desired, env.expired_at, "reconciler", step_name(planned))?;
+                        tracing::warn!(environment = %env.id, step = step_name(planned),
+                            "the store cannot write the step; recorded in the deferred journal, acting on it anyway");
+                        deferred = true;
+                    }
+                    intent_unwritten = true;
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -402,6 +420,13 @@ impl Reconciler {
             labels: env.labels.clone(),
             lifecycle: env.lifecycle,
         };
+        // The workspace's final push, before its directory stops or goes (retried on failure;
+        // the step waits for it).
+        if matches!(planned, Plan::Stop | Plan::Delete | Plan::Replace)
+            && let Err(err) = crate::workspace::final_push(cx, env, provider.as_ref()).await
+        {
+            return self.record_failure(env, planned, &err).await;
+        }
         let result: Result<Option<Instance>, ProviderError> = match planned {
             Plan::Provision => provider.ensure_running(&env.id, &placement, &env.spec).await.map(Some),
             Plan::Replace => match provider.delete(&env.id, grace).await {
@@ -535,6 +560,7 @@ impl Reconciler {
             .await?;
         tracing::warn!(environment = %env.id, provider = provider_name, error = %text, gave_up, "provider call failed");
         if gave_up {
+            cx.metrics.provisions_failed.get_or_create(&ProviderLabels { provider: provider_name.to_owned() }).inc();
             // Remove whatever the failed provision left; the sweep catches what this misses.
             if let Some(provider) = cx.providers.get(provider_name)
                 && let Err(e) = provider.delete(&env.id, cx.config.stop_grace).await

@@ -14,7 +14,7 @@ use lapse_core::cost::{Owner, Transition};
 use lapse_core::model::{Environment, ObservedState};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use crate::{ENV_COLUMNS, Op, Store, StoreError, environment_from_row};
+use crate::{ENV_COLUMNS, Op, Store, StoreError, environment_from};
 
 /// One environment's accrual inputs.
 #[derive(Clone, Debug)]
@@ -42,7 +42,7 @@ impl Store {
         selection(&mut q);
         q.push(") ORDER BY id");
         let rows = q.build().fetch_all(&self.reader).await.op("accrual")?;
-        let envs: Vec<Environment> = rows.iter().map(environment_from_row).collect::<Result<_, _>>()?;
+        let envs: Vec<Environment> = rows.iter().map(environment_from).collect::<Result<_, _>>()?;
 
         let mut q = QueryBuilder::<Sqlite>::new(
             "SELECT environment_id, at, action, outcome, tenant FROM events \

@@ -3,7 +3,7 @@
 //! **Activity reaches the store in batches.** The server keeps the latest activity of each
 //! environment in memory and a flusher hands every touched id to
 //! [`Store::record_activity`] every few seconds: one transaction for the whole batch, one
-//! statement per id, never a write per request. Such a write only moves `last_active_at`
+//! statement per id (prepared once), never a write per request. Such a write only moves `last_active_at`
 //! forward (`MAX`), touches no other column (not `updated_at`: activity is not a change of
 //! the environment) and records no event; it is not published on the change feed either,
 //! since no mirror shows it.
@@ -14,10 +14,7 @@ use lapse_core::Millis;
 use lapse_core::model::Environment;
 use sqlx::Row;
 
-use crate::{ENV_COLUMNS, Op, Store, StoreError, environment_from_row};
-
-/// Ids a batch statement carries at most (SQLite's bound-parameter limit is far above).
-const CHUNK: usize = 400;
+use crate::{ENV_COLUMNS, Op, Store, StoreError, WriteOp, environment_from};
 
 impl Store {
     /// Moves `last_active_at` of each `(id, at)` forward to `at` (never back), in one
@@ -27,24 +24,25 @@ impl Store {
         if touched.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.writer.begin().await.op("record activity")?;
-        let mut moved = 0;
-        for chunk in touched.chunks(CHUNK) {
-            // `UPDATE ... FROM (VALUES ...)`: one statement per chunk.
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "UPDATE environments SET last_active_at = MAX(COALESCE(environments.last_active_at, 0), t.at) \
-                 FROM (",
-            );
-            let mut first = true;
-            for (id, at) in chunk {
-                q.push(if first { "SELECT " } else { " UNION ALL SELECT " });
-                first = false;
-                q.push_bind(id).push(" AS id, ").push_bind(*at).push(" AS at");
-            }
-            q.push(") AS t WHERE environments.id = t.id AND environments.observed != 'deleted'");
-            moved += q.build().execute(&mut *tx).await.op("record activity")?.rows_affected();
-        }
-        tx.commit().await.op("record activity")?;
+        let touched = touched.to_vec();
+        let moved = self
+            .writer
+            .run("record activity", move |conn| {
+                // The revision grows, so a read-modify-write that read the row before does
+                // not write the old time back.
+                let mut st = conn
+                    .prepare_cached(
+                        "UPDATE environments SET last_active_at = ?2, rev = rev + 1 WHERE id = ?1 \
+                         AND observed != 'deleted' AND (last_active_at IS NULL OR last_active_at < ?2)",
+                    )
+                    .op("record activity")?;
+                let mut moved = 0;
+                for (id, at) in &touched {
+                    moved += st.execute(rusqlite::params![id, at]).op("record activity")? as u64;
+                }
+                Ok(moved)
+            })
+            .await?;
         self.activity_batches.fetch_add(1, Ordering::Relaxed);
         Ok(moved)
     }
@@ -62,7 +60,7 @@ impl Store {
         .fetch_all(&self.reader)
         .await
         .op("probed")?;
-        rows.iter().map(environment_from_row).collect()
+        rows.iter().map(environment_from).collect()
     }
 
     /// `(id, idle deadline)` of every running environment with an idle timeout that is no

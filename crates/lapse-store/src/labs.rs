@@ -10,10 +10,10 @@
 
 use lapse_core::model::{DesiredState, Environment, ObservedState};
 use lapse_core::now_millis;
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use rusqlite::{Connection, OptionalExtension as _};
 
-use crate::{ENV_COLUMNS, NewEvent, Op, Store, StoreError};
-use crate::{append_events, bind_environment, environment_from_row, write_row};
+use crate::{ENV_COLUMNS, NewEvent, Op, Store, StoreError, WriteOp};
+use crate::{append_events, environment_from, insert_row, write_row};
 
 /// A lab message: its tag, the queue, the source of the labs and the label naming their lab,
 /// and the text of the events of the labs it removes.
@@ -92,89 +92,14 @@ impl Store {
         &self,
         items: &[(LabMessage<'_>, LabRequest<'_>)],
     ) -> Result<Vec<LabOutcome>, StoreError> {
-        let mut tx = self.writer.begin().await.op("apply lab")?;
-        let mut seen = std::collections::HashSet::new();
-        let mut outcomes = Vec::with_capacity(items.len());
-        let mut changed: Vec<Environment> = Vec::new();
-        let mut events = Vec::new();
-        for (message, request) in items {
-            if !seen.insert(message.tag) || has_receipt(&mut tx, message.tag).await? {
-                outcomes.push(match request {
-                    LabRequest::Provision { .. } => LabOutcome::Provision(LabProvisionOutcome::AlreadyApplied),
-                    LabRequest::Decommission(_) => LabOutcome::Decommission(LabDecommissionOutcome::AlreadyApplied),
-                });
-                continue;
-            }
-            let labs = labs_of(&mut tx, message.source, message.owner).await?;
-            let current = current(&labs).cloned();
-            let remove = |tx_changed: &mut Vec<Environment>, events: &mut Vec<NewEvent>, env: &Environment| {
-                let mut env = env.clone();
-                env.desired = DesiredState::Deleted;
-                env.restart_on_extend = false;
-                env.updated_at = now_millis();
-                events.push(NewEvent::new(&env.id, message.source, "delete", "ok", message.removal.clone()));
-                tx_changed.push(env.clone());
-                env
-            };
-            let outcome = match request {
-                LabRequest::Provision { lab, env, event } => match &current {
-                    Some(c) if c.labels.get(message.lab_label).map(String::as_str) == Some(*lab) => {
-                        LabOutcome::Provision(LabProvisionOutcome::SameLab(Box::new(c.clone())))
-                    }
-                    _ => {
-                        let mut replaced = Vec::with_capacity(labs.len());
-                        for old in &labs {
-                            let old = remove(&mut changed, &mut events, old);
-                            write_row(&mut tx, &old).await?;
-                            replaced.push(old);
-                        }
-                        let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO environments ({ENV_COLUMNS}) "));
-                        q.push_values([*env], bind_environment);
-                        q.build().execute(&mut *tx).await.op("apply lab")?;
-                        events.push(event.clone());
-                        changed.push((*env).clone());
-                        LabOutcome::Provision(LabProvisionOutcome::Created { env: Box::new((*env).clone()), replaced })
-                    }
-                },
-                LabRequest::Decommission(asked) => {
-                    let by_id = |id: Option<&str>| -> Vec<Environment> {
-                        labs.iter().filter(|e| Some(e.id.as_str()) == id).cloned().collect()
-                    };
-                    let failed = labs.iter().filter(|e| e.observed == ObservedState::Failed);
-                    let (targets, fixed) = match &current {
-                        None if asked.server_id.is_some() => (by_id(asked.server_id), None),
-                        None => (failed.cloned().collect(), Some(LabDecommissionOutcome::NoLab)),
-                        Some(c) => {
-                            let current_lab = c.labels.get(message.lab_label).cloned().unwrap_or_default();
-                            match asked.lab {
-                                Some(lab) if lab != current_lab => match asked.server_id {
-                                    Some(_) => (by_id(asked.server_id), None),
-                                    None => (vec![], Some(LabDecommissionOutcome::Stale { current_lab })),
-                                },
-                                _ => (std::iter::once(c.clone()).chain(failed.cloned()).collect(), None),
-                            }
-                        }
-                    };
-                    let mut gone = Vec::with_capacity(targets.len());
-                    for env in &targets {
-                        let env = remove(&mut changed, &mut events, env);
-                        write_row(&mut tx, &env).await?;
-                        gone.push(env);
-                    }
-                    LabOutcome::Decommission(match fixed {
-                        Some(LabDecommissionOutcome::NoLab) if !gone.is_empty() => {
-                            LabDecommissionOutcome::Deleted(gone)
-                        }
-                        Some(outcome) => outcome,
-                        None => LabDecommissionOutcome::Deleted(gone),
-                    })
-                }
-            };
-            outcomes.push(outcome);
-            finish(&mut tx, message).await?;
-        }
-        append_events(&mut tx, &events).await?;
-        tx.commit().await.op("apply lab")?;
+        let owned: Vec<Owned> = items.iter().map(Owned::from).collect();
+        let (outcomes, changed) = self
+            .writer
+            .run("apply lab", move |conn| {
+                let items: Vec<(LabMessage<'_>, LabRequest<'_>)> = owned.iter().map(Owned::borrowed).collect();
+                apply(conn, &items)
+            })
+            .await?;
         for env in &changed {
             self.published(env);
         }
@@ -193,8 +118,93 @@ impl Store {
         .fetch_all(&self.reader)
         .await
         .op("lab rows")?;
-        rows.iter().map(environment_from_row).collect()
+        rows.iter().map(environment_from).collect()
     }
+}
+
+/// The messages' work, in the writer's transaction: their outcomes and the rows changed.
+fn apply(
+    conn: &Connection,
+    items: &[(LabMessage<'_>, LabRequest<'_>)],
+) -> Result<(Vec<LabOutcome>, Vec<Environment>), StoreError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut outcomes = Vec::with_capacity(items.len());
+    let mut changed: Vec<Environment> = Vec::new();
+    let mut events = Vec::new();
+    for (message, request) in items {
+        if !seen.insert(message.tag) || has_receipt(conn, message.tag)? {
+            outcomes.push(match request {
+                LabRequest::Provision { .. } => LabOutcome::Provision(LabProvisionOutcome::AlreadyApplied),
+                LabRequest::Decommission(_) => LabOutcome::Decommission(LabDecommissionOutcome::AlreadyApplied),
+            });
+            continue;
+        }
+        let labs = labs_of(conn, message.source, message.owner)?;
+        let current = current(&labs).cloned();
+        let remove = |tx_changed: &mut Vec<Environment>, events: &mut Vec<NewEvent>, env: &Environment| {
+            let mut env = env.clone();
+            env.desired = DesiredState::Deleted;
+            env.restart_on_extend = false;
+            env.updated_at = now_millis();
+            events.push(NewEvent::new(&env.id, message.source, "delete", "ok", message.removal.clone()));
+            tx_changed.push(env.clone());
+            env
+        };
+        let outcome = match request {
+            LabRequest::Provision { lab, env, event } => match &current {
+                Some(c) if c.labels.get(message.lab_label).map(String::as_str) == Some(*lab) => {
+                    LabOutcome::Provision(LabProvisionOutcome::SameLab(Box::new(c.clone())))
+                }
+                _ => {
+                    let mut replaced = Vec::with_capacity(labs.len());
+                    for old in &labs {
+                        let old = remove(&mut changed, &mut events, old);
+                        write_row(conn, &old)?;
+                        replaced.push(old);
+                    }
+                    insert_row(conn, env)?;
+                    events.push(event.clone());
+                    changed.push((*env).clone());
+                    LabOutcome::Provision(LabProvisionOutcome::Created { env: Box::new((*env).clone()), replaced })
+                }
+            },
+            LabRequest::Decommission(asked) => {
+                let by_id = |id: Option<&str>| -> Vec<Environment> {
+                    labs.iter().filter(|e| Some(e.id.as_str()) == id).cloned().collect()
+                };
+                let failed = labs.iter().filter(|e| e.observed == ObservedState::Failed);
+                let (targets, fixed) = match &current {
+                    None if asked.server_id.is_some() => (by_id(asked.server_id), None),
+                    None => (failed.cloned().collect(), Some(LabDecommissionOutcome::NoLab)),
+                    Some(c) => {
+                        let current_lab = c.labels.get(message.lab_label).cloned().unwrap_or_default();
+                        match asked.lab {
+                            Some(lab) if lab != current_lab => match asked.server_id {
+                                Some(_) => (by_id(asked.server_id), None),
+                                None => (vec![], Some(LabDecommissionOutcome::Stale { current_lab })),
+                            },
+                            _ => (std::iter::once(c.clone()).chain(failed.cloned()).collect(), None),
+                        }
+                    }
+                };
+                let mut gone = Vec::with_capacity(targets.len());
+                for env in &targets {
+                    let env = remove(&mut changed, &mut events, env);
+                    write_row(conn, &env)?;
+                    gone.push(env);
+                }
+                LabOutcome::Decommission(match fixed {
+                    Some(LabDecommissionOutcome::NoLab) if !gone.is_empty() => LabDecommissionOutcome::Deleted(gone),
+                    Some(outcome) => outcome,
+                    None => LabDecommissionOutcome::Deleted(gone),
+                })
+            }
+        };
+        outcomes.push(outcome);
+        finish(conn, message)?;
+    }
+    append_events(conn, &events)?;
+    Ok((outcomes, changed))
 }
 
 /// The newest lab that has not failed.
@@ -202,47 +212,98 @@ fn current(labs: &[Environment]) -> Option<&Environment> {
     labs.iter().find(|e| e.observed != ObservedState::Failed)
 }
 
-async fn has_receipt(conn: &mut SqliteConnection, tag: &str) -> Result<bool, StoreError> {
-    let known = sqlx::query("SELECT 1 FROM queue_receipts WHERE tag = ?")
-        .bind(tag)
-        .fetch_optional(&mut *conn)
-        .await
+fn has_receipt(conn: &Connection, tag: &str) -> Result<bool, StoreError> {
+    let known = conn
+        .prepare_cached("SELECT 1 FROM queue_receipts WHERE tag = ?1")
+        .and_then(|mut st| st.query_row([tag], |_| Ok(())).optional())
         .op("apply lab")?;
     Ok(known.is_some())
 }
 
 /// The owner's labs, newest first.
-async fn labs_of(conn: &mut SqliteConnection, source: &str, owner: &str) -> Result<Vec<Environment>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {ENV_COLUMNS} FROM environments WHERE source = ? AND owner = ? AND desired != 'deleted' \
-         AND observed != 'deleted' ORDER BY created_at DESC, id DESC"
-    ))
-    .bind(source)
-    .bind(owner)
-    .fetch_all(&mut *conn)
-    .await
-    .op("apply lab")?;
-    rows.iter().map(environment_from_row).collect()
+fn labs_of(conn: &Connection, source: &str, owner: &str) -> Result<Vec<Environment>, StoreError> {
+    static LABS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT {ENV_COLUMNS} FROM environments WHERE source = ?1 AND owner = ?2 AND desired != 'deleted' \
+             AND observed != 'deleted' ORDER BY created_at DESC, id DESC"
+        )
+    });
+    let mut st = conn.prepare_cached(&LABS).op("apply lab")?;
+    let rows: Vec<Result<Environment, StoreError>> =
+        st.query_map([source, owner], |r| Ok(environment_from(r))).and_then(|rows| rows.collect()).op("apply lab")?;
+    rows.into_iter().collect()
 }
 
 /// The receipt and the queue's count.
-async fn finish(conn: &mut SqliteConnection, message: &LabMessage<'_>) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO queue_receipts (tag, queue, at) VALUES (?, ?, ?)")
-        .bind(message.tag)
-        .bind(message.queue)
-        .bind(now_millis())
-        .execute(&mut *conn)
-        .await
+fn finish(conn: &Connection, message: &LabMessage<'_>) -> Result<(), StoreError> {
+    conn.prepare_cached("INSERT INTO queue_receipts (tag, queue, at) VALUES (?1, ?2, ?3)")
+        .and_then(|mut st| st.execute(rusqlite::params![message.tag, message.queue, now_millis()]))
         .op("apply lab")?;
-    sqlx::query(
-        "INSERT INTO queue_counters (queue, processed) VALUES (?, 1) \
+    conn.prepare_cached(
+        "INSERT INTO queue_counters (queue, processed) VALUES (?1, 1) \
          ON CONFLICT (queue) DO UPDATE SET processed = processed + 1",
     )
-    .bind(message.queue)
-    .execute(&mut *conn)
-    .await
+    .and_then(|mut st| st.execute([message.queue]))
     .op("apply lab")?;
     Ok(())
+}
+
+/// A lab message and its request, owned, to be applied on the writer's thread.
+struct Owned {
+    queue: String,
+    tag: String,
+    source: String,
+    owner: String,
+    lab_label: String,
+    removal: String,
+    request: OwnedRequest,
+}
+
+enum OwnedRequest {
+    Provision { lab: String, env: Box<Environment>, event: NewEvent },
+    Decommission { lab: Option<String>, server_id: Option<String> },
+}
+
+impl Owned {
+    fn from((m, r): &(LabMessage<'_>, LabRequest<'_>)) -> Owned {
+        Owned {
+            queue: m.queue.to_owned(),
+            tag: m.tag.to_owned(),
+            source: m.source.to_owned(),
+            owner: m.owner.to_owned(),
+            lab_label: m.lab_label.to_owned(),
+            removal: m.removal.clone(),
+            request: match r {
+                LabRequest::Provision { lab, env, event } => OwnedRequest::Provision {
+                    lab: (*lab).to_owned(),
+                    env: Box::new((*env).clone()),
+                    event: event.clone(),
+                },
+                LabRequest::Decommission(d) => OwnedRequest::Decommission {
+                    lab: d.lab.map(str::to_owned),
+                    server_id: d.server_id.map(str::to_owned),
+                },
+            },
+        }
+    }
+
+    fn borrowed(&self) -> (LabMessage<'_>, LabRequest<'_>) {
+        let message = LabMessage {
+            queue: &self.queue,
+            tag: &self.tag,
+            source: &self.source,
+            owner: &self.owner,
+            lab_label: &self.lab_label,
+            removal: self.removal.clone(),
+        };
+        let request = match &self.request {
+            OwnedRequest::Provision { lab, env, event } => LabRequest::Provision { lab, env, event: event.clone() },
+            OwnedRequest::Decommission { lab, server_id } => {
+                LabRequest::Decommission(LabDecommission { lab: lab.as_deref(), server_id: server_id.as_deref() })
+            }
+        };
+        (message, request)
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,15 @@
 //! Lapse's durable store: environments (desired and observed state) and the audit trail.
 //!
-//! SQLite through sqlx is the embedded default. All writes go through **one writer
-//! connection**, so every read-modify-write ([`Store::update`]) runs in a transaction that no
-//! other writer interleaves with: no update is ever lost, whatever the number of API handlers
-//! and reconciler tasks. Reads use a separate pool and never wait for writers (WAL).
+//! SQLite is the embedded default. All writes go through **one writer thread** ([`commit`]),
+//! which runs them on the database's only write connection and commits concurrent ones
+//! together (group commit), answering each only after its batch committed. Reads use a pool of
+//! their own (sqlx) and never wait for the writer (WAL).
+//!
+//! A read-modify-write ([`Store::update`]) reads the row with its revision (`rev`, which every
+//! write of a row increments), applies the change, and has the writer write it only if the
+//! revision is still the one read; otherwise it reads again and applies the change again (the
+//! change is a `FnMut`). No update is ever lost, whatever the number of API handlers and
+//! reconciler tasks, and none holds the writer while it thinks.
 //!
 //! **The store never calls a provider.** It holds what was asked for and what was seen; the
 //! reconciler writes a row *before* the provider call it describes.
@@ -14,29 +20,49 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use commit::Committer;
 use lapse_core::model::{DesiredState, Environment, ObservedState, Pool};
 use lapse_core::quota::Quota;
 use lapse_core::wire::Event;
 use lapse_core::{Millis, now_millis};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
-use writer::Writer;
+use rusqlite::Connection;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, Sqlite};
 
 // Queue receipts and counters (`queues`); tenants, keys, quota usage and accrual (`tenants`).
 mod accrual;
 mod activity;
+mod commit;
 mod labs;
+pub mod pg;
 mod queues;
+mod rows;
 mod tenants;
-mod writer;
+mod warm;
+mod webhooks;
+mod workspaces;
+
+pub use commit::CommitStats;
+use rows::{environment_from, environment_values, pool_from};
+
+pub use webhooks::{Attempt, DeliveryRecord, FanOut, NewDelivery, WebhookRecord};
+pub use workspaces::SyncOutcome;
 
 pub use accrual::Accrual;
 pub use labs::{LabDecommission, LabDecommissionOutcome, LabMessage, LabOutcome, LabProvisionOutcome, LabRequest};
 pub use queues::{AppliedCreates, ChangeOutcome, QueuedChange, QueuedCreate};
-use tenants::usage;
 pub use tenants::{KeyRecord, KeyScope, TenantRecord};
+
+/// What the database said: from a reader (sqlx) or from the writer (rusqlite).
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error(transparent)]
+    Read(#[from] sqlx::Error),
+    #[error(transparent)]
+    Write(#[from] rusqlite::Error),
+    #[error("the store's writer has stopped")]
+    Closed,
+}
 
 /// A store failure. Its text names the operation; the database's own message is the source.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +71,7 @@ pub enum StoreError {
     Database {
         op: &'static str,
         #[source]
-        source: sqlx::Error,
+        source: DbError,
     },
     #[error("store: migrating the schema failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -58,7 +84,7 @@ pub enum StoreError {
     Unwritable {
         op: &'static str,
         #[source]
-        source: sqlx::Error,
+        source: DbError,
     },
     /// A check inside the transaction (a quota) refused; nothing was written.
     #[error("{0}")]
@@ -74,9 +100,44 @@ impl StoreError {
     /// Whether a uniqueness constraint refused the write (a `job_id` taken meanwhile).
     pub fn is_conflict(&self) -> bool {
         match self {
-            StoreError::Database { source, .. } => source.as_database_error().is_some_and(|e| e.is_unique_violation()),
+            StoreError::Database { source: DbError::Read(e), .. } => {
+                e.as_database_error().is_some_and(|e| e.is_unique_violation())
+            }
+            StoreError::Database { source: DbError::Write(rusqlite::Error::SqliteFailure(e, _)), .. } => {
+                // SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY.
+                matches!(e.extended_code, 2067 | 1555)
+            }
             _ => false,
         }
+    }
+}
+
+/// A writer's error as the store reports it: [`StoreError::Unwritable`] when it is the disk's
+/// or the database's (not the statement's).
+pub(crate) fn sqlite_error(op: &'static str, e: rusqlite::Error) -> StoreError {
+    let unwritable = match &e {
+        // SQLite's extended result codes keep the primary code in the low byte: BUSY, LOCKED,
+        // NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL.
+        rusqlite::Error::SqliteFailure(f, _) => {
+            matches!(f.extended_code & 0xff, 5 | 6 | 7 | 8 | 10 | 11 | 13 | 14 | 15)
+        }
+        _ => false,
+    };
+    if unwritable {
+        StoreError::Unwritable { op, source: DbError::Write(e) }
+    } else {
+        StoreError::Database { op, source: DbError::Write(e) }
+    }
+}
+
+/// Names the operation of a writer's statement that failed.
+trait WriteOp<T> {
+    fn op(self, op: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> WriteOp<T> for Result<T, rusqlite::Error> {
+    fn op(self, op: &'static str) -> Result<T, StoreError> {
+        self.map_err(|e| sqlite_error(op, e))
     }
 }
 
@@ -87,10 +148,14 @@ trait Op<T> {
 impl<T> Op<T> for Result<T, sqlx::Error> {
     fn op(self, op: &'static str) -> Result<T, StoreError> {
         self.map_err(|source| {
-            if writer::is_unwritable(&source) {
-                StoreError::Unwritable { op, source }
+            let unwritable = matches!(
+                source,
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed
+            );
+            if unwritable {
+                StoreError::Unwritable { op, source: DbError::Read(source) }
             } else {
-                StoreError::Database { op, source }
+                StoreError::Database { op, source: DbError::Read(source) }
             }
         })
     }
@@ -165,6 +230,17 @@ pub struct EventFilter {
     pub limit: u32,
 }
 
+/// A pool member as the pool maintainer sees it ([`Store::pool_member_states`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberState {
+    pub id: String,
+    pub pool: String,
+    pub spec_hash: String,
+    pub pool_version: Option<String>,
+    pub observed: ObservedState,
+    pub desired: DesiredState,
+}
+
 /// What the drift sweep needs to know of one environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SweepEntry {
@@ -176,12 +252,14 @@ pub struct SweepEntry {
 /// The store. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    writer: Writer,
+    writer: Committer,
     reader: SqlitePool,
     /// Every committed environment row, for whoever mirrors them (the SWIM cache keys).
     changes: tokio::sync::broadcast::Sender<Arc<Environment>>,
     /// Activity batches written ([`Store::record_activity`]).
     activity_batches: Arc<std::sync::atomic::AtomicU64>,
+    /// Candidates for warm claims ([`warm`]), used on the writer's thread only.
+    warm: Arc<std::sync::Mutex<warm::Candidates>>,
 }
 
 /// How many committed rows a slow [`Store::subscribe`]r may fall behind before it is told it
@@ -192,7 +270,7 @@ const ENV_COLUMNS: &str = "id, name, tenant, owner, labels, spec, provider, life
      provider_ref, endpoints, expires_at, on_expiry, expired_at, restart_on_extend, attempts, next_attempt_at, \
      created_at, updated_at, spec_hash, pool, pool_version, source, replace_resource, restarts, max_retries, exit_code, \
      finished_at, job_id, user_data_path, seed_spec, idle_timeout, on_idle, last_active_at, idled_at, health, ready_at, \
-     restart_requested";
+     restart_requested, warn_before, warned, warned_at";
 
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and applies migrations.
@@ -204,14 +282,19 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let writer = writer::writer_options(SqlitePoolOptions::new())
+        // Migrations run on a connection of their own, closed before the writer starts.
+        let migrator = SqlitePoolOptions::new()
             .max_connections(1)
-            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(60))
             .connect_with(options.clone())
             .await
             .op("open")?;
-        sqlx::migrate!("./migrations").run(&writer).await?;
+        sqlx::migrate!("./migrations").run(&migrator).await?;
+        migrator.close().await;
+        let path = path.to_owned();
+        let writer = tokio::task::spawn_blocking(move || Committer::start(&path))
+            .await
+            .map_err(|e| StoreError::Refused(format!("store: starting the writer failed: {e}")))??;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .test_before_acquire(false)
@@ -220,23 +303,26 @@ impl Store {
             .await
             .op("open")?;
         let (changes, _) = tokio::sync::broadcast::channel(CHANGE_BUFFER);
-        Ok(Store { writer: Writer::new(writer), reader, changes, activity_batches: Default::default() })
+        Ok(Store { writer, reader, changes, activity_batches: Default::default(), warm: Default::default() })
     }
 
     /// This control plane's id: made once, kept for the life of the store. Providers label
     /// everything they create with it, so the sweep tells our resources from anyone else's.
     pub async fn controller_id(&self) -> Result<String, StoreError> {
         let fresh = format!("lapse-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let inserted = sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES ('controller_id', ?)")
-            .bind(&fresh)
-            .execute(self.writer.pool())
-            .await;
-        self.writer.observe(&inserted);
-        inserted.op("controller id")?;
-        sqlx::query_scalar("SELECT value FROM meta WHERE key = 'controller_id'")
-            .fetch_one(self.writer.pool())
+        self.writer
+            .run("controller id", move |conn| {
+                conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('controller_id', ?1)", [&fresh])
+                    .op("controller id")?;
+                conn.query_row("SELECT value FROM meta WHERE key = 'controller_id'", [], |r| r.get(0))
+                    .op("controller id")
+            })
             .await
-            .op("controller id")
+    }
+
+    /// The writer's counters (commits, operations, batches replayed).
+    pub fn commit_stats(&self) -> &CommitStats {
+        self.writer.stats()
     }
 
     /// Every environment row committed from now on, as written. A receiver that falls more
@@ -258,15 +344,17 @@ impl Store {
 
     /// Inserts environments and events in one transaction (a pool's refill, a batch).
     pub async fn insert_many(&self, envs: &[Environment], events: &[NewEvent]) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await.op("insert")?;
-        // SQLite binds at most 32766 parameters; 40 columns a row.
-        for chunk in envs.chunks(500) {
-            let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO environments ({ENV_COLUMNS}) "));
-            q.push_values(chunk, bind_environment);
-            q.build().execute(&mut *tx).await.op("insert")?;
-        }
-        append_events(&mut tx, events).await?;
-        tx.commit().await.op("insert")?;
+        // Serialized here, not on the writer's thread.
+        let rows: Vec<rows::Values> = envs.iter().map(environment_values).collect();
+        let evs = events.to_vec();
+        self.writer
+            .run("insert", move |conn| {
+                for row in &rows {
+                    insert_values(conn, row)?;
+                }
+                append_events(conn, &evs)
+            })
+            .await?;
         for env in envs {
             self.published(env);
         }
@@ -278,70 +366,72 @@ impl Store {
     /// no longer the pool's. Concurrent claims never get the same member.
     /// With `admit` (a tenant and its quota), the claim happens only if the quota admits one
     /// more environment of the member's spec, checked in the same transaction.
+    /// `claim` runs on the writer's thread, and again if its batch is replayed.
     pub async fn claim(
         &self,
         spec_hash: &str,
         admit: Option<(&str, &Quota)>,
-        claim: impl FnOnce(&mut Environment) -> Vec<NewEvent>,
+        mut claim: impl FnMut(&mut Environment) -> Vec<NewEvent> + Send + 'static,
     ) -> Result<Option<Environment>, StoreError> {
-        let mut tx = self.writer.begin().await.op("claim")?;
-        let row = sqlx::query(&format!(
-            "SELECT {ENV_COLUMNS} FROM environments e WHERE e.pool IS NOT NULL AND e.observed = 'running' \
-             AND e.desired = 'running' AND e.replace_resource = 0 AND (e.health IS NULL OR e.health = 'healthy') \
-             AND e.spec_hash = ? AND EXISTS (SELECT 1 FROM pools p \
-             WHERE p.name = e.pool AND p.spec_hash = e.spec_hash AND p.version = e.pool_version) LIMIT 1"
-        ))
-        .bind(spec_hash)
-        .fetch_optional(&mut *tx)
-        .await
-        .op("claim")?;
-        let Some(row) = row else { return Ok(None) };
-        let mut env = environment_from_row(&row)?;
-        if let Some((tenant, quota)) = admit {
-            let usage = usage(&mut tx, tenant).await?;
-            quota.admit(&usage, &env.spec).map_err(StoreError::Refused)?;
+        let spec_hash = spec_hash.to_owned();
+        let admit = admit.map(|(tenant, quota)| (tenant.to_owned(), quota.clone()));
+        let warm = self.warm.clone();
+        let claimed = self
+            .writer
+            .run("claim", move |conn| {
+                let Some(mut env) = warm::next_member(conn, &warm, &spec_hash)? else { return Ok(None) };
+                if let Some((tenant, quota)) = &admit {
+                    let usage = tenants::usage(conn, tenant)?;
+                    quota.admit(&usage, &env.spec).map_err(StoreError::Refused)?;
+                }
+                // The closure sees which pool the member leaves; then it is no longer the pool's.
+                let events = claim(&mut env);
+                env.pool = None;
+                env.pool_version = None;
+                env.updated_at = now_millis();
+                write_row(conn, &env)?;
+                append_events(conn, &events)?;
+                Ok(Some(env))
+            })
+            .await?;
+        if let Some(env) = &claimed {
+            self.published(env);
         }
-        // The closure sees which pool the member leaves; then it is no longer the pool's.
-        let events = claim(&mut env);
-        env.pool = None;
-        env.pool_version = None;
-        env.updated_at = now_millis();
-        write_row(&mut tx, &env).await?;
-        for event in &events {
-            append_event(&mut tx, event).await?;
-        }
-        tx.commit().await.op("claim")?;
-        self.published(&env);
-        Ok(Some(env))
+        Ok(claimed)
     }
 
     /// Creates or replaces a pool.
     pub async fn put_pool(&self, pool: &Pool, event: NewEvent) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await.op("put pool")?;
-        sqlx::query(
-            "INSERT INTO pools (name, spec, spec_hash, min, max, version, lifecycle, source, on_claim, created_at, \
-             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, \
-             spec_hash = excluded.spec_hash, min = excluded.min, max = excluded.max, version = excluded.version, \
-             lifecycle = excluded.lifecycle, source = excluded.source, on_claim = excluded.on_claim, \
-             updated_at = excluded.updated_at",
-        )
-        .bind(&pool.name)
-        .bind(json(&pool.spec))
-        .bind(pool.spec.hash())
-        .bind(pool.min)
-        .bind(pool.max)
-        .bind(&pool.version)
-        .bind(pool.lifecycle.as_str())
-        .bind(&pool.source)
-        .bind(pool.on_claim.as_ref().map(json))
-        .bind(pool.created_at)
-        .bind(pool.updated_at)
-        .execute(&mut *tx)
-        .await
-        .op("put pool")?;
-        append_event(&mut tx, &event).await?;
-        tx.commit().await.op("put pool")?;
-        Ok(())
+        let pool = pool.clone();
+        self.writer
+            .run("put pool", move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO pools (name, spec, spec_hash, min, max, version, lifecycle, source, on_claim, \
+                     created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                     ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, spec_hash = excluded.spec_hash, \
+                     min = excluded.min, max = excluded.max, version = excluded.version, \
+                     lifecycle = excluded.lifecycle, source = excluded.source, on_claim = excluded.on_claim, \
+                     updated_at = excluded.updated_at",
+                )
+                .and_then(|mut st| {
+                    st.execute(rusqlite::params![
+                        pool.name,
+                        json(&pool.spec),
+                        pool.spec.hash(),
+                        pool.min,
+                        pool.max,
+                        pool.version,
+                        pool.lifecycle.as_str(),
+                        pool.source,
+                        pool.on_claim.as_ref().map(json),
+                        pool.created_at,
+                        pool.updated_at,
+                    ])
+                })
+                .op("put pool")?;
+                append_event(conn, &event)
+            })
+            .await
     }
 
     pub async fn get_pool(&self, name: &str) -> Result<Option<Pool>, StoreError> {
@@ -353,7 +443,7 @@ impl Store {
         .fetch_optional(&self.reader)
         .await
         .op("get pool")?;
-        row.map(|r| pool_from_row(&r)).transpose()
+        row.map(|r| pool_from(&r)).transpose()
     }
 
     pub async fn list_pools(&self) -> Result<Vec<Pool>, StoreError> {
@@ -364,21 +454,23 @@ impl Store {
         .fetch_all(&self.reader)
         .await
         .op("list pools")?;
-        rows.iter().map(pool_from_row).collect()
+        rows.iter().map(pool_from).collect()
     }
 
     /// Removes a pool; its unclaimed members are the maintainer's to delete. `false` if there
     /// was none.
     pub async fn delete_pool(&self, name: &str, event: NewEvent) -> Result<bool, StoreError> {
-        let mut tx = self.writer.begin().await.op("delete pool")?;
-        let gone =
-            sqlx::query("DELETE FROM pools WHERE name = ?").bind(name).execute(&mut *tx).await.op("delete pool")?;
-        if gone.rows_affected() == 0 {
-            return Ok(false);
-        }
-        append_event(&mut tx, &event).await?;
-        tx.commit().await.op("delete pool")?;
-        Ok(true)
+        let name = name.to_owned();
+        self.writer
+            .run("delete pool", move |conn| {
+                let gone = conn.execute("DELETE FROM pools WHERE name = ?1", [&name]).op("delete pool")?;
+                if gone == 0 {
+                    return Ok(false);
+                }
+                append_event(conn, &event)?;
+                Ok(true)
+            })
+            .await
     }
 
     /// The environment holding `job_id`, if any.
@@ -386,10 +478,10 @@ impl Store {
         let row =
             sqlx::query(&format!("SELECT {ENV_COLUMNS} FROM environments WHERE job_id = ? AND desired != 'deleted'"))
                 .bind(job_id)
-                .fetch_optional(self.writer.pool())
+                .fetch_optional(&self.reader)
                 .await
                 .op("get by job")?;
-        row.map(|r| environment_from_row(&r)).transpose()
+        row.map(|r| environment_from(&r)).transpose()
     }
 
     /// Every environment declared by a config file (`source = 'config'`) not deleted.
@@ -400,7 +492,32 @@ impl Store {
         .fetch_all(&self.reader)
         .await
         .op("config declared")?;
-        rows.iter().map(environment_from_row).collect()
+        rows.iter().map(environment_from).collect()
+    }
+
+    /// What the pool maintainer needs of each member of a pool that is not deleted: no spec,
+    /// no labels (a round over thousands of members decodes no JSON).
+    pub async fn pool_member_states(&self) -> Result<Vec<MemberState>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, pool, spec_hash, pool_version, observed, desired FROM environments \
+             WHERE pool IS NOT NULL AND observed != 'deleted' ORDER BY id",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .op("pool members")?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.get(0);
+                Ok(MemberState {
+                    pool: r.get(1),
+                    spec_hash: r.get(2),
+                    pool_version: r.get(3),
+                    observed: parse_column(&id, "observed", r.get(4))?,
+                    desired: parse_column(&id, "desired", r.get(5))?,
+                    id,
+                })
+            })
+            .collect()
     }
 
     /// Members of pools (unclaimed environments with `pool` set) that are not deleted.
@@ -411,7 +528,7 @@ impl Store {
         .fetch_all(&self.reader)
         .await
         .op("pool members")?;
-        rows.iter().map(environment_from_row).collect()
+        rows.iter().map(environment_from).collect()
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Environment>, StoreError> {
@@ -420,7 +537,7 @@ impl Store {
             .fetch_optional(&self.reader)
             .await
             .op("get")?;
-        row.map(|r| environment_from_row(&r)).transpose()
+        row.map(|r| environment_from(&r)).transpose()
     }
 
     /// Read-modify-write of one environment in one transaction: `change` sees the current row
@@ -429,7 +546,7 @@ impl Store {
     pub async fn update<E>(
         &self,
         id: &str,
-        change: impl FnOnce(&mut Environment) -> Result<Vec<NewEvent>, E>,
+        change: impl FnMut(&mut Environment) -> Result<Vec<NewEvent>, E>,
     ) -> Result<Option<Environment>, E>
     where
         E: From<StoreError>,
@@ -445,53 +562,80 @@ impl Store {
         &self,
         id: &str,
         admit: Option<(&str, &Quota)>,
-        change: impl FnOnce(&mut Environment) -> Result<Vec<NewEvent>, E>,
+        mut change: impl FnMut(&mut Environment) -> Result<Vec<NewEvent>, E>,
     ) -> Result<Option<Environment>, E>
     where
         E: From<StoreError>,
     {
-        let mut tx = self.writer.begin().await.op("update")?;
-        let row = sqlx::query(&format!("SELECT {ENV_COLUMNS} FROM environments WHERE id = ?"))
+        loop {
+            let Some((mut env, rev)) = self.get_with_rev(id).await? else { return Ok(None) };
+            let before = env.clone();
+            let events = change(&mut env)?;
+            // What the quota must admit, if anything: the row's new spec beside what the
+            // tenant holds without the row as it was.
+            let admission = match admit {
+                Some((tenant, quota))
+                    if counts(&env) && (!counts(&before) || before.spec.resources != env.spec.resources) =>
+                {
+                    let held_before = (counts(&before) && before.tenant == tenant).then(|| before.spec.clone());
+                    Some((tenant.to_owned(), quota.clone(), held_before))
+                }
+                _ => None,
+            };
+            env.updated_at = now_millis();
+            // Serialized here, not on the writer's thread.
+            let values = environment_values(&env);
+            let spec = (admission.is_some()).then(|| env.spec.clone());
+            let written = self
+                .writer
+                .run("update", move |conn| {
+                    if let Some((tenant, quota, held_before)) = &admission {
+                        let mut held = tenants::usage(conn, tenant)?;
+                        if let Some(spec) = held_before {
+                            held.environments = held.environments.saturating_sub(1);
+                            let r = spec.resources.clone().unwrap_or_default();
+                            held.vcpu = (held.vcpu - r.vcpu.unwrap_or(0.0)).max(0.0);
+                            held.mem_mb = held.mem_mb.saturating_sub(r.mem_mb.unwrap_or(0));
+                            held.disk_gb = held.disk_gb.saturating_sub(r.disk_gb.unwrap_or(0));
+                        }
+                        if let Some(spec) = &spec {
+                            quota.admit(&held, spec).map_err(StoreError::Refused)?;
+                        }
+                    }
+                    if !write_values_at(conn, &values, rev)? {
+                        return Ok(false);
+                    }
+                    append_events(conn, &events)?;
+                    Ok(true)
+                })
+                .await?;
+            if written {
+                self.published(&env);
+                return Ok(Some(env));
+            }
+            // Written by someone else since it was read: read it again and redo the change.
+        }
+    }
+
+    /// A row and its revision, read now.
+    async fn get_with_rev(&self, id: &str) -> Result<Option<(Environment, i64)>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {ENV_COLUMNS}, rev FROM environments WHERE id = ?"))
             .bind(id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&self.reader)
             .await
             .op("update")?;
-        let Some(row) = row else { return Ok(None) };
-        let mut env = environment_from_row(&row)?;
-        let before = env.clone();
-        let events = change(&mut env)?;
-        if let Some((tenant, quota)) = admit
-            && counts(&env)
-            && (!counts(&before) || before.spec.resources != env.spec.resources)
-        {
-            let mut held = usage(&mut tx, tenant).await?;
-            if counts(&before) && before.tenant == tenant {
-                held.environments = held.environments.saturating_sub(1);
-                let r = before.spec.resources.clone().unwrap_or_default();
-                held.vcpu = (held.vcpu - r.vcpu.unwrap_or(0.0)).max(0.0);
-                held.mem_mb = held.mem_mb.saturating_sub(r.mem_mb.unwrap_or(0));
-                held.disk_gb = held.disk_gb.saturating_sub(r.disk_gb.unwrap_or(0));
-            }
-            quota.admit(&held, &env.spec).map_err(StoreError::Refused)?;
-        }
-        env.updated_at = now_millis();
-        write_row(&mut tx, &env).await?;
-        for event in &events {
-            append_event(&mut tx, event).await?;
-        }
-        tx.commit().await.op("update")?;
-        self.published(&env);
-        Ok(Some(env))
+        row.map(|r| Ok((environment_from(&r)?, r.get::<i64, _>("rev")))).transpose()
     }
 
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Environment>, StoreError> {
-        let mut q = filtered(filter);
-        q.push(" ORDER BY id");
+        let (mut sql, mut values) = filtered(filter);
+        sql.push_str(" ORDER BY id");
         if let Some(limit) = filter.limit {
-            q.push(" LIMIT ").push_bind(i64::from(limit));
+            sql.push_str(" LIMIT ?");
+            values.push(rusqlite::types::Value::Integer(i64::from(limit)));
         }
-        let rows = q.build().fetch_all(&self.reader).await.op("list")?;
-        rows.iter().map(environment_from_row).collect()
+        let rows = bind_all(sqlx::query(&sql), &values).fetch_all(&self.reader).await.op("list")?;
+        rows.iter().map(environment_from).collect()
     }
 
     /// Ids of environments whose observed state does not yet match the desired one: the
@@ -551,14 +695,24 @@ impl Store {
 
     /// Appends an event that concerns no single row change (a sweep's removal of an orphan).
     pub async fn append_event(&self, event: NewEvent) -> Result<(), StoreError> {
-        let mut conn = self.writer.acquire().await.op("append event")?;
-        let done = append_event(&mut conn, &event).await;
-        match &done {
-            Ok(()) => self.writer.set_writable(true),
-            Err(e) if e.is_unwritable() => self.writer.set_writable(false),
-            Err(_) => {}
-        }
-        done
+        self.writer.run("append event", move |conn| append_event(conn, &event)).await
+    }
+
+    /// Runs one statement on the writer (in its next batch).
+    pub(crate) async fn execute(
+        &self,
+        op: &'static str,
+        sql: &'static str,
+        values: Vec<rusqlite::types::Value>,
+    ) -> Result<(), StoreError> {
+        self.writer
+            .run(op, move |conn| {
+                conn.prepare_cached(sql)
+                    .and_then(|mut st| st.execute(rusqlite::params_from_iter(values.iter())))
+                    .op(op)?;
+                Ok(())
+            })
+            .await
     }
 
     /// Whether the last write succeeded: `false` while the database cannot be written (a full
@@ -612,10 +766,10 @@ impl Store {
         .op("expiry lateness")
     }
 
-    /// Closes both pools, waiting for writes in flight.
+    /// Waits for the writes in flight, then closes the readers.
     pub async fn close(&self) {
+        let _ = self.writer.run("close", |_| Ok(())).await;
         self.reader.close().await;
-        self.writer.pool().close().await;
     }
 }
 
@@ -626,34 +780,54 @@ fn counts(e: &Environment) -> bool {
         && e.pool.is_none()
 }
 
-/// The query of [`Store::list`] up to its order and limit.
-fn filtered(filter: &ListFilter) -> QueryBuilder<'_, Sqlite> {
-    let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {ENV_COLUMNS} FROM environments WHERE 1=1"));
-    if let Some(tenant) = &filter.tenant {
-        q.push(" AND tenant = ").push_bind(tenant);
-    }
-    if let Some(owner) = &filter.owner {
-        q.push(" AND owner = ").push_bind(owner);
-    }
-    match filter.state {
-        Some(state) => q.push(" AND observed = ").push_bind(state.as_str()),
-        None => q.push(" AND observed != 'deleted'"),
+/// The query of [`Store::list`] up to its order and limit: its text (`?` placeholders) and
+/// values, for either connection ([`bind_all`] binds them on a reader's query).
+fn filtered(filter: &ListFilter) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value as V;
+    let mut sql = format!("SELECT {ENV_COLUMNS} FROM environments WHERE 1=1");
+    let mut values = Vec::new();
+    let mut eq = |column: &str, value: &Option<String>| {
+        if let Some(v) = value {
+            sql.push_str(&format!(" AND {column} = ?"));
+            values.push(V::Text(v.clone()));
+        }
     };
-    if let Some(provider) = &filter.provider {
-        q.push(" AND provider = ").push_bind(provider);
-    }
-    if let Some(job_id) = &filter.job_id {
-        q.push(" AND job_id = ").push_bind(job_id);
+    eq("tenant", &filter.tenant);
+    eq("owner", &filter.owner);
+    eq("provider", &filter.provider);
+    eq("job_id", &filter.job_id);
+    match filter.state {
+        Some(state) => eq("observed", &Some(state.as_str().to_owned())),
+        None => sql.push_str(" AND observed != 'deleted'"),
     }
     if let Some(after) = &filter.after {
-        q.push(" AND id > ").push_bind(after);
+        sql.push_str(" AND id > ?");
+        values.push(V::Text(after.clone()));
     }
     for (k, v) in &filter.labels {
-        q.push(" AND EXISTS (SELECT 1 FROM json_each(environments.labels) WHERE json_each.key = ")
-            .push_bind(k)
-            .push(" AND json_each.value = ")
-            .push_bind(v)
-            .push(")");
+        sql.push_str(
+            " AND EXISTS (SELECT 1 FROM json_each(environments.labels) WHERE json_each.key = ? AND json_each.value = ?)",
+        );
+        values.push(V::Text(k.clone()));
+        values.push(V::Text(v.clone()));
+    }
+    (sql, values)
+}
+
+/// Binds `values` (as [`filtered`] gives them) on a reader's query.
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    values: &'q [rusqlite::types::Value],
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    use rusqlite::types::Value as V;
+    for v in values {
+        q = match v {
+            V::Null => q.bind(None::<String>),
+            V::Integer(i) => q.bind(*i),
+            V::Real(f) => q.bind(*f),
+            V::Text(t) => q.bind(t.as_str()),
+            V::Blob(b) => q.bind(b.as_slice()),
+        };
     }
     q
 }
@@ -663,111 +837,87 @@ fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("model types serialize")
 }
 
-/// Appends events with one statement per few hundred.
-async fn append_events(conn: &mut SqliteConnection, events: &[NewEvent]) -> Result<(), StoreError> {
-    let now = now_millis();
-    for chunk in events.chunks(1000) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO events (at, environment_id, actor, action, outcome, message, tenant) ",
-        );
-        q.push_values(chunk, |mut b, e| {
-            b.push_bind(now)
-                .push_bind(&e.environment_id)
-                .push_bind(&e.actor)
-                .push_bind(&e.action)
-                .push_bind(&e.outcome)
-                .push_bind(&e.message)
-                .push("COALESCE(")
-                .push_bind_unseparated(&e.tenant)
-                .push_unseparated(", (SELECT tenant FROM environments WHERE id = ")
-                .push_bind_unseparated(&e.environment_id)
-                .push_unseparated("))");
-        });
-        q.build().execute(&mut *conn).await.op("append event")?;
-    }
+/// Appends events, in order.
+fn append_events(conn: &Connection, events: &[NewEvent]) -> Result<(), StoreError> {
+    events.iter().try_for_each(|e| append_event(conn, e))
+}
+
+fn append_event(conn: &Connection, e: &NewEvent) -> Result<(), StoreError> {
+    let mut st = conn
+        .prepare_cached(
+            "INSERT INTO events (at, environment_id, actor, action, outcome, message, tenant) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, COALESCE(?7, (SELECT tenant FROM environments WHERE id = ?2)))",
+        )
+        .op("append event")?;
+    st.execute(rusqlite::params![now_millis(), e.environment_id, e.actor, e.action, e.outcome, e.message, e.tenant])
+        .op("append event")?;
     Ok(())
 }
 
-async fn append_event(conn: &mut SqliteConnection, e: &NewEvent) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO events (at, environment_id, actor, action, outcome, message, tenant) \
-         VALUES (?, ?, ?, ?, ?, ?, COALESCE(?, (SELECT tenant FROM environments WHERE id = ?)))",
-    )
-    .bind(now_millis())
-    .bind(&e.environment_id)
-    .bind(&e.actor)
-    .bind(&e.action)
-    .bind(&e.outcome)
-    .bind(&e.message)
-    .bind(&e.tenant)
-    .bind(&e.environment_id)
-    .execute(conn)
-    .await
-    .op("append event")?;
+/// `?1, ?2, ... ?n`.
+fn placeholders(n: usize) -> String {
+    (1..=n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+}
+
+fn env_column_names() -> impl Iterator<Item = &'static str> {
+    ENV_COLUMNS.split(',').map(str::trim)
+}
+
+/// Inserts a new row (a unique violation if its id or job id is taken).
+fn insert_row(conn: &Connection, e: &Environment) -> Result<(), StoreError> {
+    insert_values(conn, &environment_values(e))
+}
+
+/// [`insert_row`] of a row's values ([`environment_values`]).
+fn insert_values(conn: &Connection, values: &rows::Values) -> Result<(), StoreError> {
+    static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!("INSERT INTO environments ({ENV_COLUMNS}) VALUES ({})", placeholders(env_column_names().count()))
+    });
+    let mut st = conn.prepare_cached(&INSERT).op("insert")?;
+    st.execute(rusqlite::params_from_iter(values.iter())).op("insert")?;
     Ok(())
 }
 
-/// Writes the whole row: the same columns and values as an insert (one list to keep, see
-/// [`bind_environment`]), as an upsert on `id`.
-async fn write_row(conn: &mut SqliteConnection, e: &Environment) -> Result<(), StoreError> {
-    static ON_CONFLICT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        let updates: Vec<String> = ENV_COLUMNS
-            .split(',')
-            .map(str::trim)
+/// Writes the whole row, inserting it if it is missing: the same columns and values as an
+/// insert (one list to keep, see [`environment_values`]); its revision grows.
+fn write_row(conn: &Connection, e: &Environment) -> Result<(), StoreError> {
+    static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let updates: Vec<String> = env_column_names()
             .filter(|c| !matches!(*c, "id" | "created_at"))
             .map(|c| format!("{c} = excluded.{c}"))
             .collect();
-        format!(" ON CONFLICT (id) DO UPDATE SET {}", updates.join(", "))
+        format!(
+            "INSERT INTO environments ({ENV_COLUMNS}) VALUES ({}) ON CONFLICT (id) DO UPDATE SET {}, rev = rev + 1",
+            placeholders(env_column_names().count()),
+            updates.join(", ")
+        )
     });
-    let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO environments ({ENV_COLUMNS}) "));
-    q.push_values([e], bind_environment);
-    q.push(ON_CONFLICT.as_str());
-    q.build().execute(conn).await.op("update")?;
+    let mut st = conn.prepare_cached(&UPSERT).op("update")?;
+    st.execute(rusqlite::params_from_iter(environment_values(e))).op("update")?;
     Ok(())
 }
 
-/// Binds an environment's values in the order of [`ENV_COLUMNS`].
-fn bind_environment<'q>(mut b: sqlx::query_builder::Separated<'_, 'q, Sqlite, &'static str>, e: &'q Environment) {
-    b.push_bind(&e.id)
-        .push_bind(&e.name)
-        .push_bind(&e.tenant)
-        .push_bind(&e.owner)
-        .push_bind(json(&e.labels))
-        .push_bind(json(&e.spec))
-        .push_bind(&e.spec.provider)
-        .push_bind(e.lifecycle.as_str())
-        .push_bind(e.desired.as_str())
-        .push_bind(e.observed.as_str())
-        .push_bind(&e.reason)
-        .push_bind(&e.provider_ref)
-        .push_bind(json(&e.endpoints))
-        .push_bind(e.expires_at)
-        .push_bind(e.on_expiry.as_str())
-        .push_bind(e.expired_at)
-        .push_bind(e.restart_on_extend)
-        .push_bind(e.attempts)
-        .push_bind(e.next_attempt_at)
-        .push_bind(e.created_at)
-        .push_bind(e.updated_at)
-        .push_bind(e.spec.hash())
-        .push_bind(&e.pool)
-        .push_bind(&e.pool_version)
-        .push_bind(&e.source)
-        .push_bind(e.replace)
-        .push_bind(e.restarts)
-        .push_bind(e.max_retries)
-        .push_bind(e.exit_code)
-        .push_bind(e.finished_at)
-        .push_bind(&e.job_id)
-        .push_bind(&e.user_data_path)
-        .push_bind(&e.seed_spec)
-        .push_bind(e.idle_timeout)
-        .push_bind(e.on_idle.as_str())
-        .push_bind(e.last_active_at)
-        .push_bind(e.idled_at)
-        .push_bind(e.health.map(|h| h.as_str()))
-        .push_bind(e.ready_at)
-        .push_bind(e.restart_requested);
+/// Writes a row's values ([`environment_values`]) if its revision is still `rev`; `false`
+/// (nothing written) if another write came first.
+fn write_values_at(conn: &Connection, values: &rows::Values, rev: i64) -> Result<bool, StoreError> {
+    static UPDATE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let names: Vec<&str> = env_column_names().collect();
+        let sets: Vec<String> = names
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !matches!(**c, "id" | "created_at"))
+            .map(|(i, c)| format!("{c} = ?{}", i + 1))
+            .collect();
+        let id = names.iter().position(|c| *c == "id").map_or(1, |i| i + 1);
+        format!(
+            "UPDATE environments SET {}, rev = rev + 1 WHERE id = ?{id} AND rev = ?{}",
+            sets.join(", "),
+            names.len() + 1
+        )
+    });
+    let mut st = conn.prepare_cached(&UPDATE).op("update")?;
+    let rev = rusqlite::types::Value::Integer(rev);
+    Ok(st.execute(rusqlite::params_from_iter(values.iter().chain([&rev]))).op("update")? == 1)
 }
 
 fn parse_column<T: FromStr>(id: &str, column: &'static str, text: String) -> Result<T, StoreError>
@@ -779,69 +929,6 @@ where
 
 fn json_column<T: serde::de::DeserializeOwned>(id: &str, column: &'static str, text: &str) -> Result<T, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt { id: id.to_owned(), column, message: e.to_string() })
-}
-
-fn pool_from_row(r: &SqliteRow) -> Result<Pool, StoreError> {
-    let name: String = r.get("name");
-    Ok(Pool {
-        spec: json_column(&name, "spec", r.get("spec"))?,
-        min: r.get::<i64, _>("min").try_into().unwrap_or(0),
-        max: r.get::<i64, _>("max").try_into().unwrap_or(0),
-        version: r.get("version"),
-        lifecycle: parse_column(&name, "lifecycle", r.get("lifecycle"))?,
-        source: r.get("source"),
-        on_claim: r
-            .get::<Option<String>, _>("on_claim")
-            .map(|text| json_column(&name, "on_claim", &text))
-            .transpose()?,
-        created_at: r.get("created_at"),
-        updated_at: r.get("updated_at"),
-        name,
-    })
-}
-
-fn environment_from_row(r: &SqliteRow) -> Result<Environment, StoreError> {
-    let id: String = r.get("id");
-    Ok(Environment {
-        name: r.get("name"),
-        tenant: r.get("tenant"),
-        owner: r.get("owner"),
-        labels: json_column(&id, "labels", r.get("labels"))?,
-        spec: json_column(&id, "spec", r.get("spec"))?,
-        lifecycle: parse_column(&id, "lifecycle", r.get("lifecycle"))?,
-        desired: parse_column(&id, "desired", r.get("desired"))?,
-        observed: parse_column(&id, "observed", r.get("observed"))?,
-        reason: r.get("reason"),
-        provider_ref: r.get("provider_ref"),
-        endpoints: json_column(&id, "endpoints", r.get("endpoints"))?,
-        expires_at: r.get("expires_at"),
-        on_expiry: parse_column(&id, "on_expiry", r.get("on_expiry"))?,
-        expired_at: r.get("expired_at"),
-        restart_on_extend: r.get("restart_on_extend"),
-        attempts: r.get::<i64, _>("attempts").try_into().unwrap_or(u32::MAX),
-        next_attempt_at: r.get("next_attempt_at"),
-        created_at: r.get("created_at"),
-        updated_at: r.get("updated_at"),
-        pool: r.get("pool"),
-        pool_version: r.get("pool_version"),
-        source: r.get("source"),
-        replace: r.get("replace_resource"),
-        restarts: r.get::<i64, _>("restarts").try_into().unwrap_or(u32::MAX),
-        max_retries: r.get::<i64, _>("max_retries").try_into().unwrap_or(u32::MAX),
-        exit_code: r.get("exit_code"),
-        finished_at: r.get("finished_at"),
-        job_id: r.get("job_id"),
-        user_data_path: r.get("user_data_path"),
-        seed_spec: r.get("seed_spec"),
-        idle_timeout: r.get("idle_timeout"),
-        on_idle: parse_column(&id, "on_idle", r.get("on_idle"))?,
-        last_active_at: r.get("last_active_at"),
-        idled_at: r.get("idled_at"),
-        health: r.get::<Option<String>, _>("health").map(|h| parse_column(&id, "health", h)).transpose()?,
-        ready_at: r.get("ready_at"),
-        restart_requested: r.get("restart_requested"),
-        id,
-    })
 }
 
 #[cfg(test)]

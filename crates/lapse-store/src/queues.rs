@@ -13,10 +13,11 @@ use std::collections::{BTreeMap, HashSet};
 
 use lapse_core::model::Environment;
 use lapse_core::{Millis, now_millis};
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use rusqlite::{Connection, OptionalExtension as _};
+use sqlx::{QueryBuilder, Row, Sqlite};
 
-use crate::{ENV_COLUMNS, ListFilter, NewEvent, Op, Store, StoreError};
-use crate::{append_events, bind_environment, environment_from_row, filtered, write_row};
+use crate::{ENV_COLUMNS, ListFilter, NewEvent, Op, Store, StoreError, WriteOp};
+use crate::{append_event, append_events, environment_from, filtered, insert_row, write_row};
 
 /// A queue message to apply once: the tag its consumer gave it, the environment it creates and
 /// the event that records it.
@@ -77,53 +78,46 @@ impl Store {
         queue: &str,
         items: &[(&QueuedCreate, Option<&str>)],
     ) -> Result<AppliedCreates, StoreError> {
-        let mut tx = self.writer.begin().await.op("apply queue")?;
-        let tags: Vec<&str> = items.iter().map(|(i, _)| i.tag.as_str()).collect();
-        let mut seen = known_tags(&mut tx, &tags).await?;
-        let keys: Vec<&str> = items.iter().filter_map(|(_, k)| *k).collect();
-        let mut seen_keys = known_keys(&mut tx, queue, &keys).await?;
-        let mut out = AppliedCreates::default();
-        let mut fresh: Vec<(&QueuedCreate, Option<&str>)> = Vec::new();
-        for (item, key) in items {
-            // A tag twice in one batch is one message.
-            if !seen.insert(item.tag.clone()) {
-                continue;
-            }
-            if let Some(key) = key
-                && !seen_keys.insert((*key).to_owned())
-            {
-                out.duplicate_keys.push(item.tag.clone());
-                continue;
-            }
-            fresh.push((item, *key));
+        let owned: Vec<(QueuedCreate, Option<String>)> =
+            items.iter().map(|(i, k)| ((*i).clone(), k.map(str::to_owned))).collect();
+        let queue = queue.to_owned();
+        let (out, fresh) = self
+            .writer
+            .run("apply queue", move |conn| {
+                let tags: Vec<&str> = owned.iter().map(|(i, _)| i.tag.as_str()).collect();
+                let mut seen = known(conn, "SELECT tag FROM queue_receipts WHERE tag = ?1", None, &tags)?;
+                let keys: Vec<&str> = owned.iter().filter_map(|(_, k)| k.as_deref()).collect();
+                let mut seen_keys = known_keys(conn, &queue, &keys)?;
+                let mut out = AppliedCreates::default();
+                let mut fresh: Vec<&(QueuedCreate, Option<String>)> = Vec::new();
+                for item in &owned {
+                    // A tag twice in one batch is one message.
+                    if !seen.insert(item.0.tag.clone()) {
+                        continue;
+                    }
+                    if let Some(key) = &item.1
+                        && !seen_keys.insert(key.clone())
+                    {
+                        out.duplicate_keys.push(item.0.tag.clone());
+                        continue;
+                    }
+                    fresh.push(item);
+                }
+                let now = now_millis();
+                for (item, key) in &fresh {
+                    insert_row(conn, &item.env)?;
+                    receipt(conn, &item.tag, &queue, key.as_deref(), now)?;
+                    append_event(conn, &item.event)?;
+                }
+                count_processed(conn, &queue, fresh.len())?;
+                out.fresh = fresh.iter().map(|(i, _)| i.tag.clone()).collect();
+                let made: Vec<Environment> = fresh.iter().map(|(i, _)| i.env.clone()).collect();
+                Ok((out, made))
+            })
+            .await?;
+        for env in &fresh {
+            self.published(env);
         }
-        let now = now_millis();
-        for chunk in fresh.chunks(500) {
-            let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO environments ({ENV_COLUMNS}) "));
-            q.push_values(chunk, |b, (item, _)| bind_environment(b, &item.env));
-            q.build().execute(&mut *tx).await.op("apply queue")?;
-            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO queue_receipts (tag, queue, at) ");
-            q.push_values(chunk, |mut b, (item, _)| {
-                b.push_bind(&item.tag).push_bind(queue).push_bind(now);
-            });
-            q.build().execute(&mut *tx).await.op("apply queue")?;
-            let keyed: Vec<(&str, &str)> = chunk.iter().filter_map(|(i, k)| k.map(|k| (k, i.tag.as_str()))).collect();
-            if !keyed.is_empty() {
-                let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO queue_idempotency (queue, key, tag, at) ");
-                q.push_values(keyed, |mut b, (key, tag)| {
-                    b.push_bind(queue).push_bind(key).push_bind(tag).push_bind(now);
-                });
-                q.build().execute(&mut *tx).await.op("apply queue")?;
-            }
-        }
-        let events: Vec<NewEvent> = fresh.iter().map(|(i, _)| i.event.clone()).collect();
-        append_events(&mut tx, &events).await?;
-        count_processed(&mut tx, queue, fresh.len()).await?;
-        tx.commit().await.op("apply queue")?;
-        for (item, _) in &fresh {
-            self.published(&item.env);
-        }
-        out.fresh = fresh.iter().map(|(i, _)| i.tag.clone()).collect();
         Ok(out)
     }
 
@@ -136,7 +130,7 @@ impl Store {
         queue: &str,
         tag: &str,
         filter: &ListFilter,
-        change: impl FnMut(&mut Environment) -> Vec<NewEvent>,
+        change: impl FnMut(&mut Environment) -> Vec<NewEvent> + Send + 'static,
     ) -> Result<Option<Vec<Environment>>, StoreError> {
         let message = QueuedChange { tag, idempotency_key: None, source: None, filter };
         Ok(match self.apply_queued_change(queue, message, change).await? {
@@ -152,68 +146,52 @@ impl Store {
         &self,
         queue: &str,
         message: QueuedChange<'_>,
-        mut change: impl FnMut(&mut Environment) -> Vec<NewEvent>,
+        mut change: impl FnMut(&mut Environment) -> Vec<NewEvent> + Send + 'static,
     ) -> Result<ChangeOutcome, StoreError> {
-        let mut tx = self.writer.begin().await.op("apply queue")?;
-        let known = sqlx::query("SELECT 1 FROM queue_receipts WHERE tag = ?")
-            .bind(message.tag)
-            .fetch_optional(&mut *tx)
-            .await
-            .op("apply queue")?;
-        if known.is_some() {
-            return Ok(ChangeOutcome::AlreadyApplied);
+        let (mut sql, mut values) = filtered(message.filter);
+        sql.push_str(" AND desired != 'deleted'");
+        if let Some(source) = message.source {
+            sql.push_str(" AND source = ?");
+            values.push(rusqlite::types::Value::Text(source.to_owned()));
         }
-        if let Some(key) = message.idempotency_key {
-            let known = sqlx::query("SELECT 1 FROM queue_idempotency WHERE queue = ? AND key = ?")
-                .bind(queue)
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await
-                .op("apply queue")?;
-            if known.is_some() {
-                return Ok(ChangeOutcome::DuplicateKey);
+        let (queue, tag, key) = (queue.to_owned(), message.tag.to_owned(), message.idempotency_key.map(str::to_owned));
+        let outcome = self
+            .writer
+            .run("apply queue", move |conn| {
+                if !known(conn, "SELECT tag FROM queue_receipts WHERE tag = ?1", None, &[&tag])?.is_empty() {
+                    return Ok(ChangeOutcome::AlreadyApplied);
+                }
+                if let Some(key) = &key
+                    && !known_keys(conn, &queue, &[key])?.is_empty()
+                {
+                    return Ok(ChangeOutcome::DuplicateKey);
+                }
+                let mut select = conn.prepare_cached(&sql).op("apply queue")?;
+                let rows: Vec<Result<Environment, StoreError>> = select
+                    .query_map(rusqlite::params_from_iter(values.iter()), |r| Ok(environment_from(r)))
+                    .op("apply queue")?
+                    .collect::<Result<_, _>>()
+                    .op("apply queue")?;
+                let mut changed = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let mut env = row?;
+                    let events = change(&mut env);
+                    env.updated_at = now_millis();
+                    write_row(conn, &env)?;
+                    append_events(conn, &events)?;
+                    changed.push(env);
+                }
+                receipt(conn, &tag, &queue, key.as_deref(), now_millis())?;
+                count_processed(conn, &queue, 1)?;
+                Ok(ChangeOutcome::Applied(changed))
+            })
+            .await?;
+        if let ChangeOutcome::Applied(changed) = &outcome {
+            for env in changed {
+                self.published(env);
             }
         }
-        let mut q = filtered(message.filter);
-        q.push(" AND desired != 'deleted'");
-        if let Some(source) = message.source {
-            q.push(" AND source = ").push_bind(source);
-        }
-        let rows = q.build().fetch_all(&mut *tx).await.op("apply queue")?;
-        let mut changed = Vec::with_capacity(rows.len());
-        let mut events = Vec::new();
-        for row in &rows {
-            let mut env = environment_from_row(row)?;
-            events.extend(change(&mut env));
-            env.updated_at = now_millis();
-            write_row(&mut tx, &env).await?;
-            changed.push(env);
-        }
-        append_events(&mut tx, &events).await?;
-        let now = now_millis();
-        sqlx::query("INSERT INTO queue_receipts (tag, queue, at) VALUES (?, ?, ?)")
-            .bind(message.tag)
-            .bind(queue)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .op("apply queue")?;
-        if let Some(key) = message.idempotency_key {
-            sqlx::query("INSERT INTO queue_idempotency (queue, key, tag, at) VALUES (?, ?, ?, ?)")
-                .bind(queue)
-                .bind(key)
-                .bind(message.tag)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .op("apply queue")?;
-        }
-        count_processed(&mut tx, queue, 1).await?;
-        tx.commit().await.op("apply queue")?;
-        for env in &changed {
-            self.published(env);
-        }
-        Ok(ChangeOutcome::Applied(changed))
+        Ok(outcome)
     }
 
     /// Forgets `queue`'s idempotency keys applied before `before`, and all but the newest
@@ -224,27 +202,27 @@ impl Store {
         before: Millis,
         keep_at_most: u64,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.writer.begin().await.op("prune idempotency keys")?;
-        let mut gone = sqlx::query("DELETE FROM queue_idempotency WHERE queue = ? AND at < ?")
-            .bind(queue)
-            .bind(before)
-            .execute(&mut *tx)
+        let queue = queue.to_owned();
+        self.writer
+            .run("prune idempotency keys", move |conn| {
+                let mut gone = conn
+                    .execute(
+                        "DELETE FROM queue_idempotency WHERE queue = ?1 AND at < ?2",
+                        rusqlite::params![queue, before],
+                    )
+                    .op("prune idempotency keys")?;
+                // The newest beyond the limit and everything older; nothing when there are fewer.
+                gone += conn
+                    .execute(
+                        "DELETE FROM queue_idempotency WHERE queue = ?1 AND (at, key) <= \
+                         (SELECT at, key FROM queue_idempotency WHERE queue = ?1 \
+                         ORDER BY at DESC, key DESC LIMIT 1 OFFSET ?2)",
+                        rusqlite::params![queue, keep_at_most.min(i64::MAX as u64) as i64],
+                    )
+                    .op("prune idempotency keys")?;
+                Ok(gone as u64)
+            })
             .await
-            .op("prune idempotency keys")?
-            .rows_affected();
-        // The newest beyond the limit and everything older; nothing when there are fewer.
-        gone += sqlx::query(
-            "DELETE FROM queue_idempotency WHERE queue = ?1 AND (at, key) <= \
-             (SELECT at, key FROM queue_idempotency WHERE queue = ?1 ORDER BY at DESC, key DESC LIMIT 1 OFFSET ?2)",
-        )
-        .bind(queue)
-        .bind(keep_at_most.min(i64::MAX as u64) as i64)
-        .execute(&mut *tx)
-        .await
-        .op("prune idempotency keys")?
-        .rows_affected();
-        tx.commit().await.op("prune idempotency keys")?;
-        Ok(gone)
     }
 
     /// Which of `tags` have receipts (their messages were applied).
@@ -257,7 +235,7 @@ impl Store {
                 list.push_bind(tag);
             }
             q.push(")");
-            let found: Vec<String> = q.build_query_scalar().fetch_all(self.writer.pool()).await.op("receipts")?;
+            let found: Vec<String> = q.build_query_scalar().fetch_all(&self.reader).await.op("receipts")?;
             out.extend(found);
         }
         Ok(out)
@@ -266,24 +244,25 @@ impl Store {
     /// Forgets receipts of `queue` older than `before`, except those in `keep` (messages still
     /// in a processing list). Returns how many went.
     pub async fn prune_receipts(&self, queue: &str, before: Millis, keep: &HashSet<String>) -> Result<u64, StoreError> {
-        let mut tx = self.writer.begin().await.op("prune receipts")?;
-        let old: Vec<String> = sqlx::query_scalar("SELECT tag FROM queue_receipts WHERE queue = ? AND at < ?")
-            .bind(queue)
-            .bind(before)
-            .fetch_all(&mut *tx)
+        let (queue, keep) = (queue.to_owned(), keep.clone());
+        self.writer
+            .run("prune receipts", move |conn| {
+                let mut select = conn
+                    .prepare_cached("SELECT tag FROM queue_receipts WHERE queue = ?1 AND at < ?2")
+                    .op("prune receipts")?;
+                let old: Vec<String> = select
+                    .query_map(rusqlite::params![queue, before], |r| r.get(0))
+                    .and_then(|rows| rows.collect())
+                    .op("prune receipts")?;
+                let mut delete =
+                    conn.prepare_cached("DELETE FROM queue_receipts WHERE tag = ?1").op("prune receipts")?;
+                let mut gone = 0;
+                for tag in old.iter().filter(|t| !keep.contains(*t)) {
+                    gone += delete.execute([tag]).op("prune receipts")? as u64;
+                }
+                Ok(gone)
+            })
             .await
-            .op("prune receipts")?;
-        let mut gone = 0;
-        for tag in old.iter().filter(|t| !keep.contains(*t)) {
-            gone += sqlx::query("DELETE FROM queue_receipts WHERE tag = ?")
-                .bind(tag)
-                .execute(&mut *tx)
-                .await
-                .op("prune receipts")?
-                .rows_affected();
-        }
-        tx.commit().await.op("prune receipts")?;
-        Ok(gone)
     }
 
     /// Messages applied per queue, ever.
@@ -306,46 +285,51 @@ impl Store {
         .fetch_all(&self.reader)
         .await
         .op("mirrored")?;
-        rows.iter().map(environment_from_row).collect()
+        rows.iter().map(environment_from).collect()
     }
 }
 
-/// Which of `tags` have receipts.
-async fn known_tags(conn: &mut SqliteConnection, tags: &[&str]) -> Result<HashSet<String>, StoreError> {
+/// Which of `values` `query` finds (a statement of one column whose parameters are `?1` for
+/// the value and, with `queue`, `?2` for it).
+fn known(conn: &Connection, query: &str, queue: Option<&str>, values: &[&str]) -> Result<HashSet<String>, StoreError> {
+    let mut st = conn.prepare_cached(query).op("apply queue")?;
     let mut found = HashSet::new();
-    for chunk in tags.chunks(500) {
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT tag FROM queue_receipts WHERE tag IN ");
-        q.push_tuples(chunk, |mut b, tag| {
-            b.push_bind(*tag);
-        });
-        found.extend(q.build_query_scalar::<String>().fetch_all(&mut *conn).await.op("apply queue")?);
+    for value in values {
+        let hit: Option<String> = match queue {
+            Some(queue) => st.query_row(rusqlite::params![value, queue], |r| r.get(0)),
+            None => st.query_row([value], |r| r.get(0)),
+        }
+        .optional()
+        .op("apply queue")?;
+        found.extend(hit);
     }
     Ok(found)
 }
 
 /// Which of `keys` `queue` has applied.
-async fn known_keys(conn: &mut SqliteConnection, queue: &str, keys: &[&str]) -> Result<HashSet<String>, StoreError> {
-    let mut found = HashSet::new();
-    for chunk in keys.chunks(500) {
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT key FROM queue_idempotency WHERE queue = ");
-        q.push_bind(queue).push(" AND key IN ");
-        q.push_tuples(chunk, |mut b, key| {
-            b.push_bind(*key);
-        });
-        found.extend(q.build_query_scalar::<String>().fetch_all(&mut *conn).await.op("apply queue")?);
-    }
-    Ok(found)
+fn known_keys(conn: &Connection, queue: &str, keys: &[&str]) -> Result<HashSet<String>, StoreError> {
+    known(conn, "SELECT key FROM queue_idempotency WHERE key = ?1 AND queue = ?2", Some(queue), keys)
 }
 
-async fn count_processed(conn: &mut SqliteConnection, queue: &str, n: usize) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO queue_counters (queue, processed) VALUES (?, ?) \
+/// The receipt of a message applied now, and its key's.
+fn receipt(conn: &Connection, tag: &str, queue: &str, key: Option<&str>, now: Millis) -> Result<(), StoreError> {
+    conn.prepare_cached("INSERT INTO queue_receipts (tag, queue, at) VALUES (?1, ?2, ?3)")
+        .and_then(|mut st| st.execute(rusqlite::params![tag, queue, now]))
+        .op("apply queue")?;
+    if let Some(key) = key {
+        conn.prepare_cached("INSERT INTO queue_idempotency (queue, key, tag, at) VALUES (?1, ?2, ?3, ?4)")
+            .and_then(|mut st| st.execute(rusqlite::params![queue, key, tag, now]))
+            .op("apply queue")?;
+    }
+    Ok(())
+}
+
+fn count_processed(conn: &Connection, queue: &str, n: usize) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO queue_counters (queue, processed) VALUES (?1, ?2) \
          ON CONFLICT (queue) DO UPDATE SET processed = processed + excluded.processed",
     )
-    .bind(queue)
-    .bind(n as i64)
-    .execute(conn)
-    .await
+    .and_then(|mut st| st.execute(rusqlite::params![queue, n as i64]))
     .op("count processed")?;
     Ok(())
 }
@@ -410,7 +394,7 @@ mod tests {
         assert_eq!(store.prune_idempotency_keys("other", now_millis() + 1, 10).await.unwrap(), 1);
         store.apply_keyed_creates("q", &[(&create("t7", 'f'), Some("k2"))]).await.unwrap();
         assert_eq!(store.prune_idempotency_keys("q", 0, 1).await.unwrap(), 1);
-        let left = known_keys(&mut store.writer.acquire().await.unwrap(), "q", &["k1", "k2"]).await.unwrap();
+        let left = store.writer.run("test", |conn| known_keys(conn, "q", &["k1", "k2"])).await.unwrap();
         assert_eq!(left, HashSet::from(["k2".to_owned()]));
     }
 }

@@ -3,11 +3,12 @@
 use lapse_core::Millis;
 use lapse_core::model::Environment;
 use lapse_core::quota::{Quota, Usage};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use rusqlite::{Connection, OptionalExtension as _};
+use sqlx::Row;
 
-use crate::{ENV_COLUMNS, NewEvent, Op, Store, StoreError};
-use crate::{append_event, bind_environment, json_column};
+use crate::rows::Cols;
+use crate::{NewEvent, Op, Store, StoreError, WriteOp};
+use crate::{append_event, json_column};
 
 /// A tenant: whose environments are whose.
 #[derive(Clone, Debug, PartialEq)]
@@ -72,44 +73,47 @@ impl Store {
     /// as the count of what the tenant holds: concurrent inserts cannot both pass a limit.
     /// [`StoreError::Refused`] says which limit, and nothing is written.
     pub async fn insert_admitted(&self, env: &Environment, event: NewEvent, quota: &Quota) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await.op("insert")?;
-        let usage = usage(&mut tx, &env.tenant).await?;
-        quota.admit(&usage, &env.spec).map_err(StoreError::Refused)?;
-        let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO environments ({ENV_COLUMNS}) "));
-        q.push_values([env], bind_environment);
-        q.build().execute(&mut *tx).await.op("insert")?;
-        append_event(&mut tx, &event).await?;
-        tx.commit().await.op("insert")?;
+        let (tenant, spec, quota) = (env.tenant.clone(), env.spec.clone(), quota.clone());
+        let values = crate::environment_values(env);
+        self.writer
+            .run("insert", move |conn| {
+                let usage = usage(conn, &tenant)?;
+                quota.admit(&usage, &spec).map_err(StoreError::Refused)?;
+                crate::insert_values(conn, &values)?;
+                append_event(conn, &event)
+            })
+            .await?;
         self.published(env);
         Ok(())
     }
 
     /// What `tenant` holds now (for quotas).
     pub async fn usage(&self, tenant: &str) -> Result<Usage, StoreError> {
-        let mut conn = self.reader.acquire().await.op("usage")?;
-        usage(&mut conn, tenant).await
+        let row = sqlx::query(USAGE).bind(tenant).fetch_one(&self.reader).await.op("usage")?;
+        Ok(usage_of(row.get(0), row.get(1), row.get(2), row.get(3)))
     }
 
     /// Creates a tenant; `false` if one of that name exists.
     pub async fn create_tenant(&self, t: &TenantRecord, event: NewEvent) -> Result<bool, StoreError> {
-        let mut tx = self.writer.begin().await.op("create tenant")?;
-        let done = sqlx::query(
-            "INSERT OR IGNORE INTO tenants (name, tier, quota, quota_check, created_at) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(&t.name)
-        .bind(&t.tier)
-        .bind(t.quota.to_string())
-        .bind(&t.quota_check)
-        .bind(t.created_at)
-        .execute(&mut *tx)
-        .await
-        .op("create tenant")?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        append_event(&mut tx, &event).await?;
-        tx.commit().await.op("create tenant")?;
-        Ok(true)
+        let t = t.clone();
+        self.writer
+            .run("create tenant", move |conn| {
+                let done = conn
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO tenants (name, tier, quota, quota_check, created_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .and_then(|mut st| {
+                        st.execute(rusqlite::params![t.name, t.tier, t.quota.to_string(), t.quota_check, t.created_at])
+                    })
+                    .op("create tenant")?;
+                if done == 0 {
+                    return Ok(false);
+                }
+                append_event(conn, &event)?;
+                Ok(true)
+            })
+            .await
     }
 
     /// Sets how a tenant's quota is checked; `None` if there is no such tenant, else the
@@ -120,25 +124,24 @@ impl Store {
         quota_check: &str,
         event: NewEvent,
     ) -> Result<Option<TenantRecord>, StoreError> {
-        let mut tx = self.writer.begin().await.op("update tenant")?;
-        let done = sqlx::query("UPDATE tenants SET quota_check = ? WHERE name = ?")
-            .bind(quota_check)
-            .bind(name)
-            .execute(&mut *tx)
+        let (name, quota_check) = (name.to_owned(), quota_check.to_owned());
+        self.writer
+            .run("update tenant", move |conn| {
+                let done = conn
+                    .execute("UPDATE tenants SET quota_check = ?1 WHERE name = ?2", [&quota_check, &name])
+                    .op("update tenant")?;
+                if done == 0 {
+                    return Ok(None);
+                }
+                let tenant = conn
+                    .query_row(&format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE name = ?1"), [&name], |r| {
+                        Ok(tenant_from(r))
+                    })
+                    .op("update tenant")??;
+                append_event(conn, &event)?;
+                Ok(Some(tenant))
+            })
             .await
-            .op("update tenant")?;
-        if done.rows_affected() == 0 {
-            return Ok(None);
-        }
-        let row = sqlx::query(&format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE name = ?"))
-            .bind(name)
-            .fetch_one(&mut *tx)
-            .await
-            .op("update tenant")?;
-        let tenant = tenant_from_row(&row)?;
-        append_event(&mut tx, &event).await?;
-        tx.commit().await.op("update tenant")?;
-        Ok(Some(tenant))
     }
 
     pub async fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
@@ -146,7 +149,7 @@ impl Store {
             .fetch_all(&self.reader)
             .await
             .op("tenants")?;
-        rows.iter().map(tenant_from_row).collect()
+        rows.iter().map(tenant_from).collect()
     }
 
     pub async fn tenant(&self, name: &str) -> Result<Option<TenantRecord>, StoreError> {
@@ -155,34 +158,32 @@ impl Store {
             .fetch_optional(&self.reader)
             .await
             .op("tenant")?;
-        row.as_ref().map(tenant_from_row).transpose()
+        row.as_ref().map(tenant_from).transpose()
     }
 
     /// Adds a key (a tenant's: to an existing tenant); `false` if there is no such tenant.
     pub async fn create_key(&self, k: &KeyRecord, event: NewEvent) -> Result<bool, StoreError> {
-        let mut tx = self.writer.begin().await.op("create key")?;
-        if let Some(tenant) = k.scope.tenant() {
-            let exists = sqlx::query("SELECT 1 FROM tenants WHERE name = ?")
-                .bind(tenant)
-                .fetch_optional(&mut *tx)
-                .await
+        let k = k.clone();
+        self.writer
+            .run("create key", move |conn| {
+                if let Some(tenant) = k.scope.tenant() {
+                    let exists = conn
+                        .query_row("SELECT 1 FROM tenants WHERE name = ?1", [tenant], |_| Ok(()))
+                        .optional()
+                        .op("create key")?;
+                    if exists.is_none() {
+                        return Ok(false);
+                    }
+                }
+                conn.execute(
+                    "INSERT INTO api_keys (id, tenant, scope, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    rusqlite::params![k.id, k.scope.tenant(), k.scope.as_str(), k.hash, k.created_at],
+                )
                 .op("create key")?;
-            if exists.is_none() {
-                return Ok(false);
-            }
-        }
-        sqlx::query("INSERT INTO api_keys (id, tenant, scope, hash, created_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(&k.id)
-            .bind(k.scope.tenant())
-            .bind(k.scope.as_str())
-            .bind(&k.hash)
-            .bind(k.created_at)
-            .execute(&mut *tx)
+                append_event(conn, &event)?;
+                Ok(true)
+            })
             .await
-            .op("create key")?;
-        append_event(&mut tx, &event).await?;
-        tx.commit().await.op("create key")?;
-        Ok(true)
     }
 
     /// The key with this id; a row whose scope and tenant do not agree reads as no key.
@@ -205,61 +206,69 @@ impl Store {
 
     /// Revokes a key; `None` if there is no such key, else its scope.
     pub async fn revoke_key(&self, id: &str, at: Millis, actor: &str) -> Result<Option<KeyScope>, StoreError> {
-        let mut tx = self.writer.begin().await.op("revoke key")?;
-        let row = sqlx::query("SELECT scope, tenant FROM api_keys WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&mut *tx)
+        let (id, actor) = (id.to_owned(), actor.to_owned());
+        self.writer
+            .run("revoke key", move |conn| {
+                let row: Option<(String, Option<String>)> = conn
+                    .query_row("SELECT scope, tenant FROM api_keys WHERE id = ?1", [&id], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()
+                    .op("revoke key")?;
+                let Some(scope) = row.and_then(|(scope, tenant)| KeyScope::from_columns(&scope, tenant)) else {
+                    return Ok(None);
+                };
+                conn.execute(
+                    "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?1) WHERE id = ?2",
+                    rusqlite::params![at, id],
+                )
+                .op("revoke key")?;
+                let mut event =
+                    NewEvent::of_tenant("", &actor, "revoke_key", "ok", format!("{} key {id}", scope.as_str()));
+                event.tenant = scope.tenant().map(str::to_owned);
+                append_event(conn, &event)?;
+                Ok(Some(scope))
+            })
             .await
-            .op("revoke key")?;
-        let Some(scope) = row.and_then(|r| KeyScope::from_columns(r.get::<&str, _>(0), r.get(1))) else {
-            return Ok(None);
-        };
-        sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
-            .bind(at)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .op("revoke key")?;
-        let mut event = NewEvent::of_tenant("", actor, "revoke_key", "ok", format!("{} key {id}", scope.as_str()));
-        event.tenant = scope.tenant().map(str::to_owned);
-        append_event(&mut tx, &event).await?;
-        tx.commit().await.op("revoke key")?;
-        Ok(Some(scope))
     }
 }
 
-/// Environments of `tenant` that hold resources: not deleted, not failed, not unclaimed pool
+/// Environments of a tenant that hold resources: not deleted, not failed, not unclaimed pool
 /// members; pending and provisioning ones count.
-pub(crate) async fn usage(conn: &mut SqliteConnection, tenant: &str) -> Result<Usage, StoreError> {
-    let row = sqlx::query(
-        "SELECT COUNT(*), \
-         COALESCE(SUM(CAST(json_extract(spec, '$.resources.vcpu') AS REAL)), 0.0), \
-         COALESCE(SUM(CAST(json_extract(spec, '$.resources.mem_mb') AS INTEGER)), 0), \
-         COALESCE(SUM(CAST(json_extract(spec, '$.resources.disk_gb') AS INTEGER)), 0) \
-         FROM environments WHERE tenant = ? AND desired != 'deleted' AND observed NOT IN ('deleted', 'failed') \
-         AND pool IS NULL",
-    )
-    .bind(tenant)
-    .fetch_one(conn)
-    .await
-    .op("usage")?;
-    Ok(Usage {
-        environments: u32::try_from(row.get::<i64, _>(0)).unwrap_or(u32::MAX),
-        vcpu: row.get(1),
-        mem_mb: u64::try_from(row.get::<i64, _>(2)).unwrap_or(0),
-        disk_gb: u64::try_from(row.get::<i64, _>(3)).unwrap_or(0),
-    })
+const USAGE: &str = "SELECT COUNT(*), \
+     COALESCE(SUM(CAST(json_extract(spec, '$.resources.vcpu') AS REAL)), 0.0), \
+     COALESCE(SUM(CAST(json_extract(spec, '$.resources.mem_mb') AS INTEGER)), 0), \
+     COALESCE(SUM(CAST(json_extract(spec, '$.resources.disk_gb') AS INTEGER)), 0) \
+     FROM environments WHERE tenant = ?1 AND desired != 'deleted' AND observed NOT IN ('deleted', 'failed') \
+     AND pool IS NULL";
+
+fn usage_of(environments: i64, vcpu: f64, mem_mb: i64, disk_gb: i64) -> Usage {
+    Usage {
+        environments: u32::try_from(environments).unwrap_or(u32::MAX),
+        vcpu,
+        mem_mb: u64::try_from(mem_mb).unwrap_or(0),
+        disk_gb: u64::try_from(disk_gb).unwrap_or(0),
+    }
+}
+
+/// What `tenant` holds, read on the writer's connection (inside its transaction).
+pub(crate) fn usage(conn: &Connection, tenant: &str) -> Result<Usage, StoreError> {
+    let mut st = conn.prepare_cached(USAGE).op("usage")?;
+    st.query_row([tenant], |r| Ok(usage_of(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).op("usage")
 }
 
 const TENANT_COLUMNS: &str = "name, tier, quota, created_at, quota_check";
 
-fn tenant_from_row(r: &SqliteRow) -> Result<TenantRecord, StoreError> {
-    let name: String = r.get(0);
+fn tenant_from<R: Cols>(r: &R) -> Result<TenantRecord, StoreError> {
+    let corrupt = |column, message| StoreError::Corrupt { id: String::new(), column, message };
+    let text =
+        |column| r.opt_text(column).map_err(|m| corrupt(column, m))?.ok_or_else(|| corrupt(column, "NULL".into()));
+    let name = text("name")?;
     Ok(TenantRecord {
-        quota: json_column(&name, "quota", r.get(2))?,
-        tier: r.get(1),
-        created_at: r.get(3),
-        quota_check: r.get(4),
+        quota: json_column(&name, "quota", &text("quota")?)?,
+        tier: text("tier")?,
+        created_at: r.opt_int("created_at").map_err(|m| corrupt("created_at", m))?.unwrap_or(0),
+        quota_check: text("quota_check")?,
         name,
     })
 }

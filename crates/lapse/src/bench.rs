@@ -3,14 +3,18 @@
 //! this process; both share the machine's cores.
 //!
 //! Sections: `process` create latency; `docker` create → running (when a Docker API answers);
-//! expiry lateness of short leases; warm claims under 200 concurrent clients; create
-//! throughput and pool refill rate with the `sim` provider at zero latency; and the scale run:
+//! expiry lateness of short leases; the write path beside an HTTP floor measured in the same
+//! run ([`write_path`]: the floor, warm claims by 200 closed-loop clients and offered at
+//! 2,000/s in an open loop, create throughput and pool refill rate with the `sim` provider at
+//! zero latency, their ratios to the floor and issue 14's `goals`); and the scale run:
 //! many leases with TTLs spread over minutes (server RSS, restart time, expiry lateness); the
 //! SWIM Redis queues (requests per second into desired state; lost and duplicated requests
 //! across a `kill -9` of the server mid-run); and the cloud section against moto ([`cloud`]:
 //! control-plane time per aws create against the time inside EC2 calls, and a sweep over
 //! 1,000 instances); and the routing proxy ([`proxy`]: requests per second and the latency
-//! it adds against a direct connection to the same backend).
+//! it adds against a direct connection to the same backend); warm claims through a pool's
+//! claim hook against claims without one ([`claim_hook`]); and the S3 workspace push
+//! ([`s3`]: MB/s of a 100 MiB workspace's final push to moto).
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -23,9 +27,14 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+mod claim_hook;
 #[cfg(feature = "aws")]
 mod cloud;
+mod load;
 mod proxy;
+#[cfg(all(feature = "aws", feature = "s3"))]
+mod s3;
+mod write_path;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -47,8 +56,19 @@ pub struct BenchArgs {
     /// Warm claims, sent by `claim_clients` clients at once from a pool that holds them all.
     #[arg(long, default_value_t = 2_000)]
     claims: usize,
+    /// Clients at once for the warm claims, the HTTP floor and the offered claims.
     #[arg(long, default_value_t = 200)]
     claim_clients: usize,
+    /// Requests to the HTTP floor (`POST /v1/bench/floor`), by `claim_clients` clients.
+    #[arg(long, default_value_t = 20_000)]
+    floor_requests: usize,
+    /// Warm claims offered at 2,000/s (open loop) from a pool that holds them all (0 to skip).
+    #[arg(long, default_value_t = 10_000)]
+    offered_claims: usize,
+    /// Run only the write-path figures (HTTP floor, warm claims closed and open loop, sim
+    /// creates, pool refill, SWIM ingest) and their goals.
+    #[arg(long)]
+    write_path_only: bool,
     /// `sim` creates for the throughput figure.
     #[arg(long, default_value_t = 20_000)]
     sim_creates: usize,
@@ -92,6 +112,22 @@ pub struct BenchArgs {
     /// Run only the proxy section.
     #[arg(long)]
     proxy_only: bool,
+    /// Warm claims from a pool with an `on_claim` exec hook and from one without, for the
+    /// hook's cost (0 to skip).
+    #[arg(long, default_value_t = 200)]
+    hook_claims: usize,
+    /// Clients at once for the claim-hook figure.
+    #[arg(long, default_value_t = 8)]
+    hook_clients: usize,
+    /// Run only the claim-hook section.
+    #[arg(long)]
+    hook_only: bool,
+    /// MiB of the workspace the S3 section pushes to moto (0 to skip; needs moto).
+    #[arg(long, default_value_t = 100)]
+    s3_mb: usize,
+    /// Run only the S3 workspace section.
+    #[arg(long)]
+    s3_only: bool,
 }
 
 /// A `lapse serve` child process.
@@ -267,6 +303,16 @@ async fn claims(server: &Arc<ServerProcess>, spec: &Value, total: usize, clients
 }
 
 pub async fn run(args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
+    if args.write_path_only {
+        let mut report = serde_json::Map::new();
+        let say = |line: String| {
+            if !json_out {
+                eprintln!("{line}");
+            }
+        };
+        write_path::run_alone(&args, json_out, &say, &mut report).await?;
+        return print_report(report, json_out);
+    }
     if args.swim_only {
         let mut report = serde_json::Map::new();
         swim(&args, json_out, &mut report).await?;
@@ -282,8 +328,18 @@ pub async fn run(args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
         proxy_section(&args, json_out, &mut report).await?;
         return print_report(report, json_out);
     }
+    if args.s3_only {
+        let mut report = serde_json::Map::new();
+        s3_section(&args, json_out, &mut report).await?;
+        return print_report(report, json_out);
+    }
+    if args.hook_only {
+        let mut report = serde_json::Map::new();
+        hook_section(&args, json_out, &mut report).await?;
+        return print_report(report, json_out);
+    }
     let dir = tempfile::tempdir().context("a temporary data dir")?;
-    let mut server = Arc::new(ServerProcess::start(dir.path()).await?);
+    let mut server = Arc::new(ServerProcess::start_with(dir.path(), &[(write_path::FLOOR_ENV, "1".into())]).await?);
     let mut report = serde_json::Map::new();
     let say = |line: String| {
         if !json_out {
@@ -292,7 +348,6 @@ pub async fn run(args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
     };
     let process_body =
         |_| json!({"owner": "bench", "spec": {"provider": "process", "cmd": ["sleep", "600"]}, "ttl": "10m"});
-    let sim_body = |_| json!({"owner": "bench", "spec": {"provider": "sim", "cmd": ["cold"]}, "ttl": "1h"});
 
     // 1. API create latency with the process provider.
     say(format!("process create latency: {} creates, {} clients ...", args.creates, args.clients));
@@ -349,47 +404,9 @@ pub async fn run(args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
     );
     server.delete_all(&ids).await?;
 
-    // 4. Warm claims: a pool that holds them all, `claim_clients` at once.
-    say(format!(
-        "warm claims: {} claims by {} clients from a pool of {} ...",
-        args.claims, args.claim_clients, args.claims
-    ));
-    let spec = json!({"provider": "sim", "cmd": ["warm"], "ports": [8080]});
-    server.call(Method::PUT, "/v1/pools/bench", Some(json!({"spec": spec, "min": args.claims}))).await?;
-    server.wait_warm("bench", args.claims, Duration::from_secs(300)).await?;
-    report.insert("warm_claim_ms".into(), claims(&server, &spec, args.claims, args.claim_clients).await?);
-    // One burst: every client claims once, at the same moment, from a full pool.
-    server.wait_warm("bench", args.claims, Duration::from_secs(300)).await?;
-    report.insert("warm_claim_burst_ms".into(), claims(&server, &spec, args.claim_clients, args.claim_clients).await?);
-    server.call(Method::DELETE, "/v1/pools/bench", None).await?;
-    server.wait_idle(Duration::from_secs(300)).await?;
-
-    // 5. Create throughput into desired state, sim provider at zero latency.
-    say(format!("create throughput: {} sim creates by 64 clients ...", args.sim_creates));
-    let t = Instant::now();
-    let results = fan_out(&server, args.sim_creates, 64, sim_body).await?;
-    let accepted = t.elapsed().as_secs_f64();
-    server.wait_idle(Duration::from_secs(600)).await?;
-    let settled = t.elapsed().as_secs_f64();
-    let mut throughput = summary(results.iter().map(|r| r.2).collect());
-    throughput["per_second_accepted"] = json!(args.sim_creates as f64 / accepted);
-    throughput["per_second_running"] = json!(args.sim_creates as f64 / settled);
-    report.insert("sim_create_ms".into(), throughput);
-
-    // 6. Pool refill rate.
-    say(format!("pool refill: {} members ...", args.refill));
-    let t = Instant::now();
-    server
-        .call(
-            Method::PUT,
-            "/v1/pools/refill",
-            Some(json!({"spec": {"provider": "sim", "cmd": ["refill"]}, "min": args.refill})),
-        )
-        .await?;
-    server.wait_warm("refill", args.refill, Duration::from_secs(600)).await?;
-    report.insert("pool_refill_per_second".into(), json!(args.refill as f64 / t.elapsed().as_secs_f64()));
-    server.call(Method::DELETE, "/v1/pools/refill", None).await?;
-    server.wait_idle(Duration::from_secs(600)).await?;
+    // 4-6. The write path beside the HTTP floor: warm claims (closed and open loop), create
+    // throughput with the sim provider at zero latency, pool refill ([`write_path`]).
+    write_path::measure(&server, &args, &say, &mut report).await?;
 
     // 7. Scale: many leases, TTLs spread; RSS; kill -9 and restart; expiry lateness.
     if args.leases > 0 {
@@ -439,7 +456,27 @@ pub async fn run(args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
     }
     cloud_section(&args, json_out, &mut report).await?;
     proxy_section(&args, json_out, &mut report).await?;
+    s3_section(&args, json_out, &mut report).await?;
+    hook_section(&args, json_out, &mut report).await?;
+    write_path::finish(&mut report);
     print_report(report, json_out)
+}
+
+/// Warm claims with and without a claim hook ([`claim_hook`]).
+async fn hook_section(
+    args: &BenchArgs,
+    json_out: bool,
+    report: &mut serde_json::Map<String, Value>,
+) -> anyhow::Result<()> {
+    let say = |line: String| {
+        if !json_out {
+            eprintln!("{line}");
+        }
+    };
+    if args.hook_claims > 0 {
+        claim_hook::run(args.hook_claims, args.hook_clients, &say, report).await?;
+    }
+    Ok(())
 }
 
 /// The routing proxy's section ([`proxy`]).
@@ -455,6 +492,29 @@ async fn proxy_section(
     };
     if args.proxy_requests > 0 {
         proxy::run(args.proxy_requests, args.proxy_clients, &say, report).await?;
+    }
+    Ok(())
+}
+
+/// The S3 workspace section ([`s3`]), when built with the `aws` (moto) and `s3` features.
+async fn s3_section(
+    args: &BenchArgs,
+    json_out: bool,
+    report: &mut serde_json::Map<String, Value>,
+) -> anyhow::Result<()> {
+    let say = |line: String| {
+        if !json_out {
+            eprintln!("{line}");
+        }
+    };
+    #[cfg(all(feature = "aws", feature = "s3"))]
+    if args.s3_mb > 0 {
+        s3::run(args.s3_mb, &say, report).await?;
+    }
+    #[cfg(not(all(feature = "aws", feature = "s3")))]
+    {
+        let _ = (args, report);
+        say("s3: skipped (built without the aws and s3 features)".into());
     }
     Ok(())
 }

@@ -94,7 +94,14 @@ enum Command {
     Start(IdArg),
     /// Delete an environment and everything its provider holds for it.
     #[command(alias = "rm")]
-    Delete(IdArg),
+    Delete {
+        #[command(flatten)]
+        id: IdArg,
+        /// Skip the workspace's final push to S3 (also for a delete already waiting on a
+        /// push that keeps failing): what was not pushed is lost.
+        #[arg(long)]
+        force: bool,
+    },
     /// Run a command inside a running environment; exits with its exit code.
     Exec {
         #[command(flatten)]
@@ -105,6 +112,12 @@ enum Command {
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
+    },
+    /// Attach this terminal to a shell inside a running environment (process, docker,
+    /// swarm); exits with the shell's exit code.
+    Shell {
+        #[command(flatten)]
+        id: IdArg,
     },
     /// Print the tail of what an environment printed.
     Logs {
@@ -294,6 +307,10 @@ struct CreateArgs {
     /// What --idle-timeout does.
     #[arg(long, value_parser = ["stop", "delete"], default_value = "stop")]
     on_idle: String,
+    /// Pre-expiry warnings: how long before the lease ends each fires, e.g. 15m,2m (an
+    /// `expiring_soon` event and webhook, and the `LAPSE_NOTICE` file inside).
+    #[arg(long)]
+    warn_before: Option<String>,
     /// Wait until it runs (or fails), showing progress.
     #[arg(long)]
     wait: bool,
@@ -406,10 +423,23 @@ pub(crate) fn env_path(id: &str, rest: &str) -> String {
     format!("/v1/environments/{id}{rest}")
 }
 
+/// A server's end: a refused `--database` is a usage error (exit code 2), like clap's.
+fn served(result: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => match e.downcast_ref::<crate::database::DatabaseRefused>() {
+            Some(refused) => {
+                eprintln!("error: {refused}");
+                Ok(ExitCode::from(2))
+            }
+            None => Err(e),
+        },
+    }
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Serve(args) = cli.command {
-        serve::run(*args).await?;
-        return Ok(ExitCode::SUCCESS);
+        return served(serve::run(*args).await);
     }
     if let Command::Service(mut args) = cli.command {
         args.log_filter = Some(cli.seed_log.filter());
@@ -419,9 +449,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         println!("Instance Manager service started (log level: {})", cli.seed_log.log_level);
         println!("Monitoring instance lifecycle, TTL changes, and state management...");
         println!("Press Ctrl+C to stop the service.");
-        serve::run(*args).await?;
-        println!("Service stopped.");
-        return Ok(ExitCode::SUCCESS);
+        let result = serve::run(*args).await;
+        if result.is_ok() {
+            println!("Service stopped.");
+        }
+        return served(result);
     }
     if let Command::Bench(args) = cli.command {
         crate::bench::run(args, cli.json).await?;
@@ -494,6 +526,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 params: claim_params(args.params, args.param_files)?,
                 idle_timeout: args.idle_timeout,
                 on_idle: if args.on_idle == "delete" { OnIdle::Delete } else { OnIdle::Stop },
+                warn_before: args.warn_before.map(|w| lapse_core::wire::WarnBefore::One(DurationInput::Text(w))),
             };
             let mut env: EnvironmentView = client.post("/v1/environments", &req).await?;
             if args.wait {
@@ -565,9 +598,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let id = env_id(&client, id.get().0).await?;
             show(&client.post(&env_path(&id, "/start"), &()).await?)
         }
-        Command::Delete(id) => {
+        Command::Delete { id, force } => {
             let id = env_id(&client, id.get().0).await?;
-            show(&client.call(Method::DELETE, &env_path(&id, ""), None::<&()>).await?)
+            let path = if force { env_path(&id, "?force=true") } else { env_path(&id, "") };
+            show(&client.call(Method::DELETE, &path, None::<&()>).await?)
         }
         Command::Exec { id, timeout, cmd } => {
             let req = ExecRequest { cmd, timeout };
@@ -586,6 +620,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let code = result.exit_code.unwrap_or(1);
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+        }
+        Command::Shell { id } => {
+            let id = env_id(&client, id.get().0).await?;
+            return crate::shell::run(&cli.url, cli.key.as_deref(), &id).await;
         }
         Command::Logs { id, tail } => {
             let id = env_id(&client, id.get().0).await?;

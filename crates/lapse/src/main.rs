@@ -13,9 +13,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod bench;
 mod cli;
 mod client;
+mod database;
 mod instance_manager;
 mod output;
 mod serve;
+mod shell;
 
 fn main() -> ExitCode {
     // The process provider re-executes this binary for its helpers (an environment's

@@ -43,12 +43,33 @@ pub fn environments(envs: &[EnvironmentView]) {
                 e.owner.clone(),
                 e.spec.provider.clone(),
                 state(e),
-                e.expires_at.as_deref().filter(|_| e.state.as_str() != "deleted").map(relative).unwrap_or_default(),
+                e.expires_at
+                    .as_deref()
+                    .filter(|_| e.state.as_str() != "deleted")
+                    .map(|t| if expires_soon(e, Utc::now()) { format!("{} (soon)", relative(t)) } else { relative(t) })
+                    .unwrap_or_default(),
                 endpoints(e),
             ]
         })
         .collect();
     table(&["ID", "NAME", "OWNER", "PROVIDER", "STATE", "EXPIRES", "ENDPOINTS"], &rows);
+}
+
+/// How close to its end a lease without `warn_before` shows as ending soon.
+pub const SOON_WITHOUT_WARNINGS: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// Whether `e`'s lease, still running at `now`, ends within its largest `warn_before` (or
+/// [`SOON_WITHOUT_WARNINGS`] without one): `lapse list` marks it `(soon)`.
+pub fn expires_soon(e: &EnvironmentView, now: DateTime<Utc>) -> bool {
+    if e.expired_at.is_some() || matches!(e.state.as_str(), "deleted" | "deleting" | "failed") {
+        return false;
+    }
+    let Some(at) = e.expires_at.as_deref().and_then(|t| DateTime::parse_from_rfc3339(t).ok()) else {
+        return false;
+    };
+    let window = e.warn_before.iter().max().map_or(SOON_WITHOUT_WARNINGS.as_secs(), |s| *s) as i64;
+    let left = (at.with_timezone(&Utc) - now).num_seconds();
+    (0..=window).contains(&left)
 }
 
 fn state(e: &EnvironmentView) -> String {
@@ -134,4 +155,28 @@ pub fn pools(pools: &[PoolView]) {
         })
         .collect();
     table(&["POOL", "PROVIDER", "SPEC HASH", "WARM/MIN", "STARTING", "MAX", "VERSION"], &rows);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(expires_in_s: Option<i64>, warn_before: &[i64], now: DateTime<Utc>) -> EnvironmentView {
+        let mut e = lapse_core::model::Environment::new("e".into(), "o".into(), Default::default(), 0);
+        e.observed = lapse_core::model::ObservedState::Running;
+        e.expires_at = expires_in_s.map(|s| now.timestamp_millis() + s * 1000);
+        e.warn_before = warn_before.iter().map(|s| s * 1000).collect();
+        EnvironmentView::from(&e)
+    }
+
+    #[test]
+    fn a_lease_ends_soon_within_its_largest_warning_or_15_minutes() {
+        let now = Utc::now();
+        assert!(expires_soon(&env(Some(10 * 60), &[], now), now));
+        assert!(!expires_soon(&env(Some(20 * 60), &[], now), now));
+        assert!(expires_soon(&env(Some(20 * 60), &[30 * 60, 60], now), now), "the largest mark counts");
+        assert!(!expires_soon(&env(Some(120), &[60], now), now));
+        assert!(!expires_soon(&env(None, &[], now), now), "no lease");
+        assert!(!expires_soon(&env(Some(-5), &[], now), now), "already over");
+    }
 }

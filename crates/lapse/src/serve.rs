@@ -9,6 +9,8 @@ use clap::{Args, ValueEnum};
 use lapse_server::ServerConfig;
 use lapse_server::config::{DockerSetting, OrphanPolicy};
 
+use crate::database::Database;
+
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// Address to serve the API on.
@@ -22,8 +24,14 @@ pub struct ServeArgs {
     /// Where the SQLite store and the process provider's directories live.
     #[arg(long, env = "LAPSE_DATA_DIR", default_value = "./.lapse")]
     pub data_dir: PathBuf,
+    /// Where the store lives: `sqlite:PATH` or a path (default: DATA_DIR/lapse.db), or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (connected and migrated, then refused:
+    /// the PostgreSQL store's operations are not built yet).
+    // `--help` never shows LAPSE_DATABASE's value: it may hold a password.
+    #[arg(long, env = "LAPSE_DATABASE", hide_env_values = true)]
+    pub database: Option<String>,
     /// Docker Engine API for the docker provider: `auto` (DOCKER_HOST, then the usual
-    /// sockets; off if none answers), `off`, or an endpoint such as unix:///run/podman/podman.sock.
+    /// sockets; off if none is set or exists), `off`, or an endpoint such as unix:///run/podman/podman.sock.
     #[arg(long, env = "LAPSE_DOCKER", default_value = "auto")]
     pub docker: String,
     /// The swarm provider (environments as Docker Swarm services): the Engine API of a Swarm
@@ -97,9 +105,44 @@ pub struct ServeArgs {
     /// only bounds what a crash can lose.
     #[arg(long, env = "LAPSE_ACTIVITY_FLUSH", default_value = "5s", value_parser = parse_duration)]
     pub activity_flush: Duration,
+    /// Interactive terminals open at once on one environment (more: 429).
+    #[arg(long, env = "LAPSE_TERMINAL_MAX_PER_ENVIRONMENT", default_value_t = 4)]
+    pub terminal_max_per_environment: usize,
+    /// Interactive terminals open at once on this server (more: 503).
+    #[arg(long, env = "LAPSE_TERMINAL_MAX", default_value_t = 64)]
+    pub terminal_max: usize,
+    /// A terminal with no byte moving either way for this long is closed.
+    #[arg(long, env = "LAPSE_TERMINAL_IDLE", default_value = "15m", value_parser = parse_duration)]
+    pub terminal_idle: Duration,
+    /// The largest WebSocket frame a terminal's client may send, in bytes (1 KiB to 1 MiB).
+    #[arg(long, env = "LAPSE_TERMINAL_MAX_FRAME", default_value_t = 64 * 1024)]
+    pub terminal_max_frame: usize,
     /// Health probes running at once, across all environments.
     #[arg(long, env = "LAPSE_PROBE_CONCURRENCY", default_value_t = 64)]
     pub probe_concurrency: usize,
+    /// An S3-compatible endpoint a spec's `workspace.endpoint` may name (repeat, or
+    /// comma-separated); without one, workspaces use the AWS chain's (`AWS_ENDPOINT_URL`).
+    #[arg(long = "workspace-endpoint", env = "LAPSE_WORKSPACE_ENDPOINTS", value_delimiter = ',')]
+    pub workspace_endpoints: Vec<String>,
+    /// Let webhooks reach loopback, private and link-local addresses (tests, trusted
+    /// networks); otherwise a hook's URL must resolve to public addresses only.
+    #[arg(long, env = "LAPSE_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+    /// First webhook retry back-off; it doubles per failure up to --webhook-retry-cap.
+    #[arg(long, env = "LAPSE_WEBHOOK_RETRY_BASE", default_value = "5s", value_parser = parse_duration)]
+    pub webhook_retry_base: Duration,
+    /// Longest webhook retry back-off.
+    #[arg(long, env = "LAPSE_WEBHOOK_RETRY_CAP", default_value = "10m", value_parser = parse_duration)]
+    pub webhook_retry_cap: Duration,
+    /// Attempts of one webhook delivery before it is failed.
+    #[arg(long, env = "LAPSE_WEBHOOK_MAX_ATTEMPTS", default_value_t = 12)]
+    pub webhook_max_attempts: u32,
+    /// Largest S3 workspace a pull or push moves, in MiB.
+    #[arg(long, env = "LAPSE_WORKSPACE_MAX_MB", default_value_t = 1024)]
+    pub workspace_max_mb: u64,
+    /// Most files in an S3 workspace.
+    #[arg(long, env = "LAPSE_WORKSPACE_MAX_FILES", default_value_t = 100_000)]
+    pub workspace_max_files: usize,
     /// Apply a --config file even when it is empty or would remove more than half of the
     /// environments and pools it declared (otherwise refused, unless the file itself says
     /// `allow_mass_removal = true`).
@@ -246,6 +289,8 @@ pub struct ServeArgs {
     pub ovh: OvhArgs,
     #[command(flatten)]
     pub proxy: ProxyArgs,
+    #[command(flatten)]
+    pub classla: ClasslaArgs,
     /// The log filter when LAPSE_LOG is unset (`lapse service`'s --log-level); not a flag.
     #[arg(skip)]
     pub log_filter: Option<String>,
@@ -311,6 +356,11 @@ fn parse_pair(s: &str) -> Result<(String, usize), String> {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_json, args.log_filter.as_deref());
     let mut config = ServerConfig::new(&args.data_dir);
+    match args.database.as_deref().map(Database::parse).transpose()? {
+        None => {}
+        Some(Database::Sqlite(path)) => config.database = Some(path),
+        Some(Database::Postgres(url)) => return Err(crate::database::refuse_postgres(&url).await.into()),
+    }
     config.listen = args.listen;
     config.seed_listen = args.seed_listen;
     config.default_ttl = args.default_ttl;
@@ -367,6 +417,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.config_poll = args.config_poll.max(Duration::from_millis(10));
     config.activity_flush = args.activity_flush.max(Duration::from_millis(10));
     config.probe_concurrency = args.probe_concurrency.max(1);
+    config.terminal = lapse_server::http::terminal::TerminalConfig {
+        max_per_environment: args.terminal_max_per_environment.max(1),
+        max_total: args.terminal_max.max(1),
+        idle: args.terminal_idle.max(Duration::from_secs(1)),
+        max_frame_bytes: args.terminal_max_frame.clamp(1024, 1024 * 1024),
+    };
+    config.webhooks.allow_private = args.webhook_allow_private;
+    config.webhooks.retry_base = args.webhook_retry_base;
+    config.webhooks.retry_cap = args.webhook_retry_cap;
+    config.webhooks.max_attempts = args.webhook_max_attempts.max(1);
+    config.workspace.endpoints = args.workspace_endpoints.iter().filter(|e| !e.is_empty()).cloned().collect();
+    config.workspace.max_bytes = args.workspace_max_mb.saturating_mul(1024 * 1024);
+    config.workspace.max_files = args.workspace_max_files.max(1);
     config.config_allow_removal = args.config_allow_removal;
     config.config_delete_removed = args.config_delete_removed;
     config.vms_provider = args.vms_provider;
@@ -401,6 +464,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         idle_timeout: args.http_idle_timeout,
     };
     config.proxy = args.proxy.config()?;
+    config.classla = args.classla.settings(config.swarm.is_some(), |k| std::env::var(k).ok())?;
     if let Some(url) = &args.redis {
         let provider = match (&args.swim_provider, std::env::var_os("SCW_ACCESS_KEY")) {
             (Some(p), _) => p.clone(),
@@ -634,5 +698,111 @@ impl ProxyArgs {
         c.max_streams = self.proxy_max_streams;
         c.max_streams_per_environment = self.proxy_max_streams_per_environment;
         Ok(Some(c))
+    }
+}
+
+/// The Classla IDE orchestration API (`/api/containers/*`, `/api/health`) on a listener of its
+/// own, configured by the seed's variables (API_KEY, DOMAIN, PRE_WARMED_QUEUE_SIZE,
+/// CONTAINER_CPU_LIMIT, CONTAINER_MEMORY_LIMIT, MAX_MEMORY_PERCENT, INACTIVITY_TIMEOUT_SECONDS,
+/// IDE_CONTAINER_IMAGE, AWS_*, BACKEND_API_URL, CONTAINER_SERVICE_TOKEN).
+#[derive(Args, Debug, Default)]
+pub struct ClasslaArgs {
+    /// Serve the Classla API on this address: `HOST:PORT`, or `HOST` alone for the seed's
+    /// PORT (3001); off unless given.
+    #[arg(long, env = "LAPSE_CLASSLA_LISTEN", help_heading = "Classla API")]
+    pub classla_listen: Option<String>,
+    /// The provider of its containers (default: swarm when --swarm-endpoint is given, else docker).
+    #[arg(long, env = "LAPSE_CLASSLA_PROVIDER", help_heading = "Classla API")]
+    pub classla_provider: Option<String>,
+    /// The MANAGEMENT_API_URL its containers get: this API as they reach it (default
+    /// http://<the Classla listener>).
+    #[arg(long, env = "LAPSE_CLASSLA_MANAGEMENT_URL", help_heading = "Classla API")]
+    pub classla_management_url: Option<String>,
+    /// Let the containers' URLs (/code/<id>, /vnc/<id>, /web/<id>, /terminal/<id>/) through the
+    /// proxy without a key, as the seed's Traefik does; only the Classla API's containers.
+    #[arg(long, env = "LAPSE_CLASSLA_OPEN_URLS", help_heading = "Classla API")]
+    pub classla_open_urls: bool,
+    /// The containers' command instead of the image's, as a JSON array of strings (for an
+    /// image without its own entrypoint).
+    #[arg(long, env = "LAPSE_CLASSLA_CMD", help_heading = "Classla API")]
+    pub classla_cmd: Option<String>,
+}
+
+impl ClasslaArgs {
+    fn settings(
+        &self,
+        swarm: bool,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Option<lapse_server::compat::classla::Settings>> {
+        let Some(listen) = &self.classla_listen else {
+            if self.classla_provider.is_some()
+                || self.classla_management_url.is_some()
+                || self.classla_open_urls
+                || self.classla_cmd.is_some()
+            {
+                anyhow::bail!("the --classla-* flags need --classla-listen");
+            }
+            return Ok(None);
+        };
+        let listen: SocketAddr = match listen.parse() {
+            Ok(addr) => addr,
+            Err(_) => {
+                let port = get("PORT").filter(|p| !p.is_empty());
+                let port = match port {
+                    Some(p) => lapse_server::compat::classla::config::parse_int(&p)
+                        .and_then(|p| u16::try_from(p).ok())
+                        .ok_or_else(|| anyhow::anyhow!("Invalid number for environment variable PORT: {p}"))?,
+                    None => 3001,
+                };
+                let ip: std::net::IpAddr = listen
+                    .parse()
+                    .with_context(|| format!("--classla-listen {listen:?} is neither HOST:PORT nor an IP address"))?;
+                SocketAddr::new(ip, port)
+            }
+        };
+        let provider = self.classla_provider.clone().unwrap_or_else(|| if swarm { "swarm" } else { "docker" }.into());
+        let management_url = self.classla_management_url.clone().unwrap_or_else(|| format!("http://{listen}"));
+        let config = lapse_server::compat::classla::ClasslaConfig::from_env(
+            &get,
+            &provider,
+            management_url,
+            self.classla_open_urls,
+        )
+        .context("the Classla API (--classla-listen)")?;
+        let mut config = config;
+        if let Some(cmd) = &self.classla_cmd {
+            config.cmd = serde_json::from_str(cmd).context("--classla-cmd is a JSON array of strings")?;
+        }
+        Ok(Some(lapse_server::compat::classla::Settings { listen, config }))
+    }
+}
+
+#[cfg(test)]
+mod classla_tests {
+    use super::ClasslaArgs;
+
+    fn vars(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn the_listener_takes_the_seeds_port_and_the_provider_follows_swarm() {
+        let base: &[(&str, &str)] = &[("API_KEY", "k"), ("DOMAIN", "localhost")];
+        let args = |listen: &str| ClasslaArgs { classla_listen: Some(listen.into()), ..Default::default() };
+        let s = args("0.0.0.0").settings(false, vars(base)).unwrap().unwrap();
+        assert_eq!((s.listen.to_string(), s.config.provider.as_str()), ("0.0.0.0:3001".into(), "docker"));
+        assert_eq!(s.config.management_url, "http://0.0.0.0:3001");
+        let with_port: &[(&str, &str)] = &[("API_KEY", "k"), ("DOMAIN", "localhost"), ("PORT", "4000")];
+        let s = args("127.0.0.1").settings(true, vars(with_port)).unwrap().unwrap();
+        assert_eq!((s.listen.to_string(), s.config.provider.as_str()), ("127.0.0.1:4000".into(), "swarm"));
+        let s = args("127.0.0.1:5000").settings(true, vars(with_port)).unwrap().unwrap();
+        assert_eq!(s.listen.port(), 5000, "an explicit port wins");
+        assert!(args("nowhere").settings(false, vars(base)).is_err());
+        assert!(args("0.0.0.0").settings(false, vars(&[("DOMAIN", "x")])).unwrap_err().to_string().contains("Classla"));
+        let bad_port: &[(&str, &str)] = &[("API_KEY", "k"), ("DOMAIN", "x"), ("PORT", "http")];
+        assert!(args("0.0.0.0").settings(false, vars(bad_port)).is_err());
+        let stray = ClasslaArgs { classla_open_urls: true, ..Default::default() };
+        assert!(stray.settings(false, vars(base)).is_err(), "--classla-* without --classla-listen");
+        assert!(ClasslaArgs::default().settings(false, vars(base)).unwrap().is_none());
     }
 }

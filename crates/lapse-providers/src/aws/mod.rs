@@ -268,7 +268,7 @@ impl AwsProvider {
         placement: &Placement,
         spec: &Spec,
     ) -> Result<(), ProviderError> {
-        if let Some(data) = self.user_data(environment_id, placement, spec)? {
+        if let Some(data) = self.user_data(environment_id, placement, spec).await? {
             // EC2 wants the user data base64-encoded inside the blob (which the SDK encodes
             // once more on the wire), as RunInstances takes it.
             use base64::Engine;
@@ -351,6 +351,10 @@ impl Provider for AwsProvider {
 
     fn call_times(&self) -> Vec<CallTime> {
         self.calls.snapshot()
+    }
+
+    fn call_busy(&self) -> Option<Duration> {
+        Some(self.calls.busy())
     }
 
     async fn health(&self) -> Result<String, ProviderError> {

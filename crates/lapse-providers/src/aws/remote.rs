@@ -35,7 +35,7 @@ impl AwsProvider {
 
     /// The user data for a launch or a start: the user's, then the keys (Lapse's for the
     /// environment, made now if needed, and the spec's) and the backstop.
-    pub(super) fn user_data(
+    pub(super) async fn user_data(
         &self,
         environment_id: &str,
         placement: &Placement,
@@ -43,7 +43,9 @@ impl AwsProvider {
     ) -> Result<Option<String>, ProviderError> {
         let mut keys = Vec::new();
         if self.keys.is_enabled() {
-            keys.push(self.keys.ensure(environment_id).map_err(|e| e.into_provider(NAME, "make the SSH key"))?);
+            // The launch runs its lookups meanwhile.
+            let made = self.keys.ensure_off_thread(environment_id).await;
+            keys.push(made.map_err(|e| e.into_provider(NAME, "make the SSH key"))?);
         }
         keys.extend(spec.cloud.iter().flat_map(|c| c.ssh_public_keys.iter().cloned()));
         let deadline = placement.expires_at.map(|ms| ms.div_euclid(1000));

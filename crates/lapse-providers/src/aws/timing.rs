@@ -36,6 +36,7 @@ impl Intercept for Timing {
         _context: &BeforeSerializationInterceptorContextRef<'_>,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
+        self.0.begin();
         cfg.interceptor_state().store_put(Started(Instant::now()));
         Ok(())
     }
@@ -48,7 +49,7 @@ impl Intercept for Timing {
     ) -> Result<(), BoxError> {
         if let Some(Started(at)) = cfg.load::<Started>() {
             let op = cfg.load::<Metadata>().map_or("unknown", |m| m.name());
-            self.0.record(op, at.elapsed());
+            self.0.end(op, at.elapsed());
         }
         Ok(())
     }

@@ -55,6 +55,8 @@ impl DockerProvider {
                     .iter()
                     .map(|(k, v)| format!("{k}={v}"))
                     .chain(spec.user_data.as_ref().map(|_| format!("{}={NOCLOUD_USER_DATA}", crate::USER_DATA_ENV)))
+                    // Pre-expiry warnings land here (the server writes it through the archive API).
+                    .chain(std::iter::once(format!("{}=/run/lapse-notice", crate::NOTICE_ENV)))
                     .collect(),
             ),
             labels: Some(labels),
@@ -107,7 +109,8 @@ impl DockerProvider {
         match self.docker.create_container(Some(options), body).await {
             Ok(_) => Ok(true),
             // Created by an earlier attempt that did not see its answer: use it.
-            Err(e) if status_of(&e) == Some(409) => Ok(true),
+            // (Podman answers 500 "... is already in use".)
+            Err(e) if status_of(&e) == Some(409) || e.to_string().contains("already in use") => Ok(true),
             Err(e) if status_of(&e) == Some(404) && e.to_string().contains("network") => Ok(false),
             Err(e) if status_of(&e) == Some(404) => Err(ProviderError::Permanent {
                 provider: NAME,

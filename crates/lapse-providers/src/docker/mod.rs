@@ -55,13 +55,14 @@ use conventions::Conventions;
 use disk::DiskSupport;
 
 const NAME: &str = "docker";
+/// How long the engine may take to answer a health check.
+const HEALTH_WAIT: Duration = Duration::from_secs(8);
 /// Most tasks a container may have.
 pub const PIDS_LIMIT: i64 = 1024;
 /// The log driver's options: what the engine keeps of a container's output.
 pub const LOG_MAX_SIZE: &str = "10m";
 pub const LOG_MAX_FILE: &str = "3";
-pub const LABEL_ENVIRONMENT: &str = "lapse.environment";
-pub const LABEL_CONTROLLER: &str = "lapse.controller";
+pub use crate::engine::{LABEL_CONTROLLER, LABEL_ENVIRONMENT};
 
 /// Where the Docker Engine API is looked for when none is configured: `DOCKER_HOST`, then these.
 pub const SOCKET_CANDIDATES: &[&str] =
@@ -144,6 +145,25 @@ impl DockerProvider {
             }
         }
         Err(last)
+    }
+
+    /// The engine [`DockerProvider::detect`] would have used had it answered: `DOCKER_HOST`,
+    /// else the first candidate socket that exists; `None` when nothing says an engine is
+    /// here. For an engine that is slow to answer at start (a loaded Podman): the provider is
+    /// on, and its calls fail (and are retried) until the engine answers.
+    pub fn installed(controller_id: &str) -> Option<Self> {
+        let endpoint = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()).or_else(|| {
+            SOCKET_CANDIDATES.iter().find(|s| std::path::Path::new(s).exists()).map(|s| format!("unix://{s}"))
+        })?;
+        Self::connect(&endpoint, controller_id).ok()
+    }
+
+    /// The id of the environment's container, `NotFound` without one.
+    async fn container_of(&self, environment_id: &str) -> Result<String, ProviderError> {
+        match self.find(environment_id).await? {
+            Some(c) => Ok(c.id.unwrap_or_else(|| self.container_name(environment_id))),
+            None => Err(ProviderError::NotFound { provider: NAME, environment_id: environment_id.to_owned() }),
+        }
     }
 
     fn container_name(&self, id: &str) -> String {
@@ -257,7 +277,13 @@ impl Provider for DockerProvider {
     }
 
     fn capabilities(&self) -> crate::Capabilities {
-        crate::Capabilities { exec: true, logs: true, stop_keeps_disk: true, ..crate::Capabilities::default() }
+        crate::Capabilities {
+            exec: true,
+            logs: true,
+            stop_keeps_disk: true,
+            terminal: true,
+            ..crate::Capabilities::default()
+        }
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), FieldError> {
@@ -274,11 +300,13 @@ impl Provider for DockerProvider {
     }
 
     async fn health(&self) -> Result<String, ProviderError> {
-        let version = tokio::time::timeout(Duration::from_secs(3), self.docker.version())
+        // Podman under load can take several seconds to answer `version`; an engine that is
+        // down refuses the connection at once. Under the wrapper's 10 s health bound.
+        let version = tokio::time::timeout(HEALTH_WAIT, self.docker.version())
             .await
             .map_err(|_| ProviderError::Unavailable {
                 provider: NAME,
-                message: format!("{} did not answer in 3 s", self.endpoint),
+                message: format!("{} did not answer in {} s", self.endpoint, HEALTH_WAIT.as_secs()),
             })?
             .map_err(|e| ProviderError::Unavailable { provider: NAME, message: format!("{}: {e}", self.endpoint) })?;
         let product = version
@@ -308,6 +336,7 @@ impl Provider for DockerProvider {
         // Twice at most: a network removed (its last container gone) between its check and
         // the create is made again.
         let mut attempts = 0;
+        let _hold = self.networks.hold(&self.controller_id, &placement.tenant).await;
         while existing.is_none() {
             attempts += 1;
             let network = self.networks.ensure(&self.docker, &self.controller_id, &placement.tenant).await?;
@@ -341,7 +370,21 @@ impl Provider for DockerProvider {
             match self.docker.start_container(&name, None).await {
                 Ok(()) => {}
                 Err(e) if status_of(&e) == Some(304) => {}
-                Err(e) => return Err(classify("start", e)),
+                Err(e) => {
+                    // A network removed under a created container (Podman lets a removal
+                    // elsewhere race a create): a container that never ran is removed, so
+                    // the next attempt makes both again; a stopped one keeps its disk.
+                    let never_ran = existing
+                        .as_ref()
+                        .and_then(|c| c.state.as_ref())
+                        .is_none_or(|s| s.status == Some(bollard::models::ContainerStateStatusEnum::CREATED));
+                    if never_ran && e.to_string().contains("network not found") {
+                        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+                        let removed = self.docker.remove_container(&name, Some(options)).await;
+                        tracing::warn!(container = %name, error = %e, removed = removed.is_ok(), "its network vanished before its start");
+                    }
+                    return Err(classify("start", e));
+                }
             }
         }
         let inspect = self.inspect_name(&name).await?.ok_or_else(|| ProviderError::Failed {
@@ -447,13 +490,19 @@ impl Provider for DockerProvider {
                 if labels.contains_key("com.docker.swarm.service.id") {
                     return None;
                 }
-                let running =
-                    c.state.map(|s| matches!(s.to_string().as_str(), "running" | "restarting")).unwrap_or(false);
+                let state = c.state.map(|s| s.to_string()).unwrap_or_default();
+                // A container created and not started yet is on its way (being started by
+                // whoever made it): the sweep leaves it alone until it settles.
+                let status = match state.as_str() {
+                    "running" | "restarting" => InstanceStatus::Running,
+                    "created" => InstanceStatus::Pending,
+                    _ => InstanceStatus::Stopped,
+                };
                 Some(Instance {
                     keep: labels.keys().any(|k| crate::is_keep_mark(k)),
                     environment_id: labels.get(LABEL_ENVIRONMENT)?.clone(),
                     provider_ref: c.id.unwrap_or_default(),
-                    status: if running { InstanceStatus::Running } else { InstanceStatus::Stopped },
+                    status,
                     endpoints: vec![],
                     exit_code: None,
                     user_data_path: None,
@@ -486,6 +535,40 @@ impl Provider for DockerProvider {
             _ => classify("exec", e),
         })?;
         crate::engine::run_exec(&self.docker, NAME, &exec.id, timeout).await
+    }
+
+    async fn open_terminal(
+        &self,
+        environment_id: &str,
+        spec: &Spec,
+        size: crate::terminal::TermSize,
+    ) -> Result<crate::terminal::Terminal, ProviderError> {
+        let container = match self.find(environment_id).await? {
+            Some(c) => c.id.unwrap_or_else(|| self.container_name(environment_id)),
+            None => return Err(ProviderError::NotFound { provider: NAME, environment_id: environment_id.to_owned() }),
+        };
+        crate::engine_terminal::open(&self.docker, &self.endpoint, NAME, &container, environment_id, spec, size).await
+    }
+
+    async fn get_archive(
+        &self,
+        environment_id: &str,
+        _spec: &Spec,
+        dir: &str,
+    ) -> Result<crate::archive::ArchiveStream, ProviderError> {
+        let container = self.container_of(environment_id).await?;
+        Ok(crate::engine_archive::get(&self.docker, &container, dir))
+    }
+
+    async fn put_archive(
+        &self,
+        environment_id: &str,
+        _spec: &Spec,
+        dest: &str,
+        tar: crate::archive::ArchiveStream,
+    ) -> Result<(), ProviderError> {
+        let container = self.container_of(environment_id).await?;
+        crate::engine_archive::put(&self.docker, NAME, environment_id, &container, dest, tar).await
     }
 
     async fn logs(&self, environment_id: &str, tail_lines: usize) -> Result<LogsView, ProviderError> {

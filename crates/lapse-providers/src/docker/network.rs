@@ -9,6 +9,11 @@
 //! - Removed when its last container goes (`delete`), and by the sweep's
 //!   [`Provider::collect_garbage`](crate::Provider::collect_garbage) when it has none (a
 //!   network made in the last minute is left alone: its container may be on the way).
+//! - "None" counts every container of the tenant in any state (a created or stopped one
+//!   names its network but is not attached, and the engine would let the network go), and a
+//!   network is never removed while a create for its tenant is on the way in this process
+//!   ([`Networks::hold`]): the check and the removal, and the hold's start, are under one
+//!   lock, so a create cannot make its container against a network about to vanish.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::models::NetworkCreateRequest;
-use bollard::query_parameters::ListNetworksOptionsBuilder;
+use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptionsBuilder};
 
 use super::{LABEL_CONTROLLER, classify, status_of};
 use crate::ProviderError;
@@ -29,6 +34,29 @@ const GRACE: Duration = Duration::from_secs(60);
 #[derive(Debug, Default)]
 pub struct Networks {
     recent: Mutex<HashMap<String, Instant>>,
+    /// Creates on the way, by network name.
+    held: Mutex<HashMap<String, usize>>,
+    /// Held by a removal from its check to its end, and by a hold's start.
+    removing: tokio::sync::Mutex<()>,
+}
+
+/// A create on the way: the network is not removed until this is dropped.
+#[derive(Debug)]
+pub struct Hold<'a> {
+    networks: &'a Networks,
+    name: String,
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        let mut held = self.networks.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.name) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.name);
+            }
+        }
+    }
 }
 
 /// The network name of a tenant (a name Docker accepts, whatever the tenant is called).
@@ -47,6 +75,15 @@ pub fn name_of(controller_id: &str, tenant: &str) -> String {
 }
 
 impl Networks {
+    /// Keeps the tenant's network from being removed until the hold is dropped; waits for a
+    /// removal under way (after which [`Networks::ensure`] makes the network again).
+    pub async fn hold(&self, controller_id: &str, tenant: &str) -> Hold<'_> {
+        let name = name_of(controller_id, tenant);
+        let _removing = self.removing.lock().await;
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()).entry(name.clone()).or_default() += 1;
+        Hold { networks: self, name }
+    }
+
     /// Makes the tenant's network if it is missing; returns its name.
     pub async fn ensure(&self, docker: &Docker, controller_id: &str, tenant: &str) -> Result<String, ProviderError> {
         let name = name_of(controller_id, tenant);
@@ -84,11 +121,31 @@ impl Networks {
         {
             return false;
         }
-        match docker.inspect_network(name, None).await {
-            Ok(n) if n.containers.as_ref().is_none_or(HashMap::is_empty) => {}
+        let _removing = self.removing.lock().await;
+        if self.held.lock().unwrap_or_else(|p| p.into_inner()).contains_key(name) {
+            return false;
+        }
+        let network = match docker.inspect_network(name, None).await {
+            Ok(n) if n.containers.as_ref().is_none_or(HashMap::is_empty) => n,
             Ok(_) => return false,
             Err(e) if status_of(&e) == Some(404) => return true,
             Err(_) => return false,
+        };
+        let (Some(controller), Some(tenant)) = (
+            network.labels.as_ref().and_then(|l| l.get(LABEL_CONTROLLER)),
+            network.labels.as_ref().and_then(|l| l.get(LABEL_TENANT)),
+        ) else {
+            return false;
+        };
+        // Created and stopped containers are not attached, yet need the network to start.
+        let filters = HashMap::from([(
+            "label",
+            vec![format!("{LABEL_CONTROLLER}={controller}"), format!("{LABEL_TENANT}={tenant}")],
+        )]);
+        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        match docker.list_containers(Some(options)).await {
+            Ok(containers) if containers.is_empty() => {}
+            _ => return false,
         }
         match docker.remove_network(name).await {
             Ok(()) => {

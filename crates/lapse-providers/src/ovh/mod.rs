@@ -238,7 +238,8 @@ impl OvhProvider {
         }
         let mut keys = Vec::new();
         if self.keys.is_enabled() {
-            keys.push(self.keys.ensure(environment_id).map_err(|e| e.into_provider(PROVIDER, "make the SSH key"))?);
+            let made = self.keys.ensure_off_thread(environment_id).await;
+            keys.push(made.map_err(|e| e.into_provider(PROVIDER, "make the SSH key"))?);
         }
         keys.extend(cloud.ssh_public_keys.iter().cloned());
         let own = spec.user_data.as_deref();

@@ -15,9 +15,15 @@
 //! - **`init`** — the first process of the environment's PID namespace: mounts `/proc`, sets
 //!   `no_new_privs`, runs the command as the environment's uid and gid (no supplementary
 //!   groups), reaps orphans, and exits with the command's code (128 + signal if killed). When
-//!   it exits the kernel kills whatever is left in the namespace.
+//!   it exits the kernel kills whatever is left in the namespace. The command (and what an
+//!   `exec` runs) is the OOM killer's first choice (`oom_score_adj` 1000); the supervisor and
+//!   init ask to be exempt (-1000), which needs `CAP_SYS_RESOURCE`, so on a host without it
+//!   they are still never chosen before the command.
 //! - **`exec`** — runs one command inside a running environment: joins its cgroup and
 //!   namespaces ([`isolation::join`]) and its uid, with stdout and stderr going to the server.
+//!   For a terminal (`ExecJob::tty`) its stdout is a pseudo-terminal's slave, which it gives
+//!   the command as stdin, stdout, stderr and controlling terminal of a session the command
+//!   leads (see `terminal`).
 //!
 //! Why a re-executed binary and not a thread of the server: namespaces can only be entered
 //! (`unshare(CLONE_NEWNS)`, `setns`) by a single-threaded process, and the leader must
@@ -76,6 +82,10 @@ pub struct ExecJob {
     pub cgroup: Option<EnvCgroup>,
     /// The supervisor whose namespaces to join, and its start time (against pid reuse).
     pub leader: Option<(i32, u64)>,
+    /// A terminal: the helper's stdout is a pseudo-terminal's slave, which becomes the
+    /// command's stdin, stdout, stderr and controlling terminal (a session of its own).
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// How an environment's command ended, as its supervisor records it.
@@ -186,6 +196,14 @@ fn command_of(program: &Program) -> Result<Command, String> {
     Ok(command)
 }
 
+/// Makes `pid` the OOM killer's first choice (`oom_score_adj` 1000; what it forks inherits
+/// it). Exempting the supervisor and init (-1000) needs `CAP_SYS_RESOURCE`, which not every
+/// host grants (this one does not); raising a score needs no privilege, so the command is
+/// always the one taken, never the supervisor that records why it died.
+fn prefer_for_oom(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "1000");
+}
+
 /// The shell's convention: the exit code, or 128 + the signal that killed it.
 fn code_of(status: ExitStatus) -> (i64, Option<String>) {
     match (status.code(), status.signal()) {
@@ -268,6 +286,9 @@ fn start_supervised(launch: &Launch) -> Result<Supervised, String> {
     };
     // The command inherited the default; only the supervisor is exempt.
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+    if launch.jail.is_none() {
+        prefer_for_oom(child.id());
+    }
     Ok(Supervised { child, dir, stdout, stderr })
 }
 
@@ -404,6 +425,10 @@ fn init() -> i32 {
         Err(e) => Err(format!("error permanent {e}")),
     };
     let Some(child) = control.started(spawned) else { return 127 };
+    // The command, not init (the whole binary, re-executed, often the bigger), is the one
+    // the OOM killer takes when the environment outgrows its memory.
+    prefer_for_oom(child.id());
+    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
     let main = nix::unistd::Pid::from_raw(child.id() as i32);
     // Reap everything (orphans come to the namespace's first process); end with the command.
     loop {
@@ -417,6 +442,9 @@ fn init() -> i32 {
 }
 
 fn exec() -> i32 {
+    // Before joining the environment (whose `/proc` would not show this process): what it
+    // runs inherits the score of the environment's own commands.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
     let (mut control, job): (Control, ExecJob) = match Control::with_job() {
         Ok(job) => job,
         Err(code) => return code,
@@ -437,11 +465,60 @@ fn exec() -> i32 {
     }
     let argv0 = job.command.argv.first().cloned().unwrap_or_default();
     let spawned = command_of(&job.command).map_err(|e| format!("error permanent {e}")).and_then(|mut c| {
-        c.stdout(Stdio::inherit()).stderr(Stdio::inherit()).spawn().map_err(|e| spawn_error(&argv0, &e))
+        if job.tty {
+            attach_terminal(&mut c)?;
+        } else {
+            c.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+            close_inherited(&mut c);
+        }
+        c.spawn().map_err(|e| spawn_error(&argv0, &e))
     });
     let Some(mut child) = control.started(spawned) else { return 127 };
     match child.wait() {
         Ok(status) => (code_of(status).0 & 0xff) as i32,
         Err(_) => 125,
     }
+}
+
+/// Marks every descriptor above 2 close-on-exec in the command, so none the server inherited
+/// from its own parent without that flag reaches what `exec` runs.
+fn close_inherited(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before `exec` and makes one
+    // async-signal-safe system call; it allocates nothing. This helper runs no other thread.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(|| {
+            // Kernels before 5.11 lack the flag; std's own descriptors are close-on-exec anyway.
+            let _ = nix::libc::close_range(3, u32::MAX, nix::libc::CLOSE_RANGE_CLOEXEC as i32);
+            Ok(())
+        });
+    }
+}
+
+/// Gives the terminal on stdout (a pseudo-terminal's slave) to the command as its stdin,
+/// stdout and stderr, and makes the command the leader of a new session with that terminal
+/// as its controlling terminal. The shell itself must lead the session: it lives in the
+/// environment's PID namespace, where this helper's process group does not exist (a shell
+/// that gives the terminal back to the group it started in would fail on exit).
+fn attach_terminal(command: &mut Command) -> Result<(), String> {
+    let failed = |e: &dyn std::fmt::Display| format!("error failed the terminal: {e}");
+    let tty = std::io::stdout().as_fd().try_clone_to_owned().map_err(|e| failed(&e))?;
+    let copy = || tty.try_clone().map_err(|e| failed(&e));
+    command.stdin(Stdio::from(copy()?)).stdout(Stdio::from(copy()?)).stderr(Stdio::from(tty));
+    // SAFETY: the closure runs in the forked child before `exec`; it makes three system
+    // calls (`setsid`, `ioctl(TIOCSCTTY)` on fd 0, the terminal std just put there, and
+    // `close_range` marking every descriptor above 2 close-on-exec, so none the server
+    // inherited from its own parent reaches the shell), which are async-signal-safe, and
+    // allocates nothing. This helper runs no other thread.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(|| {
+            rustix::process::setsid()?;
+            rustix::process::ioctl_tiocsctty(std::os::fd::BorrowedFd::borrow_raw(0))?;
+            // Kernels before 5.11 lack the flag; std's own descriptors are close-on-exec anyway.
+            let _ = nix::libc::close_range(3, u32::MAX, nix::libc::CLOSE_RANGE_CLOEXEC as i32);
+            Ok(())
+        });
+    }
+    Ok(())
 }

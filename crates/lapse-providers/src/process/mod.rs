@@ -42,11 +42,13 @@ use nix::unistd::Pid;
 
 use crate::{Instance, InstanceStatus, MAX_OUTPUT_BYTES, Placement, Provider, ProviderError, last_lines};
 
+mod archive;
 pub mod cgroup;
 pub mod helper;
 pub mod isolation;
 pub mod logs;
 mod spawn;
+mod terminal;
 
 use cgroup::{Cgroups, EnvCgroup, Limits};
 use helper::{ExecJob, ExitRecord, Launch, Program};
@@ -182,12 +184,23 @@ impl ProcessProvider {
         let mut env = BTreeMap::from([
             ("PATH".to_owned(), std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())),
             ("HOME".to_owned(), work.to_string_lossy().into_owned()),
+            // Pre-expiry warnings land here (the server writes it through `put_archive`).
+            (crate::NOTICE_ENV.to_owned(), work.join(".lapse/notice").to_string_lossy().into_owned()),
         ]);
         env.extend(spec.env.clone());
         if spec.user_data.is_some() {
             env.insert(crate::USER_DATA_ENV.into(), self.dir(id).join(USER_DATA_FILE).to_string_lossy().into_owned());
         }
         env
+    }
+
+    /// The working directory of an environment, where its absolute paths are.
+    fn workspace_root(&self, id: &str) -> Result<PathBuf, ProviderError> {
+        let work = self.dir(id).join("work");
+        if !work.is_dir() {
+            return Err(ProviderError::NotFound { provider: NAME, environment_id: id.to_owned() });
+        }
+        Ok(work)
     }
 
     fn user_of(&self, id: &str) -> Option<(u32, u32)> {
@@ -408,6 +421,23 @@ impl ProcessProvider {
         Ok(())
     }
 
+    /// What the exec helper needs to run `command` inside environment `id` (its cgroup, and
+    /// the leader whose namespaces to join when isolated).
+    fn exec_job(&self, id: &str, command: Program) -> Result<ExecJob, ProviderError> {
+        let leader = if self.isolate {
+            let leader = self.find(id).ok_or_else(|| ProviderError::Failed {
+                provider: NAME,
+                op: "exec",
+                message: "the environment is not running".into(),
+            })?;
+            let started = Stat::of(leader.pid).map_or(0, |s| s.start_time);
+            Some((leader.pid, started))
+        } else {
+            None
+        };
+        Ok(ExecJob { command, cgroup: self.cgroup_of(id), leader, tty: false })
+    }
+
     /// The command that runs an `exec`: through the exec helper (the environment's cgroup,
     /// namespaces and uid), or directly without one.
     async fn exec_command(
@@ -442,18 +472,7 @@ impl ProcessProvider {
                     message: format!("cannot run {program:?}: {e}"),
                 });
         };
-        let leader = if self.isolate {
-            let leader = self.find(id).ok_or_else(|| ProviderError::Failed {
-                provider: NAME,
-                op: "exec",
-                message: "the environment is not running".into(),
-            })?;
-            let started = Stat::of(leader.pid).map_or(0, |s| s.start_time);
-            Some((leader.pid, started))
-        } else {
-            None
-        };
-        let job = ExecJob { command, cgroup: self.cgroup_of(id), leader };
+        let job = self.exec_job(id, command)?;
         let mut process = tokio::process::Command::new(helper);
         process
             .args([helper::HELPER_ARG, "exec"])
@@ -549,7 +568,13 @@ impl Provider for ProcessProvider {
     }
 
     fn capabilities(&self) -> crate::Capabilities {
-        crate::Capabilities { exec: true, logs: true, stop_keeps_disk: true, ..crate::Capabilities::default() }
+        crate::Capabilities {
+            exec: true,
+            logs: true,
+            stop_keeps_disk: true,
+            terminal: self.helper.is_some(),
+            ..crate::Capabilities::default()
+        }
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), FieldError> {
@@ -687,6 +712,41 @@ impl Provider for ProcessProvider {
         let child = self.exec_command(environment_id, spec, cmd).await?;
         let out = spawn::capture(child, timeout).await?;
         Ok(ExecResult { exit_code: out.exit_code, stdout: out.stdout, stderr: out.stderr, timed_out: out.timed_out })
+    }
+
+    async fn open_terminal(
+        &self,
+        environment_id: &str,
+        spec: &Spec,
+        size: crate::terminal::TermSize,
+    ) -> Result<crate::terminal::Terminal, ProviderError> {
+        self.terminal(environment_id, spec, size).await
+    }
+
+    async fn get_archive(
+        &self,
+        environment_id: &str,
+        _spec: &Spec,
+        dir: &str,
+    ) -> Result<crate::archive::ArchiveStream, ProviderError> {
+        let work = self.workspace_root(environment_id)?;
+        Ok(archive::get(work, dir.to_owned()))
+    }
+
+    async fn put_archive(
+        &self,
+        environment_id: &str,
+        _spec: &Spec,
+        dest: &str,
+        tar: crate::archive::ArchiveStream,
+    ) -> Result<(), ProviderError> {
+        let work = self.workspace_root(environment_id)?;
+        let owner = self.user_of(environment_id);
+        archive::put(work, dest.to_owned(), owner, tar).await.map_err(|e| ProviderError::Failed {
+            provider: NAME,
+            op: "put_archive",
+            message: e.to_string(),
+        })
     }
 
     async fn logs(&self, environment_id: &str, tail_lines: usize) -> Result<LogsView, ProviderError> {

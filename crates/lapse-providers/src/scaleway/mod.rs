@@ -105,10 +105,11 @@ impl ScalewayProvider {
     }
 
     /// The SSH keys to let in: Lapse's for the environment (made now if needed) and the spec's.
-    fn ssh_keys(&self, environment_id: &str, spec: &Spec) -> Result<Vec<String>, ProviderError> {
+    async fn ssh_keys(&self, environment_id: &str, spec: &Spec) -> Result<Vec<String>, ProviderError> {
         let mut keys = Vec::new();
         if self.keys.is_enabled() {
-            keys.push(self.keys.ensure(environment_id).map_err(|e| e.into_provider(NAME, "make the SSH key"))?);
+            let made = self.keys.ensure_off_thread(environment_id).await;
+            keys.push(made.map_err(|e| e.into_provider(NAME, "make the SSH key"))?);
         }
         keys.extend(spec.cloud.iter().flat_map(|c| c.ssh_public_keys.iter().cloned()));
         Ok(keys)
@@ -187,7 +188,7 @@ impl ScalewayProvider {
                 self.api.set_tags(zone, &server.id, &tags).await.map_err(|e| Self::failed("retag expiry", e))?;
             }
         }
-        let keys = self.ssh_keys(environment_id, spec)?;
+        let keys = self.ssh_keys(environment_id, spec).await?;
         let data = backstop::user_data(
             spec.user_data.as_deref(),
             placement.expires_at,

@@ -58,6 +58,13 @@ impl KeyStore {
         public_line(&key)
     }
 
+    /// [`KeyStore::ensure`] off the runtime's threads: it syncs the new file and its
+    /// directory to disk, which would stall every task on the thread meanwhile.
+    pub async fn ensure_off_thread(&self, environment_id: &str) -> Result<String, SshError> {
+        let (store, id) = (self.clone(), environment_id.to_owned());
+        tokio::task::spawn_blocking(move || store.ensure(&id)).await.unwrap_or(Err(SshError::KeyGeneration))
+    }
+
     /// The environment's private key, if it has one.
     pub fn load(&self, environment_id: &str) -> Result<Option<PrivateKey>, SshError> {
         let path = self.path(environment_id, "key")?;

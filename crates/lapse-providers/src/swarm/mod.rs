@@ -63,8 +63,7 @@ pub mod tasks;
 pub mod testing;
 
 const NAME: &str = "swarm";
-pub const LABEL_ENVIRONMENT: &str = "lapse.environment";
-pub const LABEL_CONTROLLER: &str = "lapse.controller";
+pub use crate::engine::{LABEL_CONTROLLER, LABEL_ENVIRONMENT};
 pub const LABEL_TENANT: &str = "lapse.tenant";
 /// `spec.ports`, comma-separated, on the service.
 pub const LABEL_PORTS: &str = "lapse.ports";
@@ -292,7 +291,13 @@ impl Provider for SwarmProvider {
     }
 
     fn capabilities(&self) -> crate::Capabilities {
-        crate::Capabilities { exec: true, logs: true, stop_keeps_disk: false, ..crate::Capabilities::default() }
+        crate::Capabilities {
+            exec: true,
+            logs: true,
+            stop_keeps_disk: false,
+            terminal: true,
+            ..crate::Capabilities::default()
+        }
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), FieldError> {
@@ -474,7 +479,47 @@ impl Provider for SwarmProvider {
         self.exec_in(environment_id, cmd, timeout).await
     }
 
+    /// In the running task's container on this node (as `exec`).
+    async fn open_terminal(
+        &self,
+        environment_id: &str,
+        spec: &Spec,
+        size: crate::terminal::TermSize,
+    ) -> Result<crate::terminal::Terminal, ProviderError> {
+        let container = self.task_container(environment_id).await?;
+        let docker = self.client().await?;
+        crate::engine_terminal::open(docker, &self.endpoint, NAME, &container, environment_id, spec, size).await
+    }
+
+    /// A task the engine restarts is a new container, and its address on the gateway bridge
+    /// is whichever is free then: another environment's old one, maybe.
+    async fn watch_moves(&self, moved: tokio::sync::mpsc::Sender<crate::Move>) -> Result<(), ProviderError> {
+        let docker = self.client().await?;
+        crate::engine::watch_moves(docker, NAME, &self.controller_id, moved).await
+    }
+
     async fn logs(&self, environment_id: &str, tail_lines: usize) -> Result<LogsView, ProviderError> {
         self.logs_of(environment_id, tail_lines).await
+    }
+
+    async fn get_archive(
+        &self,
+        environment_id: &str,
+        _spec: &Spec,
+        dir: &str,
+    ) -> Result<crate::archive::ArchiveStream, ProviderError> {
+        let container = self.task_container(environment_id).await?;
+        Ok(crate::engine_archive::get(self.client().await?, &container, dir))
+    }
+
+    async fn put_archive(
+        &self,
+        environment_id: &str,
+        _spec: &Spec,
+        dest: &str,
+        tar: crate::archive::ArchiveStream,
+    ) -> Result<(), ProviderError> {
+        let container = self.task_container(environment_id).await?;
+        crate::engine_archive::put(self.client().await?, NAME, environment_id, &container, dest, tar).await
     }
 }

@@ -46,6 +46,17 @@ impl SwarmProvider {
         crate::engine::run_exec(docker, NAME, &exec.id, timeout).await
     }
 
+    /// The running task's container on this engine (`NotFound` when none runs).
+    pub(super) async fn task_container(&self, environment_id: &str) -> Result<String, ProviderError> {
+        let not_found = || ProviderError::NotFound { provider: NAME, environment_id: environment_id.to_owned() };
+        let service = self.find(environment_id).await?.ok_or_else(not_found)?;
+        let seen = self.observe(&service).await?;
+        match (seen.status, seen.container_id) {
+            (InstanceStatus::Running, Some(c)) if !c.is_empty() => Ok(c),
+            _ => Err(not_found()),
+        }
+    }
+
     pub(super) async fn logs_of(&self, environment_id: &str, tail_lines: usize) -> Result<LogsView, ProviderError> {
         let not_found = || ProviderError::NotFound { provider: NAME, environment_id: environment_id.to_owned() };
         let docker = self.client().await?;

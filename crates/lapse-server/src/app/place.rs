@@ -2,6 +2,7 @@
 //! for it in one transaction (with a claim's parameters handed over through the pool's hook,
 //! [`crate::claim_hook`]), or a cold start inserted for the reconciler.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapse_core::duration;
@@ -21,11 +22,20 @@ fn ttl_text(env: &Environment) -> String {
     })
 }
 
+/// The pool key a create claims by: its spec's hash without its workspace (a workspace is
+/// the claim's, given to the member it takes, as a claim's parameters are).
+fn claim_hash(spec: &lapse_core::model::Spec) -> String {
+    match &spec.workspace {
+        None => spec.hash(),
+        Some(_) => lapse_core::model::Spec { workspace: None, ..spec.clone() }.hash(),
+    }
+}
+
 impl App {
     /// Makes `wanted` exist: claims a warm pool member of the same spec and gives it
     /// `wanted`'s identity and lease (one transaction), or inserts `wanted` to be provisioned.
     pub(super) async fn place(&self, wanted: Environment, who: &Principal) -> Result<Created, AppError> {
-        if self.cx.is_pooled(&wanted.spec.hash())
+        if self.cx.is_pooled(&claim_hash(&wanted.spec))
             && let Some((env, _)) = self.claim_member(&wanted, who, false).await?
         {
             return Ok(self.placed(env, true));
@@ -41,14 +51,21 @@ impl App {
         who: &Principal,
         pending: bool,
     ) -> Result<Option<(Environment, String)>, AppError> {
-        let actor = who.actor.as_str();
+        let actor = who.actor.clone();
         let ttl_text = ttl_text(wanted);
-        let mut pool = String::new();
+        // The pool the member left, seen by the claim (which runs on the store's writer).
+        let left = Arc::new(std::sync::Mutex::new(String::new()));
+        let seen = left.clone();
+        let wanted = wanted.clone();
         let claimed = self
             .cx
             .store
-            .claim(&wanted.spec.hash(), who.limits(), |e| {
-                pool = e.pool.clone().unwrap_or_default();
+            .claim(&claim_hash(&wanted.spec), who.limits(), move |e| {
+                let pool = e.pool.clone().unwrap_or_default();
+                seen.lock().unwrap_or_else(|p| p.into_inner()).clone_from(&pool);
+                // A workspace belongs to the claim, not to the pool: the member gets the
+                // create's, and the syncer pulls it once the member is claimed.
+                e.spec.workspace = wanted.spec.workspace.clone();
                 e.name = wanted.name.clone();
                 e.tenant = wanted.tenant.clone();
                 e.owner = wanted.owner.clone();
@@ -68,11 +85,13 @@ impl App {
                 e.on_idle = wanted.on_idle;
                 e.last_active_at = Some(wanted.created_at);
                 let message = format!("claimed from pool {pool} for {}, ttl {ttl_text}", wanted.owner);
-                vec![NewEvent::new(&e.id, actor, "claim", "ok", message)]
+                vec![NewEvent::new(&e.id, &actor, "claim", "ok", message)]
             })
             .await
             .map_err(refused)?;
+        let pool = std::mem::take(&mut *left.lock().unwrap_or_else(|p| p.into_inner()));
         if claimed.is_some() {
+            self.cx.claim_rate.record(&pool, self.cx.clock.now());
             self.cx.pool_wake.notify_one();
         }
         Ok(claimed.map(|env| (env, pool)))
@@ -124,7 +143,7 @@ impl App {
         who: &Principal,
         params: &lapse_core::claim::ClaimParams,
     ) -> Result<Created, AppError> {
-        let hash = wanted.spec.hash();
+        let hash = claim_hash(&wanted.spec);
         let hooked = self.cx.is_pooled(&hash)
             && self.cx.store.list_pools().await?.iter().any(|p| p.spec.hash() == hash && p.on_claim.is_some());
         if hooked {

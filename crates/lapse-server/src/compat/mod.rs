@@ -10,9 +10,11 @@
 //! | [`fc`] | ndrean/microvm-control-planner@2ff3827 (`fc_ex_cp`) | `POST /vms`, `GET`/`DELETE /vms/:id`, `GET /stats`, `desired_vms.exs` (read by `declare/exs`) |
 //! | [`github_gg`] | lantos1618/github.gg@2745f5a | the `vm.*` procedures under `/v1/github-gg/users/{user}/` |
 //! | [`github_gg`] | lantos1618/github.gg@2745f5a | the `vm.*` procedures: per-user get-or-create, start, stop, destroy, `executeCode` |
+//! | [`classla`] | Classla/ClasslaV2@aef6eae (`classla-ide-container/orchestration`) | `/api/containers/*`, `/api/health`, on `--classla-listen` |
 //!
 //! Each module's doc names the seed files it follows, and where it differs on purpose.
 
+pub mod classla;
 pub mod fc;
 pub mod github_gg;
 pub mod swim;

@@ -58,6 +58,11 @@ struct ConfigFile {
     /// Providers by name (see [`crate::providers::table`]); read at start only.
     #[serde(default)]
     providers: BTreeMap<String, crate::providers::ProviderTable>,
+    /// Lifecycle webhooks (see [`crate::webhooks::declared`]); read at start only.
+    #[serde(default)]
+    webhooks: Vec<crate::webhooks::declared::WebhookDecl>,
+    #[serde(default)]
+    webhooks_policy: Option<crate::webhooks::declared::PolicySection>,
 }
 
 /// The config file's `[auth]` table.
@@ -76,6 +81,8 @@ pub struct StartTables {
     pub prices: Option<lapse_core::cost::Prices>,
     pub tiers: BTreeMap<String, lapse_core::wire::QuotaInput>,
     pub providers: BTreeMap<String, crate::providers::ProviderTable>,
+    pub webhooks: Vec<crate::webhooks::declared::WebhookDecl>,
+    pub webhooks_policy: Option<crate::webhooks::declared::PolicySection>,
 }
 
 fn service() -> Lifecycle {
@@ -110,6 +117,9 @@ pub struct EnvDecl {
     pub spec: Spec,
     #[serde(default)]
     pub warm_pool: Option<WarmPool>,
+    /// Pre-expiry warnings (`["15m", "2m"]` or `"15m,2m"`), each below the `ttl`.
+    #[serde(default)]
+    pub warn_before: Option<lapse_core::wire::WarnBefore>,
     /// The seed's spec as written in a `.exs` file (JSON text); never read from TOML.
     #[serde(skip)]
     pub seed_spec: Option<String>,
@@ -219,6 +229,11 @@ pub fn parse(text: &str, max_ttl: Duration) -> Result<Declared, Vec<ConfigError>
         {
             check(line, Err(format!("{what}: idle_timeout: {e}")));
         }
+        if let Some(w) = &env.warn_before
+            && let Err(e) = crate::warnings::check_marks(w, ttl, max_ttl)
+        {
+            check(line, Err(format!("{what}: warn_before: {e}")));
+        }
         if let Some(w) = env.warm_pool {
             check(line, pool_size(w.min, w.max, &format!("{what}: warm_pool")));
             declared.pools.push(PoolDecl {
@@ -272,6 +287,8 @@ pub fn start_tables(path: &Path) -> anyhow::Result<StartTables> {
         prices: file.prices,
         tiers: file.tiers,
         providers: file.providers,
+        webhooks: file.webhooks,
+        webhooks_policy: file.webhooks_policy,
     })
 }
 

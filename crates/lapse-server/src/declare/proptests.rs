@@ -172,6 +172,7 @@ fn environment(i: usize) -> impl Strategy<Value = (EnvDecl, Option<Duration>)> {
                 labels,
                 spec,
                 warm_pool,
+                warn_before: None,
                 seed_spec: None,
             };
             (decl, ttl.map(|(_, d)| d))

@@ -41,11 +41,12 @@ fn admin_only(path: &str) -> bool {
         || path.starts_with("/vms/")
 }
 
-/// Finds the caller of every request (all but `/healthz` need a key when keys are on) and
-/// refuses tenants on admin routes.
+/// Finds the caller of every request (all but `/healthz`, `/readyz` and the dashboard's own
+/// `/ui` routes, which check keys themselves, need a key or a dashboard session when keys are
+/// on) and refuses tenants on admin routes.
 pub async fn authenticate(State(app): State<App>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
-    if path == "/healthz" || path == "/readyz" {
+    if path == "/healthz" || path == "/readyz" || crate::ui::is_ui_path(&path) {
         return next.run(req).await;
     }
     let peer = req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
@@ -57,9 +58,17 @@ pub async fn authenticate(State(app): State<App>, mut req: Request, next: Next) 
         return rate_limited(wait, "too many requests without a valid key from this address");
     }
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let caller = match auth.caller(&app.cx.store, header).await {
+    // The dashboard's session cookie stands for a key when no `Authorization` is sent.
+    let found = match crate::ui::session::caller_of_cookie(&app, req.method(), req.headers(), header.is_some()).await {
+        Some(found) => found,
+        None => auth.caller(&app.cx.store, header).await,
+    };
+    let caller = match found {
         Ok(caller) => caller,
         Err(AuthError::Store(e)) => return ApiError::from(AppError::Store(e)).into_response(),
+        Err(AuthError::Forbidden(why)) => {
+            return ApiError::new(StatusCode::FORBIDDEN, "forbidden", why).into_response();
+        }
         Err(e) => {
             if let Some(ip) = peer
                 && let Err(wait) = auth.refused_from(ip)

@@ -163,14 +163,26 @@ pub async fn start(
 }
 
 /// Ask for the environment and its resources to be removed. The record stays, `deleted`.
-#[utoipa::path(delete, path = "/v1/environments/{id}", tag = "environments", params(("id" = String, Path)),
-    responses((status = 202, body = EnvironmentView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+/// With a workspace, the removal waits for its final push; `force=true` skips that push
+/// (also for an environment already waiting for it).
+#[utoipa::path(delete, path = "/v1/environments/{id}", tag = "environments",
+    params(("id" = String, Path), ("force" = Option<bool>, Query, description = "Skip the workspace's final push")),
+    responses((status = 202, body = EnvironmentView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<String>,
+    RawQuery(raw): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok((StatusCode::ACCEPTED, Json(EnvironmentView::from(&app.delete(&id, &caller).await?))))
+    let pairs = query_pairs(raw.as_deref())?;
+    only_keys(&pairs, &["force"])?;
+    let force = match pairs.iter().find(|(k, _)| k == "force").map(|(_, v)| v.as_str()) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("force is true or false, not {other:?}"))),
+    };
+    let env = if force { app.delete_forced(&id, &caller).await? } else { app.delete(&id, &caller).await? };
+    Ok((StatusCode::ACCEPTED, Json(EnvironmentView::from(&env))))
 }
 
 /// Run a command inside a running environment and return its output.

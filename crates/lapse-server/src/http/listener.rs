@@ -163,7 +163,8 @@ async fn serve_one(
         })
     };
     let io = TokioIo::new(Watched { inner: stream, conn: conn.clone() });
-    let serving = builder.serve_connection(io, TowerToHyperService::new(service));
+    // Upgrades on: the terminal is a WebSocket; an upgraded connection leaves this loop.
+    let serving = builder.serve_connection(io, TowerToHyperService::new(service)).with_upgrades();
     tokio::pin!(serving);
     let mut shutting_down = false;
     loop {

@@ -28,12 +28,17 @@ pub mod admin;
 pub mod adopt;
 pub mod environments;
 pub mod extract;
+pub mod floor;
 pub mod listener;
 pub mod openapi;
 pub mod page;
 pub mod pools;
 pub mod sweep;
 pub mod system;
+pub mod terminal;
+pub mod watch;
+pub mod webhooks;
+pub mod workspace;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -46,11 +51,17 @@ pub fn router(app: App) -> Router {
         .merge(admin::router())
         .merge(adopt::router())
         .merge(environments::router())
+        .merge(floor::router())
         .merge(crate::proxy::links::router())
         .merge(pools::router())
         .merge(sweep::router())
         .merge(crate::compat::github_gg::router())
         .merge(system::router())
+        .merge(terminal::router())
+        .merge(webhooks::router())
+        .merge(workspace::router())
+        .merge(watch::router())
+        .merge(crate::ui::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(extract::json_errors));
@@ -113,6 +124,7 @@ impl From<AppError> for ApiError {
             AppError::Invalid(f) => ApiError::bad_request(f.to_string()),
             AppError::NotFound(id) => ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no environment {id}")),
             AppError::NoPool(name) => ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no pool {name}")),
+            AppError::NoWebhook(id) => ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no webhook {id}")),
             AppError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             AppError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
             AppError::Quota(m) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", m),

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{activity, admin, adopt, environments, pools, sweep, system};
+use super::{activity, admin, adopt, environments, pools, sweep, system, terminal, watch, webhooks, workspace};
 use crate::compat::fc as seed;
 use crate::compat::github_gg as gg;
 
@@ -14,14 +14,16 @@ use crate::compat::github_gg as gg;
     info(title = "Lapse", description = "Control plane for short-lived compute environments."),
     paths(
         environments::create, environments::list, environments::show, environments::extend,
-        environments::stop, environments::start, environments::delete, environments::exec, environments::logs,
-        crate::proxy::links::create_link, activity::activity,
+        environments::stop, environments::start, environments::delete, environments::exec, environments::logs, watch::watch,
+        terminal::terminal,
+        crate::proxy::links::create_link, activity::activity, workspace::show,
         pools::list, pools::show, pools::put, pools::delete, seed::create_vm, seed::show_vm, seed::delete_vm, seed::stats,
         gg::get_my_vm, gg::provision_my_vm, gg::start_my_vm, gg::stop_my_vm, gg::destroy_my_vm, gg::execute_code,
         admin::create_tenant, admin::list_tenants, admin::update_tenant, admin::create_key, admin::create_scoped_key, admin::revoke_key, admin::whoami, adopt::adopt, sweep::sweep,
+        webhooks::create, webhooks::list, webhooks::show, webhooks::delete, webhooks::deliveries, webhooks::test,
         system::healthz, system::readyz, system::metrics, system::providers, system::status, system::queues, system::usage, system::events, system::openapi,
     ),
-    tags((name = "environments", description = "Leased environments"), (name = "pools", description = "Warm pools"), (name = "seed", description = "The Firecracker control plane's API, for users migrating from it"), (name = "github.gg", description = "github.gg's personal-VM procedures: one VM per user, exec of a shell string"), (name = "system", description = "Health, metrics, audit trail, queues"), (name = "admin", description = "Tenants and API keys"))
+    tags((name = "environments", description = "Leased environments"), (name = "pools", description = "Warm pools"), (name = "seed", description = "The Firecracker control plane's API, for users migrating from it"), (name = "github.gg", description = "github.gg's personal-VM procedures: one VM per user, exec of a shell string"), (name = "system", description = "Health, metrics, audit trail, queues"), (name = "admin", description = "Tenants and API keys"), (name = "webhooks", description = "Lifecycle webhooks and their deliveries"))
 )]
 pub struct ApiDoc;
 

@@ -169,10 +169,20 @@ async fn docker(
                     tracing::info!(provider = name, detail = %p.health().await.unwrap_or_default(), "docker provider on");
                     Some(Arc::new(p))
                 }
-                Err(e) => {
-                    tracing::info!(provider = name, reason = %e, "docker provider off: no Docker Engine API answered");
-                    None
-                }
+                Err(e) => match DockerProvider::installed(controller_id) {
+                    Some(p) => {
+                        tracing::warn!(
+                            provider = name,
+                            error = %e,
+                            "docker provider on, but its engine does not answer yet (disk_gb refused)"
+                        );
+                        Some(Arc::new(p.with_conventions(conventions)))
+                    }
+                    None => {
+                        tracing::info!(provider = name, reason = %e, "docker provider off: no Docker Engine API answered");
+                        None
+                    }
+                },
             },
             DockerSetting::Endpoint(endpoint) => match DockerProvider::connect(endpoint, controller_id) {
                 Ok(p) => {

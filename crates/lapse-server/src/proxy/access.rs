@@ -10,6 +10,8 @@
 //! 4. The `lapse_session` cookie the proxy set from one of the first two.
 //!
 //! Without an admin key (single-tenant, loopback only) every request is let in, as in the API.
+//! An environment a [`super::RouteAlias`] opens is let in without credentials (the Classla
+//! adapter's with `--classla-open-urls`, as the seed's Traefik routes had no auth).
 //! With keys, a request without credentials is a `401`. A key's caller sees what it sees in
 //! the API: another tenant's environment is a `404`, as one that does not exist. Credentials
 //! in the query get a session cookie (HttpOnly, SameSite=Lax, Path of the environment's route)
@@ -133,6 +135,11 @@ async fn decide(
     }
     if !auth.enabled() {
         return Ok(Granted { caller: Caller::Open, session: None, drop_authorization: false });
+    }
+    // An environment its alias opens (the Classla adapter's, with `--classla-open-urls`):
+    // reached without credentials, and only that one (the route names it).
+    if proxy.app.cx.route_alias.get().is_some_and(|a| a.is_open(&routed.environment_id)) {
+        return Ok(Granted { caller: Caller::Admin, session: None, drop_authorization: false });
     }
     Err(refused(cookie_failure.or(failure).unwrap_or_else(|| {
         ProxyError::Unauthorized(

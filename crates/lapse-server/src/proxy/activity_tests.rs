@@ -67,6 +67,7 @@ async fn proxied_requests_are_reported_as_activity_once_a_second() {
         params: None,
         idle_timeout: None,
         on_idle: Default::default(),
+        warn_before: None,
     };
     let id = h.app.create(req, &Caller::Open).await.expect("creating").env.id;
     h.settle().await;

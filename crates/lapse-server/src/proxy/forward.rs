@@ -10,7 +10,7 @@
 //!   and **`X-Forwarded-Prefix`** (the stripped prefix) are set, replacing what the client sent.
 //!   `Host` is passed as the client sent it.
 //! - **The caller's Lapse credentials never reach the environment**: `X-Lapse-Key`, the
-//!   `lapse_session` cookie (other cookies are kept), the `lapse_key`/`lapse_link` query
+//!   `lapse_session` cookie and the dashboard's `lapse_ui` (other cookies are kept), the `lapse_key`/`lapse_link` query
 //!   parameters, and `Authorization` when it carried the Lapse key that was used.
 //! - Connections to backends are pooled (keep-alive), made within the connect timeout; the
 //!   response must start within the idle timeout of the last byte of the request body; both
@@ -206,7 +206,13 @@ pub fn clean_request_headers(headers: &mut HeaderMap, drop_authorization: bool) 
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .map(str::trim)
-        .filter(|c| !c.is_empty() && c.split_once('=').is_none_or(|(name, _)| name.trim() != SESSION_COOKIE))
+        // Neither the proxy's session nor the dashboard's (cookies ignore ports: a browser
+        // sends the dashboard's `lapse_ui` to a proxy on the same host).
+        .filter(|c| {
+            !c.is_empty()
+                && c.split_once('=')
+                    .is_none_or(|(name, _)| ![SESSION_COOKIE, crate::ui::session::COOKIE].contains(&name.trim()))
+        })
         .map(str::to_owned)
         .collect();
     headers.remove(header::COOKIE);
@@ -254,7 +260,7 @@ mod tests {
             ("x-lapse-key", "lapse_k"),
             ("authorization", "Bearer lapse_k"),
             ("x-forwarded-for", "6.6.6.6"),
-            ("cookie", "a=1; lapse_session=tok; b=2"),
+            ("cookie", "a=1; lapse_session=tok; b=2; lapse_ui=dashboard"),
             ("cookie", "lapse_session=other"),
             ("accept", "*/*"),
         ] {

@@ -21,6 +21,10 @@
 //!   or during its answer, or never reads, is cut: `504`, or the stream ends), concurrent
 //!   streams per environment (`429`) and in total (`503`), request heads at most
 //!   `max_header_bytes` (`431`).
+//! - **Aliases** ([`RouteAlias`], set by `compat::classla`): a route's id may be a short name
+//!   the alias resolves (`/code/<8 chars>/`); a name it does not know is a `404`. The alias
+//!   may also open the environments it names to requests without credentials (the Classla
+//!   adapter's `--classla-open-urls`): every other environment still needs credentials.
 //! - **Activity**: every proxied request, request-body frame and WebSocket read is reported to
 //!   an [`ActivitySink`] (at most once a second per environment; the sink must not block).
 //!   `lapse serve` wires a no-op until idle stop consumes it.
@@ -56,6 +60,16 @@ use route::{RouteError, Routed, Target};
 /// cheap and never wait (no store writes, no locks held across awaits).
 pub trait ActivitySink: Send + Sync {
     fn touch(&self, environment_id: &str);
+}
+
+/// Names the proxy resolves besides environment ids (a seed's short ids, `/code/<8 chars>`),
+/// and environments reached without credentials. Called on the request path: it must be
+/// cheap and never wait.
+pub trait RouteAlias: Send + Sync + std::fmt::Debug {
+    /// The environment id `alias` stands for, if any.
+    fn resolve(&self, alias: &str) -> Option<String>;
+    /// Whether environment `id` is open to requests without credentials.
+    fn is_open(&self, environment_id: &str) -> bool;
 }
 
 /// The sink that drops every report.
@@ -274,6 +288,11 @@ impl Proxy {
             }
             _ => route::parse_path(&path),
         }?;
+        let mut routed = routed;
+        if !lapse_core::model::is_environment_id(&routed.environment_id) {
+            let alias = self.app.cx.route_alias.get();
+            routed.environment_id = alias.and_then(|a| a.resolve(&routed.environment_id)).ok_or(RouteError::NoRoute)?;
+        }
         let (query, key_param, link_param) = route::split_query(req.uri().query());
         let granted =
             access::authorize(self, req.headers(), &routed, key_param.as_deref(), link_param.as_deref(), peer.ip())
@@ -335,6 +354,12 @@ impl Proxy {
             return Err(ProxyError::NotRunning(format!(
                 "environment {id} is {}, not running",
                 serde_json::to_value(env.observed).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+            )));
+        }
+        // Running without endpoints: its container died and is being restarted (`moves`).
+        if env.endpoints.is_empty() {
+            return Err(ProxyError::BackendUnavailable(format!(
+                "environment {id} has no address the proxy can reach right now (its container may be restarting); try again shortly"
             )));
         }
         let endpoint = env

@@ -87,7 +87,7 @@ pub fn parse_path(raw: &str) -> Result<Routed, RouteError> {
         }
         (second, Target::Route(first.to_owned()), format!("/{first}/{second}"), parts.next())
     };
-    if !is_environment_id(environment_id) {
+    if !is_environment_id(environment_id) && !is_alias(environment_id) {
         return Err(RouteError::NoRoute);
     }
     let rest = match after {
@@ -96,6 +96,12 @@ pub fn parse_path(raw: &str) -> Result<Routed, RouteError> {
     };
     check_rest(&rest)?;
     Ok(Routed { environment_id: environment_id.to_owned(), target, prefix, rest })
+}
+
+/// Whether `s` may be a short name a [`super::RouteAlias`] resolves: 4-32 of `[a-z0-9]`
+/// (the Classla seed's ids are 8).
+pub fn is_alias(s: &str) -> bool {
+    (4..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// The route of a request whose `Host` is `<id>-<route>.<domain>` or `<id>-<port>.<domain>`
@@ -226,6 +232,18 @@ mod tests {
         assert_eq!((bare.rest.as_str(), bare.forwarded_path(true)), ("", "/".to_owned()));
         assert_eq!(parse_path(&format!("/e/{ID}/8080")).unwrap().forwarded_path(false), format!("/e/{ID}/8080/"));
         assert_eq!(parse_path(&format!("/e/{ID}/8080/")).unwrap().rest, "/", "a trailing slash is kept");
+    }
+
+    #[test]
+    fn a_short_name_is_left_to_the_alias() {
+        let r = parse_path("/code/a1b2c3d4/x").unwrap();
+        assert_eq!(
+            (r.environment_id.as_str(), r.prefix.as_str(), r.rest.as_str()),
+            ("a1b2c3d4", "/code/a1b2c3d4", "/x")
+        );
+        for path in ["/code/A1B2C3D4/", "/code/a-b-c-d/", "/code/abc/", "/code/a1b2c3d4/../x"] {
+            assert!(parse_path(path).is_err(), "{path}");
+        }
     }
 
     #[test]

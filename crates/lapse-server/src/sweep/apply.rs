@@ -36,8 +36,19 @@ pub enum Outcome {
 pub async fn apply(cx: &Context, reconciler: &Reconciler, provider: &dyn Provider, plan: &Plan) -> Vec<Outcome> {
     // What outlived its environment's leader, and networks no container uses: a change, so
     // only in a real sweep.
-    if let Err(e) = provider.collect_garbage().await {
-        tracing::warn!(provider = provider.name(), error = %e, "collecting leftovers failed; the next sweep retries");
+    match provider.collect_garbage().await {
+        Ok(0) => {}
+        Ok(n) => {
+            let labels = ProviderLabels { provider: provider.name().to_owned() };
+            cx.metrics.sweep_garbage_collected.get_or_create(&labels).inc_by(n as u64);
+        }
+        Err(e) => {
+            tracing::warn!(provider = provider.name(), error = %e, "collecting leftovers failed; the next sweep retries")
+        }
+    }
+    // Exits settle before they are looked at again and recorded ([`EXIT_SETTLE`]).
+    if plan.actions.iter().any(|p| matches!(p.action, Action::Correct { drift: Drift::Exited(_), .. })) {
+        tokio::time::sleep(EXIT_SETTLE).await;
     }
     let mut outcomes = Vec::with_capacity(plan.actions.len());
     // Orphans still orphaned are removed together, in one call (a cloud does it in a few).
@@ -133,16 +144,36 @@ pub async fn apply_one(
                 return Ok(Outcome::Dropped);
             }
             adopt(cx, name, instance).await?;
+            cx.metrics.sweep_orphans_adopted.get_or_create(&labels).inc();
             reconciler.enqueue(id);
             Ok(Outcome::Done)
         }
         Action::Correct { drift, seen, exit_reason } => {
-            correct_record(cx, reconciler, id, *drift, *seen, exit_reason.as_deref()).await?;
+            let Some(drift) = confirmed(provider, id, *drift).await? else { return Ok(Outcome::Dropped) };
+            correct_record(cx, reconciler, id, drift, *seen, exit_reason.as_deref()).await?;
             cx.metrics.sweep_drift_corrected.get_or_create(&labels).inc();
             reconciler.enqueue(id);
             Ok(Outcome::Done)
         }
     }
+}
+
+/// How long an exit seen by a sweep settles before it is recorded: a container being removed
+/// behind our back is seen exited for a moment first (Podman kills it, then removes it), and
+/// recording that moment as an exit would stop a lease that should be provisioned again.
+pub(crate) const EXIT_SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The drift as it is now: an exit is looked at again (after [`apply`] let it settle) and is
+/// a vanishing if the resource has gone meanwhile, nothing unless it is still stopped.
+async fn confirmed(provider: &dyn Provider, id: &str, drift: Drift) -> Result<Option<Drift>, SweepError> {
+    let Drift::Exited(_) = drift else { return Ok(Some(drift)) };
+    Ok(match provider.inspect(id).await? {
+        None => Some(Drift::Vanished { desired: lapse_core::model::DesiredState::Running }),
+        // Still stopped: the exit stands. Running again, or on its way (an engine restarting
+        // it): nothing to record now; the next sweep looks again.
+        Some(i) if i.status == lapse_providers::InstanceStatus::Stopped => Some(drift),
+        Some(_) => None,
+    })
 }
 
 /// Whether `id` has no record, or a failed or deleted one not marked kept.

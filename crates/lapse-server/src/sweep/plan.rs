@@ -143,6 +143,11 @@ pub async fn plan(cx: &Context, reconciler: &Reconciler, provider: &dyn Provider
         let action = match &current {
             Some(e) if !matches!(e.observed, ObservedState::Failed | ObservedState::Deleted) => continue,
             _ if instance.keep || current.as_ref().is_some_and(record_kept) => Action::Keep,
+            // One on its way (a container created, not yet started) is adopted once it
+            // settles, as what it became.
+            None if cx.config.orphans == crate::config::OrphanPolicy::Adopt && instance.status.is_transitional() => {
+                continue;
+            }
             None if cx.config.orphans == crate::config::OrphanPolicy::Adopt
                 && lapse_core::model::is_environment_id(id) =>
             {

@@ -65,6 +65,7 @@ async fn two_thousand_leases_ending_in_one_second_expire_within_a_second_of_expi
             params: None,
             idle_timeout: None,
             on_idle: Default::default(),
+            warn_before: None,
         };
         let created = h.app.create(req, &Caller::Open).await.expect("creating a lease");
         assert_eq!(created.env.expires_at, Some(t0 + ttl_ms));

@@ -51,6 +51,7 @@ fn request(spec: Spec, lifecycle: Lifecycle) -> CreateEnvironment {
         params: None,
         idle_timeout: None,
         on_idle: Default::default(),
+        warn_before: None,
     }
 }
 

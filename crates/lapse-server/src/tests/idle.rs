@@ -35,6 +35,7 @@ fn request(idle: &str, on_idle: OnIdle) -> CreateEnvironment {
         params: None,
         idle_timeout: Some(DurationInput::Text(idle.into())),
         on_idle,
+        warn_before: None,
     }
 }
 

@@ -30,6 +30,7 @@ use crate::config::{DockerSetting, ServerConfig};
 use crate::context::Context;
 use crate::reconciler::Reconciler;
 
+mod classla;
 mod expiry_burst;
 pub(crate) mod gated;
 mod health;

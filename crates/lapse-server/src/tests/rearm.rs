@@ -82,6 +82,7 @@ async fn start(fail: usize) -> (Arc<Rearming>, Harness, String) {
         params: None,
         idle_timeout: None,
         on_idle: Default::default(),
+        warn_before: None,
     };
     let id = h.app.create(req, &Caller::Open).await.expect("creating a lease").env.id;
     h.settle().await;

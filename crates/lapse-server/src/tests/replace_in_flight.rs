@@ -28,6 +28,7 @@ fn job(job_id: &str, cmd: &str) -> Job {
         on_expiry: OnExpiry::Stop,
         idle_timeout: None,
         on_idle: Default::default(),
+        warn_before: Vec::new(),
         source: "test".into(),
         seed_spec: None,
         make_tenant: false,

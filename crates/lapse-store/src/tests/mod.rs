@@ -158,7 +158,7 @@ async fn concurrent_claims_never_share_a_member() {
         let (store, hash) = (store.clone(), spec.hash());
         tasks.push(tokio::spawn(async move {
             store
-                .claim(&hash, None, |e| {
+                .claim(&hash, None, move |e| {
                     e.owner = format!("claimer-{i}");
                     vec![]
                 })
@@ -221,5 +221,7 @@ async fn queue_messages_apply_once_and_changes_are_published() {
     assert_eq!(store.receipts(&["t1".into(), "t2".into()]).await.unwrap().len(), 1);
 }
 
+mod commit;
 mod full_disk;
 mod quota_check;
+mod webhooks;

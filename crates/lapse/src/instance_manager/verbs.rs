@@ -115,6 +115,7 @@ pub async fn create(client: &Client, seed: SeedCreateFlags, input: CreateInput, 
         params: None,
         idle_timeout: None,
         on_idle: Default::default(),
+        warn_before: None,
     };
     let env: EnvironmentView =
         client.post("/v1/environments", &req).await.map_err(|e| anyhow::anyhow!("failed to create instance: {e:#}"))?;

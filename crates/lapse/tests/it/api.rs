@@ -557,6 +557,9 @@ async fn openapi_describes_every_route() {
         "get /v1/environments",
         "get /v1/environments/{id}",
         "get /v1/environments/{id}/logs",
+        "get /v1/environments/{id}/terminal",
+        "get /v1/environments/{id}/workspace",
+        "get /v1/environments/watch",
         "get /v1/events",
         "get /v1/openapi.json",
         "get /v1/providers",
@@ -592,6 +595,12 @@ async fn openapi_describes_every_route() {
         "post /v1/github-gg/users/{user}/vm.stopMyVm",
         "post /v1/github-gg/users/{user}/vm.destroyMyVm",
         "post /v1/github-gg/users/{user}/vm.executeCode",
+        "get /v1/webhooks",
+        "post /v1/webhooks",
+        "get /v1/webhooks/{id}",
+        "delete /v1/webhooks/{id}",
+        "get /v1/webhooks/{id}/deliveries",
+        "post /v1/webhooks/{id}/test",
     ];
     expected.sort();
     assert_eq!(described, expected);

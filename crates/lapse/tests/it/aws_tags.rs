@@ -69,6 +69,16 @@ async fn labels_become_tags_with_the_seeds_and_what_ec2_cannot_carry_is_a_400() 
         .find(|l| l.starts_with("lapse_provider_call_seconds_count{") && l.contains("op=\"RunInstances\""))
         .unwrap_or_else(|| panic!("the call histogram is on /metrics: {metrics}"));
     assert!(line.contains("provider=\"aws\"") && line.ends_with(" 1"), "{line}");
+    // Overlapping calls count once in the busy time, which never exceeds the durations' sum.
+    let value = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix) && l.contains("provider=\"aws\""))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum()
+    };
+    let (busy, summed) = (value("lapse_provider_call_busy_seconds_total{"), value("lapse_provider_call_seconds_sum{"));
+    assert!(busy > 0.0 && busy <= summed + 1e-6, "busy {busy} s, summed {summed} s: {metrics}");
     assert!(!metrics.contains(SECRET));
 }
 

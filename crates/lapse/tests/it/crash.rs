@@ -109,3 +109,62 @@ async fn processes_outlive_a_crash_and_are_readopted_or_reported_gone() {
     }
     assert_eq!(processes_of(&server.controller_id), vec![]);
 }
+
+/// The writer answers a write only after the batch holding it committed: a `kill -9` in the
+/// middle of hundreds of concurrent creates and claims loses none that were answered.
+#[tokio::test]
+async fn kill_9_under_concurrent_writes_loses_no_acknowledged_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &["--sim", "0"]).await;
+    let spec = serde_json::json!({"provider": "sim", "cmd": ["warm"]});
+    let (status, _) =
+        server.request(Method::PUT, "/v1/pools/crash", Some(serde_json::json!({"spec": spec, "min": 300}))).await;
+    assert_eq!(status, reqwest::StatusCode::CREATED);
+    crate::pools::wait_warm(&server, "crash", 300).await;
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let http = reqwest::Client::new();
+    let mut clients = Vec::new();
+    for c in 0..64 {
+        let (http, url, acked, spec) = (http.clone(), server.url.clone(), acked.clone(), spec.clone());
+        clients.push(tokio::spawn(async move {
+            for i in 0.. {
+                // Claims of the pool's spec and cold creates of another, side by side.
+                let spec = if (c + i) % 2 == 0 {
+                    spec.clone()
+                } else {
+                    serde_json::json!({"provider": "sim", "cmd": ["cold"]})
+                };
+                let body = serde_json::json!({"owner": format!("c{c}"), "spec": spec, "ttl": "1h"});
+                let Ok(resp) = http.post(format!("{url}/v1/environments")).json(&body).send().await else { return };
+                if !resp.status().is_success() {
+                    return;
+                }
+                let Ok(env) = resp.json::<serde_json::Value>().await else { return };
+                acked.lock().unwrap().push(env["id"].as_str().unwrap().to_owned());
+            }
+        }));
+    }
+    // Let the load run, then crash in the middle of it.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    server.kill9().await;
+    for c in clients {
+        c.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 300, "the load was light: {} writes answered", acked.len());
+    server.restart().await;
+    let mut missing = Vec::new();
+    for id in &acked {
+        let (status, env) = server.get(&format!("/v1/environments/{id}")).await;
+        if status != reqwest::StatusCode::OK || env["owner"].as_str().is_none_or(|o| !o.starts_with('c')) {
+            missing.push((id.clone(), status, env));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} answered writes lost: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+}

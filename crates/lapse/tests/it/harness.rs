@@ -131,6 +131,13 @@ impl Server {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
 
+    /// The log's last `n` lines: what a failure message shows (CI keeps a failure's tail).
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
     pub async fn request(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         self.request_as(self.key.as_deref(), method, path, body).await
     }
@@ -205,7 +212,10 @@ impl Server {
                 return env;
             }
             if started.elapsed() > within {
-                panic!("environment {id} not {what} within {within:?}: {env:#}\nlog:\n{}", self.log());
+                panic!(
+                    "environment {id} not {what} within {within:?}: {env}\nlog (last lines):\n{}",
+                    self.log_tail(80)
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -5,10 +5,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::harness::{Server, process_env, secs};
+use crate::harness::{Server, eventually, process_env, secs};
 
 /// Runs `script` with `sh -c` in the environment; returns (exit code, stdout, stderr).
 async fn attack(server: &Server, id: &str, script: &str) -> (i64, String, String) {
@@ -176,6 +176,35 @@ async fn logs_stay_capped_while_the_server_is_down() {
     assert_eq!(logs["stdout"], "tail\n");
     server.request(Method::DELETE, &format!("/v1/environments/{id}"), None).await;
     server.wait_state(&id, "deleted", secs(10)).await;
+}
+
+#[tokio::test]
+async fn the_oom_killer_takes_the_command_not_its_supervisor() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]).await;
+    // What the command forks inherits its score; the supervisor and init keep theirs.
+    let id = running(&server, &["sh", "-c", "sleep 1; cat /proc/self/oom_score_adj; exec sleep 600"]).await;
+    let logs: Value = eventually(secs(20), "the command's score in its log", async || {
+        let (_, logs) = server.get(&format!("/v1/environments/{id}/logs")).await;
+        logs["stdout"].as_str().is_some_and(|s| !s.is_empty()).then_some(logs)
+    })
+    .await;
+    assert_eq!(logs["stdout"], "1000\n", "{logs}");
+    let (status, out) = server
+        .post(
+            &format!("/v1/environments/{id}/exec"),
+            json!({"cmd": ["sh", "-c", "sleep 0.2; cat /proc/self/oom_score_adj"]}),
+        )
+        .await;
+    assert_eq!((status, out["stdout"].as_str()), (StatusCode::OK, Some("1000\n")), "{out}");
+    let leader = crate::harness::processes_of(&server.controller_id)
+        .into_iter()
+        .find(|(_, e)| *e == id)
+        .map(|(pid, _)| pid)
+        .expect("the environment's leader");
+    let score = std::fs::read_to_string(format!("/proc/{leader}/oom_score_adj")).unwrap();
+    assert_ne!(score.trim(), "1000", "the supervisor is not the OOM killer's first choice");
+    server.request(Method::DELETE, &format!("/v1/environments/{id}"), None).await;
 }
 
 #[tokio::test]

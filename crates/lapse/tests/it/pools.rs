@@ -67,6 +67,9 @@ async fn concurrent_claims_refill_and_never_share() {
     // Refilled with new members; the claimed ones stay their users'.
     let refilled = wait_warm(&server, "web", 5).await;
     assert_eq!(refilled["spec_hash"], pool["spec_hash"]);
+    assert_eq!((pool["claims_last_minute"].as_u64(), refilled["claims_last_minute"].as_u64()), (Some(0), Some(5)));
+    let (_, list) = server.get("/v1/pools").await;
+    assert_eq!(list["pools"][0]["claims_last_minute"], 5, "{list}");
     let (_, members) = server.get("/v1/environments?owner=pool%3Aweb").await;
     let member_ids: BTreeSet<String> =
         members["environments"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();

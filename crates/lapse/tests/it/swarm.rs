@@ -168,3 +168,74 @@ async fn what_swarm_cannot_run_is_a_400_or_a_failed_environment_with_the_engines
     let failed = server.wait_state(env["id"].as_str().unwrap(), "failed", secs(60)).await;
     assert!(failed["reason"].as_str().unwrap_or_default().contains("No such image"), "{failed}");
 }
+
+/// The running task container of environment `id` and its address on the gateway bridge.
+async fn task_container(docker: &Docker, id: &str) -> Option<(String, String)> {
+    use bollard::query_parameters::ListContainersOptionsBuilder;
+    let label = format!("lapse.environment={id}");
+    let filters = std::collections::HashMap::from([("label", vec![label.as_str()]), ("status", vec!["running"])]);
+    let listed =
+        docker.list_containers(Some(ListContainersOptionsBuilder::new().filters(&filters).build())).await.ok()?;
+    let container = listed.into_iter().next()?.id?;
+    let bridge = docker.inspect_network(lapse_providers::swarm::GATEWAY_BRIDGE, None).await.ok()?;
+    let address = bridge.containers?.get(&container)?.ipv4_address.clone()?;
+    Some((container, address.split('/').next()?.to_owned()))
+}
+
+#[tokio::test]
+async fn a_task_the_engine_restarts_is_recorded_at_its_new_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let server = Server::start(dir.path(), &["--swarm-endpoint", &host(), "--proxy-listen", &listen]).await;
+    let _cleanup = Cleanup(server.controller_id.clone());
+    let served = |name: &str| {
+        json!({"owner": "ada", "lifecycle": "service", "ttl": "10m", "spec": {"provider": "swarm", "image": image(),
+            "cmd": ["sh", "-c", format!("echo served {name} > /tmp/index.html; exec httpd -f -p 8080 -h /tmp")],
+            "ports": [8080]}})
+    };
+    let http = reqwest::Client::new();
+    let proxied = async |id: &str| {
+        let resp = http.get(format!("http://{listen}/e/{id}/8080/index.html")).send().await.ok()?;
+        Some((resp.status(), resp.text().await.ok()?))
+    };
+    let a = server.create(served("A")).await["id"].as_str().unwrap().to_owned();
+    let before = server.wait_state(&a, "running", secs(60)).await;
+    let old = before["endpoints"][0]["host"].as_str().unwrap().to_owned();
+    eventually(secs(30), "A answers through the proxy", async || {
+        proxied(&a).await.filter(|(s, body)| *s == StatusCode::OK && body.contains("served A"))
+    })
+    .await;
+
+    // The engine restarts A's task after its restart delay (5 s), as a new container; B,
+    // made meanwhile, takes the address A's dead container freed.
+    let docker = engine().await;
+    let (container, _) = task_container(&docker, &a).await.expect("A's task container");
+    docker.kill_container(&container, None::<bollard::query_parameters::KillContainerOptions>).await.unwrap();
+    let b = server.create(served("B")).await["id"].as_str().unwrap().to_owned();
+    let b_running = server.wait_state(&b, "running", secs(60)).await;
+    eprintln!("A was at {old}; B is at {}", b_running["endpoints"][0]["host"]);
+
+    // Until A is back, the proxy answers for A with A's page or an error: never B's.
+    let (_, now) = eventually(secs(60), "A recorded at its new container's address", async || {
+        if let Some((_, body)) = proxied(&a).await {
+            assert!(!body.contains("served B"), "A's request reached B's container: {body}");
+        }
+        let (restarted, address) = task_container(&docker, &a).await?;
+        let recorded = server.env(&a).await["endpoints"][0]["host"].as_str().map(str::to_owned)?;
+        (restarted != container && recorded == address).then_some((restarted, address))
+    })
+    .await;
+    eventually(secs(30), "A answers from its new container", async || {
+        let (status, body) = proxied(&a).await?;
+        assert!(!body.contains("served B"), "A's request reached B's container: {body}");
+        (status == StatusCode::OK && body.contains("served A")).then_some(())
+    })
+    .await;
+    let events = server.events_of(&a).await;
+    let moved: Vec<_> = events.iter().filter(|e| e["action"] == "endpoints").collect();
+    assert!(!moved.is_empty(), "the move is an event: {events:?}");
+    assert!(moved.iter().any(|e| e["message"].as_str().is_some_and(|d| d.contains(&now))), "{moved:?}");
+}

@@ -20,10 +20,10 @@ mod seed_state;
 const PROVISION: &str = "swim:provision:queue";
 const DECOMMISSION: &str = "swim:decomission:queue";
 
-struct Setup {
+pub(crate) struct Setup {
     dir: tempfile::TempDir,
     redis: RedisServer,
-    server: Server,
+    pub(crate) server: Server,
     cloud_init: String,
 }
 
@@ -33,7 +33,7 @@ async fn setup(provider: &str, envs: &[(&str, &str)]) -> Setup {
 }
 
 /// [`setup`], with more arguments for the server (later ones override earlier ones).
-async fn setup_with(provider: &str, more: &[&str], envs: &[(&str, &str)]) -> Setup {
+pub(crate) async fn setup_with(provider: &str, more: &[&str], envs: &[(&str, &str)]) -> Setup {
     setup_full(provider, more, envs, None).await
 }
 
@@ -241,6 +241,23 @@ async fn refused_messages_go_to_the_dead_letter_list_and_the_consumer_carries_on
     assert!(s.redis.lrange("swim:provision:queue:processing").await.is_empty());
     let (_, queues) = s.server.get("/v1/queues").await;
     assert_eq!(queues["queues"][0]["dead_lettered"], 5);
+    // The API shows the newest dead letters with their reasons, as the list keeps them.
+    let recent = queues["queues"][0]["recent_dead_letters"].as_array().unwrap().clone();
+    assert_eq!(recent.len(), 5, "{queues}");
+    for d in &recent {
+        let message = d["message"].as_str().unwrap();
+        assert_eq!(d["reason"].as_str(), reasons.get(message).map(String::as_str), "{d}");
+        assert!(d["at"].as_str().is_some_and(|a| !a.is_empty()), "{d}");
+    }
+    // An element someone else wrote into the list is shown as such, not trusted.
+    s.redis.lpush("swim:provision:queue:dead", &["<b>not ours</b>".to_owned()]).await;
+    let (_, queues) = s.server.get("/v1/queues").await;
+    let newest = &queues["queues"][0]["recent_dead_letters"][0];
+    assert_eq!(
+        (newest["reason"].as_str(), newest["message"].as_str()),
+        (Some("not a dead-letter record of Lapse"), Some("<b>not ours</b>")),
+        "{newest}"
+    );
     let metrics = s.server.get("/metrics").await.1.as_str().unwrap().to_owned();
     assert!(
         metrics.contains(r#"lapse_queue_messages_total{queue="swim:provision:queue",outcome="dead"} 5"#),

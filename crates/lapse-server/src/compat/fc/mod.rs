@@ -142,6 +142,7 @@ pub async fn create_vm(
         on_expiry: Default::default(),
         idle_timeout: None,
         on_idle: Default::default(),
+        warn_before: Vec::new(),
         source: "vms".into(),
         seed_spec: Some(mapped.seed_spec),
         make_tenant: seed_listener.is_some(),

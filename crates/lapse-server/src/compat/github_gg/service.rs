@@ -91,6 +91,7 @@ pub async fn get_or_create(
         params: None,
         idle_timeout: None,
         on_idle: Default::default(),
+        warn_before: None,
     };
     let created = app.create(request, caller).await?;
     if let Some(why) = unenforced {

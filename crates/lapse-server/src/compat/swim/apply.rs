@@ -198,10 +198,13 @@ async fn decommission(app: &App, swim: &Swim, queue: &Queue, entry: &Entry) -> R
     let outcome = app
         .cx
         .store
-        .apply_queued_change(&queue.key, message, |e| {
-            e.desired = DesiredState::Deleted;
-            e.restart_on_extend = false;
-            vec![NewEvent::new(&e.id, "swim", "delete", "ok", format!("{what} from {}", queue.key))]
+        .apply_queued_change(&queue.key, message, {
+            let message = format!("{what} from {}", queue.key);
+            move |e| {
+                e.desired = DesiredState::Deleted;
+                e.restart_on_extend = false;
+                vec![NewEvent::new(&e.id, "swim", "delete", "ok", message.clone())]
+            }
         })
         .await?;
     match outcome {

@@ -183,6 +183,7 @@ pub async fn run(app: App, swim: Arc<Swim>, queue: Arc<Queue>) {
 /// Runs one queue for ever: connect, recover the processing list, consume, each batch applied
 /// by `contract`; on any failure wait for the handlers in flight, back off and do it again.
 pub(crate) async fn run_contract<C: Contract>(app: App, swim: Arc<Swim>, queue: Arc<Queue>, contract: Arc<C>) {
+    app.cx.metrics.queue_at_zero(&queue.key);
     let mut backoff = FIRST_BACKOFF;
     loop {
         match round(&app, &swim, &queue, &contract).await {

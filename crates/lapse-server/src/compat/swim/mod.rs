@@ -97,6 +97,7 @@ mod apply;
 pub mod cache;
 pub mod cloud_init;
 pub mod consumer;
+mod dead_letters;
 mod entry;
 pub(crate) mod mirror;
 #[cfg(test)]
@@ -450,15 +451,25 @@ impl Swim {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
     }
 
-    /// `GET /v1/queues`: live list lengths (when Redis answers) and the store's counts.
+    /// `GET /v1/queues`: live list lengths, the newest dead letters (when Redis answers) and the store's counts.
     pub async fn view(&self, processed: &std::collections::BTreeMap<String, u64>) -> QueuesView {
         let lengths = async {
             let mut conn = self.connect(Duration::from_secs(1)).await?;
             let mut out = Vec::new();
             for q in &self.queues {
-                let (depth, in_flight, dead): (u64, u64, u64) =
-                    redis::pipe().llen(&q.key).llen(&q.processing).llen(&q.dead).query_async(&mut conn).await?;
-                out.push((depth, in_flight, dead));
+                let (depth, in_flight, dead, newest): (u64, u64, u64, Vec<Vec<u8>>) = redis::pipe()
+                    .llen(&q.key)
+                    .llen(&q.processing)
+                    .llen(&q.dead)
+                    .lrange(&q.dead, 0, dead_letters::RECENT - 1)
+                    .query_async(&mut conn)
+                    .await?;
+                out.push((
+                    depth,
+                    in_flight,
+                    dead,
+                    newest.iter().map(|raw| dead_letters::view(raw)).collect::<Vec<_>>(),
+                ));
             }
             let _: () = conn.ping().await?;
             Ok::<_, redis::RedisError>(out)
@@ -475,7 +486,8 @@ impl Swim {
             .iter()
             .enumerate()
             .map(|(i, q)| {
-                let l = lengths.as_ref().map(|l| l[i]);
+                let l = lengths.as_ref().map(|l| (l[i].0, l[i].1, l[i].2));
+                let recent_dead_letters = lengths.as_ref().map(|l| l[i].3.clone()).unwrap_or_default();
                 QueueView {
                     name: q.name().into(),
                     key: q.key.clone(),
@@ -488,6 +500,7 @@ impl Swim {
                     applied_since_start: q.applied.load(Ordering::Relaxed),
                     dead_lettered_since_start: q.dead_lettered.load(Ordering::Relaxed),
                     concurrency: q.concurrency,
+                    recent_dead_letters,
                 }
             })
             .collect();

@@ -125,6 +125,7 @@ fn entry_decl(entry: &Term, default_provider: &str) -> Result<EnvDecl, ConfigErr
         labels: Default::default(),
         spec: mapped.spec,
         warm_pool: mapped.warm_pool,
+        warn_before: None,
         seed_spec: Some(mapped.seed_spec),
     })
 }

@@ -1,0 +1,196 @@
+//! The PostgreSQL store's foundation (`--database postgres://...`): connecting, migrating,
+//! and the warm claim's query. The store's operations are not ported yet: `lapse serve`
+//! refuses a PostgreSQL URL after [`PgStore::connect`] succeeds.
+//!
+//! Contract of [`PgStore::connect`]:
+//! - The URL must be `postgres://` or `postgresql://` and parse; otherwise
+//!   [`PgError::Url`], which never repeats the URL (it may hold a password).
+//! - One connection is made first, within 5 s ([`CONNECT_TIMEOUT`]): a server that refuses,
+//!   does not answer or rejects the login is [`PgError::Connect`], naming host, port and the
+//!   server's (or the OS's) reason. Then a bounded pool (`max(4, 2 × cores)` connections,
+//!   the same timeout to acquire one) serves the store.
+//! - Migrations (`migrations-pg/`) run under a session advisory lock
+//!   ([`MIGRATION_LOCK`]): replicas starting together migrate once, one after the other;
+//!   the others wait for the lock, then find nothing to do.
+//! - A database whose `_sqlx_migrations` holds a version this binary does not know (a newer
+//!   Lapse migrated it) is refused with [`PgError::NewerSchema`] before anything is written.
+
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection as _, Row as _};
+
+/// The key of the session advisory lock held while migrations run ("lapse_mg"). Advisory
+/// locks are per database, so one key serves every database on a server.
+pub const MIGRATION_LOCK: i64 = 0x6c61_7073_655f_6d67;
+
+/// How long connecting (and acquiring a pooled connection) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the PostgreSQL store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The URL is not a PostgreSQL connection URL.
+    #[error("malformed PostgreSQL URL: {0} (expected postgres://USER:PASSWORD@HOST:PORT/DATABASE)")]
+    Url(String),
+    /// The server could not be reached, or refused the login.
+    #[error("cannot connect to PostgreSQL at {host}:{port}: {source}")]
+    Connect {
+        host: String,
+        port: u16,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The database was migrated by a newer Lapse.
+    #[error(
+        "the PostgreSQL database's schema is newer than this lapse: it holds migration {applied}, and this \
+         binary knows migrations up to {known}; run a lapse at least as new as the one that migrated it"
+    )]
+    NewerSchema { applied: i64, known: i64 },
+    /// A migration failed (or an applied one differs from this binary's).
+    #[error("migrating the PostgreSQL database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Any other database error, with what was being done.
+    #[error("PostgreSQL: {op}: {source}")]
+    Sql {
+        op: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+trait Op<T> {
+    fn op(self, op: &'static str) -> Result<T, PgError>;
+}
+
+impl<T> Op<T> for Result<T, sqlx::Error> {
+    fn op(self, op: &'static str) -> Result<T, PgError> {
+        self.map_err(|source| PgError::Sql { op, source })
+    }
+}
+
+/// The warm claim's query: running, healthy, unreplaced members of a current pool with spec
+/// hash `$1`, in id order, at most `$2`, locked, skipping members another claim holds. Its
+/// `WHERE` starts with the partial index `environments_warm`'s predicate, word for word
+/// (migrations-pg/0001_init.sql), which is what lets the planner use that index.
+pub fn claim_query(columns: &str) -> String {
+    format!(
+        "SELECT {columns} FROM environments e WHERE e.pool IS NOT NULL AND e.observed = 'running' \
+         AND e.desired = 'running' AND e.replace_resource = false AND (e.health IS NULL OR e.health = 'healthy') \
+         AND e.spec_hash = $1 AND EXISTS (SELECT 1 FROM pools p \
+         WHERE p.name = e.pool AND p.spec_hash = e.spec_hash AND p.version = e.pool_version) \
+         ORDER BY e.id LIMIT $2 FOR UPDATE OF e SKIP LOCKED"
+    )
+}
+
+/// Lapse's store on PostgreSQL: a migrated database behind a bounded pool.
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Parses `url`, connects, and migrates under [`MIGRATION_LOCK`] (see the module docs).
+    pub async fn connect(url: &str) -> Result<PgStore, PgError> {
+        let options = parse_url(url)?;
+        let (host, port) = (options.get_host().to_owned(), options.get_port());
+        // One connection first, on its own: its error is the server's (refused, unknown
+        // host, bad password), where a pool would only say that it timed out. It migrates.
+        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(source)) => return Err(PgError::Connect { host, port, source }),
+            Err(_) => {
+                let silent = std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 5 s");
+                return Err(PgError::Connect { host, port, source: sqlx::Error::Io(silent) });
+            }
+        };
+        migrate(conn).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(pool_size())
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(options);
+        Ok(PgStore { pool })
+    }
+
+    /// The pool, for the store's operations (and tests).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The plan PostgreSQL makes for the warm claim ([`claim_query`]) of one member with
+    /// spec hash `spec_hash`: `EXPLAIN`'s text, one line per plan line.
+    pub async fn claim_plan(&self, spec_hash: &str) -> Result<String, PgError> {
+        let rows = sqlx::query(&format!("EXPLAIN {}", claim_query("e.id")))
+            .bind(spec_hash)
+            .bind(1_i64)
+            .fetch_all(&self.pool)
+            .await
+            .op("explain the claim")?;
+        let lines: Result<Vec<String>, _> = rows.iter().map(|r| r.try_get::<String, _>(0)).collect();
+        Ok(lines.op("explain the claim")?.join("\n"))
+    }
+
+    /// Closes the pool's connections.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Accepts `postgres://` and `postgresql://` URLs only (libpq's key=value strings are not
+/// URLs, and anything else is surely a mistake).
+fn parse_url(url: &str) -> Result<PgConnectOptions, PgError> {
+    let scheme = url.split_once("://").map(|(s, _)| s);
+    if !matches!(scheme, Some("postgres" | "postgresql")) {
+        return Err(PgError::Url("it must start with postgres:// or postgresql://".into()));
+    }
+    // sqlx's messages name the part that is wrong, never the URL itself.
+    PgConnectOptions::from_str(url).map_err(|e| PgError::Url(e.to_string()))
+}
+
+/// Near the core count: PostgreSQL does better with few busy connections than many.
+fn pool_size() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    u32::try_from(cores.saturating_mul(2)).unwrap_or(u32::MAX).max(4)
+}
+
+/// Runs the migrations on `conn` while it holds [`MIGRATION_LOCK`], then closes it. The lock
+/// is a session lock: however this ends, closing (or dropping) the connection ends the
+/// session and so releases the lock.
+async fn migrate(mut conn: PgConnection) -> Result<(), PgError> {
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut conn)
+        .await
+        .op("take the migration lock")?;
+    let mut migrator = sqlx::migrate!("./migrations-pg");
+    // Our lock replaces sqlx's own (one key, documented above).
+    migrator.set_locking(false);
+    refuse_newer(&mut conn, &migrator).await?;
+    migrator.run_direct(&mut conn).await?;
+    conn.close().await.op("close the migration connection")?;
+    Ok(())
+}
+
+/// Refuses a database holding a migration this binary does not know.
+async fn refuse_newer(conn: &mut PgConnection, migrator: &sqlx::migrate::Migrator) -> Result<(), PgError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await
+        .op("read the applied migrations")?;
+    if !exists {
+        return Ok(());
+    }
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+        .fetch_all(&mut *conn)
+        .await
+        .op("read the applied migrations")?;
+    let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    match applied.into_iter().find(|v| !migrator.version_exists(*v)) {
+        Some(applied) => Err(PgError::NewerSchema { applied, known }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,137 @@
+//! `lapse serve --database`: SQLite at a chosen file; PostgreSQL refused at start (exit code
+//! 2, the reason on stderr) when its URL is malformed, its server unreachable, its schema
+//! newer than the binary's, and, once all is well, because the PostgreSQL store's
+//! operations are not built yet. Against `LAPSE_TEST_POSTGRES_URL` (scripts/test-env.sh).
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use crate::harness::{Server, secs};
+
+fn postgres_url() -> String {
+    std::env::var("LAPSE_TEST_POSTGRES_URL")
+        .expect("LAPSE_TEST_POSTGRES_URL is unset: run the tests through scripts/test (or source scripts/test-env.sh)")
+}
+
+fn psql(url: &str, sql: &str) {
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+        .output()
+        .expect("running psql");
+    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A fresh database for one test, dropped at the end.
+struct Db {
+    name: String,
+    url: String,
+}
+
+impl Db {
+    fn new() -> Db {
+        let admin = postgres_url();
+        let name = format!("lapse_t_{}", uuid_like());
+        psql(&admin, &format!("CREATE DATABASE {name}"));
+        let (base, _) = admin.rsplit_once('/').expect("the test URL names a database");
+        Db { url: format!("{base}/{name}"), name }
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        psql(&postgres_url(), &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{:x}{:x}", std::process::id(), nanos)
+}
+
+/// `lapse serve --database VALUE` (or LAPSE_DATABASE) that must exit on its own.
+async fn serve(database: &str, via_env: bool) -> (Output, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_lapse"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path()).kill_on_drop(true);
+    if via_env {
+        cmd.env("LAPSE_DATABASE", database);
+    } else {
+        cmd.args(["--database", database]);
+    }
+    let start = Instant::now();
+    let out = tokio::time::timeout(secs(30), cmd.output())
+        .await
+        .expect("the server refuses and exits within 30 s")
+        .expect("running lapse serve");
+    let took = start.elapsed();
+    assert!(!dir.path().join("lapse.db").exists(), "no SQLite store was made for {database:?}");
+    (out, took)
+}
+
+fn refused(out: &Output, what: &str, needles: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{what}: exit code 2; stderr: {stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("lapse serving"), "{what}: never served");
+    for needle in needles {
+        assert!(stderr.contains(needle), "{what}: stderr names {needle:?}: {stderr}");
+    }
+    assert!(!stderr.contains("secret"), "{what}: the password is never printed: {stderr}");
+    stderr
+}
+
+#[tokio::test]
+async fn postgres_refusals_at_start() {
+    // Malformed.
+    let (out, _) = serve("postgres://u:secret@[::1/lapse", false).await;
+    refused(&out, "malformed", &["malformed PostgreSQL URL"]);
+    // Another scheme.
+    let (out, _) = serve("mysql://u:secret@127.0.0.1/lapse", true).await;
+    refused(&out, "mysql", &["\"mysql\"", "sqlite:PATH", "postgres://"]);
+
+    // Unreachable: a loopback port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (out, took) = serve(&format!("postgres://u:secret@127.0.0.1:{port}/lapse"), false).await;
+    refused(&out, "unreachable", &["cannot connect to PostgreSQL", &format!("127.0.0.1:{port}"), "Connection refused"]);
+    assert!(took < secs(5), "refused within seconds: {took:?}");
+
+    // A wrong password: the server's own reason.
+    let (out, _) = serve(&postgres_url().replacen("lapse_test@", "secret@", 1), true).await;
+    refused(&out, "wrong password", &["password authentication failed"]);
+
+    // A database that is fine: migrated, then refused, honestly.
+    let db = Db::new();
+    let (out, _) = serve(&db.url, true).await;
+    refused(&out, "not built", &["the PostgreSQL store's operations are not built yet"]);
+
+    // Migrated by a newer lapse: refused, naming the reason.
+    psql(
+        &db.url,
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99990101000000, 'from a newer lapse', true, '\\x00', 0)",
+    );
+    let (out, _) = serve(&db.url, false).await;
+    refused(&out, "newer schema", &["newer than this lapse", "99990101000000"]);
+}
+
+#[tokio::test]
+async fn sqlite_at_a_chosen_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("elsewhere.db");
+    let server = Server::start(dir.path(), &["--database", &format!("sqlite:{}", file.display())]).await;
+    let (status, _) = server.get("/v1/environments").await;
+    assert!(status.is_success(), "{status}");
+    assert!(file.exists(), "the store is at the --database file");
+    assert!(!dir.path().join("lapse.db").exists(), "and not in the data dir");
+}
+
+#[tokio::test]
+async fn help_never_shows_the_database_url() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lapse"))
+        .args(["serve", "--help"])
+        .env("LAPSE_DATABASE", "postgres://u:secret@127.0.0.1:1/lapse")
+        .output()
+        .await
+        .expect("running lapse serve --help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--database") && !help.contains("secret"), "{help}");
+}

@@ -240,8 +240,12 @@ try {
     assert((await made.locator('.badge').textContent()) === 'running', 'Escape deleted nothing');
     await made.locator('button[data-action=delete]').click();
     await t1.page.click('dialog[open] button.danger');
-    await until('from-ui to leave the table', async () => (await made.count()) === 0 ||
-      ['deleting', 'deleted'].includes(await made.locator('.badge').textContent()));
+    // allTextContents never waits: the row may leave the table between two reads, and a
+    // waiting read would then sit out its own 30 s timeout past this wait's end.
+    await until('from-ui to leave the table', async () => {
+      const badges = await made.locator('.badge').allTextContents();
+      return badges.length === 0 || badges.some((b) => ['deleting', 'deleted'].includes(b));
+    });
   });
 
   await test('a phone-sized screen shows the fleet as cards', async () => {

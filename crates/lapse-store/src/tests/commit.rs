@@ -127,3 +127,44 @@ async fn warm_claims_stay_fast_and_exact_after_thousands_were_claimed() {
     let late = store.claim(&spec.hash(), None, |_| vec![]).await.unwrap().expect("the new member");
     assert_eq!(late.id, "m09999");
 }
+
+#[tokio::test]
+async fn a_large_insert_many_commits_in_chunks_each_with_its_own_events() {
+    let (_dir, store) = store().await;
+    let before = store.commit_stats().commits.load(Ordering::Relaxed);
+    let n = INSERT_CHUNK * 3 + 5;
+    let envs: Vec<Environment> = (0..n).map(|i| sample(&format!("m{i:04}"), "pool:p")).collect();
+    let mut events: Vec<NewEvent> = envs.iter().map(|e| NewEvent::new(&e.id, "pool", "create", "ok", "")).collect();
+    events.push(NewEvent::new("", "pool", "refill", "ok", "no environment's"));
+    events.last_mut().unwrap().environment_id = None;
+    store.insert_many(&envs, &events).await.unwrap();
+    let commits = store.commit_stats().commits.load(Ordering::Relaxed) - before;
+    assert_eq!(commits, 4, "{n} rows in chunks of {INSERT_CHUNK}: one commit per chunk");
+    assert_eq!(store.list(&ListFilter { limit: Some(1000), ..Default::default() }).await.unwrap().len(), n);
+    let stored = store.events(&EventFilter { limit: 1000, ..Default::default() }).await.unwrap();
+    assert_eq!(stored.len(), n + 1, "every event once");
+    for e in &envs {
+        assert_eq!(
+            stored.iter().filter(|ev| ev.environment_id.as_deref() == Some(e.id.as_str())).count(),
+            1,
+            "{}",
+            e.id
+        );
+    }
+
+    // A duplicate in the third chunk: the two chunks before it stay, nothing after it is written.
+    let more: Vec<Environment> =
+        (0..n)
+            .map(|i| {
+                if i == INSERT_CHUNK * 2 + 1 {
+                    sample("m0000", "pool:p")
+                } else {
+                    sample(&format!("x{i:04}"), "pool:p")
+                }
+            })
+            .collect();
+    let events: Vec<NewEvent> = more.iter().map(|e| NewEvent::new(&e.id, "pool", "create", "ok", "")).collect();
+    assert!(store.insert_many(&more, &events).await.unwrap_err().is_conflict());
+    let kept = store.list(&ListFilter { limit: Some(1000), ..Default::default() }).await.unwrap();
+    assert_eq!(kept.iter().filter(|e| e.id.starts_with('x')).count(), INSERT_CHUNK * 2);
+}

@@ -35,6 +35,7 @@ mod activity;
 mod commit;
 mod labs;
 pub mod pg;
+mod point;
 mod queues;
 mod rows;
 mod tenants;
@@ -260,6 +261,8 @@ pub struct Store {
     activity_batches: Arc<std::sync::atomic::AtomicU64>,
     /// Candidates for warm claims ([`warm`]), used on the writer's thread only.
     warm: Arc<std::sync::Mutex<warm::Candidates>>,
+    /// Reads of one row by its key, inline ([`point`]).
+    point: Arc<point::PointReads>,
 }
 
 /// How many committed rows a slow [`Store::subscribe`]r may fall behind before it is told it
@@ -293,6 +296,7 @@ impl Store {
             .op("open")?;
         sqlx::migrate!("./migrations").run(&migrator).await?;
         migrator.close().await;
+        let point = Arc::new(point::PointReads::new(path));
         let path = path.to_owned();
         let writer = tokio::task::spawn_blocking(move || Committer::start(&path))
             .await
@@ -305,7 +309,7 @@ impl Store {
             .await
             .op("open")?;
         let (changes, _) = tokio::sync::broadcast::channel(CHANGE_BUFFER);
-        Ok(Store { writer, reader, changes, activity_batches: Default::default(), warm: Default::default() })
+        Ok(Store { writer, reader, changes, activity_batches: Default::default(), warm: Default::default(), point })
     }
 
     /// This control plane's id: made once, kept for the life of the store. Providers label
@@ -552,12 +556,7 @@ impl Store {
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Environment>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {ENV_COLUMNS} FROM environments WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await
-            .op("get")?;
-        row.map(|r| environment_from(&r)).transpose()
+        Ok(self.point.environment(id)?.map(|(env, _)| env))
     }
 
     /// Read-modify-write of one environment in one transaction: `change` sees the current row
@@ -639,12 +638,7 @@ impl Store {
 
     /// A row and its revision, read now.
     async fn get_with_rev(&self, id: &str) -> Result<Option<(Environment, i64)>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {ENV_COLUMNS}, rev FROM environments WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await
-            .op("update")?;
-        row.map(|r| Ok((environment_from(&r)?, r.get::<i64, _>("rev")))).transpose()
+        self.point.environment(id)
     }
 
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Environment>, StoreError> {
@@ -790,6 +784,7 @@ impl Store {
     pub async fn close(&self) {
         let _ = self.writer.run("close", |_| Ok(())).await;
         self.reader.close().await;
+        self.point.close();
     }
 }
 

@@ -231,9 +231,15 @@ impl Multipart {
         Ok(())
     }
 
+    /// Completes the upload. A `200` whose body the SDK cannot read as a result (moto names its
+    /// root `CompleteMultipartUploadResponse` for some requests; S3 itself sends `<Error>` for a
+    /// failure, which stays one) is confirmed with `HeadObject`: the object must be there with
+    /// the multipart ETag of as many parts as were sent.
     pub async fn complete(self) -> Result<(), S3Error> {
+        let parts = self.parts.len();
         let done = CompletedMultipartUpload::builder().set_parts(Some(self.parts)).build();
-        self.client
+        let sent = self
+            .client
             .inner
             .complete_multipart_upload()
             .bucket(&self.bucket)
@@ -241,9 +247,21 @@ impl Multipart {
             .upload_id(&self.upload_id)
             .multipart_upload(done)
             .send()
-            .await
-            .map_err(|e| error("CompleteMultipartUpload", &self.bucket, e))?;
-        Ok(())
+            .await;
+        let e = match sent {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let unreadable_success = matches!(&e, SdkError::ServiceError(s)
+            if s.raw().status().as_u16() == 200 && s.err().code().is_none());
+        if unreadable_success {
+            let suffix = format!("-{parts}");
+            let head = self.client.inner.head_object().bucket(&self.bucket).key(&self.key).send().await;
+            if head.is_ok_and(|h| h.e_tag().is_some_and(|t| t.trim_matches('"').ends_with(&suffix))) {
+                return Ok(());
+            }
+        }
+        Err(error("CompleteMultipartUpload", &self.bucket, e))
     }
 
     /// Drops the parts sent so far (best effort: a bucket lifecycle rule collects the rest).
@@ -260,14 +278,27 @@ impl Multipart {
     }
 }
 
-fn error<E: ProvideErrorMetadata + std::fmt::Debug, R>(op: &'static str, bucket: &str, e: SdkError<E, R>) -> S3Error {
+fn error<E: ProvideErrorMetadata + std::fmt::Debug>(
+    op: &'static str,
+    bucket: &str,
+    e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> S3Error {
     let message = match &e {
         SdkError::ServiceError(s) => {
             let err = s.err();
             if matches!(err.code(), Some("NoSuchBucket" | "NotFound")) && op != "GetObject" {
                 return S3Error::NoSuchBucket { bucket: bucket.into() };
             }
-            format!("{}: {}", err.code().unwrap_or("error"), err.message().unwrap_or("(no message)"))
+            let status = s.raw().status().as_u16();
+            match (err.code(), err.message()) {
+                (Some(code), Some(message)) => format!("{code}: {message} (HTTP {status})"),
+                (Some(code), None) => format!("{code} (HTTP {status})"),
+                // No S3 error document: what the answer said is all there is.
+                (None, _) => {
+                    let body = s.raw().body().bytes().map(String::from_utf8_lossy).unwrap_or_default();
+                    format!("HTTP {status} without an S3 error: {:?}", body.chars().take(200).collect::<String>())
+                }
+            }
         }
         SdkError::TimeoutError(_) => format!("no answer within {CALL_TIMEOUT:?}"),
         SdkError::DispatchFailure(d) => format!("could not reach S3: {d:?}"),

@@ -35,7 +35,6 @@ mod activity;
 mod commit;
 mod labs;
 pub mod pg;
-mod point;
 mod queues;
 mod rows;
 mod tenants;
@@ -261,8 +260,6 @@ pub struct Store {
     activity_batches: Arc<std::sync::atomic::AtomicU64>,
     /// Candidates for warm claims ([`warm`]), used on the writer's thread only.
     warm: Arc<std::sync::Mutex<warm::Candidates>>,
-    /// Reads of one row by its key, inline ([`point`]).
-    point: Arc<point::PointReads>,
 }
 
 /// How many committed rows a slow [`Store::subscribe`]r may fall behind before it is told it
@@ -296,7 +293,6 @@ impl Store {
             .op("open")?;
         sqlx::migrate!("./migrations").run(&migrator).await?;
         migrator.close().await;
-        let point = Arc::new(point::PointReads::new(path));
         let path = path.to_owned();
         let writer = tokio::task::spawn_blocking(move || Committer::start(&path))
             .await
@@ -309,7 +305,7 @@ impl Store {
             .await
             .op("open")?;
         let (changes, _) = tokio::sync::broadcast::channel(CHANGE_BUFFER);
-        Ok(Store { writer, reader, changes, activity_batches: Default::default(), warm: Default::default(), point })
+        Ok(Store { writer, reader, changes, activity_batches: Default::default(), warm: Default::default() })
     }
 
     /// This control plane's id: made once, kept for the life of the store. Providers label
@@ -556,7 +552,12 @@ impl Store {
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Environment>, StoreError> {
-        Ok(self.point.environment(id)?.map(|(env, _)| env))
+        let row = sqlx::query(&format!("SELECT {ENV_COLUMNS} FROM environments WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .op("get")?;
+        row.map(|r| environment_from(&r)).transpose()
     }
 
     /// Read-modify-write of one environment in one transaction: `change` sees the current row
@@ -638,7 +639,12 @@ impl Store {
 
     /// A row and its revision, read now.
     async fn get_with_rev(&self, id: &str) -> Result<Option<(Environment, i64)>, StoreError> {
-        self.point.environment(id)
+        let row = sqlx::query(&format!("SELECT {ENV_COLUMNS}, rev FROM environments WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .op("update")?;
+        row.map(|r| Ok((environment_from(&r)?, r.get::<i64, _>("rev")))).transpose()
     }
 
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Environment>, StoreError> {
@@ -784,7 +790,6 @@ impl Store {
     pub async fn close(&self) {
         let _ = self.writer.run("close", |_| Ok(())).await;
         self.reader.close().await;
-        self.point.close();
     }
 }
 

@@ -251,7 +251,12 @@ try {
   await test('a phone-sized screen shows the fleet as cards', async () => {
     const phone = await session(keys.t1, { width: 390, height: 844 });
     await row(phone.page, alpha).waitFor();
-    const display = await row(phone.page, alpha).evaluate((tr) => getComputedStyle(tr).display);
+    // One in-page step: live updates re-render the table, and a row resolved in one round trip
+    // may be detached by the next (a detached row's computed display is ''). Stop 21's failure.
+    const display = await until('a connected row to be styled', () => phone.page.evaluate((id) => {
+      const tr = document.querySelector(`tr[data-id="${id}"]`);
+      return tr && tr.isConnected ? getComputedStyle(tr).display : null;
+    }, alpha));
     assert(display === 'block', `row display ${display}`);
     await phone.page.screenshot({ path: join(artefacts, 'fleet-phone.png'), fullPage: true });
     assert(phone.errors.length === 0, `console errors: ${phone.errors.join('\n')}`);

@@ -264,7 +264,7 @@ pub struct Store {
 
 /// How many committed rows a slow [`Store::subscribe`]r may fall behind before it is told it
 /// lagged (and must read the store afresh).
-const CHANGE_BUFFER: usize = 8192;
+pub(crate) const CHANGE_BUFFER: usize = 8192;
 /// Most rows one transaction of [`Store::insert_many`] inserts: about 2 ms of the writer's time.
 pub const INSERT_CHUNK: usize = 64;
 
@@ -879,7 +879,7 @@ fn placeholders(n: usize) -> String {
     (1..=n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
 }
 
-fn env_column_names() -> impl Iterator<Item = &'static str> {
+pub(crate) fn env_column_names() -> impl Iterator<Item = &'static str> {
     ENV_COLUMNS.split(',').map(str::trim)
 }
 

@@ -242,7 +242,7 @@ const USAGE: &str = "SELECT COUNT(*), \
      FROM environments WHERE tenant = ?1 AND desired != 'deleted' AND observed NOT IN ('deleted', 'failed') \
      AND pool IS NULL";
 
-fn usage_of(environments: i64, vcpu: f64, mem_mb: i64, disk_gb: i64) -> Usage {
+pub(crate) fn usage_of(environments: i64, vcpu: f64, mem_mb: i64, disk_gb: i64) -> Usage {
     Usage {
         environments: u32::try_from(environments).unwrap_or(u32::MAX),
         vcpu,

@@ -1,6 +1,21 @@
-//! The PostgreSQL store's foundation (`--database postgres://...`): connecting, migrating,
-//! and the warm claim's query. The store's operations are not ported yet: `lapse serve`
-//! refuses a PostgreSQL URL after [`PgStore::connect`] succeeds.
+//! The PostgreSQL store (`--database postgres://...`): connecting, migrating, and the
+//! store's operations, ported one module at a time beside their SQLite originals. Until every
+//! operation is ported, `lapse serve` refuses a PostgreSQL URL after [`PgStore::connect`]
+//! succeeds.
+//!
+//! How an operation is ported (every file of this module keeps to it):
+//! - **Same name, same signature, same contract** as [`crate::Store`]'s method, errors as
+//!   [`crate::StoreError`] (sqlx's errors through the crate's `Op`), so the store can later
+//!   dispatch to either backend and the store's tests run against both.
+//! - **One transaction per operation**, on a pooled connection; a read-modify-write locks the
+//!   row it read (`SELECT ... FOR UPDATE`) instead of SQLite's revision check, and still bumps
+//!   `rev`. Many replicas write at once: nothing may rely on one writer.
+//! - **Events last.** [`append_events`] takes a transaction-scoped advisory lock
+//!   ([`EVENTS_LOCK`]) so that event numbers commit in the order they are handed out (the
+//!   webhooks' outbox follows `events.seq` as a cursor, and must never see a lower number
+//!   commit after a higher one). It is the last write of its transaction: a transaction that
+//!   holds the lock never waits for a row lock, so the lock cannot take part in a deadlock.
+//! - **Changes are published after commit** ([`PgStore::published`]), as SQLite's store does.
 //!
 //! Contract of [`PgStore::connect`]:
 //! - The URL must be `postgres://` or `postgresql://` and parse; otherwise
@@ -18,12 +33,28 @@
 use std::str::FromStr as _;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use lapse_core::model::Environment;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection as _, Row as _};
+
+
+mod rows;
+pub(crate) mod write;
+#[cfg(test)]
+pub(crate) mod testdb;
+
+pub(crate) use rows::push_environment;
+pub(crate) use write::append_events;
 
 /// The key of the session advisory lock held while migrations run ("lapse_mg"). Advisory
 /// locks are per database, so one key serves every database on a server.
 pub const MIGRATION_LOCK: i64 = 0x6c61_7073_655f_6d67;
+
+/// The key of the transaction advisory lock held from a transaction's first event to its
+/// commit ("lapse_ev"): see the module docs.
+pub const EVENTS_LOCK: i64 = 0x6c61_7073_655f_6576;
 
 /// How long connecting (and acquiring a pooled connection) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,6 +119,8 @@ pub fn claim_query(columns: &str) -> String {
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// Every committed environment row, as [`crate::Store::subscribe`] gives them.
+    changes: tokio::sync::broadcast::Sender<Arc<Environment>>,
 }
 
 impl PgStore {
@@ -110,7 +143,20 @@ impl PgStore {
             .max_connections(pool_size())
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_lazy_with(options);
-        Ok(PgStore { pool })
+        let (changes, _) = tokio::sync::broadcast::channel(crate::CHANGE_BUFFER);
+        Ok(PgStore { pool, changes })
+    }
+
+    /// Every environment row committed through this store from now on, as written.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Environment>> {
+        self.changes.subscribe()
+    }
+
+    /// Publishes a committed row to [`PgStore::subscribe`]rs. Call it after the commit.
+    pub(crate) fn published(&self, env: &Environment) {
+        if self.changes.receiver_count() > 0 {
+            let _ = self.changes.send(Arc::new(env.clone()));
+        }
     }
 
     /// The pool, for the store's operations (and tests).

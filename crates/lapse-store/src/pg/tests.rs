@@ -5,51 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection as _, Executor as _, PgConnection, Row as _};
+use sqlx::{PgConnection, Row as _};
 
 use super::*;
-
-fn admin_url() -> String {
-    std::env::var("LAPSE_TEST_POSTGRES_URL")
-        .expect("LAPSE_TEST_POSTGRES_URL is unset: run the tests through scripts/test (or source scripts/test-env.sh)")
-}
-
-/// A fresh database, dropped (with any connections to it) when this is dropped.
-struct TestDb {
-    name: String,
-    url: String,
-}
-
-impl TestDb {
-    async fn new() -> TestDb {
-        let admin = admin_url();
-        let name = format!("lapse_t_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = PgConnection::connect(&admin).await.expect("connecting to LAPSE_TEST_POSTGRES_URL");
-        conn.execute(format!("CREATE DATABASE {name}").as_str()).await.expect("CREATE DATABASE");
-        conn.close().await.ok();
-        let (base, _) = admin.rsplit_once('/').expect("the test URL names a database");
-        TestDb { url: format!("{base}/{name}"), name }
-    }
-
-    async fn conn(&self) -> PgConnection {
-        PgConnection::connect(&self.url).await.expect("connecting to the test database")
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let (admin, name) = (admin_url(), self.name.clone());
-        // Drop runs outside async: a thread with its own runtime does the cleanup.
-        let done = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            rt.block_on(async {
-                let mut conn = PgConnection::connect(&admin).await.ok()?;
-                conn.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await.ok()
-            })
-        });
-        let _ = done.join();
-    }
-}
+use crate::pg::testdb::TestDb;
 
 async fn applied(conn: &mut PgConnection) -> Vec<i64> {
     sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
@@ -340,4 +299,43 @@ async fn the_schema_matches_the_sqlite_migrations() {
     let mut expected = lite.1.clone();
     expected.insert("environments_warm".into());
     assert_eq!(pg.1, expected, "the same indexes, and the warm claim's");
+}
+
+#[tokio::test]
+async fn a_row_round_trips_and_events_number_in_order_with_their_tenant() {
+    use lapse_core::model::{Environment, Spec};
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let spec = Spec { provider: "process".into(), cmd: vec!["sleep".into(), "5".into()], ..Default::default() };
+    let mut env = Environment::new("01-row".into(), "owner".into(), spec, 1);
+    env.tenant = "acme".into();
+    env.labels = BTreeMap::from([("LabID".to_string(), "7".to_string())]);
+    env.expires_at = Some(1_000);
+    env.restart_on_extend = true;
+    env.warn_before = vec![60_000, 5_000];
+    let mut tx = store.pool().begin().await.unwrap();
+    let mut q = sqlx::QueryBuilder::new(format!("INSERT INTO environments ({}) ", crate::ENV_COLUMNS));
+    q.push_values([&env], |b, e| push_environment(b, e));
+    q.build().execute(&mut *tx).await.unwrap();
+    let events: Vec<crate::NewEvent> = (0..1500)
+        .map(|i| crate::NewEvent::new("01-row", "t", "create", "ok", format!("n{i}")))
+        .chain([crate::NewEvent::of_tenant("other", "t", "key", "ok", "last")])
+        .collect();
+    append_events(&mut tx, &events).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let row = sqlx::query(&format!("SELECT {} FROM environments", crate::ENV_COLUMNS))
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let back = crate::rows::environment_from(&row).unwrap();
+    assert_eq!(back, env, "every column reads back as written (flags as booleans)");
+    let written: Vec<(i64, String, Option<String>)> =
+        sqlx::query_as("SELECT seq, message, tenant FROM events ORDER BY seq").fetch_all(store.pool()).await.unwrap();
+    assert_eq!(written.len(), 1501);
+    for (i, (_, message, tenant)) in written.iter().take(1500).enumerate() {
+        assert_eq!((message.as_str(), tenant.as_deref()), (format!("n{i}").as_str(), Some("acme")));
+    }
+    assert_eq!((written[1500].1.as_str(), written[1500].2.as_deref()), ("last", Some("other")));
+    store.close().await;
 }

@@ -25,7 +25,7 @@ pub struct Accrual {
     pub owners: Vec<Owner>,
 }
 
-impl Store {
+impl SqliteStore {
     /// Environments that may have run within `[from, to)` and that `tenant` owned at some
     /// point (or all, for `None`), with their transitions and owners.
     pub async fn accrual(&self, tenant: Option<&str>, from: Millis, to: Millis) -> Result<Vec<Accrual>, StoreError> {

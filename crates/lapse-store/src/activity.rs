@@ -16,7 +16,7 @@ use sqlx::Row;
 
 use crate::{ENV_COLUMNS, Op, Store, StoreError, WriteOp, environment_from};
 
-impl Store {
+impl SqliteStore {
     /// Moves `last_active_at` of each `(id, at)` forward to `at` (never back), in one
     /// transaction; ids that are not (or no longer) there are skipped. Returns how many rows
     /// moved.

@@ -78,7 +78,7 @@ pub enum LabOutcome {
     Decommission(LabDecommissionOutcome),
 }
 
-impl Store {
+impl SqliteStore {
     /// Applies lab messages in order, in one transaction, each at most once (a tag with a
     /// receipt, or twice in the batch, is skipped), each seeing what the ones before it did:
     /// - a provision is a no-op when `lab` is the owner's current lab; otherwise `env` is

@@ -37,12 +37,14 @@ mod labs;
 pub mod pg;
 mod queues;
 mod rows;
+mod store;
 mod tenants;
 mod warm;
 mod webhooks;
 mod workspaces;
 
 pub use commit::CommitStats;
+pub use store::Store;
 use rows::{environment_from, environment_values, pool_from};
 
 pub use webhooks::{Attempt, DeliveryRecord, FanOut, NewDelivery, WebhookRecord};
@@ -249,9 +251,9 @@ pub struct SweepEntry {
     pub updated_at: Millis,
 }
 
-/// The store. Cheap to clone.
+/// The store on SQLite (see the module docs). Cheap to clone. Used through [`Store`].
 #[derive(Clone, Debug)]
-pub struct Store {
+pub struct SqliteStore {
     writer: Committer,
     reader: SqlitePool,
     /// Every committed environment row, for whoever mirrors them (the SWIM cache keys).
@@ -274,9 +276,9 @@ const ENV_COLUMNS: &str = "id, name, tenant, owner, labels, spec, provider, life
      finished_at, job_id, user_data_path, seed_spec, idle_timeout, on_idle, last_active_at, idled_at, health, ready_at, \
      restart_requested, warn_before, warned, warned_at";
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) the SQLite database at `path` and applies migrations.
-    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -305,7 +307,7 @@ impl Store {
             .await
             .op("open")?;
         let (changes, _) = tokio::sync::broadcast::channel(CHANGE_BUFFER);
-        Ok(Store { writer, reader, changes, activity_batches: Default::default(), warm: Default::default() })
+        Ok(SqliteStore { writer, reader, changes, activity_batches: Default::default(), warm: Default::default() })
     }
 
     /// This control plane's id: made once, kept for the life of the store. Providers label

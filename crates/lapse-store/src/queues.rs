@@ -60,7 +60,7 @@ pub enum ChangeOutcome {
     DuplicateKey,
 }
 
-impl Store {
+impl SqliteStore {
     /// Applies queue messages that create environments, each at most once: in one
     /// transaction, those whose tag has a receipt are skipped, the others are inserted with
     /// their events and receipts, and `queue`'s processed count grows by as many. Returns the tags

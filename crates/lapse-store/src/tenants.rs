@@ -68,7 +68,7 @@ impl KeyScope {
     }
 }
 
-impl Store {
+impl SqliteStore {
     /// Inserts a new environment if its tenant's `quota` admits it, in the same transaction
     /// as the count of what the tenant holds: concurrent inserts cannot both pass a limit.
     /// [`StoreError::Refused`] says which limit, and nothing is written.

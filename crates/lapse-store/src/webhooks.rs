@@ -99,7 +99,7 @@ const HOOK_COLUMNS: &str = "id, tenant, url, events, secret, source, name, curso
 const DELIVERY_COLUMNS: &str = "id, webhook_id, seq, event, environment_id, body, status, attempts, response_code, \
      error, next_attempt_at, delivered_at, created_at";
 
-impl Store {
+impl SqliteStore {
     /// Records a new hook whose cursor starts after the latest event (it reports what happens
     /// from now on), with its event.
     pub async fn create_webhook(&self, hook: &WebhookRecord, event: NewEvent) -> Result<WebhookRecord, StoreError> {

@@ -22,7 +22,7 @@ pub enum SyncOutcome<'a> {
     Pushed { last: bool },
 }
 
-impl Store {
+impl SqliteStore {
     /// Running environments with a workspace: the syncer's round. (A scan of running rows;
     /// the spec's JSON is tested only on those.)
     pub async fn workspaced(&self) -> Result<Vec<Environment>, StoreError> {

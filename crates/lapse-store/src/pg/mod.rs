@@ -40,6 +40,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection as _, Row as _};
 
 
+mod envs;
+mod pools;
 mod rows;
 pub(crate) mod write;
 #[cfg(test)]
@@ -121,6 +123,8 @@ pub struct PgStore {
     pool: PgPool,
     /// Every committed environment row, as [`crate::Store::subscribe`] gives them.
     changes: tokio::sync::broadcast::Sender<Arc<Environment>>,
+    /// Whether the last write committed ([`PgStore::is_writable`], see [`envs`]).
+    writable: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl PgStore {
@@ -144,7 +148,7 @@ impl PgStore {
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_lazy_with(options);
         let (changes, _) = tokio::sync::broadcast::channel(crate::CHANGE_BUFFER);
-        Ok(PgStore { pool, changes })
+        Ok(PgStore { pool, changes, writable: Arc::new(std::sync::atomic::AtomicBool::new(true)) })
     }
 
     /// Every environment row committed through this store from now on, as written.
@@ -240,3 +244,5 @@ async fn refuse_newer(conn: &mut PgConnection, migrator: &sqlx::migrate::Migrato
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_envs;

@@ -199,8 +199,12 @@ impl PgStore {
                 Ok(events) => events,
                 Err(e) => return Ok(Err(e)),
             };
-            if let Some((tenant, quota)) = admit {
-                if counts(&env) && (!counts(&before) || before.spec.resources != env.spec.resources) {
+            // What the quota must admit, if anything: the row's new spec beside what the
+            // tenant holds without the row as it was.
+            match admit {
+                Some((tenant, quota))
+                    if counts(&env) && (!counts(&before) || before.spec.resources != env.spec.resources) =>
+                {
                     let mut held = usage(&mut tx, tenant).await?;
                     if counts(&before) && before.tenant == tenant {
                         held.environments = held.environments.saturating_sub(1);
@@ -211,6 +215,7 @@ impl PgStore {
                     }
                     quota.admit(&held, &env.spec).map_err(StoreError::Refused)?;
                 }
+                _ => {}
             }
             env.updated_at = now_millis();
             write_row(&mut tx, &env).await?;

@@ -39,13 +39,12 @@ use lapse_core::model::Environment;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection as _, Row as _};
 
-
 mod envs;
 mod pools;
 mod rows;
-pub(crate) mod write;
 #[cfg(test)]
 pub(crate) mod testdb;
+pub(crate) mod write;
 
 pub(crate) use rows::push_environment;
 pub(crate) use write::append_events;

@@ -51,12 +51,8 @@ impl PgStore {
             if let Some((tenant, _)) = admit {
                 lock_tenant(&mut tx, tenant).await?;
             }
-            let row = sqlx::query(claim_one())
-                .bind(spec_hash)
-                .bind(1_i64)
-                .fetch_optional(&mut *tx)
-                .await
-                .op("claim")?;
+            let row =
+                sqlx::query(claim_one()).bind(spec_hash).bind(1_i64).fetch_optional(&mut *tx).await.op("claim")?;
             let Some(row) = row else { return Ok(None) };
             let mut env = environment_from(&row)?;
             if let Some((tenant, quota)) = admit {

@@ -122,7 +122,7 @@ pub struct PgStore {
     pool: PgPool,
     /// Every committed environment row, as [`crate::Store::subscribe`] gives them.
     changes: tokio::sync::broadcast::Sender<Arc<Environment>>,
-    /// Whether the last write committed ([`PgStore::is_writable`], see [`envs`]).
+    /// Whether the last write found the server able to take it ([`PgStore::is_writable`]).
     writable: Arc<std::sync::atomic::AtomicBool>,
 }
 

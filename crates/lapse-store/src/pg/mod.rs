@@ -39,11 +39,12 @@ use lapse_core::model::Environment;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection as _, Row as _};
 
-
+mod envs;
+mod pools;
 mod rows;
-pub(crate) mod write;
 #[cfg(test)]
 pub(crate) mod testdb;
+pub(crate) mod write;
 
 pub(crate) use rows::push_environment;
 pub(crate) use write::append_events;
@@ -121,6 +122,8 @@ pub struct PgStore {
     pool: PgPool,
     /// Every committed environment row, as [`crate::Store::subscribe`] gives them.
     changes: tokio::sync::broadcast::Sender<Arc<Environment>>,
+    /// Whether the last write found the server able to take it ([`PgStore::is_writable`]).
+    writable: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl PgStore {
@@ -144,7 +147,7 @@ impl PgStore {
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_lazy_with(options);
         let (changes, _) = tokio::sync::broadcast::channel(crate::CHANGE_BUFFER);
-        Ok(PgStore { pool, changes })
+        Ok(PgStore { pool, changes, writable: Arc::new(std::sync::atomic::AtomicBool::new(true)) })
     }
 
     /// Every environment row committed through this store from now on, as written.
@@ -240,3 +243,5 @@ async fn refuse_newer(conn: &mut PgConnection, migrator: &sqlx::migrate::Migrato
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_envs;

@@ -40,7 +40,10 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection as _, Row as _};
 
 
+mod activity;
 mod rows;
+mod tenants;
+mod workspaces;
 pub(crate) mod write;
 #[cfg(test)]
 pub(crate) mod testdb;
@@ -121,6 +124,8 @@ pub struct PgStore {
     pool: PgPool,
     /// Every committed environment row, as [`crate::Store::subscribe`] gives them.
     changes: tokio::sync::broadcast::Sender<Arc<Environment>>,
+    /// Activity batches written ([`PgStore::record_activity`]).
+    activity_batches: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl PgStore {
@@ -144,7 +149,7 @@ impl PgStore {
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_lazy_with(options);
         let (changes, _) = tokio::sync::broadcast::channel(crate::CHANGE_BUFFER);
-        Ok(PgStore { pool, changes })
+        Ok(PgStore { pool, changes, activity_batches: Default::default() })
     }
 
     /// Every environment row committed through this store from now on, as written.
@@ -240,3 +245,5 @@ async fn refuse_newer(conn: &mut PgConnection, migrator: &sqlx::migrate::Migrato
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_tenants;

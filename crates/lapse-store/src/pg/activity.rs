@@ -46,12 +46,7 @@ impl PgStore {
             return Ok(0);
         }
         let (ids, ats): (Vec<&str>, Vec<Millis>) = touched.iter().map(|(id, at)| (id.as_str(), *at)).unzip();
-        let done = sqlx::query(RECORD_ACTIVITY)
-            .bind(ids)
-            .bind(ats)
-            .execute(&self.pool)
-            .await
-            .op("record activity")?;
+        let done = sqlx::query(RECORD_ACTIVITY).bind(ids).bind(ats).execute(&self.pool).await.op("record activity")?;
         self.activity_batches.fetch_add(1, Ordering::Relaxed);
         Ok(done.rows_affected())
     }

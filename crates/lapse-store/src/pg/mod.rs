@@ -39,14 +39,13 @@ use lapse_core::model::Environment;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection as _, Row as _};
 
-
 mod activity;
 mod rows;
 mod tenants;
-mod workspaces;
-pub(crate) mod write;
 #[cfg(test)]
 pub(crate) mod testdb;
+mod workspaces;
+pub(crate) mod write;
 
 pub(crate) use rows::push_environment;
 pub(crate) use write::append_events;

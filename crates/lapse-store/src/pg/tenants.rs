@@ -82,12 +82,13 @@ impl PgStore {
         event: NewEvent,
     ) -> Result<Option<TenantRecord>, StoreError> {
         let mut tx = self.pool.begin().await.op("update tenant")?;
-        let row = sqlx::query(&format!("UPDATE tenants SET quota_check = $1 WHERE name = $2 RETURNING {TENANT_COLUMNS}"))
-            .bind(quota_check)
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await
-            .op("update tenant")?;
+        let row =
+            sqlx::query(&format!("UPDATE tenants SET quota_check = $1 WHERE name = $2 RETURNING {TENANT_COLUMNS}"))
+                .bind(quota_check)
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await
+                .op("update tenant")?;
         let Some(row) = row else { return Ok(None) };
         let tenant = tenant_from(&row)?;
         append_events(&mut tx, &[event]).await?;

@@ -159,7 +159,12 @@ async fn tenants_and_keys_round_trip_and_a_revoked_key_reads_revoked() {
     let db = TestDb::new().await;
     let store = db.store().await;
     for name in ["b", "a", "B"] {
-        assert!(store.create_tenant(&record(name), NewEvent::of_tenant(name, "t", "create_tenant", "ok", "")).await.unwrap());
+        assert!(
+            store
+                .create_tenant(&record(name), NewEvent::of_tenant(name, "t", "create_tenant", "ok", ""))
+                .await
+                .unwrap()
+        );
     }
     let again = TenantRecord { tier: "free".into(), ..record("a") };
     assert!(!store.create_tenant(&again, NewEvent::of_tenant("a", "t", "create_tenant", "ok", "")).await.unwrap());
@@ -211,7 +216,13 @@ async fn concurrent_revocations_on_two_replicas_keep_one_time() {
     let db = TestDb::new().await;
     let (a, b) = (db.store().await, db.store().await);
     a.create_tenant(&record("t"), NewEvent::of_tenant("t", "t", "create_tenant", "ok", "")).await.unwrap();
-    let k = KeyRecord { id: "k".into(), scope: KeyScope::Tenant("t".into()), hash: "h".into(), created_at: 1, revoked_at: None };
+    let k = KeyRecord {
+        id: "k".into(),
+        scope: KeyScope::Tenant("t".into()),
+        hash: "h".into(),
+        created_at: 1,
+        revoked_at: None,
+    };
     a.create_key(&k, NewEvent::of_tenant("t", "t", "create_key", "ok", "")).await.unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for at in 1..=10 {
@@ -257,7 +268,8 @@ async fn activity_moves_forward_only_and_touches_nothing_else() {
     assert_eq!(get(&store, &gone.id).await, Some(gone.clone()), "a deleted row is skipped");
     assert_eq!(store.record_activity(&[(b.id.clone(), 600), (a.id.clone(), 400)]).await.unwrap(), 1);
     assert_eq!(get(&store, &b.id).await.unwrap().last_active_at, Some(600));
-    let revs: Vec<i64> = sqlx::query_scalar("SELECT rev FROM environments ORDER BY id").fetch_all(store.pool()).await.unwrap();
+    let revs: Vec<i64> =
+        sqlx::query_scalar("SELECT rev FROM environments ORDER BY id").fetch_all(store.pool()).await.unwrap();
     assert_eq!(revs, [1, 1, 0], "each move bumps the revision");
     assert_eq!(count(&store, "SELECT count(*) FROM events").await, events, "no event");
     assert!(feed.try_recv().is_err(), "nothing published");
@@ -269,10 +281,13 @@ async fn activity_moves_forward_only_and_touches_nothing_else() {
 async fn concurrent_activity_batches_on_two_replicas_keep_the_latest() {
     let db = TestDb::new().await;
     let (a, b) = (db.store().await, db.store().await);
-    let envs: Vec<Environment> = (0..50).map(|n| env(n, "", 1.0)).collect();
-    for e in &envs {
-        put(&a, e).await;
-    }
+    // Enough rows that the planner looks the batch's ids up one by one (in the batch's order).
+    let all: Vec<Environment> = (0..2_000).map(|n| env(n, "", 1.0)).collect();
+    let mut tx = a.pool().begin().await.unwrap();
+    super::write::insert_rows(&mut tx, &all).await.unwrap();
+    tx.commit().await.unwrap();
+    sqlx::query("ANALYZE environments").execute(a.pool()).await.unwrap();
+    let envs: Vec<Environment> = all.into_iter().step_by(40).collect();
     let mut tasks = tokio::task::JoinSet::new();
     for round in 0..20_i64 {
         let store = if round % 2 == 0 { a.clone() } else { b.clone() };
@@ -287,7 +302,10 @@ async fn concurrent_activity_batches_on_two_replicas_keep_the_latest() {
         r.unwrap().expect("no batch fails (no deadlock)");
     }
     let times: Vec<Option<i64>> =
-        sqlx::query_scalar("SELECT last_active_at FROM environments").fetch_all(a.pool()).await.unwrap();
+        sqlx::query_scalar("SELECT last_active_at FROM environments WHERE last_active_at IS NOT NULL")
+            .fetch_all(a.pool())
+            .await
+            .unwrap();
     assert_eq!(times, vec![Some(1_019); 50], "the latest time, whatever order the batches ran in");
     assert_eq!(a.activity_batches() + b.activity_batches(), 20);
     a.close().await;

@@ -151,7 +151,42 @@ async fn usage_counts_what_a_tenant_holds() {
     assert_eq!((used.environments, used.vcpu, used.mem_mb, used.disk_gb), (2, 3.5, 2048, 4));
     let none = store.usage("nobody").await.unwrap();
     assert_eq!((none.environments, none.vcpu, none.mem_mb), (0, 0.0, 0));
+
+    // A live job id taken meanwhile: a conflict, and nothing written.
+    let mut first = env(7, "acme", 1.0);
+    first.job_id = Some("job".into());
+    put(&store, &first).await;
+    let mut second = env(8, "acme", 1.0);
+    second.job_id = Some("job".into());
+    let events = count(&store, "SELECT count(*) FROM events").await;
+    let taken = store.insert_admitted(&second, create(&second), &Quota::default()).await.unwrap_err();
+    assert!(taken.is_conflict(), "{taken:?}");
+    assert_eq!(get(&store, &second.id).await, None);
+    assert_eq!(count(&store, "SELECT count(*) FROM events").await, events, "no event either");
     store.close().await;
+}
+
+#[tokio::test]
+async fn two_replicas_creating_one_tenant_create_it_once() {
+    let db = TestDb::new().await;
+    let (a, b) = (db.store().await, db.store().await);
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..10 {
+        let store = if n % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.spawn(async move {
+            let t = TenantRecord { tier: format!("tier{n}"), ..record("acme") };
+            store.create_tenant(&t, NewEvent::of_tenant("acme", "t", "create_tenant", "ok", "")).await
+        });
+    }
+    let mut created = 0;
+    while let Some(r) = tasks.join_next().await {
+        created += usize::from(r.unwrap().unwrap());
+    }
+    assert_eq!(created, 1);
+    assert_eq!(b.tenants().await.unwrap().len(), 1);
+    assert_eq!(count(&a, "SELECT count(*) FROM events WHERE action = 'create_tenant'").await, 1, "one event");
+    a.close().await;
+    b.close().await;
 }
 
 #[tokio::test]

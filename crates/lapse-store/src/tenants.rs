@@ -59,7 +59,7 @@ impl KeyScope {
         }
     }
 
-    fn from_columns(scope: &str, tenant: Option<String>) -> Option<KeyScope> {
+    pub(crate) fn from_columns(scope: &str, tenant: Option<String>) -> Option<KeyScope> {
         match (scope, tenant) {
             ("tenant", Some(t)) => Some(KeyScope::Tenant(t)),
             ("metrics", None) => Some(KeyScope::Metrics),
@@ -257,9 +257,9 @@ pub(crate) fn usage(conn: &Connection, tenant: &str) -> Result<Usage, StoreError
     st.query_row([tenant], |r| Ok(usage_of(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).op("usage")
 }
 
-const TENANT_COLUMNS: &str = "name, tier, quota, created_at, quota_check";
+pub(crate) const TENANT_COLUMNS: &str = "name, tier, quota, created_at, quota_check";
 
-fn tenant_from<R: Cols>(r: &R) -> Result<TenantRecord, StoreError> {
+pub(crate) fn tenant_from<R: Cols>(r: &R) -> Result<TenantRecord, StoreError> {
     let corrupt = |column, message| StoreError::Corrupt { id: String::new(), column, message };
     let text =
         |column| r.opt_text(column).map_err(|m| corrupt(column, m))?.ok_or_else(|| corrupt(column, "NULL".into()));

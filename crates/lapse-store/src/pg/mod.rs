@@ -39,11 +39,14 @@ use lapse_core::model::Environment;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection as _, Row as _};
 
+mod activity;
 mod envs;
 mod pools;
 mod rows;
+mod tenants;
 #[cfg(test)]
 pub(crate) mod testdb;
+mod workspaces;
 pub(crate) mod write;
 
 pub(crate) use rows::push_environment;
@@ -124,6 +127,8 @@ pub struct PgStore {
     changes: tokio::sync::broadcast::Sender<Arc<Environment>>,
     /// Whether the last write found the server able to take it ([`PgStore::is_writable`]).
     writable: Arc<std::sync::atomic::AtomicBool>,
+    /// Activity batches written ([`PgStore::record_activity`]).
+    activity_batches: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl PgStore {
@@ -147,7 +152,12 @@ impl PgStore {
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_lazy_with(options);
         let (changes, _) = tokio::sync::broadcast::channel(crate::CHANGE_BUFFER);
-        Ok(PgStore { pool, changes, writable: Arc::new(std::sync::atomic::AtomicBool::new(true)) })
+        Ok(PgStore {
+            pool,
+            changes,
+            writable: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            activity_batches: Default::default(),
+        })
     }
 
     /// Every environment row committed through this store from now on, as written.
@@ -245,3 +255,5 @@ async fn refuse_newer(conn: &mut PgConnection, migrator: &sqlx::migrate::Migrato
 mod tests;
 #[cfg(test)]
 mod tests_envs;
+#[cfg(test)]
+mod tests_tenants;

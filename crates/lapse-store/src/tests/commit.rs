@@ -8,7 +8,7 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writes_share_commits_and_each_is_answered_after_its_own() {
-    let (_dir, store) = store().await;
+    let (_dir, store) = super::sqlite_itself().await;
     let before = store.commit_stats().commits.load(Ordering::Relaxed);
     let mut tasks = Vec::new();
     for i in 0..400 {
@@ -30,7 +30,7 @@ async fn concurrent_writes_share_commits_and_each_is_answered_after_its_own() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_write_in_a_batch_undoes_no_other() {
-    let (_dir, store) = store().await;
+    let (_dir, store) = super::sqlite_itself().await;
     let taken = sample("taken", "ada");
     store.insert(&taken, NewEvent::new("taken", "api", "create", "ok", "")).await.unwrap();
     let mut tasks = Vec::new();
@@ -62,7 +62,7 @@ async fn a_failing_write_in_a_batch_undoes_no_other() {
 
 #[tokio::test]
 async fn a_panicking_operation_is_its_own_error_and_the_writer_goes_on() {
-    let (_dir, store) = store().await;
+    let (_dir, store) = super::sqlite_itself().await;
     let failed = store.writer.run("test", |_| -> Result<(), StoreError> { panic!("boom") }).await;
     assert!(matches!(failed, Err(StoreError::Refused(ref m)) if m.contains("panicked")), "{failed:?}");
     let e = sample("after", "ada");
@@ -72,7 +72,7 @@ async fn a_panicking_operation_is_its_own_error_and_the_writer_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn warm_claims_stay_fast_and_exact_after_thousands_were_claimed() {
-    let (_dir, store) = store().await;
+    let (_dir, store) = super::sqlite_itself().await;
     let spec = sample("x", "y").spec;
     let pool = Pool {
         name: "p".into(),
@@ -130,7 +130,7 @@ async fn warm_claims_stay_fast_and_exact_after_thousands_were_claimed() {
 
 #[tokio::test]
 async fn a_large_insert_many_commits_in_chunks_each_with_its_own_events() {
-    let (_dir, store) = store().await;
+    let (_dir, store) = super::sqlite_itself().await;
     let before = store.commit_stats().commits.load(Ordering::Relaxed);
     let n = INSERT_CHUNK * 3 + 5;
     let envs: Vec<Environment> = (0..n).map(|i| sample(&format!("m{i:04}"), "pool:p")).collect();

@@ -107,7 +107,7 @@ async fn a_failed_commit_rolls_back_and_the_store_recovers_when_space_returns() 
 
 #[tokio::test]
 async fn a_transaction_dropped_without_commit_is_rolled_back_before_the_next() {
-    let (_dir, store) = store().await;
+    let (_dir, store) = super::sqlite_itself().await;
     let a = sample(&"a".repeat(32), "ada");
     store.insert(&a, NewEvent::new(&a.id, "api", "create", "ok", "")).await.unwrap();
     for _ in 0..3 {

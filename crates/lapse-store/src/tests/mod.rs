@@ -11,15 +11,62 @@ fn sample(id: &str, owner: &str) -> Environment {
     e
 }
 
-async fn store() -> (tempfile::TempDir, Store) {
+/// What must outlive a test's store: its directory, or its database (dropped at the end).
+pub(crate) enum Held {
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Db(#[allow(dead_code)] crate::pg::testdb::TestDb),
+}
+
+/// A fresh SQLite store in a temporary directory.
+pub(crate) async fn sqlite_store() -> (Held, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("lapse.db")).await.unwrap();
+    (Held::Dir(dir), store)
+}
+
+/// A fresh PostgreSQL store on a database of its own (`LAPSE_TEST_POSTGRES_URL`).
+pub(crate) async fn postgres_store() -> (Held, Store) {
+    let db = crate::pg::testdb::TestDb::new().await;
+    let store = Store::connect_postgres(&db.url).await.unwrap();
+    (Held::Db(db), store)
+}
+
+/// A fresh SQLite store itself, for the tests of its writer and of SQLite's own failures.
+pub(crate) async fn sqlite_itself() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("lapse.db")).await.unwrap();
     (dir, store)
 }
 
-#[tokio::test]
-async fn round_trip_and_filters() {
-    let (_dir, store) = store().await;
+/// `on_both!(name, ...)`: runs `async fn name(store: Store)` as two tests, `name::sqlite`
+/// and `name::postgres`, each on a fresh store. The store's contract is one; so are its tests.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let (_held, store) = crate::tests::sqlite_store().await;
+                super::$name(store).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let (_held, store) = crate::tests::postgres_store().await;
+                super::$name(store).await
+            }
+        }
+    )*};
+}
+pub(crate) use on_both;
+
+on_both!(
+    round_trip_and_filters,
+    update_is_atomic_and_refusal_writes_nothing,
+    concurrent_updates_lose_nothing,
+    concurrent_claims_never_share_a_member,
+    queue_messages_apply_once_and_changes_are_published,
+);
+
+async fn round_trip_and_filters(store: Store) {
     let mut a = sample(&"a".repeat(32), "ada");
     a.job_id = Some("job-a".into());
     let mut b = sample(&"b".repeat(32), "bob");
@@ -41,9 +88,7 @@ async fn round_trip_and_filters() {
     assert_eq!(store.pending_expiries().await.unwrap(), vec![(a.id.clone(), 1_000), (b.id.clone(), 1_000)]);
 }
 
-#[tokio::test]
-async fn update_is_atomic_and_refusal_writes_nothing() {
-    let (_dir, store) = store().await;
+async fn update_is_atomic_and_refusal_writes_nothing(store: Store) {
     let a = sample(&"a".repeat(32), "ada");
     store.insert(&a, NewEvent::new(&a.id, "api", "create", "ok", "")).await.unwrap();
 
@@ -91,9 +136,7 @@ async fn update_is_atomic_and_refusal_writes_nothing() {
     assert!(store.update::<StoreError>("missing", |_| Ok(vec![])).await.unwrap().is_none());
 }
 
-#[tokio::test]
-async fn concurrent_updates_lose_nothing() {
-    let (_dir, store) = store().await;
+async fn concurrent_updates_lose_nothing(store: Store) {
     let a = sample(&"a".repeat(32), "ada");
     store.insert(&a, NewEvent::new(&a.id, "api", "create", "ok", "")).await.unwrap();
     let mut tasks = Vec::new();
@@ -126,9 +169,7 @@ async fn controller_id_is_stable() {
     assert!(first.starts_with("lapse-"));
 }
 
-#[tokio::test]
-async fn concurrent_claims_never_share_a_member() {
-    let (_dir, store) = store().await;
+async fn concurrent_claims_never_share_a_member(store: Store) {
     let spec = sample("x", "x").spec;
     let pool = Pool {
         name: "p".into(),
@@ -183,9 +224,7 @@ async fn concurrent_claims_never_share_a_member() {
     assert!(store.claim(&spec.hash(), None, |_| vec![]).await.unwrap().is_none());
 }
 
-#[tokio::test]
-async fn queue_messages_apply_once_and_changes_are_published() {
-    let (_dir, store) = store().await;
+async fn queue_messages_apply_once_and_changes_are_published(store: Store) {
     let mut feed = store.subscribe();
     let item = |tag: &str, id: char, owner: &str| QueuedCreate {
         tag: tag.to_owned(),

@@ -3,8 +3,8 @@
 use lapse_core::model::{Resources, Spec};
 use lapse_core::quota::{Quota, QuotaCheck};
 
-use super::store;
-use crate::{NewEvent, TenantRecord};
+use super::on_both;
+use crate::{NewEvent, Store, TenantRecord};
 use lapse_core::model::Environment;
 
 fn four_vcpu(n: u8, tenant: &str) -> Environment {
@@ -18,9 +18,9 @@ fn four_vcpu(n: u8, tenant: &str) -> Environment {
     e
 }
 
-#[tokio::test]
-async fn the_quota_check_is_a_tenant_column_and_selects_the_in_transaction_check() {
-    let (_dir, store) = store().await;
+on_both!(the_quota_check_is_a_tenant_column_and_selects_the_in_transaction_check);
+
+async fn the_quota_check_is_a_tenant_column_and_selects_the_in_transaction_check(store: Store) {
     let record = |name: &str| TenantRecord {
         name: name.into(),
         tier: "pro".into(),

@@ -3,13 +3,17 @@
 
 use lapse_core::model::{Environment, Spec};
 
+use super::on_both;
 use crate::{Attempt, NewDelivery, NewEvent, Store, WebhookRecord};
 
-async fn store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("lapse.db")).await.unwrap();
-    (dir, store)
-}
+
+on_both!(
+    a_new_hook_starts_after_the_latest_event_and_its_cursor_moves_once,
+    one_environments_deliveries_wait_for_the_earlier_ones,
+    the_pending_cap_keeps_the_oldest_and_says_so,
+    deleting_is_scoped_to_the_tenant_and_config_hooks_follow_the_file,
+    warning_columns_round_trip,
+);
 
 fn hook(id: &str, tenant: Option<&str>) -> WebhookRecord {
     WebhookRecord {
@@ -40,9 +44,7 @@ fn event() -> NewEvent {
     NewEvent::of_tenant("", "t", "x", "ok", "")
 }
 
-#[tokio::test]
-async fn a_new_hook_starts_after_the_latest_event_and_its_cursor_moves_once() {
-    let (_dir, store) = store().await;
+async fn a_new_hook_starts_after_the_latest_event_and_its_cursor_moves_once(store: Store) {
     store.append_event(event()).await.unwrap();
     let made = store.create_webhook(&hook("h1", None), event()).await.unwrap();
     assert_eq!(made.cursor, 1, "what happened before the hook is not reported");
@@ -57,9 +59,7 @@ async fn a_new_hook_starts_after_the_latest_event_and_its_cursor_moves_once() {
     assert_eq!(store.get_webhook("h1").await.unwrap().unwrap().cursor, last);
 }
 
-#[tokio::test]
-async fn one_environments_deliveries_wait_for_the_earlier_ones() {
-    let (_dir, store) = store().await;
+async fn one_environments_deliveries_wait_for_the_earlier_ones(store: Store) {
     store.create_webhook(&hook("h1", None), event()).await.unwrap();
     let ds = [delivery("a1", Some("a")), delivery("a2", Some("a")), delivery("b1", Some("b"))];
     store.fan_out("h1", 0, 5, &ds, 10).await.unwrap();
@@ -86,9 +86,7 @@ async fn one_environments_deliveries_wait_for_the_earlier_ones() {
     assert_eq!(a1.status, "delivered");
 }
 
-#[tokio::test]
-async fn the_pending_cap_keeps_the_oldest_and_says_so() {
-    let (_dir, store) = store().await;
+async fn the_pending_cap_keeps_the_oldest_and_says_so(store: Store) {
     store.create_webhook(&hook("h1", Some("acme")), event()).await.unwrap();
     let ds: Vec<NewDelivery> = (0..5).map(|i| delivery(&format!("d{i}"), Some("e"))).collect();
     let done = store.fan_out("h1", 0, 9, &ds, 3).await.unwrap();
@@ -104,9 +102,7 @@ async fn the_pending_cap_keeps_the_oldest_and_says_so() {
     assert_eq!(store.pending_deliveries().await.unwrap(), 3);
 }
 
-#[tokio::test]
-async fn deleting_is_scoped_to_the_tenant_and_config_hooks_follow_the_file() {
-    let (_dir, store) = store().await;
+async fn deleting_is_scoped_to_the_tenant_and_config_hooks_follow_the_file(store: Store) {
     store.create_webhook(&hook("h1", Some("acme")), event()).await.unwrap();
     assert!(!store.delete_webhook("h1", Some("rival"), event()).await.unwrap());
     assert!(store.get_webhook("h1").await.unwrap().is_some());
@@ -128,9 +124,7 @@ async fn deleting_is_scoped_to_the_tenant_and_config_hooks_follow_the_file() {
     assert!(store.list_webhooks(None, None, 10).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn warning_columns_round_trip() {
-    let (_dir, store) = store().await;
+async fn warning_columns_round_trip(store: Store) {
     let spec = Spec { provider: "process".into(), cmd: vec!["true".into()], ..Default::default() };
     let mut e = Environment::new("a".repeat(32), "o".into(), spec, 1);
     e.expires_at = Some(100_000);

@@ -39,11 +39,12 @@ use lapse_core::model::Environment;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection as _, Row as _};
 
-
+mod queues;
 mod rows;
-pub(crate) mod write;
 #[cfg(test)]
 pub(crate) mod testdb;
+mod webhooks;
+pub(crate) mod write;
 
 pub(crate) use rows::push_environment;
 pub(crate) use write::append_events;
@@ -240,3 +241,5 @@ async fn refuse_newer(conn: &mut PgConnection, migrator: &sqlx::migrate::Migrato
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_queues;

@@ -39,12 +39,13 @@ use lapse_core::model::Environment;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection as _, Row as _};
 
+
 mod queues;
 mod rows;
-#[cfg(test)]
-pub(crate) mod testdb;
 mod webhooks;
 pub(crate) mod write;
+#[cfg(test)]
+pub(crate) mod testdb;
 
 pub(crate) use rows::push_environment;
 pub(crate) use write::append_events;

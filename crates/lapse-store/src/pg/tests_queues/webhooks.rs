@@ -159,16 +159,25 @@ async fn deleting_is_scoped_to_the_tenant_and_config_hooks_follow_the_file() {
     let hooks = store.list_webhooks(None, None, 10).await.unwrap();
     assert_eq!(hooks.len(), 1, "updated by its key, not added");
     assert_eq!((hooks[0].id.as_str(), hooks[0].url.as_str(), hooks[0].cursor), ("c1", "http://two/", cursor));
-    // Two replicas applying the file at once: one hook.
-    let (one, two) = (db.store().await, db.store().await);
-    let other = WebhookRecord { id: "c3".into(), name: Some("dev".into()), ..declared("http://three/") };
-    let again = [WebhookRecord { id: "c4".into(), ..other.clone() }];
-    let (a, b) = tokio::join!(one.set_config_webhooks(std::slice::from_ref(&other)), two.set_config_webhooks(&again));
-    a.unwrap();
-    b.unwrap();
-    assert_eq!(store.list_webhooks(None, None, 10).await.unwrap().len(), 1);
     store.set_config_webhooks(&[]).await.unwrap();
     assert!(store.list_webhooks(None, None, 10).await.unwrap().is_empty());
+    // Two replicas applying the file at once (starting together): one hook.
+    let (one, two) = (db.store().await, db.store().await);
+    for round in 0..5 {
+        let (x, y) = tokio::join!(one.last_event_seq(), two.last_event_seq()); // connected, both
+        (x.unwrap(), y.unwrap());
+        let other =
+            WebhookRecord { id: format!("x{round}"), name: Some(format!("dev{round}")), ..declared("http://x/") };
+        let again = [WebhookRecord { id: format!("y{round}"), ..other.clone() }];
+        let (a, b) =
+            tokio::join!(one.set_config_webhooks(std::slice::from_ref(&other)), two.set_config_webhooks(&again));
+        a.unwrap();
+        b.unwrap();
+        let hooks = store.list_webhooks(None, None, 10).await.unwrap();
+        assert_eq!(hooks.len(), 1, "{hooks:?}");
+        assert_eq!(hooks[0].name, other.name);
+        store.set_config_webhooks(&[]).await.unwrap();
+    }
     store.close().await;
 }
 

@@ -306,7 +306,19 @@ async fn two_replicas_provisioning_one_user_make_one_lab() {
         assert_eq!((created, same), (1, 1), "{outcomes:?}");
         let labs = one.lab_rows("swim_v2", &owner).await.unwrap();
         assert_eq!(labs.len(), 1, "one lab: {:?}", ids(&labs));
+        // One message (one tag) consumed by both: applied once.
+        let c = Environment { id: format!("c{round}"), ..lab('c', &owner, "6") };
+        let tc = format!("tc{round}");
+        let same = [provision(&tc, &c)];
+        let (x, y) = tokio::join!(one.apply_lab_messages(&same), two.apply_lab_messages(&same));
+        let outcomes = [x.unwrap().remove(0), y.unwrap().remove(0)];
+        let applied =
+            outcomes.iter().filter(|o| matches!(o, LabOutcome::Provision(LabProvisionOutcome::Created { .. })));
+        let skipped = outcomes.iter().filter(|o| **o == LabOutcome::Provision(LabProvisionOutcome::AlreadyApplied));
+        assert_eq!((applied.count(), skipped.count()), (1, 1), "{outcomes:?}");
+        assert_eq!(ids(&one.lab_rows("swim_v2", &owner).await.unwrap())[0], c.id, "the newest lab, the old to delete");
     }
+    assert_eq!(one.queue_counters().await.unwrap()["q"], 15, "three messages a round, each applied once");
     one.close().await;
     two.close().await;
 }

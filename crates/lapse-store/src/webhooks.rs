@@ -95,8 +95,8 @@ pub struct FanOut {
     pub stale: bool,
 }
 
-const HOOK_COLUMNS: &str = "id, tenant, url, events, secret, source, name, cursor, failures, created_at";
-const DELIVERY_COLUMNS: &str = "id, webhook_id, seq, event, environment_id, body, status, attempts, response_code, \
+pub(crate) const HOOK_COLUMNS: &str = "id, tenant, url, events, secret, source, name, cursor, failures, created_at";
+pub(crate) const DELIVERY_COLUMNS: &str = "id, webhook_id, seq, event, environment_id, body, status, attempts, response_code, \
      error, next_attempt_at, delivered_at, created_at";
 
 impl SqliteStore {

@@ -42,8 +42,10 @@ use sqlx::{Connection as _, Row as _};
 mod activity;
 mod envs;
 mod pools;
+mod queues;
 mod rows;
 mod tenants;
+mod webhooks;
 #[cfg(test)]
 pub(crate) mod testdb;
 mod workspaces;
@@ -255,5 +257,7 @@ async fn refuse_newer(conn: &mut PgConnection, migrator: &sqlx::migrate::Migrato
 mod tests;
 #[cfg(test)]
 mod tests_envs;
+#[cfg(test)]
+mod tests_queues;
 #[cfg(test)]
 mod tests_tenants;

@@ -14,7 +14,7 @@ use lapse_core::cost::{Owner, Transition};
 use lapse_core::model::{Environment, ObservedState};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use crate::{ENV_COLUMNS, Op, Store, StoreError, environment_from};
+use crate::{ENV_COLUMNS, Op, SqliteStore, StoreError, environment_from};
 
 /// One environment's accrual inputs.
 #[derive(Clone, Debug)]

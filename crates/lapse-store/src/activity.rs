@@ -14,7 +14,7 @@ use lapse_core::Millis;
 use lapse_core::model::Environment;
 use sqlx::Row;
 
-use crate::{ENV_COLUMNS, Op, Store, StoreError, WriteOp, environment_from};
+use crate::{ENV_COLUMNS, Op, SqliteStore, StoreError, WriteOp, environment_from};
 
 impl SqliteStore {
     /// Moves `last_active_at` of each `(id, at)` forward to `at` (never back), in one

@@ -12,7 +12,7 @@ use lapse_core::model::{DesiredState, Environment, ObservedState};
 use lapse_core::now_millis;
 use rusqlite::{Connection, OptionalExtension as _};
 
-use crate::{ENV_COLUMNS, NewEvent, Op, Store, StoreError, WriteOp};
+use crate::{ENV_COLUMNS, NewEvent, Op, SqliteStore, StoreError, WriteOp};
 use crate::{append_events, environment_from, insert_row, write_row};
 
 /// A lab message: its tag, the queue, the source of the labs and the label naming their lab,
@@ -348,7 +348,7 @@ mod tests {
     #[tokio::test]
     async fn one_lab_per_user_and_the_stale_rule() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("lapse.db")).await.unwrap();
+        let store = SqliteStore::open(&dir.path().join("lapse.db")).await.unwrap();
         let (a, b, c, bob) = (lab('a', "ann", "5"), lab('b', "ann", "5"), lab('c', "ann", "7"), lab('d', "bob", "1"));
         // In one batch: lab 5, its tag again, lab 5 under a new tag, then lab 7 (a switch).
         let got = store

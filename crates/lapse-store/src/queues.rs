@@ -16,7 +16,7 @@ use lapse_core::{Millis, now_millis};
 use rusqlite::{Connection, OptionalExtension as _};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use crate::{ENV_COLUMNS, ListFilter, NewEvent, Op, Store, StoreError, WriteOp};
+use crate::{ENV_COLUMNS, ListFilter, NewEvent, Op, SqliteStore, StoreError, WriteOp};
 use crate::{append_event, append_events, environment_from, filtered, insert_row, write_row};
 
 /// A queue message to apply once: the tag its consumer gave it, the environment it creates and
@@ -356,7 +356,7 @@ mod tests {
     #[tokio::test]
     async fn idempotency_keys_apply_a_request_once_whatever_its_tag() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("lapse.db")).await.unwrap();
+        let store = SqliteStore::open(&dir.path().join("lapse.db")).await.unwrap();
         let (a, b, c, d) = (create("t1", 'a'), create("t2", 'b'), create("t3", 'c'), create("t4", 'd'));
         let batch = [(&a, Some("k1")), (&b, Some("k1")), (&c, None)];
         let applied = store.apply_keyed_creates("q", &batch).await.unwrap();

@@ -12,6 +12,7 @@ use lapse_core::Millis;
 use lapse_core::model::{Environment, Pool};
 use lapse_core::quota::{Quota, Usage};
 use lapse_core::wire::Event;
+use lapse_core::workspace::WorkspaceStatus;
 
 use crate::pg::{PgError, PgStore};
 use crate::*;

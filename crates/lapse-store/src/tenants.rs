@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension as _};
 use sqlx::Row;
 
 use crate::rows::Cols;
-use crate::{NewEvent, Op, Store, StoreError, WriteOp};
+use crate::{NewEvent, Op, SqliteStore, StoreError, WriteOp};
 use crate::{append_event, json_column};
 
 /// A tenant: whose environments are whose.

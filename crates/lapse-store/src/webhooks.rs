@@ -16,7 +16,7 @@ use sqlx::sqlite::SqliteRow;
 
 use rusqlite::{Connection, OptionalExtension as _};
 
-use crate::{NewEvent, Op, Store, StoreError, WriteOp, append_event};
+use crate::{NewEvent, Op, SqliteStore, StoreError, WriteOp, append_event};
 
 /// A webhook as stored (the secret included: it signs every delivery).
 #[derive(Clone, Debug, PartialEq, Eq)]

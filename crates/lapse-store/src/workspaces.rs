@@ -10,7 +10,7 @@ use sqlx::Row;
 
 use lapse_core::model::Environment;
 
-use crate::{ENV_COLUMNS, Op, Store, StoreError, WriteOp, environment_from};
+use crate::{ENV_COLUMNS, Op, SqliteStore, StoreError, WriteOp, environment_from};
 
 /// What a sync attempt did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -56,7 +56,6 @@ macro_rules! on_both {
         }
     )*};
 }
-pub(crate) use on_both;
 
 on_both!(
     round_trip_and_filters,

@@ -3,7 +3,6 @@
 use lapse_core::model::{Resources, Spec};
 use lapse_core::quota::{Quota, QuotaCheck};
 
-use super::on_both;
 use crate::{NewEvent, Store, TenantRecord};
 use lapse_core::model::Environment;
 

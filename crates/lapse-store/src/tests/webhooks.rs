@@ -3,7 +3,6 @@
 
 use lapse_core::model::{Environment, Spec};
 
-use super::on_both;
 use crate::{Attempt, NewDelivery, NewEvent, Store, WebhookRecord};
 
 

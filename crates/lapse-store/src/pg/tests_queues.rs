@@ -299,7 +299,10 @@ async fn two_replicas_provisioning_one_user_make_one_lab() {
         let outcomes = [x.unwrap().remove(0), y.unwrap().remove(0)];
         let created = outcomes
             .iter()
-            .filter(|o| matches!(o, LabOutcome::Provision(LabProvisionOutcome::Created { replaced, .. }) if replaced.is_empty()))
+            .filter(|o| match o {
+                LabOutcome::Provision(LabProvisionOutcome::Created { replaced, .. }) => replaced.is_empty(),
+                _ => false,
+            })
             .count();
         let same =
             outcomes.iter().filter(|o| matches!(o, LabOutcome::Provision(LabProvisionOutcome::SameLab(_)))).count();

@@ -67,7 +67,8 @@ impl PgStore {
         }
         for hook in hooks {
             let updated = sqlx::query(
-                "UPDATE webhooks SET tenant = $1, url = $2, events = $3, secret = $4 WHERE source = 'config' AND name = $5",
+                "UPDATE webhooks SET tenant = $1, url = $2, events = $3, secret = $4 \
+                 WHERE source = 'config' AND name = $5",
             )
             .bind(&hook.tenant)
             .bind(&hook.url)

@@ -165,7 +165,8 @@ async fn deleting_is_scoped_to_the_tenant_and_config_hooks_follow_the_file() {
     let (one, two) = (db.store().await, db.store().await);
     for round in 0..5 {
         let (x, y) = tokio::join!(one.last_event_seq(), two.last_event_seq()); // connected, both
-        (x.unwrap(), y.unwrap());
+        x.unwrap();
+        y.unwrap();
         let other =
             WebhookRecord { id: format!("x{round}"), name: Some(format!("dev{round}")), ..declared("http://x/") };
         let again = [WebhookRecord { id: format!("y{round}"), ..other.clone() }];
@@ -313,7 +314,8 @@ async fn a_hook_deleted_while_fanning_out_and_recording_leaves_nothing_behind() 
         assert!(d.unwrap());
     }
     let orphans: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM webhook_deliveries d WHERE NOT EXISTS (SELECT 1 FROM webhooks h WHERE h.id = d.webhook_id)",
+        "SELECT COUNT(*) FROM webhook_deliveries d \
+         WHERE NOT EXISTS (SELECT 1 FROM webhooks h WHERE h.id = d.webhook_id)",
     )
     .fetch_one(one.pool())
     .await

@@ -44,8 +44,8 @@ mod webhooks;
 mod workspaces;
 
 pub use commit::CommitStats;
-pub use store::Store;
 use rows::{environment_from, environment_values, pool_from};
+pub use store::Store;
 
 pub use webhooks::{Attempt, DeliveryRecord, FanOut, NewDelivery, WebhookRecord};
 pub use workspaces::SyncOutcome;

@@ -45,9 +45,9 @@ mod pools;
 mod queues;
 mod rows;
 mod tenants;
-mod webhooks;
 #[cfg(test)]
 pub(crate) mod testdb;
+mod webhooks;
 mod workspaces;
 pub(crate) mod write;
 

@@ -324,10 +324,8 @@ async fn a_row_round_trips_and_events_number_in_order_with_their_tenant() {
     append_events(&mut tx, &events).await.unwrap();
     tx.commit().await.unwrap();
 
-    let row = sqlx::query(&format!("SELECT {} FROM environments", crate::ENV_COLUMNS))
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
+    let row =
+        sqlx::query(&format!("SELECT {} FROM environments", crate::ENV_COLUMNS)).fetch_one(store.pool()).await.unwrap();
     let back = crate::rows::environment_from(&row).unwrap();
     assert_eq!(back, env, "every column reads back as written (flags as booleans)");
     let written: Vec<(i64, String, Option<String>)> =

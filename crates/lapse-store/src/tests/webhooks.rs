@@ -5,7 +5,6 @@ use lapse_core::model::{Environment, Spec};
 
 use crate::{Attempt, NewDelivery, NewEvent, Store, WebhookRecord};
 
-
 on_both!(
     a_new_hook_starts_after_the_latest_event_and_its_cursor_moves_once,
     one_environments_deliveries_wait_for_the_earlier_ones,

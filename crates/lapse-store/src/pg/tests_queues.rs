@@ -66,49 +66,6 @@ fn delete(e: &mut Environment) -> Vec<NewEvent> {
 }
 
 #[tokio::test]
-async fn queue_messages_apply_once_and_changes_are_published() {
-    let db = TestDb::new().await;
-    let store = db.store().await;
-    let mut feed = store.subscribe();
-    let batch = vec![item("t1", 'a', "ann"), item("t2", 'b', "ann"), item("t2", 'c', "ann")];
-    assert_eq!(store.apply_creates("q", &batch).await.unwrap(), ["t1", "t2"], "a tag twice is one message");
-    assert!(store.apply_creates("q", &batch).await.unwrap().is_empty(), "nothing new the second time");
-    assert_eq!(live(&store).await, 2);
-    assert_eq!(count(&store, "SELECT COUNT(*) FROM events WHERE action = 'create'").await, 2);
-    assert_eq!(store.queue_counters().await.unwrap()["q"], 2);
-    assert_eq!(feed.try_recv().unwrap().id, "a".repeat(32));
-    assert_eq!(feed.try_recv().unwrap().id, "b".repeat(32));
-    assert!(feed.try_recv().is_err(), "nothing is published for skipped messages");
-
-    let filter = ListFilter { owner: Some("ann".into()), ..Default::default() };
-    let changed = store.apply_change("d", "t9", &filter, delete).await.unwrap().unwrap();
-    assert_eq!(changed.len(), 2);
-    assert!(changed.iter().all(|e| e.desired == DesiredState::Deleted));
-    assert_eq!(get(&store, &"a".repeat(32)).await.unwrap().desired, DesiredState::Deleted);
-    assert_eq!(feed.try_recv().unwrap().desired, DesiredState::Deleted, "changes are published");
-    assert!(store.apply_change("d", "t9", &filter, delete).await.unwrap().is_none(), "applied once");
-    assert_eq!(store.apply_change("d", "t10", &filter, delete).await.unwrap().unwrap().len(), 0);
-    assert_eq!(store.queue_counters().await.unwrap()["d"], 2);
-    assert_eq!(count(&store, "SELECT COUNT(*) FROM events WHERE action = 'delete'").await, 2);
-
-    let receipts = store.receipts(&["t1".into(), "t9".into(), "zz".into()]).await.unwrap();
-    assert_eq!(receipts, HashSet::from(["t1".to_owned(), "t9".to_owned()]));
-    let keep = HashSet::from(["t1".to_owned()]);
-    assert_eq!(store.prune_receipts("q", now_millis() + 1, &keep).await.unwrap(), 1, "t2 goes, t1 is kept");
-    assert_eq!(store.receipts(&["t1".into(), "t2".into()]).await.unwrap().len(), 1);
-    assert_eq!(store.prune_receipts("d", 0, &HashSet::new()).await.unwrap(), 0, "none older than 0");
-
-    // The mirror: not deleted, or changed after `since`.
-    let mut api = sample(&"m".repeat(32), "ann");
-    api.source = "api".into();
-    insert(&store, &[api], &[]).await;
-    assert_eq!(store.mirrored("api", i64::MAX).await.unwrap().len(), 1);
-    assert!(store.mirrored("swim", i64::MAX).await.unwrap().is_empty(), "swim's are deleted");
-    assert_eq!(store.mirrored("swim", 0).await.unwrap().len(), 2, "changed after 0");
-    store.close().await;
-}
-
-#[tokio::test]
 async fn idempotency_keys_apply_a_request_once_whatever_its_tag() {
     let db = TestDb::new().await;
     let store = db.store().await;

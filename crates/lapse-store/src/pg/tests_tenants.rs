@@ -4,7 +4,7 @@
 //! replicas (several [`PgStore`]s on one database) writing at once.
 
 use lapse_core::model::{Environment, Health, ObservedState, Resources, Spec};
-use lapse_core::quota::{Quota, QuotaCheck};
+use lapse_core::quota::Quota;
 use lapse_core::workspace::{Workspace, WorkspaceStatus};
 
 use super::PgStore;
@@ -52,52 +52,6 @@ async fn get(store: &PgStore, id: &str) -> Option<Environment> {
 
 async fn count(store: &PgStore, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(store.pool()).await.unwrap()
-}
-
-#[tokio::test]
-async fn the_quota_check_is_a_tenant_column_and_selects_the_in_transaction_check() {
-    let db = TestDb::new().await;
-    let store = db.store().await;
-    for name in ["each", "sum"] {
-        let event = NewEvent::of_tenant(name, "t", "create_tenant", "ok", "");
-        assert!(store.create_tenant(&record(name), event).await.unwrap());
-    }
-    assert_eq!(store.tenant("each").await.unwrap().unwrap().quota_check, "summed", "the default");
-    let event = NewEvent::of_tenant("each", "t", "update_tenant", "ok", "per_request");
-    let updated = store.set_quota_check("each", "per_request", event).await.unwrap().unwrap();
-    assert_eq!(updated.quota_check, "per_request");
-    assert_eq!(store.tenant("each").await.unwrap().unwrap(), updated);
-    let event = NewEvent::of_tenant("nobody", "t", "update_tenant", "ok", "");
-    assert_eq!(store.set_quota_check("nobody", "per_request", event).await.unwrap(), None);
-    assert_eq!(count(&store, "SELECT count(*) FROM events WHERE action = 'update_tenant'").await, 1);
-
-    let mut feed = store.subscribe();
-    let pro = Quota::tier("pro").unwrap();
-    let per_request = Quota { check: QuotaCheck::PerRequest, ..pro.clone() };
-    for n in 0..3 {
-        let e = env(n, "each", 4.0);
-        store.insert_admitted(&e, create(&e), &per_request).await.unwrap();
-        assert_eq!(*feed.try_recv().unwrap(), e, "published after commit");
-    }
-    let fourth = env(3, "each", 4.0);
-    let refused = store.insert_admitted(&fourth, create(&fourth), &per_request).await;
-    assert!(matches!(&refused, Err(StoreError::Refused(m)) if m.contains("environments 3 of 3")), "{refused:?}");
-    let first = env(10, "sum", 4.0);
-    store.insert_admitted(&first, create(&first), &pro).await.unwrap();
-    let second = env(11, "sum", 4.0);
-    let refused = store.insert_admitted(&second, create(&second), &pro).await;
-    assert!(matches!(&refused, Err(StoreError::Refused(m)) if m.starts_with("quota: vcpu 4 of 4")), "{refused:?}");
-    assert_eq!(get(&store, &second.id).await, None, "nothing written");
-    assert_eq!(get(&store, &first.id).await, Some(first.clone()));
-    assert!(feed.try_recv().is_ok_and(|e| *e == first) && feed.try_recv().is_err(), "refusals publish nothing");
-    let events: Vec<(Option<String>, Option<String>)> =
-        sqlx::query_as("SELECT environment_id, tenant FROM events WHERE action = 'create' ORDER BY seq")
-            .fetch_all(store.pool())
-            .await
-            .unwrap();
-    assert_eq!(events.len(), 4, "one event per admitted insert, none for a refusal");
-    assert_eq!(events[3], (Some(first.id.clone()), Some("sum".into())), "the environment's tenant");
-    store.close().await;
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ on_both!(
     warning_columns_round_trip,
 );
 
-fn hook(id: &str, tenant: Option<&str>) -> WebhookRecord {
+pub(crate) fn hook(id: &str, tenant: Option<&str>) -> WebhookRecord {
     WebhookRecord {
         id: id.into(),
         tenant: tenant.map(Into::into),
@@ -28,7 +28,7 @@ fn hook(id: &str, tenant: Option<&str>) -> WebhookRecord {
     }
 }
 
-fn delivery(id: &str, env: Option<&str>) -> NewDelivery {
+pub(crate) fn delivery(id: &str, env: Option<&str>) -> NewDelivery {
     NewDelivery {
         id: id.into(),
         seq: None,
@@ -38,7 +38,7 @@ fn delivery(id: &str, env: Option<&str>) -> NewDelivery {
     }
 }
 
-fn event() -> NewEvent {
+pub(crate) fn event() -> NewEvent {
     NewEvent::of_tenant("", "t", "x", "ok", "")
 }
 

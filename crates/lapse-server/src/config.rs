@@ -104,6 +104,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// The SQLite database file (`--database sqlite:PATH`); `None`: `data_dir/lapse.db`.
     pub database: Option<PathBuf>,
+    /// A PostgreSQL URL (`--database postgres://...`): the store is there, and `database` is
+    /// not used. One server per database (the store's sole-server lock).
+    pub postgres: Option<String>,
     /// TTL of an environment created without one.
     pub default_ttl: Duration,
     /// Longest TTL or extension a request may ask for.
@@ -216,6 +219,7 @@ impl ServerConfig {
             classla: None,
             data_dir: data_dir.into(),
             database: None,
+            postgres: None,
             default_ttl: Duration::from_secs(3600),
             max_ttl: Duration::from_secs(30 * 24 * 3600),
             sweep_interval: Duration::from_secs(30),

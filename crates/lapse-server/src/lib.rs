@@ -73,6 +73,8 @@ pub struct Running {
     background: Vec<JoinHandle<()>>,
     /// The data dir's lock, held while this server runs.
     _lock: nix::fcntl::Flock<std::fs::File>,
+    /// On PostgreSQL, why the database's sole-server lock was lost, once it was.
+    lost: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Running {
@@ -80,6 +82,9 @@ impl Running {
     pub async fn wait(mut self) -> anyhow::Result<()> {
         let result = (&mut self.http).await;
         self.stop_background().await;
+        if let Some(reason) = self.lost.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            anyhow::bail!("stopped: {reason}; another server may hold the database now");
+        }
         result.context("the HTTP server task failed")?.context("the HTTP server failed")
     }
 
@@ -120,8 +125,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         .canonicalize()
         .with_context(|| format!("resolving the data dir {}", config.data_dir.display()))?;
     let lock = lock_data_dir(&config.data_dir)?;
-    let db = config.database.clone().unwrap_or_else(|| config.data_dir.join("lapse.db"));
-    let store = Store::open(&db).await.with_context(|| format!("opening the store at {}", db.display()))?;
+    let (store, sole) = open_store(&config).await?;
     let controller_id = store.controller_id().await?;
     let journal = config.data_dir.join("deferred.journal");
     let deferred = deferred::Deferred::open(&journal)
@@ -410,7 +414,32 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     };
     let http = tokio::spawn(http::listener::serve(listener, router, limits, stopped));
     tracing::info!(%addr, data_dir = %cx.config.data_dir.display(), "lapse is serving");
-    Ok(Running { addr, seed_addr, proxy_addr, classla_addr, app, shutdown, http, background, _lock: lock })
+    let lost = Arc::new(std::sync::Mutex::new(None));
+    if let Some(mut sole) = sole {
+        // The sole-server lock lost: another server may take the database; stop at once.
+        let (lost, shutdown) = (lost.clone(), shutdown.clone());
+        background.push(tokio::spawn(async move {
+            let reason = sole.lost().await;
+            tracing::error!(%reason, "the PostgreSQL server lock is lost: stopping");
+            *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+            let _ = shutdown.send(true);
+        }));
+    }
+    Ok(Running { addr, seed_addr, proxy_addr, classla_addr, app, shutdown, http, background, _lock: lock, lost })
+}
+
+/// The store the config names (SQLite by default), and on PostgreSQL the database's
+/// sole-server lock.
+async fn open_store(config: &ServerConfig) -> anyhow::Result<(Store, Option<lapse_store::pg::SoleReplica>)> {
+    if let Some(url) = &config.postgres {
+        let store = Store::connect_postgres(url).await?;
+        let sole = store.hold_sole_replica().await?;
+        tracing::info!("the store is on PostgreSQL; this server holds the database's server lock");
+        return Ok((store, sole));
+    }
+    let db = config.database.clone().unwrap_or_else(|| config.data_dir.join("lapse.db"));
+    let store = Store::open(&db).await.with_context(|| format!("opening the store at {}", db.display()))?;
+    Ok((store, None))
 }
 
 /// One server per data dir: two reconcilers on one store would fight over every environment.

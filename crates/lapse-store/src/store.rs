@@ -14,7 +14,7 @@ use lapse_core::quota::{Quota, Usage};
 use lapse_core::wire::Event;
 use lapse_core::workspace::WorkspaceStatus;
 
-use crate::pg::{PgError, PgStore};
+use crate::pg::{PgError, PgStore, SoleReplica};
 use crate::*;
 
 /// The store. Cheap to clone.
@@ -38,6 +38,16 @@ impl Store {
     /// Connects to PostgreSQL at `url` and migrates it ([`PgStore::connect`]'s contract).
     pub async fn connect_postgres(url: &str) -> Result<Store, PgError> {
         Ok(Store { backend: Backend::Pg(PgStore::connect(url).await?) })
+    }
+
+    /// On PostgreSQL, takes the database for this server alone ([`PgStore::hold_sole_replica`]:
+    /// refused if another server holds it; its `lost` resolves when the hold is lost). On
+    /// SQLite, `None`: the data dir's lock does that.
+    pub async fn hold_sole_replica(&self) -> Result<Option<SoleReplica>, PgError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Pg(s) => s.hold_sole_replica().await.map(Some),
+        }
     }
 
     /// `sqlite` or `postgres`.

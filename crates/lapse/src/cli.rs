@@ -423,17 +423,22 @@ pub(crate) fn env_path(id: &str, rest: &str) -> String {
     format!("/v1/environments/{id}{rest}")
 }
 
-/// A server's end: a refused `--database` is a usage error (exit code 2), like clap's.
+/// A server's end: a refused `--database` (or a PostgreSQL database that cannot be used) is
+/// a usage error (exit code 2), like clap's.
 fn served(result: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(e) => match e.downcast_ref::<crate::database::DatabaseRefused>() {
-            Some(refused) => {
+        Err(e) => {
+            if let Some(refused) = e.downcast_ref::<crate::database::DatabaseRefused>() {
                 eprintln!("error: {refused}");
-                Ok(ExitCode::from(2))
+                return Ok(ExitCode::from(2));
             }
-            None => Err(e),
-        },
+            if let Some(refused) = e.downcast_ref::<lapse_store::pg::PgError>() {
+                eprintln!("error: --database: {refused}");
+                return Ok(ExitCode::from(2));
+            }
+            Err(e)
+        }
     }
 }
 

@@ -2,11 +2,12 @@
 //!
 //! - unset: SQLite at `DATA_DIR/lapse.db`, as before;
 //! - `sqlite:PATH`, `sqlite://PATH` or a plain path: SQLite at that file;
-//! - `postgres://...` or `postgresql://...`: PostgreSQL. The server connects and migrates
-//!   (so an unreachable server, a malformed URL or a newer schema is refused at once), then
-//!   refuses to start: the PostgreSQL store's operations are not built yet.
+//! - `postgres://...` or `postgresql://...`: PostgreSQL. The server connects, migrates and
+//!   takes the database's server lock (one server per database), so an unreachable server,
+//!   a malformed URL, a newer schema or a database another server holds is refused at once.
 //!
-//! Every refusal is a [`DatabaseRefused`], which `lapse serve` reports with exit code 2.
+//! Every refusal, [`DatabaseRefused`] or the PostgreSQL store's own
+//! ([`lapse_store::pg::PgError`]), is reported by `lapse serve` with exit code 2.
 
 use std::path::PathBuf;
 
@@ -26,13 +27,6 @@ pub enum DatabaseRefused {
     Empty,
     #[error("--database: {scheme:?} is not a database this lapse knows: use sqlite:PATH, a path, or postgres://...")]
     UnknownScheme { scheme: String },
-    #[error("--database: {0}")]
-    Postgres(#[from] lapse_store::pg::PgError),
-    #[error(
-        "--database: the PostgreSQL store's operations are not built yet (the database was reached and migrated); \
-         use SQLite (omit --database) for now"
-    )]
-    PostgresNotBuilt,
 }
 
 impl Database {
@@ -54,18 +48,6 @@ impl Database {
             Some((scheme, _)) => Err(DatabaseRefused::UnknownScheme { scheme: scheme.chars().take(32).collect() }),
             None => Ok(Database::Sqlite(PathBuf::from(text))),
         }
-    }
-}
-
-/// Opens a PostgreSQL database far enough to refuse what is wrong with it, then refuses to go
-/// on, since the store's operations on PostgreSQL are not built yet.
-pub async fn refuse_postgres(url: &str) -> DatabaseRefused {
-    match lapse_store::pg::PgStore::connect(url).await {
-        Ok(store) => {
-            store.close().await;
-            DatabaseRefused::PostgresNotBuilt
-        }
-        Err(e) => e.into(),
     }
 }
 

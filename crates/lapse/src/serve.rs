@@ -25,8 +25,8 @@ pub struct ServeArgs {
     #[arg(long, env = "LAPSE_DATA_DIR", default_value = "./.lapse")]
     pub data_dir: PathBuf,
     /// Where the store lives: `sqlite:PATH` or a path (default: DATA_DIR/lapse.db), or
-    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (connected and migrated, then refused:
-    /// the PostgreSQL store's operations are not built yet).
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (migrated at start; one server per
+    /// database: a second one is refused).
     // `--help` never shows LAPSE_DATABASE's value: it may hold a password.
     #[arg(long, env = "LAPSE_DATABASE", hide_env_values = true)]
     pub database: Option<String>,
@@ -359,7 +359,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     match args.database.as_deref().map(Database::parse).transpose()? {
         None => {}
         Some(Database::Sqlite(path)) => config.database = Some(path),
-        Some(Database::Postgres(url)) => return Err(crate::database::refuse_postgres(&url).await.into()),
+        Some(Database::Postgres(url)) => config.postgres = Some(url),
     }
     config.listen = args.listen;
     config.seed_listen = args.seed_listen;

@@ -1,12 +1,11 @@
-//! The PostgreSQL store (`--database postgres://...`): connecting, migrating, and the
-//! store's operations, ported one module at a time beside their SQLite originals. Until every
-//! operation is ported, `lapse serve` refuses a PostgreSQL URL after [`PgStore::connect`]
-//! succeeds.
+//! The PostgreSQL store (`--database postgres://...`): connecting, migrating, and every
+//! operation of the store, each beside its SQLite original. One `lapse serve` per database
+//! ([`sole`]) until replicas divide the background work.
 //!
-//! How an operation is ported (every file of this module keeps to it):
+//! How an operation is written (every file of this module keeps to it):
 //! - **Same name, same signature, same contract** as [`crate::Store`]'s method, errors as
-//!   [`crate::StoreError`] (sqlx's errors through the crate's `Op`), so the store can later
-//!   dispatch to either backend and the store's tests run against both.
+//!   [`crate::StoreError`] (sqlx's errors through the crate's `Op`): [`crate::Store`]
+//!   dispatches to either backend, and the store's contract tests run against both.
 //! - **One transaction per operation**, on a pooled connection; a read-modify-write locks the
 //!   row it read (`SELECT ... FOR UPDATE`) instead of SQLite's revision check, and still bumps
 //!   `rev`. Many replicas write at once: nothing may rely on one writer.
@@ -44,6 +43,7 @@ mod envs;
 mod pools;
 mod queues;
 mod rows;
+mod sole;
 mod tenants;
 #[cfg(test)]
 pub(crate) mod testdb;
@@ -52,6 +52,7 @@ mod workspaces;
 pub(crate) mod write;
 
 pub(crate) use rows::push_environment;
+pub use sole::{CHECK_EVERY, SOLE_LOCK, SoleReplica};
 pub(crate) use write::append_events;
 
 /// The key of the session advisory lock held while migrations run ("lapse_mg"). Advisory
@@ -85,6 +86,12 @@ pub enum PgError {
          binary knows migrations up to {known}; run a lapse at least as new as the one that migrated it"
     )]
     NewerSchema { applied: i64, known: i64 },
+    /// Another `lapse serve` holds the database ([`SOLE_LOCK`]).
+    #[error(
+        "another lapse serve is using this PostgreSQL database (it holds the server lock); one server per database \
+         until replicas are built"
+    )]
+    Taken,
     /// A migration failed (or an applied one differs from this binary's).
     #[error("migrating the PostgreSQL database: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

@@ -1,7 +1,8 @@
 //! `lapse serve --database`: SQLite at a chosen file; PostgreSQL refused at start (exit code
 //! 2, the reason on stderr) when its URL is malformed, its server unreachable, its schema
-//! newer than the binary's, and, once all is well, because the PostgreSQL store's
-//! operations are not built yet. Against `LAPSE_TEST_POSTGRES_URL` (scripts/test-env.sh).
+//! newer than the binary's or another server holds it; and a server on PostgreSQL that
+//! serves, keeps its state across a `kill -9`, and stops when it loses the database's server
+//! lock. Against `LAPSE_TEST_POSTGRES_URL` (scripts/test-env.sh).
 
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -98,12 +99,14 @@ async fn postgres_refusals_at_start() {
     let (out, _) = serve(&postgres_url().replacen("lapse_test@", "secret@", 1), true).await;
     refused(&out, "wrong password", &["password authentication failed"]);
 
-    // A database that is fine: migrated, then refused, honestly.
-    let db = Db::new();
-    let (out, _) = serve(&db.url, true).await;
-    refused(&out, "not built", &["the PostgreSQL store's operations are not built yet"]);
-
     // Migrated by a newer lapse: refused, naming the reason.
+    let db = Db::new();
+    psql(
+        &db.url,
+        "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
+        installed_on TIMESTAMPTZ NOT NULL DEFAULT now(), success BOOLEAN NOT NULL, checksum BYTEA NOT NULL, \
+        execution_time BIGINT NOT NULL)",
+    );
     psql(
         &db.url,
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
@@ -134,4 +137,42 @@ async fn help_never_shows_the_database_url() {
         .expect("running lapse serve --help");
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("--database") && !help.contains("secret"), "{help}");
+}
+
+#[tokio::test]
+async fn a_server_on_postgres_serves_one_at_a_time_and_stops_when_its_lock_is_lost() {
+    let db = Db::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &["--database", &db.url]).await;
+    let made = server.create(crate::harness::process_env(&["sleep", "600"])).await;
+    let id = made["id"].as_str().unwrap().to_owned();
+    server.wait_state(&id, "running", secs(20)).await;
+    assert!(!dir.path().join("lapse.db").exists(), "no SQLite store beside PostgreSQL");
+
+    // A second server on the same database (its own data dir) is refused while the first runs.
+    let (out, _) = serve(&db.url, false).await;
+    refused(&out, "second server", &["another lapse serve is using this PostgreSQL database"]);
+
+    // kill -9: the lock's session ends with the process; a new server takes the database
+    // and finds what the first one stored.
+    server.restart().await;
+    let env = server.wait_state(&id, "running", secs(20)).await;
+    assert_eq!(env["id"], id.as_str());
+    let (status, _) = server.request(reqwest::Method::DELETE, &format!("/v1/environments/{id}"), None).await;
+    assert!(status.is_success(), "{status}");
+    server.wait_state(&id, "deleted", secs(20)).await;
+
+    // The lock's session terminated by the database (a restart, an operator): the server stops
+    // within a few checks, with an error, rather than run beside a server that took the lock.
+    psql(
+        &db.url,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = {} \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            lapse_store::pg::SOLE_LOCK & 0xffff_ffff
+        ),
+    );
+    server.wait_exit(secs(15)).await;
+    let log = server.log();
+    assert!(log.contains("the PostgreSQL server lock is lost"), "the reason is logged: {log}");
 }

@@ -8,8 +8,8 @@ use super::insert;
 use crate::pg::PgStore;
 use crate::pg::testdb::TestDb;
 use crate::pg::write::append_events;
-use crate::{Attempt, NewDelivery, NewEvent};
 use crate::tests::webhooks::{delivery, event, hook};
+use crate::{Attempt, NewDelivery, NewEvent};
 
 async fn append(store: &PgStore, events: &[NewEvent]) {
     insert(store, &[], events).await;

@@ -1,0 +1,89 @@
+//! One server per PostgreSQL database, until replicas divide the background work.
+//!
+//! Every replica would run the reconciler, the timers, the sweep and the pool maintainer, and
+//! two of them would provision one environment twice. So `lapse serve` on PostgreSQL holds
+//! a session advisory lock ([`SOLE_LOCK`]) on a connection of its own for as long as it runs:
+//! - a second server on the same database is refused at start ([`PgError::Taken`]);
+//! - the connection is checked every [`CHECK_EVERY`]; when it is lost (the database restarted,
+//!   the network went, the session was terminated), the lock may already be another
+//!   server's, so [`SoleReplica::lost`] resolves and the server must stop at once (it exits
+//!   with an error; a supervisor restarts it, and it takes the lock again or is refused).
+
+use std::time::Duration;
+
+use sqlx::Connection as _;
+use sqlx::postgres::PgConnection;
+use tokio::sync::oneshot;
+
+use super::{CONNECT_TIMEOUT, PgError, PgStore};
+
+/// The key of the sole server's session advisory lock ("lapse_sv").
+pub const SOLE_LOCK: i64 = 0x6c61_7073_655f_7376;
+
+/// How often the lock's connection is checked.
+pub const CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// The held lock. Dropping it ends the check and closes its connection (releasing the lock).
+#[derive(Debug)]
+pub struct SoleReplica {
+    lost: Option<oneshot::Receiver<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SoleReplica {
+    /// Resolves with the reason once the lock's connection is lost; never otherwise.
+    pub async fn lost(&mut self) -> String {
+        match self.lost.take() {
+            Some(rx) => rx.await.unwrap_or_else(|_| "the lock's check ended".into()),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for SoleReplica {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl PgStore {
+    /// Takes [`SOLE_LOCK`] on a connection of its own, or refuses if another server holds it.
+    pub async fn hold_sole_replica(&self) -> Result<SoleReplica, PgError> {
+        let options = self.pool.connect_options().as_ref().clone();
+        let (host, port) = (options.get_host().to_owned(), options.get_port());
+        let mut conn = match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(source)) => return Err(PgError::Connect { host, port, source }),
+            Err(_) => {
+                let silent = std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 5 s");
+                return Err(PgError::Connect { host, port, source: sqlx::Error::Io(silent) });
+            }
+        };
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(SOLE_LOCK)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|source| PgError::Sql { op: "take the server lock", source })?;
+        if !taken {
+            let _ = conn.close().await;
+            return Err(PgError::Taken);
+        }
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut every = tokio::time::interval(CHECK_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let checked = tokio::time::timeout(CONNECT_TIMEOUT, conn.ping()).await;
+                let reason = match checked {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => format!("the server lock's connection failed: {e}"),
+                    Err(_) => "the server lock's connection did not answer within 5 s".to_owned(),
+                };
+                let _ = tx.send(reason);
+                return;
+            }
+        });
+        Ok(SoleReplica { lost: Some(rx), task })
+    }
+}

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use lapse_core::Millis;
 use lapse_core::cost::{Owner, Transition};
 use lapse_core::model::{Environment, ObservedState};
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Sqlite};
 
 use crate::{ENV_COLUMNS, Op, SqliteStore, StoreError, environment_from};
 
@@ -57,29 +57,36 @@ impl SqliteStore {
         );
         selection(&mut q);
         q.push(") AND at < ").push_bind(from).push(" GROUP BY environment_id, action)) ORDER BY seq");
-        let rows = q.build().fetch_all(&self.reader).await.op("accrual")?;
-
-        let mut by_env: HashMap<String, (Vec<Transition>, Vec<Owner>)> = HashMap::new();
-        for r in rows {
-            let Some(id) = r.get::<Option<String>, _>(0) else { continue };
-            let at: Millis = r.get(1);
-            let owner: String = r.get::<Option<String>, _>(4).unwrap_or_default();
-            let (transitions, owners) = by_env.entry(id).or_default();
-            if owners.last().is_none_or(|o| o.tenant != owner) {
-                owners.push(Owner { from: at, tenant: owner });
-            }
-            if r.get::<String, _>(2) == "transition"
-                && let Ok(state) = r.get::<String, _>(3).parse::<ObservedState>()
-            {
-                transitions.push(Transition { at, to: state });
-            }
-        }
-        Ok(envs
-            .into_iter()
-            .map(|env| {
-                let (transitions, owners) = by_env.remove(&env.id).unwrap_or_default();
-                Accrual { env, transitions, owners }
-            })
-            .collect())
+        let trail: Vec<TrailRow> = q.build_query_as().fetch_all(&self.reader).await.op("accrual")?;
+        Ok(assemble(envs, trail))
     }
+}
+
+/// An event of the trail as the accrual reads it: environment, time, action, outcome (the
+/// state a transition reached), tenant.
+pub(crate) type TrailRow = (Option<String>, Millis, String, String, Option<String>);
+
+/// Each environment with its transitions and owners, from its trail in `seq` order (both
+/// backends read the same columns and fold them here).
+pub(crate) fn assemble(envs: Vec<Environment>, trail: Vec<TrailRow>) -> Vec<Accrual> {
+    let mut by_env: HashMap<String, (Vec<Transition>, Vec<Owner>)> = HashMap::new();
+    for (id, at, action, outcome, tenant) in trail {
+        let Some(id) = id else { continue };
+        let owner = tenant.unwrap_or_default();
+        let (transitions, owners) = by_env.entry(id).or_default();
+        if owners.last().is_none_or(|o| o.tenant != owner) {
+            owners.push(Owner { from: at, tenant: owner });
+        }
+        if action == "transition"
+            && let Ok(state) = outcome.parse::<ObservedState>()
+        {
+            transitions.push(Transition { at, to: state });
+        }
+    }
+    envs.into_iter()
+        .map(|env| {
+            let (transitions, owners) = by_env.remove(&env.id).unwrap_or_default();
+            Accrual { env, transitions, owners }
+        })
+        .collect()
 }

@@ -169,35 +169,14 @@ fn apply(
                 }
             },
             LabRequest::Decommission(asked) => {
-                let by_id = |id: Option<&str>| -> Vec<Environment> {
-                    labs.iter().filter(|e| Some(e.id.as_str()) == id).cloned().collect()
-                };
-                let failed = labs.iter().filter(|e| e.observed == ObservedState::Failed);
-                let (targets, fixed) = match &current {
-                    None if asked.server_id.is_some() => (by_id(asked.server_id), None),
-                    None => (failed.cloned().collect(), Some(LabDecommissionOutcome::NoLab)),
-                    Some(c) => {
-                        let current_lab = c.labels.get(message.lab_label).cloned().unwrap_or_default();
-                        match asked.lab {
-                            Some(lab) if lab != current_lab => match asked.server_id {
-                                Some(_) => (by_id(asked.server_id), None),
-                                None => (vec![], Some(LabDecommissionOutcome::Stale { current_lab })),
-                            },
-                            _ => (std::iter::once(c.clone()).chain(failed.cloned()).collect(), None),
-                        }
-                    }
-                };
+                let (targets, fixed) = decommission_targets(&labs, message.lab_label, asked);
                 let mut gone = Vec::with_capacity(targets.len());
                 for env in &targets {
                     let env = remove(&mut changed, &mut events, env);
                     write_row(conn, &env)?;
                     gone.push(env);
                 }
-                LabOutcome::Decommission(match fixed {
-                    Some(LabDecommissionOutcome::NoLab) if !gone.is_empty() => LabDecommissionOutcome::Deleted(gone),
-                    Some(outcome) => outcome,
-                    None => LabDecommissionOutcome::Deleted(gone),
-                })
+                LabOutcome::Decommission(decommission_outcome(fixed, gone))
             }
         };
         outcomes.push(outcome);
@@ -207,8 +186,46 @@ fn apply(
     Ok((outcomes, changed))
 }
 
+/// A decommission's work among the user's `labs` (newest first): the rows to delete and, when
+/// the outcome is not simply their deletion, that outcome. Both backends decide with this.
+pub(crate) fn decommission_targets(
+    labs: &[Environment],
+    lab_label: &str,
+    asked: &LabDecommission<'_>,
+) -> (Vec<Environment>, Option<LabDecommissionOutcome>) {
+    let by_id =
+        |id: Option<&str>| -> Vec<Environment> { labs.iter().filter(|e| Some(e.id.as_str()) == id).cloned().collect() };
+    let failed = labs.iter().filter(|e| e.observed == ObservedState::Failed);
+    match current(labs) {
+        None if asked.server_id.is_some() => (by_id(asked.server_id), None),
+        None => (failed.cloned().collect(), Some(LabDecommissionOutcome::NoLab)),
+        Some(c) => {
+            let current_lab = c.labels.get(lab_label).cloned().unwrap_or_default();
+            match asked.lab {
+                Some(lab) if lab != current_lab => match asked.server_id {
+                    Some(_) => (by_id(asked.server_id), None),
+                    None => (vec![], Some(LabDecommissionOutcome::Stale { current_lab })),
+                },
+                _ => (std::iter::once(c.clone()).chain(failed.cloned()).collect(), None),
+            }
+        }
+    }
+}
+
+/// A decommission's outcome once the rows of [`decommission_targets`] are deleted (`gone`).
+pub(crate) fn decommission_outcome(
+    fixed: Option<LabDecommissionOutcome>,
+    gone: Vec<Environment>,
+) -> LabDecommissionOutcome {
+    match fixed {
+        Some(LabDecommissionOutcome::NoLab) if !gone.is_empty() => LabDecommissionOutcome::Deleted(gone),
+        Some(outcome) => outcome,
+        None => LabDecommissionOutcome::Deleted(gone),
+    }
+}
+
 /// The newest lab that has not failed.
-fn current(labs: &[Environment]) -> Option<&Environment> {
+pub(crate) fn current(labs: &[Environment]) -> Option<&Environment> {
     labs.iter().find(|e| e.observed != ObservedState::Failed)
 }
 

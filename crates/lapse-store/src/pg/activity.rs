@@ -13,15 +13,14 @@
 //!   `[from, to)` (of `tenant`, or claimed by it before `to`), their transitions and claims
 //!   in the period, and the last of each before it.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use lapse_core::Millis;
-use lapse_core::cost::{Owner, Transition};
-use lapse_core::model::{Environment, ObservedState};
+use lapse_core::model::Environment;
 use sqlx::{Postgres, QueryBuilder, Row as _};
 
 use super::PgStore;
+use crate::accrual::{TrailRow, assemble};
 use crate::rows::environment_from;
 use crate::{Accrual, ENV_COLUMNS, Op as _, StoreError};
 
@@ -117,30 +116,8 @@ impl PgStore {
         );
         selection(&mut q);
         q.push(") AND at < ").push_bind(from).push(" GROUP BY environment_id, action)) ORDER BY seq");
-        let rows = q.build().fetch_all(&mut *tx).await.op("accrual")?;
+        let trail: Vec<TrailRow> = q.build_query_as().fetch_all(&mut *tx).await.op("accrual")?;
         tx.commit().await.op("accrual")?;
-
-        let mut by_env: HashMap<String, (Vec<Transition>, Vec<Owner>)> = HashMap::new();
-        for r in rows {
-            let Some(id) = r.get::<Option<String>, _>(0) else { continue };
-            let at: Millis = r.get(1);
-            let owner: String = r.get::<Option<String>, _>(4).unwrap_or_default();
-            let (transitions, owners) = by_env.entry(id).or_default();
-            if owners.last().is_none_or(|o| o.tenant != owner) {
-                owners.push(Owner { from: at, tenant: owner });
-            }
-            if r.get::<String, _>(2) == "transition"
-                && let Ok(state) = r.get::<String, _>(3).parse::<ObservedState>()
-            {
-                transitions.push(Transition { at, to: state });
-            }
-        }
-        Ok(envs
-            .into_iter()
-            .map(|env| {
-                let (transitions, owners) = by_env.remove(&env.id).unwrap_or_default();
-                Accrual { env, transitions, owners }
-            })
-            .collect())
+        Ok(assemble(envs, trail))
     }
 }

@@ -232,27 +232,7 @@ impl PgStore {
 
     /// Environments `filter` selects, in id order (deleted ones only if its state asks).
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Environment>, StoreError> {
-        let mut q = QueryBuilder::<Postgres>::new(format!("SELECT {ENV_COLUMNS} FROM environments WHERE true"));
-        for (column, value) in [
-            ("tenant", &filter.tenant),
-            ("owner", &filter.owner),
-            ("provider", &filter.provider),
-            ("job_id", &filter.job_id),
-        ] {
-            if let Some(v) = value {
-                q.push(format!(" AND {column} = ")).push_bind(v.clone());
-            }
-        }
-        match filter.state {
-            Some(state) => q.push(" AND observed = ").push_bind(state.as_str()),
-            None => q.push(" AND observed <> 'deleted'"),
-        };
-        if let Some(after) = &filter.after {
-            q.push(" AND id > ").push_bind(after.clone());
-        }
-        for (k, v) in &filter.labels {
-            q.push(" AND (labels::jsonb ->> ").push_bind(k.clone()).push(") = ").push_bind(v.clone());
-        }
+        let mut q = super::rows::select_filtered(filter);
         q.push(" ORDER BY id");
         if let Some(limit) = filter.limit {
             q.push(" LIMIT ").push_bind(i64::from(limit));

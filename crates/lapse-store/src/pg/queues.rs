@@ -21,13 +21,13 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use lapse_core::model::{DesiredState, Environment, ObservedState};
+use lapse_core::model::{DesiredState, Environment};
 use lapse_core::{Millis, now_millis};
-use sqlx::postgres::Postgres;
-use sqlx::{PgConnection, QueryBuilder, Row as _};
+use sqlx::{PgConnection, Row as _};
 
 use super::PgStore;
 use super::write::{append_events, insert_rows, write_row};
+use crate::labs::{decommission_outcome, decommission_targets};
 use crate::rows::environment_from;
 use crate::{AppliedCreates, ChangeOutcome, ENV_COLUMNS, ListFilter, NewEvent, Op as _, QueuedChange, QueuedCreate};
 use crate::{LabDecommissionOutcome, LabMessage, LabOutcome, LabProvisionOutcome, LabRequest, StoreError};
@@ -132,7 +132,7 @@ impl PgStore {
             tx.rollback().await.op("apply queue")?;
             return Ok(ChangeOutcome::DuplicateKey);
         }
-        let mut q = select_filtered(message.filter);
+        let mut q = super::rows::select_filtered(message.filter);
         q.push(" AND desired <> 'deleted'");
         if let Some(source) = message.source {
             q.push(" AND source = ").push_bind(source.to_owned());
@@ -328,33 +328,6 @@ async fn count_processed(conn: &mut PgConnection, queue: &str, n: usize) -> Resu
     Ok(())
 }
 
-/// `SELECT` of the environments `filter` selects (as SQLite's `filtered`, without order or
-/// limit), to be continued with more conditions.
-fn select_filtered(filter: &ListFilter) -> QueryBuilder<'static, Postgres> {
-    let mut q = QueryBuilder::new(format!("SELECT {ENV_COLUMNS} FROM environments WHERE true"));
-    for (column, value) in [
-        ("tenant", &filter.tenant),
-        ("owner", &filter.owner),
-        ("provider", &filter.provider),
-        ("job_id", &filter.job_id),
-    ] {
-        if let Some(v) = value {
-            q.push(format!(" AND {column} = ")).push_bind(v.clone());
-        }
-    }
-    match filter.state {
-        Some(state) => q.push(" AND observed = ").push_bind(state.as_str()),
-        None => q.push(" AND observed <> 'deleted'"),
-    };
-    if let Some(after) = &filter.after {
-        q.push(" AND id > ").push_bind(after.clone());
-    }
-    for (k, v) in &filter.labels {
-        q.push(" AND labels::jsonb ->> ").push_bind(k.clone()).push(" = ").push_bind(v.clone());
-    }
-    q
-}
-
 /// Takes the lock of every (source, owner) of `items`, in key order.
 async fn lock_owners(conn: &mut PgConnection, items: &[(LabMessage<'_>, LabRequest<'_>)]) -> Result<(), StoreError> {
     let (sources, owners): (Vec<&str>, Vec<&str>) = items.iter().map(|(m, _)| (m.source, m.owner)).unzip();
@@ -397,7 +370,7 @@ async fn apply_labs(
             continue;
         }
         let labs = labs_of(conn, message.source, message.owner).await?;
-        let current = labs.iter().find(|e| e.observed != ObservedState::Failed).cloned();
+        let current = crate::labs::current(&labs).cloned();
         let remove = |changed: &mut Vec<Environment>, events: &mut Vec<NewEvent>, env: &Environment| {
             let mut env = env.clone();
             env.desired = DesiredState::Deleted;
@@ -426,35 +399,14 @@ async fn apply_labs(
                 }
             },
             LabRequest::Decommission(asked) => {
-                let by_id = |id: Option<&str>| -> Vec<Environment> {
-                    labs.iter().filter(|e| Some(e.id.as_str()) == id).cloned().collect()
-                };
-                let failed = labs.iter().filter(|e| e.observed == ObservedState::Failed);
-                let (targets, fixed) = match &current {
-                    None if asked.server_id.is_some() => (by_id(asked.server_id), None),
-                    None => (failed.cloned().collect(), Some(LabDecommissionOutcome::NoLab)),
-                    Some(c) => {
-                        let current_lab = c.labels.get(message.lab_label).cloned().unwrap_or_default();
-                        match asked.lab {
-                            Some(lab) if lab != current_lab => match asked.server_id {
-                                Some(_) => (by_id(asked.server_id), None),
-                                None => (vec![], Some(LabDecommissionOutcome::Stale { current_lab })),
-                            },
-                            _ => (std::iter::once(c.clone()).chain(failed.cloned()).collect(), None),
-                        }
-                    }
-                };
+                let (targets, fixed) = decommission_targets(&labs, message.lab_label, asked);
                 let mut gone = Vec::with_capacity(targets.len());
                 for env in &targets {
                     let env = remove(&mut changed, &mut events, env);
                     write_row(conn, &env).await?;
                     gone.push(env);
                 }
-                LabOutcome::Decommission(match fixed {
-                    Some(LabDecommissionOutcome::NoLab) if !gone.is_empty() => LabDecommissionOutcome::Deleted(gone),
-                    Some(outcome) => outcome,
-                    None => LabDecommissionOutcome::Deleted(gone),
-                })
+                LabOutcome::Decommission(decommission_outcome(fixed, gone))
             }
         };
         outcomes.push(outcome);

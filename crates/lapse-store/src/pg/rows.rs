@@ -10,12 +10,13 @@
 //! [`crate::ENV_COLUMNS`], with the flag columns as booleans.
 
 use lapse_core::model::Environment;
+use sqlx::QueryBuilder;
 use sqlx::Row as _;
 use sqlx::postgres::{PgRow, Postgres};
 use sqlx::query_builder::Separated;
 
-use crate::json;
 use crate::rows::Cols;
+use crate::{ENV_COLUMNS, ListFilter, json};
 
 impl Cols for PgRow {
     fn opt_text(&self, column: &'static str) -> Result<Option<String>, String> {
@@ -80,4 +81,31 @@ pub(crate) fn push_environment(mut b: Separated<'_, '_, Postgres, &'static str>,
         .push_bind(list(&e.warn_before))
         .push_bind(list(&e.warned))
         .push_bind(e.warned_at);
+}
+
+/// `SELECT` of the environments `filter` selects (as SQLite's `filtered`, without order or
+/// limit), to be continued with more conditions.
+pub(crate) fn select_filtered(filter: &ListFilter) -> QueryBuilder<'static, Postgres> {
+    let mut q = QueryBuilder::new(format!("SELECT {ENV_COLUMNS} FROM environments WHERE true"));
+    for (column, value) in [
+        ("tenant", &filter.tenant),
+        ("owner", &filter.owner),
+        ("provider", &filter.provider),
+        ("job_id", &filter.job_id),
+    ] {
+        if let Some(v) = value {
+            q.push(format!(" AND {column} = ")).push_bind(v.clone());
+        }
+    }
+    match filter.state {
+        Some(state) => q.push(" AND observed = ").push_bind(state.as_str()),
+        None => q.push(" AND observed <> 'deleted'"),
+    };
+    if let Some(after) = &filter.after {
+        q.push(" AND id > ").push_bind(after.clone());
+    }
+    for (k, v) in &filter.labels {
+        q.push(" AND labels::jsonb ->> ").push_bind(k.clone()).push(" = ").push_bind(v.clone());
+    }
+    q
 }

@@ -745,36 +745,8 @@ impl SqliteStore {
 
     /// Events in order that `filter` selects.
     pub async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT seq, at, environment_id, actor, action, outcome, message, tenant FROM events WHERE seq > ",
-        );
-        q.push_bind(filter.after.unwrap_or(0));
-        for (column, value) in [
-            ("tenant", &filter.tenant),
-            ("environment_id", &filter.target),
-            ("actor", &filter.actor),
-            ("action", &filter.action),
-            ("outcome", &filter.outcome),
-        ] {
-            if let Some(v) = value {
-                q.push(format!(" AND {column} = ")).push_bind(v.clone());
-            }
-        }
-        q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(filter.limit));
-        let rows = q.build().fetch_all(&self.reader).await.op("events")?;
-        Ok(rows
-            .iter()
-            .map(|r| Event {
-                seq: r.get(0),
-                at: r.get(1),
-                environment_id: r.get(2),
-                actor: r.get(3),
-                action: r.get(4),
-                outcome: r.get(5),
-                message: r.get(6),
-                tenant: r.get(7),
-            })
-            .collect())
+        let rows: Vec<EventRow> = events_query(filter).build_query_as().fetch_all(&self.reader).await.op("events")?;
+        Ok(rows.into_iter().map(event_from).collect())
     }
 
     /// `expired_at - expires_at` of every lease of `owner` that ran out, in ms (benchmarks).
@@ -793,6 +765,40 @@ impl SqliteStore {
         let _ = self.writer.run("close", |_| Ok(())).await;
         self.reader.close().await;
     }
+}
+
+/// An event's columns as [`events_query`] selects them.
+pub(crate) type EventRow = (i64, Millis, Option<String>, String, String, String, String, Option<String>);
+
+/// The query of [`Store::events`], for either backend's builder.
+pub(crate) fn events_query<'a, DB>(filter: &EventFilter) -> QueryBuilder<'a, DB>
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut q = QueryBuilder::<DB>::new(
+        "SELECT seq, at, environment_id, actor, action, outcome, message, tenant FROM events WHERE seq > ",
+    );
+    q.push_bind(filter.after.unwrap_or(0));
+    for (column, value) in [
+        ("tenant", &filter.tenant),
+        ("environment_id", &filter.target),
+        ("actor", &filter.actor),
+        ("action", &filter.action),
+        ("outcome", &filter.outcome),
+    ] {
+        if let Some(v) = value {
+            q.push(format!(" AND {column} = ")).push_bind(v.clone());
+        }
+    }
+    q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(filter.limit));
+    q
+}
+
+pub(crate) fn event_from(r: EventRow) -> Event {
+    let (seq, at, environment_id, actor, action, outcome, message, tenant) = r;
+    Event { seq, at, environment_id, actor, action, outcome, message, tenant }
 }
 
 /// Whether a row counts against its tenant's quota (as `tenants::usage` counts).

@@ -26,7 +26,7 @@ use lapse_core::model::Environment;
 use lapse_core::quota::Quota;
 use lapse_core::wire::Event;
 use lapse_core::{Millis, now_millis};
-use sqlx::{Postgres, QueryBuilder, Row as _};
+use sqlx::Row as _;
 
 use super::PgStore;
 use super::append_events;
@@ -36,6 +36,7 @@ use crate::rows::environment_from;
 use crate::{
     DbError, ENV_COLUMNS, EventFilter, INSERT_CHUNK, ListFilter, NewEvent, StoreError, SweepEntry, counts, parse_column,
 };
+use crate::{EventRow, event_from, events_query};
 
 /// Whether PostgreSQL's SQLSTATE `code` says the server cannot take writes now (not that the
 /// statement is wrong): see the module docs.
@@ -306,36 +307,8 @@ impl PgStore {
 
     /// Events in order that `filter` selects.
     pub async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
-        let mut q = QueryBuilder::<Postgres>::new(
-            "SELECT seq, at, environment_id, actor, action, outcome, message, tenant FROM events WHERE seq > ",
-        );
-        q.push_bind(filter.after.unwrap_or(0));
-        for (column, value) in [
-            ("tenant", &filter.tenant),
-            ("environment_id", &filter.target),
-            ("actor", &filter.actor),
-            ("action", &filter.action),
-            ("outcome", &filter.outcome),
-        ] {
-            if let Some(v) = value {
-                q.push(format!(" AND {column} = ")).push_bind(v.clone());
-            }
-        }
-        q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(filter.limit));
-        let rows = q.build().fetch_all(&self.pool).await.op("events")?;
-        Ok(rows
-            .iter()
-            .map(|r| Event {
-                seq: r.get(0),
-                at: r.get(1),
-                environment_id: r.get(2),
-                actor: r.get(3),
-                action: r.get(4),
-                outcome: r.get(5),
-                message: r.get(6),
-                tenant: r.get(7),
-            })
-            .collect())
+        let rows: Vec<EventRow> = events_query(filter).build_query_as().fetch_all(&self.pool).await.op("events")?;
+        Ok(rows.into_iter().map(event_from).collect())
     }
 
     /// `expired_at - expires_at` of every lease of `owner` that ran out, in ms (benchmarks).

@@ -26,8 +26,7 @@ pub struct Accrual {
 }
 
 impl SqliteStore {
-    /// Environments that may have run within `[from, to)` and that `tenant` owned at some
-    /// point (or all, for `None`), with their transitions and owners.
+    /// [`crate::Store::accrual`], on SQLite.
     pub async fn accrual(&self, tenant: Option<&str>, from: Millis, to: Millis) -> Result<Vec<Accrual>, StoreError> {
         let selection = |q: &mut QueryBuilder<'_, Sqlite>| {
             q.push("SELECT id FROM environments WHERE created_at < ").push_bind(to);

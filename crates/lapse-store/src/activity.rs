@@ -17,9 +17,7 @@ use sqlx::Row;
 use crate::{ENV_COLUMNS, Op, SqliteStore, StoreError, WriteOp, environment_from};
 
 impl SqliteStore {
-    /// Moves `last_active_at` of each `(id, at)` forward to `at` (never back), in one
-    /// transaction; ids that are not (or no longer) there are skipped. Returns how many rows
-    /// moved.
+    /// [`crate::Store::record_activity`], on SQLite.
     pub async fn record_activity(&self, touched: &[(String, Millis)]) -> Result<u64, StoreError> {
         if touched.is_empty() {
             return Ok(0);
@@ -47,12 +45,12 @@ impl SqliteStore {
         Ok(moved)
     }
 
-    /// How many activity batches this store wrote (each one transaction).
+    /// [`crate::Store::activity_batches`], on SQLite.
     pub fn activity_batches(&self) -> u64 {
         self.activity_batches.load(Ordering::Relaxed)
     }
 
-    /// Running environments with a probe (`health` set): the prober's round.
+    /// [`crate::Store::probed`], on SQLite.
     pub async fn probed(&self) -> Result<Vec<Environment>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {ENV_COLUMNS} FROM environments WHERE health IS NOT NULL AND observed = 'running' ORDER BY id"
@@ -63,8 +61,7 @@ impl SqliteStore {
         rows.iter().map(environment_from).collect()
     }
 
-    /// `(id, idle deadline)` of every running environment with an idle timeout that is no
-    /// pool's: the idle timers at start.
+    /// [`crate::Store::idle_deadlines`], on SQLite.
     pub async fn idle_deadlines(&self) -> Result<Vec<(String, Millis)>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, MAX(COALESCE(last_active_at, created_at), created_at) + idle_timeout FROM environments \

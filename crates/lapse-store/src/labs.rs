@@ -79,15 +79,7 @@ pub enum LabOutcome {
 }
 
 impl SqliteStore {
-    /// Applies lab messages in order, in one transaction, each at most once (a tag with a
-    /// receipt, or twice in the batch, is skipped), each seeing what the ones before it did:
-    /// - a provision is a no-op when `lab` is the owner's current lab; otherwise `env` is
-    ///   inserted and every other lab of the owner is set to be deleted;
-    /// - a decommission follows the stale rule: with no current lab, or with a `lab` other
-    ///   than the current one, it deletes the lab whose id is `server_id` if that is one of
-    ///   the owner's, else nothing (`NoLab` / `Stale`); otherwise (no `lab`, or the current
-    ///   one) the current lab, whatever `server_id` says. The owner's failed labs go with any
-    ///   decommission that deletes the current lab or finds none.
+    /// [`crate::Store::apply_lab_messages`], on SQLite.
     pub async fn apply_lab_messages(
         &self,
         items: &[(LabMessage<'_>, LabRequest<'_>)],
@@ -106,8 +98,7 @@ impl SqliteStore {
         Ok(outcomes)
     }
 
-    /// The environments of `source` and `owner` not yet deleted (observed), newest first:
-    /// what one user's state key mirrors.
+    /// [`crate::Store::lab_rows`], on SQLite.
     pub async fn lab_rows(&self, source: &str, owner: &str) -> Result<Vec<Environment>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {ENV_COLUMNS} FROM environments WHERE source = ? AND owner = ? AND observed != 'deleted' \

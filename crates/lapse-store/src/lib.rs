@@ -277,7 +277,7 @@ const ENV_COLUMNS: &str = "id, name, tenant, owner, labels, spec, provider, life
      restart_requested, warn_before, warned, warned_at";
 
 impl SqliteStore {
-    /// Opens (creating if needed) the SQLite database at `path` and applies migrations.
+    /// [`crate::Store::open`], on SQLite.
     pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let options = SqliteConnectOptions::new()
             .filename(path)
@@ -310,8 +310,7 @@ impl SqliteStore {
         Ok(SqliteStore { writer, reader, changes, activity_batches: Default::default(), warm: Default::default() })
     }
 
-    /// This control plane's id: made once, kept for the life of the store. Providers label
-    /// everything they create with it, so the sweep tells our resources from anyone else's.
+    /// [`crate::Store::controller_id`], on SQLite.
     pub async fn controller_id(&self) -> Result<String, StoreError> {
         let fresh = format!("lapse-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         self.writer
@@ -329,8 +328,7 @@ impl SqliteStore {
         self.writer.stats()
     }
 
-    /// Every environment row committed from now on, as written. A receiver that falls more
-    /// than a few thousand rows behind gets `Lagged` and should re-read what it mirrors.
+    /// [`crate::Store::subscribe`], on SQLite.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Environment>> {
         self.changes.subscribe()
     }
@@ -341,16 +339,12 @@ impl SqliteStore {
         }
     }
 
-    /// Inserts a new environment and its event in one transaction.
+    /// [`crate::Store::insert`], on SQLite.
     pub async fn insert(&self, env: &Environment, event: NewEvent) -> Result<(), StoreError> {
         self.insert_many(std::slice::from_ref(env), &[event]).await
     }
 
-    /// Inserts environments and their events (a pool's refill), [`INSERT_CHUNK`] rows to a
-    /// transaction, one chunk after the other: a refill of a thousand members never holds the
-    /// writer, and the claims queued behind it, for more than one chunk's inserts. Each chunk
-    /// commits with the events of its own environments (an event of none goes with the first
-    /// chunk); if one fails, the chunks before it stay and the error is returned.
+    /// [`crate::Store::insert_many`], on SQLite.
     pub async fn insert_many(&self, envs: &[Environment], events: &[NewEvent]) -> Result<(), StoreError> {
         let ids: HashSet<&str> = envs.iter().map(|e| e.id.as_str()).collect();
         let mut by_env: HashMap<&str, Vec<NewEvent>> = HashMap::new();
@@ -383,12 +377,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Claims a running, unclaimed member of any pool whose spec hashes to `spec_hash` (and
-    /// whose version it has), in one transaction: `claim` makes it the caller's, and it is
-    /// no longer the pool's. Concurrent claims never get the same member.
-    /// With `admit` (a tenant and its quota), the claim happens only if the quota admits one
-    /// more environment of the member's spec, checked in the same transaction.
-    /// `claim` runs on the writer's thread, and again if its batch is replayed.
+    /// [`crate::Store::claim`], on SQLite.
     pub async fn claim(
         &self,
         spec_hash: &str,
@@ -422,7 +411,7 @@ impl SqliteStore {
         Ok(claimed)
     }
 
-    /// Creates or replaces a pool.
+    /// [`crate::Store::put_pool`], on SQLite.
     pub async fn put_pool(&self, pool: &Pool, event: NewEvent) -> Result<(), StoreError> {
         let pool = pool.clone();
         self.writer
@@ -479,8 +468,7 @@ impl SqliteStore {
         rows.iter().map(pool_from).collect()
     }
 
-    /// Removes a pool; its unclaimed members are the maintainer's to delete. `false` if there
-    /// was none.
+    /// [`crate::Store::delete_pool`], on SQLite.
     pub async fn delete_pool(&self, name: &str, event: NewEvent) -> Result<bool, StoreError> {
         let name = name.to_owned();
         self.writer
@@ -495,7 +483,7 @@ impl SqliteStore {
             .await
     }
 
-    /// The environment holding `job_id`, if any.
+    /// [`crate::Store::get_by_job`], on SQLite.
     pub async fn get_by_job(&self, job_id: &str) -> Result<Option<Environment>, StoreError> {
         let row =
             sqlx::query(&format!("SELECT {ENV_COLUMNS} FROM environments WHERE job_id = ? AND desired != 'deleted'"))
@@ -506,7 +494,7 @@ impl SqliteStore {
         row.map(|r| environment_from(&r)).transpose()
     }
 
-    /// Every environment declared by a config file (`source = 'config'`) not deleted.
+    /// [`crate::Store::config_declared`], on SQLite.
     pub async fn config_declared(&self) -> Result<Vec<Environment>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {ENV_COLUMNS} FROM environments WHERE source = 'config' AND desired != 'deleted' ORDER BY id"
@@ -517,8 +505,7 @@ impl SqliteStore {
         rows.iter().map(environment_from).collect()
     }
 
-    /// What the pool maintainer needs of each member of a pool that is not deleted: no spec,
-    /// no labels (a round over thousands of members decodes no JSON).
+    /// [`crate::Store::pool_member_states`], on SQLite.
     pub async fn pool_member_states(&self) -> Result<Vec<MemberState>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, pool, spec_hash, pool_version, observed, desired FROM environments \
@@ -542,7 +529,7 @@ impl SqliteStore {
             .collect()
     }
 
-    /// Members of pools (unclaimed environments with `pool` set) that are not deleted.
+    /// [`crate::Store::pool_members`], on SQLite.
     pub async fn pool_members(&self) -> Result<Vec<Environment>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {ENV_COLUMNS} FROM environments WHERE pool IS NOT NULL AND observed != 'deleted' ORDER BY id"
@@ -562,9 +549,7 @@ impl SqliteStore {
         row.map(|r| environment_from(&r)).transpose()
     }
 
-    /// Read-modify-write of one environment in one transaction: `change` sees the current row
-    /// and either edits it and names the events to record, or refuses with its own error and
-    /// nothing is written. `Ok(None)` when there is no such environment.
+    /// [`crate::Store::update`], on SQLite.
     pub async fn update<E>(
         &self,
         id: &str,
@@ -576,10 +561,7 @@ impl SqliteStore {
         self.update_admitted(id, None, change).await
     }
 
-    /// [`Store::update`] under a tenant's quota: when `change` makes the row count against
-    /// the quota where it did not (a failed environment started again) or changes its spec,
-    /// the quota must admit the row's new spec beside what the tenant holds, in the same
-    /// transaction. [`StoreError::Refused`] names the limit, and nothing is written.
+    /// [`crate::Store::update_admitted`], on SQLite.
     pub async fn update_admitted<E>(
         &self,
         id: &str,
@@ -660,8 +642,7 @@ impl SqliteStore {
         rows.iter().map(environment_from).collect()
     }
 
-    /// Ids of environments whose observed state does not yet match the desired one: the
-    /// reconciler's work at start.
+    /// [`crate::Store::unconverged_ids`], on SQLite.
     pub async fn unconverged_ids(&self) -> Result<Vec<String>, StoreError> {
         sqlx::query_scalar(
             "SELECT id FROM environments WHERE observed != 'deleted' \
@@ -674,7 +655,7 @@ impl SqliteStore {
         .op("unconverged")
     }
 
-    /// `(id, expires_at)` of every lease still to run out: the timers' contents at start.
+    /// [`crate::Store::pending_expiries`], on SQLite.
     pub async fn pending_expiries(&self) -> Result<Vec<(String, Millis)>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, expires_at FROM environments WHERE desired != 'deleted' AND observed != 'deleted' \
@@ -686,7 +667,7 @@ impl SqliteStore {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// Every environment of `provider` that is not deleted, keyed by id, for the drift sweep.
+    /// [`crate::Store::sweep_view`], on SQLite.
     pub async fn sweep_view(&self, provider: &str) -> Result<BTreeMap<String, SweepEntry>, StoreError> {
         use futures::TryStreamExt;
         // Streamed, not collected: with many environments, a `Vec` of rows would cost far more
@@ -706,7 +687,7 @@ impl SqliteStore {
         Ok(out)
     }
 
-    /// How many environments there are per `(provider, observed state)`.
+    /// [`crate::Store::count_by_provider_and_state`], on SQLite.
     pub async fn count_by_provider_and_state(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
         let rows = sqlx::query("SELECT provider, observed, COUNT(*) FROM environments GROUP BY provider, observed")
             .fetch_all(&self.reader)
@@ -715,7 +696,7 @@ impl SqliteStore {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
     }
 
-    /// Appends an event that concerns no single row change (a sweep's removal of an orphan).
+    /// [`crate::Store::append_event`], on SQLite.
     pub async fn append_event(&self, event: NewEvent) -> Result<(), StoreError> {
         self.writer.run("append event", move |conn| append_event(conn, &event)).await
     }
@@ -737,19 +718,18 @@ impl SqliteStore {
             .await
     }
 
-    /// Whether the last write succeeded: `false` while the database cannot be written (a full
-    /// disk). Cheap; `/readyz` and the API's `503`s read it.
+    /// [`crate::Store::is_writable`], on SQLite.
     pub fn is_writable(&self) -> bool {
         self.writer.is_writable()
     }
 
-    /// Events in order that `filter` selects.
+    /// [`crate::Store::events`], on SQLite.
     pub async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
         let rows: Vec<EventRow> = events_query(filter).build_query_as().fetch_all(&self.reader).await.op("events")?;
         Ok(rows.into_iter().map(event_from).collect())
     }
 
-    /// `expired_at - expires_at` of every lease of `owner` that ran out, in ms (benchmarks).
+    /// [`crate::Store::expiry_lateness`], on SQLite.
     pub async fn expiry_lateness(&self, owner: &str) -> Result<Vec<i64>, StoreError> {
         sqlx::query_scalar(
             "SELECT expired_at - expires_at FROM environments WHERE expired_at IS NOT NULL AND owner = ?",
@@ -760,7 +740,7 @@ impl SqliteStore {
         .op("expiry lateness")
     }
 
-    /// Waits for the writes in flight, then closes the readers.
+    /// [`crate::Store::close`], on SQLite.
     pub async fn close(&self) {
         let _ = self.writer.run("close", |_| Ok(())).await;
         self.reader.close().await;

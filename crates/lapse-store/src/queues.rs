@@ -61,18 +61,13 @@ pub enum ChangeOutcome {
 }
 
 impl SqliteStore {
-    /// Applies queue messages that create environments, each at most once: in one
-    /// transaction, those whose tag has a receipt are skipped, the others are inserted with
-    /// their events and receipts, and `queue`'s processed count grows by as many. Returns the tags
-    /// applied now (the rest had been applied before).
+    /// [`crate::Store::apply_creates`], on SQLite.
     pub async fn apply_creates(&self, queue: &str, items: &[QueuedCreate]) -> Result<Vec<String>, StoreError> {
         let keyed: Vec<(&QueuedCreate, Option<&str>)> = items.iter().map(|i| (i, None)).collect();
         Ok(self.apply_keyed_creates(queue, &keyed).await?.fresh)
     }
 
-    /// [`Store::apply_creates`], each message with its optional idempotency key: a message whose
-    /// key `queue` has applied (or that an earlier message of the batch has) is skipped too;
-    /// the keys of the messages applied are recorded in the same transaction.
+    /// [`crate::Store::apply_keyed_creates`], on SQLite.
     pub async fn apply_keyed_creates(
         &self,
         queue: &str,
@@ -121,10 +116,7 @@ impl SqliteStore {
         Ok(out)
     }
 
-    /// Applies one queue message that changes existing environments, at most once: in one
-    /// transaction, unless `tag` has a receipt, `change` edits every environment `filter`
-    /// selects (deleted ones are never selected) and names its events; the receipt is written
-    /// with them. `None` when the message had been applied before.
+    /// [`crate::Store::apply_change`], on SQLite.
     pub async fn apply_change(
         &self,
         queue: &str,
@@ -139,9 +131,7 @@ impl SqliteStore {
         })
     }
 
-    /// [`Store::apply_change`] for a message that may carry an idempotency key (applied at
-    /// most once per queue, recorded with the receipt) and that selects only the environments
-    /// of one source.
+    /// [`crate::Store::apply_queued_change`], on SQLite.
     pub async fn apply_queued_change(
         &self,
         queue: &str,
@@ -194,8 +184,7 @@ impl SqliteStore {
         Ok(outcome)
     }
 
-    /// Forgets `queue`'s idempotency keys applied before `before`, and all but the newest
-    /// `keep_at_most`. Returns how many went.
+    /// [`crate::Store::prune_idempotency_keys`], on SQLite.
     pub async fn prune_idempotency_keys(
         &self,
         queue: &str,
@@ -225,7 +214,7 @@ impl SqliteStore {
             .await
     }
 
-    /// Which of `tags` have receipts (their messages were applied).
+    /// [`crate::Store::receipts`], on SQLite.
     pub async fn receipts(&self, tags: &[String]) -> Result<HashSet<String>, StoreError> {
         let mut out = HashSet::new();
         for chunk in tags.chunks(500) {
@@ -241,8 +230,7 @@ impl SqliteStore {
         Ok(out)
     }
 
-    /// Forgets receipts of `queue` older than `before`, except those in `keep` (messages still
-    /// in a processing list). Returns how many went.
+    /// [`crate::Store::prune_receipts`], on SQLite.
     pub async fn prune_receipts(&self, queue: &str, before: Millis, keep: &HashSet<String>) -> Result<u64, StoreError> {
         let (queue, keep) = (queue.to_owned(), keep.clone());
         self.writer
@@ -265,7 +253,7 @@ impl SqliteStore {
             .await
     }
 
-    /// Messages applied per queue, ever.
+    /// [`crate::Store::queue_counters`], on SQLite.
     pub async fn queue_counters(&self) -> Result<BTreeMap<String, u64>, StoreError> {
         let rows = sqlx::query("SELECT queue, processed FROM queue_counters")
             .fetch_all(&self.reader)
@@ -274,8 +262,7 @@ impl SqliteStore {
         Ok(rows.iter().map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1).max(0) as u64)).collect())
     }
 
-    /// Environments from `source` that are not deleted, or were changed after `since`: what
-    /// a mirror of them (the SWIM cache keys) holds.
+    /// [`crate::Store::mirrored`], on SQLite.
     pub async fn mirrored(&self, source: &str, since: Millis) -> Result<Vec<Environment>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {ENV_COLUMNS} FROM environments WHERE source = ? AND (desired != 'deleted' OR updated_at > ?)"

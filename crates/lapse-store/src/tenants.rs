@@ -69,9 +69,7 @@ impl KeyScope {
 }
 
 impl SqliteStore {
-    /// Inserts a new environment if its tenant's `quota` admits it, in the same transaction
-    /// as the count of what the tenant holds: concurrent inserts cannot both pass a limit.
-    /// [`StoreError::Refused`] says which limit, and nothing is written.
+    /// [`crate::Store::insert_admitted`], on SQLite.
     pub async fn insert_admitted(&self, env: &Environment, event: NewEvent, quota: &Quota) -> Result<(), StoreError> {
         let (tenant, spec, quota) = (env.tenant.clone(), env.spec.clone(), quota.clone());
         let values = crate::environment_values(env);
@@ -87,13 +85,13 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// What `tenant` holds now (for quotas).
+    /// [`crate::Store::usage`], on SQLite.
     pub async fn usage(&self, tenant: &str) -> Result<Usage, StoreError> {
         let row = sqlx::query(USAGE).bind(tenant).fetch_one(&self.reader).await.op("usage")?;
         Ok(usage_of(row.get(0), row.get(1), row.get(2), row.get(3)))
     }
 
-    /// Creates a tenant; `false` if one of that name exists.
+    /// [`crate::Store::create_tenant`], on SQLite.
     pub async fn create_tenant(&self, t: &TenantRecord, event: NewEvent) -> Result<bool, StoreError> {
         let t = t.clone();
         self.writer
@@ -116,8 +114,7 @@ impl SqliteStore {
             .await
     }
 
-    /// Sets how a tenant's quota is checked; `None` if there is no such tenant, else the
-    /// tenant as it is now.
+    /// [`crate::Store::set_quota_check`], on SQLite.
     pub async fn set_quota_check(
         &self,
         name: &str,
@@ -161,7 +158,7 @@ impl SqliteStore {
         row.as_ref().map(tenant_from).transpose()
     }
 
-    /// Adds a key (a tenant's: to an existing tenant); `false` if there is no such tenant.
+    /// [`crate::Store::create_key`], on SQLite.
     pub async fn create_key(&self, k: &KeyRecord, event: NewEvent) -> Result<bool, StoreError> {
         let k = k.clone();
         self.writer
@@ -186,7 +183,7 @@ impl SqliteStore {
             .await
     }
 
-    /// The key with this id; a row whose scope and tenant do not agree reads as no key.
+    /// [`crate::Store::key`], on SQLite.
     pub async fn key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         let row = sqlx::query("SELECT id, tenant, scope, hash, created_at, revoked_at FROM api_keys WHERE id = ?")
             .bind(id)
@@ -204,7 +201,7 @@ impl SqliteStore {
         }))
     }
 
-    /// Revokes a key; `None` if there is no such key, else its scope.
+    /// [`crate::Store::revoke_key`], on SQLite.
     pub async fn revoke_key(&self, id: &str, at: Millis, actor: &str) -> Result<Option<KeyScope>, StoreError> {
         let (id, actor) = (id.to_owned(), actor.to_owned());
         self.writer

@@ -100,8 +100,7 @@ pub(crate) const DELIVERY_COLUMNS: &str = "id, webhook_id, seq, event, environme
      error, next_attempt_at, delivered_at, created_at";
 
 impl SqliteStore {
-    /// Records a new hook whose cursor starts after the latest event (it reports what happens
-    /// from now on), with its event.
+    /// [`crate::Store::create_webhook`], on SQLite.
     pub async fn create_webhook(&self, hook: &WebhookRecord, event: NewEvent) -> Result<WebhookRecord, StoreError> {
         let hook = hook.clone();
         self.writer
@@ -114,9 +113,7 @@ impl SqliteStore {
             .await
     }
 
-    /// Makes the config file's hooks exactly `hooks` (by `name`): new ones are added (cursor
-    /// at the latest event), changed ones updated (their cursor kept), others removed with
-    /// their deliveries.
+    /// [`crate::Store::set_config_webhooks`], on SQLite.
     pub async fn set_config_webhooks(&self, hooks: &[WebhookRecord]) -> Result<(), StoreError> {
         let hooks = hooks.to_vec();
         self.writer
@@ -161,7 +158,7 @@ impl SqliteStore {
         row.map(|r| hook_from_row(&r)).transpose()
     }
 
-    /// Hooks in id order after `after`: of `tenant` only when given, at most `limit`.
+    /// [`crate::Store::list_webhooks`], on SQLite.
     pub async fn list_webhooks(
         &self,
         tenant: Option<&str>,
@@ -181,8 +178,7 @@ impl SqliteStore {
         rows.iter().map(hook_from_row).collect()
     }
 
-    /// Removes a hook and its deliveries, if it is `tenant`'s (any hook when `None`), with
-    /// its event. `false`: there is no such hook the caller may see.
+    /// [`crate::Store::delete_webhook`], on SQLite.
     pub async fn delete_webhook(&self, id: &str, tenant: Option<&str>, event: NewEvent) -> Result<bool, StoreError> {
         let (id, tenant) = (id.to_owned(), tenant.map(str::to_owned));
         self.writer
@@ -205,10 +201,7 @@ impl SqliteStore {
             .await
     }
 
-    /// Writes `deliveries` (made from the events after `from`, up to `to`) and moves the
-    /// hook's cursor from `from` to `to`, in one transaction. At most `max_pending` of the
-    /// hook's deliveries are pending: what does not fit is dropped (the oldest are kept), with
-    /// an event saying how many.
+    /// [`crate::Store::fan_out`], on SQLite.
     pub async fn fan_out(
         &self,
         webhook_id: &str,
@@ -265,7 +258,7 @@ impl SqliteStore {
             .await
     }
 
-    /// Adds one delivery outside the outbox (a `ping`).
+    /// [`crate::Store::add_delivery`], on SQLite.
     pub async fn add_delivery(&self, webhook_id: &str, delivery: &NewDelivery) -> Result<(), StoreError> {
         let (webhook_id, delivery) = (webhook_id.to_owned(), delivery.clone());
         self.writer
@@ -273,8 +266,7 @@ impl SqliteStore {
             .await
     }
 
-    /// Pending deliveries due at `now`, each the oldest pending one of its hook and
-    /// environment, with their hooks; at most `limit`, earliest due first.
+    /// [`crate::Store::due_deliveries`], on SQLite.
     pub async fn due_deliveries(
         &self,
         now: Millis,
@@ -301,7 +293,7 @@ impl SqliteStore {
         Ok(out)
     }
 
-    /// The earliest time a pending delivery is due, if any is pending.
+    /// [`crate::Store::next_delivery_due`], on SQLite.
     pub async fn next_delivery_due(&self) -> Result<Option<Millis>, StoreError> {
         sqlx::query_scalar("SELECT MIN(COALESCE(next_attempt_at, 0)) FROM webhook_deliveries WHERE status = 'pending'")
             .fetch_one(&self.reader)
@@ -309,7 +301,7 @@ impl SqliteStore {
             .op("next delivery")
     }
 
-    /// Records one attempt of a pending delivery, and the hook's consecutive failures.
+    /// [`crate::Store::record_attempt`], on SQLite.
     pub async fn record_attempt(&self, id: &str, attempt: &Attempt) -> Result<(), StoreError> {
         let now = lapse_core::now_millis();
         let (status, code, error, next_at, delivered_at) = match attempt {
@@ -346,7 +338,7 @@ impl SqliteStore {
             .await
     }
 
-    /// A hook's deliveries in id order after `after`, at most `limit`.
+    /// [`crate::Store::list_deliveries`], on SQLite.
     pub async fn list_deliveries(
         &self,
         webhook_id: &str,
@@ -366,7 +358,7 @@ impl SqliteStore {
         rows.iter().map(delivery_from_row).collect()
     }
 
-    /// Pending deliveries of every hook (the `lapse_webhook_pending` gauge).
+    /// [`crate::Store::pending_deliveries`], on SQLite.
     pub async fn pending_deliveries(&self) -> Result<i64, StoreError> {
         sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'pending'")
             .fetch_one(&self.reader)
@@ -374,8 +366,7 @@ impl SqliteStore {
             .op("pending deliveries")
     }
 
-    /// Running environments with pre-expiry warnings whose lease runs (the warnings' timers
-    /// at start).
+    /// [`crate::Store::warning_ids`], on SQLite.
     pub async fn warning_ids(&self) -> Result<Vec<String>, StoreError> {
         sqlx::query_scalar(
             "SELECT id FROM environments WHERE warn_before IS NOT NULL AND observed = 'running' \
@@ -386,7 +377,7 @@ impl SqliteStore {
         .op("warning ids")
     }
 
-    /// The latest event's `seq` (0 before any).
+    /// [`crate::Store::last_event_seq`], on SQLite.
     pub async fn last_event_seq(&self) -> Result<i64, StoreError> {
         sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events").fetch_one(&self.reader).await.op("last event")
     }

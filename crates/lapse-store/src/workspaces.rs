@@ -23,8 +23,7 @@ pub enum SyncOutcome<'a> {
 }
 
 impl SqliteStore {
-    /// Running environments with a workspace: the syncer's round. (A scan of running rows;
-    /// the spec's JSON is tested only on those.)
+    /// [`crate::Store::workspaced`], on SQLite.
     pub async fn workspaced(&self) -> Result<Vec<Environment>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {ENV_COLUMNS} FROM environments WHERE observed = 'running' AND desired = 'running' \
@@ -36,7 +35,7 @@ impl SqliteStore {
         rows.iter().map(environment_from).collect()
     }
 
-    /// The state of `id`'s workspace (defaults when no sync has been tried).
+    /// [`crate::Store::workspace_status`], on SQLite.
     pub async fn workspace_status(&self, id: &str) -> Result<WorkspaceStatus, StoreError> {
         let row = sqlx::query(
             "SELECT pull_token, last_pull_at, last_push_at, last_error, last_error_at, pushes, force \
@@ -60,7 +59,7 @@ impl SqliteStore {
         })
     }
 
-    /// Records a successful pull or push at `at` (the error is cleared).
+    /// [`crate::Store::record_sync`], on SQLite.
     pub async fn record_sync(&self, id: &str, outcome: SyncOutcome<'_>, at: Millis) -> Result<(), StoreError> {
         let (sql, token) = match outcome {
             SyncOutcome::Pulled { token } => (
@@ -97,7 +96,7 @@ impl SqliteStore {
             .await
     }
 
-    /// Records a failed sync (`error`, cut by the caller).
+    /// [`crate::Store::record_sync_error`], on SQLite.
     pub async fn record_sync_error(&self, id: &str, error: &str, at: Millis) -> Result<(), StoreError> {
         self.execute(
             "record sync error",
@@ -108,8 +107,7 @@ impl SqliteStore {
         .await
     }
 
-    /// The directory is no longer the workspace's (the resource was removed without a push,
-    /// a forced delete): a new start pulls again.
+    /// [`crate::Store::forget_pull`], on SQLite.
     pub async fn forget_pull(&self, id: &str) -> Result<(), StoreError> {
         self.execute(
             "forget pull",
@@ -119,7 +117,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Marks `id`'s coming removal as forced: its final push is skipped.
+    /// [`crate::Store::force_workspace`], on SQLite.
     pub async fn force_workspace(&self, id: &str) -> Result<(), StoreError> {
         self.execute(
             "force workspace",

@@ -37,9 +37,7 @@ const RECORD_ACTIVITY: &str = "WITH touched AS ( \
      AND (e.last_active_at IS NULL OR e.last_active_at < moving.at)";
 
 impl PgStore {
-    /// Moves `last_active_at` of each `(id, at)` forward to `at` (never back), in one
-    /// transaction; ids that are not (or no longer) there are skipped. Returns how many rows
-    /// moved.
+    /// [`crate::Store::record_activity`], on PostgreSQL.
     pub async fn record_activity(&self, touched: &[(String, Millis)]) -> Result<u64, StoreError> {
         if touched.is_empty() {
             return Ok(0);
@@ -50,12 +48,12 @@ impl PgStore {
         Ok(done.rows_affected())
     }
 
-    /// How many activity batches this store wrote (each one transaction).
+    /// [`crate::Store::activity_batches`], on PostgreSQL.
     pub fn activity_batches(&self) -> u64 {
         self.activity_batches.load(Ordering::Relaxed)
     }
 
-    /// Running environments with a probe (`health` set): the prober's round.
+    /// [`crate::Store::probed`], on PostgreSQL.
     pub async fn probed(&self) -> Result<Vec<Environment>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {ENV_COLUMNS} FROM environments WHERE health IS NOT NULL AND observed = 'running' ORDER BY id"
@@ -66,8 +64,7 @@ impl PgStore {
         rows.iter().map(environment_from).collect()
     }
 
-    /// `(id, idle deadline)` of every running environment with an idle timeout that is no
-    /// pool's: the idle timers at start.
+    /// [`crate::Store::idle_deadlines`], on PostgreSQL.
     pub async fn idle_deadlines(&self) -> Result<Vec<(String, Millis)>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, GREATEST(COALESCE(last_active_at, created_at), created_at) + idle_timeout FROM environments \
@@ -79,8 +76,7 @@ impl PgStore {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// Environments that may have run within `[from, to)` and that `tenant` owned at some
-    /// point (or all, for `None`), with their transitions and owners.
+    /// [`crate::Store::accrual`], on PostgreSQL.
     pub async fn accrual(&self, tenant: Option<&str>, from: Millis, to: Millis) -> Result<Vec<Accrual>, StoreError> {
         let selection = |q: &mut QueryBuilder<'_, Postgres>| {
             q.push("SELECT id FROM environments WHERE created_at < ").push_bind(to);

@@ -92,7 +92,7 @@ impl PgStore {
         self.observed(outcome.await)
     }
 
-    /// Inserts a new environment and its event in one transaction.
+    /// [`crate::Store::insert`], on PostgreSQL.
     pub async fn insert(&self, env: &Environment, event: NewEvent) -> Result<(), StoreError> {
         self.insert_many(std::slice::from_ref(env), &[event]).await
     }
@@ -138,7 +138,7 @@ impl PgStore {
         row.map(|r| environment_from(&r)).transpose()
     }
 
-    /// The environment holding `job_id`, if any.
+    /// [`crate::Store::get_by_job`], on PostgreSQL.
     pub async fn get_by_job(&self, job_id: &str) -> Result<Option<Environment>, StoreError> {
         let row =
             sqlx::query(&format!("SELECT {ENV_COLUMNS} FROM environments WHERE job_id = $1 AND desired <> 'deleted'"))
@@ -149,7 +149,7 @@ impl PgStore {
         row.map(|r| environment_from(&r)).transpose()
     }
 
-    /// Every environment declared by a config file (`source = 'config'`) not deleted.
+    /// [`crate::Store::config_declared`], on PostgreSQL.
     pub async fn config_declared(&self) -> Result<Vec<Environment>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {ENV_COLUMNS} FROM environments WHERE source = 'config' AND desired <> 'deleted' ORDER BY id"
@@ -286,7 +286,7 @@ impl PgStore {
         Ok(out)
     }
 
-    /// How many environments there are per `(provider, observed state)`.
+    /// [`crate::Store::count_by_provider_and_state`], on PostgreSQL.
     pub async fn count_by_provider_and_state(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
         let rows = sqlx::query("SELECT provider, observed, COUNT(*) FROM environments GROUP BY provider, observed")
             .fetch_all(&self.pool)
@@ -295,7 +295,7 @@ impl PgStore {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
     }
 
-    /// Appends an event that concerns no single row change (a sweep's removal of an orphan).
+    /// [`crate::Store::append_event`], on PostgreSQL.
     pub async fn append_event(&self, event: NewEvent) -> Result<(), StoreError> {
         let outcome = async {
             let mut tx = self.pool.begin().await.op("append event")?;
@@ -305,13 +305,13 @@ impl PgStore {
         self.observed(outcome.await)
     }
 
-    /// Events in order that `filter` selects.
+    /// [`crate::Store::events`], on PostgreSQL.
     pub async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
         let rows: Vec<EventRow> = events_query(filter).build_query_as().fetch_all(&self.pool).await.op("events")?;
         Ok(rows.into_iter().map(event_from).collect())
     }
 
-    /// `expired_at - expires_at` of every lease of `owner` that ran out, in ms (benchmarks).
+    /// [`crate::Store::expiry_lateness`], on PostgreSQL.
     pub async fn expiry_lateness(&self, owner: &str) -> Result<Vec<i64>, StoreError> {
         sqlx::query_scalar(
             "SELECT expired_at - expires_at FROM environments WHERE expired_at IS NOT NULL AND owner = $1",

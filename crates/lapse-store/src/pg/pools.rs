@@ -171,7 +171,7 @@ impl PgStore {
             .collect()
     }
 
-    /// Members of pools (unclaimed environments with `pool` set) that are not deleted.
+    /// [`crate::Store::pool_members`], on PostgreSQL.
     pub async fn pool_members(&self) -> Result<Vec<Environment>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {} FROM environments WHERE pool IS NOT NULL AND observed <> 'deleted' ORDER BY id",

@@ -44,13 +44,13 @@ impl PgStore {
         Ok(())
     }
 
-    /// What `tenant` holds now (for quotas).
+    /// [`crate::Store::usage`], on PostgreSQL.
     pub async fn usage(&self, tenant: &str) -> Result<Usage, StoreError> {
         let mut conn = self.pool.acquire().await.op("usage")?;
         usage(&mut conn, tenant).await
     }
 
-    /// Creates a tenant; `false` if one of that name exists.
+    /// [`crate::Store::create_tenant`], on PostgreSQL.
     pub async fn create_tenant(&self, t: &TenantRecord, event: NewEvent) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await.op("create tenant")?;
         let done = sqlx::query(
@@ -73,8 +73,7 @@ impl PgStore {
         Ok(true)
     }
 
-    /// Sets how a tenant's quota is checked; `None` if there is no such tenant, else the
-    /// tenant as it is now.
+    /// [`crate::Store::set_quota_check`], on PostgreSQL.
     pub async fn set_quota_check(
         &self,
         name: &str,
@@ -113,7 +112,7 @@ impl PgStore {
         row.as_ref().map(tenant_from).transpose()
     }
 
-    /// Adds a key (a tenant's: to an existing tenant); `false` if there is no such tenant.
+    /// [`crate::Store::create_key`], on PostgreSQL.
     pub async fn create_key(&self, k: &KeyRecord, event: NewEvent) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await.op("create key")?;
         // The tenant's existence is checked by the statement that inserts.
@@ -137,7 +136,7 @@ impl PgStore {
         Ok(true)
     }
 
-    /// The key with this id; a row whose scope and tenant do not agree reads as no key.
+    /// [`crate::Store::key`], on PostgreSQL.
     pub async fn key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         let row = sqlx::query("SELECT id, tenant, scope, hash, created_at, revoked_at FROM api_keys WHERE id = $1")
             .bind(id)
@@ -155,7 +154,7 @@ impl PgStore {
         }))
     }
 
-    /// Revokes a key; `None` if there is no such key, else its scope.
+    /// [`crate::Store::revoke_key`], on PostgreSQL.
     pub async fn revoke_key(&self, id: &str, at: Millis, actor: &str) -> Result<Option<KeyScope>, StoreError> {
         let mut tx = self.pool.begin().await.op("revoke key")?;
         let row: Option<(String, Option<String>)> =

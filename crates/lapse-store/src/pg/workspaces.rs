@@ -19,8 +19,7 @@ use crate::rows::environment_from;
 use crate::{ENV_COLUMNS, Op as _, StoreError, SyncOutcome};
 
 impl PgStore {
-    /// Running environments with a workspace: the syncer's round. (A scan of running rows;
-    /// the spec's JSON is tested only on those.)
+    /// [`crate::Store::workspaced`], on PostgreSQL.
     pub async fn workspaced(&self) -> Result<Vec<Environment>, StoreError> {
         // `->>` is NULL for a missing key and for JSON null alike, as json_extract is.
         let rows = sqlx::query(&format!(
@@ -33,7 +32,7 @@ impl PgStore {
         rows.iter().map(environment_from).collect()
     }
 
-    /// The state of `id`'s workspace (defaults when no sync has been tried).
+    /// [`crate::Store::workspace_status`], on PostgreSQL.
     pub async fn workspace_status(&self, id: &str) -> Result<WorkspaceStatus, StoreError> {
         let row = sqlx::query(
             "SELECT pull_token, last_pull_at, last_push_at, last_error, last_error_at, pushes, force \
@@ -57,7 +56,7 @@ impl PgStore {
         })
     }
 
-    /// Records a successful pull or push at `at` (the error is cleared).
+    /// [`crate::Store::record_sync`], on PostgreSQL.
     pub async fn record_sync(&self, id: &str, outcome: SyncOutcome<'_>, at: Millis) -> Result<(), StoreError> {
         let q = match outcome {
             SyncOutcome::Pulled { token } => sqlx::query(
@@ -86,7 +85,7 @@ impl PgStore {
         q.execute(&self.pool).await.op("record sync").map(drop)
     }
 
-    /// Records a failed sync (`error`, cut by the caller).
+    /// [`crate::Store::record_sync_error`], on PostgreSQL.
     pub async fn record_sync_error(&self, id: &str, error: &str, at: Millis) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO workspace_sync (environment_id, last_error, last_error_at) VALUES ($1, $2, $3) \
@@ -101,8 +100,7 @@ impl PgStore {
         .map(drop)
     }
 
-    /// The directory is no longer the workspace's (the resource was removed without a push,
-    /// a forced delete): a new start pulls again.
+    /// [`crate::Store::forget_pull`], on PostgreSQL.
     pub async fn forget_pull(&self, id: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE workspace_sync SET pull_token = NULL WHERE environment_id = $1")
             .bind(id)
@@ -112,7 +110,7 @@ impl PgStore {
             .map(drop)
     }
 
-    /// Marks `id`'s coming removal as forced: its final push is skipped.
+    /// [`crate::Store::force_workspace`], on PostgreSQL.
     pub async fn force_workspace(&self, id: &str) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO workspace_sync (environment_id, force) VALUES ($1, true) \

@@ -69,6 +69,11 @@ pub struct BenchArgs {
     /// creates, pool refill, SWIM ingest) and their goals.
     #[arg(long)]
     write_path_only: bool,
+    /// With `--write-path-only`: the bench's server keeps its store here (`postgres://...`,
+    /// an empty database: the bench fills it), instead of SQLite in a temporary directory.
+    // `--help` never shows the value: it may hold a password.
+    #[arg(long, env = "LAPSE_BENCH_DATABASE", hide_env_values = true)]
+    database: Option<String>,
     /// `sim` creates for the throughput figure.
     #[arg(long, default_value_t = 20_000)]
     sim_creates: usize,

@@ -297,7 +297,14 @@ pub async fn run_alone(
     report: &mut Map<String, Value>,
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("a temporary data dir")?;
-    let server = Arc::new(ServerProcess::start_with(dir.path(), &[(FLOOR_ENV, "1".into())]).await?);
+    let mut envs = vec![(FLOOR_ENV, "1".to_owned())];
+    if let Some(url) = &args.database {
+        envs.push(("LAPSE_DATABASE", url.clone()));
+    }
+    let backend = if args.database.is_some() { "postgres" } else { "sqlite" };
+    report.insert("store".into(), Value::from(backend));
+    say(format!("write path on {backend}"));
+    let server = Arc::new(ServerProcess::start_with(dir.path(), &envs).await?);
     measure(&server, args, say, report).await?;
     drop(server);
     if args.swim > 0 {

@@ -106,8 +106,12 @@ impl Running {
             task.abort();
             let _ = task.await;
         }
-        // Activity held in memory is written before the store closes.
-        if let Err(e) = self.app.cx.activity.flush(&self.app.cx).await {
+        // Activity held in memory is written before the store closes, unless the database's
+        // server lock is lost: another server may be writing it by now.
+        let lost = self.lost.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+        if lost {
+            tracing::warn!("the last activity is not written: the server lock is lost");
+        } else if let Err(e) = self.app.cx.activity.flush(&self.app.cx).await {
             tracing::warn!(error = %e, "writing the last activity failed");
         }
         self.app.cx.store.close().await;

@@ -144,17 +144,9 @@ impl PgStore {
     /// Parses `url`, connects, and migrates under [`MIGRATION_LOCK`] (see the module docs).
     pub async fn connect(url: &str) -> Result<PgStore, PgError> {
         let options = parse_url(url)?;
-        let (host, port) = (options.get_host().to_owned(), options.get_port());
         // One connection first, on its own: its error is the server's (refused, unknown
         // host, bad password), where a pool would only say that it timed out. It migrates.
-        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(source)) => return Err(PgError::Connect { host, port, source }),
-            Err(_) => {
-                let silent = std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 5 s");
-                return Err(PgError::Connect { host, port, source: sqlx::Error::Io(silent) });
-            }
-        };
+        let conn = connect_one(&options).await?;
         migrate(conn).await?;
         let pool = PgPoolOptions::new()
             .max_connections(pool_size())
@@ -202,6 +194,19 @@ impl PgStore {
     /// Closes the pool's connections.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// One connection within [`CONNECT_TIMEOUT`]; its failure names host, port and the reason.
+pub(crate) async fn connect_one(options: &PgConnectOptions) -> Result<PgConnection, PgError> {
+    let (host, port) = (options.get_host().to_owned(), options.get_port());
+    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(source)) => Err(PgError::Connect { host, port, source }),
+        Err(_) => {
+            let silent = std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 5 s");
+            Err(PgError::Connect { host, port, source: sqlx::Error::Io(silent) })
+        }
     }
 }
 

@@ -12,7 +12,6 @@
 use std::time::Duration;
 
 use sqlx::Connection as _;
-use sqlx::postgres::PgConnection;
 use tokio::sync::oneshot;
 
 use super::{CONNECT_TIMEOUT, PgError, PgStore};
@@ -50,15 +49,7 @@ impl PgStore {
     /// Takes [`SOLE_LOCK`] on a connection of its own, or refuses if another server holds it.
     pub async fn hold_sole_replica(&self) -> Result<SoleReplica, PgError> {
         let options = self.pool.connect_options().as_ref().clone();
-        let (host, port) = (options.get_host().to_owned(), options.get_port());
-        let mut conn = match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(source)) => return Err(PgError::Connect { host, port, source }),
-            Err(_) => {
-                let silent = std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 5 s");
-                return Err(PgError::Connect { host, port, source: sqlx::Error::Io(silent) });
-            }
-        };
+        let mut conn = super::connect_one(&options).await?;
         let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(SOLE_LOCK)
             .fetch_one(&mut conn)

@@ -210,6 +210,36 @@ try {
     assert(textAfter !== textBefore && /^[45]h/.test(textAfter), `countdown ${textBefore} → ${textAfter}`);
   });
 
+  await test('a list read that answers after a live update does not undo it', async () => {
+    // The list is read at once and answered 1.5 s later; meanwhile a change arrives live.
+    // Without the merge, the late answer put back the old row (stop 22's failure).
+    let fetched;
+    const read = new Promise((r) => { fetched = r; });
+    const late = async (route) => {
+      const response = await route.fetch();
+      fetched();
+      await new Promise((r) => setTimeout(r, 1500));
+      await route.fulfill({ response });
+    };
+    const isList = (url) => url.pathname === '/v1/environments';
+    await t1.page.route(isList, late);
+    try {
+      const answered = t1.page.waitForResponse((r) => isList(new URL(r.url())));
+      await t1.page.click('button:text("Refresh")');
+      await read;
+      const ext = await api('POST', `/v1/environments/${alpha}/extend`, { by: '2h' }, keys.t1);
+      assert(ext.status === 202, `extend: ${ext.status}`);
+      const cell = row(t1.page, alpha).locator('td.countdown');
+      await until('the live update', async () => (await cell.getAttribute('data-expires')) === ext.json.expires_at);
+      await answered;
+      await t1.page.waitForTimeout(300);
+      const now = await cell.getAttribute('data-expires');
+      assert(now === ext.json.expires_at, `after the late list: ${now}, want ${ext.json.expires_at}`);
+    } finally {
+      await t1.page.unroute(isList, late);
+    }
+  });
+
   await test('stop from the UI changes the badge without a reload', async () => {
     await t1.page.evaluate(() => { window.__noReload = true; });
     await row(t1.page, alpha).locator('button[data-action=stop]').click();

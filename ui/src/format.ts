@@ -1,4 +1,5 @@
 // Numbers and times as people read them.
+import type { Environment } from './types';
 
 export function duration(ms: number): string {
   if (!Number.isFinite(ms)) return '—';
@@ -45,4 +46,12 @@ export function when(iso: string | null | undefined): string {
 
 export function money(n: number): string {
   return n.toFixed(n < 1 ? 4 : 2);
+}
+
+/** The later of two copies of one environment; on a tie, the one that came second (`b`). */
+export function newest(a: Environment, b: Environment | undefined): Environment {
+  if (!b) return a;
+  const ta = parseTime(a.updated_at);
+  const tb = parseTime(b.updated_at);
+  return ta !== null && tb !== null && ta > tb ? a : b;
 }

@@ -208,6 +208,11 @@ enum Command {
     /// clients, sim create throughput, pool refill rate, and 100,000 leases (memory, restart
     /// time, expiry lateness). About 15 minutes with the defaults; flags shrink each part.
     Bench(crate::bench::BenchArgs),
+    /// Copy a SQLite store into an empty PostgreSQL database and verify the copy (stop the
+    /// server first; then serve with --database postgres://...).
+    ///
+    /// Example: lapse migrate --data-dir /var/lib/lapse --to postgres://lapse:secret@db:5432/lapse
+    Migrate(crate::migrate::MigrateArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -464,6 +469,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         crate::bench::run(args, cli.json).await?;
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Migrate(args) = cli.command {
+        return crate::migrate::run(args, cli.json).await;
+    }
     if let Command::Check { file, max_ttl, vms_provider } = &cli.command {
         return check(file, max_ttl, vms_provider, cli.json);
     }
@@ -478,7 +486,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     };
     match cli.command {
-        Command::Serve(_) | Command::Service(_) | Command::Bench(_) | Command::Check { .. } => {
+        Command::Serve(_) | Command::Service(_) | Command::Bench(_) | Command::Migrate(_) | Command::Check { .. } => {
             unreachable!("handled above")
         }
         Command::Create(args) if args.seed.given() || seed_output => {

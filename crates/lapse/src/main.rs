@@ -15,6 +15,7 @@ mod cli;
 mod client;
 mod database;
 mod instance_manager;
+mod migrate;
 mod output;
 mod serve;
 mod shell;

@@ -3,7 +3,7 @@
 import { actionButtons, badge, label } from '../actions';
 import { ApiError, get, post, query } from '../api';
 import { h, fill } from '../dom';
-import { ago, timeLeft, when } from '../format';
+import { ago, newest, timeLeft, when } from '../format';
 import { subscribe } from '../live';
 import { openTerminal } from '../terminal';
 import { toast } from '../toast';
@@ -71,9 +71,17 @@ export function environment(main: HTMLElement, _session: Session, id: string): (
       }, `Proxy link to ${port}`)));
   }
 
+  // The read and the live stream race: the copy shown is the newest seen.
+  let shown: Environment | undefined;
+  function show(env: Environment): void {
+    if (shown && newest(env, shown) === shown) return;
+    shown = env;
+    render(env);
+  }
+
   async function load(): Promise<void> {
     try {
-      render(await get<Environment>(path));
+      show(await get<Environment>(path));
     } catch (e) {
       fill(head, h('h1', null, 'Environment'), h('p', { class: 'error' }, e instanceof ApiError ? e.message : String(e)));
       return;
@@ -126,7 +134,7 @@ export function environment(main: HTMLElement, _session: Session, id: string): (
   }, 1000);
   const logTimer = setInterval(() => void loadLogs(), 2000);
   const unsubscribe = subscribe({
-    change: (env) => { if (env.id === id) { render(env); void loadEvents(); } },
+    change: (env) => { if (env.id === id) { shown = env; render(env); void loadEvents(); } },
     resync: () => void load(),
   });
   void load().then(() => loadLogs());

@@ -3,7 +3,7 @@
 import { actionButtons, badge, createDialog, label } from '../actions';
 import { call, query } from '../api';
 import { h, fill } from '../dom';
-import { ago, duration, memory, parseTime, timeLeft } from '../format';
+import { ago, duration, memory, newest, parseTime, timeLeft } from '../format';
 import { subscribe } from '../live';
 import { toast } from '../toast';
 import { STATES, type Environment, type Provider, type Session } from '../types';
@@ -26,6 +26,13 @@ export function fleet(main: HTMLElement, session: Session): () => void {
   let rows: Environment[] = [];
   let cursors: (string | null)[] = [null];
   let nextCursor: string | null = null;
+  // A list read races the live stream: a change may arrive while the read is in flight and
+  // the read's answer may predate it. Changes that arrive during a read are kept here and
+  // win over the read's copy unless the read's is newer (stop 22's failure: a new
+  // environment's `running` came before a list read that still said `creating`).
+  let loads = 0;
+  let latestLoad = 0;
+  const arrived = new Map<string, Environment>();
 
   fetch('/v1/providers', { credentials: 'same-origin' }).then(async (r) => {
     if (!r.ok) return;
@@ -77,15 +84,24 @@ export function fleet(main: HTMLElement, session: Session): () => void {
   async function load(): Promise<void> {
     const cursor = cursors[cursors.length - 1];
     const sel = labelSel.value.trim();
+    const seq = ++latestLoad;
+    loads++;
     try {
       const res = await call<{ environments: Environment[] }>('GET', `/v1/environments${query({
         state: state.value, provider: provider.value, label: sel || undefined, limit: String(PAGE), cursor: cursor ?? undefined,
       })}`);
-      rows = res.data.environments;
+      // A later read (a filter change, a resync) answers for the present; this one is stale.
+      if (seq !== latestLoad) return;
       nextCursor = res.headers.get('Lapse-Next-Cursor');
+      rows = res.data.environments.map((env) => newest(env, arrived.get(env.id)));
+      for (const env of arrived.values()) {
+        if (!nextCursor && !rows.some((e) => e.id === env.id)) rows.push(env);
+      }
       render();
     } catch (e) {
       toast(`Listing failed: ${e instanceof Error ? e.message : String(e)}`, 'error');
+    } finally {
+      if (--loads === 0) arrived.clear();
     }
   }
 
@@ -121,6 +137,7 @@ export function fleet(main: HTMLElement, session: Session): () => void {
   }
 
   function update(env: Environment): void {
+    if (loads > 0) arrived.set(env.id, env);
     const at = rows.findIndex((e) => e.id === env.id);
     if (at >= 0) rows[at] = env;
     else if (!nextCursor) rows.push(env);

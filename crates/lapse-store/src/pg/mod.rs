@@ -39,6 +39,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection as _, Row as _};
 
 mod activity;
+mod claims;
+pub mod copy;
 mod envs;
 mod pools;
 mod queues;
@@ -138,6 +140,10 @@ pub struct PgStore {
     writable: Arc<std::sync::atomic::AtomicBool>,
     /// Activity batches written ([`PgStore::record_activity`]).
     activity_batches: Arc<std::sync::atomic::AtomicU64>,
+    /// This replica's claim batcher ([`claims`]); `None` in the batcher's own clone.
+    claims: Option<claims::Claims>,
+    /// Claim batches committed ([`PgStore::claim_batches`]).
+    claim_batches: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl PgStore {
@@ -153,12 +159,21 @@ impl PgStore {
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_lazy_with(options);
         let (changes, _) = tokio::sync::broadcast::channel(crate::CHANGE_BUFFER);
-        Ok(PgStore {
+        let mut store = PgStore {
             pool,
             changes,
             writable: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             activity_batches: Default::default(),
-        })
+            claims: None,
+            claim_batches: Default::default(),
+        };
+        store.claims = Some(claims::Claims::start(store.clone()));
+        Ok(store)
+    }
+
+    /// Claim batches committed by this replica (each holds one or more claims).
+    pub fn claim_batches(&self) -> u64 {
+        self.claim_batches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Every environment row committed through this store from now on, as written.
@@ -267,6 +282,8 @@ async fn refuse_newer(conn: &mut PgConnection, migrator: &sqlx::migrate::Migrato
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_copy;
 #[cfg(test)]
 mod tests_envs;
 #[cfg(test)]

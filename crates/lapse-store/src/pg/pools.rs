@@ -1,24 +1,22 @@
 //! Pools and their warm members on PostgreSQL: [`crate::Store`]'s pool operations and the
 //! warm claim, same names, same signatures, same contracts (see each method's docs there).
 //!
-//! **The claim** ([`PgStore::claim`]) is one transaction: with a quota, the tenant's lock
-//! first ([`lock_tenant`]); then the oldest claimable member, locked, skipping members that
-//! other claims hold ([`super::claim_query`], `FOR UPDATE SKIP LOCKED`: claims on any number
-//! of replicas never wait for each other and never get the same member); the quota check
-//! against what the tenant holds ([`usage`]); the caller's closure (it sees the pool the
-//! member leaves); the member leaves its pool; the row and the closure's events are written,
-//! and the row is published after the commit. SQLite's in-memory candidate queues are not
-//! needed: the partial index `environments_warm` finds the first claimable member directly.
-//! The closure runs once per call (SQLite's may run again when its batch is replayed).
+//! **The claim** ([`PgStore::claim`]) goes through this replica's claim batcher
+//! ([`super::claims`]): every claim waiting is committed in one transaction, with the tenants'
+//! locks first, then the oldest claimable members, locked, skipping members that other claims
+//! hold ([`super::claim_query`], `FOR UPDATE SKIP LOCKED`: claims on any number of replicas
+//! never wait for each other and never get the same member), the quota check of each claim
+//! against what its tenant holds, the caller's closure (it sees the pool the member leaves),
+//! the member leaving its pool, the rows and the events written; each row is published after
+//! the commit. SQLite's in-memory candidate queues are not needed: the partial index
+//! `environments_warm` finds the first claimable members directly.
 
 use lapse_core::model::{Environment, Pool};
-use lapse_core::now_millis;
 use lapse_core::quota::Quota;
 use sqlx::Row as _;
 
 use super::PgStore;
 use super::append_events;
-use super::write::{lock_tenant, usage, write_row};
 use crate::Op as _;
 use crate::rows::{environment_from, pool_from};
 use crate::{MemberState, NewEvent, StoreError, env_column_names, json, parse_column};
@@ -26,7 +24,7 @@ use crate::{MemberState, NewEvent, StoreError, env_column_names, json, parse_col
 const POOL_COLUMNS: &str = "name, spec, min, max, version, lifecycle, source, on_claim, created_at, updated_at";
 
 /// The claim's query of one member, with every environment column (as `e.` columns).
-fn claim_one() -> &'static str {
+pub(super) fn claim_one() -> &'static str {
     static QUERY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         let columns: Vec<String> = env_column_names().map(|c| format!("e.{c}")).collect();
         super::claim_query(&columns.join(", "))
@@ -44,36 +42,13 @@ impl PgStore {
         &self,
         spec_hash: &str,
         admit: Option<(&str, &Quota)>,
-        mut claim: impl FnMut(&mut Environment) -> Vec<NewEvent> + Send + 'static,
+        claim: impl FnMut(&mut Environment) -> Vec<NewEvent> + Send + 'static,
     ) -> Result<Option<Environment>, StoreError> {
-        let outcome = async {
-            let mut tx = self.pool.begin().await.op("claim")?;
-            if let Some((tenant, _)) = admit {
-                lock_tenant(&mut tx, tenant).await?;
-            }
-            let row =
-                sqlx::query(claim_one()).bind(spec_hash).bind(1_i64).fetch_optional(&mut *tx).await.op("claim")?;
-            let Some(row) = row else { return Ok(None) };
-            let mut env = environment_from(&row)?;
-            if let Some((tenant, quota)) = admit {
-                let held = usage(&mut tx, tenant).await?;
-                quota.admit(&held, &env.spec).map_err(StoreError::Refused)?;
-            }
-            // The closure sees which pool the member leaves; then it is no longer the pool's.
-            let events = claim(&mut env);
-            env.pool = None;
-            env.pool_version = None;
-            env.updated_at = now_millis();
-            write_row(&mut tx, &env).await?;
-            append_events(&mut tx, &events).await?;
-            tx.commit().await.op("claim")?;
-            Ok(Some(env))
-        };
-        let claimed = self.observed(outcome.await)?;
-        if let Some(env) = &claimed {
-            self.published(env);
+        let mut claim: super::claims::ClaimFn = Box::new(claim);
+        match &self.claims {
+            Some(claims) => self.claim_batched(claims, spec_hash, admit, claim).await,
+            None => self.claim_alone(spec_hash, admit, &mut claim).await,
         }
-        Ok(claimed)
     }
 
     /// Creates or replaces a pool (its `created_at` stays the first one's).

@@ -16,7 +16,7 @@ use crate::{ENV_COLUMNS, NewEvent, Op as _, StoreError, env_column_names};
 
 /// The first key of a tenant's transaction advisory lock ("lapt"); the second is the hash
 /// of the tenant's name.
-const TENANT_LOCK_CLASS: i32 = 0x6c61_7074;
+pub(crate) const TENANT_LOCK_CLASS: i32 = 0x6c61_7074;
 
 /// At most this many rows to an `INSERT` (43 parameters each; PostgreSQL takes 65,535).
 const ROWS_PER_INSERT: usize = 500;
@@ -62,6 +62,12 @@ pub(crate) async fn insert_rows(conn: &mut PgConnection, envs: &[Environment]) -
 
 /// Writes the whole row, inserting it if it is missing; its revision grows.
 pub(crate) async fn write_row(conn: &mut PgConnection, e: &Environment) -> Result<(), StoreError> {
+    write_rows(conn, std::slice::from_ref(e)).await
+}
+
+/// Writes whole rows over the rows of their ids, in statements of at most 500 rows; every
+/// id at most once.
+pub(crate) async fn write_rows(conn: &mut PgConnection, envs: &[Environment]) -> Result<(), StoreError> {
     static SETS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         let sets: Vec<String> = env_column_names()
             .filter(|c| !matches!(*c, "id" | "created_at"))
@@ -69,10 +75,12 @@ pub(crate) async fn write_row(conn: &mut PgConnection, e: &Environment) -> Resul
             .collect();
         format!(" ON CONFLICT (id) DO UPDATE SET {}, rev = environments.rev + 1", sets.join(", "))
     });
-    let mut q = sqlx::QueryBuilder::new(format!("INSERT INTO environments ({ENV_COLUMNS}) "));
-    q.push_values([e], |b, e| push_environment(b, e));
-    q.push(SETS.as_str());
-    q.build().execute(&mut *conn).await.op("update")?;
+    for chunk in envs.chunks(ROWS_PER_INSERT) {
+        let mut q = sqlx::QueryBuilder::new(format!("INSERT INTO environments ({ENV_COLUMNS}) "));
+        q.push_values(chunk, |b, e| push_environment(b, e));
+        q.push(SETS.as_str());
+        q.build().execute(&mut *conn).await.op("update")?;
+    }
     Ok(())
 }
 

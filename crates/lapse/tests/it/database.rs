@@ -176,3 +176,61 @@ async fn a_server_on_postgres_serves_one_at_a_time_and_stops_when_its_lock_is_lo
     let log = server.log();
     assert!(log.contains("the PostgreSQL server lock is lost"), "the reason is logged: {log}");
 }
+
+/// `lapse migrate` with these arguments, to its end.
+async fn migrate(args: &[&str]) -> Output {
+    let out =
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_lapse")).arg("migrate").args(args).kill_on_drop(true).output();
+    tokio::time::timeout(secs(60), out).await.expect("lapse migrate ends within 60 s").expect("running lapse migrate")
+}
+
+#[tokio::test]
+async fn lapse_migrate_moves_a_sqlite_store_to_postgres_and_the_new_server_keeps_its_environments() {
+    let db = Db::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]).await;
+    let made = server.create(crate::harness::process_env(&["sleep", "600"])).await;
+    let id = made["id"].as_str().unwrap().to_owned();
+    server.wait_state(&id, "running", secs(20)).await;
+    let controller = server.controller_id.clone();
+
+    // While the server runs and writes, or before anything: refusals, exit code 2.
+    let out = migrate(&["--data-dir", &dir.path().join("nothing").display().to_string(), "--to", &db.url]).await;
+    refused(&out, "no store", &["does not exist"]);
+    let out = migrate(&["--from", "postgres://u:secret@h/x", "--to", &db.url]).await;
+    refused(&out, "--from postgres", &["--from must be a SQLite store"]);
+    let data = dir.path().display().to_string();
+    let out = migrate(&["--data-dir", &data, "--to", "sqlite:/tmp/x.db"]).await;
+    refused(&out, "--to sqlite", &["--to must be a PostgreSQL URL"]);
+
+    // The server stops (kill -9: its process environment goes on running), the copy is made.
+    server.kill9().await;
+    let out = migrate(&["--data-dir", &data, "--to", &db.url, "--json"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "migrated; stderr: {stderr}");
+    assert!(stderr.contains("environments") && stderr.contains("events"), "progress per table: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints the report");
+    assert_eq!(report["controller_id"], controller.as_str());
+    let rows =
+        |t: &str| report["tables"].as_array().unwrap().iter().find(|x| x["table"] == t).unwrap()["rows"].as_u64();
+    assert_eq!(rows("environments"), Some(1));
+    assert!(rows("events").unwrap() >= 2, "{report}");
+
+    // Again: the destination is not empty.
+    let out = migrate(&["--data-dir", &data, "--to", &db.url]).await;
+    refused(&out, "a second copy", &["not empty"]);
+
+    // A server on PostgreSQL is the same controller: it finds the environment running and
+    // adopts its process, and deleting it stops that process.
+    let server = Server::start(dir.path(), &["--database", &db.url]).await;
+    assert_eq!(server.controller_id, controller);
+    let env = server.wait_state(&id, "running", secs(20)).await;
+    assert_eq!(env["id"], id.as_str());
+    let (status, _) = server.request(reqwest::Method::DELETE, &format!("/v1/environments/{id}"), None).await;
+    assert!(status.is_success(), "{status}");
+    server.wait_state(&id, "deleted", secs(20)).await;
+    crate::harness::eventually(secs(10), "the adopted process to end", async || {
+        crate::harness::processes_of(&controller).is_empty().then_some(())
+    })
+    .await;
+}

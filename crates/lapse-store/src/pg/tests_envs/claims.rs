@@ -314,3 +314,44 @@ async fn admitted_restarts_on_two_replicas_cannot_pass_the_limit() {
     one.close().await;
     two.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_claims_commit_together_and_a_claim_postgres_refuses_fails_alone() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let hash = warm(&store, 72).await;
+    let claimed = claim_all(&store, &store, 64, None).await;
+    let mut ids: Vec<String> = claimed.into_iter().map(Result::unwrap).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 64, "64 claims, 64 members, none twice");
+    let batches = store.claim_batches();
+    assert!((1..64).contains(&batches), "claims that waited were committed together: {batches} batches");
+
+    // One claim of eight writes an event PostgreSQL cannot hold (a NUL byte): its batch fails
+    // as a whole, is replayed one claim at a time, and only that claim fails.
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (store, hash) = (store.clone(), hash.clone());
+            tokio::spawn(async move {
+                store
+                    .claim(&hash, None, move |e| {
+                        let message = if i == 3 { "bad\0byte" } else { "fine" };
+                        vec![NewEvent::new(&e.id, "api", "claim", "ok", message)]
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap());
+    }
+    assert!(outcomes[3].is_err(), "the bad claim fails: {:?}", outcomes[3]);
+    let good: Vec<&Environment> = outcomes.iter().filter_map(|o| o.as_ref().ok().and_then(Option::as_ref)).collect();
+    assert_eq!(good.len(), 7, "the seven others are claimed: {outcomes:?}");
+    let left = store.pool_members().await.unwrap();
+    assert_eq!(left.len(), 1, "the bad claim's member stays in the pool");
+    let claims = EventFilter { action: Some("claim".into()), limit: 100, ..Default::default() };
+    assert_eq!(store.events(&claims).await.unwrap().len(), 64 + 7);
+    store.close().await;
+}

@@ -20,11 +20,11 @@ fn env(n: u32) -> Environment {
         ..Default::default()
     };
     let mut e = Environment::new(format!("{n:032x}"), format!("owner-{}", n % 7), spec, 1_000 + i64::from(n));
-    e.tenant = if n % 2 == 0 { "acme".into() } else { String::new() };
+    e.tenant = if n.is_multiple_of(2) { "acme".into() } else { String::new() };
     e.labels.insert("n".into(), n.to_string());
     e.expires_at = Some(10_000_000 + i64::from(n));
-    e.name = (n % 3 == 0).then(|| format!("env \u{e9}\u{1f680} {n}"));
-    e.job_id = (n % 5 == 0).then(|| format!("job-{n}"));
+    e.name = n.is_multiple_of(3).then(|| format!("env \u{e9}\u{1f680} {n}"));
+    e.job_id = n.is_multiple_of(5).then(|| format!("job-{n}"));
     e
 }
 

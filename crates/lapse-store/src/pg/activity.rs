@@ -43,7 +43,11 @@ impl PgStore {
             return Ok(0);
         }
         let (ids, ats): (Vec<&str>, Vec<Millis>) = touched.iter().map(|(id, at)| (id.as_str(), *at)).unzip();
-        let done = sqlx::query(RECORD_ACTIVITY).bind(ids).bind(ats).execute(&self.pool).await.op("record activity")?;
+        // Activity is not on the change feed: its transaction is quiet (migration 0003).
+        let mut tx = self.begin("record activity").await?;
+        sqlx::query("SELECT set_config('lapse.quiet', 'on', true)").execute(&mut *tx).await.op("record activity")?;
+        let done = sqlx::query(RECORD_ACTIVITY).bind(ids).bind(ats).execute(&mut *tx).await.op("record activity")?;
+        tx.commit().await.op("record activity")?;
         self.activity_batches.fetch_add(1, Ordering::Relaxed);
         Ok(done.rows_affected())
     }
@@ -88,7 +92,7 @@ impl PgStore {
             }
         };
         // One snapshot for both reads: the events match the environments.
-        let mut tx = self.pool.begin().await.op("accrual")?;
+        let mut tx = self.begin("accrual").await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
             .await

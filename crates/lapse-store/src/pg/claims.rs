@@ -120,7 +120,7 @@ impl PgStore {
 
     /// One transaction for the whole batch; the outcome of each claim, in order.
     async fn try_batch(&self, batch: &mut [ClaimRequest]) -> Result<Vec<Outcome>, StoreError> {
-        let mut tx = self.pool.begin().await.op("claim")?;
+        let mut tx = self.begin("claim").await?;
         let tenants: Vec<&str> = batch.iter().filter_map(|r| r.admit.as_ref().map(|(t, _)| t.as_str())).collect();
         let mut held: HashMap<String, Usage> = HashMap::new();
         if !tenants.is_empty() {
@@ -195,7 +195,7 @@ impl PgStore {
         claim: &mut ClaimFn,
     ) -> Outcome {
         let outcome = async {
-            let mut tx = self.pool.begin().await.op("claim")?;
+            let mut tx = self.begin("claim").await?;
             if let Some((tenant, _)) = admit {
                 lock_tenant(&mut tx, tenant).await?;
             }

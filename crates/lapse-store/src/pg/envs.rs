@@ -76,7 +76,7 @@ impl PgStore {
     pub async fn controller_id(&self) -> Result<String, StoreError> {
         let fresh = format!("lapse-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let outcome = async {
-            let mut tx = self.pool.begin().await.op("controller id")?;
+            let mut tx = self.begin("controller id").await?;
             sqlx::query("INSERT INTO meta (key, value) VALUES ('controller_id', $1) ON CONFLICT (key) DO NOTHING")
                 .bind(&fresh)
                 .execute(&mut *tx)
@@ -116,7 +116,7 @@ impl PgStore {
                 evs.extend(by_env.remove(env.id.as_str()).unwrap_or_default());
             }
             let outcome = async {
-                let mut tx = self.pool.begin().await.op("insert")?;
+                let mut tx = self.begin("insert").await?;
                 insert_rows(&mut tx, chunk).await?;
                 append_events(&mut tx, &evs).await?;
                 tx.commit().await.op("insert")
@@ -190,7 +190,7 @@ impl PgStore {
     {
         // The outer error is the store's, the inner one `change`'s (a rollback by choice).
         let outcome = async {
-            let mut tx = self.pool.begin().await.op("update")?;
+            let mut tx = self.begin("update").await?;
             if let Some((tenant, _)) = admit {
                 lock_tenant(&mut tx, tenant).await?;
             }
@@ -298,7 +298,7 @@ impl PgStore {
     /// [`crate::Store::append_event`], on PostgreSQL.
     pub async fn append_event(&self, event: NewEvent) -> Result<(), StoreError> {
         let outcome = async {
-            let mut tx = self.pool.begin().await.op("append event")?;
+            let mut tx = self.begin("append event").await?;
             append_events(&mut tx, std::slice::from_ref(&event)).await?;
             tx.commit().await.op("append event")
         };

@@ -42,6 +42,8 @@ mod activity;
 mod claims;
 pub mod copy;
 mod envs;
+pub mod feed;
+pub mod lead;
 mod pools;
 mod queues;
 mod rows;
@@ -54,7 +56,7 @@ mod workspaces;
 pub(crate) mod write;
 
 pub(crate) use rows::push_environment;
-pub use sole::{CHECK_EVERY, SOLE_LOCK, SoleReplica};
+pub use sole::{CHECK_EVERY, HeldLock, SOLE_LOCK, SoleReplica};
 pub(crate) use write::append_events;
 
 /// The key of the session advisory lock held while migrations run ("lapse_mg"). Advisory
@@ -144,12 +146,19 @@ pub struct PgStore {
     claims: Option<claims::Claims>,
     /// Claim batches committed ([`PgStore::claim_batches`]).
     claim_batches: Arc<std::sync::atomic::AtomicU64>,
+    /// This replica's id, in its connections' `application_name` ([`feed`]).
+    replica: Arc<str>,
+    /// What other replicas commit ([`PgStore::remote_changes`]).
+    remote: tokio::sync::broadcast::Sender<feed::Remote>,
+    /// The leader epoch this store's writes are fenced with; 0: none ([`lead`]).
+    fence: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl PgStore {
     /// Parses `url`, connects, and migrates under [`MIGRATION_LOCK`] (see the module docs).
     pub async fn connect(url: &str) -> Result<PgStore, PgError> {
-        let options = parse_url(url)?;
+        let replica: Arc<str> = format!("r-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]).into();
+        let options = parse_url(url)?.application_name(&format!("lapse {replica}"));
         // One connection first, on its own: its error is the server's (refused, unknown
         // host, bad password), where a pool would only say that it timed out. It migrates.
         let conn = connect_one(&options).await?;
@@ -159,6 +168,7 @@ impl PgStore {
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_lazy_with(options);
         let (changes, _) = tokio::sync::broadcast::channel(crate::CHANGE_BUFFER);
+        let (remote, _) = tokio::sync::broadcast::channel(crate::CHANGE_BUFFER);
         let mut store = PgStore {
             pool,
             changes,
@@ -166,7 +176,12 @@ impl PgStore {
             activity_batches: Default::default(),
             claims: None,
             claim_batches: Default::default(),
+            replica,
+            remote,
+            fence: Default::default(),
         };
+        // Both tasks hold a clone without a batcher: the batcher ends with the last store.
+        store.start_feed();
         store.claims = Some(claims::Claims::start(store.clone()));
         Ok(store)
     }
@@ -288,5 +303,7 @@ mod tests_copy;
 mod tests_envs;
 #[cfg(test)]
 mod tests_queues;
+#[cfg(test)]
+mod tests_replicas;
 #[cfg(test)]
 mod tests_tenants;

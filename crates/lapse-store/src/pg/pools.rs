@@ -54,7 +54,7 @@ impl PgStore {
     /// Creates or replaces a pool (its `created_at` stays the first one's).
     pub async fn put_pool(&self, pool: &Pool, event: NewEvent) -> Result<(), StoreError> {
         let outcome = async {
-            let mut tx = self.pool.begin().await.op("put pool")?;
+            let mut tx = self.begin("put pool").await?;
             sqlx::query(
                 "INSERT INTO pools (name, spec, spec_hash, min, max, version, lifecycle, source, on_claim, \
                  created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
@@ -104,7 +104,7 @@ impl PgStore {
     /// event) if there was none.
     pub async fn delete_pool(&self, name: &str, event: NewEvent) -> Result<bool, StoreError> {
         let outcome = async {
-            let mut tx = self.pool.begin().await.op("delete pool")?;
+            let mut tx = self.begin("delete pool").await?;
             let gone = sqlx::query("DELETE FROM pools WHERE name = $1")
                 .bind(name)
                 .execute(&mut *tx)

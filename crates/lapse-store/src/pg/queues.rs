@@ -49,7 +49,7 @@ impl PgStore {
         queue: &str,
         items: &[(&QueuedCreate, Option<&str>)],
     ) -> Result<AppliedCreates, StoreError> {
-        let mut tx = self.pool().begin().await.op("apply queue")?;
+        let mut tx = self.begin("apply queue").await?;
         let now = now_millis();
         // A tag twice in one batch is one message: its first.
         let mut tags = HashSet::new();
@@ -119,7 +119,7 @@ impl PgStore {
         message: QueuedChange<'_>,
         mut change: impl FnMut(&mut Environment) -> Vec<NewEvent> + Send + 'static,
     ) -> Result<ChangeOutcome, StoreError> {
-        let mut tx = self.pool().begin().await.op("apply queue")?;
+        let mut tx = self.begin("apply queue").await?;
         let now = now_millis();
         if insert_receipts(&mut tx, queue, &[message.tag], now).await?.is_empty() {
             tx.rollback().await.op("apply queue")?;
@@ -163,7 +163,7 @@ impl PgStore {
         before: Millis,
         keep_at_most: u64,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.pool().begin().await.op("prune idempotency keys")?;
+        let mut tx = self.begin("prune idempotency keys").await?;
         let old = sqlx::query("DELETE FROM queue_idempotency WHERE queue = $1 AND at < $2")
             .bind(queue)
             .bind(before)
@@ -200,11 +200,8 @@ impl PgStore {
         let gone = sqlx::query("DELETE FROM queue_receipts WHERE queue = $1 AND at < $2 AND NOT (tag = ANY($3))")
             .bind(queue)
             .bind(before)
-            .bind(keep)
-            .execute(self.pool())
-            .await
-            .op("prune receipts")?;
-        Ok(gone.rows_affected())
+            .bind(keep);
+        self.write_one("prune receipts", gone).await
     }
 
     /// [`crate::Store::queue_counters`].
@@ -237,7 +234,7 @@ impl PgStore {
         &self,
         items: &[(LabMessage<'_>, LabRequest<'_>)],
     ) -> Result<Vec<LabOutcome>, StoreError> {
-        let mut tx = self.pool().begin().await.op("apply lab")?;
+        let mut tx = self.begin("apply lab").await?;
         lock_owners(&mut tx, items).await?;
         let (outcomes, changed) = apply_labs(&mut tx, items).await?;
         tx.commit().await.op("apply lab")?;

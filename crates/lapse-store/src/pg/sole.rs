@@ -22,14 +22,18 @@ pub const SOLE_LOCK: i64 = 0x6c61_7073_655f_7376;
 /// How often the lock's connection is checked.
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 
-/// The held lock. Dropping it ends the check and closes its connection (releasing the lock).
+/// The sole server's lock ([`PgStore::hold_sole_replica`]).
+pub type SoleReplica = HeldLock;
+
+/// A held session advisory lock. Dropping it ends the check and closes its connection
+/// (releasing the lock).
 #[derive(Debug)]
-pub struct SoleReplica {
+pub struct HeldLock {
     lost: Option<oneshot::Receiver<String>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl SoleReplica {
+impl HeldLock {
     /// Resolves with the reason once the lock's connection is lost; never otherwise.
     pub async fn lost(&mut self) -> String {
         match self.lost.take() {
@@ -39,7 +43,7 @@ impl SoleReplica {
     }
 }
 
-impl Drop for SoleReplica {
+impl Drop for HeldLock {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -48,16 +52,22 @@ impl Drop for SoleReplica {
 impl PgStore {
     /// Takes [`SOLE_LOCK`] on a connection of its own, or refuses if another server holds it.
     pub async fn hold_sole_replica(&self) -> Result<SoleReplica, PgError> {
+        self.hold_session_lock(SOLE_LOCK, "the server lock").await?.ok_or(PgError::Taken)
+    }
+
+    /// Takes session advisory lock `key` on a connection of its own, checked every
+    /// [`CHECK_EVERY`]; `None` if another session holds it.
+    pub(super) async fn hold_session_lock(&self, key: i64, what: &'static str) -> Result<Option<HeldLock>, PgError> {
         let options = self.pool.connect_options().as_ref().clone();
         let mut conn = super::connect_one(&options).await?;
         let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(SOLE_LOCK)
+            .bind(key)
             .fetch_one(&mut conn)
             .await
-            .map_err(|source| PgError::Sql { op: "take the server lock", source })?;
+            .map_err(|source| PgError::Sql { op: "take a session lock", source })?;
         if !taken {
             let _ = conn.close().await;
-            return Err(PgError::Taken);
+            return Ok(None);
         }
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -68,13 +78,13 @@ impl PgStore {
                 let checked = tokio::time::timeout(CONNECT_TIMEOUT, conn.ping()).await;
                 let reason = match checked {
                     Ok(Ok(())) => continue,
-                    Ok(Err(e)) => format!("the server lock's connection failed: {e}"),
-                    Err(_) => "the server lock's connection did not answer within 5 s".to_owned(),
+                    Ok(Err(e)) => format!("{what}'s connection failed: {e}"),
+                    Err(_) => format!("{what}'s connection did not answer within 5 s"),
                 };
                 let _ = tx.send(reason);
                 return;
             }
         });
-        Ok(SoleReplica { lost: Some(rx), task })
+        Ok(Some(HeldLock { lost: Some(rx), task }))
     }
 }

@@ -33,7 +33,7 @@ impl PgStore {
     /// any replica) cannot both pass a limit. [`StoreError::Refused`] says which limit, and
     /// nothing is written.
     pub async fn insert_admitted(&self, env: &Environment, event: NewEvent, quota: &Quota) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.op("insert")?;
+        let mut tx = self.begin("insert").await?;
         lock_tenant(&mut tx, &env.tenant).await?;
         let held = usage(&mut tx, &env.tenant).await?;
         quota.admit(&held, &env.spec).map_err(StoreError::Refused)?;
@@ -52,7 +52,7 @@ impl PgStore {
 
     /// [`crate::Store::create_tenant`], on PostgreSQL.
     pub async fn create_tenant(&self, t: &TenantRecord, event: NewEvent) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.op("create tenant")?;
+        let mut tx = self.begin("create tenant").await?;
         let done = sqlx::query(
             "INSERT INTO tenants (name, tier, quota, quota_check, created_at) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT DO NOTHING",
@@ -80,7 +80,7 @@ impl PgStore {
         quota_check: &str,
         event: NewEvent,
     ) -> Result<Option<TenantRecord>, StoreError> {
-        let mut tx = self.pool.begin().await.op("update tenant")?;
+        let mut tx = self.begin("update tenant").await?;
         let row =
             sqlx::query(&format!("UPDATE tenants SET quota_check = $1 WHERE name = $2 RETURNING {TENANT_COLUMNS}"))
                 .bind(quota_check)
@@ -114,7 +114,7 @@ impl PgStore {
 
     /// [`crate::Store::create_key`], on PostgreSQL.
     pub async fn create_key(&self, k: &KeyRecord, event: NewEvent) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.op("create key")?;
+        let mut tx = self.begin("create key").await?;
         // The tenant's existence is checked by the statement that inserts.
         let done = sqlx::query(
             "INSERT INTO api_keys (id, tenant, scope, hash, created_at) SELECT $1, $2, $3, $4, $5 \
@@ -156,7 +156,7 @@ impl PgStore {
 
     /// [`crate::Store::revoke_key`], on PostgreSQL.
     pub async fn revoke_key(&self, id: &str, at: Millis, actor: &str) -> Result<Option<KeyScope>, StoreError> {
-        let mut tx = self.pool.begin().await.op("revoke key")?;
+        let mut tx = self.begin("revoke key").await?;
         let row: Option<(String, Option<String>)> =
             sqlx::query_as("SELECT scope, tenant FROM api_keys WHERE id = $1 FOR UPDATE")
                 .bind(id)

@@ -38,7 +38,7 @@ pub const CONFIG_LOCK: i64 = 0x6c61_7073_655f_7768;
 impl PgStore {
     /// [`crate::Store::create_webhook`].
     pub async fn create_webhook(&self, hook: &WebhookRecord, event: NewEvent) -> Result<WebhookRecord, StoreError> {
-        let mut tx = self.pool().begin().await.op("create webhook")?;
+        let mut tx = self.begin("create webhook").await?;
         let cursor = latest_seq(&mut tx).await?;
         insert_hook(&mut tx, hook, cursor).await?;
         append_events(&mut tx, &[event]).await?;
@@ -48,7 +48,7 @@ impl PgStore {
 
     /// [`crate::Store::set_config_webhooks`], under [`CONFIG_LOCK`].
     pub async fn set_config_webhooks(&self, hooks: &[WebhookRecord]) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await.op("config webhooks")?;
+        let mut tx = self.begin("config webhooks").await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(CONFIG_LOCK)
             .execute(&mut *tx)
@@ -117,7 +117,7 @@ impl PgStore {
 
     /// [`crate::Store::delete_webhook`]: the hook's row is locked first.
     pub async fn delete_webhook(&self, id: &str, tenant: Option<&str>, event: NewEvent) -> Result<bool, StoreError> {
-        let mut tx = self.pool().begin().await.op("delete webhook")?;
+        let mut tx = self.begin("delete webhook").await?;
         let found: Option<String> = sqlx::query_scalar(
             "SELECT id FROM webhooks WHERE id = $1 AND ($2::text IS NULL OR tenant = $2) FOR UPDATE",
         )
@@ -146,7 +146,7 @@ impl PgStore {
         deliveries: &[NewDelivery],
         max_pending: usize,
     ) -> Result<FanOut, StoreError> {
-        let mut tx = self.pool().begin().await.op("fan out")?;
+        let mut tx = self.begin("fan out").await?;
         let hook: Option<(i64, Option<String>)> =
             sqlx::query_as("SELECT cursor, tenant FROM webhooks WHERE id = $1 FOR UPDATE SKIP LOCKED")
                 .bind(webhook_id)
@@ -244,7 +244,7 @@ impl PgStore {
             Attempt::Retry { code, error, next_at } => ("pending", *code, Some(error.as_str()), Some(*next_at), None),
             Attempt::GaveUp { code, error } => ("failed", *code, Some(error.as_str()), None, None),
         };
-        let mut tx = self.pool().begin().await.op("record attempt")?;
+        let mut tx = self.begin("record attempt").await?;
         let hook: Option<String> = sqlx::query_scalar(
             "SELECT h.id FROM webhooks h JOIN webhook_deliveries d ON d.webhook_id = h.id WHERE d.id = $1 \
              FOR UPDATE OF h",

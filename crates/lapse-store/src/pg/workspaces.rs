@@ -82,44 +82,34 @@ impl PgStore {
             .bind(id)
             .bind(at),
         };
-        q.execute(&self.pool).await.op("record sync").map(drop)
+        self.write_one("record sync", q).await.map(drop)
     }
 
     /// [`crate::Store::record_sync_error`], on PostgreSQL.
     pub async fn record_sync_error(&self, id: &str, error: &str, at: Millis) -> Result<(), StoreError> {
-        sqlx::query(
+        let q = sqlx::query(
             "INSERT INTO workspace_sync (environment_id, last_error, last_error_at) VALUES ($1, $2, $3) \
              ON CONFLICT (environment_id) DO UPDATE SET last_error = $2, last_error_at = $3",
         )
         .bind(id)
         .bind(error)
-        .bind(at)
-        .execute(&self.pool)
-        .await
-        .op("record sync error")
-        .map(drop)
+        .bind(at);
+        self.write_one("record sync error", q).await.map(drop)
     }
 
     /// [`crate::Store::forget_pull`], on PostgreSQL.
     pub async fn forget_pull(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE workspace_sync SET pull_token = NULL WHERE environment_id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .op("forget pull")
-            .map(drop)
+        let q = sqlx::query("UPDATE workspace_sync SET pull_token = NULL WHERE environment_id = $1").bind(id);
+        self.write_one("forget pull", q).await.map(drop)
     }
 
     /// [`crate::Store::force_workspace`], on PostgreSQL.
     pub async fn force_workspace(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query(
+        let q = sqlx::query(
             "INSERT INTO workspace_sync (environment_id, force) VALUES ($1, true) \
              ON CONFLICT (environment_id) DO UPDATE SET force = true",
         )
-        .bind(id)
-        .execute(&self.pool)
-        .await
-        .op("force workspace")
-        .map(drop)
+        .bind(id);
+        self.write_one("force workspace", q).await.map(drop)
     }
 }

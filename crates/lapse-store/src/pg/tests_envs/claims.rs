@@ -215,9 +215,19 @@ async fn quota_admitted_claims_on_two_replicas_cannot_pass_the_limit() {
     assert_eq!(one.pool_members().await.unwrap().len(), 7, "a refused claim leaves its member in the pool");
     let acme = crate::ListFilter { tenant: Some("acme".into()), ..Default::default() };
     assert_eq!(two.list(&acme).await.unwrap().len(), 3);
-    let published = std::iter::from_fn(|| feed_one.try_recv().ok()).count()
-        + std::iter::from_fn(|| feed_two.try_recv().ok()).count();
-    assert_eq!(published, 3, "each replica publishes the claims it committed, and only those");
+    // Each replica's feed shows the three claims: its own at once, the other's through the
+    // change feed across replicas (`pg::feed`); no refused claim is ever on it.
+    let mut won: Vec<String> = won.into_iter().cloned().collect();
+    won.sort();
+    for feed in [&mut feed_one, &mut feed_two] {
+        let mut seen = std::collections::BTreeSet::new();
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while seen.len() < 3 {
+            let next = tokio::time::timeout_at(until, feed.recv()).await.expect("3 claims on the feed within 5 s");
+            seen.insert(next.unwrap().id.clone());
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), won, "the claims committed, and only those");
+    }
     let claims = EventFilter { action: Some("claim".into()), limit: 100, ..Default::default() };
     assert_eq!(one.events(&claims).await.unwrap().len(), 3, "no event of a refused claim");
     one.close().await;

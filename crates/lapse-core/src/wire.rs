@@ -536,6 +536,28 @@ pub struct StatusView {
     /// The declarative config file, if one is served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<ConfigStatus>,
+    /// Where the state is kept: `sqlite` or `postgres`.
+    #[serde(default)]
+    pub store: String,
+    /// On PostgreSQL, this server's replica id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
+    /// On PostgreSQL, every replica connected to the database and the store locks it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Vec<ReplicaView>>,
+}
+
+/// A replica of `GET /v1/status` (PostgreSQL only).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaView {
+    pub id: String,
+    /// Its open connections to the database.
+    pub connections: i64,
+    /// The store locks it holds: `server` (the one server per database), `leader`,
+    /// `migrations`.
+    pub holds: Vec<String>,
+    /// When its oldest open connection was made.
+    pub since: String,
 }
 
 /// The state of `lapse serve --config FILE`.

@@ -50,6 +50,23 @@ impl Store {
         }
     }
 
+    /// On PostgreSQL, the replicas connected to the database now and the store locks each
+    /// holds ([`PgStore::replicas`]); `None` on SQLite (one server, no replicas).
+    pub async fn replicas(&self) -> Result<Option<Vec<crate::pg::lead::Replica>>, PgError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Pg(s) => s.replicas().await.map(Some),
+        }
+    }
+
+    /// On PostgreSQL, this store's replica id (its connections' `application_name`).
+    pub fn replica_id(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Pg(s) => Some(s.replica_id()),
+        }
+    }
+
     /// `sqlite` or `postgres`.
     pub fn backend(&self) -> &'static str {
         match &self.backend {

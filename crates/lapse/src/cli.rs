@@ -72,8 +72,9 @@ enum Command {
         #[arg(long)]
         limit: Option<usize>,
     },
-    /// Show one environment (with -i: instance-manager's status of an EC2 instance).
-    Status(IdArg),
+    /// Show one environment (with -i: instance-manager's status of an EC2 instance); with
+    /// --server, the server itself.
+    Status(StatusArgs),
     /// Move an environment's expiry; one stopped by its expiry starts again.
     Extend {
         #[command(flatten)]
@@ -213,6 +214,21 @@ enum Command {
     ///
     /// Example: lapse migrate --data-dir /var/lib/lapse --to postgres://lapse:secret@db:5432/lapse
     Migrate(crate::migrate::MigrateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct StatusArgs {
+    /// Environment id (as `lapse list` shows it), or an EC2 instance id.
+    #[arg(value_name = "ID", required_unless_present_any = ["instance_id", "server"], conflicts_with_all = ["instance_id", "server"])]
+    id: Option<String>,
+    /// instance-manager's --instance-id: the EC2 instance id (or an environment id); the
+    /// verb then behaves and prints as instance-manager's.
+    #[arg(long = "instance-id", short = 'i', value_name = "ID", conflicts_with = "server")]
+    instance_id: Option<String>,
+    /// The server instead of an environment: version, store, providers, timers, backlog and,
+    /// on PostgreSQL, every replica connected to the database and the locks it holds.
+    #[arg(long)]
+    server: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -569,11 +585,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 output::environments(&list.environments);
             }
         }
-        Command::Status(id) => match id.get() {
-            (id, true) => crate::instance_manager::status(&client, id, json).await?,
-            (id, false) if seed_output => crate::instance_manager::status(&client, id, json).await?,
-            (id, false) => show(&client.get(&env_path(&env_id(&client, id).await?, "")).await?),
-        },
+        Command::Status(StatusArgs { server: true, .. }) => {
+            let status: lapse_core::wire::StatusView = client.get("/v1/status").await?;
+            if json {
+                print_json(&status);
+            } else {
+                output::server(&status);
+            }
+        }
+        Command::Status(StatusArgs { instance_id: Some(id), .. }) => {
+            crate::instance_manager::status(&client, &id, json).await?
+        }
+        Command::Status(StatusArgs { id: Some(id), .. }) if seed_output => {
+            crate::instance_manager::status(&client, &id, json).await?
+        }
+        Command::Status(StatusArgs { id: Some(id), .. }) => {
+            show(&client.get(&env_path(&env_id(&client, &id).await?, "")).await?)
+        }
+        Command::Status(_) => unreachable!("clap requires an id or --server"),
         Command::Extend { id, by, until } => {
             let (id, seed) = id.get();
             match (&by, seed || seed_output) {

@@ -157,6 +157,42 @@ pub fn pools(pools: &[PoolView]) {
     table(&["POOL", "PROVIDER", "SPEC HASH", "WARM/MIN", "STARTING", "MAX", "VERSION"], &rows);
 }
 
+/// `lapse status --server`.
+pub fn server(s: &lapse_core::wire::StatusView) {
+    println!("version      {}", s.version);
+    println!("controller   {}", s.controller_id);
+    println!("store        {}", s.store);
+    if let Some(r) = &s.replica {
+        println!("replica      {r} (this server)");
+    }
+    println!("providers    {}", s.providers.join(", "));
+    println!("timers       {}", s.timers);
+    println!("backlog      {}", s.backlog);
+    if let Some(c) = &s.config {
+        println!(
+            "config       {}{}",
+            c.path,
+            c.error.as_deref().map(|e| format!(" (refused: {e})")).unwrap_or_default()
+        );
+    }
+    if let Some(replicas) = &s.replicas {
+        println!();
+        let rows: Vec<Vec<String>> = replicas
+            .iter()
+            .map(|r| {
+                let me = if s.replica.as_deref() == Some(r.id.as_str()) { " *" } else { "" };
+                vec![
+                    format!("{}{me}", r.id),
+                    r.connections.to_string(),
+                    if r.holds.is_empty() { "-".into() } else { r.holds.join(", ") },
+                    relative(&r.since),
+                ]
+            })
+            .collect();
+        table(&["REPLICA", "CONNECTIONS", "HOLDS", "SINCE"], &rows);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

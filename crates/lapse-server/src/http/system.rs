@@ -132,7 +132,28 @@ pub async fn usage(
 /// What this control plane is and how busy it is.
 #[utoipa::path(get, path = "/v1/status", tag = "system", responses((status = 200, body = StatusView)))]
 pub async fn status(State(app): State<App>) -> Json<StatusView> {
+    let store = &app.cx.store;
+    // A listing that fails (the database is gone) leaves the field out; the rest still answers.
+    let replicas = match store.replicas().await {
+        Ok(list) => list.map(|list| {
+            list.into_iter()
+                .map(|r| lapse_core::wire::ReplicaView {
+                    id: r.id,
+                    connections: r.connections,
+                    holds: r.holds,
+                    since: lapse_core::format_millis(r.since),
+                })
+                .collect()
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "listing the replicas failed");
+            None
+        }
+    };
     Json(StatusView {
+        store: store.backend().to_owned(),
+        replica: store.replica_id().map(str::to_owned),
+        replicas,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         controller_id: app.cx.controller_id.clone(),
         providers: app.cx.providers.names().into_iter().map(str::to_owned).collect(),

@@ -53,8 +53,21 @@ pub struct Replica {
     pub connections: i64,
     /// Whether it holds [`LEADER_LOCK`].
     pub leader: bool,
+    /// The store's locks it holds: `server` ([`super::SOLE_LOCK`]), `leader`
+    /// ([`LEADER_LOCK`]), `migrations` ([`super::MIGRATION_LOCK`]).
+    pub holds: Vec<String>,
     /// When its oldest open connection was made (ms since the epoch).
     pub since: Millis,
+}
+
+/// The name of a store lock's key, as [`Replica::holds`] says it.
+fn lock_name(key: i64) -> Option<&'static str> {
+    match key {
+        super::SOLE_LOCK => Some("server"),
+        LEADER_LOCK => Some("leader"),
+        super::MIGRATION_LOCK => Some("migrations"),
+        _ => None,
+    }
 }
 
 impl PgStore {
@@ -123,26 +136,29 @@ impl PgStore {
 
     /// The replicas connected now and which one leads (see the module docs).
     pub async fn replicas(&self) -> Result<Vec<Replica>, PgError> {
+        // A bigint advisory key is held as classid (high half) and objid (low half), objsubid 1.
         let rows = sqlx::query(
-            "SELECT substr(a.application_name, 7) AS id, COUNT(*) AS connections, \
-             bool_or(l.pid IS NOT NULL) AS leader, \
+            "SELECT substr(a.application_name, 7) AS id, COUNT(DISTINCT a.pid) AS connections, \
+             array_remove(array_agg(DISTINCT (l.classid::bigint << 32) | l.objid::bigint), NULL) AS keys, \
              (EXTRACT(EPOCH FROM MIN(a.backend_start)) * 1000)::bigint AS since \
              FROM pg_stat_activity a LEFT JOIN pg_locks l ON l.pid = a.pid AND l.locktype = 'advisory' \
-             AND l.granted AND l.classid::bigint = $1 AND l.objid::bigint = $2 AND l.objsubid = 1 \
+             AND l.granted AND l.objsubid = 1 \
              WHERE a.datname = current_database() AND a.application_name LIKE 'lapse r-%' \
              GROUP BY 1 ORDER BY 1",
         )
-        .bind(LEADER_LOCK >> 32)
-        .bind(LEADER_LOCK & 0xffff_ffff)
         .fetch_all(&self.pool)
         .await
         .map_err(sql("list the replicas"))?;
         rows.iter()
             .map(|r| {
+                let keys: Vec<i64> = r.try_get("keys")?;
+                let mut holds: Vec<String> = keys.into_iter().filter_map(lock_name).map(str::to_owned).collect();
+                holds.sort();
                 Ok(Replica {
                     id: r.try_get("id")?,
                     connections: r.try_get("connections")?,
-                    leader: r.try_get("leader")?,
+                    leader: holds.iter().any(|h| h == "leader"),
+                    holds,
                     since: r.try_get("since")?,
                 })
             })

@@ -7,6 +7,7 @@ use lapse_core::model::{Environment, ObservedState, Spec};
 
 use super::PgStore;
 use super::feed::Remote;
+use super::lead::Replica;
 use crate::pg::testdb::TestDb;
 use crate::{NewEvent, StoreError};
 
@@ -75,6 +76,11 @@ async fn one_replica_leads_and_a_replica_that_lost_the_lead_writes_nothing() {
     let leader: Vec<&str> = listed.iter().filter(|r| r.leader).map(|r| r.id.as_str()).collect();
     assert_eq!(leader, [a.replica_id()], "{listed:?}");
     assert!(listed.iter().any(|r| r.id == b.replica_id() && !r.leader && r.connections > 0), "{listed:?}");
+    let _server = b.hold_sole_replica().await.unwrap();
+    let holds = |id: &str, l: &[Replica]| l.iter().find(|r| r.id == id).map(|r| r.holds.clone()).unwrap_or_default();
+    let listed = a.replicas().await.unwrap();
+    assert_eq!(holds(a.replica_id(), &listed), ["leader"]);
+    assert_eq!(holds(b.replica_id(), &listed), ["server"]);
 
     // a loses its lock (its session ends: as with a kill -9) but has not noticed yet: b takes
     // the lead with a newer epoch, and from then on nothing a writes commits.

@@ -124,6 +124,9 @@ async fn sqlite_at_a_chosen_file() {
     let (status, _) = server.get("/v1/environments").await;
     assert!(status.is_success(), "{status}");
     assert!(file.exists(), "the store is at the --database file");
+    let (_, status) = server.get("/v1/status").await;
+    assert_eq!(status["store"], "sqlite");
+    assert!(status.get("replicas").is_none() && status.get("replica").is_none(), "{status}");
     assert!(!dir.path().join("lapse.db").exists(), "and not in the data dir");
 }
 
@@ -148,6 +151,30 @@ async fn a_server_on_postgres_serves_one_at_a_time_and_stops_when_its_lock_is_lo
     let id = made["id"].as_str().unwrap().to_owned();
     server.wait_state(&id, "running", secs(20)).await;
     assert!(!dir.path().join("lapse.db").exists(), "no SQLite store beside PostgreSQL");
+
+    // `lapse status --server`: the store, this replica, and who holds what.
+    let status = |json: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lapse"));
+        cmd.args(["--url", &server.url, "status", "--server"]);
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.output().expect("running lapse status --server")
+    };
+    let out = status(true);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json");
+    assert_eq!(got["store"], "postgres");
+    let me = got["replica"].as_str().expect("this server's replica id").to_owned();
+    let replicas = got["replicas"].as_array().expect("the replicas");
+    let mine = replicas.iter().find(|r| r["id"] == me.as_str()).unwrap_or_else(|| panic!("{got}"));
+    assert_eq!(mine["holds"], serde_json::json!(["server"]), "{got}");
+    assert!(mine["connections"].as_i64().unwrap() >= 2, "the lock's connection and the pool's: {got}");
+    let table = String::from_utf8_lossy(&status(false).stdout).into_owned();
+    assert!(
+        table.contains("store        postgres") && table.contains(&format!("{me} *")) && table.contains("server"),
+        "{table}"
+    );
 
     // A second server on the same database (its own data dir) is refused while the first runs.
     let (out, _) = serve(&db.url, false).await;

@@ -43,13 +43,10 @@ impl PgStore {
             return Ok(0);
         }
         let (ids, ats): (Vec<&str>, Vec<Millis>) = touched.iter().map(|(id, at)| (id.as_str(), *at)).unzip();
-        // Activity is not on the change feed: its transaction is quiet (migration 0003).
-        let mut tx = self.begin("record activity").await?;
-        sqlx::query("SELECT set_config('lapse.quiet', 'on', true)").execute(&mut *tx).await.op("record activity")?;
-        let done = sqlx::query(RECORD_ACTIVITY).bind(ids).bind(ats).execute(&mut *tx).await.op("record activity")?;
-        tx.commit().await.op("record activity")?;
+        let q = sqlx::query(RECORD_ACTIVITY).bind(ids).bind(ats);
+        let done = self.write_one("record activity", q).await?;
         self.activity_batches.fetch_add(1, Ordering::Relaxed);
-        Ok(done.rows_affected())
+        Ok(done)
     }
 
     /// [`crate::Store::activity_batches`], on PostgreSQL.

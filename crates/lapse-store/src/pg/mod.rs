@@ -150,6 +150,10 @@ pub struct PgStore {
     replica: Arc<str>,
     /// What other replicas commit ([`PgStore::remote_changes`]).
     remote: tokio::sync::broadcast::Sender<feed::Remote>,
+    /// Ids this store committed, for the other replicas ([`feed`]).
+    notify: Option<tokio::sync::mpsc::Sender<String>>,
+    /// Set when an id could not be queued: the next notification says `*` (read again).
+    notify_overflow: Arc<std::sync::atomic::AtomicBool>,
     /// The leader epoch this store's writes are fenced with; 0: none ([`lead`]).
     fence: Arc<std::sync::atomic::AtomicI64>,
 }
@@ -179,9 +183,12 @@ impl PgStore {
             replica,
             remote,
             fence: Default::default(),
+            notify: None,
+            notify_overflow: Default::default(),
         };
         // Both tasks hold a clone without a batcher: the batcher ends with the last store.
         store.start_feed();
+        store.notify = Some(store.start_notifier());
         store.claims = Some(claims::Claims::start(store.clone()));
         Ok(store)
     }
@@ -201,6 +208,7 @@ impl PgStore {
         if self.changes.receiver_count() > 0 {
             let _ = self.changes.send(Arc::new(env.clone()));
         }
+        self.tell_replicas(&env.id);
     }
 
     /// The pool, for the store's operations (and tests).

@@ -94,7 +94,10 @@ impl Store {
     }
 
     /// Every environment row committed from now on, as written. A receiver that falls more
-    /// than a few thousand rows behind gets `Lagged` and should re-read what it mirrors.
+    /// than a few thousand rows behind gets `Lagged` and should re-read what it mirrors. On
+    /// PostgreSQL it also carries the rows other replicas commit, read back after their
+    /// notification ([`crate::pg::feed`]; best effort: a replica that dies between a commit
+    /// and its notification does not announce that change).
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Environment>> {
         match &self.backend {
             Backend::Sqlite(s) => s.subscribe(),

@@ -489,7 +489,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return crate::migrate::run(args, cli.json).await;
     }
     if let Command::Check { file, max_ttl, vms_provider } = &cli.command {
-        return check(file, max_ttl, vms_provider, cli.json);
+        return crate::check::run(file, max_ttl, vms_provider, cli.json);
     }
     let client = Client::new(&cli.url, cli.key.clone())?;
     let json = cli.json;
@@ -866,43 +866,6 @@ async fn env_id(client: &Client, id: &str) -> anyhow::Result<String> {
         return Ok(id.to_owned());
     }
     Ok(crate::instance_manager::resolve(client, id).await?.id)
-}
-
-fn check(file: &std::path::Path, max_ttl: &str, vms_provider: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let max_ttl = lapse_core::duration::parse_duration(max_ttl).map_err(|e| anyhow::anyhow!("--max-ttl: {e}"))?;
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let name = file.display();
-    let options =
-        lapse_server::declare::FileOptions { max_ttl, vms_provider: vms_provider.to_owned(), delete_removed: false };
-    match lapse_server::declare::parse_file(file, &text, &options) {
-        Ok(declared) => {
-            if json {
-                print_json(
-                    &serde_json::json!({"ok": true, "environments": declared.environments.len(), "pools": declared.pools.len()}),
-                );
-            } else {
-                println!("{name}: ok ({} environments, {} pools)", declared.environments.len(), declared.pools.len());
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(errors) => {
-            if json {
-                let list: Vec<_> = errors
-                    .iter()
-                    .map(|e| serde_json::json!({"line": e.line, "column": e.column, "message": e.message}))
-                    .collect();
-                print_json(&serde_json::json!({"ok": false, "errors": list}));
-            } else {
-                for e in &errors {
-                    match e.column {
-                        0 => eprintln!("{name}:{}: {}", e.line, e.message),
-                        column => eprintln!("{name}:{}:{column}: {}", e.line, e.message),
-                    }
-                }
-            }
-            Ok(ExitCode::FAILURE)
-        }
-    }
 }
 
 /// Every page of `GET /v1/environments` with `query`, following the cursors, up to `limit`.

@@ -144,8 +144,12 @@ async fn kill_9_under_concurrent_writes_loses_no_acknowledged_one() {
             }
         }));
     }
-    // Let the load run, then crash in the middle of it.
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Let the load run until a few hundred writes are answered (however busy the machine),
+    // then crash in the middle of it.
+    crate::harness::eventually(secs(60), "300 answered writes", async || {
+        (acked.lock().unwrap().len() > 300).then_some(())
+    })
+    .await;
     server.kill9().await;
     for c in clients {
         c.await.unwrap();

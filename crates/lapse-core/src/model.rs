@@ -408,6 +408,9 @@ pub struct Environment {
     pub warned: Vec<Millis>,
     /// When the last warning of the current lease fired.
     pub warned_at: Option<Millis>,
+    /// With replicas on PostgreSQL: the replica whose local provider (`process`, `docker` on
+    /// a local socket) holds it, the only one that reconciles it. `None`: whoever leads.
+    pub placed_on: Option<String>,
 }
 
 /// The tenant of an environment that belongs to no tenant: the operator's, the queues', an
@@ -459,6 +462,7 @@ impl Environment {
             warn_before: Vec::new(),
             warned: Vec::new(),
             warned_at: None,
+            placed_on: None,
         }
     }
 

@@ -366,6 +366,10 @@ pub struct EnvironmentView {
     /// When the last warning of the current lease fired (`null` before one has).
     #[serde(default)]
     pub warned_at: Option<String>,
+    /// With replicas on PostgreSQL: the replica whose local provider holds it (the only one
+    /// that reconciles it); absent: whoever leads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed_on: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -407,6 +411,7 @@ impl From<&Environment> for EnvironmentView {
             ready_at: e.ready_at.filter(|_| e.observed == ObservedState::Running).map(format_millis),
             warn_before: e.warn_before.iter().map(|ms| (*ms).max(0) as u64 / 1000).collect(),
             warned_at: e.warned_at.map(format_millis),
+            placed_on: e.placed_on.clone(),
             created_at: format_millis(e.created_at),
             updated_at: format_millis(e.updated_at),
         }
@@ -497,6 +502,11 @@ pub struct Capabilities {
     /// An interactive terminal (`GET /v1/environments/{id}/terminal`, a WebSocket).
     #[serde(default)]
     pub terminal: bool,
+    /// Its resources live on this server's host (processes, a Docker Engine on a local
+    /// socket): with replicas on PostgreSQL, an environment on it belongs to the replica that
+    /// placed it, and only that replica reconciles it.
+    #[serde(default)]
+    pub local: bool,
 }
 
 /// One provider and whether it can take work.
@@ -545,6 +555,12 @@ pub struct StatusView {
     /// On PostgreSQL, every replica connected to the database and the store locks it holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<Vec<ReplicaView>>,
+    /// `leader` (runs the background work: always on SQLite) or `follower` (serves the API).
+    #[serde(default)]
+    pub role: String,
+    /// On PostgreSQL, while this replica leads: its lead's fencing epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
 }
 
 /// A replica of `GET /v1/status` (PostgreSQL only).
@@ -553,8 +569,8 @@ pub struct ReplicaView {
     pub id: String,
     /// Its open connections to the database.
     pub connections: i64,
-    /// The store locks it holds: `server` (the one server per database), `leader`,
-    /// `migrations`.
+    /// The store locks it holds: `server` (every server holds it, shared), `leader` (the one
+    /// that runs the background work), `migrations`.
     pub holds: Vec<String>,
     /// When its oldest open connection was made.
     pub since: String,

@@ -191,7 +191,14 @@ impl Provider for SimProvider {
     }
 
     fn capabilities(&self) -> crate::Capabilities {
-        crate::Capabilities { exec: true, logs: true, stop_keeps_disk: true, ..crate::Capabilities::default() }
+        // In memory: its "resources" are this process's.
+        crate::Capabilities {
+            exec: true,
+            logs: true,
+            stop_keeps_disk: true,
+            local: true,
+            ..crate::Capabilities::default()
+        }
     }
 
     fn validate(&self, _spec: &Spec) -> Result<(), FieldError> {

@@ -109,6 +109,10 @@ pub async fn quota_of(cx: &Context, name: &str) -> Result<Quota, AppError> {
 /// Checks `env` for `who` and completes it (default resources); see the module doc.
 pub async fn admit(cx: &Context, env: &mut Environment, who: &Principal, guard: HostGuard) -> Result<(), AppError> {
     let provider = provider_of(cx, &env.spec)?;
+    // With replicas, a local provider's environment is this replica's (see `crate::lead`).
+    if env.placed_on.is_none() {
+        env.placed_on = cx.placement_for(&env.spec.provider);
+    }
     if let Some(q) = &who.quota {
         permitted(q, &who.tenant, &env.spec)?;
         env.spec.resources = Some(q.charged(env.spec.resources.as_ref()));

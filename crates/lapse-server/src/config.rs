@@ -105,7 +105,7 @@ pub struct ServerConfig {
     /// The SQLite database file (`--database sqlite:PATH`); `None`: `data_dir/lapse.db`.
     pub database: Option<PathBuf>,
     /// A PostgreSQL URL (`--database postgres://...`): the store is there, and `database` is
-    /// not used. One server per database (the store's sole-server lock).
+    /// not used. Any number of servers share a database: one leads (see [`crate::lead`]).
     pub postgres: Option<String>,
     /// TTL of an environment created without one.
     pub default_ttl: Duration,

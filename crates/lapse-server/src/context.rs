@@ -46,6 +46,8 @@ pub struct Context {
     pub route_alias: std::sync::OnceLock<std::sync::Arc<dyn crate::proxy::RouteAlias>>,
     /// S3 workspaces' locks, clients and back-offs (see [`crate::workspace`]).
     pub workspaces: crate::workspace::Workspaces,
+    /// Whether this server runs the background work now (see [`crate::lead`]).
+    pub role: crate::lead::Role,
     /// The dashboard's sessions and live streams (see [`crate::ui`]).
     pub ui: crate::ui::UiState,
     /// Terminals open, in total and per environment (see [`crate::http::terminal`]).
@@ -92,6 +94,7 @@ impl Context {
             route_alias: Default::default(),
             workspaces: Default::default(),
             ui: Default::default(),
+            role: Default::default(),
             terminals,
             webhooks: Default::default(),
         }
@@ -100,6 +103,39 @@ impl Context {
     /// Replaces the set of pooled spec hashes.
     pub fn set_pooled_hashes(&self, hashes: impl IntoIterator<Item = String>) {
         *self.pooled_hashes.write().unwrap_or_else(|p| p.into_inner()) = hashes.into_iter().collect();
+    }
+
+    /// Whether this server reconciles `env` now (see [`crate::lead`]): on SQLite always; with
+    /// replicas, an environment placed on a local provider (`placed_on`) by the replica that
+    /// placed it, everything else by the leader.
+    pub fn owns(&self, env: &lapse_core::model::Environment) -> bool {
+        self.owns_placed(&env.spec.provider, env.placed_on.as_deref())
+    }
+
+    /// [`Context::owns`] from an environment's provider and `placed_on` alone.
+    pub fn owns_placed(&self, provider: &str, placed_on: Option<&str>) -> bool {
+        let Some(me) = self.store.replica_id() else { return true };
+        match placed_on {
+            Some(on) if self.is_local(provider) => on == me,
+            _ => self.role.leading(),
+        }
+    }
+
+    /// Whether this server sweeps `provider` now: on SQLite always; with replicas, a local
+    /// provider on every replica (each its own host's), the others on the leader.
+    pub fn sweeps(&self, provider: &str) -> bool {
+        self.store.replica_id().is_none() || self.is_local(provider) || self.role.leading()
+    }
+
+    /// Where an environment on `provider` made here is placed: with replicas, this replica
+    /// when the provider is local (its resources live on this host); else nowhere in particular.
+    pub fn placement_for(&self, provider: &str) -> Option<String> {
+        self.store.replica_id().filter(|_| self.is_local(provider)).map(str::to_owned)
+    }
+
+    /// Whether `provider`'s resources live on this host ([`lapse_core::wire::Capabilities::local`]).
+    pub fn is_local(&self, provider: &str) -> bool {
+        self.providers.get(provider).is_some_and(|p| p.capabilities().local)
     }
 
     /// Whether some pool has this spec hash (so a claim may succeed).

@@ -15,6 +15,7 @@
 //! | `swim_v2:<queue>`, `swim_v2:expiry` | every second; every 5 s | no tick for 60 s |
 //! | `reconciler` | at each step it starts | never ticked, or work waiting and no step started for 120 s |
 //! | `timers` | when a deadline fires or an earlier one is set | never ticked (it sleeps until its next deadline) |
+//! | `lead` (PostgreSQL) | every second | no tick for 30 s |
 //!
 //! The heartbeats are process-wide (one server per process; a second in-process server's
 //! loops tick the same names, which only ever makes readiness more lenient).
@@ -60,17 +61,24 @@ pub enum Expect {
     WhileBusy(Duration),
 }
 
-/// The loops this server runs, and how each is judged.
+/// The loops this server runs, and how each is judged. With replicas, one that follows does
+/// not run the leader's (pools, queue consumers; see [`crate::lead`]).
 pub fn expected(app: &App) -> Vec<(String, Expect)> {
     let sweep = app.cx.config.longest_sweep_interval();
     let mut loops = vec![
         ("reconciler".to_owned(), Expect::WhileBusy(Duration::from_secs(120))),
         ("timers".to_owned(), Expect::Started),
         ("sweep".to_owned(), Expect::Within(sweep * 3 + Duration::from_secs(30))),
-        ("pools".to_owned(), Expect::Within(Duration::from_secs(30))),
         ("probes".to_owned(), Expect::Within(Duration::from_secs(30))),
         ("activity".to_owned(), Expect::Within(app.cx.config.activity_flush * 3 + Duration::from_secs(30))),
     ];
+    if app.cx.store.has_replicas() {
+        loops.push(("lead".to_owned(), Expect::Within(Duration::from_secs(30))));
+        if !app.cx.role.leading() {
+            return loops;
+        }
+    }
+    loops.push(("pools".to_owned(), Expect::Within(Duration::from_secs(30))));
     if let Some(swim) = &app.cx.swim {
         for queue in &swim.queues {
             loops.push((format!("swim:{}", queue.name()), Expect::Within(Duration::from_secs(60))));

@@ -29,11 +29,13 @@ pub mod clock;
 pub mod compat;
 pub mod config;
 pub mod context;
+pub mod datafile;
 pub mod declare;
 pub mod deferred;
 pub mod health;
 pub mod host;
 pub mod http;
+pub mod lead;
 pub mod metrics;
 pub mod moves;
 pub mod pools;
@@ -73,7 +75,7 @@ pub struct Running {
     background: Vec<JoinHandle<()>>,
     /// The data dir's lock, held while this server runs.
     _lock: nix::fcntl::Flock<std::fs::File>,
-    /// On PostgreSQL, why the database's sole-server lock was lost, once it was.
+    /// On PostgreSQL, why the server stopped on its own (the database was taken), once it did.
     lost: Arc<std::sync::Mutex<Option<String>>>,
 }
 
@@ -83,7 +85,7 @@ impl Running {
         let result = (&mut self.http).await;
         self.stop_background().await;
         if let Some(reason) = self.lost.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            anyhow::bail!("stopped: {reason}; another server may hold the database now");
+            anyhow::bail!("stopped: {reason}");
         }
         result.context("the HTTP server task failed")?.context("the HTTP server failed")
     }
@@ -106,8 +108,8 @@ impl Running {
             task.abort();
             let _ = task.await;
         }
-        // Activity held in memory is written before the store closes, unless the database's
-        // server lock is lost: another server may be writing it by now.
+        // Activity held in memory is written before the store closes, unless the database
+        // was taken (`lapse migrate`) while its server lock was lost.
         let lost = self.lost.lock().unwrap_or_else(|p| p.into_inner()).is_some();
         if lost {
             tracing::warn!("the last activity is not written: the server lock is lost");
@@ -129,7 +131,7 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         .canonicalize()
         .with_context(|| format!("resolving the data dir {}", config.data_dir.display()))?;
     let lock = lock_data_dir(&config.data_dir)?;
-    let (store, sole) = open_store(&config).await?;
+    let (store, server_lock) = open_store(&config).await?;
     let controller_id = store.controller_id().await?;
     let journal = config.data_dir.join("deferred.journal");
     let deferred = deferred::Deferred::open(&journal)
@@ -237,35 +239,16 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     cx.swim_v2 = swim_v2.clone();
     let cx = Arc::new(cx);
     let reconciler = Reconciler::new(cx.clone());
+    // On PostgreSQL this replica follows until it takes the lead (see `lead`).
+    let replicas = cx.store.has_replicas();
+    if replicas {
+        cx.role.follow();
+    }
     // Stops and deletes made while the disk was full, before a crash: into the store first.
     if !cx.deferred.is_empty() {
         let left = deferred::flush(&cx).await;
         tracing::info!(left, "deferred changes from the journal written to the store");
     }
-
-    // The store is the truth: timers and queue are rebuilt from it.
-    let expiries = cx.store.pending_expiries().await?;
-    for (id, at) in &expiries {
-        cx.timers.schedule(*at, id);
-    }
-    for (id, at) in cx.store.idle_deadlines().await? {
-        cx.timers.schedule(at, &id);
-    }
-    // Running environments with pre-expiry warnings: their step arms the next mark.
-    for id in cx.store.warning_ids().await? {
-        reconciler.enqueue(&id);
-    }
-    let unconverged = cx.store.unconverged_ids().await?;
-    for id in &unconverged {
-        reconciler.enqueue(id);
-    }
-    tracing::info!(
-        controller = %cx.controller_id,
-        providers = ?cx.providers.names(),
-        timers = expiries.len(),
-        unconverged = unconverged.len(),
-        "state rebuilt from the store"
-    );
 
     // Applied before anything runs: a bad file at start is an error to fix now (at reload it
     // keeps the last good state). What it writes is queued for the reconciler.
@@ -277,24 +260,41 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
         anyhow::bail!("config file {} refused:\n  {text}", path.display());
     }
 
-    let mut background = Vec::new();
-    background.push(tokio::spawn({
-        let r = reconciler.clone();
-        async move { r.run().await }
-    }));
-    background.push(tokio::spawn({
-        let (timers, clock, r) = (cx.timers.clone(), cx.clock, reconciler.clone());
-        async move { timers.run(clock, move |id| r.enqueue(&id)).await }
-    }));
-    background.push(tokio::spawn(sweep::run(cx.clone(), reconciler.clone())));
-    background.push(tokio::spawn(moves::run(cx.clone(), reconciler.clone())));
+    // The store is the truth: timers and queue are rebuilt from it (with replicas, each
+    // step does nothing for what another replica owns).
+    let rebuilt = lead::rebuild(&cx, &reconciler).await?;
+    tracing::info!(
+        controller = %cx.controller_id,
+        replica = ?cx.store.replica_id(),
+        providers = ?cx.providers.names(),
+        timers = rebuilt.timers,
+        unconverged = rebuilt.unconverged,
+        "state rebuilt from the store"
+    );
+    let leader_work = leader_work(&app, swim_v2.clone());
+    let mut background = vec![
+        tokio::spawn({
+            let r = reconciler.clone();
+            async move { r.run().await }
+        }),
+        tokio::spawn({
+            let (timers, clock, r) = (cx.timers.clone(), cx.clock, reconciler.clone());
+            async move { timers.run(clock, move |id| r.enqueue(&id)).await }
+        }),
+        tokio::spawn(sweep::run(cx.clone(), reconciler.clone())),
+        tokio::spawn(probe::run(cx.clone(), reconciler.clone())),
+    ];
+    if replicas {
+        tracing::info!("following: the replica that leads runs the leader's work (see `lapse status --server`)");
+        background.push(tokio::spawn(lead::run(cx.clone(), reconciler.clone(), leader_work)));
+        background.push(tokio::spawn(lead::follow_remote(cx.clone(), reconciler.clone())));
+        background.push(tokio::spawn(lead::follower_upkeep(cx.clone())));
+    } else {
+        background.extend(leader_work());
+    }
+    // Every replica: its deferred journal, the activity it saw, its processes, its config file.
     background.push(tokio::spawn(deferred::run(cx.clone(), reconciler.clone())));
-    background.push(tokio::spawn(pools::run(cx.clone(), reconciler.clone())));
     background.push(tokio::spawn(activity::run_flusher(cx.clone())));
-    background.push(tokio::spawn(probe::run(cx.clone(), reconciler.clone())));
-    background.push(tokio::spawn(webhooks::worker::run(cx.clone())));
-    #[cfg(feature = "s3")]
-    background.push(tokio::spawn(workspace::run(cx.clone())));
     background.push(tokio::spawn({
         let (cx, r) = (cx.clone(), reconciler.clone());
         // A process this server started exited: look at it now, not at the next sweep.
@@ -319,22 +319,6 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
 
     if let Some(path) = cx.config.config_file.clone() {
         background.push(tokio::spawn(declare::watch(app.clone(), path, cx.config.config_poll)));
-    }
-    if let Some(swim) = cx.swim.clone() {
-        tracing::info!(
-            redis = %swim.config.shown_url(),
-            provision = %swim.config.provision_queue(),
-            decommission = %swim.config.decommission_queue(),
-            provider = %swim.config.provider,
-            "consuming the SWIM queues"
-        );
-        background.push(tokio::spawn(compat::swim::cache::run(app.clone(), swim.clone(), cx.store.subscribe())));
-        for queue in &swim.queues {
-            background.push(tokio::spawn(compat::swim::consumer::run(app.clone(), swim.clone(), queue.clone())));
-        }
-    }
-    if let Some(v2) = &swim_v2 {
-        background.extend(v2.spawn(&app));
     }
     let mut limits = cx.config.connections;
     match http::listener::raise_fd_limit() {
@@ -419,31 +403,93 @@ pub async fn start(mut config: ServerConfig) -> anyhow::Result<Running> {
     let http = tokio::spawn(http::listener::serve(listener, router, limits, stopped));
     tracing::info!(%addr, data_dir = %cx.config.data_dir.display(), "lapse is serving");
     let lost = Arc::new(std::sync::Mutex::new(None));
-    if let Some(mut sole) = sole {
-        // The sole-server lock lost: another server may take the database; stop at once.
-        let (lost, shutdown) = (lost.clone(), shutdown.clone());
-        background.push(tokio::spawn(async move {
-            let reason = sole.lost().await;
-            tracing::error!(%reason, "the PostgreSQL server lock is lost: stopping");
-            *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
-            let _ = shutdown.send(true);
-        }));
+    if let Some(held) = server_lock {
+        background.push(tokio::spawn(keep_server_lock(cx.clone(), held, lost.clone(), shutdown.clone())));
     }
     Ok(Running { addr, seed_addr, proxy_addr, classla_addr, app, shutdown, http, background, _lock: lock, lost })
 }
 
-/// The store the config names (SQLite by default), and on PostgreSQL the database's
-/// sole-server lock.
-async fn open_store(config: &ServerConfig) -> anyhow::Result<(Store, Option<lapse_store::pg::SoleReplica>)> {
+/// The work that runs once, on the server that leads (see [`lead`]): started once on SQLite,
+/// and on PostgreSQL each time this replica takes the lead (the handles are aborted when it
+/// is lost).
+fn leader_work(app: &App, swim_v2: Option<Arc<compat::swim_v2::SwimV2>>) -> lead::Spawn {
+    let app = app.clone();
+    Arc::new(move || {
+        let (cx, reconciler) = (app.cx.clone(), app.reconciler.clone());
+        let mut tasks = vec![
+            tokio::spawn(moves::run(cx.clone(), reconciler.clone())),
+            tokio::spawn(pools::run(cx.clone(), reconciler.clone())),
+            tokio::spawn(webhooks::worker::run(cx.clone())),
+        ];
+        #[cfg(feature = "s3")]
+        tasks.push(tokio::spawn(workspace::run(cx.clone())));
+        if let Some(swim) = cx.swim.clone() {
+            tracing::info!(
+                redis = %swim.config.shown_url(),
+                provision = %swim.config.provision_queue(),
+                decommission = %swim.config.decommission_queue(),
+                provider = %swim.config.provider,
+                "consuming the SWIM queues"
+            );
+            tasks.push(tokio::spawn(compat::swim::cache::run(app.clone(), swim.clone(), cx.store.subscribe())));
+            for queue in &swim.queues {
+                tasks.push(tokio::spawn(compat::swim::consumer::run(app.clone(), swim.clone(), queue.clone())));
+            }
+        }
+        if let Some(v2) = &swim_v2 {
+            tasks.extend(v2.spawn(&app));
+        }
+        tasks
+    })
+}
+
+/// The store the config names (SQLite by default), and on PostgreSQL the server lock every
+/// replica holds shared.
+async fn open_store(config: &ServerConfig) -> anyhow::Result<(Store, Option<lapse_store::pg::HeldLock>)> {
     if let Some(url) = &config.postgres {
-        let store = Store::connect_postgres(url).await?;
-        let sole = store.hold_sole_replica().await?;
-        tracing::info!("the store is on PostgreSQL; this server holds the database's server lock");
-        return Ok((store, sole));
+        let replica = datafile::replica_id(&config.data_dir)?;
+        let store = Store::connect_postgres_as(url, &replica).await?;
+        let held = store.hold_server_lock().await?;
+        tracing::info!(replica = ?store.replica_id(), "the store is on PostgreSQL");
+        return Ok((store, held));
     }
     let db = config.database.clone().unwrap_or_else(|| config.data_dir.join("lapse.db"));
     let store = Store::open(&db).await.with_context(|| format!("opening the store at {}", db.display()))?;
     Ok((store, None))
+}
+
+/// Holds the shared server lock: when its connection is lost (the database restarted), takes
+/// it again; if what holds the database alone (`lapse migrate`) has it meanwhile, stops the
+/// server at once.
+async fn keep_server_lock(
+    cx: Arc<Context>,
+    mut held: lapse_store::pg::HeldLock,
+    lost: Arc<std::sync::Mutex<Option<String>>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+) {
+    loop {
+        let reason = held.lost().await;
+        tracing::warn!(%reason, "the PostgreSQL server lock's connection is lost: taking it again");
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            match cx.store.hold_server_lock().await {
+                Ok(Some(again)) => {
+                    tracing::info!("the PostgreSQL server lock is held again");
+                    held = again;
+                    break;
+                }
+                Ok(None) => return,
+                Err(lapse_store::pg::PgError::Taken) => {
+                    let reason = "the database was taken by lapse migrate while the server lock was lost".to_owned();
+                    tracing::error!(%reason, "stopping");
+                    *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+                    let _ = shutdown.send(true);
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "taking the server lock again failed; retrying"),
+            }
+        }
+    }
 }
 
 /// One server per data dir: two reconcilers on one store would fight over every environment.

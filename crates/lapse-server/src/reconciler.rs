@@ -117,16 +117,25 @@ impl Reconciler {
         self.inner.armed.unknown(id)
     }
 
+    /// Steps running now.
+    pub fn running(&self) -> usize {
+        self.inner.queue.lock().unwrap_or_else(|p| p.into_inner()).running.len()
+    }
+
     /// Queued plus running steps.
     pub fn backlog(&self) -> usize {
         let q = self.inner.queue.lock().unwrap_or_else(|p| p.into_inner());
         q.order.len() + q.running.len()
     }
 
-    /// Dispatches queued ids for ever.
+    /// Dispatches queued ids for ever. The steps are this future's: when it is dropped (the
+    /// task aborted, as when a replica loses the lead), every step in flight ends at its next
+    /// await, exactly as a crash would end it.
     pub async fn run(&self) {
+        let mut steps = tokio::task::JoinSet::new();
         loop {
             crate::health::tick("reconciler");
+            while steps.try_join_next().is_some() {}
             let wake = self.inner.wake.notified();
             let next = {
                 let mut q = self.inner.queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -138,13 +147,16 @@ impl Reconciler {
                 next
             };
             let Some(id) = next else {
-                wake.await;
+                tokio::select! {
+                    _ = wake => {}
+                    Some(_) = steps.join_next(), if !steps.is_empty() => {}
+                }
                 continue;
             };
             // The semaphore is never closed.
             let permit = self.inner.steps.clone().acquire_owned().await.expect("step semaphore open");
             let this = self.clone();
-            tokio::spawn(async move {
+            steps.spawn(async move {
                 this.step(&id).await;
                 drop(permit);
                 this.finish(&id);
@@ -173,6 +185,11 @@ impl Reconciler {
                 return;
             }
         };
+        // With replicas: another replica's (its leader's, or the one whose local provider
+        // holds it).
+        if !cx.owns(&env) {
+            return;
+        }
         // A stop or delete the store could not take yet counts as written.
         if let Some(intent) = cx.deferred.get(id) {
             intent.overlay(&mut env);
@@ -385,8 +402,12 @@ impl Reconciler {
                 .store
                 .update(&env.id, |e| {
                     let mut events = self.with_deferred(e);
-                    if plan(e, now) != planned {
+                    if plan(e, now) != planned || !cx.owns(e) {
                         return Err(StepError::Stale);
+                    }
+                    // A local provider's environment is this replica's from its first step.
+                    if e.placed_on.is_none() {
+                        e.placed_on = cx.placement_for(&e.spec.provider);
                     }
                     events.push(transition(e, doing, "reconciler", ""));
                     Ok(events)

@@ -249,6 +249,8 @@ pub struct SweepEntry {
     pub desired: DesiredState,
     pub observed: ObservedState,
     pub updated_at: Millis,
+    /// The replica it is placed on (see `Environment::placed_on`).
+    pub placed_on: Option<String>,
 }
 
 /// The store on SQLite (see the module docs). Cheap to clone. Used through [`Store`].
@@ -274,7 +276,7 @@ const ENV_COLUMNS: &str = "id, name, tenant, owner, labels, spec, provider, life
      provider_ref, endpoints, expires_at, on_expiry, expired_at, restart_on_extend, attempts, next_attempt_at, \
      created_at, updated_at, spec_hash, pool, pool_version, source, replace_resource, restarts, max_retries, exit_code, \
      finished_at, job_id, user_data_path, seed_spec, idle_timeout, on_idle, last_active_at, idled_at, health, ready_at, \
-     restart_requested, warn_before, warned, warned_at";
+     restart_requested, warn_before, warned, warned_at, placed_on";
 
 impl SqliteStore {
     /// [`crate::Store::open`], on SQLite.
@@ -673,7 +675,7 @@ impl SqliteStore {
         // Streamed, not collected: with many environments, a `Vec` of rows would cost far more
         // than the map it becomes.
         let mut rows = sqlx::query(
-            "SELECT id, desired, observed, updated_at FROM environments WHERE provider = ? AND observed != 'deleted'",
+            "SELECT id, desired, observed, updated_at, placed_on FROM environments WHERE provider = ? AND observed != 'deleted'",
         )
         .bind(provider)
         .fetch(&self.reader);
@@ -682,7 +684,7 @@ impl SqliteStore {
             let id: String = r.get(0);
             let desired = parse_column(&id, "desired", r.get::<String, _>(1))?;
             let observed = parse_column(&id, "observed", r.get::<String, _>(2))?;
-            out.insert(id, SweepEntry { desired, observed, updated_at: r.get(3) });
+            out.insert(id, SweepEntry { desired, observed, updated_at: r.get(3), placed_on: r.get(4) });
         }
         Ok(out)
     }

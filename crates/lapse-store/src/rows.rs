@@ -148,6 +148,7 @@ pub(crate) fn environment_from<R: Cols>(row: &R) -> Result<Environment, StoreErr
         warn_before: d.json_list("warn_before")?,
         warned: d.json_list("warned")?,
         warned_at: d.opt_int("warned_at")?,
+        placed_on: d.opt_text("placed_on")?,
         id: d.id.clone(),
     })
 }
@@ -181,7 +182,7 @@ fn opt_int(v: Option<i64>) -> SqlValue {
 }
 
 /// An environment's values, in the order of [`crate::ENV_COLUMNS`].
-pub(crate) type Values = [SqlValue; 43];
+pub(crate) type Values = [SqlValue; 44];
 
 /// An environment's values, in the order of [`crate::ENV_COLUMNS`].
 pub(crate) fn environment_values(e: &Environment) -> Values {
@@ -229,5 +230,6 @@ pub(crate) fn environment_values(e: &Environment) -> Values {
         (!e.warn_before.is_empty()).then(|| json(&e.warn_before)).map_or(SqlValue::Null, SqlValue::Text),
         (!e.warned.is_empty()).then(|| json(&e.warned)).map_or(SqlValue::Null, SqlValue::Text),
         opt_int(e.warned_at),
+        opt_text(e.placed_on.as_deref()),
     ]
 }

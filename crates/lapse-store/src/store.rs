@@ -14,7 +14,7 @@ use lapse_core::quota::{Quota, Usage};
 use lapse_core::wire::Event;
 use lapse_core::workspace::WorkspaceStatus;
 
-use crate::pg::{PgError, PgStore, SoleReplica};
+use crate::pg::{HeldLock, PgError, PgStore};
 use crate::*;
 
 /// The store. Cheap to clone.
@@ -40,13 +40,51 @@ impl Store {
         Ok(Store { backend: Backend::Pg(PgStore::connect(url).await?) })
     }
 
-    /// On PostgreSQL, takes the database for this server alone ([`PgStore::hold_sole_replica`]:
-    /// refused if another server holds it; its `lost` resolves when the hold is lost). On
-    /// SQLite, `None`: the data dir's lock does that.
-    pub async fn hold_sole_replica(&self) -> Result<Option<SoleReplica>, PgError> {
+    /// [`Store::connect_postgres`] as replica `replica` ([`PgStore::connect_as`]): refused if
+    /// a replica of that id is connected already ([`PgError::ReplicaInUse`]).
+    pub async fn connect_postgres_as(url: &str, replica: &str) -> Result<Store, PgError> {
+        Ok(Store { backend: Backend::Pg(PgStore::connect_as(url, replica).await?) })
+    }
+
+    /// On PostgreSQL, the server lock every replica holds shared ([`PgStore::hold_server_lock`]:
+    /// refused while `lapse migrate` copies into the database; its `lost` resolves when the
+    /// hold is lost). On SQLite, `None`: the data dir's lock does that.
+    pub async fn hold_server_lock(&self) -> Result<Option<HeldLock>, PgError> {
         match &self.backend {
             Backend::Sqlite(_) => Ok(None),
-            Backend::Pg(s) => s.hold_sole_replica().await.map(Some),
+            Backend::Pg(s) => s.hold_server_lock().await.map(Some),
+        }
+    }
+
+    /// Whether this store is shared by replicas that must elect who runs the background work
+    /// (PostgreSQL); on SQLite the one server always does.
+    pub fn has_replicas(&self) -> bool {
+        matches!(self.backend, Backend::Pg(_))
+    }
+
+    /// On PostgreSQL, takes the lead if no replica has it, fencing this store's writes
+    /// ([`PgStore::try_lead`]); `None` if another replica leads. On SQLite, `None`: there is no
+    /// one to lead.
+    pub async fn try_lead(&self) -> Result<Option<crate::pg::lead::Lead>, PgError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Pg(s) => s.try_lead().await,
+        }
+    }
+
+    /// Lifts the fence after the lead is lost ([`PgStore::step_down`]); nothing on SQLite.
+    pub fn step_down(&self) {
+        if let Backend::Pg(s) = &self.backend {
+            s.step_down();
+        }
+    }
+
+    /// On PostgreSQL, what other replicas commit ([`PgStore::remote_changes`]); `None` on
+    /// SQLite.
+    pub fn remote_changes(&self) -> Option<tokio::sync::broadcast::Receiver<crate::pg::Remote>> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Pg(s) => Some(s.remote_changes()),
         }
     }
 

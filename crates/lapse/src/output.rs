@@ -165,6 +165,10 @@ pub fn server(s: &lapse_core::wire::StatusView) {
     if let Some(r) = &s.replica {
         println!("replica      {r} (this server)");
     }
+    if !s.role.is_empty() {
+        let epoch = s.epoch.map(|e| format!(" (epoch {e})")).unwrap_or_default();
+        println!("role         {}{epoch}", s.role);
+    }
     println!("providers    {}", s.providers.join(", "));
     println!("timers       {}", s.timers);
     println!("backlog      {}", s.backlog);

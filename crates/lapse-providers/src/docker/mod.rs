@@ -282,6 +282,7 @@ impl Provider for DockerProvider {
             logs: true,
             stop_keeps_disk: true,
             terminal: true,
+            local: self.endpoint.starts_with("unix://") || self.endpoint.starts_with('/'),
             ..crate::Capabilities::default()
         }
     }

@@ -573,6 +573,7 @@ impl Provider for ProcessProvider {
             logs: true,
             stop_keeps_disk: true,
             terminal: self.helper.is_some(),
+            local: true,
             ..crate::Capabilities::default()
         }
     }

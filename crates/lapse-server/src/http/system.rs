@@ -154,6 +154,8 @@ pub async fn status(State(app): State<App>) -> Json<StatusView> {
         store: store.backend().to_owned(),
         replica: store.replica_id().map(str::to_owned),
         replicas,
+        role: if app.cx.role.leading() { "leader" } else { "follower" }.to_owned(),
+        epoch: app.cx.role.epoch(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         controller_id: app.cx.controller_id.clone(),
         providers: app.cx.providers.names().into_iter().map(str::to_owned).collect(),

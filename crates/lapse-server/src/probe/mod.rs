@@ -91,7 +91,8 @@ async fn start_due(
     slots: &Arc<Semaphore>,
     done: &mpsc::UnboundedSender<Outcome>,
 ) -> Result<(), StoreError> {
-    let envs = cx.store.probed().await?;
+    // With replicas, each probes what it owns (see `crate::lead`).
+    let envs: Vec<_> = cx.store.probed().await?.into_iter().filter(|e| cx.owns(e)).collect();
     let now = cx.clock.now();
     let live: std::collections::HashSet<&str> = envs.iter().map(|e| e.id.as_str()).collect();
     watched.retain(|id, w| w.in_flight || live.contains(id.as_str()));

@@ -13,7 +13,6 @@
 //! temporary file and renamed into place at the first start, so a crash never leaves half a
 //! secret; deleting the file (and restarting) invalidates every link and session.
 
-use std::io::Write as _;
 use std::path::Path;
 
 use hmac::{Hmac, Mac};
@@ -120,23 +119,8 @@ impl Signer {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let signer = Signer::ephemeral();
-                let tmp = dir.join(format!("proxy.secret.tmp-{}", std::process::id()));
-                let _ = std::fs::remove_file(&tmp);
-                let mut file = {
-                    use std::os::unix::fs::OpenOptionsExt as _;
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .open(&tmp)
-                        .map_err(|e| io("creating", e))?
-                };
-                file.write_all(format!("{}\n", hex(&signer.key)).as_bytes()).map_err(|e| io("writing", e))?;
-                file.sync_all().map_err(|e| io("syncing", e))?;
-                std::fs::rename(&tmp, &path).map_err(|e| io("renaming into place", e))?;
-                if let Ok(d) = std::fs::File::open(dir) {
-                    let _ = d.sync_all();
-                }
+                crate::datafile::write_new(dir, "proxy.secret", format!("{}\n", hex(&signer.key)).as_bytes(), 0o600)
+                    .map_err(|(action, e)| io(action, e))?;
                 tracing::info!(path = %path.display(), "made the proxy's secret for signed links and sessions");
                 Ok(signer)
             }

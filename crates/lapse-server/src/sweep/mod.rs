@@ -100,6 +100,9 @@ async fn run_one(cx: Arc<Context>, reconciler: Reconciler, provider: Arc<dyn Pro
     loop {
         tick.tick().await;
         crate::health::tick("sweep");
+        if !cx.sweeps(provider.name()) {
+            continue;
+        }
         match sweep(&cx, &reconciler, provider.as_ref()).await {
             Ok(report) if report != SweepReport::default() => {
                 tracing::info!(provider = provider.name(), ?report, "sweep corrected drift");

@@ -164,6 +164,10 @@ pub async fn plan(cx: &Context, reconciler: &Reconciler, provider: &dyn Provider
     }
 
     for (id, record) in &records {
+        // With replicas: another replica's (see `crate::lead`).
+        if !cx.owns_placed(provider.name(), record.placed_on.as_deref()) {
+            continue;
+        }
         let stable = matches!(record.observed, ObservedState::Running | ObservedState::Stopped);
         let seen = instances.get(id);
         if let Some(i) = seen.filter(|i| stable && i.status.is_transitional()) {
@@ -189,7 +193,8 @@ pub async fn plan(cx: &Context, reconciler: &Reconciler, provider: &dyn Provider
 }
 
 /// Plans the correction of one environment's record from a fresh `inspect`; `None` when the
-/// two agree, the row is not `running`/`stopped` of this provider, or the reconciler owns it.
+/// two agree, the row is not `running`/`stopped` of this provider, the reconciler has it, or another
+/// replica owns it.
 pub async fn plan_one(
     cx: &Context,
     reconciler: &Reconciler,
@@ -201,6 +206,7 @@ pub async fn plan_one(
     }
     let Some(record) = cx.store.get(id).await? else { return Ok(None) };
     if record.spec.provider != provider.name()
+        || !cx.owns(&record)
         || !matches!(record.observed, ObservedState::Running | ObservedState::Stopped)
     {
         return Ok(None);

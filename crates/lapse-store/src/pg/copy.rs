@@ -7,7 +7,7 @@
 //!   snapshot. Stop the server first: one that writes at the start is
 //!   [`CopyError::SourceBusy`]; one that tries to write later waits for the copy, then fails.
 //! - **The destination** is migrated by [`PgStore::connect`]'s rules, held with
-//!   [`super::SOLE_LOCK`] for the whole copy (a database a server is using is refused, and no
+//!   [`super::SERVER_LOCK`] for the whole copy (a database a server is using is refused, and no
 //!   server can start on it meanwhile), and must be empty: every table without a row
 //!   ([`CopyError::NotEmpty`]).
 //! - **Every table of the schema**, [`TABLES`], in an order its foreign keys allow, every
@@ -198,7 +198,7 @@ pub async fn sqlite_to_postgres(
     }
     let mut src = open_source(source).await?;
     let dst = PgStore::connect(url).await?;
-    let _held = dst.hold_sole_replica().await?;
+    let _held = dst.hold_sole_server().await?;
     let columns = schema(&mut src, &dst).await?;
 
     if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut src).await {

@@ -272,7 +272,7 @@ impl PgStore {
     pub async fn sweep_view(&self, provider: &str) -> Result<BTreeMap<String, SweepEntry>, StoreError> {
         use futures::TryStreamExt as _;
         let mut rows = sqlx::query(
-            "SELECT id, desired, observed, updated_at FROM environments WHERE provider = $1 AND observed <> 'deleted'",
+            "SELECT id, desired, observed, updated_at, placed_on FROM environments WHERE provider = $1 AND observed <> 'deleted'",
         )
         .bind(provider)
         .fetch(&self.pool);
@@ -281,7 +281,7 @@ impl PgStore {
             let id: String = r.get(0);
             let desired = parse_column(&id, "desired", r.get::<String, _>(1))?;
             let observed = parse_column(&id, "observed", r.get::<String, _>(2))?;
-            out.insert(id, SweepEntry { desired, observed, updated_at: r.get(3) });
+            out.insert(id, SweepEntry { desired, observed, updated_at: r.get(3), placed_on: r.get(4) });
         }
         Ok(out)
     }

@@ -2,7 +2,7 @@
 //!
 //! Contract:
 //! - **One leader.** [`PgStore::try_lead`] takes [`LEADER_LOCK`], a session advisory lock on a
-//!   connection of its own, checked every [`super::CHECK_EVERY`] as the sole server's lock is
+//!   connection of its own, checked every [`super::CHECK_EVERY`] as the server lock is
 //!   ([`Lead::lost`]). PostgreSQL releases it when that session ends: a `kill -9` of the
 //!   leader frees it at once; a leader cut off from the database keeps it until the server
 //!   notices the session is gone.
@@ -53,7 +53,7 @@ pub struct Replica {
     pub connections: i64,
     /// Whether it holds [`LEADER_LOCK`].
     pub leader: bool,
-    /// The store's locks it holds: `server` ([`super::SOLE_LOCK`]), `leader`
+    /// The store's locks it holds: `server` ([`super::SERVER_LOCK`]), `leader`
     /// ([`LEADER_LOCK`]), `migrations` ([`super::MIGRATION_LOCK`]).
     pub holds: Vec<String>,
     /// When its oldest open connection was made (ms since the epoch).
@@ -63,7 +63,7 @@ pub struct Replica {
 /// The name of a store lock's key, as [`Replica::holds`] says it.
 fn lock_name(key: i64) -> Option<&'static str> {
     match key {
-        super::SOLE_LOCK => Some("server"),
+        super::SERVER_LOCK => Some("server"),
         LEADER_LOCK => Some("leader"),
         super::MIGRATION_LOCK => Some("migrations"),
         _ => None,
@@ -74,7 +74,8 @@ impl PgStore {
     /// Takes the lead if no replica holds it, and fences this store with the new epoch (see
     /// the module docs); `None` if another replica leads.
     pub async fn try_lead(&self) -> Result<Option<Lead>, PgError> {
-        let Some(lock) = self.hold_session_lock(LEADER_LOCK, "the leader lock").await? else {
+        let Some(lock) = self.hold_session_lock(LEADER_LOCK, "the leader lock", super::sole::Mode::Exclusive).await?
+        else {
             return Ok(None);
         };
         let epoch: String = sqlx::query_scalar(

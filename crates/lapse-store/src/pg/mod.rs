@@ -1,6 +1,7 @@
 //! The PostgreSQL store (`--database postgres://...`): connecting, migrating, and every
-//! operation of the store, each beside its SQLite original. One `lapse serve` per database
-//! ([`sole`]) until replicas divide the background work.
+//! operation of the store, each beside its SQLite original. Any number of `lapse serve`
+//! replicas share a database ([`sole`]: the shared server lock); one of them leads and runs
+//! the background work ([`lead`]: the leader's lock, fencing).
 //!
 //! How an operation is written (every file of this module keeps to it):
 //! - **Same name, same signature, same contract** as [`crate::Store`]'s method, errors as
@@ -55,8 +56,10 @@ mod webhooks;
 mod workspaces;
 pub(crate) mod write;
 
+pub use feed::Remote;
+pub use lead::{LEADER_LOCK, Lead};
 pub(crate) use rows::push_environment;
-pub use sole::{CHECK_EVERY, HeldLock, SOLE_LOCK, SoleReplica};
+pub use sole::{CHECK_EVERY, HeldLock, SERVER_LOCK};
 pub(crate) use write::append_events;
 
 /// The key of the session advisory lock held while migrations run ("lapse_mg"). Advisory
@@ -76,6 +79,15 @@ pub enum PgError {
     /// The URL is not a PostgreSQL connection URL.
     #[error("malformed PostgreSQL URL: {0} (expected postgres://USER:PASSWORD@HOST:PORT/DATABASE)")]
     Url(String),
+    /// A replica id that is not one ([`is_replica_id`]).
+    #[error("{0:?} is not a replica id (r- and 12 hex digits)")]
+    ReplicaId(String),
+    /// Another replica connected with this replica's id (a data dir copied with its id).
+    #[error(
+        "another replica is connected to this PostgreSQL database as {0} (was this data dir copied from another \
+         server's? remove its replica-id file to give it a new id)"
+    )]
+    ReplicaInUse(String),
     /// The server could not be reached, or refused the login.
     #[error("cannot connect to PostgreSQL at {host}:{port}: {source}")]
     Connect {
@@ -90,10 +102,11 @@ pub enum PgError {
          binary knows migrations up to {known}; run a lapse at least as new as the one that migrated it"
     )]
     NewerSchema { applied: i64, known: i64 },
-    /// Another `lapse serve` holds the database ([`SOLE_LOCK`]).
+    /// The database is taken: by servers, for what needs it alone (`lapse migrate`), or by
+    /// that, for a server ([`SERVER_LOCK`]).
     #[error(
-        "another lapse serve is using this PostgreSQL database (it holds the server lock); one server per database \
-         until replicas are built"
+        "this PostgreSQL database is in use: a lapse serve runs on it, or lapse migrate is copying into it \
+         (the server lock is held in a conflicting mode)"
     )]
     Taken,
     /// A migration failed (or an applied one differs from this binary's).
@@ -158,14 +171,46 @@ pub struct PgStore {
     fence: Arc<std::sync::atomic::AtomicI64>,
 }
 
+/// A new replica id: `r-` and 12 hex digits.
+pub fn new_replica_id() -> String {
+    format!("r-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Whether `s` is a replica id ([`new_replica_id`]'s form).
+pub fn is_replica_id(s: &str) -> bool {
+    s.strip_prefix("r-").is_some_and(|h| h.len() == 12 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 impl PgStore {
-    /// Parses `url`, connects, and migrates under [`MIGRATION_LOCK`] (see the module docs).
+    /// Parses `url`, connects, and migrates under [`MIGRATION_LOCK`] (see the module docs),
+    /// as a replica of a new id.
     pub async fn connect(url: &str) -> Result<PgStore, PgError> {
-        let replica: Arc<str> = format!("r-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]).into();
+        PgStore::connect_as(url, &new_replica_id()).await
+    }
+
+    /// [`PgStore::connect`] as replica `replica` (a server keeps its id in its data dir, so the
+    /// environments its local providers hold stay its own across restarts); it must be a
+    /// [`is_replica_id`], and no connection of that id may be open ([`PgError::ReplicaInUse`]).
+    pub async fn connect_as(url: &str, replica: &str) -> Result<PgStore, PgError> {
+        if !is_replica_id(replica) {
+            return Err(PgError::ReplicaId(replica.to_owned()));
+        }
+        let replica: Arc<str> = replica.into();
         let options = parse_url(url)?.application_name(&format!("lapse {replica}"));
         // One connection first, on its own: its error is the server's (refused, unknown
         // host, bad password), where a pool would only say that it timed out. It migrates.
-        let conn = connect_one(&options).await?;
+        let mut conn = connect_one(&options).await?;
+        let same: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid() \
+             AND datname = current_database()",
+        )
+        .bind(format!("lapse {replica}"))
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|source| PgError::Sql { op: "look for this replica id", source })?;
+        if same > 0 {
+            return Err(PgError::ReplicaInUse(replica.to_string()));
+        }
         migrate(conn).await?;
         let pool = PgPoolOptions::new()
             .max_connections(pool_size())

@@ -80,7 +80,8 @@ pub(crate) fn push_environment(mut b: Separated<'_, '_, Postgres, &'static str>,
         .push_bind(e.restart_requested)
         .push_bind(list(&e.warn_before))
         .push_bind(list(&e.warned))
-        .push_bind(e.warned_at);
+        .push_bind(e.warned_at)
+        .push_bind(e.placed_on.clone());
 }
 
 /// `SELECT` of the environments `filter` selects (as SQLite's `filtered`, without order or

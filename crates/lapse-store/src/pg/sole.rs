@@ -1,13 +1,14 @@
-//! One server per PostgreSQL database, until replicas divide the background work.
+//! The server lock: which processes use a PostgreSQL database as servers.
 //!
-//! Every replica would run the reconciler, the timers, the sweep and the pool maintainer, and
-//! two of them would provision one environment twice. So `lapse serve` on PostgreSQL holds
-//! a session advisory lock ([`SOLE_LOCK`]) on a connection of its own for as long as it runs:
-//! - a second server on the same database is refused at start ([`PgError::Taken`]);
-//! - the connection is checked every [`CHECK_EVERY`]; when it is lost (the database restarted,
-//!   the network went, the session was terminated), the lock may already be another
-//!   server's, so [`SoleReplica::lost`] resolves and the server must stop at once (it exits
-//!   with an error; a supervisor restarts it, and it takes the lock again or is refused).
+//! Every `lapse serve` on PostgreSQL holds [`SERVER_LOCK`] in **shared** mode on a
+//! connection of its own for as long as it runs ([`PgStore::hold_server_lock`]); replicas
+//! share it, and which of them runs the background work is the leader's lock
+//! ([`super::lead`]). What must have the database to itself (`lapse migrate`'s copy) takes it
+//! **exclusively** ([`PgStore::hold_sole_server`]): refused while any server runs, and a
+//! server starting meanwhile is refused ([`PgError::Taken`]).
+//!
+//! A held lock's connection is checked every [`CHECK_EVERY`]; when it is lost (the database
+//! restarted, the network went, the session was terminated), [`HeldLock::lost`] resolves.
 
 use std::time::Duration;
 
@@ -16,14 +17,18 @@ use tokio::sync::oneshot;
 
 use super::{CONNECT_TIMEOUT, PgError, PgStore};
 
-/// The key of the sole server's session advisory lock ("lapse_sv").
-pub const SOLE_LOCK: i64 = 0x6c61_7073_655f_7376;
+/// The key of the servers' session advisory lock ("lapse_sv").
+pub const SERVER_LOCK: i64 = 0x6c61_7073_655f_7376;
 
 /// How often the lock's connection is checked.
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 
-/// The sole server's lock ([`PgStore::hold_sole_replica`]).
-pub type SoleReplica = HeldLock;
+/// How a session lock is taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Mode {
+    Shared,
+    Exclusive,
+}
 
 /// A held session advisory lock. Dropping it ends the check and closes its connection
 /// (releasing the lock).
@@ -50,17 +55,32 @@ impl Drop for HeldLock {
 }
 
 impl PgStore {
-    /// Takes [`SOLE_LOCK`] on a connection of its own, or refuses if another server holds it.
-    pub async fn hold_sole_replica(&self) -> Result<SoleReplica, PgError> {
-        self.hold_session_lock(SOLE_LOCK, "the server lock").await?.ok_or(PgError::Taken)
+    /// Takes [`SERVER_LOCK`] shared, as every server does; refused while something holds the
+    /// database alone ([`PgStore::hold_sole_server`]).
+    pub async fn hold_server_lock(&self) -> Result<HeldLock, PgError> {
+        self.hold_session_lock(SERVER_LOCK, "the server lock", Mode::Shared).await?.ok_or(PgError::Taken)
+    }
+
+    /// Takes [`SERVER_LOCK`] exclusively: refused while any server runs on the database.
+    pub async fn hold_sole_server(&self) -> Result<HeldLock, PgError> {
+        self.hold_session_lock(SERVER_LOCK, "the server lock", Mode::Exclusive).await?.ok_or(PgError::Taken)
     }
 
     /// Takes session advisory lock `key` on a connection of its own, checked every
-    /// [`CHECK_EVERY`]; `None` if another session holds it.
-    pub(super) async fn hold_session_lock(&self, key: i64, what: &'static str) -> Result<Option<HeldLock>, PgError> {
+    /// [`CHECK_EVERY`]; `None` if another session holds it (in a mode that conflicts).
+    pub(super) async fn hold_session_lock(
+        &self,
+        key: i64,
+        what: &'static str,
+        mode: Mode,
+    ) -> Result<Option<HeldLock>, PgError> {
         let options = self.pool.connect_options().as_ref().clone();
         let mut conn = super::connect_one(&options).await?;
-        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        let take = match mode {
+            Mode::Shared => "SELECT pg_try_advisory_lock_shared($1)",
+            Mode::Exclusive => "SELECT pg_try_advisory_lock($1)",
+        };
+        let taken: bool = sqlx::query_scalar(take)
             .bind(key)
             .fetch_one(&mut conn)
             .await

@@ -229,7 +229,7 @@ async fn refusals_name_their_cause_and_write_nothing() {
 
     // A server on the destination.
     let server = db.store().await;
-    let held = server.hold_sole_replica().await.unwrap();
+    let held = server.hold_sole_server().await.unwrap();
     assert!(matches!(run(&path, &db).await, Err(CopyError::Destination(super::PgError::Taken))));
     drop(held);
 

@@ -76,7 +76,7 @@ async fn one_replica_leads_and_a_replica_that_lost_the_lead_writes_nothing() {
     let leader: Vec<&str> = listed.iter().filter(|r| r.leader).map(|r| r.id.as_str()).collect();
     assert_eq!(leader, [a.replica_id()], "{listed:?}");
     assert!(listed.iter().any(|r| r.id == b.replica_id() && !r.leader && r.connections > 0), "{listed:?}");
-    let _server = b.hold_sole_replica().await.unwrap();
+    let _server = b.hold_server_lock().await.unwrap();
     let holds = |id: &str, l: &[Replica]| l.iter().find(|r| r.id == id).map(|r| r.holds.clone()).unwrap_or_default();
     let listed = a.replicas().await.unwrap();
     assert_eq!(holds(a.replica_id(), &listed), ["leader"]);

@@ -1,8 +1,8 @@
 //! `lapse serve --database`: SQLite at a chosen file; PostgreSQL refused at start (exit code
-//! 2, the reason on stderr) when its URL is malformed, its server unreachable, its schema
-//! newer than the binary's or another server holds it; and a server on PostgreSQL that
-//! serves, keeps its state across a `kill -9`, and stops when it loses the database's server
-//! lock. Against `LAPSE_TEST_POSTGRES_URL` (scripts/test-env.sh).
+//! 2, the reason on stderr) when its URL is malformed, its server unreachable or its schema
+//! newer than the binary's; and replicas on PostgreSQL that share the work (see
+//! `lapse_server::lead`), survive a `kill -9` of the leader, and take the server lock again
+//! when the database ends its session. Against `LAPSE_TEST_POSTGRES_URL` (scripts/test-env.sh).
 
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -142,66 +142,111 @@ async fn help_never_shows_the_database_url() {
     assert!(help.contains("--database") && !help.contains("secret"), "{help}");
 }
 
-#[tokio::test]
-async fn a_server_on_postgres_serves_one_at_a_time_and_stops_when_its_lock_is_lost() {
-    let db = Db::new();
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path(), &["--database", &db.url]).await;
-    let made = server.create(crate::harness::process_env(&["sleep", "600"])).await;
-    let id = made["id"].as_str().unwrap().to_owned();
-    server.wait_state(&id, "running", secs(20)).await;
-    assert!(!dir.path().join("lapse.db").exists(), "no SQLite store beside PostgreSQL");
-
-    // `lapse status --server`: the store, this replica, and who holds what.
-    let status = |json: bool| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lapse"));
-        cmd.args(["--url", &server.url, "status", "--server"]);
-        if json {
-            cmd.arg("--json");
-        }
-        cmd.output().expect("running lapse status --server")
-    };
-    let out = status(true);
+/// `lapse status --server` of `server`, as JSON.
+fn server_status(server: &Server) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lapse"))
+        .args(["--url", &server.url, "status", "--server", "--json"])
+        .output()
+        .expect("running lapse status --server");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json");
+    serde_json::from_slice(&out.stdout).expect("--json")
+}
+
+/// Waits until `server` says it leads.
+async fn wait_lead(server: &Server, within: Duration) -> Duration {
+    let start = Instant::now();
+    crate::harness::eventually(within, "the server leads", async || {
+        (server.get("/v1/status").await.1["role"] == "leader").then_some(())
+    })
+    .await;
+    start.elapsed()
+}
+
+/// The parent of process `pid`.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok()
+}
+
+#[tokio::test]
+async fn replicas_on_postgres_share_the_work_and_a_kill_moves_only_the_leaders_part() {
+    let db = Db::new();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = Server::start(dir_a.path(), &["--database", &db.url]).await;
+    wait_lead(&a, secs(10)).await;
+    let on_a = a.create(crate::harness::process_env(&["sleep", "600"])).await["id"].as_str().unwrap().to_owned();
+    a.wait_state(&on_a, "running", secs(20)).await;
+    assert!(!dir_a.path().join("lapse.db").exists(), "no SQLite store beside PostgreSQL");
+    let replica_a = std::fs::read_to_string(dir_a.path().join("replica-id")).unwrap().trim_end().to_owned();
+    assert_eq!(a.env(&on_a).await["placed_on"], replica_a.as_str(), "a process is the replica's that made it");
+
+    // A second server on the same database (its own data dir) serves too, and follows.
+    let b = Server::start(dir_b.path(), &["--database", &db.url]).await;
+    let (_, status_b) = b.get("/v1/status").await;
+    assert_eq!(status_b["role"], "follower", "{status_b}");
+    assert_eq!(b.controller_id, a.controller_id, "one control plane");
+    let got = server_status(&a);
     assert_eq!(got["store"], "postgres");
-    let me = got["replica"].as_str().expect("this server's replica id").to_owned();
-    let replicas = got["replicas"].as_array().expect("the replicas");
-    let mine = replicas.iter().find(|r| r["id"] == me.as_str()).unwrap_or_else(|| panic!("{got}"));
-    assert_eq!(mine["holds"], serde_json::json!(["server"]), "{got}");
-    assert!(mine["connections"].as_i64().unwrap() >= 2, "the lock's connection and the pool's: {got}");
-    let table = String::from_utf8_lossy(&status(false).stdout).into_owned();
-    assert!(
-        table.contains("store        postgres") && table.contains(&format!("{me} *")) && table.contains("server"),
-        "{table}"
-    );
+    assert_eq!(got["role"], "leader");
+    let holds = |id: &str| {
+        let replicas = got["replicas"].as_array().expect("the replicas");
+        replicas.iter().find(|r| r["id"] == id).unwrap_or_else(|| panic!("{id} in {got}"))["holds"].clone()
+    };
+    assert_eq!(holds(&replica_a), serde_json::json!(["leader", "server"]), "{got}");
+    let replica_b = status_b["replica"].as_str().unwrap().to_owned();
+    assert_eq!(holds(&replica_b), serde_json::json!(["server"]), "{got}");
 
-    // A second server on the same database (its own data dir) is refused while the first runs.
-    let (out, _) = serve(&db.url, false).await;
-    refused(&out, "second server", &["another lapse serve is using this PostgreSQL database"]);
+    // A process made through the follower runs there: its parent is b, not the leader.
+    let on_b = b.create(crate::harness::process_env(&["sleep", "600"])).await["id"].as_str().unwrap().to_owned();
+    let env = b.wait_state(&on_b, "running", secs(20)).await;
+    assert_eq!(env["placed_on"], replica_b.as_str());
+    let (pid, _) = crate::harness::processes_of(&a.controller_id).into_iter().find(|(_, id)| *id == on_b).unwrap();
+    assert_eq!(parent_of(pid), b.pid().map(|p| p as i32), "b started it");
+    // What one replica writes, the other serves.
+    assert_eq!(a.env(&on_b).await["state"], "running");
 
-    // kill -9: the lock's session ends with the process; a new server takes the database
-    // and finds what the first one stored.
-    server.restart().await;
-    let env = server.wait_state(&id, "running", secs(20)).await;
-    assert_eq!(env["id"], id.as_str());
-    let (status, _) = server.request(reqwest::Method::DELETE, &format!("/v1/environments/{id}"), None).await;
-    assert!(status.is_success(), "{status}");
-    server.wait_state(&id, "deleted", secs(20)).await;
+    // kill -9 the leader: b leads within seconds; a's process is left as it is (nobody else
+    // runs it again), b's goes on.
+    a.kill9().await;
+    let took = wait_lead(&b, secs(10)).await;
+    assert!(took < secs(6), "b took the lead {took:?} after the kill");
+    tokio::time::sleep(secs(3)).await; // a few sweeps (1 s) on b
+    let running: Vec<String> = crate::harness::processes_of(&b.controller_id).into_iter().map(|(_, id)| id).collect();
+    assert_eq!(running.iter().filter(|id| **id == on_a).count(), 1, "a's process, once: {running:?}");
+    assert_eq!(running.iter().filter(|id| **id == on_b).count(), 1, "b's process, once: {running:?}");
+    assert_eq!(b.env(&on_a).await["state"], "running", "left as a recorded it");
 
-    // The lock's session terminated by the database (a restart, an operator): the server stops
-    // within a few checks, with an error, rather than run beside a server that took the lock.
+    // A delete asked of b for a's environment waits for a: when a is back (same data dir,
+    // same replica id), a does it.
+    for id in [&on_a, &on_b] {
+        let (status, _) = b.request(reqwest::Method::DELETE, &format!("/v1/environments/{id}"), None).await;
+        assert!(status.is_success(), "{status}");
+    }
+    b.wait_state(&on_b, "deleted", secs(20)).await;
+    assert_eq!(b.env(&on_a).await["state"], "running", "a's, while a is away");
+    a.restart().await;
+    assert_eq!(a.get("/v1/status").await.1["replica"], replica_a.as_str(), "the same replica again");
+    b.wait_state(&on_a, "deleted", secs(20)).await;
+    assert!(crate::harness::processes_of(&b.controller_id).is_empty(), "nothing left running");
+
+    // The server lock's sessions ended by the database (a restart, an operator): each server
+    // takes the lock again and goes on serving.
     psql(
         &db.url,
         &format!(
             "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = {} \
              AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            lapse_store::pg::SOLE_LOCK & 0xffff_ffff
+            lapse_store::pg::SERVER_LOCK & 0xffff_ffff
         ),
     );
-    server.wait_exit(secs(15)).await;
-    let log = server.log();
-    assert!(log.contains("the PostgreSQL server lock is lost"), "the reason is logged: {log}");
+    crate::harness::eventually(secs(15), "both take the server lock again", async || {
+        (a.log().contains("the PostgreSQL server lock is held again") && b.log().contains("held again")).then_some(())
+    })
+    .await;
+    for server in [&a, &b] {
+        let (status, _) = server.get("/v1/environments").await;
+        assert!(status.is_success(), "{status}");
+    }
 }
 
 /// `lapse migrate` with these arguments, to its end.

@@ -65,20 +65,23 @@ pub enum Expect {
 /// not run the leader's (pools, queue consumers; see [`crate::lead`]).
 pub fn expected(app: &App) -> Vec<(String, Expect)> {
     let sweep = app.cx.config.longest_sweep_interval();
+    let leads = app.cx.role.leading();
     let mut loops = vec![
         ("reconciler".to_owned(), Expect::WhileBusy(Duration::from_secs(120))),
         ("timers".to_owned(), Expect::Started),
         ("sweep".to_owned(), Expect::Within(sweep * 3 + Duration::from_secs(30))),
-        ("probes".to_owned(), Expect::Within(Duration::from_secs(30))),
-        ("activity".to_owned(), Expect::Within(app.cx.config.activity_flush * 3 + Duration::from_secs(30))),
     ];
+    if leads {
+        loops.push(("pools".to_owned(), Expect::Within(Duration::from_secs(30))));
+    }
+    loops.push(("probes".to_owned(), Expect::Within(Duration::from_secs(30))));
+    loops.push(("activity".to_owned(), Expect::Within(app.cx.config.activity_flush * 3 + Duration::from_secs(30))));
     if app.cx.store.has_replicas() {
         loops.push(("lead".to_owned(), Expect::Within(Duration::from_secs(30))));
-        if !app.cx.role.leading() {
-            return loops;
-        }
     }
-    loops.push(("pools".to_owned(), Expect::Within(Duration::from_secs(30))));
+    if !leads {
+        return loops;
+    }
     if let Some(swim) = &app.cx.swim {
         for queue in &swim.queues {
             loops.push((format!("swim:{}", queue.name()), Expect::Within(Duration::from_secs(60))));

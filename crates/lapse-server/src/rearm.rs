@@ -75,8 +75,11 @@ impl Armed {
     }
 }
 
-/// Calls the provider's `rearm` for `env` and records the outcome; never fails.
-pub async fn rearm(cx: &Context, armed: &Armed, env: &Environment) {
+/// Calls the provider's `rearm` for `env` and records the outcome; never fails. It gets at
+/// most until the lease runs out (`now`): the step that expires the environment waits for
+/// this one, and a backstop is no reason to end a lease late (an unreachable VM's SSH would
+/// hold it for its whole connect timeout).
+pub async fn rearm(cx: &Context, armed: &Armed, env: &Environment, now: Millis) {
     let Some(provider) = cx.providers.get(&env.spec.provider).cloned() else { return };
     let placement = Placement {
         tenant: env.tenant.clone(),
@@ -86,7 +89,18 @@ pub async fn rearm(cx: &Context, armed: &Armed, env: &Environment) {
         lifecycle: env.lifecycle,
     };
     let before = armed.failures(&env.id);
-    match provider.rearm(&env.id, &placement).await {
+    let call = provider.rearm(&env.id, &placement);
+    let result = match env.expires_at {
+        Some(at) => {
+            let left = std::time::Duration::from_millis(u64::try_from(at - now).unwrap_or(0));
+            match tokio::time::timeout(left, call).await {
+                Ok(done) => done.map_err(|e| e.recorded()),
+                Err(_) => Err(format!("not done within {} ms, when the lease runs out", left.as_millis())),
+            }
+        }
+        None => call.await.map_err(|e| e.recorded()),
+    };
+    match result {
         Ok(()) => {
             armed.set(&env.id, env.expires_at);
             if before > 0 {
@@ -102,11 +116,10 @@ pub async fn rearm(cx: &Context, armed: &Armed, env: &Environment) {
                 }
             }
         }
-        Err(err) => {
+        Err(text) => {
             let attempt = armed.failed(&env.id);
             let retry = &cx.config.retry;
             let wait = backoff_millis(attempt, retry.base.as_millis() as i64, retry.cap.as_millis() as i64);
-            let text = err.recorded();
             tracing::warn!(environment = %env.id, error = %text, attempt, "moving the VM's own lease backstop failed; retrying");
             let event = NewEvent::new(
                 &env.id,

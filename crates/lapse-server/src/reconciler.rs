@@ -201,10 +201,15 @@ impl Reconciler {
         // A running VM whose lease moved (extend) has its own backstop moved; a failure is an
         // event and a timer, never a failed step.
         if matches!(planned, Plan::Converged | Plan::WaitUntil(_)) && self.inner.armed.moved(&env) {
-            crate::rearm::rearm(cx, &self.inner.armed, &env).await;
+            crate::rearm::rearm(cx, &self.inner.armed, &env, now).await;
         }
         let outcome = match planned {
             Plan::Converged => {
+                // The lease's timer here: the environment may have been made (or extended) on
+                // another replica, whose timers hold it (the set keeps one of each).
+                if let Some(at) = env.expires_at.filter(|at| *at > now) {
+                    cx.timers.schedule(at, id);
+                }
                 // The idle timer: when it fires, this step looks again (activity may have
                 // moved the deadline meanwhile).
                 if let Some(at) = idle_deadline(&env) {
@@ -391,6 +396,9 @@ impl Reconciler {
             Some(s) => Some(s.acquire().await.expect("provider semaphore open")),
             None => None,
         };
+        // The wait for a slot may have been long (a slow cloud): the intent below is planned
+        // again at the time it is written, so a lease that ran out meanwhile expires instead.
+        let now = if slots.is_some() { cx.clock.now() } else { now };
         // Write the intent before the call it describes, and act on the row it wrote: a spec
         // replaced since `env` was read is the one provisioned.
         let doing = in_progress_state(planned).unwrap_or(env.observed);

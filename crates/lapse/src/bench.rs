@@ -14,7 +14,8 @@
 //! 1,000 instances); and the routing proxy ([`proxy`]: requests per second and the latency
 //! it adds against a direct connection to the same backend); warm claims through a pool's
 //! claim hook against claims without one ([`claim_hook`]); and the S3 workspace push
-//! ([`s3`]: MB/s of a 100 MiB workspace's final push to moto).
+//! ([`s3`]: MB/s of a 100 MiB workspace's final push to moto); and, alone, replicas on
+//! PostgreSQL ([`replicas`]: one against three, failover after `kill -9` of the leader).
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ mod claim_hook;
 mod cloud;
 mod load;
 mod proxy;
+mod replicas;
 #[cfg(all(feature = "aws", feature = "s3"))]
 mod s3;
 mod write_path;
@@ -133,6 +135,11 @@ pub struct BenchArgs {
     /// Run only the S3 workspace section.
     #[arg(long)]
     s3_only: bool,
+    /// Run only the replicas section (needs `--database postgres://...`, an empty database):
+    /// creates and claims on one replica against three, and the failover time after a
+    /// `kill -9` of the leader.
+    #[arg(long)]
+    replicas_only: bool,
 }
 
 /// A `lapse serve` child process.
@@ -331,6 +338,16 @@ pub async fn run(args: BenchArgs, json_out: bool) -> anyhow::Result<()> {
     if args.proxy_only {
         let mut report = serde_json::Map::new();
         proxy_section(&args, json_out, &mut report).await?;
+        return print_report(report, json_out);
+    }
+    if args.replicas_only {
+        let mut report = serde_json::Map::new();
+        let say = |line: String| {
+            if !json_out {
+                eprintln!("{line}");
+            }
+        };
+        replicas::run(&args, &say, &mut report).await?;
         return print_report(report, json_out);
     }
     if args.s3_only {

@@ -2,9 +2,10 @@
 //!
 //! - unset: SQLite at `DATA_DIR/lapse.db`, as before;
 //! - `sqlite:PATH`, `sqlite://PATH` or a plain path: SQLite at that file;
-//! - `postgres://...` or `postgresql://...`: PostgreSQL. The server connects, migrates and
-//!   takes the database's server lock (one server per database), so an unreachable server,
-//!   a malformed URL, a newer schema or a database another server holds is refused at once.
+//! - `postgres://...` or `postgresql://...`: PostgreSQL. The server connects and migrates
+//!   (under the database's migration lock, so replicas never migrate concurrently); any
+//!   number of replicas may share the database. An unreachable server, a malformed URL, a
+//!   newer schema or a database that `lapse migrate` is filling is refused at once.
 //!
 //! Every refusal, [`DatabaseRefused`] or the PostgreSQL store's own
 //! ([`lapse_store::pg::PgError`]), is reported by `lapse serve` with exit code 2.

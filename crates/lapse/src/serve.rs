@@ -25,8 +25,8 @@ pub struct ServeArgs {
     #[arg(long, env = "LAPSE_DATA_DIR", default_value = "./.lapse")]
     pub data_dir: PathBuf,
     /// Where the store lives: `sqlite:PATH` or a path (default: DATA_DIR/lapse.db), or
-    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (migrated at start; one server per
-    /// database: a second one is refused).
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (migrated at start; several servers
+    /// on one database are replicas: one leads, all serve).
     // `--help` never shows LAPSE_DATABASE's value: it may hold a password.
     #[arg(long, env = "LAPSE_DATABASE", hide_env_values = true)]
     pub database: Option<String>,

@@ -43,7 +43,7 @@ pub const OFFERED_PER_SECOND: f64 = 2_000.0;
 const FLOOR_PATH: &str = "/v1/bench/floor";
 
 /// The body of a warm claim of `spec` (also the floor's body).
-fn claim_body(spec: &Value) -> Bytes {
+pub(super) fn claim_body(spec: &Value) -> Bytes {
     Bytes::from(json!({"owner": "bench", "spec": spec, "ttl": "1h"}).to_string())
 }
 
@@ -53,7 +53,7 @@ fn claim_spec() -> Value {
 }
 
 /// A `send` for the drivers: `POST path` with `body` on the connection it is given.
-fn poster(path: &'static str, body: Bytes) -> impl Fn(Conn, usize) -> PostFuture + Send + Sync + 'static {
+pub(super) fn poster(path: &'static str, body: Bytes) -> impl Fn(Conn, usize) -> PostFuture + Send + Sync + 'static {
     move |mut conn, _| {
         let body = body.clone();
         Box::pin(async move {
@@ -63,10 +63,10 @@ fn poster(path: &'static str, body: Bytes) -> impl Fn(Conn, usize) -> PostFuture
     }
 }
 
-type PostFuture = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<(Conn, u16)>> + Send>>;
+pub(super) type PostFuture = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<(Conn, u16)>> + Send>>;
 
 /// Stops on an answer that is neither a warm (201) nor a cold (202) claim.
-fn only_claims(run: &Run, what: &str) -> anyhow::Result<()> {
+pub(super) fn only_claims(run: &Run, what: &str) -> anyhow::Result<()> {
     if let Some(s) = run.samples.iter().find(|s| s.status != 201 && s.status != 202) {
         bail!(
             "{what}: an answer {} ({} of {} were not 201/202)",

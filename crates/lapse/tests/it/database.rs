@@ -14,7 +14,7 @@ fn postgres_url() -> String {
         .expect("LAPSE_TEST_POSTGRES_URL is unset: run the tests through scripts/test (or source scripts/test-env.sh)")
 }
 
-fn psql(url: &str, sql: &str) {
+pub(crate) fn psql(url: &str, sql: &str) {
     let out = std::process::Command::new("psql")
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
         .output()
@@ -23,13 +23,13 @@ fn psql(url: &str, sql: &str) {
 }
 
 /// A fresh database for one test, dropped at the end.
-struct Db {
+pub(crate) struct Db {
     name: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Db {
-    fn new() -> Db {
+    pub(crate) fn new() -> Db {
         let admin = postgres_url();
         let name = format!("lapse_t_{}", uuid_like());
         psql(&admin, &format!("CREATE DATABASE {name}"));

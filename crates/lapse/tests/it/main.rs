@@ -29,6 +29,7 @@ mod pools;
 mod providers;
 mod proxy;
 mod redis_server;
+mod replicas;
 mod retry;
 mod scaleway;
 mod schemathesis;

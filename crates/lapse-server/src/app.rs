@@ -836,6 +836,13 @@ impl App {
     }
 
     fn provider_of(&self, env: &Environment) -> Result<&Arc<dyn lapse_providers::Provider>, AppError> {
+        if let Some(replica) = self.cx.hosted_elsewhere(env) {
+            return Err(AppError::Conflict(format!(
+                "environment {} runs on the host of replica {replica} (provider {:?} is local to it); send its exec, \
+                 logs and terminal to that replica",
+                env.id, env.spec.provider
+            )));
+        }
         self.cx.providers.get(&env.spec.provider).ok_or_else(|| {
             AppError::Conflict(format!("provider {:?} is not configured on this server", env.spec.provider))
         })

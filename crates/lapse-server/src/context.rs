@@ -121,6 +121,15 @@ impl Context {
         }
     }
 
+    /// With replicas, the replica on whose host `env`'s resources are when that is another
+    /// one: an environment of a local provider placed by another replica. Its `exec`, logs,
+    /// terminal and claim hook can only run there.
+    pub fn hosted_elsewhere<'a>(&self, env: &'a lapse_core::model::Environment) -> Option<&'a str> {
+        let me = self.store.replica_id()?;
+        let on = env.placed_on.as_deref()?;
+        (on != me && self.is_local(&env.spec.provider)).then_some(on)
+    }
+
     /// Whether this server sweeps `provider` now: on SQLite always; with replicas, a local
     /// provider on every replica (each its own host's), the others on the leader.
     pub fn sweeps(&self, provider: &str) -> bool {

@@ -144,7 +144,19 @@ impl App {
         params: &lapse_core::claim::ClaimParams,
     ) -> Result<Created, AppError> {
         let hash = claim_hash(&wanted.spec);
-        let hooked = self.cx.is_pooled(&hash)
+        // With replicas, a local provider's warm members are on the host of the replica that
+        // made them, the leader (it fills the pools): another could not run their hook, and a
+        // member whose hook fails is recycled, so another replica starts cold.
+        let reachable = self.cx.placement_for(&wanted.spec.provider).is_none() || self.cx.role.leading();
+        if !reachable && !params.files.is_empty() {
+            return Err(AppError::Conflict(format!(
+                "warm members of provider {:?} are on the leading replica's host, and params.files need one; send \
+                 this claim to the leader (lapse status --server)",
+                wanted.spec.provider
+            )));
+        }
+        let hooked = reachable
+            && self.cx.is_pooled(&hash)
             && self.cx.store.list_pools().await?.iter().any(|p| p.spec.hash() == hash && p.on_claim.is_some());
         if hooked {
             for _ in 0..CLAIM_ATTEMPTS {

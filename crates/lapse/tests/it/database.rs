@@ -204,6 +204,15 @@ async fn replicas_on_postgres_share_the_work_and_a_kill_moves_only_the_leaders_p
     assert_eq!(parent_of(pid), b.pid().map(|p| p as i32), "b started it");
     // What one replica writes, the other serves.
     assert_eq!(a.env(&on_b).await["state"], "running");
+    // Its exec and logs run on b's host; a says where to send them (409), b runs them.
+    let exec = serde_json::json!({"cmd": ["echo", "here"]});
+    let (status, body) = a.post(&format!("/v1/environments/{on_b}/exec"), exec.clone()).await;
+    assert_eq!(status, reqwest::StatusCode::CONFLICT, "{body}");
+    assert!(body.to_string().contains(&replica_b), "names the replica: {body}");
+    let (status, _) = a.get(&format!("/v1/environments/{on_b}/logs")).await;
+    assert_eq!(status, reqwest::StatusCode::CONFLICT);
+    let (status, body) = b.post(&format!("/v1/environments/{on_b}/exec"), exec).await;
+    assert_eq!((status, body["stdout"].as_str()), (reqwest::StatusCode::OK, Some("here\n")), "{body}");
 
     // kill -9 the leader: b leads within seconds; a's process is left as it is (nobody else
     // runs it again), b's goes on.

@@ -91,6 +91,13 @@ fn intern(name: &str) -> &'static str {
     leaked
 }
 
+/// `spec` with its variables naming the environment (`${LAPSE_SHORT_ID}`) given their values,
+/// when it has any: done here for every provider; the stored spec (and its hash) keeps the
+/// placeholder.
+fn expanded(spec: &Spec, environment_id: &str) -> Option<Spec> {
+    lapse_core::claim::expand_env(&spec.env, environment_id).map(|env| Spec { env, ..spec.clone() })
+}
+
 #[async_trait]
 impl Provider for Configured {
     fn name(&self) -> &'static str {
@@ -139,12 +146,23 @@ impl Provider for Configured {
         placement: &Placement,
         spec: &Spec,
     ) -> Result<Instance, ProviderError> {
-        // A variable naming its environment (`${LAPSE_SHORT_ID}`) gets its value here, for
-        // every provider; the spec (and its hash) keeps the placeholder.
-        let expanded = lapse_core::claim::expand_env(&spec.env, environment_id).map(|env| Spec { env, ..spec.clone() });
+        let expanded = expanded(spec, environment_id);
         let spec = expanded.as_ref().unwrap_or(spec);
         self.within("create or start", self.timeouts.change, self.inner.ensure_running(environment_id, placement, spec))
             .await
+    }
+
+    async fn ensure_running_after(
+        &self,
+        environment_id: &str,
+        placement: &Placement,
+        spec: &Spec,
+        intent: crate::Intent,
+    ) -> Result<Instance, ProviderError> {
+        let expanded = expanded(spec, environment_id);
+        let spec = expanded.as_ref().unwrap_or(spec);
+        let call = self.inner.ensure_running_after(environment_id, placement, spec, intent);
+        self.within("create or start", self.timeouts.change, call).await
     }
 
     async fn stop(&self, environment_id: &str, grace: Duration) -> Result<(), ProviderError> {

@@ -26,6 +26,8 @@ use lapse_core::model::{Endpoint, Spec};
 use lapse_core::validate::FieldError;
 use lapse_core::wire::{ExecResult, LogsView};
 
+pub use intent::Intent;
+
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod configured;
@@ -37,6 +39,7 @@ mod engine;
 mod engine_archive;
 #[cfg(any(feature = "docker", feature = "swarm"))]
 mod engine_terminal;
+pub mod intent;
 #[cfg(feature = "ovh")]
 pub mod ovh;
 pub mod process;
@@ -250,6 +253,21 @@ pub trait Provider: Send + Sync {
         placement: &Placement,
         spec: &Spec,
     ) -> Result<Instance, ProviderError>;
+
+    /// [`Provider::ensure_running`], begun while the reconciler's intent may still be on its
+    /// way to the store: the provider may read the backend at once and must wait for
+    /// `intent` ([`Intent::wait`]) before it creates or changes anything. The default waits
+    /// first; a cloud provider overrides it to hide the store's write under its lookups.
+    async fn ensure_running_after(
+        &self,
+        environment_id: &str,
+        placement: &Placement,
+        spec: &Spec,
+        mut intent: Intent,
+    ) -> Result<Instance, ProviderError> {
+        intent.wait().await?;
+        self.ensure_running(environment_id, placement, spec).await
+    }
 
     /// Stops the resource, waiting up to `grace` before forcing it. Succeeds if it is gone.
     async fn stop(&self, environment_id: &str, grace: Duration) -> Result<(), ProviderError>;

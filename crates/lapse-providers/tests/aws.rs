@@ -338,3 +338,42 @@ async fn orphans_are_removed_in_a_batch_and_one_gone_instance_stops_none() {
 fn terminate_calls(p: &AwsProvider) -> u64 {
     p.call_times().iter().filter(|c| c.op == "TerminateInstances").map(|c| c.count).sum()
 }
+
+/// A create begun before the reconciler's intent is durable reads at once, waits for the
+/// intent before it makes anything, and makes nothing at all (no instance, no key pair) when
+/// the intent was not written.
+#[tokio::test]
+async fn a_create_waits_for_its_intent_and_makes_nothing_when_it_is_refused() {
+    use lapse_providers::Intent;
+    let moto = moto().await;
+    let p = moto.provider("ctl-i").await.unwrap();
+    let keys_before = p.client().describe_key_pairs().send().await.unwrap().key_pairs().len();
+    let (place, spec) = (placement(OnExpiry::Stop), spec());
+
+    let refused = id();
+    let (writer, intent) = Intent::pending();
+    let call = p.ensure_running_after(&refused, &place, &spec, intent);
+    let refuse = async {
+        // The lookups are under way before the answer comes.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        writer.done(false);
+    };
+    let (answer, ()) = tokio::join!(call, refuse);
+    assert!(answer.is_err(), "a refused intent ends the create: {answer:?}");
+    assert!(instances_of(&p, &refused).await.is_empty(), "no instance for a refused intent");
+    let keys_after = p.client().describe_key_pairs().send().await.unwrap().key_pairs().len();
+    assert_eq!(keys_after, keys_before, "no key pair imported for a refused intent");
+
+    let written = id();
+    let (writer, intent) = Intent::pending();
+    let call = p.ensure_running_after(&written, &place, &spec, intent);
+    let write = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(instances_of(&p, &written).await.is_empty(), "nothing is made before the intent is written");
+        writer.done(true);
+    };
+    let (answer, ()) = tokio::join!(call, write);
+    let instance = answer.expect("a written intent lets the create go on");
+    assert_eq!(instances_of(&p, &written).await.len(), 1);
+    assert_eq!(instance.status, lapse_providers::InstanceStatus::Running);
+}

@@ -25,7 +25,7 @@ use lapse_core::model::{DesiredState, Environment, ObservedState};
 use lapse_core::state::{
     Plan, backoff_millis, can_transition, idle_deadline, idle_due, in_progress_state, lease_expired, plan,
 };
-use lapse_providers::{Instance, Placement, ProviderError};
+use lapse_providers::{Instance, Intent, Placement, ProviderError};
 use lapse_store::{NewEvent, StoreError};
 use tokio::sync::{Notify, Semaphore};
 
@@ -399,78 +399,73 @@ impl Reconciler {
         // The wait for a slot may have been long (a slow cloud): the intent below is planned
         // again at the time it is written, so a lease that ran out meanwhile expires instead.
         let now = if slots.is_some() { cx.clock.now() } else { now };
-        // Write the intent before the call it describes, and act on the row it wrote: a spec
-        // replaced since `env` was read is the one provisioned.
         let doing = in_progress_state(planned).unwrap_or(env.observed);
         let mut deferred = cx.deferred.contains(&env.id);
         let mut intent_unwritten = false;
-        let mut env = env.clone();
-        if env.observed != doing {
-            match cx
-                .store
-                .update(&env.id, |e| {
-                    let mut events = self.with_deferred(e);
-                    if plan(e, now) != planned || !cx.owns(e) {
-                        return Err(StepError::Stale);
-                    }
-                    // A local provider's environment is this replica's from its first step.
-                    if e.placed_on.is_none() {
-                        e.placed_on = cx.placement_for(&e.spec.provider);
-                    }
-                    events.push(transition(e, doing, "reconciler", ""));
-                    Ok(events)
-                })
-                .await
-            {
-                Ok(Some(written)) => env = written,
-                Ok(None) => return Err(StepError::Stale),
-                // A stop or delete goes ahead while the store cannot write: its journal entry
-                // is the intent (made now if the request itself was written, and the disk
-                // filled before this step).
-                Err(StepError::Store(e)) if e.is_unwritable() && matches!(planned, Plan::Stop | Plan::Delete) => {
-                    if !deferred {
-                        self.defer(&env, env.desired, env.expired_at, "reconciler", step_name(planned))?;
-                        tracing::warn!(environment = %env.id, step = step_name(planned),
-                            "the store cannot write the step; recorded in the deferred journal, acting on it anyway");
-                        deferred = true;
-                    }
-                    intent_unwritten = true;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let env = &env;
         let grace = cx.config.stop_grace;
         let started = std::time::Instant::now();
-        let placement = Placement {
-            tenant: env.tenant.clone(),
-            expires_at: env.expires_at,
-            on_expiry: env.on_expiry,
-            labels: env.labels.clone(),
-            lifecycle: env.lifecycle,
+        let (env, placement, result) = if planned == Plan::Provision && env.observed != doing {
+            // A provision's intent is written while the provider's lookups run: it creates
+            // nothing before the intent is durable (`Intent`). A step whose intent is refused,
+            // or whose written row no longer has the spec and placement the call began with
+            // (replaced meanwhile), ends here with nothing done, and the next step provisions
+            // the row as written.
+            let placement = placement_of(env);
+            let (writer, intent) = Intent::pending();
+            let write = async {
+                let written = self.write_intent(env, planned, doing, now, &mut deferred).await;
+                let same = matches!(&written, Ok(Some(w)) if w.spec == env.spec && placement_of(w) == placement);
+                writer.done(same);
+                (written, same)
+            };
+            let call = provider.ensure_running_after(&env.id, &placement, &env.spec, intent);
+            let ((written, same), result) = tokio::join!(write, call);
+            let env = written?.ok_or(StepError::Stale)?;
+            if !same {
+                return Err(StepError::Stale);
+            }
+            (env, placement, result.map(Some))
+        } else {
+            // Write the intent before the call it describes, and act on the row it wrote: a
+            // spec replaced since `env` was read is the one provisioned.
+            let env = if env.observed != doing {
+                match self.write_intent(env, planned, doing, now, &mut deferred).await? {
+                    Some(written) => written,
+                    None => {
+                        intent_unwritten = true;
+                        env.clone()
+                    }
+                }
+            } else {
+                env.clone()
+            };
+            let placement = placement_of(&env);
+            // The workspace's final push, before its directory stops or goes (retried on
+            // failure; the step waits for it).
+            if matches!(planned, Plan::Stop | Plan::Delete | Plan::Replace)
+                && let Err(err) = crate::workspace::final_push(cx, &env, provider.as_ref()).await
+            {
+                return self.record_failure(&env, planned, &err).await;
+            }
+            let result: Result<Option<Instance>, ProviderError> = match planned {
+                Plan::Provision => provider.ensure_running(&env.id, &placement, &env.spec).await.map(Some),
+                Plan::Replace => match provider.delete(&env.id, grace).await {
+                    Ok(()) => provider.ensure_running(&env.id, &placement, &env.spec).await.map(Some),
+                    Err(e) => Err(e),
+                },
+                // A probe found the service unhealthy: stop it and start it again (its disk
+                // stays).
+                Plan::Restart => match provider.stop(&env.id, grace).await {
+                    Ok(()) => provider.ensure_running(&env.id, &placement, &env.spec).await.map(Some),
+                    Err(e) => Err(e),
+                },
+                Plan::Stop => provider.stop(&env.id, grace).await.map(|()| None),
+                Plan::Delete => provider.delete(&env.id, grace).await.map(|()| None),
+                _ => unreachable!("call_provider is only called for provider steps"),
+            };
+            (env, placement, result)
         };
-        // The workspace's final push, before its directory stops or goes (retried on failure;
-        // the step waits for it).
-        if matches!(planned, Plan::Stop | Plan::Delete | Plan::Replace)
-            && let Err(err) = crate::workspace::final_push(cx, env, provider.as_ref()).await
-        {
-            return self.record_failure(env, planned, &err).await;
-        }
-        let result: Result<Option<Instance>, ProviderError> = match planned {
-            Plan::Provision => provider.ensure_running(&env.id, &placement, &env.spec).await.map(Some),
-            Plan::Replace => match provider.delete(&env.id, grace).await {
-                Ok(()) => provider.ensure_running(&env.id, &placement, &env.spec).await.map(Some),
-                Err(e) => Err(e),
-            },
-            // A probe found the service unhealthy: stop it and start it again (its disk stays).
-            Plan::Restart => match provider.stop(&env.id, grace).await {
-                Ok(()) => provider.ensure_running(&env.id, &placement, &env.spec).await.map(Some),
-                Err(e) => Err(e),
-            },
-            Plan::Stop => provider.stop(&env.id, grace).await.map(|()| None),
-            Plan::Delete => provider.delete(&env.id, grace).await.map(|()| None),
-            _ => unreachable!("call_provider is only called for provider steps"),
-        };
+        let env = &env;
         let took = started.elapsed();
         match result {
             Ok(instance) => {
@@ -481,7 +476,9 @@ impl Reconciler {
                 };
                 match planned {
                     // The VM booted with this deadline in its user data.
-                    Plan::Provision | Plan::Replace | Plan::Restart => self.inner.armed.set(&env.id, env.expires_at),
+                    Plan::Provision | Plan::Replace | Plan::Restart => {
+                        self.inner.armed.set(&env.id, placement.expires_at)
+                    }
                     Plan::Delete => self.inner.armed.forget(&env.id),
                     _ => {}
                 }
@@ -553,6 +550,52 @@ impl Reconciler {
         }
     }
 
+    /// Writes the step's intent (the in-progress state `doing`): the row written, or `None`
+    /// when a stop or delete goes ahead on its deferred journal entry because the store cannot
+    /// write (`deferred` is then set).
+    async fn write_intent(
+        &self,
+        env: &Environment,
+        planned: Plan,
+        doing: ObservedState,
+        now: Millis,
+        deferred: &mut bool,
+    ) -> Result<Option<Environment>, StepError> {
+        let cx = &self.inner.cx;
+        let written = cx
+            .store
+            .update(&env.id, |e| {
+                let mut events = self.with_deferred(e);
+                if plan(e, now) != planned || !cx.owns(e) {
+                    return Err(StepError::Stale);
+                }
+                // A local provider's environment is this replica's from its first step.
+                if e.placed_on.is_none() {
+                    e.placed_on = cx.placement_for(&e.spec.provider);
+                }
+                events.push(transition(e, doing, "reconciler", ""));
+                Ok(events)
+            })
+            .await;
+        match written {
+            Ok(Some(written)) => Ok(Some(written)),
+            Ok(None) => Err(StepError::Stale),
+            // A stop or delete goes ahead while the store cannot write: its journal entry is
+            // the intent (made now if the request itself was written, and the disk filled
+            // before this step).
+            Err(StepError::Store(e)) if e.is_unwritable() && matches!(planned, Plan::Stop | Plan::Delete) => {
+                if !*deferred {
+                    self.defer(env, env.desired, env.expired_at, "reconciler", step_name(planned))?;
+                    tracing::warn!(environment = %env.id, step = step_name(planned),
+                        "the store cannot write the step; recorded in the deferred journal, acting on it anyway");
+                    *deferred = true;
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn record_failure(&self, env: &Environment, planned: Plan, err: &ProviderError) -> Result<(), StepError> {
         let cx = &self.inner.cx;
         let provider_name = env.spec.provider.as_str();
@@ -604,6 +647,17 @@ impl Reconciler {
 }
 
 /// Moves `e` to `to`, checking the state machine, and returns the event that says so.
+/// What a provider is told of whose `env` is.
+fn placement_of(env: &Environment) -> Placement {
+    Placement {
+        tenant: env.tenant.clone(),
+        expires_at: env.expires_at,
+        on_expiry: env.on_expiry,
+        labels: env.labels.clone(),
+        lifecycle: env.lifecycle,
+    }
+}
+
 pub(crate) fn transition(e: &mut Environment, to: ObservedState, actor: &str, note: &str) -> NewEvent {
     let from = e.observed;
     debug_assert!(from == to || can_transition(from, to), "refused transition {from} -> {to}");

@@ -165,23 +165,26 @@ impl AwsProvider {
         placement: &Placement,
         spec: &Spec,
         generation: usize,
+        intent: &mut crate::Intent,
     ) -> Result<String, ProviderError> {
         let client = &self.client;
         let cloud = spec.cloud.clone().unwrap_or_default();
-        // The lookups and the environment's own key (written to disk) at once: the local work
-        // hides under the cloud's answers. The key pair is imported only once they succeeded,
-        // so a refused image or zone leaves nothing in the cloud.
+        // The lookups and, once the intent is written, the environment's own key (written to
+        // disk) at once: the local work hides under the cloud's answers. The key pair is
+        // imported only once they succeeded, so a refused image or zone leaves nothing in the
+        // cloud.
         let subnet = async {
             match &cloud.subnet {
                 Some(s) => Ok(Some(s.clone())),
                 None => subnet(client, cloud.zone.as_deref()).await,
             }
         };
-        let ((ami, root_device), subnet, user_data) = tokio::try_join!(
-            image(client, spec.image.as_deref()),
-            subnet,
-            self.user_data(environment_id, placement, spec)
-        )?;
+        let user_data = async {
+            intent.wait().await?;
+            self.user_data(environment_id, placement, spec).await
+        };
+        let ((ami, root_device), subnet, user_data) =
+            tokio::try_join!(image(client, spec.image.as_deref()), subnet, user_data)?;
         let key = match cloud.ssh_public_keys.first() {
             Some(k) => Some(keys::ensure(client, k).await?),
             None => None,

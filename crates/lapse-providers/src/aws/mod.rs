@@ -375,7 +375,22 @@ impl Provider for AwsProvider {
         placement: &Placement,
         spec: &Spec,
     ) -> Result<Instance, ProviderError> {
+        self.ensure_running_after(environment_id, placement, spec, crate::Intent::written()).await
+    }
+
+    /// The lookups (this environment's instances, then the image and subnet) run while the
+    /// intent is written; the key pair, the launch, a start or a retag only after it.
+    async fn ensure_running_after(
+        &self,
+        environment_id: &str,
+        placement: &Placement,
+        spec: &Spec,
+        mut intent: crate::Intent,
+    ) -> Result<Instance, ProviderError> {
         let (live, generation) = self.live(environment_id).await?;
+        if live.is_some() {
+            intent.wait().await?;
+        }
         let id = match live {
             Some(i) => {
                 let id = i.instance_id().unwrap_or_default().to_owned();
@@ -397,7 +412,7 @@ impl Provider for AwsProvider {
                 }
                 id
             }
-            None => self.launch(environment_id, placement, spec, generation).await?,
+            None => self.launch(environment_id, placement, spec, generation, &mut intent).await?,
         };
         let described = self
             .client

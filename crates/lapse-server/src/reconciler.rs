@@ -646,7 +646,6 @@ impl Reconciler {
     }
 }
 
-/// Moves `e` to `to`, checking the state machine, and returns the event that says so.
 /// What a provider is told of whose `env` is.
 fn placement_of(env: &Environment) -> Placement {
     Placement {
@@ -658,6 +657,7 @@ fn placement_of(env: &Environment) -> Placement {
     }
 }
 
+/// Moves `e` to `to`, checking the state machine, and returns the event that says so.
 pub(crate) fn transition(e: &mut Environment, to: ObservedState, actor: &str, note: &str) -> NewEvent {
     let from = e.observed;
     debug_assert!(from == to || can_transition(from, to), "refused transition {from} -> {to}");

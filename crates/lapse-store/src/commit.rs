@@ -358,7 +358,7 @@ impl Checkpointer {
             s.commits += 1;
             s.rows += rows;
             s.last = Some(Instant::now());
-            first || s.commits == CHECKPOINT_COMMITS || (s.rows >= CHECKPOINT_ROWS && s.rows - rows < CHECKPOINT_ROWS)
+            first || s.due()
         });
     }
 }

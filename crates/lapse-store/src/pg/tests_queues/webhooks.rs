@@ -15,11 +15,15 @@ async fn append(store: &PgStore, events: &[NewEvent]) {
     insert(store, &[], events).await;
 }
 
-/// One replica's worker following `hook`'s cursor until it reaches `last`: each round reads
-/// the events after the cursor and fans them out, one delivery per event, ids its own.
+/// One replica's worker following `hook`'s cursor until `until` holds and nothing is left:
+/// each round reads the events after the cursor and fans them out, one delivery per event,
+/// ids its own.
 async fn follow(store: &PgStore, hook: &str, until: impl Fn() -> bool) -> usize {
     let mut stale = 0;
     loop {
+        // Asked before the read: an event committed between an empty read and a later "until"
+        // would otherwise be left behind by the test itself.
+        let finishing = until();
         let cursor = store.get_webhook(hook).await.unwrap().unwrap().cursor;
         let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM events WHERE seq > $1 ORDER BY seq LIMIT 25")
             .bind(cursor)
@@ -27,7 +31,7 @@ async fn follow(store: &PgStore, hook: &str, until: impl Fn() -> bool) -> usize 
             .await
             .unwrap();
         let Some(to) = seqs.last().copied() else {
-            if until() {
+            if finishing {
                 return stale;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;

@@ -26,7 +26,7 @@ use lapse_core::state::{
     Plan, backoff_millis, can_transition, idle_deadline, idle_due, in_progress_state, lease_expired, plan,
 };
 use lapse_providers::{Instance, Intent, Placement, ProviderError};
-use lapse_store::{NewEvent, StoreError};
+use lapse_store::{NewEvent, StoreError, Versioned};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::context::Context;
@@ -176,8 +176,9 @@ impl Reconciler {
 
     async fn step(&self, id: &str) {
         let cx = &self.inner.cx;
-        let mut env = match cx.store.get(id).await {
-            Ok(Some(env)) => env,
+        // The row as read, with its revision: the provider step's writes start from it.
+        let known = match cx.store.get_versioned(id).await {
+            Ok(Some(known)) => known,
             Ok(None) => return,
             Err(e) => {
                 tracing::error!(environment = id, error = %e, "reconciler could not read the environment; retrying in 1 s");
@@ -185,6 +186,7 @@ impl Reconciler {
                 return;
             }
         };
+        let mut env = known.env.clone();
         // With replicas: another replica's (its leader's, or the one whose local provider
         // holds it).
         if !cx.owns(&env) {
@@ -230,7 +232,7 @@ impl Reconciler {
             Plan::MarkStopped => self.mark(&env, planned, ObservedState::Stopped).await,
             Plan::MarkDeleted => self.mark(&env, planned, ObservedState::Deleted).await,
             Plan::Provision | Plan::Replace | Plan::Restart | Plan::Stop | Plan::Delete => {
-                self.call_provider(&env, planned, now).await
+                self.call_provider(&env, &known, planned, now).await
             }
         };
         match outcome {
@@ -380,7 +382,14 @@ impl Reconciler {
         Ok(())
     }
 
-    async fn call_provider(&self, env: &Environment, planned: Plan, now: Millis) -> Result<(), StepError> {
+    /// `known` is the row `env` was planned from, as read (without `step`'s overlays).
+    async fn call_provider(
+        &self,
+        env: &Environment,
+        known: &Versioned,
+        planned: Plan,
+        now: Millis,
+    ) -> Result<(), StepError> {
         let cx = &self.inner.cx;
         let provider_name = env.spec.provider.as_str();
         let Some(provider) = cx.providers.get(provider_name).cloned() else {
@@ -404,7 +413,7 @@ impl Reconciler {
         let mut intent_unwritten = false;
         let grace = cx.config.stop_grace;
         let started = std::time::Instant::now();
-        let (env, placement, result) = if planned == Plan::Provision && env.observed != doing {
+        let (written, placement, result) = if planned == Plan::Provision && env.observed != doing {
             // A provision's intent is written while the provider's lookups run: it creates
             // nothing before the intent is durable (`Intent`). A step whose intent is refused,
             // or whose written row no longer has the spec and placement the call began with
@@ -413,39 +422,41 @@ impl Reconciler {
             let placement = placement_of(env);
             let (writer, intent) = Intent::pending();
             let write = async {
-                let written = self.write_intent(env, planned, doing, now, &mut deferred).await;
-                let same = matches!(&written, Ok(Some(w)) if w.spec == env.spec && placement_of(w) == placement);
+                let written = self.write_intent(known, planned, doing, now, &mut deferred).await;
+                let same =
+                    matches!(&written, Ok(Some(w)) if w.env.spec == env.spec && placement_of(&w.env) == placement);
                 writer.done(same);
                 (written, same)
             };
             let call = provider.ensure_running_after(&env.id, &placement, &env.spec, intent);
             let ((written, same), result) = tokio::join!(write, call);
-            let env = written?.ok_or(StepError::Stale)?;
+            let written = written?.ok_or(StepError::Stale)?;
             if !same {
                 return Err(StepError::Stale);
             }
-            (env, placement, result.map(Some))
+            (written, placement, result.map(Some))
         } else {
             // Write the intent before the call it describes, and act on the row it wrote: a
             // spec replaced since `env` was read is the one provisioned.
-            let env = if env.observed != doing {
-                match self.write_intent(env, planned, doing, now, &mut deferred).await? {
+            let written = if env.observed != doing {
+                match self.write_intent(known, planned, doing, now, &mut deferred).await? {
                     Some(written) => written,
                     None => {
                         intent_unwritten = true;
-                        env.clone()
+                        known.clone()
                     }
                 }
             } else {
-                env.clone()
+                known.clone()
             };
-            let placement = placement_of(&env);
+            let env = &written.env;
+            let placement = placement_of(env);
             // The workspace's final push, before its directory stops or goes (retried on
             // failure; the step waits for it).
             if matches!(planned, Plan::Stop | Plan::Delete | Plan::Replace)
-                && let Err(err) = crate::workspace::final_push(cx, &env, provider.as_ref()).await
+                && let Err(err) = crate::workspace::final_push(cx, env, provider.as_ref()).await
             {
-                return self.record_failure(&env, planned, &err).await;
+                return self.record_failure(env, planned, &err).await;
             }
             let result: Result<Option<Instance>, ProviderError> = match planned {
                 Plan::Provision => provider.ensure_running(&env.id, &placement, &env.spec).await.map(Some),
@@ -463,9 +474,9 @@ impl Reconciler {
                 Plan::Delete => provider.delete(&env.id, grace).await.map(|()| None),
                 _ => unreachable!("call_provider is only called for provider steps"),
             };
-            (env, placement, result)
+            (written, placement, result)
         };
-        let env = &env;
+        let env = &written.env;
         let took = started.elapsed();
         match result {
             Ok(instance) => {
@@ -485,7 +496,7 @@ impl Reconciler {
                 let provisioned_hash = env.spec.hash();
                 let recorded = cx
                     .store
-                    .update(&env.id, |e| {
+                    .update_versioned(&written, |e| {
                         let mut events = self.with_deferred(e);
                         // The intent that could not be written before the call is written now.
                         if intent_unwritten && e.observed != doing && plan(e, now) == planned {
@@ -555,16 +566,17 @@ impl Reconciler {
     /// write (`deferred` is then set).
     async fn write_intent(
         &self,
-        env: &Environment,
+        known: &Versioned,
         planned: Plan,
         doing: ObservedState,
         now: Millis,
         deferred: &mut bool,
-    ) -> Result<Option<Environment>, StepError> {
+    ) -> Result<Option<Versioned>, StepError> {
         let cx = &self.inner.cx;
+        let env = &known.env;
         let written = cx
             .store
-            .update(&env.id, |e| {
+            .update_versioned(known, |e| {
                 let mut events = self.with_deferred(e);
                 if plan(e, now) != planned || !cx.owns(e) {
                     return Err(StepError::Stale);

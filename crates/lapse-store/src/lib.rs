@@ -39,6 +39,7 @@ mod queues;
 mod rows;
 mod store;
 mod tenants;
+mod versioned;
 mod warm;
 mod webhooks;
 mod workspaces;
@@ -46,6 +47,7 @@ mod workspaces;
 pub use commit::CommitStats;
 use rows::{environment_from, environment_values, pool_from};
 pub use store::Store;
+pub use versioned::Versioned;
 
 pub use webhooks::{Attempt, DeliveryRecord, FanOut, NewDelivery, WebhookRecord};
 pub use workspaces::SyncOutcome;
@@ -568,13 +570,35 @@ impl SqliteStore {
         &self,
         id: &str,
         admit: Option<(&str, &Quota)>,
-        mut change: impl FnMut(&mut Environment) -> Result<Vec<NewEvent>, E>,
+        change: impl FnMut(&mut Environment) -> Result<Vec<NewEvent>, E>,
     ) -> Result<Option<Environment>, E>
     where
         E: From<StoreError>,
     {
+        Ok(self.update_from(id, None, admit, change).await?.map(|v| v.env))
+    }
+
+    /// [`SqliteStore::update_admitted`], its first attempt from `known` (a row and the
+    /// revision it was read at) instead of a read; a row written since is read again, as on
+    /// any conflict. The row written, with its new revision.
+    pub(crate) async fn update_from<E>(
+        &self,
+        id: &str,
+        mut known: Option<(Environment, i64)>,
+        admit: Option<(&str, &Quota)>,
+        mut change: impl FnMut(&mut Environment) -> Result<Vec<NewEvent>, E>,
+    ) -> Result<Option<Versioned>, E>
+    where
+        E: From<StoreError>,
+    {
         loop {
-            let Some((mut env, rev)) = self.get_with_rev(id).await? else { return Ok(None) };
+            let (mut env, rev) = match known.take() {
+                Some(row) => row,
+                None => match self.get_with_rev(id, "update").await? {
+                    Some(row) => row,
+                    None => return Ok(None),
+                },
+            };
             let before = env.clone();
             let events = change(&mut env)?;
             // What the quota must admit, if anything: the row's new spec beside what the
@@ -617,19 +641,23 @@ impl SqliteStore {
                 .await?;
             if written {
                 self.published(&env);
-                return Ok(Some(env));
+                return Ok(Some(Versioned::read_at(env, rev + 1)));
             }
             // Written by someone else since it was read: read it again and redo the change.
         }
     }
 
     /// A row and its revision, read now.
-    async fn get_with_rev(&self, id: &str) -> Result<Option<(Environment, i64)>, StoreError> {
+    pub(crate) async fn get_with_rev(
+        &self,
+        id: &str,
+        op: &'static str,
+    ) -> Result<Option<(Environment, i64)>, StoreError> {
         let row = sqlx::query(&format!("SELECT {ENV_COLUMNS}, rev FROM environments WHERE id = ?"))
             .bind(id)
             .fetch_optional(&self.reader)
             .await
-            .op("update")?;
+            .op(op)?;
         row.map(|r| Ok((environment_from(&r)?, r.get::<i64, _>("rev")))).transpose()
     }
 

@@ -269,6 +269,30 @@ impl Store {
         }
     }
 
+    /// A row with its revision, for [`Store::update_versioned`] (see [`Versioned`]).
+    pub async fn get_versioned(&self, id: &str) -> Result<Option<Versioned>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => Ok(s.get_with_rev(id, "get").await?.map(|(env, rev)| Versioned::read_at(env, rev))),
+            Backend::Pg(s) => Ok(s.get(id).await?.map(Versioned::unversioned)),
+        }
+    }
+
+    /// [`Store::update`] of `known`'s row, starting from `known` rather than a read when the
+    /// row has not been written since (see [`Versioned`]); the row written, to chain on.
+    pub async fn update_versioned<E>(
+        &self,
+        known: &Versioned,
+        change: impl FnMut(&mut Environment) -> Result<Vec<NewEvent>, E>,
+    ) -> Result<Option<Versioned>, E>
+    where
+        E: From<StoreError>,
+    {
+        match &self.backend {
+            Backend::Sqlite(s) => s.update_from(&known.env.id, known.known(), None, change).await,
+            Backend::Pg(s) => Ok(s.update(&known.env.id, change).await?.map(Versioned::unversioned)),
+        }
+    }
+
     /// [`Store::update`] under a tenant's quota: when `change` makes the row count against
     /// the quota where it did not (a failed environment started again) or changes its spec,
     /// the quota must admit the row's new spec beside what the tenant holds, in the same

@@ -262,4 +262,5 @@ async fn queue_messages_apply_once_and_changes_are_published(store: Store) {
 mod commit;
 mod full_disk;
 mod quota_check;
+mod versioned;
 pub(crate) mod webhooks;

@@ -45,7 +45,7 @@ async fn a_versioned_update_chains_and_never_writes_over_a_change_it_did_not_see
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(runs, [written.env.clone()]);
+    assert_eq!(runs, std::slice::from_ref(&written.env));
     assert_eq!(next.env.restarts, 2);
     assert_eq!(store.get_versioned(&a.id).await.unwrap(), Some(next));
     let filter = EventFilter { target: Some(a.id.clone()), limit: 100, ..Default::default() };
